@@ -1,0 +1,633 @@
+//! `config.json`: the Node sidecar's keys plus optional new ones, read and
+//! validated once at start-up into a plain [`Config`] value.
+//!
+//! Every failure names the file and the key, so an operator can fix it from a
+//! single log line. The token is wrapped in [`Secret`], whose `Debug` and
+//! `Display` never show it.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+
+use crate::error::Error;
+
+/// The validated configuration. Durations are `Duration`s and paths are
+/// absolute or relative to the process's working directory (already resolved
+/// against the config file's directory).
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file this was read from (informational).
+    pub config_path: PathBuf,
+    pub agent_id: String,
+    /// Display name sent in `identify`; defaults to `agent_id`.
+    pub name: String,
+    pub token: Secret,
+    pub hub_url: String,
+    pub wake_command: Option<String>,
+    pub capabilities: Vec<String>,
+    pub confirmation_timeout: Duration,
+    pub results_dir: PathBuf,
+    pub log_file: PathBuf,
+    pub queue_file: PathBuf,
+    pub heartbeat_interval: Duration,
+    pub pong_timeout: Duration,
+    pub reconnect_initial: Duration,
+    pub reconnect_max: Duration,
+    pub connect_timeout: Duration,
+    pub tls_ca_file: Option<PathBuf>,
+    pub max_message_bytes: usize,
+    pub wake_timeout: Duration,
+    pub wake_retry_delays: Vec<Duration>,
+    /// Optional protocol extensions the hub understands (PROTOCOL.md
+    /// section 7), e.g. `wake_result`, `state_report`.
+    pub hub_features: Vec<String>,
+    pub max_result_bytes: u64,
+    pub task_timeout: Option<Duration>,
+    /// How long a result file that does not parse yet may keep changing
+    /// before it is judged final (agents that do not rename atomically).
+    pub result_settle: Duration,
+    /// Minimum time between two `task_progress` frames for one task.
+    pub progress_interval: Duration,
+    /// How long shutdown waits for a close handshake or a running wake.
+    pub shutdown_grace: Duration,
+    pub log_max_bytes: u64,
+    pub log_keep: u32,
+    pub log_level: log::LevelFilter,
+}
+
+/// A string that must never be logged. `Debug` and `Display` print
+/// `<redacted>`; the only way to the text is [`Secret::expose`].
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// Keys this version understands. Anything else is warned about, not refused,
+/// so a newer config keeps working with an older binary.
+const KNOWN_KEYS: &[&str] = &[
+    "agent_id",
+    "name",
+    "token",
+    "hub_url",
+    "wake_command",
+    "capabilities",
+    "confirmation_timeout_ms",
+    "results_dir",
+    "log_file",
+    "queue_file",
+    "heartbeat_interval_ms",
+    "pong_timeout_ms",
+    "reconnect_initial_ms",
+    "reconnect_max_ms",
+    "connect_timeout_ms",
+    "tls_ca_file",
+    "max_message_bytes",
+    "wake_timeout_ms",
+    "wake_retry_delays_ms",
+    "hub_features",
+    "max_result_bytes",
+    "task_timeout_ms",
+    "result_settle_ms",
+    "progress_interval_ms",
+    "shutdown_grace_ms",
+    "log_max_bytes",
+    "log_keep",
+    "log_level",
+];
+
+/// Features `hub_features` may name.
+pub const KNOWN_HUB_FEATURES: &[&str] = &["wake_result", "state_report"];
+
+impl Config {
+    /// Reads and validates `path`. Returns the config and warnings (unknown
+    /// keys) for the caller to log once logging is set up.
+    pub fn load(path: &Path) -> Result<(Config, Vec<String>), Error> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Error::Config(format!(
+                "{}: cannot read the config file: {e}",
+                path.display()
+            ))
+        })?;
+        Config::from_json_str(&text, path)
+    }
+
+    /// Parses config text as if it had been read from `path` (relative paths
+    /// resolve against `path`'s directory).
+    pub fn from_json_str(text: &str, path: &Path) -> Result<(Config, Vec<String>), Error> {
+        let value: Value = serde_json::from_str(text)
+            .map_err(|e| Error::Config(format!("{}: not valid JSON: {e}", path.display())))?;
+        let Value::Object(object) = value else {
+            return Err(Error::Config(format!(
+                "{}: the top level must be a JSON object",
+                path.display()
+            )));
+        };
+        let base_dir = match path.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let keys = Keys {
+            object: &object,
+            path,
+        };
+
+        let warnings = object
+            .keys()
+            .filter(|key| !KNOWN_KEYS.contains(&key.as_str()))
+            .map(|key| format!("{}: unknown key `{key}` ignored", path.display()))
+            .collect();
+
+        let agent_id = keys.required_string("agent_id")?;
+        let token = Secret::new(keys.required_string("token")?);
+        let hub_url = keys.required_string("hub_url")?;
+        validate_hub_url(&hub_url).map_err(|why| keys.error("hub_url", &why))?;
+        let name = keys.string("name")?.unwrap_or_else(|| agent_id.clone());
+
+        let resolve = |p: String| -> PathBuf {
+            let p = PathBuf::from(p);
+            if p.is_absolute() {
+                p
+            } else {
+                base_dir.join(p)
+            }
+        };
+
+        let wake_command = keys
+            .string("wake_command")?
+            .filter(|c| !c.trim().is_empty());
+        let results_dir = resolve(
+            keys.string("results_dir")?
+                .unwrap_or_else(|| "./results".into()),
+        );
+        let log_file = resolve(
+            keys.string("log_file")?
+                .unwrap_or_else(|| "./sidecar.log".into()),
+        );
+        let queue_file = resolve(
+            keys.string("queue_file")?
+                .unwrap_or_else(|| "./queue.json".into()),
+        );
+        let tls_ca_file = keys.string("tls_ca_file")?.map(resolve);
+        if let Some(ca) = &tls_ca_file {
+            if !ca.is_file() {
+                return Err(keys.error(
+                    "tls_ca_file",
+                    &format!("{} is not a readable file", ca.display()),
+                ));
+            }
+        }
+
+        let reconnect_initial = keys.millis("reconnect_initial_ms", 1_000, 1)?;
+        let reconnect_max = keys.millis("reconnect_max_ms", 60_000, 1)?;
+        if reconnect_max < reconnect_initial {
+            return Err(keys.error(
+                "reconnect_max_ms",
+                "must not be smaller than reconnect_initial_ms",
+            ));
+        }
+
+        let hub_features = keys.string_list("hub_features")?.unwrap_or_default();
+        for feature in &hub_features {
+            if !KNOWN_HUB_FEATURES.contains(&feature.as_str()) {
+                return Err(keys.error(
+                    "hub_features",
+                    &format!(
+                        "unknown feature {feature:?} (known: {})",
+                        KNOWN_HUB_FEATURES.join(", ")
+                    ),
+                ));
+            }
+        }
+
+        let log_level = match keys.string("log_level")?.as_deref() {
+            None => log::LevelFilter::Info,
+            Some(level) => level.parse().map_err(|_| {
+                keys.error(
+                    "log_level",
+                    "expected one of off, error, warn, info, debug, trace",
+                )
+            })?,
+        };
+
+        let wake_retry_delays = match keys.object.get("wake_retry_delays_ms") {
+            None | Some(Value::Null) => vec![
+                Duration::from_millis(5_000),
+                Duration::from_millis(15_000),
+                Duration::from_millis(30_000),
+            ],
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|item| item.as_u64().map(Duration::from_millis))
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| {
+                    keys.error(
+                        "wake_retry_delays_ms",
+                        "expected an array of non-negative integers (milliseconds)",
+                    )
+                })?,
+            Some(_) => {
+                return Err(keys.error(
+                    "wake_retry_delays_ms",
+                    "expected an array of non-negative integers (milliseconds)",
+                ))
+            }
+        };
+
+        let config = Config {
+            config_path: path.to_path_buf(),
+            agent_id,
+            name,
+            token,
+            hub_url,
+            wake_command,
+            capabilities: keys.string_list("capabilities")?.unwrap_or_default(),
+            confirmation_timeout: keys.millis("confirmation_timeout_ms", 30_000, 1)?,
+            results_dir,
+            log_file,
+            queue_file,
+            heartbeat_interval: keys.millis("heartbeat_interval_ms", 30_000, 1)?,
+            pong_timeout: keys.millis("pong_timeout_ms", 10_000, 1)?,
+            reconnect_initial,
+            reconnect_max,
+            connect_timeout: keys.millis("connect_timeout_ms", 10_000, 1)?,
+            tls_ca_file,
+            max_message_bytes: keys.integer("max_message_bytes", 4 << 20, 1024)? as usize,
+            wake_timeout: keys.millis("wake_timeout_ms", 60_000, 1)?,
+            wake_retry_delays,
+            hub_features,
+            max_result_bytes: keys.integer("max_result_bytes", 1 << 20, 1)?,
+            task_timeout: keys.optional_millis("task_timeout_ms")?,
+            result_settle: keys.millis("result_settle_ms", 2_000, 0)?,
+            progress_interval: keys.millis("progress_interval_ms", 1_000, 0)?,
+            shutdown_grace: keys.millis("shutdown_grace_ms", 500, 0)?,
+            log_max_bytes: keys.integer("log_max_bytes", 10 << 20, 1024)?,
+            log_keep: keys.integer("log_keep", 5, 0)? as u32,
+            log_level,
+        };
+        Ok((config, warnings))
+    }
+
+    /// A config for tests: everything under `dir`, short timers.
+    pub fn for_tests(dir: &Path, hub_url: &str, token: &str) -> Config {
+        let text = serde_json::json!({
+            "agent_id": "test-agent",
+            "token": token,
+            "hub_url": hub_url,
+            "heartbeat_interval_ms": 500,
+            "pong_timeout_ms": 500,
+            "reconnect_initial_ms": 50,
+            "reconnect_max_ms": 500,
+            "confirmation_timeout_ms": 2_000,
+            "wake_timeout_ms": 2_000,
+            "wake_retry_delays_ms": [50, 50, 50],
+            "result_settle_ms": 300,
+        })
+        .to_string();
+        let (config, _) = Config::from_json_str(&text, &dir.join("config.json"))
+            .expect("the test config is valid");
+        config
+    }
+
+    pub fn has_hub_feature(&self, feature: &str) -> bool {
+        self.hub_features.iter().any(|f| f == feature)
+    }
+
+    /// The effective configuration as JSON with the token redacted, for
+    /// `agentcom-sidecar check`.
+    pub fn to_redacted_json(&self) -> Value {
+        let ms = |d: Duration| Value::from(d.as_millis() as u64);
+        let path = |p: &Path| Value::from(p.display().to_string());
+        serde_json::json!({
+            "config_path": path(&self.config_path),
+            "agent_id": self.agent_id,
+            "name": self.name,
+            "token": "<redacted>",
+            "hub_url": redact_url(&self.hub_url),
+            "wake_command": self.wake_command,
+            "capabilities": self.capabilities,
+            "confirmation_timeout_ms": ms(self.confirmation_timeout),
+            "results_dir": path(&self.results_dir),
+            "log_file": path(&self.log_file),
+            "queue_file": path(&self.queue_file),
+            "heartbeat_interval_ms": ms(self.heartbeat_interval),
+            "pong_timeout_ms": ms(self.pong_timeout),
+            "reconnect_initial_ms": ms(self.reconnect_initial),
+            "reconnect_max_ms": ms(self.reconnect_max),
+            "connect_timeout_ms": ms(self.connect_timeout),
+            "tls_ca_file": self.tls_ca_file.as_deref().map(path),
+            "max_message_bytes": self.max_message_bytes,
+            "wake_timeout_ms": ms(self.wake_timeout),
+            "wake_retry_delays_ms": self.wake_retry_delays.iter().map(|d| ms(*d)).collect::<Vec<_>>(),
+            "hub_features": self.hub_features,
+            "max_result_bytes": self.max_result_bytes,
+            "task_timeout_ms": self.task_timeout.map(ms),
+            "result_settle_ms": ms(self.result_settle),
+            "progress_interval_ms": ms(self.progress_interval),
+            "shutdown_grace_ms": ms(self.shutdown_grace),
+            "log_max_bytes": self.log_max_bytes,
+            "log_keep": self.log_keep,
+            "log_level": self.log_level.to_string().to_lowercase(),
+        })
+    }
+}
+
+/// Returns `url` with any user info (`user:pass@`) and query string replaced,
+/// so it can be logged. Credentials must never reach a log.
+pub fn redact_url(url: &str) -> String {
+    let (scheme, rest) = match url.split_once("://") {
+        Some((scheme, rest)) => (Some(scheme), rest),
+        None => (None, url),
+    };
+    let (authority, path) = match rest.find('/') {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    let authority = match authority.rfind('@') {
+        Some(i) => format!("<redacted>@{}", &authority[i + 1..]),
+        None => authority.to_string(),
+    };
+    let path = match path.find('?') {
+        Some(i) => format!("{}?<redacted>", &path[..i]),
+        None => path.to_string(),
+    };
+    match scheme {
+        Some(scheme) => format!("{scheme}://{authority}{path}"),
+        None => format!("{authority}{path}"),
+    }
+}
+
+fn validate_hub_url(url: &str) -> Result<(), String> {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return Err("expected a ws:// or wss:// URL".into());
+    };
+    if scheme != "ws" && scheme != "wss" {
+        return Err(format!(
+            "scheme {scheme:?} is not supported (expected ws or wss)"
+        ));
+    }
+    let host = rest.split(['/', '?']).next().unwrap_or("");
+    let host = host.rsplit('@').next().unwrap_or("");
+    if host.is_empty() {
+        return Err("the URL has no host".into());
+    }
+    Ok(())
+}
+
+/// Typed access to the top-level object with errors that name file and key.
+struct Keys<'a> {
+    object: &'a Map<String, Value>,
+    path: &'a Path,
+}
+
+impl Keys<'_> {
+    fn error(&self, key: &str, why: &str) -> Error {
+        Error::Config(format!("{}: key `{key}`: {why}", self.path.display()))
+    }
+
+    fn required_string(&self, key: &str) -> Result<String, Error> {
+        match self.object.get(key) {
+            None | Some(Value::Null) => Err(self.error(key, "missing (required)")),
+            Some(Value::String(s)) if s.trim().is_empty() => {
+                Err(self.error(key, "must not be empty"))
+            }
+            Some(Value::String(s)) => Ok(s.clone()),
+            Some(other) => {
+                Err(self.error(key, &format!("expected a string, found {}", kind(other))))
+            }
+        }
+    }
+
+    fn string(&self, key: &str) -> Result<Option<String>, Error> {
+        match self.object.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(other) => {
+                Err(self.error(key, &format!("expected a string, found {}", kind(other))))
+            }
+        }
+    }
+
+    fn string_list(&self, key: &str) -> Result<Option<Vec<String>>, Error> {
+        match self.object.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|item| item.as_str().map(str::to_owned))
+                .collect::<Option<Vec<_>>>()
+                .map(Some)
+                .ok_or_else(|| self.error(key, "expected an array of strings")),
+            Some(other) => Err(self.error(
+                key,
+                &format!("expected an array of strings, found {}", kind(other)),
+            )),
+        }
+    }
+
+    fn integer(&self, key: &str, default: u64, min: u64) -> Result<u64, Error> {
+        match self.object.get(key) {
+            None | Some(Value::Null) => Ok(default),
+            Some(value) => match value.as_u64() {
+                Some(n) if n >= min => Ok(n),
+                Some(_) => Err(self.error(key, &format!("must be at least {min}"))),
+                None => Err(self.error(
+                    key,
+                    &format!("expected a non-negative integer, found {}", kind(value)),
+                )),
+            },
+        }
+    }
+
+    fn millis(&self, key: &str, default: u64, min: u64) -> Result<Duration, Error> {
+        self.integer(key, default, min).map(Duration::from_millis)
+    }
+
+    fn optional_millis(&self, key: &str) -> Result<Option<Duration>, Error> {
+        match self.object.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(_) => self.millis(key, 0, 1).map(Some),
+        }
+    }
+}
+
+fn kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(n) if n.is_f64() => "a fractional number",
+        Value::Number(n) if n.is_i64() && n.as_i64().unwrap_or(0) < 0 => "a negative number",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<(Config, Vec<String>), Error> {
+        Config::from_json_str(text, Path::new("/etc/sidecar/config.json"))
+    }
+
+    fn error_of(text: &str) -> String {
+        parse(text)
+            .expect_err("config should be refused")
+            .to_string()
+    }
+
+    const MINIMAL: &str =
+        r#"{"agent_id":"a1","token":"s3cret","hub_url":"ws://127.0.0.1:4000/ws"}"#;
+
+    #[test]
+    fn node_defaults_apply_and_paths_resolve_against_the_config_dir() {
+        let (config, warnings) = parse(MINIMAL).unwrap();
+        assert!(warnings.is_empty());
+        assert_eq!(config.name, "a1");
+        assert_eq!(config.confirmation_timeout, Duration::from_secs(30));
+        assert_eq!(config.results_dir, Path::new("/etc/sidecar/./results"));
+        assert_eq!(config.log_file, Path::new("/etc/sidecar/./sidecar.log"));
+        assert_eq!(config.queue_file, Path::new("/etc/sidecar/./queue.json"));
+        assert_eq!(config.heartbeat_interval, Duration::from_secs(30));
+        assert_eq!(config.pong_timeout, Duration::from_secs(10));
+        assert_eq!(config.wake_retry_delays.len(), 3);
+        assert!(config.wake_command.is_none());
+    }
+
+    #[test]
+    fn node_example_config_is_accepted() {
+        let text = r#"{
+            "agent_id": "my-agent", "token": "tok", "hub_url": "wss://hub.example/ws",
+            "wake_command": "openclaw agent --message \"Task: ${TASK_JSON}\"",
+            "capabilities": ["code", "review"], "confirmation_timeout_ms": 30000,
+            "results_dir": "/var/results", "log_file": "sidecar.log"
+        }"#;
+        let (config, warnings) = parse(text).unwrap();
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert_eq!(config.capabilities, ["code", "review"]);
+        assert_eq!(config.results_dir, Path::new("/var/results"));
+    }
+
+    #[test]
+    fn every_bad_input_names_the_file_and_the_key() {
+        let cases = [
+            (
+                r#"{"token":"t","hub_url":"ws://h/ws"}"#,
+                "`agent_id`: missing",
+            ),
+            (
+                r#"{"agent_id":"a","hub_url":"ws://h/ws"}"#,
+                "`token`: missing",
+            ),
+            (r#"{"agent_id":"a","token":"t"}"#, "`hub_url`: missing"),
+            (
+                r#"{"agent_id":7,"token":"t","hub_url":"ws://h/ws"}"#,
+                "`agent_id`: expected a string",
+            ),
+            (
+                r#"{"agent_id":"a","token":"t","hub_url":"http://h/ws"}"#,
+                "`hub_url`: scheme",
+            ),
+            (
+                r#"{"agent_id":"a","token":"t","hub_url":"ws:///ws"}"#,
+                "`hub_url`: the URL has no host",
+            ),
+            (
+                r#"{"agent_id":"a","token":"t","hub_url":"ws://h/ws","heartbeat_interval_ms":"30"}"#,
+                "`heartbeat_interval_ms`: expected a non-negative integer, found a string",
+            ),
+            (
+                r#"{"agent_id":"a","token":"t","hub_url":"ws://h/ws","heartbeat_interval_ms":0}"#,
+                "`heartbeat_interval_ms`: must be at least 1",
+            ),
+            (
+                r#"{"agent_id":"a","token":"t","hub_url":"ws://h/ws","pong_timeout_ms":-5}"#,
+                "`pong_timeout_ms`: expected a non-negative integer, found a negative number",
+            ),
+            (
+                r#"{"agent_id":"a","token":"t","hub_url":"ws://h/ws","capabilities":"code"}"#,
+                "`capabilities`: expected an array of strings",
+            ),
+            (
+                r#"{"agent_id":"a","token":"t","hub_url":"ws://h/ws","reconnect_initial_ms":500,"reconnect_max_ms":100}"#,
+                "`reconnect_max_ms`",
+            ),
+            (
+                r#"{"agent_id":"a","token":"t","hub_url":"ws://h/ws","tls_ca_file":"/nonexistent/ca.pem"}"#,
+                "`tls_ca_file`",
+            ),
+            (
+                r#"{"agent_id":"a","token":"t","hub_url":"ws://h/ws","wake_retry_delays_ms":[1,"x"]}"#,
+                "`wake_retry_delays_ms`",
+            ),
+            (
+                r#"{"agent_id":"a","token":"t","hub_url":"ws://h/ws","hub_features":["teleport"]}"#,
+                "`hub_features`",
+            ),
+        ];
+        for (text, expected) in cases {
+            let message = error_of(text);
+            assert!(message.contains("/etc/sidecar/config.json"), "{message}");
+            assert!(
+                message.contains(expected),
+                "{message:?} should contain {expected:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn bad_json_and_non_objects_are_refused() {
+        assert!(error_of("{").contains("not valid JSON"));
+        assert!(error_of("[]").contains("top level must be a JSON object"));
+    }
+
+    #[test]
+    fn unknown_keys_warn_but_do_not_fail() {
+        let text = r#"{"agent_id":"a","token":"t","hub_url":"ws://h/ws","hub_api_url":"x"}"#;
+        let (_, warnings) = parse(text).unwrap();
+        assert_eq!(warnings.len(), 1);
+        assert!(warnings[0].contains("`hub_api_url`"));
+    }
+
+    #[test]
+    fn the_token_never_shows_in_debug_or_redacted_json() {
+        let (config, _) = parse(MINIMAL).unwrap();
+        assert!(!format!("{config:?}").contains("s3cret"));
+        assert!(!config.to_redacted_json().to_string().contains("s3cret"));
+        assert_eq!(config.token.expose(), "s3cret");
+    }
+
+    #[test]
+    fn urls_lose_credentials_and_queries() {
+        assert_eq!(
+            redact_url("wss://u:p@hub:4000/ws?token=x"),
+            "wss://<redacted>@hub:4000/ws?<redacted>"
+        );
+        assert_eq!(
+            redact_url("ws://127.0.0.1:4000/ws"),
+            "ws://127.0.0.1:4000/ws"
+        );
+        assert_eq!(redact_url("ws://host"), "ws://host");
+    }
+}

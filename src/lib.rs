@@ -1,0 +1,22 @@
+//! agentcom-sidecar: a dumb, reliable relay between the AgentCom hub and a
+//! local agent runtime. See README.md for the shape and PROTOCOL.md (shared)
+//! for the contract.
+//!
+//! The crate is a library so the integration tests, the development hub
+//! binary and `main.rs` share one implementation.
+
+pub mod config;
+pub mod devhub;
+pub mod error;
+pub mod event;
+pub mod hub;
+pub mod lifecycle_log;
+pub mod main_loop;
+pub mod protocol;
+pub mod queue_store;
+pub mod retry;
+pub mod state;
+pub mod wake;
+pub mod watcher;
+
+pub use main_loop::run;

@@ -1,0 +1,1 @@
+//! (placeholder: queue_store)
