@@ -1,0 +1,4 @@
+//! The single integration-test binary: the real sidecar binary and library
+//! pieces driven against real WebSocket hubs on 127.0.0.1.
+
+mod support;
