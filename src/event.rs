@@ -1,1 +1,18 @@
-//! (placeholder: event)
+//! What the worker threads send the event loop: one enum, one variant per
+//! source. The loop turns each into a `state::Input`.
+
+use crate::hub::HubEvent;
+use crate::wake::WakeOutcome;
+use crate::watcher::ResultsEvent;
+
+#[derive(Debug)]
+pub enum Event {
+    /// From a hub socket thread.
+    Hub(HubEvent),
+    /// From the wake executor.
+    Wake(WakeOutcome),
+    /// From the results-directory watcher (a hint: rescan).
+    Results(ResultsEvent),
+    /// Ctrl-C, SIGTERM, or a test harness.
+    Shutdown,
+}

@@ -1,1 +1,140 @@
-fn main() {}
+//! The `agentcom-sidecar` binary: parse the command line, load the config,
+//! set up logging and signals, run the loop, map the result to an exit code.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use agentcom_sidecar::config::Config;
+use agentcom_sidecar::event::Event;
+
+const USAGE: &str = "\
+agentcom-sidecar: relays AgentCom hub tasks to a local agent
+
+USAGE:
+    agentcom-sidecar [--config PATH]           run the sidecar
+    agentcom-sidecar check [--config PATH]     validate the config and print it (token redacted)
+    agentcom-sidecar --help | --version
+
+The config path defaults to $SIDECAR_CONFIG, then ./config.json.
+Exit codes: 0 clean stop, 1 runtime failure, 2 bad config or usage.";
+
+enum Command {
+    Run,
+    Check,
+}
+
+fn main() -> ExitCode {
+    let mut command = Command::Run;
+    let mut config_path: Option<PathBuf> = None;
+    let mut args = std::env::args_os().skip(1);
+    while let Some(arg) = args.next() {
+        let Some(arg_str) = arg.to_str() else {
+            return usage_error("arguments must be valid UTF-8");
+        };
+        match arg_str {
+            "-h" | "--help" => {
+                println!("{USAGE}");
+                return ExitCode::SUCCESS;
+            }
+            "-V" | "--version" => {
+                println!("agentcom-sidecar {}", env!("CARGO_PKG_VERSION"));
+                return ExitCode::SUCCESS;
+            }
+            "-c" | "--config" => match args.next() {
+                Some(path) => config_path = Some(PathBuf::from(path)),
+                None => return usage_error("--config needs a path"),
+            },
+            "check" => command = Command::Check,
+            "run" => command = Command::Run,
+            other => match other.strip_prefix("--config=") {
+                Some(path) => config_path = Some(PathBuf::from(path)),
+                None => return usage_error(&format!("unexpected argument {other:?}")),
+            },
+        }
+    }
+    let config_path = config_path
+        .or_else(|| {
+            std::env::var_os("SIDECAR_CONFIG")
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        })
+        .unwrap_or_else(|| PathBuf::from("config.json"));
+
+    let (config, warnings) = match Config::load(&config_path) {
+        Ok(loaded) => loaded,
+        Err(e) => {
+            eprintln!("agentcom-sidecar: {e}");
+            return ExitCode::from(e.exit_code());
+        }
+    };
+
+    match command {
+        Command::Check => {
+            for warning in &warnings {
+                eprintln!("warning: {warning}");
+            }
+            let text = serde_json::to_string_pretty(&config.to_redacted_json())
+                .expect("a JSON value serializes");
+            println!("{text}");
+            ExitCode::SUCCESS
+        }
+        Command::Run => run(config, &warnings),
+    }
+}
+
+fn run(config: Config, warnings: &[String]) -> ExitCode {
+    init_logging(config.log_level);
+    for warning in warnings {
+        log::warn!("{warning}");
+    }
+    log::info!(
+        "agentcom-sidecar {} starting (config {})",
+        env!("CARGO_PKG_VERSION"),
+        config.config_path.display()
+    );
+
+    let (events, inbox) = crossbeam_channel::unbounded();
+    // ctrlc's handler can be installed once per process, so it lives here and
+    // never in `run`, which tests call repeatedly. The first signal asks for
+    // a clean shutdown; a second one exits at once.
+    let signals = AtomicUsize::new(0);
+    let shutdown = events.clone();
+    if let Err(e) = ctrlc::set_handler(move || {
+        if signals.fetch_add(1, Ordering::SeqCst) == 0 {
+            let _ = shutdown.send(Event::Shutdown);
+        } else {
+            std::process::exit(130);
+        }
+    }) {
+        log::error!("cannot install the signal handler: {e}");
+        return ExitCode::FAILURE;
+    }
+
+    match agentcom_sidecar::run(config, events, inbox) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            log::error!("{e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+/// Levelled lines on stderr/stdout for pm2. Only this crate's records pass:
+/// dependencies (tungstenite at trace level) could otherwise print frame
+/// payloads, and the identify frame carries the token.
+fn init_logging(level: log::LevelFilter) {
+    let config = simplelog::ConfigBuilder::new()
+        .add_filter_allow_str("agentcom_sidecar")
+        .set_thread_mode(simplelog::ThreadLogMode::Names)
+        .set_thread_level(log::LevelFilter::Error)
+        .set_target_level(log::LevelFilter::Off)
+        .set_time_format_rfc3339()
+        .build();
+    let _ = simplelog::SimpleLogger::init(level, config);
+}
+
+fn usage_error(message: &str) -> ExitCode {
+    eprintln!("agentcom-sidecar: {message}\n\n{USAGE}");
+    ExitCode::from(2)
+}

@@ -1,6 +1,510 @@
-//! (placeholder: main_loop)
-use crate::config::Config;
+//! The shell around the pure core: receives [`Event`]s, asks
+//! [`State`](crate::state::State) what to do, and does it (sockets, files,
+//! processes, logs). It blocks in exactly one place, [`Shell::next_event`].
+//!
+//! Nothing here returns early with `?` once the loop runs: every failure is
+//! logged and turned into something the state machine understands, so the
+//! loop always gets to shut down cleanly. Only set-up errors abort `run`.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{select, Receiver, Sender};
+use serde_json::json;
+
+use crate::config::{redact_url, Config};
 use crate::error::Error;
-pub fn run(_config: Config) -> Result<(), Error> {
+use crate::event::Event;
+use crate::hub::{HubEvent, HubHandle, HubParams};
+use crate::lifecycle_log::LifecycleLog;
+use crate::queue_store::{self, Loaded, QueueFile};
+use crate::retry::Jitter;
+use crate::state::{Effect, Input, Settings, State, TaskFiles, WakeStart};
+use crate::wake::{WakeHandle, WakeRequest};
+use crate::watcher::{self, FileKind, ResultsEvent, ResultsWatcher};
+
+/// Largest progress file we read.
+const MAX_PROGRESS_BYTES: u64 = 4096;
+/// With no working watcher, how often the results directory is rescanned
+/// while a task is held.
+const RESCAN_WITHOUT_WATCHER: Duration = Duration::from_secs(1);
+/// A loop turn slower than this is worth a warning.
+const SLOW_TURN: Duration = Duration::from_millis(100);
+
+/// Runs the sidecar until `Event::Shutdown` (or the hub's
+/// `restart_sidecar`). `events` is the sender side of `inbox`; worker threads
+/// get clones of it.
+pub fn run(config: Config, events: Sender<Event>, inbox: Receiver<Event>) -> Result<(), Error> {
+    let mut shell = Shell::new(config, events)?;
+    shell.run(&inbox);
+    shell.teardown();
     Ok(())
+}
+
+struct Shell {
+    config: Config,
+    events: Sender<Event>,
+    state: State,
+    lifecycle: LifecycleLog,
+    /// The connection the state machine considers live, if any.
+    hub: Option<HubHandle>,
+    hub_conn_id: u64,
+    /// Connections we closed whose threads have not reported `Disconnected`
+    /// yet. Dropping a handle joins its thread, so they wait here rather
+    /// than blocking the loop.
+    closing: Vec<(u64, HubHandle)>,
+    // Field order matters for drop: the watcher stops before the executor.
+    watcher: Option<ResultsWatcher>,
+    wake: WakeHandle,
+    /// Files in the results dir that belong to no task we hold, already
+    /// logged once.
+    foreign_files_logged: HashSet<String>,
+    failpoint: Option<String>,
+    next_fallback_rescan: Option<Instant>,
+    exit: bool,
+}
+
+impl Shell {
+    fn new(config: Config, events: Sender<Event>) -> Result<Shell, Error> {
+        std::fs::create_dir_all(&config.results_dir).map_err(|e| {
+            Error::io(
+                format!("cannot create results_dir {}", config.results_dir.display()),
+                e,
+            )
+        })?;
+        if let Some(dir) = config.queue_file.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                Error::io(
+                    format!(
+                        "cannot create the directory of {}",
+                        config.queue_file.display()
+                    ),
+                    e,
+                )
+            })?;
+        }
+        let mut lifecycle = LifecycleLog::open(
+            &config.log_file,
+            &config.agent_id,
+            config.log_max_bytes,
+            config.log_keep,
+        )
+        .map_err(|e| {
+            Error::io(
+                format!("cannot open log_file {}", config.log_file.display()),
+                e,
+            )
+        })?;
+
+        let queue = match queue_store::load(&config.queue_file) {
+            Ok(Loaded::Missing) => QueueFile::default(),
+            Ok(Loaded::Ok(queue)) => *queue,
+            Ok(Loaded::Corrupt { error, moved_to }) => {
+                log::error!(
+                    "{} is corrupt ({error}); moved it to {} and starting with an empty queue",
+                    config.queue_file.display(),
+                    moved_to.display()
+                );
+                lifecycle.record(
+                    "queue_corrupt",
+                    json!({ "error": error, "moved_to": moved_to.display().to_string() }),
+                );
+                QueueFile::default()
+            }
+            Err(e) => {
+                return Err(Error::io(
+                    format!("cannot read {}", config.queue_file.display()),
+                    e,
+                ))
+            }
+        };
+
+        let wake_events = events.clone();
+        let wake = WakeHandle::spawn(Box::new(move |outcome| {
+            // A failed send means the loop is gone: we are shutting down.
+            let _ = wake_events.send(Event::Wake(outcome));
+        }))
+        .map_err(|e| Error::io("cannot start the wake executor thread", e))?;
+
+        let watch_events = events.clone();
+        let watcher = match ResultsWatcher::start(
+            &config.results_dir,
+            Box::new(move |event| {
+                let _ = watch_events.send(Event::Results(event));
+            }),
+        ) {
+            Ok(watcher) => Some(watcher),
+            Err(e) => {
+                log::warn!(
+                    "cannot watch {} ({e}); rescanning it every {} ms instead",
+                    config.results_dir.display(),
+                    RESCAN_WITHOUT_WATCHER.as_millis()
+                );
+                None
+            }
+        };
+
+        let now = Instant::now();
+        let state = State::new(
+            Settings::from_config(&config),
+            queue,
+            Jitter::seed_from_entropy(),
+            now,
+        );
+        lifecycle.record(
+            "started",
+            json!({ "version": env!("CARGO_PKG_VERSION"), "hub_url": redact_url(&config.hub_url) }),
+        );
+        Ok(Shell {
+            failpoint: std::env::var("AGENTCOM_FAILPOINT")
+                .ok()
+                .filter(|f| !f.is_empty()),
+            config,
+            events,
+            state,
+            lifecycle,
+            hub: None,
+            hub_conn_id: 0,
+            closing: Vec::new(),
+            watcher,
+            wake,
+            foreign_files_logged: HashSet::new(),
+            next_fallback_rescan: None,
+            exit: false,
+        })
+    }
+
+    fn run(&mut self, inbox: &Receiver<Event>) {
+        let effects = self.state.start(Instant::now());
+        self.execute(effects);
+        // Results already on disk when we start count (PROTOCOL.md section 8).
+        self.on_results_hint(ResultsEvent::Rescan);
+        while !self.exit {
+            let Some(input) = self.next_event(inbox) else {
+                log::error!("the event channel closed without a shutdown; stopping");
+                let effects =
+                    self.state
+                        .handle(Input::Shutdown, Instant::now(), queue_store::unix_ms());
+                self.execute(effects);
+                break;
+            };
+            let started = Instant::now();
+            let effects = self.state.handle(input, started, queue_store::unix_ms());
+            self.execute(effects);
+            let took = started.elapsed();
+            if took > SLOW_TURN {
+                log::warn!("one loop turn took {} ms", took.as_millis());
+            }
+        }
+    }
+
+    /// Blocks until something happens: an event from a worker, or the state
+    /// machine's next deadline.
+    fn next_event(&mut self, inbox: &Receiver<Event>) -> Option<Input> {
+        loop {
+            let deadline = self.state.next_deadline();
+            let fallback = if self.watcher.is_none() && self.state.held_task_id().is_some() {
+                Some(
+                    *self
+                        .next_fallback_rescan
+                        .get_or_insert_with(|| Instant::now() + RESCAN_WITHOUT_WATCHER),
+                )
+            } else {
+                None
+            };
+            let wake_at = match (deadline, fallback) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let timer = match wake_at {
+                Some(at) => crossbeam_channel::at(at),
+                None => crossbeam_channel::never(),
+            };
+            let event = select! {
+                recv(inbox) -> event => match event {
+                    Ok(event) => event,
+                    Err(_) => return None,
+                },
+                recv(timer) -> _ => {
+                    if fallback.is_some_and(|at| Instant::now() >= at) {
+                        self.next_fallback_rescan = None;
+                        self.on_results_hint(ResultsEvent::Rescan);
+                    }
+                    return Some(Input::Tick);
+                }
+            };
+            log::debug!("event: {event:?}");
+            match event {
+                Event::Hub(hub_event) => return Some(self.on_hub_event(hub_event)),
+                Event::Wake(outcome) => return Some(Input::WakeFinished(outcome)),
+                Event::Shutdown => return Some(Input::Shutdown),
+                Event::Results(hint) => {
+                    if let Some(input) = self.on_results_hint(hint) {
+                        return Some(input);
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_hub_event(&mut self, event: HubEvent) -> Input {
+        match event {
+            HubEvent::Connected { conn_id } => Input::HubConnected { conn_id },
+            HubEvent::Frame { conn_id, text } => Input::HubFrame { conn_id, text },
+            HubEvent::Disconnected {
+                conn_id,
+                reason,
+                close_code,
+                close_reason,
+            } => {
+                // The thread is done: reap its handle.
+                self.closing.retain(|(id, _)| *id != conn_id);
+                if self.hub_conn_id == conn_id {
+                    self.hub = None;
+                }
+                Input::HubDisconnected {
+                    conn_id,
+                    reason,
+                    close_code,
+                    close_reason,
+                }
+            }
+        }
+    }
+
+    /// Turns a watcher hint into the files of the held task, if they are
+    /// what changed. Files of other tasks are logged once and left alone.
+    fn on_results_hint(&mut self, hint: ResultsEvent) -> Option<Input> {
+        let held = self.state.held_task_id().map(str::to_owned);
+        let names: Vec<String> = match hint {
+            ResultsEvent::Changed(paths) => paths
+                .iter()
+                .filter_map(|p| p.file_name().and_then(|n| n.to_str()).map(str::to_owned))
+                .collect(),
+            ResultsEvent::Rescan => match watcher::scan(&self.config.results_dir) {
+                Ok(entries) => entries
+                    .into_iter()
+                    .map(|(task_id, kind)| file_name(&task_id, kind))
+                    .collect(),
+                Err(e) => {
+                    log::warn!("cannot scan {}: {e}", self.config.results_dir.display());
+                    Vec::new()
+                }
+            },
+        };
+        let mut touches_held = false;
+        for name in names {
+            let Some((task_id, _)) = watcher::classify(&name) else {
+                continue;
+            };
+            if Some(&task_id) == held.as_ref() {
+                touches_held = true;
+            } else if self.foreign_files_logged.len() < 10_000
+                && self.foreign_files_logged.insert(name.clone())
+            {
+                log::info!(
+                    "results_dir has {name}, which belongs to no task we hold; leaving it alone"
+                );
+            }
+        }
+        let held = held?;
+        touches_held.then(|| Input::Files(self.read_task_files(&held)))
+    }
+
+    fn read_task_files(&self, task_id: &str) -> TaskFiles {
+        let dir = &self.config.results_dir;
+        TaskFiles {
+            task_id: task_id.to_owned(),
+            started: watcher::task_file_path(dir, task_id, FileKind::Started).exists(),
+            result: watcher::read_json_file(
+                &watcher::task_file_path(dir, task_id, FileKind::Result),
+                self.config.max_result_bytes,
+            ),
+            progress: watcher::read_json_file(
+                &watcher::task_file_path(dir, task_id, FileKind::Progress),
+                MAX_PROGRESS_BYTES,
+            ),
+        }
+    }
+
+    fn execute(&mut self, effects: Vec<Effect>) {
+        let mut queue = std::collections::VecDeque::from(effects);
+        // A failed persist withholds the sends of the same batch: they would
+        // acknowledge something the disk does not record.
+        let mut persist_failed = false;
+        while let Some(effect) = queue.pop_front() {
+            match effect {
+                Effect::Connect { conn_id } => self.connect(conn_id),
+                Effect::Send { conn_id, text } => {
+                    if persist_failed {
+                        log::error!("not sending a frame: queue.json could not be written");
+                        continue;
+                    }
+                    self.check_failpoint(&text);
+                    match &self.hub {
+                        Some(hub) if self.hub_conn_id == conn_id => hub.send(text),
+                        _ => log::debug!("dropping a frame for closed connection {conn_id}"),
+                    }
+                }
+                Effect::Close { conn_id } => {
+                    if self.hub_conn_id == conn_id {
+                        if let Some(hub) = self.hub.take() {
+                            hub.close();
+                            self.closing.push((conn_id, hub));
+                        }
+                    }
+                }
+                Effect::Persist(queue_file) => {
+                    if let Err(e) = queue_store::save(&self.config.queue_file, &queue_file) {
+                        log::error!("cannot write {}: {e}", self.config.queue_file.display());
+                        self.lifecycle
+                            .record("persist_failed", json!({ "error": e.to_string() }));
+                        persist_failed = true;
+                    }
+                }
+                Effect::StartWake(start) => self.start_wake(start),
+                Effect::CancelWake { task_id } => self.wake.cancel(&task_id),
+                Effect::ScanResults { task_id } => {
+                    // Feed the files straight back in: same batch, no
+                    // round trip through the channel.
+                    let now = Instant::now();
+                    let more = self.state.handle(
+                        Input::Files(self.read_task_files(&task_id)),
+                        now,
+                        queue_store::unix_ms(),
+                    );
+                    for (i, effect) in more.into_iter().enumerate() {
+                        queue.insert(i, effect);
+                    }
+                }
+                Effect::RemoveTaskFiles { task_id } => {
+                    if let Err(e) = watcher::remove_task_files(&self.config.results_dir, &task_id) {
+                        log::warn!("cannot remove the result files of {task_id}: {e}");
+                    }
+                    let _ = std::fs::remove_file(self.task_file_path(&task_id));
+                }
+                Effect::Record { event, fields } => self.lifecycle.record(event, fields),
+                Effect::Exit => self.exit = true,
+            }
+        }
+    }
+
+    fn connect(&mut self, conn_id: u64) {
+        if let Some(old) = self.hub.take() {
+            old.close();
+            self.closing.push((self.hub_conn_id, old));
+        }
+        log::info!("connecting to {}", redact_url(&self.config.hub_url));
+        let params = HubParams {
+            conn_id,
+            url: self.config.hub_url.clone(),
+            tls_ca_file: self.config.tls_ca_file.clone(),
+            max_message_bytes: self.config.max_message_bytes,
+            connect_timeout: self.config.connect_timeout,
+            close_timeout: self.config.shutdown_grace,
+        };
+        let events = self.events.clone();
+        match HubHandle::spawn(
+            params,
+            Box::new(move |event| {
+                let _ = events.send(Event::Hub(event));
+            }),
+        ) {
+            Ok(handle) => {
+                self.hub = Some(handle);
+                self.hub_conn_id = conn_id;
+            }
+            Err(e) => {
+                log::error!("cannot start the hub connection thread: {e}");
+                self.hub_conn_id = conn_id;
+                let _ = self.events.send(Event::Hub(HubEvent::Disconnected {
+                    conn_id,
+                    reason: format!("cannot start the connection thread: {e}"),
+                    close_code: None,
+                    close_reason: None,
+                }));
+            }
+        }
+    }
+
+    fn task_file_path(&self, task_id: &str) -> PathBuf {
+        task_file_path(&self.config.results_dir, task_id)
+    }
+
+    fn start_wake(&mut self, start: WakeStart) {
+        let Some(template) = self.config.wake_command.clone() else {
+            // The state machine only wakes when a command is configured.
+            log::error!(
+                "asked to wake task {} without a wake_command",
+                start.task_id
+            );
+            return;
+        };
+        let task_file = self.task_file_path(&start.task_id);
+        if let Err(e) = task_file
+            .parent()
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|()| crate::wake::write_task_file(&task_file, &start.task_json))
+        {
+            log::warn!("cannot write the task file {}: {e}; the agent still gets the task through its environment", task_file.display());
+        }
+        self.wake.run(WakeRequest {
+            task_id: start.task_id,
+            generation: start.generation,
+            attempt: start.attempt,
+            command_template: template,
+            description: start.description,
+            task_json: start.task_json,
+            task_file,
+            results_dir: self.config.results_dir.clone(),
+            timeout: self.config.wake_timeout,
+        });
+    }
+
+    /// Test hook: `AGENTCOM_FAILPOINT=before_send:<frame type>` kills the
+    /// process, without any clean-up, just before the first frame of that
+    /// type goes to the hub. The crash-safety tests use it to die at exact
+    /// points; it is inert unless that variable is set.
+    fn check_failpoint(&self, text: &str) {
+        let Some(failpoint) = &self.failpoint else {
+            return;
+        };
+        let Some(frame_type) = failpoint.strip_prefix("before_send:") else {
+            return;
+        };
+        if text.contains(&format!("\"type\":\"{frame_type}\"")) {
+            log::error!("failpoint {failpoint} reached: aborting");
+            std::process::abort();
+        }
+    }
+
+    fn teardown(mut self) {
+        // Close every connection first so their close handshakes run in
+        // parallel, then join them (each bounded by shutdown_grace).
+        if let Some(hub) = self.hub.take() {
+            hub.close();
+            self.closing.push((self.hub_conn_id, hub));
+        }
+        for (_, hub) in &self.closing {
+            hub.close();
+        }
+        self.closing.clear();
+        self.lifecycle.record("stopped", json!({}));
+        log::info!("stopped");
+    }
+}
+
+/// Where the full task is written for the agent (`AGENTCOM_TASK_FILE`): a
+/// hidden directory inside results_dir, which the results scan ignores.
+pub fn task_file_path(results_dir: &Path, task_id: &str) -> PathBuf {
+    results_dir.join(".tasks").join(format!("{task_id}.json"))
+}
+
+fn file_name(task_id: &str, kind: FileKind) -> String {
+    match kind {
+        FileKind::Started => format!("{task_id}.started"),
+        FileKind::Result => format!("{task_id}.json"),
+        FileKind::Progress => format!("{task_id}.progress"),
+    }
 }

@@ -1,1 +1,503 @@
-//! (placeholder: protocol)
+//! The wire format of PROTOCOL.md: frames the hub sends us, parsed leniently
+//! into [`Incoming`], and the frames we send, built by the `out_*` functions.
+//!
+//! Parsing is by hand rather than with a derived `Deserialize` because a
+//! malformed frame of a known type must still be answered (a `task_assign`
+//! without a usable `task_id` is refused with `task_rejected`), and an unknown
+//! type must be ignored quietly, never treated as an error.
+
+use serde_json::{json, Map, Value};
+
+/// Every frame we send carries this.
+pub const PROTOCOL_VERSION: u64 = 1;
+
+/// A frame from the hub.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Incoming {
+    Identified,
+    /// `{"type":"error","error":...}`. The text says what failed; see
+    /// [`ErrorKind::of`].
+    Error(String),
+    Pong,
+    TaskAssign(TaskAssign),
+    TaskAck {
+        task_id: String,
+        status: String,
+    },
+    TaskContinue {
+        task_id: String,
+        generation: Option<u64>,
+    },
+    TaskReassign {
+        task_id: String,
+    },
+    StateReportAck {
+        task_id: String,
+        action: String,
+    },
+    TaskCancelled {
+        task_id: String,
+    },
+    RestartSidecar {
+        reason: String,
+    },
+    RateLimited {
+        retry_after_ms: u64,
+    },
+    RateLimitWarning,
+    /// A frame we do not act on (chat, presence, newer types).
+    Ignored {
+        kind: String,
+    },
+}
+
+/// `task_assign` as the hub sent it. `task_id` is `None` when the frame has
+/// none or it is not a string; it is *not* validated here.
+#[derive(Clone, PartialEq)]
+pub struct TaskAssign {
+    pub task_id: Option<String>,
+    pub description: String,
+    pub metadata: Value,
+    pub generation: u64,
+    pub assigned_at: Option<u64>,
+}
+
+// Descriptions can be large; keep `debug!` lines readable.
+impl std::fmt::Debug for TaskAssign {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TaskAssign")
+            .field("task_id", &self.task_id)
+            .field("generation", &self.generation)
+            .field("description_len", &self.description.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a text frame could not be understood at all.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ParseError {
+    NotJson(String),
+    NotAnObject,
+    NoType,
+}
+
+impl std::fmt::Display for ParseError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ParseError::NotJson(e) => write!(f, "frame is not JSON: {e}"),
+            ParseError::NotAnObject => f.write_str("frame is not a JSON object"),
+            ParseError::NoType => f.write_str("frame has no string `type`"),
+        }
+    }
+}
+
+pub fn parse(text: &str) -> Result<Incoming, ParseError> {
+    let value: Value =
+        serde_json::from_str(text).map_err(|e| ParseError::NotJson(e.to_string()))?;
+    let Value::Object(object) = value else {
+        return Err(ParseError::NotAnObject);
+    };
+    let kind = object
+        .get("type")
+        .and_then(Value::as_str)
+        .ok_or(ParseError::NoType)?;
+    let string = |key: &str| object.get(key).and_then(Value::as_str).map(str::to_owned);
+    let task_id = || string("task_id");
+    // Frames about a task without a task id cannot be acted on; ignore them
+    // like unknown frames rather than guessing.
+    let with_task_id = |build: &dyn Fn(String) -> Incoming| match task_id() {
+        Some(id) => build(id),
+        None => Incoming::Ignored {
+            kind: format!("{kind} (no task_id)"),
+        },
+    };
+    Ok(match kind {
+        "identified" => Incoming::Identified,
+        "error" => Incoming::Error(
+            string("error")
+                .or_else(|| string("message"))
+                .unwrap_or_default(),
+        ),
+        "pong" => Incoming::Pong,
+        "task_assign" => Incoming::TaskAssign(TaskAssign {
+            task_id: task_id(),
+            description: match object.get("description") {
+                None | Some(Value::Null) => String::new(),
+                Some(Value::String(s)) => s.clone(),
+                Some(other) => other.to_string(),
+            },
+            metadata: object.get("metadata").cloned().unwrap_or_else(|| json!({})),
+            generation: object
+                .get("generation")
+                .and_then(Value::as_u64)
+                .unwrap_or(0),
+            assigned_at: object.get("assigned_at").and_then(Value::as_u64),
+        }),
+        "task_ack" => with_task_id(&|task_id| Incoming::TaskAck {
+            task_id,
+            status: string("status").unwrap_or_default(),
+        }),
+        "task_continue" => with_task_id(&|task_id| Incoming::TaskContinue {
+            task_id,
+            generation: object.get("generation").and_then(Value::as_u64),
+        }),
+        "task_reassign" => with_task_id(&|task_id| Incoming::TaskReassign { task_id }),
+        "state_report_ack" => with_task_id(&|task_id| Incoming::StateReportAck {
+            task_id,
+            action: string("action").unwrap_or_default(),
+        }),
+        "task_cancelled" => with_task_id(&|task_id| Incoming::TaskCancelled { task_id }),
+        "restart_sidecar" => Incoming::RestartSidecar {
+            reason: string("reason").unwrap_or_default(),
+        },
+        "rate_limited" => Incoming::RateLimited {
+            retry_after_ms: object
+                .get("retry_after_ms")
+                .and_then(Value::as_u64)
+                .unwrap_or(1_000),
+        },
+        "rate_limit_warning" => Incoming::RateLimitWarning,
+        other => Incoming::Ignored {
+            kind: other.to_owned(),
+        },
+    })
+}
+
+/// What an `error` frame means for us.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// `invalid_token`, `token_agent_mismatch`: identify was refused.
+    Auth,
+    /// `not_identified`: we sent something before identify.
+    NotIdentified,
+    /// `task_complete_failed: <why>`
+    CompleteFailed(String),
+    /// `task_fail_failed: <why>`
+    FailFailed(String),
+    /// `unknown_message_type`: an older hub has no handler for what we sent.
+    UnknownMessageType,
+    Other,
+}
+
+impl ErrorKind {
+    pub fn of(error: &str) -> ErrorKind {
+        let why = |prefix: &str| {
+            error
+                .strip_prefix(prefix)
+                .map(|rest| rest.trim_start_matches([':', ' ']).to_owned())
+        };
+        if error == "invalid_token" || error == "token_agent_mismatch" {
+            ErrorKind::Auth
+        } else if error == "not_identified" {
+            ErrorKind::NotIdentified
+        } else if error == "unknown_message_type" {
+            ErrorKind::UnknownMessageType
+        } else if let Some(why) = why("task_complete_failed") {
+            ErrorKind::CompleteFailed(why)
+        } else if let Some(why) = why("task_fail_failed") {
+            ErrorKind::FailFailed(why)
+        } else {
+            ErrorKind::Other
+        }
+    }
+}
+
+/// The reasons a hub gives for refusing a report that mean "this report is
+/// settled: it will never be accepted, stop sending it".
+pub fn is_final_refusal(why: &str) -> bool {
+    matches!(why, "stale_generation" | "invalid_state" | "not_found")
+}
+
+fn frame(kind: &str, fields: Value) -> String {
+    let mut object = Map::new();
+    object.insert("type".into(), Value::from(kind));
+    if let Value::Object(fields) = fields {
+        object.extend(fields);
+    }
+    object.insert("protocol_version".into(), Value::from(PROTOCOL_VERSION));
+    Value::Object(object).to_string()
+}
+
+/// The identify frame. It carries the token: never log it.
+pub fn out_identify(agent_id: &str, token: &str, name: &str, capabilities: &[String]) -> String {
+    frame(
+        "identify",
+        json!({
+            "agent_id": agent_id,
+            "token": token,
+            "name": name,
+            "status": "idle",
+            "capabilities": capabilities,
+            "client_type": "sidecar",
+        }),
+    )
+}
+
+pub fn out_ping() -> String {
+    frame("ping", json!({}))
+}
+
+pub fn out_task_accepted(task_id: &str) -> String {
+    frame("task_accepted", json!({ "task_id": task_id }))
+}
+
+/// `task_id` is `None` when the assign frame had no usable one.
+pub fn out_task_rejected(task_id: Option<&str>, reason: &str) -> String {
+    frame(
+        "task_rejected",
+        json!({ "task_id": task_id, "reason": reason }),
+    )
+}
+
+pub fn out_task_progress(task_id: &str, progress: u64, message: Option<&str>) -> String {
+    let mut fields = json!({ "task_id": task_id, "progress": progress });
+    if let Some(message) = message {
+        fields["message"] = Value::from(message);
+    }
+    frame("task_progress", fields)
+}
+
+pub fn out_task_complete(task_id: &str, generation: u64, result: &Value) -> String {
+    frame(
+        "task_complete",
+        json!({ "task_id": task_id, "generation": generation, "result": result }),
+    )
+}
+
+/// `reason` and `error` carry the same text: older hubs read one, newer the
+/// other (PROTOCOL.md section 6).
+pub fn out_task_failed(task_id: &str, generation: u64, reason: &str) -> String {
+    frame(
+        "task_failed",
+        json!({ "task_id": task_id, "generation": generation, "reason": reason, "error": reason }),
+    )
+}
+
+pub fn out_task_recovering(
+    task_id: &str,
+    description: &str,
+    metadata: &Value,
+    last_status: &str,
+) -> String {
+    frame(
+        "task_recovering",
+        json!({
+            "task_id": task_id,
+            "description": description,
+            "metadata": metadata,
+            "last_status": last_status,
+        }),
+    )
+}
+
+pub fn out_state_report(task_id: &str, generation: u64, status: &str, assigned_at: u64) -> String {
+    frame(
+        "state_report",
+        json!({ "task_id": task_id, "generation": generation, "status": status, "assigned_at": assigned_at }),
+    )
+}
+
+pub fn out_wake_result(task_id: &str, status: &str, attempt: u32, error: Option<&str>) -> String {
+    let mut fields = json!({ "task_id": task_id, "status": status, "attempt": attempt });
+    if let Some(error) = error {
+        fields["error"] = Value::from(error);
+    }
+    frame("wake_result", fields)
+}
+
+/// The frame types PROTOCOL.md lets a sidecar send. Tests check every frame
+/// we send against this list.
+pub const SENDABLE_TYPES: &[&str] = &[
+    "identify",
+    "ping",
+    "task_accepted",
+    "task_rejected",
+    "task_progress",
+    "task_complete",
+    "task_failed",
+    "task_recovering",
+    "state_report",
+    "wake_result",
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn object(text: &str) -> Map<String, Value> {
+        match serde_json::from_str(text).unwrap() {
+            Value::Object(o) => o,
+            other => panic!("not an object: {other}"),
+        }
+    }
+
+    #[test]
+    fn identify_has_exactly_the_protocol_fields() {
+        let o = object(&out_identify("a1", "tok", "a1", &["code".to_string()]));
+        let mut keys: Vec<_> = o.keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        assert_eq!(
+            keys,
+            [
+                "agent_id",
+                "capabilities",
+                "client_type",
+                "name",
+                "protocol_version",
+                "status",
+                "token",
+                "type"
+            ]
+        );
+        assert_eq!(o["type"], "identify");
+        assert_eq!(o["client_type"], "sidecar");
+        assert_eq!(o["protocol_version"], 1);
+        assert_eq!(o["capabilities"], json!(["code"]));
+    }
+
+    #[test]
+    fn every_outgoing_frame_carries_protocol_version_and_a_sendable_type() {
+        let frames = [
+            out_identify("a", "t", "a", &[]),
+            out_ping(),
+            out_task_accepted("t1"),
+            out_task_rejected(None, "busy"),
+            out_task_progress("t1", 5, Some("m")),
+            out_task_complete("t1", 3, &json!({"status":"success"})),
+            out_task_failed("t1", 3, "boom"),
+            out_task_recovering("t1", "d", &json!({}), "working"),
+            out_state_report("t1", 3, "working", 1),
+            out_wake_result("t1", "failed", 2, Some("exit 1")),
+        ];
+        for text in frames {
+            let o = object(&text);
+            assert_eq!(o["protocol_version"], 1, "{text}");
+            assert!(
+                SENDABLE_TYPES.contains(&o["type"].as_str().unwrap()),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn task_failed_carries_reason_and_error_alike() {
+        let o = object(&out_task_failed("t1", 4, "confirmation_timeout"));
+        assert_eq!(o["reason"], "confirmation_timeout");
+        assert_eq!(o["error"], "confirmation_timeout");
+        assert_eq!(o["generation"], 4);
+    }
+
+    #[test]
+    fn parses_hub_frames() {
+        let cases = [
+            (
+                r#"{"type":"identified","agent_id":"a1"}"#,
+                Incoming::Identified,
+            ),
+            (r#"{"type":"pong","timestamp":1}"#, Incoming::Pong),
+            (
+                r#"{"type":"error","error":"invalid_token"}"#,
+                Incoming::Error("invalid_token".into()),
+            ),
+            (
+                r#"{"type":"task_ack","task_id":"t","status":"complete"}"#,
+                Incoming::TaskAck {
+                    task_id: "t".into(),
+                    status: "complete".into(),
+                },
+            ),
+            (
+                r#"{"type":"task_continue","task_id":"t","generation":7}"#,
+                Incoming::TaskContinue {
+                    task_id: "t".into(),
+                    generation: Some(7),
+                },
+            ),
+            (
+                r#"{"type":"task_reassign","task_id":"t"}"#,
+                Incoming::TaskReassign {
+                    task_id: "t".into(),
+                },
+            ),
+            (
+                r#"{"type":"task_cancelled","task_id":"t","timestamp":1}"#,
+                Incoming::TaskCancelled {
+                    task_id: "t".into(),
+                },
+            ),
+            (
+                r#"{"type":"restart_sidecar","reason":"update"}"#,
+                Incoming::RestartSidecar {
+                    reason: "update".into(),
+                },
+            ),
+            (
+                r#"{"type":"rate_limited","retry_after_ms":250,"tier":"x"}"#,
+                Incoming::RateLimited {
+                    retry_after_ms: 250,
+                },
+            ),
+            (
+                r#"{"type":"agent_joined","agent_id":"b"}"#,
+                Incoming::Ignored {
+                    kind: "agent_joined".into(),
+                },
+            ),
+            (
+                r#"{"type":"task_ack","status":"complete"}"#,
+                Incoming::Ignored {
+                    kind: "task_ack (no task_id)".into(),
+                },
+            ),
+        ];
+        for (text, expected) in cases {
+            assert_eq!(parse(text).unwrap(), expected, "{text}");
+        }
+    }
+
+    #[test]
+    fn task_assign_is_parsed_leniently() {
+        let Incoming::TaskAssign(assign) = parse(
+            r#"{"type":"task_assign","task_id":"task-00","description":"d","metadata":{"k":1},"generation":3,"assigned_at":9}"#,
+        )
+        .unwrap() else {
+            panic!("not an assign")
+        };
+        assert_eq!(assign.task_id.as_deref(), Some("task-00"));
+        assert_eq!(assign.generation, 3);
+        assert_eq!(assign.metadata, json!({"k":1}));
+        let Incoming::TaskAssign(assign) = parse(r#"{"type":"task_assign","task_id":5}"#).unwrap()
+        else {
+            panic!("not an assign")
+        };
+        assert_eq!(assign.task_id, None);
+        assert_eq!(assign.metadata, json!({}));
+    }
+
+    #[test]
+    fn malformed_frames_are_errors_not_panics() {
+        assert!(matches!(parse("nope"), Err(ParseError::NotJson(_))));
+        assert_eq!(parse("[1]"), Err(ParseError::NotAnObject));
+        assert_eq!(parse(r#"{"type":5}"#), Err(ParseError::NoType));
+    }
+
+    #[test]
+    fn error_kinds() {
+        assert_eq!(ErrorKind::of("token_agent_mismatch"), ErrorKind::Auth);
+        assert_eq!(
+            ErrorKind::of("task_complete_failed: stale_generation"),
+            ErrorKind::CompleteFailed("stale_generation".into())
+        );
+        assert_eq!(
+            ErrorKind::of("task_fail_failed: not_found"),
+            ErrorKind::FailFailed("not_found".into())
+        );
+        assert_eq!(
+            ErrorKind::of("unknown_message_type"),
+            ErrorKind::UnknownMessageType
+        );
+        assert_eq!(ErrorKind::of("whatever"), ErrorKind::Other);
+        assert!(is_final_refusal("invalid_state"));
+        assert!(!is_final_refusal("timeout"));
+    }
+}

@@ -1,1 +1,227 @@
-//! (placeholder: queue_store)
+//! `queue.json`: the crash record. Reads what the Node sidecar writes and what
+//! we write (PROTOCOL.md section 9), adding fields only, and saves atomically
+//! and durably: temp file in the same directory, write, fsync, rename, fsync
+//! the directory where the platform allows.
+//!
+//! Unknown fields are kept (`extra`) so a file written by a newer or older
+//! sidecar survives a round trip through this one.
+
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// The whole file.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct QueueFile {
+    #[serde(default)]
+    pub active: Option<TaskRecord>,
+    #[serde(default)]
+    pub recovering: Option<TaskRecord>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// One task as persisted. The first seven fields are the Node sidecar's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskRecord {
+    pub task_id: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default = "empty_object")]
+    pub metadata: Value,
+    /// `accepted`, `waking`, `waking_confirmation` or `working` (Node's set).
+    #[serde(default = "default_status")]
+    pub status: String,
+    #[serde(default)]
+    pub assigned_at: u64,
+    #[serde(default)]
+    pub generation: u64,
+    #[serde(default)]
+    pub wake_attempts: u32,
+    /// Added by this sidecar: the outcome owed to the hub, kept until the hub
+    /// settles it. Absent in Node files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub report: Option<Report>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// An outcome owed to the hub.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Report {
+    Complete { result: Value },
+    Failed { reason: String },
+}
+
+fn empty_object() -> Value {
+    Value::Object(Map::new())
+}
+
+fn default_status() -> String {
+    "working".into()
+}
+
+/// What [`load`] found.
+#[derive(Debug)]
+pub enum Loaded {
+    /// No file: start empty.
+    Missing,
+    Ok(Box<QueueFile>),
+    /// The file did not parse; it was renamed to `moved_to` and we start
+    /// empty. Never silently overwritten.
+    Corrupt {
+        error: String,
+        moved_to: PathBuf,
+    },
+}
+
+pub fn load(path: &Path) -> io::Result<Loaded> {
+    let text = match fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Loaded::Missing),
+        Err(e) => return Err(e),
+    };
+    match parse(&text) {
+        Ok(queue) => Ok(Loaded::Ok(Box::new(queue))),
+        Err(error) => {
+            let moved_to = corrupt_path(path, unix_ms());
+            fs::rename(path, &moved_to)?;
+            Ok(Loaded::Corrupt { error, moved_to })
+        }
+    }
+}
+
+/// Parses without touching the disk (also used by `status`).
+pub fn parse(bytes: &[u8]) -> Result<QueueFile, String> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        // A zero-length file is what a crash between create and write leaves
+        // on file systems that do not order metadata after data.
+        return Err("the file is empty".into());
+    }
+    serde_json::from_slice(bytes).map_err(|e| e.to_string())
+}
+
+pub fn corrupt_path(path: &Path, unix_ms: u64) -> PathBuf {
+    let mut name = path
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_else(|| "queue.json".into());
+    name.push(format!(".corrupt-{unix_ms}"));
+    path.with_file_name(name)
+}
+
+/// Writes `queue` to `path` atomically and durably. Only the event loop calls
+/// this, so there is never a concurrent writer.
+pub fn save(path: &Path, queue: &QueueFile) -> io::Result<()> {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    let mut bytes = serde_json::to_vec_pretty(queue).map_err(io::Error::other)?;
+    bytes.push(b'\n');
+    let mut temp = tempfile::Builder::new()
+        .prefix(".queue.json.")
+        .suffix(".tmp")
+        .tempfile_in(dir)?;
+    temp.write_all(&bytes)?;
+    temp.as_file().sync_all()?;
+    temp.persist(path).map_err(|e| e.error)?;
+    sync_dir(dir);
+    Ok(())
+}
+
+/// Makes the rename itself durable. Unix only: Windows has no directory
+/// handles to fsync, and NTFS journals the rename.
+fn sync_dir(dir: &Path) {
+    #[cfg(unix)]
+    if let Err(e) = fs::File::open(dir).and_then(|d| d.sync_all()) {
+        log::warn!("fsync of {} failed: {e}", dir.display());
+    }
+    #[cfg(not(unix))]
+    let _ = dir;
+}
+
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const NODE_FILE: &str = r#"{
+      "active": {"task_id":"task-1f2e3d4c5b6a7980","description":"fix the bug","metadata":{"repo":"x"},
+                 "status":"working","assigned_at":1707500000000,"generation":3,"wake_attempts":1,
+                 "node_only_field":"kept"},
+      "recovering": null
+    }"#;
+
+    #[test]
+    fn reads_the_node_shape_and_keeps_unknown_fields() {
+        let queue = parse(NODE_FILE.as_bytes()).unwrap();
+        let active = queue.active.as_ref().unwrap();
+        assert_eq!(active.task_id, "task-1f2e3d4c5b6a7980");
+        assert_eq!(active.status, "working");
+        assert_eq!(active.generation, 3);
+        assert_eq!(active.wake_attempts, 1);
+        assert_eq!(active.report, None);
+        let written: Value = serde_json::to_value(&queue).unwrap();
+        assert_eq!(written["active"]["node_only_field"], "kept");
+        assert_eq!(written["recovering"], Value::Null);
+        assert!(
+            written["active"].get("report").is_none(),
+            "no field added when there is no report"
+        );
+    }
+
+    #[test]
+    fn save_then_load_round_trips_with_a_report() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("queue.json");
+        let mut queue = parse(NODE_FILE.as_bytes()).unwrap();
+        queue.active.as_mut().unwrap().report = Some(Report::Complete {
+            result: json!({"status":"success"}),
+        });
+        save(&path, &queue).unwrap();
+        let Loaded::Ok(back) = load(&path).unwrap() else {
+            panic!("did not load")
+        };
+        assert_eq!(*back, queue);
+        // Only queue.json is left: the temp file was renamed, not copied.
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["queue.json"]);
+    }
+
+    #[test]
+    fn a_corrupt_file_is_moved_aside_not_overwritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("queue.json");
+        for garbage in ["{\"active\": {", "", "[1,2]"] {
+            fs::write(&path, garbage).unwrap();
+            let Loaded::Corrupt { moved_to, .. } = load(&path).unwrap() else {
+                panic!("{garbage:?} loaded")
+            };
+            assert!(!path.exists());
+            assert_eq!(fs::read_to_string(&moved_to).unwrap(), garbage);
+            assert!(moved_to
+                .file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .starts_with("queue.json.corrupt-"));
+            fs::remove_file(moved_to).unwrap();
+        }
+        assert!(matches!(load(&path).unwrap(), Loaded::Missing));
+    }
+}
