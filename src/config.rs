@@ -123,12 +123,8 @@ impl Config {
     /// Reads and validates `path`. Returns the config and warnings (unknown
     /// keys) for the caller to log once logging is set up.
     pub fn load(path: &Path) -> Result<(Config, Vec<String>), Error> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            Error::Config(format!(
-                "{}: cannot read the config file: {e}",
-                path.display()
-            ))
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::Config(format!("{}: cannot read the config file: {e}", path.display())))?;
         Config::from_json_str(&text, path)
     }
 
@@ -138,19 +134,13 @@ impl Config {
         let value: Value = serde_json::from_str(text)
             .map_err(|e| Error::Config(format!("{}: not valid JSON: {e}", path.display())))?;
         let Value::Object(object) = value else {
-            return Err(Error::Config(format!(
-                "{}: the top level must be a JSON object",
-                path.display()
-            )));
+            return Err(Error::Config(format!("{}: the top level must be a JSON object", path.display())));
         };
         let base_dir = match path.parent() {
             Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
             _ => PathBuf::from("."),
         };
-        let keys = Keys {
-            object: &object,
-            path,
-        };
+        let keys = Keys { object: &object, path };
 
         let warnings = object
             .keys()
@@ -173,38 +163,21 @@ impl Config {
             }
         };
 
-        let wake_command = keys
-            .string("wake_command")?
-            .filter(|c| !c.trim().is_empty());
-        let results_dir = resolve(
-            keys.string("results_dir")?
-                .unwrap_or_else(|| "./results".into()),
-        );
-        let log_file = resolve(
-            keys.string("log_file")?
-                .unwrap_or_else(|| "./sidecar.log".into()),
-        );
-        let queue_file = resolve(
-            keys.string("queue_file")?
-                .unwrap_or_else(|| "./queue.json".into()),
-        );
+        let wake_command = keys.string("wake_command")?.filter(|c| !c.trim().is_empty());
+        let results_dir = resolve(keys.string("results_dir")?.unwrap_or_else(|| "./results".into()));
+        let log_file = resolve(keys.string("log_file")?.unwrap_or_else(|| "./sidecar.log".into()));
+        let queue_file = resolve(keys.string("queue_file")?.unwrap_or_else(|| "./queue.json".into()));
         let tls_ca_file = keys.string("tls_ca_file")?.map(resolve);
         if let Some(ca) = &tls_ca_file {
             if !ca.is_file() {
-                return Err(keys.error(
-                    "tls_ca_file",
-                    &format!("{} is not a readable file", ca.display()),
-                ));
+                return Err(keys.error("tls_ca_file", &format!("{} is not a readable file", ca.display())));
             }
         }
 
         let reconnect_initial = keys.millis("reconnect_initial_ms", 1_000, 1)?;
         let reconnect_max = keys.millis("reconnect_max_ms", 60_000, 1)?;
         if reconnect_max < reconnect_initial {
-            return Err(keys.error(
-                "reconnect_max_ms",
-                "must not be smaller than reconnect_initial_ms",
-            ));
+            return Err(keys.error("reconnect_max_ms", "must not be smaller than reconnect_initial_ms"));
         }
 
         let hub_features = keys.string_list("hub_features")?.unwrap_or_default();
@@ -212,10 +185,7 @@ impl Config {
             if !KNOWN_HUB_FEATURES.contains(&feature.as_str()) {
                 return Err(keys.error(
                     "hub_features",
-                    &format!(
-                        "unknown feature {feature:?} (known: {})",
-                        KNOWN_HUB_FEATURES.join(", ")
-                    ),
+                    &format!("unknown feature {feature:?} (known: {})", KNOWN_HUB_FEATURES.join(", ")),
                 ));
             }
         }
@@ -223,10 +193,7 @@ impl Config {
         let log_level = match keys.string("log_level")?.as_deref() {
             None => log::LevelFilter::Info,
             Some(level) => level.parse().map_err(|_| {
-                keys.error(
-                    "log_level",
-                    "expected one of off, error, warn, info, debug, trace",
-                )
+                keys.error("log_level", "expected one of off, error, warn, info, debug, trace")
             })?,
         };
 
@@ -304,8 +271,8 @@ impl Config {
             "result_settle_ms": 300,
         })
         .to_string();
-        let (config, _) = Config::from_json_str(&text, &dir.join("config.json"))
-            .expect("the test config is valid");
+        let (config, _) =
+            Config::from_json_str(&text, &dir.join("config.json")).expect("the test config is valid");
         config
     }
 
@@ -382,9 +349,7 @@ fn validate_hub_url(url: &str) -> Result<(), String> {
         return Err("expected a ws:// or wss:// URL".into());
     };
     if scheme != "ws" && scheme != "wss" {
-        return Err(format!(
-            "scheme {scheme:?} is not supported (expected ws or wss)"
-        ));
+        return Err(format!("scheme {scheme:?} is not supported (expected ws or wss)"));
     }
     let host = rest.split(['/', '?']).next().unwrap_or("");
     let host = host.rsplit('@').next().unwrap_or("");
@@ -408,13 +373,9 @@ impl Keys<'_> {
     fn required_string(&self, key: &str) -> Result<String, Error> {
         match self.object.get(key) {
             None | Some(Value::Null) => Err(self.error(key, "missing (required)")),
-            Some(Value::String(s)) if s.trim().is_empty() => {
-                Err(self.error(key, "must not be empty"))
-            }
+            Some(Value::String(s)) if s.trim().is_empty() => Err(self.error(key, "must not be empty")),
             Some(Value::String(s)) => Ok(s.clone()),
-            Some(other) => {
-                Err(self.error(key, &format!("expected a string, found {}", kind(other))))
-            }
+            Some(other) => Err(self.error(key, &format!("expected a string, found {}", kind(other)))),
         }
     }
 
@@ -422,9 +383,7 @@ impl Keys<'_> {
         match self.object.get(key) {
             None | Some(Value::Null) => Ok(None),
             Some(Value::String(s)) => Ok(Some(s.clone())),
-            Some(other) => {
-                Err(self.error(key, &format!("expected a string, found {}", kind(other))))
-            }
+            Some(other) => Err(self.error(key, &format!("expected a string, found {}", kind(other)))),
         }
     }
 
@@ -437,10 +396,9 @@ impl Keys<'_> {
                 .collect::<Option<Vec<_>>>()
                 .map(Some)
                 .ok_or_else(|| self.error(key, "expected an array of strings")),
-            Some(other) => Err(self.error(
-                key,
-                &format!("expected an array of strings, found {}", kind(other)),
-            )),
+            Some(other) => {
+                Err(self.error(key, &format!("expected an array of strings, found {}", kind(other))))
+            }
         }
     }
 
@@ -450,10 +408,9 @@ impl Keys<'_> {
             Some(value) => match value.as_u64() {
                 Some(n) if n >= min => Ok(n),
                 Some(_) => Err(self.error(key, &format!("must be at least {min}"))),
-                None => Err(self.error(
-                    key,
-                    &format!("expected a non-negative integer, found {}", kind(value)),
-                )),
+                None => {
+                    Err(self.error(key, &format!("expected a non-negative integer, found {}", kind(value))))
+                }
             },
         }
     }
@@ -492,13 +449,10 @@ mod tests {
     }
 
     fn error_of(text: &str) -> String {
-        parse(text)
-            .expect_err("config should be refused")
-            .to_string()
+        parse(text).expect_err("config should be refused").to_string()
     }
 
-    const MINIMAL: &str =
-        r#"{"agent_id":"a1","token":"s3cret","hub_url":"ws://127.0.0.1:4000/ws"}"#;
+    const MINIMAL: &str = r#"{"agent_id":"a1","token":"s3cret","hub_url":"ws://127.0.0.1:4000/ws"}"#;
 
     #[test]
     fn node_defaults_apply_and_paths_resolve_against_the_config_dir() {
@@ -532,27 +486,12 @@ mod tests {
     #[test]
     fn every_bad_input_names_the_file_and_the_key() {
         let cases = [
-            (
-                r#"{"token":"t","hub_url":"ws://h/ws"}"#,
-                "`agent_id`: missing",
-            ),
-            (
-                r#"{"agent_id":"a","hub_url":"ws://h/ws"}"#,
-                "`token`: missing",
-            ),
+            (r#"{"token":"t","hub_url":"ws://h/ws"}"#, "`agent_id`: missing"),
+            (r#"{"agent_id":"a","hub_url":"ws://h/ws"}"#, "`token`: missing"),
             (r#"{"agent_id":"a","token":"t"}"#, "`hub_url`: missing"),
-            (
-                r#"{"agent_id":7,"token":"t","hub_url":"ws://h/ws"}"#,
-                "`agent_id`: expected a string",
-            ),
-            (
-                r#"{"agent_id":"a","token":"t","hub_url":"http://h/ws"}"#,
-                "`hub_url`: scheme",
-            ),
-            (
-                r#"{"agent_id":"a","token":"t","hub_url":"ws:///ws"}"#,
-                "`hub_url`: the URL has no host",
-            ),
+            (r#"{"agent_id":7,"token":"t","hub_url":"ws://h/ws"}"#, "`agent_id`: expected a string"),
+            (r#"{"agent_id":"a","token":"t","hub_url":"http://h/ws"}"#, "`hub_url`: scheme"),
+            (r#"{"agent_id":"a","token":"t","hub_url":"ws:///ws"}"#, "`hub_url`: the URL has no host"),
             (
                 r#"{"agent_id":"a","token":"t","hub_url":"ws://h/ws","heartbeat_interval_ms":"30"}"#,
                 "`heartbeat_interval_ms`: expected a non-negative integer, found a string",
@@ -589,10 +528,7 @@ mod tests {
         for (text, expected) in cases {
             let message = error_of(text);
             assert!(message.contains("/etc/sidecar/config.json"), "{message}");
-            assert!(
-                message.contains(expected),
-                "{message:?} should contain {expected:?}"
-            );
+            assert!(message.contains(expected), "{message:?} should contain {expected:?}");
         }
     }
 
@@ -620,14 +556,8 @@ mod tests {
 
     #[test]
     fn urls_lose_credentials_and_queries() {
-        assert_eq!(
-            redact_url("wss://u:p@hub:4000/ws?token=x"),
-            "wss://<redacted>@hub:4000/ws?<redacted>"
-        );
-        assert_eq!(
-            redact_url("ws://127.0.0.1:4000/ws"),
-            "ws://127.0.0.1:4000/ws"
-        );
+        assert_eq!(redact_url("wss://u:p@hub:4000/ws?token=x"), "wss://<redacted>@hub:4000/ws?<redacted>");
+        assert_eq!(redact_url("ws://127.0.0.1:4000/ws"), "ws://127.0.0.1:4000/ws");
         assert_eq!(redact_url("ws://host"), "ws://host");
     }
 }

@@ -11,26 +11,13 @@ pub struct HubParams {
 }
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HubEvent {
-    Connected {
-        conn_id: u64,
-    },
-    Frame {
-        conn_id: u64,
-        text: String,
-    },
-    Disconnected {
-        conn_id: u64,
-        reason: String,
-        close_code: Option<u16>,
-        close_reason: Option<String>,
-    },
+    Connected { conn_id: u64 },
+    Frame { conn_id: u64, text: String },
+    Disconnected { conn_id: u64, reason: String, close_code: Option<u16>, close_reason: Option<String> },
 }
 pub struct HubHandle;
 impl HubHandle {
-    pub fn spawn(
-        _params: HubParams,
-        _on_event: Box<dyn Fn(HubEvent) + Send>,
-    ) -> std::io::Result<HubHandle> {
+    pub fn spawn(_params: HubParams, _on_event: Box<dyn Fn(HubEvent) + Send>) -> std::io::Result<HubHandle> {
         unimplemented!()
     }
     pub fn send(&self, _text: String) {}

@@ -2,12 +2,7 @@
 use std::path::Path;
 pub struct LifecycleLog;
 impl LifecycleLog {
-    pub fn open(
-        _path: &Path,
-        _agent_id: &str,
-        _max_bytes: u64,
-        _keep: u32,
-    ) -> std::io::Result<LifecycleLog> {
+    pub fn open(_path: &Path, _agent_id: &str, _max_bytes: u64, _keep: u32) -> std::io::Result<LifecycleLog> {
         unimplemented!()
     }
     pub fn record(&mut self, _event: &str, _fields: serde_json::Value) {}

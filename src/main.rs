@@ -54,11 +54,7 @@ fn main() -> ExitCode {
         }
     }
     let config_path = config_path
-        .or_else(|| {
-            std::env::var_os("SIDECAR_CONFIG")
-                .filter(|v| !v.is_empty())
-                .map(PathBuf::from)
-        })
+        .or_else(|| std::env::var_os("SIDECAR_CONFIG").filter(|v| !v.is_empty()).map(PathBuf::from))
         .unwrap_or_else(|| PathBuf::from("config.json"));
 
     let (config, warnings) = match Config::load(&config_path) {
@@ -74,8 +70,8 @@ fn main() -> ExitCode {
             for warning in &warnings {
                 eprintln!("warning: {warning}");
             }
-            let text = serde_json::to_string_pretty(&config.to_redacted_json())
-                .expect("a JSON value serializes");
+            let text =
+                serde_json::to_string_pretty(&config.to_redacted_json()).expect("a JSON value serializes");
             println!("{text}");
             ExitCode::SUCCESS
         }

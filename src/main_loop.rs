@@ -68,34 +68,16 @@ struct Shell {
 impl Shell {
     fn new(config: Config, events: Sender<Event>) -> Result<Shell, Error> {
         std::fs::create_dir_all(&config.results_dir).map_err(|e| {
-            Error::io(
-                format!("cannot create results_dir {}", config.results_dir.display()),
-                e,
-            )
+            Error::io(format!("cannot create results_dir {}", config.results_dir.display()), e)
         })?;
         if let Some(dir) = config.queue_file.parent() {
             std::fs::create_dir_all(dir).map_err(|e| {
-                Error::io(
-                    format!(
-                        "cannot create the directory of {}",
-                        config.queue_file.display()
-                    ),
-                    e,
-                )
+                Error::io(format!("cannot create the directory of {}", config.queue_file.display()), e)
             })?;
         }
-        let mut lifecycle = LifecycleLog::open(
-            &config.log_file,
-            &config.agent_id,
-            config.log_max_bytes,
-            config.log_keep,
-        )
-        .map_err(|e| {
-            Error::io(
-                format!("cannot open log_file {}", config.log_file.display()),
-                e,
-            )
-        })?;
+        let mut lifecycle =
+            LifecycleLog::open(&config.log_file, &config.agent_id, config.log_max_bytes, config.log_keep)
+                .map_err(|e| Error::io(format!("cannot open log_file {}", config.log_file.display()), e))?;
 
         let queue = match queue_store::load(&config.queue_file) {
             Ok(Loaded::Missing) => QueueFile::default(),
@@ -112,12 +94,7 @@ impl Shell {
                 );
                 QueueFile::default()
             }
-            Err(e) => {
-                return Err(Error::io(
-                    format!("cannot read {}", config.queue_file.display()),
-                    e,
-                ))
-            }
+            Err(e) => return Err(Error::io(format!("cannot read {}", config.queue_file.display()), e)),
         };
 
         let wake_events = events.clone();
@@ -146,20 +123,13 @@ impl Shell {
         };
 
         let now = Instant::now();
-        let state = State::new(
-            Settings::from_config(&config),
-            queue,
-            Jitter::seed_from_entropy(),
-            now,
-        );
+        let state = State::new(Settings::from_config(&config), queue, Jitter::seed_from_entropy(), now);
         lifecycle.record(
             "started",
             json!({ "version": env!("CARGO_PKG_VERSION"), "hub_url": redact_url(&config.hub_url) }),
         );
         Ok(Shell {
-            failpoint: std::env::var("AGENTCOM_FAILPOINT")
-                .ok()
-                .filter(|f| !f.is_empty()),
+            failpoint: std::env::var("AGENTCOM_FAILPOINT").ok().filter(|f| !f.is_empty()),
             config,
             events,
             state,
@@ -183,9 +153,7 @@ impl Shell {
         while !self.exit {
             let Some(input) = self.next_event(inbox) else {
                 log::error!("the event channel closed without a shutdown; stopping");
-                let effects =
-                    self.state
-                        .handle(Input::Shutdown, Instant::now(), queue_store::unix_ms());
+                let effects = self.state.handle(Input::Shutdown, Instant::now(), queue_store::unix_ms());
                 self.execute(effects);
                 break;
             };
@@ -206,9 +174,7 @@ impl Shell {
             let deadline = self.state.next_deadline();
             let fallback = if self.watcher.is_none() && self.state.held_task_id().is_some() {
                 Some(
-                    *self
-                        .next_fallback_rescan
-                        .get_or_insert_with(|| Instant::now() + RESCAN_WITHOUT_WATCHER),
+                    *self.next_fallback_rescan.get_or_insert_with(|| Instant::now() + RESCAN_WITHOUT_WATCHER),
                 )
             } else {
                 None
@@ -252,23 +218,13 @@ impl Shell {
         match event {
             HubEvent::Connected { conn_id } => Input::HubConnected { conn_id },
             HubEvent::Frame { conn_id, text } => Input::HubFrame { conn_id, text },
-            HubEvent::Disconnected {
-                conn_id,
-                reason,
-                close_code,
-                close_reason,
-            } => {
+            HubEvent::Disconnected { conn_id, reason, close_code, close_reason } => {
                 // The thread is done: reap its handle.
                 self.closing.retain(|(id, _)| *id != conn_id);
                 if self.hub_conn_id == conn_id {
                     self.hub = None;
                 }
-                Input::HubDisconnected {
-                    conn_id,
-                    reason,
-                    close_code,
-                    close_reason,
-                }
+                Input::HubDisconnected { conn_id, reason, close_code, close_reason }
             }
         }
     }
@@ -283,10 +239,7 @@ impl Shell {
                 .filter_map(|p| p.file_name().and_then(|n| n.to_str()).map(str::to_owned))
                 .collect(),
             ResultsEvent::Rescan => match watcher::scan(&self.config.results_dir) {
-                Ok(entries) => entries
-                    .into_iter()
-                    .map(|(task_id, kind)| file_name(&task_id, kind))
-                    .collect(),
+                Ok(entries) => entries.into_iter().map(|(task_id, kind)| file_name(&task_id, kind)).collect(),
                 Err(e) => {
                     log::warn!("cannot scan {}: {e}", self.config.results_dir.display());
                     Vec::new()
@@ -303,9 +256,7 @@ impl Shell {
             } else if self.foreign_files_logged.len() < 10_000
                 && self.foreign_files_logged.insert(name.clone())
             {
-                log::info!(
-                    "results_dir has {name}, which belongs to no task we hold; leaving it alone"
-                );
+                log::info!("results_dir has {name}, which belongs to no task we hold; leaving it alone");
             }
         }
         let held = held?;
@@ -358,8 +309,7 @@ impl Shell {
                 Effect::Persist(queue_file) => {
                     if let Err(e) = queue_store::save(&self.config.queue_file, &queue_file) {
                         log::error!("cannot write {}: {e}", self.config.queue_file.display());
-                        self.lifecycle
-                            .record("persist_failed", json!({ "error": e.to_string() }));
+                        self.lifecycle.record("persist_failed", json!({ "error": e.to_string() }));
                         persist_failed = true;
                     }
                 }
@@ -435,10 +385,7 @@ impl Shell {
     fn start_wake(&mut self, start: WakeStart) {
         let Some(template) = self.config.wake_command.clone() else {
             // The state machine only wakes when a command is configured.
-            log::error!(
-                "asked to wake task {} without a wake_command",
-                start.task_id
-            );
+            log::error!("asked to wake task {} without a wake_command", start.task_id);
             return;
         };
         let task_file = self.task_file_path(&start.task_id);
@@ -447,7 +394,10 @@ impl Shell {
             .map_or(Ok(()), std::fs::create_dir_all)
             .and_then(|()| crate::wake::write_task_file(&task_file, &start.task_json))
         {
-            log::warn!("cannot write the task file {}: {e}; the agent still gets the task through its environment", task_file.display());
+            log::warn!(
+                "cannot write the task file {}: {e}; the agent still gets the task through its environment",
+                task_file.display()
+            );
         }
         self.wake.run(WakeRequest {
             task_id: start.task_id,

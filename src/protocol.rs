@@ -92,32 +92,22 @@ impl std::fmt::Display for ParseError {
 }
 
 pub fn parse(text: &str) -> Result<Incoming, ParseError> {
-    let value: Value =
-        serde_json::from_str(text).map_err(|e| ParseError::NotJson(e.to_string()))?;
+    let value: Value = serde_json::from_str(text).map_err(|e| ParseError::NotJson(e.to_string()))?;
     let Value::Object(object) = value else {
         return Err(ParseError::NotAnObject);
     };
-    let kind = object
-        .get("type")
-        .and_then(Value::as_str)
-        .ok_or(ParseError::NoType)?;
+    let kind = object.get("type").and_then(Value::as_str).ok_or(ParseError::NoType)?;
     let string = |key: &str| object.get(key).and_then(Value::as_str).map(str::to_owned);
     let task_id = || string("task_id");
     // Frames about a task without a task id cannot be acted on; ignore them
     // like unknown frames rather than guessing.
     let with_task_id = |build: &dyn Fn(String) -> Incoming| match task_id() {
         Some(id) => build(id),
-        None => Incoming::Ignored {
-            kind: format!("{kind} (no task_id)"),
-        },
+        None => Incoming::Ignored { kind: format!("{kind} (no task_id)") },
     };
     Ok(match kind {
         "identified" => Incoming::Identified,
-        "error" => Incoming::Error(
-            string("error")
-                .or_else(|| string("message"))
-                .unwrap_or_default(),
-        ),
+        "error" => Incoming::Error(string("error").or_else(|| string("message")).unwrap_or_default()),
         "pong" => Incoming::Pong,
         "task_assign" => Incoming::TaskAssign(TaskAssign {
             task_id: task_id(),
@@ -127,10 +117,7 @@ pub fn parse(text: &str) -> Result<Incoming, ParseError> {
                 Some(other) => other.to_string(),
             },
             metadata: object.get("metadata").cloned().unwrap_or_else(|| json!({})),
-            generation: object
-                .get("generation")
-                .and_then(Value::as_u64)
-                .unwrap_or(0),
+            generation: object.get("generation").and_then(Value::as_u64).unwrap_or(0),
             assigned_at: object.get("assigned_at").and_then(Value::as_u64),
         }),
         "task_ack" => with_task_id(&|task_id| Incoming::TaskAck {
@@ -147,19 +134,12 @@ pub fn parse(text: &str) -> Result<Incoming, ParseError> {
             action: string("action").unwrap_or_default(),
         }),
         "task_cancelled" => with_task_id(&|task_id| Incoming::TaskCancelled { task_id }),
-        "restart_sidecar" => Incoming::RestartSidecar {
-            reason: string("reason").unwrap_or_default(),
-        },
+        "restart_sidecar" => Incoming::RestartSidecar { reason: string("reason").unwrap_or_default() },
         "rate_limited" => Incoming::RateLimited {
-            retry_after_ms: object
-                .get("retry_after_ms")
-                .and_then(Value::as_u64)
-                .unwrap_or(1_000),
+            retry_after_ms: object.get("retry_after_ms").and_then(Value::as_u64).unwrap_or(1_000),
         },
         "rate_limit_warning" => Incoming::RateLimitWarning,
-        other => Incoming::Ignored {
-            kind: other.to_owned(),
-        },
+        other => Incoming::Ignored { kind: other.to_owned() },
     })
 }
 
@@ -182,9 +162,7 @@ pub enum ErrorKind {
 impl ErrorKind {
     pub fn of(error: &str) -> ErrorKind {
         let why = |prefix: &str| {
-            error
-                .strip_prefix(prefix)
-                .map(|rest| rest.trim_start_matches([':', ' ']).to_owned())
+            error.strip_prefix(prefix).map(|rest| rest.trim_start_matches([':', ' ']).to_owned())
         };
         if error == "invalid_token" || error == "token_agent_mismatch" {
             ErrorKind::Auth
@@ -243,10 +221,7 @@ pub fn out_task_accepted(task_id: &str) -> String {
 
 /// `task_id` is `None` when the assign frame had no usable one.
 pub fn out_task_rejected(task_id: Option<&str>, reason: &str) -> String {
-    frame(
-        "task_rejected",
-        json!({ "task_id": task_id, "reason": reason }),
-    )
+    frame("task_rejected", json!({ "task_id": task_id, "reason": reason }))
 }
 
 pub fn out_task_progress(task_id: &str, progress: u64, message: Option<&str>) -> String {
@@ -258,10 +233,7 @@ pub fn out_task_progress(task_id: &str, progress: u64, message: Option<&str>) ->
 }
 
 pub fn out_task_complete(task_id: &str, generation: u64, result: &Value) -> String {
-    frame(
-        "task_complete",
-        json!({ "task_id": task_id, "generation": generation, "result": result }),
-    )
+    frame("task_complete", json!({ "task_id": task_id, "generation": generation, "result": result }))
 }
 
 /// `reason` and `error` carry the same text: older hubs read one, newer the
@@ -273,12 +245,7 @@ pub fn out_task_failed(task_id: &str, generation: u64, reason: &str) -> String {
     )
 }
 
-pub fn out_task_recovering(
-    task_id: &str,
-    description: &str,
-    metadata: &Value,
-    last_status: &str,
-) -> String {
+pub fn out_task_recovering(task_id: &str, description: &str, metadata: &Value, last_status: &str) -> String {
     frame(
         "task_recovering",
         json!({
@@ -372,10 +339,7 @@ mod tests {
         for text in frames {
             let o = object(&text);
             assert_eq!(o["protocol_version"], 1, "{text}");
-            assert!(
-                SENDABLE_TYPES.contains(&o["type"].as_str().unwrap()),
-                "{text}"
-            );
+            assert!(SENDABLE_TYPES.contains(&o["type"].as_str().unwrap()), "{text}");
         }
     }
 
@@ -390,64 +354,34 @@ mod tests {
     #[test]
     fn parses_hub_frames() {
         let cases = [
-            (
-                r#"{"type":"identified","agent_id":"a1"}"#,
-                Incoming::Identified,
-            ),
+            (r#"{"type":"identified","agent_id":"a1"}"#, Incoming::Identified),
             (r#"{"type":"pong","timestamp":1}"#, Incoming::Pong),
-            (
-                r#"{"type":"error","error":"invalid_token"}"#,
-                Incoming::Error("invalid_token".into()),
-            ),
+            (r#"{"type":"error","error":"invalid_token"}"#, Incoming::Error("invalid_token".into())),
             (
                 r#"{"type":"task_ack","task_id":"t","status":"complete"}"#,
-                Incoming::TaskAck {
-                    task_id: "t".into(),
-                    status: "complete".into(),
-                },
+                Incoming::TaskAck { task_id: "t".into(), status: "complete".into() },
             ),
             (
                 r#"{"type":"task_continue","task_id":"t","generation":7}"#,
-                Incoming::TaskContinue {
-                    task_id: "t".into(),
-                    generation: Some(7),
-                },
+                Incoming::TaskContinue { task_id: "t".into(), generation: Some(7) },
             ),
-            (
-                r#"{"type":"task_reassign","task_id":"t"}"#,
-                Incoming::TaskReassign {
-                    task_id: "t".into(),
-                },
-            ),
+            (r#"{"type":"task_reassign","task_id":"t"}"#, Incoming::TaskReassign { task_id: "t".into() }),
             (
                 r#"{"type":"task_cancelled","task_id":"t","timestamp":1}"#,
-                Incoming::TaskCancelled {
-                    task_id: "t".into(),
-                },
+                Incoming::TaskCancelled { task_id: "t".into() },
             ),
             (
                 r#"{"type":"restart_sidecar","reason":"update"}"#,
-                Incoming::RestartSidecar {
-                    reason: "update".into(),
-                },
+                Incoming::RestartSidecar { reason: "update".into() },
             ),
             (
                 r#"{"type":"rate_limited","retry_after_ms":250,"tier":"x"}"#,
-                Incoming::RateLimited {
-                    retry_after_ms: 250,
-                },
+                Incoming::RateLimited { retry_after_ms: 250 },
             ),
-            (
-                r#"{"type":"agent_joined","agent_id":"b"}"#,
-                Incoming::Ignored {
-                    kind: "agent_joined".into(),
-                },
-            ),
+            (r#"{"type":"agent_joined","agent_id":"b"}"#, Incoming::Ignored { kind: "agent_joined".into() }),
             (
                 r#"{"type":"task_ack","status":"complete"}"#,
-                Incoming::Ignored {
-                    kind: "task_ack (no task_id)".into(),
-                },
+                Incoming::Ignored { kind: "task_ack (no task_id)".into() },
             ),
         ];
         for (text, expected) in cases {
@@ -466,8 +400,7 @@ mod tests {
         assert_eq!(assign.task_id.as_deref(), Some("task-00"));
         assert_eq!(assign.generation, 3);
         assert_eq!(assign.metadata, json!({"k":1}));
-        let Incoming::TaskAssign(assign) = parse(r#"{"type":"task_assign","task_id":5}"#).unwrap()
-        else {
+        let Incoming::TaskAssign(assign) = parse(r#"{"type":"task_assign","task_id":5}"#).unwrap() else {
             panic!("not an assign")
         };
         assert_eq!(assign.task_id, None);
@@ -488,14 +421,8 @@ mod tests {
             ErrorKind::of("task_complete_failed: stale_generation"),
             ErrorKind::CompleteFailed("stale_generation".into())
         );
-        assert_eq!(
-            ErrorKind::of("task_fail_failed: not_found"),
-            ErrorKind::FailFailed("not_found".into())
-        );
-        assert_eq!(
-            ErrorKind::of("unknown_message_type"),
-            ErrorKind::UnknownMessageType
-        );
+        assert_eq!(ErrorKind::of("task_fail_failed: not_found"), ErrorKind::FailFailed("not_found".into()));
+        assert_eq!(ErrorKind::of("unknown_message_type"), ErrorKind::UnknownMessageType);
         assert_eq!(ErrorKind::of("whatever"), ErrorKind::Other);
         assert!(is_final_refusal("invalid_state"));
         assert!(!is_final_refusal("timeout"));

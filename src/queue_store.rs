@@ -106,10 +106,7 @@ pub fn parse(bytes: &[u8]) -> Result<QueueFile, String> {
 }
 
 pub fn corrupt_path(path: &Path, unix_ms: u64) -> PathBuf {
-    let mut name = path
-        .file_name()
-        .map(|n| n.to_os_string())
-        .unwrap_or_else(|| "queue.json".into());
+    let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_else(|| "queue.json".into());
     name.push(format!(".corrupt-{unix_ms}"));
     path.with_file_name(name)
 }
@@ -123,10 +120,7 @@ pub fn save(path: &Path, queue: &QueueFile) -> io::Result<()> {
     };
     let mut bytes = serde_json::to_vec_pretty(queue).map_err(io::Error::other)?;
     bytes.push(b'\n');
-    let mut temp = tempfile::Builder::new()
-        .prefix(".queue.json.")
-        .suffix(".tmp")
-        .tempfile_in(dir)?;
+    let mut temp = tempfile::Builder::new().prefix(".queue.json.").suffix(".tmp").tempfile_in(dir)?;
     temp.write_all(&bytes)?;
     temp.as_file().sync_all()?;
     temp.persist(path).map_err(|e| e.error)?;
@@ -176,10 +170,7 @@ mod tests {
         let written: Value = serde_json::to_value(&queue).unwrap();
         assert_eq!(written["active"]["node_only_field"], "kept");
         assert_eq!(written["recovering"], Value::Null);
-        assert!(
-            written["active"].get("report").is_none(),
-            "no field added when there is no report"
-        );
+        assert!(written["active"].get("report").is_none(), "no field added when there is no report");
     }
 
     #[test]
@@ -187,19 +178,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("queue.json");
         let mut queue = parse(NODE_FILE.as_bytes()).unwrap();
-        queue.active.as_mut().unwrap().report = Some(Report::Complete {
-            result: json!({"status":"success"}),
-        });
+        queue.active.as_mut().unwrap().report =
+            Some(Report::Complete { result: json!({"status":"success"}) });
         save(&path, &queue).unwrap();
-        let Loaded::Ok(back) = load(&path).unwrap() else {
-            panic!("did not load")
-        };
+        let Loaded::Ok(back) = load(&path).unwrap() else { panic!("did not load") };
         assert_eq!(*back, queue);
         // Only queue.json is left: the temp file was renamed, not copied.
-        let names: Vec<_> = fs::read_dir(dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
+        let names: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names, ["queue.json"]);
     }
 
@@ -209,17 +194,10 @@ mod tests {
         let path = dir.path().join("queue.json");
         for garbage in ["{\"active\": {", "", "[1,2]"] {
             fs::write(&path, garbage).unwrap();
-            let Loaded::Corrupt { moved_to, .. } = load(&path).unwrap() else {
-                panic!("{garbage:?} loaded")
-            };
+            let Loaded::Corrupt { moved_to, .. } = load(&path).unwrap() else { panic!("{garbage:?} loaded") };
             assert!(!path.exists());
             assert_eq!(fs::read_to_string(&moved_to).unwrap(), garbage);
-            assert!(moved_to
-                .file_name()
-                .unwrap()
-                .to_str()
-                .unwrap()
-                .starts_with("queue.json.corrupt-"));
+            assert!(moved_to.file_name().unwrap().to_str().unwrap().starts_with("queue.json.corrupt-"));
             fs::remove_file(moved_to).unwrap();
         }
         assert!(matches!(load(&path).unwrap(), Loaded::Missing));

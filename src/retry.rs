@@ -17,10 +17,7 @@ pub struct BackoffPolicy {
 /// while no delay ever exceeds the documented schedule. `unit_random` is in
 /// `[0, 1)`.
 pub fn backoff(attempt: u32, policy: &BackoffPolicy, unit_random: f64) -> Duration {
-    let step = policy
-        .initial
-        .saturating_mul(1u32 << attempt.min(20))
-        .min(policy.max);
+    let step = policy.initial.saturating_mul(1u32 << attempt.min(20)).min(policy.max);
     let half = step / 2;
     half + half.mul_f64(unit_random.clamp(0.0, 1.0))
 }
@@ -64,10 +61,7 @@ mod tests {
 
     #[test]
     fn schedule_doubles_caps_and_jitters_within_the_step() {
-        let policy = BackoffPolicy {
-            initial: ms(1_000),
-            max: ms(60_000),
-        };
+        let policy = BackoffPolicy { initial: ms(1_000), max: ms(60_000) };
         // (attempt, random, expected)
         let table = [
             (0, 0.0, 500),

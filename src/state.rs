@@ -57,10 +57,7 @@ impl Settings {
             heartbeat_interval: config.heartbeat_interval,
             pong_timeout: config.pong_timeout,
             identify_timeout: config.connect_timeout,
-            backoff: BackoffPolicy {
-                initial: config.reconnect_initial,
-                max: config.reconnect_max,
-            },
+            backoff: BackoffPolicy { initial: config.reconnect_initial, max: config.reconnect_max },
             confirmation_timeout: config.confirmation_timeout,
             wake_retry_delays: config.wake_retry_delays.clone(),
             task_timeout: config.task_timeout,
@@ -187,21 +184,10 @@ pub struct State {
 
 #[derive(Debug, Clone, PartialEq)]
 enum Conn {
-    Backoff {
-        retry_at: Instant,
-    },
-    Connecting {
-        conn_id: u64,
-    },
-    Identifying {
-        conn_id: u64,
-        deadline: Instant,
-    },
-    Ready {
-        conn_id: u64,
-        next_ping_at: Instant,
-        pong_deadline: Option<Instant>,
-    },
+    Backoff { retry_at: Instant },
+    Connecting { conn_id: u64 },
+    Identifying { conn_id: u64, deadline: Instant },
+    Ready { conn_id: u64, next_ping_at: Instant, pong_deadline: Option<Instant> },
     Stopped,
 }
 
@@ -272,11 +258,7 @@ struct Progress {
 
 impl State {
     pub fn new(settings: Settings, queue: QueueFile, jitter_seed: u64, now: Instant) -> State {
-        let QueueFile {
-            active,
-            recovering,
-            extra,
-        } = queue;
+        let QueueFile { active, recovering, extra } = queue;
         // A task that was active when we died is recovering now; one that was
         // already recovering stays so. If a file somehow holds both, the
         // recovering one is older news: keep the active one, which is the
@@ -322,13 +304,8 @@ impl State {
                 slot.record.generation,
                 slot.record.status
             );
-            fx.push(record(
-                "task_recovered_from_disk",
-                task_fields(&slot.record),
-            ));
-            fx.push(Effect::ScanResults {
-                task_id: slot.record.task_id.clone(),
-            });
+            fx.push(record("task_recovered_from_disk", task_fields(&slot.record)));
+            fx.push(Effect::ScanResults { task_id: slot.record.task_id.clone() });
             fx.push(Effect::Persist(Box::new(self.queue_file())));
         }
         self.connect(now, &mut fx);
@@ -344,20 +321,9 @@ impl State {
                     self.on_frame(&text, now, wall_ms, &mut fx);
                 }
             }
-            Input::HubDisconnected {
-                conn_id,
-                reason,
-                close_code,
-                close_reason,
-            } => {
+            Input::HubDisconnected { conn_id, reason, close_code, close_reason } => {
                 if self.live_conn_id() == Some(conn_id) {
-                    self.on_connection_lost(
-                        &reason,
-                        close_code,
-                        close_reason.as_deref(),
-                        now,
-                        &mut fx,
-                    );
+                    self.on_connection_lost(&reason, close_code, close_reason.as_deref(), now, &mut fx);
                 }
             }
             Input::WakeFinished(outcome) => self.on_wake_finished(outcome, now, &mut fx),
@@ -380,11 +346,7 @@ impl State {
         match &self.conn {
             Conn::Backoff { retry_at } => deadlines.push(*retry_at),
             Conn::Identifying { deadline, .. } => deadlines.push(*deadline),
-            Conn::Ready {
-                next_ping_at,
-                pong_deadline,
-                ..
-            } => {
+            Conn::Ready { next_ping_at, pong_deadline, .. } => {
                 deadlines.push(pong_deadline.unwrap_or(*next_ping_at));
                 if let Some((at, _)) = &self.resend {
                     deadlines.push(*at);
@@ -421,11 +383,7 @@ impl State {
 
     /// queue.json as it should be on disk now.
     pub fn queue_file(&self) -> QueueFile {
-        let mut queue = QueueFile {
-            active: None,
-            recovering: None,
-            extra: self.queue_extra.clone(),
-        };
+        let mut queue = QueueFile { active: None, recovering: None, extra: self.queue_extra.clone() };
         if let Some(slot) = &self.slot {
             if slot.crash_recovered {
                 queue.recovering = Some(slot.record.clone());
@@ -456,28 +414,19 @@ impl State {
         let conn_id = self.last_conn_id;
         self.conn = Conn::Connecting { conn_id };
         fx.push(Effect::Connect { conn_id });
-        fx.push(record(
-            "connecting",
-            json!({ "attempt": self.reconnect_attempt + 1 }),
-        ));
+        fx.push(record("connecting", json!({ "attempt": self.reconnect_attempt + 1 })));
     }
 
     fn on_connected(&mut self, conn_id: u64, now: Instant, fx: &mut Vec<Effect>) {
         if self.conn != (Conn::Connecting { conn_id }) {
             return;
         }
-        log::info!(
-            "connected to hub; identifying as {}",
-            self.settings.agent_id
-        );
+        log::info!("connected to hub; identifying as {}", self.settings.agent_id);
         fx.push(record("connected", json!({})));
         let s = &self.settings;
         let text = protocol::out_identify(&s.agent_id, s.token.expose(), &s.name, &s.capabilities);
         fx.push(Effect::Send { conn_id, text });
-        self.conn = Conn::Identifying {
-            conn_id,
-            deadline: now + self.settings.identify_timeout,
-        };
+        self.conn = Conn::Identifying { conn_id, deadline: now + self.settings.identify_timeout };
     }
 
     /// The connection is gone, by the hub's doing or ours.
@@ -493,13 +442,11 @@ impl State {
         // answering; they re-queue the task (PROTOCOL.md section 6). Resending
         // would crash them again, so the report counts as settled ("retried").
         if close_code == Some(1011) {
-            if let Some(entry) = self
-                .awaiting
-                .iter()
-                .find(|a| a.kind == ReplyKind::Failed)
-                .cloned()
-            {
-                log::warn!("hub closed with 1011 after task_failed for {}; treating the report as settled (retried)", entry.task_id);
+            if let Some(entry) = self.awaiting.iter().find(|a| a.kind == ReplyKind::Failed).cloned() {
+                log::warn!(
+                    "hub closed with 1011 after task_failed for {}; treating the report as settled (retried)",
+                    entry.task_id
+                );
                 self.settle(&entry, "retried (hub closed with 1011)", fx);
             }
         }
@@ -510,26 +457,17 @@ impl State {
             slot.needs_reconcile = true;
             slot.report_sent_generation = None;
         }
-        let mut delay = backoff(
-            self.reconnect_attempt,
-            &self.settings.backoff,
-            self.jitter.next_unit(),
-        );
+        let mut delay = backoff(self.reconnect_attempt, &self.settings.backoff, self.jitter.next_unit());
         if let Some(cooldown) = close_reason.and_then(parse_retry_in) {
             delay = delay.max(cooldown);
         }
         self.reconnect_attempt = self.reconnect_attempt.saturating_add(1);
-        log::warn!(
-            "disconnected from hub: {reason}; reconnecting in {} ms",
-            delay.as_millis()
-        );
+        log::warn!("disconnected from hub: {reason}; reconnecting in {} ms", delay.as_millis());
         fx.push(record(
             "disconnected",
             json!({ "reason": reason, "close_code": close_code, "reconnect_in_ms": delay.as_millis() as u64 }),
         ));
-        self.conn = Conn::Backoff {
-            retry_at: now + delay,
-        };
+        self.conn = Conn::Backoff { retry_at: now + delay };
     }
 
     /// We give up on the live connection (heartbeat, identify timeout, auth).
@@ -547,10 +485,7 @@ impl State {
         if let Some(entry) = &awaiting {
             self.awaiting.push_back(entry.clone());
         }
-        self.last_sent = Some(Resendable {
-            text: text.clone(),
-            awaiting,
-        });
+        self.last_sent = Some(Resendable { text: text.clone(), awaiting });
         fx.push(Effect::Send { conn_id, text });
     }
 
@@ -562,11 +497,7 @@ impl State {
         generation: u64,
         fx: &mut Vec<Effect>,
     ) {
-        let entry = Awaiting {
-            kind,
-            task_id: task_id.to_owned(),
-            generation,
-        };
+        let entry = Awaiting { kind, task_id: task_id.to_owned(), generation };
         self.send(text, Some(entry), fx);
     }
 
@@ -597,10 +528,7 @@ impl State {
             }
             Incoming::TaskAssign(assign) => self.on_assign(assign, now, wall_ms, fx),
             Incoming::TaskAck { task_id, status } => self.on_ack(&task_id, &status, fx),
-            Incoming::TaskContinue {
-                task_id,
-                generation,
-            } => {
+            Incoming::TaskContinue { task_id, generation } => {
                 self.take_awaiting(&[ReplyKind::Recovering]);
                 self.on_continue(&task_id, generation, now, fx);
             }
@@ -652,18 +580,12 @@ impl State {
         slot.needs_reconcile = true;
         slot.readopted_since_recovering = false;
         let r = slot.record.clone();
-        log::info!(
-            "asking the hub about task {} (generation {})",
-            r.task_id,
-            r.generation
-        );
+        log::info!("asking the hub about task {} (generation {})", r.task_id, r.generation);
         fx.push(record("recovering_sent", task_fields(&r)));
-        let text =
-            protocol::out_task_recovering(&r.task_id, &r.description, &r.metadata, &r.status);
+        let text = protocol::out_task_recovering(&r.task_id, &r.description, &r.metadata, &r.status);
         self.send_expecting(text, ReplyKind::Recovering, &r.task_id, r.generation, fx);
         if self.settings.send_state_report {
-            let text =
-                protocol::out_state_report(&r.task_id, r.generation, &r.status, r.assigned_at);
+            let text = protocol::out_state_report(&r.task_id, r.generation, &r.status, r.assigned_at);
             self.send_expecting(text, ReplyKind::StateReport, &r.task_id, r.generation, fx);
         }
     }
@@ -807,20 +729,10 @@ impl State {
     }
 
     fn reject(&mut self, task_id: Option<&str>, reason: &str, fx: &mut Vec<Effect>) {
-        fx.push(record(
-            "task_rejected",
-            json!({ "task_id": task_id, "reason": reason }),
-        ));
-        let entry = Awaiting {
-            kind: ReplyKind::Unhandled,
-            task_id: task_id.unwrap_or("").into(),
-            generation: 0,
-        };
-        self.send(
-            protocol::out_task_rejected(task_id, reason),
-            Some(entry),
-            fx,
-        );
+        fx.push(record("task_rejected", json!({ "task_id": task_id, "reason": reason })));
+        let entry =
+            Awaiting { kind: ReplyKind::Unhandled, task_id: task_id.unwrap_or("").into(), generation: 0 };
+        self.send(protocol::out_task_rejected(task_id, reason), Some(entry), fx);
     }
 
     /// Starts or resumes work on the held task according to its status: wake
@@ -840,9 +752,7 @@ impl State {
                 if has_wake_command {
                     self.start_wake_attempt(1, now, fx);
                 } else {
-                    log::info!(
-                        "no wake_command configured: task {task_id} goes straight to working"
-                    );
+                    log::info!("no wake_command configured: task {task_id} goes straight to working");
                     slot.wake = Wake::Done;
                     slot.record.status = status::WORKING.into();
                     fx.push(Effect::Persist(Box::new(self.queue_file())));
@@ -886,14 +796,8 @@ impl State {
             description: r.description.clone(),
             task_json,
         };
-        log::info!(
-            "waking the agent for task {} (attempt {attempt})",
-            r.task_id
-        );
-        fx.push(record(
-            "wake_attempt",
-            json!({ "task_id": r.task_id, "attempt": attempt }),
-        ));
+        log::info!("waking the agent for task {} (attempt {attempt})", r.task_id);
+        fx.push(record("wake_attempt", json!({ "task_id": r.task_id, "attempt": attempt })));
         self.wake_running = Some(r.task_id.clone());
         fx.push(Effect::Persist(Box::new(self.queue_file())));
         fx.push(Effect::StartWake(start));
@@ -905,12 +809,8 @@ impl State {
         }
         let (status_word, error) = match &outcome.status {
             WakeStatus::Success => ("success", None),
-            WakeStatus::Failed {
-                exit_code: Some(code),
-            } => ("failed", Some(format!("exit code {code}"))),
-            WakeStatus::Failed { exit_code: None } => {
-                ("failed", Some("killed by a signal".to_string()))
-            }
+            WakeStatus::Failed { exit_code: Some(code) } => ("failed", Some(format!("exit code {code}"))),
+            WakeStatus::Failed { exit_code: None } => ("failed", Some("killed by a signal".to_string())),
             WakeStatus::TimedOut => ("timeout", Some("timed out".to_string())),
             WakeStatus::SpawnFailed(e) => ("failed", Some(format!("could not start: {e}"))),
             WakeStatus::Cancelled => ("cancelled", None),
@@ -929,21 +829,14 @@ impl State {
         ));
         let Some(slot) = &mut self.slot else { return };
         if slot.record.task_id != outcome.task_id
-            || slot.wake
-                != (Wake::Running {
-                    attempt: outcome.attempt,
-                })
+            || slot.wake != (Wake::Running { attempt: outcome.attempt })
             || outcome.status == WakeStatus::Cancelled
         {
             return;
         }
         if self.settings.send_wake_result && status_word != "cancelled" {
-            let text = protocol::out_wake_result(
-                &outcome.task_id,
-                status_word,
-                outcome.attempt,
-                error.as_deref(),
-            );
+            let text =
+                protocol::out_wake_result(&outcome.task_id, status_word, outcome.attempt, error.as_deref());
             self.send_expecting(text, ReplyKind::Unhandled, &outcome.task_id, 0, fx);
         }
         let Some(slot) = &mut self.slot else { return };
@@ -956,15 +849,9 @@ impl State {
                     slot.record.status = status::WAKING_CONFIRMATION.into();
                     slot.confirm_deadline = Some(now + self.settings.confirmation_timeout);
                 }
-                log::info!(
-                    "agent woken for task {} (now {})",
-                    outcome.task_id,
-                    slot.record.status
-                );
+                log::info!("agent woken for task {} (now {})", outcome.task_id, slot.record.status);
                 fx.push(Effect::Persist(Box::new(self.queue_file())));
-                fx.push(Effect::ScanResults {
-                    task_id: outcome.task_id,
-                });
+                fx.push(Effect::ScanResults { task_id: outcome.task_id });
             }
             return;
         }
@@ -978,19 +865,11 @@ impl State {
                 outcome.task_id,
                 delay.as_millis()
             );
-            slot.wake = Wake::RetryAt {
-                attempt: attempt + 1,
-                at: now + *delay,
-            };
+            slot.wake = Wake::RetryAt { attempt: attempt + 1, at: now + *delay };
         } else {
-            log::error!(
-                "wake command failed {attempt} times for task {}; giving up",
-                outcome.task_id
-            );
+            log::error!("wake command failed {attempt} times for task {}; giving up", outcome.task_id);
             slot.wake = Wake::Done;
-            let reason = format!(
-                "wake_failed: wake command failed after {attempt} attempts (last: {error})"
-            );
+            let reason = format!("wake_failed: wake command failed after {attempt} attempts (last: {error})");
             self.set_outcome(Report::Failed { reason }, fx);
         }
     }
@@ -1022,9 +901,7 @@ impl State {
                         slot.progress.pending = Some(progress);
                     }
                 }
-                None => log::debug!(
-                    "ignoring a progress file for {task_id} without a 0..100 `progress`"
-                ),
+                None => log::debug!("ignoring a progress file for {task_id} without a 0..100 `progress`"),
             }
         }
         match files.result {
@@ -1037,12 +914,7 @@ impl State {
             }
             ReadResult::TooLarge { len } => {
                 log::warn!("result file of task {task_id} is too large ({len} bytes)");
-                self.set_outcome(
-                    Report::Failed {
-                        reason: "result_too_large".into(),
-                    },
-                    fx,
-                );
+                self.set_outcome(Report::Failed { reason: "result_too_large".into() }, fx);
             }
             ReadResult::Unparseable { len, error } => {
                 // It may be caught mid-write. Look again shortly (a watcher
@@ -1050,15 +922,8 @@ impl State {
                 // parsed for `result_settle`.
                 let since = *slot.result_unparseable_since.get_or_insert(now);
                 if now.duration_since(since) >= settle {
-                    log::warn!(
-                        "result file of task {task_id} does not parse ({len} bytes): {error}"
-                    );
-                    self.set_outcome(
-                        Report::Failed {
-                            reason: "result_parse_error".into(),
-                        },
-                        fx,
-                    );
+                    log::warn!("result file of task {task_id} does not parse ({len} bytes): {error}");
+                    self.set_outcome(Report::Failed { reason: "result_parse_error".into() }, fx);
                 } else {
                     let step = (settle / 8).max(Duration::from_millis(10));
                     slot.rescan_at = Some((now + step).min(since + settle));
@@ -1103,14 +968,12 @@ impl State {
         }
         let (task_id, generation) = (slot.record.task_id.clone(), slot.record.generation);
         let (text, kind) = match report {
-            Report::Complete { result } => (
-                protocol::out_task_complete(&task_id, generation, result),
-                ReplyKind::Complete,
-            ),
-            Report::Failed { reason } => (
-                protocol::out_task_failed(&task_id, generation, reason),
-                ReplyKind::Failed,
-            ),
+            Report::Complete { result } => {
+                (protocol::out_task_complete(&task_id, generation, result), ReplyKind::Complete)
+            }
+            Report::Failed { reason } => {
+                (protocol::out_task_failed(&task_id, generation, reason), ReplyKind::Failed)
+            }
         };
         slot.report_sent_generation = Some(generation);
         log::info!("reporting task {task_id} (generation {generation})");
@@ -1155,10 +1018,7 @@ impl State {
             return;
         }
         if protocol::is_final_refusal(why) {
-            log::warn!(
-                "hub refused the report of task {} ({why}); dropping it",
-                entry.task_id
-            );
+            log::warn!("hub refused the report of task {} ({why}); dropping it", entry.task_id);
             self.settle(entry, &format!("refused: {why}"), fx);
         } else {
             log::warn!(
@@ -1172,10 +1032,7 @@ impl State {
     fn settle(&mut self, entry: &Awaiting, how: &str, fx: &mut Vec<Effect>) {
         let Some(slot) = &self.slot else { return };
         if slot.record.task_id != entry.task_id || slot.record.report.is_none() {
-            log::debug!(
-                "settlement of {} for a task we no longer hold",
-                entry.task_id
-            );
+            log::debug!("settlement of {} for a task we no longer hold", entry.task_id);
             return;
         }
         log::info!("report of task {} settled: {how}", entry.task_id);
@@ -1186,13 +1043,7 @@ impl State {
         self.forget_task(fx);
     }
 
-    fn on_continue(
-        &mut self,
-        task_id: &str,
-        generation: Option<u64>,
-        now: Instant,
-        fx: &mut Vec<Effect>,
-    ) {
+    fn on_continue(&mut self, task_id: &str, generation: Option<u64>, now: Instant, fx: &mut Vec<Effect>) {
         let Some(slot) = &mut self.slot else { return };
         if slot.record.task_id != task_id {
             log::debug!("task_continue for {task_id}, which we do not hold");
@@ -1201,10 +1052,7 @@ impl State {
         if let Some(generation) = generation {
             slot.record.generation = slot.record.generation.max(generation);
         }
-        log::info!(
-            "hub says task {task_id} is still ours (generation {})",
-            slot.record.generation
-        );
+        log::info!("hub says task {task_id} is still ours (generation {})", slot.record.generation);
         fx.push(record("task_continued", task_fields(&slot.record)));
         slot.needs_reconcile = false;
         let resume = slot.crash_recovered;
@@ -1243,10 +1091,7 @@ impl State {
     fn drop_task(&mut self, why: &str, fx: &mut Vec<Effect>) {
         let Some(slot) = &self.slot else { return };
         log::info!("dropping task {}: {why}", slot.record.task_id);
-        fx.push(record(
-            "task_dropped",
-            json!({ "task_id": slot.record.task_id, "why": why }),
-        ));
+        fx.push(record("task_dropped", json!({ "task_id": slot.record.task_id, "why": why })));
         self.forget_task(fx);
     }
 
@@ -1254,9 +1099,7 @@ impl State {
         let Some(slot) = self.slot.take() else { return };
         let task_id = slot.record.task_id;
         if self.wake_running.as_deref() == Some(task_id.as_str()) {
-            fx.push(Effect::CancelWake {
-                task_id: task_id.clone(),
-            });
+            fx.push(Effect::CancelWake { task_id: task_id.clone() });
         }
         fx.push(Effect::Persist(Box::new(self.queue_file())));
         fx.push(Effect::RemoveTaskFiles { task_id });
@@ -1292,16 +1135,9 @@ impl State {
             Conn::Backoff { retry_at } if now >= retry_at => self.connect(now, fx),
             Conn::Identifying { deadline, .. } if now >= deadline => {
                 let ms = self.settings.identify_timeout.as_millis();
-                self.drop_connection(
-                    &format!("the hub did not answer identify within {ms} ms"),
-                    now,
-                    fx,
-                );
+                self.drop_connection(&format!("the hub did not answer identify within {ms} ms"), now, fx);
             }
-            Conn::Ready {
-                pong_deadline: Some(deadline),
-                ..
-            } if now >= deadline => {
+            Conn::Ready { pong_deadline: Some(deadline), .. } if now >= deadline => {
                 let ms = self.settings.pong_timeout.as_millis();
                 self.drop_connection(
                     &format!("no pong within {ms} ms; the connection is presumed dead"),
@@ -1309,15 +1145,8 @@ impl State {
                     fx,
                 );
             }
-            Conn::Ready {
-                conn_id,
-                next_ping_at,
-                pong_deadline: None,
-            } if now >= next_ping_at => {
-                fx.push(Effect::Send {
-                    conn_id,
-                    text: protocol::out_ping(),
-                });
+            Conn::Ready { conn_id, next_ping_at, pong_deadline: None } if now >= next_ping_at => {
+                fx.push(Effect::Send { conn_id, text: protocol::out_ping() });
                 self.conn = Conn::Ready {
                     conn_id,
                     next_ping_at: now + self.settings.heartbeat_interval,
@@ -1344,36 +1173,19 @@ impl State {
         let Some(slot) = &mut self.slot else { return };
         if slot.rescan_at.is_some_and(|at| now >= at) {
             slot.rescan_at = None;
-            fx.push(Effect::ScanResults {
-                task_id: slot.record.task_id.clone(),
-            });
+            fx.push(Effect::ScanResults { task_id: slot.record.task_id.clone() });
         }
         if slot.confirm_deadline.is_some_and(|at| now >= at) {
-            log::warn!(
-                "the agent did not confirm task {} in time",
-                slot.record.task_id
-            );
-            self.set_outcome(
-                Report::Failed {
-                    reason: "confirmation_timeout".into(),
-                },
-                fx,
-            );
+            log::warn!("the agent did not confirm task {} in time", slot.record.task_id);
+            self.set_outcome(Report::Failed { reason: "confirmation_timeout".into() }, fx);
         }
         let Some(slot) = &mut self.slot else { return };
         if slot.task_deadline.is_some_and(|at| now >= at) {
             log::warn!("task {} produced no result in time", slot.record.task_id);
             if self.wake_running.as_deref() == Some(slot.record.task_id.as_str()) {
-                fx.push(Effect::CancelWake {
-                    task_id: slot.record.task_id.clone(),
-                });
+                fx.push(Effect::CancelWake { task_id: slot.record.task_id.clone() });
             }
-            self.set_outcome(
-                Report::Failed {
-                    reason: "task_timeout".into(),
-                },
-                fx,
-            );
+            self.set_outcome(Report::Failed { reason: "task_timeout".into() }, fx);
         }
         self.flush_progress(now, fx);
     }
@@ -1452,13 +1264,10 @@ fn report_from_result(result: Value) -> Report {
         return Report::Complete { result };
     }
     let text = |key: &str| result.get(key).and_then(Value::as_str).map(str::to_owned);
-    let reason =
-        text("reason")
-            .or_else(|| text("error"))
-            .unwrap_or_else(|| match result.get("status") {
-                Some(status) => format!("agent reported status {status}"),
-                None => "agent result has no status".into(),
-            });
+    let reason = text("reason").or_else(|| text("error")).unwrap_or_else(|| match result.get("status") {
+        Some(status) => format!("agent reported status {status}"),
+        None => "agent result has no status".into(),
+    });
     Report::Failed { reason }
 }
 
@@ -1481,11 +1290,7 @@ fn parse_progress(value: &Value) -> Option<(u64, Option<String>)> {
 /// "retry in 30 s" (the hub's 1008 close reason) as a duration.
 fn parse_retry_in(reason: &str) -> Option<Duration> {
     let rest = &reason[reason.find("retry in")? + "retry in".len()..];
-    let number: String = rest
-        .trim_start()
-        .chars()
-        .take_while(|c| c.is_ascii_digit() || *c == '.')
-        .collect();
+    let number: String = rest.trim_start().chars().take_while(|c| c.is_ascii_digit() || *c == '.').collect();
     let seconds: f64 = number.parse().ok()?;
     (seconds.is_finite() && seconds >= 0.0).then(|| Duration::from_secs_f64(seconds.min(3600.0)))
 }

@@ -28,9 +28,7 @@ pub fn is_valid_task_id(id: &str) -> bool {
         && id.len() <= 128
         && id != "."
         && id != ".."
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
 }
 pub fn task_file_path(_results_dir: &Path, _task_id: &str, _kind: FileKind) -> PathBuf {
     unimplemented!()

@@ -20,10 +20,7 @@ fn settings() -> Settings {
         heartbeat_interval: ms(60_000),
         pong_timeout: ms(500),
         identify_timeout: ms(2_000),
-        backoff: BackoffPolicy {
-            initial: ms(100),
-            max: ms(1_600),
-        },
+        backoff: BackoffPolicy { initial: ms(100), max: ms(1_600) },
         confirmation_timeout: ms(1_000),
         wake_retry_delays: vec![ms(100), ms(200), ms(300)],
         task_timeout: None,
@@ -54,13 +51,7 @@ impl Harness {
         let mut state = State::new(settings, queue, 7, t0);
         let fx = state.start(t0);
         let conn = connect_id(&fx).expect("start connects");
-        Harness {
-            state,
-            t0,
-            now: t0,
-            fx,
-            conn,
-        }
+        Harness { state, t0, now: t0, fx, conn }
     }
 
     fn at(&mut self, ms_since_start: u64) -> &mut Harness {
@@ -83,10 +74,7 @@ impl Harness {
 
     fn frame(&mut self, frame: Value) -> &[Effect] {
         let conn_id = self.conn;
-        self.input(Input::HubFrame {
-            conn_id,
-            text: frame.to_string(),
-        })
+        self.input(Input::HubFrame { conn_id, text: frame.to_string() })
     }
 
     fn connected(&mut self) -> &[Effect] {
@@ -121,10 +109,7 @@ impl Harness {
     }
 
     fn sent_types(&self) -> Vec<String> {
-        self.sent()
-            .iter()
-            .map(|f| f["type"].as_str().unwrap().to_owned())
-            .collect()
+        self.sent().iter().map(|f| f["type"].as_str().unwrap().to_owned()).collect()
     }
 
     fn has(&self, pred: impl Fn(&Effect) -> bool) -> bool {
@@ -149,10 +134,8 @@ impl Harness {
     }
 
     fn assign(&mut self, task_id: &str, generation: u64) -> &[Effect] {
-        self.frame(
-            json!({"type":"task_assign","task_id":task_id,"description":"do it",
-                          "metadata":{"k":1},"generation":generation,"assigned_at":5}),
-        )
+        self.frame(json!({"type":"task_assign","task_id":task_id,"description":"do it",
+                          "metadata":{"k":1},"generation":generation,"assigned_at":5}))
     }
 
     fn wake_done(&mut self, attempt: u32, status: WakeStatus) -> &[Effect] {
@@ -185,9 +168,7 @@ impl Harness {
 
     fn deadline_ms(&self) -> Option<u64> {
         // Rounded up, so that ticking at the result is never early.
-        self.state
-            .next_deadline()
-            .map(|d| d.duration_since(self.t0).as_micros().div_ceil(1_000) as u64)
+        self.state.next_deadline().map(|d| d.duration_since(self.t0).as_micros().div_ceil(1_000) as u64)
     }
 }
 
@@ -225,11 +206,7 @@ fn reconnect_backoff_doubles_is_capped_and_resets_once_identified() {
         h.at(now);
         h.disconnect(None, None);
         let due = h.deadline_ms().unwrap() - now;
-        assert!(
-            due >= step / 2 && due <= step,
-            "delay {due} outside [{}, {step}]",
-            step / 2
-        );
+        assert!(due >= step / 2 && due <= step, "delay {due} outside [{}, {step}]", step / 2);
         // Nothing happens before the deadline...
         h.tick(now + due - 1);
         assert!(connect_id(&h.fx).is_none());
@@ -240,10 +217,7 @@ fn reconnect_backoff_doubles_is_capped_and_resets_once_identified() {
     }
     h.identify();
     h.disconnect(None, None);
-    assert!(
-        h.deadline_ms().unwrap() - now <= 100,
-        "backoff is reset by identified"
-    );
+    assert!(h.deadline_ms().unwrap() - now <= 100, "backoff is reset by identified");
 }
 
 #[test]
@@ -261,24 +235,12 @@ fn stale_connection_events_are_ignored() {
         close_code: None,
         close_reason: None,
     });
-    assert!(h.fx.iter().all(|e| !matches!(
-        e,
-        Effect::Record {
-            event: "disconnected",
-            ..
-        }
-    )));
+    assert!(h.fx.iter().all(|e| !matches!(e, Effect::Record { event: "disconnected", .. })));
 }
 
 #[test]
 fn heartbeat_pings_on_schedule_and_a_missing_pong_drops_the_connection() {
-    let mut h = Harness::with(
-        Settings {
-            heartbeat_interval: ms(1_000),
-            ..settings()
-        },
-        QueueFile::default(),
-    );
+    let mut h = Harness::with(Settings { heartbeat_interval: ms(1_000), ..settings() }, QueueFile::default());
     h.identify();
     assert_eq!(h.deadline_ms(), Some(1_000));
     h.tick(999);
@@ -316,13 +278,7 @@ fn an_auth_error_closes_and_backs_off_without_spinning() {
         h.connected();
         h.frame(json!({"type":"error","error":"invalid_token"}));
         assert!(h.has(|e| matches!(e, Effect::Close { .. })));
-        assert!(h.has(|e| matches!(
-            e,
-            Effect::Record {
-                event: "auth_failed",
-                ..
-            }
-        )));
+        assert!(h.has(|e| matches!(e, Effect::Record { event: "auth_failed", .. })));
         attempts += 1;
         now = h.deadline_ms().unwrap();
         h.tick(now);
@@ -336,8 +292,7 @@ fn an_auth_error_closes_and_backs_off_without_spinning() {
 fn a_close_with_a_cooldown_is_honoured() {
     let mut h = Harness::new();
     h.identify();
-    h.at(10)
-        .disconnect(Some(1008), Some("too many violations, retry in 30 s"));
+    h.at(10).disconnect(Some(1008), Some("too many violations, retry in 30 s"));
     assert!(h.deadline_ms().unwrap() >= 30_010);
 }
 
@@ -348,43 +303,22 @@ fn an_idle_sidecar_persists_then_accepts_then_wakes() {
     let mut h = Harness::new();
     h.identify();
     h.assign(TASK, 3);
-    let persist =
-        h.fx.iter()
-            .position(|e| matches!(e, Effect::Persist(q) if q.active.is_some()))
-            .unwrap();
+    let persist = h.fx.iter().position(|e| matches!(e, Effect::Persist(q) if q.active.is_some())).unwrap();
     let accept =
         h.fx.iter()
             .position(|e| matches!(e, Effect::Send { text, .. } if text.contains("task_accepted")))
             .unwrap();
     assert!(persist < accept, "persisted before acknowledged");
-    assert_eq!(
-        h.sent()[0],
-        json!({"type":"task_accepted","task_id":TASK,"protocol_version":1})
-    );
+    assert_eq!(h.sent()[0], json!({"type":"task_accepted","task_id":TASK,"protocol_version":1}));
     assert_eq!(h.wake_starts(), [1]);
     let active = h.persisted().unwrap().active.unwrap();
-    assert_eq!(
-        (
-            active.generation,
-            active.status.as_str(),
-            active.wake_attempts
-        ),
-        (3, "waking", 1)
-    );
+    assert_eq!((active.generation, active.status.as_str(), active.wake_attempts), (3, "waking", 1));
 }
 
 #[test]
 fn invalid_or_missing_task_ids_are_refused() {
     let long = "a".repeat(200);
-    for id in [
-        json!("../x"),
-        json!(""),
-        json!(long),
-        json!("a/b"),
-        json!(".."),
-        json!(5),
-        Value::Null,
-    ] {
+    for id in [json!("../x"), json!(""), json!(long), json!("a/b"), json!(".."), json!(5), Value::Null] {
         let mut h = Harness::new();
         h.identify();
         h.frame(json!({"type":"task_assign","task_id":id,"generation":1}));
@@ -426,8 +360,7 @@ fn failed_wakes_retry_at_the_configured_delays_then_fail_the_task() {
     h.assign(TASK, 3);
     let mut now = 0;
     for (attempt, delay) in [(1u32, 100u64), (2, 200), (3, 300)] {
-        h.at(now)
-            .wake_done(attempt, WakeStatus::Failed { exit_code: Some(1) });
+        h.at(now).wake_done(attempt, WakeStatus::Failed { exit_code: Some(1) });
         assert_eq!(h.deadline_ms(), Some(now + delay));
         h.tick(now + delay - 1);
         assert!(h.wake_starts().is_empty());
@@ -439,13 +372,7 @@ fn failed_wakes_retry_at_the_configured_delays_then_fail_the_task() {
     let failed = &h.sent()[0];
     assert_eq!(failed["type"], "task_failed");
     assert_eq!(failed["generation"], 3);
-    assert!(
-        failed["reason"]
-            .as_str()
-            .unwrap()
-            .contains("after 4 attempts"),
-        "{failed}"
-    );
+    assert!(failed["reason"].as_str().unwrap().contains("after 4 attempts"), "{failed}");
     assert_eq!(failed["reason"], failed["error"]);
 }
 
@@ -467,10 +394,7 @@ fn a_woken_agent_must_confirm_in_time() {
     h.identify();
     h.assign(TASK, 3);
     h.at(10).wake_done(1, WakeStatus::Success);
-    assert_eq!(
-        h.persisted().unwrap().active.unwrap().status,
-        "waking_confirmation"
-    );
+    assert_eq!(h.persisted().unwrap().active.unwrap().status, "waking_confirmation");
     h.tick(1_009);
     assert!(h.sent().is_empty());
     h.tick(1_010);
@@ -506,9 +430,9 @@ fn a_result_is_persisted_then_reported_then_settled_by_the_ack() {
     let mut h = Harness::new();
     h.working(3);
     h.files(true, success());
-    let persist = h.fx.iter().position(
-        |e| matches!(e, Effect::Persist(q) if q.active.as_ref().unwrap().report.is_some()),
-    );
+    let persist =
+        h.fx.iter()
+            .position(|e| matches!(e, Effect::Persist(q) if q.active.as_ref().unwrap().report.is_some()));
     let send = h.fx.iter().position(|e| matches!(e, Effect::Send { .. }));
     assert!(persist.unwrap() < send.unwrap());
     assert_eq!(
@@ -526,10 +450,7 @@ fn a_result_is_persisted_then_reported_then_settled_by_the_ack() {
 fn a_failure_result_is_reported_with_its_reason() {
     let mut h = Harness::new();
     h.working(3);
-    h.files(
-        true,
-        ReadResult::Parsed(json!({"status":"failure","reason":"tests fail"})),
-    );
+    h.files(true, ReadResult::Parsed(json!({"status":"failure","reason":"tests fail"})));
     assert_eq!(h.sent()[0]["type"], "task_failed");
     assert_eq!(h.sent()[0]["reason"], "tests fail");
     h.frame(json!({"type":"task_ack","task_id":TASK,"status":"dead_letter"}));
@@ -540,13 +461,7 @@ fn a_failure_result_is_reported_with_its_reason() {
 fn a_result_caught_mid_write_is_read_again_and_reported_once() {
     let mut h = Harness::new();
     h.working(3);
-    h.at(100).files(
-        true,
-        ReadResult::Unparseable {
-            len: 10,
-            error: "EOF".into(),
-        },
-    );
+    h.at(100).files(true, ReadResult::Unparseable { len: 10, error: "EOF".into() });
     assert!(h.sent().is_empty());
     let rescan = h.deadline_ms().unwrap();
     assert!(rescan > 100 && rescan <= 500, "{rescan}");
@@ -562,28 +477,10 @@ fn a_result_caught_mid_write_is_read_again_and_reported_once() {
 fn a_result_that_never_parses_fails_the_task() {
     let mut h = Harness::new();
     h.working(3);
-    h.at(100).files(
-        true,
-        ReadResult::Unparseable {
-            len: 0,
-            error: "EOF".into(),
-        },
-    );
-    h.at(499).files(
-        true,
-        ReadResult::Unparseable {
-            len: 0,
-            error: "EOF".into(),
-        },
-    );
+    h.at(100).files(true, ReadResult::Unparseable { len: 0, error: "EOF".into() });
+    h.at(499).files(true, ReadResult::Unparseable { len: 0, error: "EOF".into() });
     assert!(h.sent().is_empty());
-    h.at(500).files(
-        true,
-        ReadResult::Unparseable {
-            len: 0,
-            error: "EOF".into(),
-        },
-    );
+    h.at(500).files(true, ReadResult::Unparseable { len: 0, error: "EOF".into() });
     assert_eq!(h.sent()[0]["reason"], "result_parse_error");
 }
 
@@ -610,17 +507,8 @@ fn error_frames_answer_the_oldest_report_of_their_kind() {
     h.frame(json!({"type":"task_ack","task_id":TASK,"status":"accepted"}));
     assert_eq!(h.state.held_task_id(), Some(TASK));
     h.frame(json!({"type":"error","error":"task_complete_failed: stale_generation"}));
-    assert!(
-        h.state.held_task_id().is_none(),
-        "a final refusal settles the report"
-    );
-    assert!(h.has(|e| matches!(
-        e,
-        Effect::Record {
-            event: "report_settled",
-            ..
-        }
-    )));
+    assert!(h.state.held_task_id().is_none(), "a final refusal settles the report");
+    assert!(h.has(|e| matches!(e, Effect::Record { event: "report_settled", .. })));
 }
 
 #[test]
@@ -644,10 +532,7 @@ fn after_a_reconnect_nothing_is_reported_before_the_hub_answers_recovering() {
     h.disconnect(None, None);
     h.at(50).files(true, success()); // the result arrives while disconnected
     assert!(h.sent().is_empty());
-    assert!(
-        h.persisted().unwrap().active.unwrap().report.is_some(),
-        "persisted while offline"
-    );
+    assert!(h.persisted().unwrap().active.unwrap().report.is_some(), "persisted while offline");
     h.tick(1_000);
     h.identify();
     assert_eq!(h.sent_types(), ["task_recovering"]);
@@ -668,13 +553,7 @@ fn a_result_for_a_task_the_hub_took_back_is_withheld() {
     assert_eq!(h.sent_types(), ["task_recovering"]);
     h.frame(json!({"type":"task_reassign","task_id":TASK}));
     assert!(h.sent().is_empty());
-    assert!(h.has(|e| matches!(
-        e,
-        Effect::Record {
-            event: "result_withheld",
-            ..
-        }
-    )));
+    assert!(h.has(|e| matches!(e, Effect::Record { event: "result_withheld", .. })));
     assert!(h.state.held_task_id().is_none());
     assert_eq!(h.persisted().unwrap(), QueueFile::default());
 }
@@ -692,10 +571,7 @@ fn the_same_task_handed_back_after_a_reconnect_is_adopted_without_a_second_wake(
     assert!(h.wake_starts().is_empty());
     assert_eq!(h.persisted().unwrap().active.unwrap().generation, 5);
     h.files(true, success());
-    assert!(
-        h.sent().is_empty(),
-        "still waiting for the answer to task_recovering"
-    );
+    assert!(h.sent().is_empty(), "still waiting for the answer to task_recovering");
     h.frame(json!({"type":"task_continue","task_id":TASK,"generation":5}));
     assert_eq!(h.sent()[0]["type"], "task_complete");
     assert_eq!(h.sent()[0]["generation"], 5);
@@ -718,10 +594,7 @@ fn a_report_superseded_by_a_newer_generation_is_resent_under_it() {
 fn a_hub_closing_with_1011_after_task_failed_settles_the_report() {
     let mut h = Harness::new();
     h.working(3);
-    h.files(
-        true,
-        ReadResult::Parsed(json!({"status":"failure","reason":"no"})),
-    );
+    h.files(true, ReadResult::Parsed(json!({"status":"failure","reason":"no"})));
     assert_eq!(h.sent_types(), ["task_failed"]);
     h.disconnect(Some(1011), Some("internal error"));
     assert!(h.state.held_task_id().is_none());
@@ -746,20 +619,14 @@ fn a_task_found_at_start_is_recovering_until_the_hub_answers() {
     let queue = h.persisted().unwrap();
     assert!(queue.active.is_none());
     assert_eq!(queue.recovering.unwrap().task_id, TASK);
-    assert!(
-        h.has(|e| matches!(e, Effect::ScanResults { .. })),
-        "results already on disk count"
-    );
+    assert!(h.has(|e| matches!(e, Effect::ScanResults { .. })), "results already on disk count");
     h.identify();
     assert_eq!(h.sent()[0]["type"], "task_recovering");
     assert_eq!(h.sent()[0]["task_id"], TASK);
     h.frame(json!({"type":"task_continue","task_id":TASK,"generation":4}));
     let queue = h.persisted().unwrap();
     assert_eq!(queue.active.unwrap().generation, 4);
-    assert!(
-        h.wake_starts().is_empty(),
-        "a working agent is not woken again"
-    );
+    assert!(h.wake_starts().is_empty(), "a working agent is not woken again");
     h.files(true, success());
     assert_eq!(h.sent()[0]["generation"], 4);
 }
@@ -812,10 +679,7 @@ fn a_rate_limited_report_is_resent_after_the_delay() {
     h.tick(350);
     assert_eq!(h.sent_types(), ["task_complete"]);
     h.frame(json!({"type":"task_ack","task_id":TASK,"status":"complete"}));
-    assert!(
-        h.state.held_task_id().is_none(),
-        "the resent report is settled by its ack"
-    );
+    assert!(h.state.held_task_id().is_none(), "the resent report is settled by its ack");
 }
 
 #[test]
@@ -862,10 +726,7 @@ fn progress_is_relayed_at_most_once_per_interval() {
     assert_eq!(h.deadline_ms(), Some(1_000));
     h.tick(1_000);
     assert_eq!(h.sent()[0]["progress"], 30, "the latest value goes out");
-    assert!(
-        progress(&mut h, 2_500, 30).is_empty(),
-        "unchanged values are not repeated"
-    );
+    assert!(progress(&mut h, 2_500, 30).is_empty(), "unchanged values are not repeated");
 }
 
 #[test]
@@ -889,13 +750,7 @@ fn wake_result_is_sent_only_when_the_hub_has_the_feature() {
 
 #[test]
 fn retry_in_reasons_parse() {
-    assert_eq!(
-        parse_retry_in("retry in 30 s"),
-        Some(Duration::from_secs(30))
-    );
-    assert_eq!(
-        parse_retry_in("violations; retry in 2.5s"),
-        Some(Duration::from_millis(2_500))
-    );
+    assert_eq!(parse_retry_in("retry in 30 s"), Some(Duration::from_secs(30)));
+    assert_eq!(parse_retry_in("violations; retry in 2.5s"), Some(Duration::from_millis(2_500)));
     assert_eq!(parse_retry_in("bye"), None);
 }
