@@ -1,0 +1,473 @@
+//! Tasks end to end: intake, waking, results, durable reports, recovery after
+//! a crash and after a reconnect. Real binary, real shell wake commands,
+//! development hub on loopback.
+
+use std::fs;
+use std::path::Path;
+use std::time::Duration;
+
+use agentcom_sidecar::devhub::{DevHub, DevHubEvent, DevHubOptions};
+use serde_json::{json, Value};
+
+use crate::support::*;
+
+/// A wake command that counts wakes and confirms at once (the test then
+/// plays the agent and writes the result).
+fn confirming_wake(dir: &Path) -> String {
+    format!(
+        "echo woken >> {wakes}; : > \"$AGENTCOM_RESULTS_DIR/$AGENTCOM_TASK_ID.started\"",
+        wakes = dir.join("wakes.txt").display()
+    )
+}
+
+fn wakes(dir: &Path) -> usize {
+    fs::read_to_string(dir.join("wakes.txt")).unwrap_or_default().lines().count()
+}
+
+fn write_result(sidecar: &Sidecar, task_id: &str, result: &Value) {
+    // Like a well-behaved agent: temp file, then rename.
+    let dir = sidecar.results_dir();
+    let temp = dir.join(format!(".{task_id}.json.tmp"));
+    fs::write(&temp, result.to_string()).unwrap();
+    fs::rename(temp, dir.join(format!("{task_id}.json"))).unwrap();
+}
+
+fn started_file(sidecar: &Sidecar, task_id: &str) -> std::path::PathBuf {
+    sidecar.results_dir().join(format!("{task_id}.started"))
+}
+
+fn expect_sent(hub: &DevHub, frame_type: &str) -> Value {
+    let mut found = None;
+    hub.wait_for(FAILSAFE, |e| match e {
+        DevHubEvent::Sent { frame, .. } if frame["type"] == frame_type => {
+            found = Some(frame.clone());
+            true
+        }
+        _ => false,
+    });
+    found.unwrap_or_else(|| panic!("the hub sent no {frame_type}"))
+}
+
+fn setup(wake_command: Option<String>) -> (DevHub, tempfile::TempDir, Value) {
+    let hub = start_hub();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), &hub.url());
+    if let Some(command) = wake_command {
+        cfg["wake_command"] = json!(command);
+    }
+    (hub, dir, cfg)
+}
+
+#[test]
+fn happy_path_wake_confirm_result_complete_then_files_removed() {
+    let hub = start_hub();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), &hub.url());
+    let agent = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/example-agent.sh");
+    cfg["wake_command"] = json!(format!("sh {}", agent.display()));
+    let sidecar = Sidecar::start(dir.path(), &cfg);
+    expect_identified(&hub);
+    let task_id = hub.push_task(AGENT, "reverse me", json!({"repo": "x"}));
+    let assign = expect_sent(&hub, "task_assign");
+    expect_received(&hub, "task_accepted");
+    let complete = expect_received(&hub, "task_complete");
+    assert_eq!(complete["task_id"], task_id.as_str());
+    assert_eq!(complete["generation"], assign["generation"]);
+    assert_eq!(complete["result"]["status"], "success");
+    expect_sent(&hub, "task_ack");
+    let results = sidecar.results_dir();
+    wait_until("result files removed after the ack", || {
+        (!results.join(format!("{task_id}.json")).exists() && !started_file(&sidecar, &task_id).exists())
+            .then_some(())
+    });
+    wait_until("an empty queue", || sidecar.queue()["active"].is_null().then_some(()));
+    sidecar.assert_no_token_anywhere();
+}
+
+#[test]
+fn a_failing_wake_is_retried_at_the_delays_then_fails_the_task() {
+    let (hub, dir, mut cfg) = setup(None);
+    cfg["wake_command"] = json!(format!("echo try >> {}; echo nope >&2; exit 1", dir.path().join("wakes.txt").display()));
+    let sidecar = Sidecar::start(dir.path(), &cfg);
+    expect_identified(&hub);
+    let task_id = hub.push_task(AGENT, "d", json!({}));
+    let failed = expect_received(&hub, "task_failed");
+    assert_eq!(failed["task_id"], task_id.as_str());
+    let reason = failed["reason"].as_str().unwrap();
+    assert!(reason.contains("after 4 attempts") && reason.contains("exit code 1"), "{reason}");
+    assert_eq!(failed["error"], failed["reason"]);
+    assert_eq!(wakes(dir.path()), 4);
+    assert!(sidecar.lifecycle().contains("nope"), "stderr of the wake is in the lifecycle log");
+}
+
+#[test]
+fn a_hanging_wake_is_killed_with_its_children_at_the_timeout() {
+    let (hub, dir, mut cfg) = setup(None);
+    let pid_file = dir.path().join("grandchild.pid");
+    cfg["wake_command"] = json!(format!("sleep 30 & echo $! > {}; sleep 30", pid_file.display()));
+    cfg["wake_timeout_ms"] = json!(300);
+    cfg["wake_retry_delays_ms"] = json!([]);
+    let _sidecar = Sidecar::start(dir.path(), &cfg);
+    expect_identified(&hub);
+    hub.push_task(AGENT, "d", json!({}));
+    let failed = expect_received(&hub, "task_failed");
+    assert!(failed["reason"].as_str().unwrap().contains("timed out"), "{failed}");
+    let pid = fs::read_to_string(&pid_file).unwrap().trim().to_owned();
+    wait_until("the grandchild to be gone", || {
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // Gone, or a zombie waiting for init to reap it.
+        (stat.is_empty() || stat.contains(") Z ")).then_some(())
+    });
+}
+
+#[test]
+fn no_confirmation_fails_with_confirmation_timeout() {
+    let (hub, dir, mut cfg) = setup(Some("true".into()));
+    cfg["confirmation_timeout_ms"] = json!(300);
+    let _sidecar = Sidecar::start(dir.path(), &cfg);
+    expect_identified(&hub);
+    hub.push_task(AGENT, "d", json!({}));
+    assert_eq!(expect_received(&hub, "task_failed")["reason"], "confirmation_timeout");
+}
+
+#[test]
+fn a_result_written_in_two_chunks_is_reported_once_and_whole() {
+    let (hub, dir, mut cfg) = setup(None);
+    cfg["wake_command"] = json!(confirming_wake(dir.path()));
+    cfg["result_settle_ms"] = json!(5_000);
+    let sidecar = Sidecar::start(dir.path(), &cfg);
+    expect_identified(&hub);
+    let task_id = hub.push_task(AGENT, "d", json!({}));
+    wait_until("the agent to confirm", || started_file(&sidecar, &task_id).exists().then_some(()));
+    let path = sidecar.results_dir().join(format!("{task_id}.json"));
+    let text = json!({"status":"success","output":"two halves"}).to_string();
+    let (first, second) = text.split_at(text.len() / 2);
+    fs::write(&path, first).unwrap();
+    // The pause between the chunks is the thing under test.
+    assert!(hub.wait_for(Duration::from_millis(300), |e| matches!(e, DevHubEvent::Received { frame, .. } if frame["type"] == "task_complete")).is_none(), "reported before the file was whole");
+    use std::io::Write;
+    fs::OpenOptions::new().append(true).open(&path).unwrap().write_all(second.as_bytes()).unwrap();
+    let complete = expect_received(&hub, "task_complete");
+    assert_eq!(complete["result"]["output"], "two halves");
+    expect_sent(&hub, "task_ack");
+    assert!(hub.wait_for(Duration::from_millis(300), |e| matches!(e, DevHubEvent::Received { frame, .. } if frame["type"] == "task_complete")).is_none(), "reported twice");
+}
+
+#[test]
+fn empty_and_garbage_results_fail_with_result_parse_error() {
+    for content in ["", "{\"status\": \"succ"] {
+        let (hub, dir, mut cfg) = setup(None);
+        cfg["wake_command"] = json!(confirming_wake(dir.path()));
+        cfg["result_settle_ms"] = json!(300);
+        let sidecar = Sidecar::start(dir.path(), &cfg);
+        expect_identified(&hub);
+        let task_id = hub.push_task(AGENT, "d", json!({}));
+        wait_until("the agent to confirm", || started_file(&sidecar, &task_id).exists().then_some(()));
+        fs::write(sidecar.results_dir().join(format!("{task_id}.json")), content).unwrap();
+        assert_eq!(expect_received(&hub, "task_failed")["reason"], "result_parse_error", "{content:?}");
+    }
+}
+
+#[test]
+fn hostile_text_never_runs_as_shell_code_and_reaches_the_agent_exactly() {
+    let (hub, dir, mut cfg) = setup(None);
+    let d = dir.path().display();
+    // Every placeholder bare, in double quotes and in single quotes.
+    let template = format!(
+        "printf '%s' \"$AGENTCOM_TASK_DESCRIPTION\" > {d}/env-desc; cp \"$AGENTCOM_TASK_FILE\" {d}/task-file; \
+         echo ${{TASK_ID}} ${{TASK_DESCRIPTION}} ${{TASK_JSON}} ${{TASK_FILE}} > /dev/null; \
+         echo \"${{TASK_ID}} ${{TASK_DESCRIPTION}} ${{TASK_JSON}} ${{TASK_FILE}}\" > /dev/null; \
+         echo '${{TASK_ID}} ${{TASK_DESCRIPTION}} ${{TASK_JSON}} ${{TASK_FILE}}' > /dev/null; \
+         : > \"$AGENTCOM_RESULTS_DIR/$AGENTCOM_TASK_ID.started\""
+    );
+    cfg["wake_command"] = json!(template);
+    let _sidecar = Sidecar::start(dir.path(), &cfg);
+    expect_identified(&hub);
+    let hostile = format!(
+        "$(touch {d}/X) `touch {d}/X2` \"; touch {d}/Y; echo \" \\\" it's\nnew line ${{HOME}} !x! %PATH%"
+    );
+    let metadata = json!({"cmd": format!("$(touch {d}/Z)'; touch {d}/Z2; '")});
+    let task_id = hub.push_task(AGENT, &hostile, metadata.clone());
+    wait_until("the agent's copy of the task file", || fs::read(dir.path().join("task-file")).ok());
+    for name in ["X", "X2", "Y", "Z", "Z2"] {
+        assert!(!dir.path().join(name).exists(), "hub text ran as shell code: {name} exists");
+    }
+    assert_eq!(fs::read_to_string(dir.path().join("env-desc")).unwrap(), hostile);
+    let task: Value = serde_json::from_slice(&fs::read(dir.path().join("task-file")).unwrap()).unwrap();
+    assert_eq!(task["description"], hostile.as_str());
+    assert_eq!(task["metadata"], metadata);
+    assert_eq!(task["task_id"], task_id.as_str());
+}
+
+#[test]
+fn progress_files_are_relayed() {
+    let (hub, dir, mut cfg) = setup(None);
+    cfg["wake_command"] = json!(confirming_wake(dir.path()));
+    cfg["progress_interval_ms"] = json!(0);
+    let sidecar = Sidecar::start(dir.path(), &cfg);
+    expect_identified(&hub);
+    let task_id = hub.push_task(AGENT, "d", json!({}));
+    wait_until("the agent to confirm", || started_file(&sidecar, &task_id).exists().then_some(()));
+    fs::write(sidecar.results_dir().join(format!("{task_id}.progress")), r#"{"progress":40,"message":"reading"}"#)
+        .unwrap();
+    let progress = expect_received(&hub, "task_progress");
+    assert_eq!((progress["progress"].as_u64(), progress["message"].as_str()), (Some(40), Some("reading")));
+}
+
+// ----- intake ---------------------------------------------------------------
+
+#[test]
+fn busy_invalid_and_duplicate_assigns_leave_the_first_task_unharmed() {
+    let (hub, dir, mut cfg) = setup(None);
+    cfg["wake_command"] = json!(confirming_wake(dir.path()));
+    let sidecar = Sidecar::start(dir.path(), &cfg);
+    expect_identified(&hub);
+    let first = hub.push_task(AGENT, "first", json!({}));
+    expect_received(&hub, "task_accepted");
+    let assign = |id: Value| json!({"type":"task_assign","task_id":id,"description":"x","metadata":{},"generation":1});
+    let long = "a".repeat(200);
+    for id in [json!("../x"), json!(""), json!(long), json!("../../etc/passwd"), Value::Null] {
+        assert!(hub.send_raw(AGENT, assign(id.clone())));
+        let rejected = expect_received(&hub, "task_rejected");
+        assert!(rejected["reason"].as_str().unwrap().contains("task_id"), "{id}: {rejected}");
+    }
+    hub.push_task_now(AGENT, "task-00000000000000aa", "second", json!({}));
+    assert_eq!(expect_received(&hub, "task_rejected")["reason"], "busy");
+    // The same task again at the same generation: accepted, no second wake.
+    let generation = hub.task(&first).unwrap().generation;
+    hub.send_raw(AGENT, json!({"type":"task_assign","task_id":first,"description":"first","metadata":{},"generation":generation}));
+    expect_received(&hub, "task_accepted");
+    // Nothing was created outside the results directory.
+    assert!(!dir.path().join("x").exists() && !dir.path().join("x.json").exists());
+    let mut names: Vec<String> =
+        fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    names.sort();
+    assert_eq!(names, ["config.json", "queue.json", "results", "sidecar.log", "stderr.txt", "stdout.txt", "wakes.txt"]);
+    assert_eq!(sidecar.queue()["active"]["task_id"], first.as_str());
+    write_result(&sidecar, &first, &json!({"status":"success","output":1}));
+    assert_eq!(expect_received(&hub, "task_complete")["task_id"], first.as_str());
+    assert_eq!(wakes(dir.path()), 1);
+}
+
+// ----- reconnects, recovery, crashes ---------------------------------------
+
+#[test]
+fn a_node_queue_file_is_recovered_and_reported_on_first_connect() {
+    let (hub, dir, cfg) = setup(None);
+    let task_id = "task-1f2e3d4c5b6a7980";
+    fs::create_dir_all(dir.path()).unwrap();
+    fs::write(
+        dir.path().join("queue.json"),
+        json!({"active":{"task_id":task_id,"description":"from node","metadata":{"m":1},"status":"working",
+                         "assigned_at":1707500000000u64,"generation":3,"wake_attempts":1},"recovering":null})
+            .to_string(),
+    )
+    .unwrap();
+    hub.seed_task(task_id, 4, AGENT);
+    let sidecar = Sidecar::start(dir.path(), &cfg);
+    let recovering = expect_received(&hub, "task_recovering");
+    assert_eq!(recovering["task_id"], task_id);
+    assert_eq!(recovering["last_status"], "working");
+    assert_eq!(recovering["description"], "from node");
+    let cont = expect_sent(&hub, "task_continue");
+    let generation = cont["generation"].clone();
+    write_result(&sidecar, task_id, &json!({"status":"success","output":"after restart"}));
+    let complete = expect_received(&hub, "task_complete");
+    assert_eq!(complete["generation"], generation);
+    expect_sent(&hub, "task_ack");
+    wait_until("an empty queue", || sidecar.queue()["recovering"].is_null().then_some(()));
+}
+
+#[test]
+fn a_dropped_socket_and_re_push_wake_once_and_report_under_the_new_generation() {
+    let (hub, dir, mut cfg) = setup(None);
+    cfg["wake_command"] = json!(confirming_wake(dir.path()));
+    let sidecar = Sidecar::start(dir.path(), &cfg);
+    expect_identified(&hub);
+    let task_id = hub.push_task(AGENT, "d", json!({}));
+    let first_generation = expect_sent(&hub, "task_assign")["generation"].as_u64().unwrap();
+    wait_until("the agent to confirm", || started_file(&sidecar, &task_id).exists().then_some(()));
+    hub.drop_connection(AGENT);
+    expect_identified(&hub);
+    let re_push = expect_sent(&hub, "task_assign");
+    assert_eq!(re_push["task_id"], task_id.as_str());
+    let new_generation = re_push["generation"].as_u64().unwrap();
+    assert!(new_generation > first_generation);
+    expect_sent(&hub, "task_continue");
+    write_result(&sidecar, &task_id, &json!({"status":"success","output":"x"}));
+    let complete = expect_received(&hub, "task_complete");
+    assert_eq!(complete["generation"].as_u64(), Some(hub.task(&task_id).unwrap().generation));
+    assert!(complete["generation"].as_u64().unwrap() >= new_generation);
+    expect_sent(&hub, "task_ack");
+    assert_eq!(wakes(dir.path()), 1, "woken once in total");
+}
+
+#[test]
+fn a_result_written_during_an_outage_reaches_a_hub_that_still_holds_the_task() {
+    let (hub, dir, mut cfg) = setup(None);
+    cfg["wake_command"] = json!(confirming_wake(dir.path()));
+    let sidecar = Sidecar::start(dir.path(), &cfg);
+    expect_identified(&hub);
+    let task_id = hub.push_task(AGENT, "d", json!({}));
+    wait_until("the agent to confirm", || started_file(&sidecar, &task_id).exists().then_some(()));
+    let addr = hub.addr();
+    let generation = hub.task(&task_id).unwrap().generation;
+    hub.stop();
+    write_result(&sidecar, &task_id, &json!({"status":"success","output":"offline"}));
+    wait_until("a report persisted while offline", || {
+        sidecar.queue()["active"]["report"].is_object().then_some(())
+    });
+    // Come back after the sidecar has failed to reconnect a few times.
+    wait_until("failed reconnects", || (sidecar.lifecycle().matches("\"disconnected\"").count() >= 3).then_some(()));
+    let mut options = DevHubOptions::new(AGENT, TOKEN);
+    options.bind = addr;
+    let hub = DevHub::start(options).unwrap();
+    hub.seed_task(&task_id, generation + 1, AGENT);
+    let complete = expect_received(&hub, "task_complete");
+    assert_eq!(complete["result"]["output"], "offline");
+    assert_eq!(complete["generation"].as_u64(), Some(hub.task(&task_id).unwrap().generation));
+}
+
+#[test]
+fn a_result_for_a_task_the_hub_took_back_is_withheld() {
+    let (hub, dir, mut cfg) = setup(None);
+    cfg["wake_command"] = json!(confirming_wake(dir.path()));
+    let sidecar = Sidecar::start(dir.path(), &cfg);
+    expect_identified(&hub);
+    let task_id = hub.push_task(AGENT, "d", json!({}));
+    wait_until("the agent to confirm", || started_file(&sidecar, &task_id).exists().then_some(()));
+    let addr = hub.addr();
+    hub.stop();
+    write_result(&sidecar, &task_id, &json!({"status":"success","output":"late"}));
+    wait_until("failed reconnects", || (sidecar.lifecycle().matches("\"disconnected\"").count() >= 3).then_some(()));
+    // A hub that no longer holds the task (it went to someone else).
+    let mut options = DevHubOptions::new(AGENT, TOKEN);
+    options.bind = addr;
+    let hub = DevHub::start(options).unwrap();
+    expect_received(&hub, "task_recovering");
+    expect_sent(&hub, "task_reassign");
+    wait_until("the withheld result in the lifecycle log", || {
+        sidecar.lifecycle().contains("\"result_withheld\"").then_some(())
+    });
+    assert!(sidecar.lifecycle().contains("late"), "the result is kept in the lifecycle log");
+    assert!(hub.wait_for(Duration::from_millis(300), |e| matches!(e, DevHubEvent::Received { frame, .. } if frame["type"] == "task_complete")).is_none());
+    wait_until("an empty queue", || sidecar.queue()["active"].is_null().then_some(()));
+}
+
+#[test]
+fn a_rate_limited_completion_is_resent_after_retry_after_ms() {
+    let (hub, dir, mut cfg) = setup(None);
+    cfg["wake_command"] = json!(confirming_wake(dir.path()));
+    let sidecar = Sidecar::start(dir.path(), &cfg);
+    expect_identified(&hub);
+    let task_id = hub.push_task(AGENT, "d", json!({}));
+    wait_until("the agent to confirm", || started_file(&sidecar, &task_id).exists().then_some(()));
+    hub.rate_limit_next("task_complete", 200);
+    write_result(&sidecar, &task_id, &json!({"status":"success","output":"x"}));
+    expect_received(&hub, "task_complete");
+    expect_sent(&hub, "rate_limited");
+    expect_received(&hub, "task_complete");
+    assert_eq!(expect_sent(&hub, "task_ack")["status"], "complete");
+}
+
+#[test]
+fn a_corrupt_queue_file_is_moved_aside_and_the_sidecar_starts() {
+    let (hub, dir, cfg) = setup(None);
+    fs::write(dir.path().join("queue.json"), "{\"active\": {\"task_id\": ").unwrap();
+    let sidecar = Sidecar::start(dir.path(), &cfg);
+    expect_identified(&hub);
+    let moved: Vec<_> = fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.starts_with("queue.json.corrupt-"))
+        .collect();
+    assert_eq!(moved.len(), 1, "{moved:?}");
+    assert_eq!(fs::read_to_string(dir.path().join(&moved[0])).unwrap(), "{\"active\": {\"task_id\": ");
+    assert!(sidecar.output().contains("corrupt"));
+}
+
+/// Where the sidecar dies in `crash_and_restart`.
+enum Crash {
+    /// AGENTCOM_FAILPOINT: dies just before sending this frame type.
+    BeforeSend(&'static str),
+    /// SIGKILL once the hub has received a frame of this type.
+    AfterReceived(&'static str),
+    /// SIGKILL once the hub has received this frame type, which it leaves
+    /// unanswered.
+    AfterReceivedUnanswered(&'static str),
+}
+
+fn crash_and_restart(crash: Crash) {
+    let (hub, dir, mut cfg) = setup(None);
+    cfg["wake_command"] = json!(confirming_wake(dir.path()));
+    let failpoint = match crash {
+        Crash::BeforeSend(frame_type) => format!("before_send:{frame_type}"),
+        _ => String::new(),
+    };
+    let mut sidecar = Sidecar::start_with_env(dir.path(), &cfg, &[("AGENTCOM_FAILPOINT", &failpoint)]);
+    expect_identified(&hub);
+    let task_id = hub.push_task(AGENT, "d", json!({}));
+    let write = |sidecar: &Sidecar| {
+        wait_until("the agent to confirm", || started_file(sidecar, &task_id).exists().then_some(()));
+        write_result(sidecar, &task_id, &json!({"status":"success","output":"once"}));
+    };
+    match crash {
+        Crash::BeforeSend("task_accepted") => {}
+        Crash::BeforeSend(_) => write(&sidecar),
+        Crash::AfterReceived(frame_type) => {
+            expect_received(&hub, frame_type);
+        }
+        Crash::AfterReceivedUnanswered(frame_type) => {
+            write(&sidecar);
+            hub.set_silent(true);
+            expect_received(&hub, frame_type);
+        }
+    }
+    match crash {
+        Crash::BeforeSend(_) => {
+            let status = sidecar.wait_exit(FAILSAFE).expect("the failpoint kills the process");
+            assert!(!status.success());
+        }
+        _ => sidecar.kill9(),
+    }
+    hub.set_silent(false);
+    let queue: Value = serde_json::from_slice(&fs::read(dir.path().join("queue.json")).unwrap()).unwrap();
+    assert!(queue.is_object(), "queue.json parses after the crash");
+
+    let sidecar = Sidecar::start(dir.path(), &cfg);
+    expect_identified(&hub);
+    if !started_file(&sidecar, &task_id).exists() || !sidecar.results_dir().join(format!("{task_id}.json")).exists() {
+        // The agent was not done before the crash: let it finish now.
+        if hub.task(&task_id).unwrap().outcomes.is_empty() {
+            write(&sidecar);
+        }
+    }
+    wait_until("one settled outcome at the hub", || (!hub.task(&task_id).unwrap().outcomes.is_empty()).then_some(()));
+    wait_until("nothing pending", || {
+        let queue = sidecar.queue();
+        (queue["active"].is_null() && queue["recovering"].is_null()).then_some(())
+    });
+    let task = hub.task(&task_id).unwrap();
+    assert_eq!(task.outcomes.len(), 1, "exactly one outcome: {:?}", task.outcomes);
+    assert!(wakes(dir.path()) <= 2);
+}
+
+#[test]
+fn killed_after_persist_before_task_accepted() {
+    crash_and_restart(Crash::BeforeSend("task_accepted"));
+}
+
+#[test]
+fn killed_after_task_accepted() {
+    crash_and_restart(Crash::AfterReceived("task_accepted"));
+}
+
+#[test]
+fn killed_after_the_result_is_read_before_it_is_sent() {
+    crash_and_restart(Crash::BeforeSend("task_complete"));
+}
+
+#[test]
+fn killed_after_the_result_is_sent_before_its_ack() {
+    crash_and_restart(Crash::AfterReceivedUnanswered("task_complete"));
+}
