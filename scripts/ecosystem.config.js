@@ -1,0 +1,62 @@
+// pm2 process file for agentcom-sidecar:
+//
+//   pm2 start scripts/ecosystem.config.js && pm2 save
+//
+// pm2 runs a wrapper script, not the binary: scripts/start.sh (Linux, macOS)
+// or scripts/start.bat (Windows) pulls, rebuilds when HEAD moved, and starts
+// the last good binary. So `pm2 restart agentcom-sidecar` also updates it.
+//
+// SIDECAR_CONFIG is read from the environment of `pm2 start` (default:
+// config.json in the repository root). pm2 keeps the value it started with;
+// after changing it use `pm2 restart agentcom-sidecar --update-env`.
+'use strict';
+
+const path = require('path');
+
+const repoRoot = path.resolve(__dirname, '..');
+
+// The pm2 app for `platform` (a `process.platform` value). Exported so a test
+// can check the wrapper chosen for each platform without being on it.
+function appFor(platform) {
+  const windows = platform === 'win32';
+  return {
+    name: 'agentcom-sidecar',
+    script: path.join(repoRoot, 'scripts', windows ? 'start.bat' : 'start.sh'),
+    // pm2 spawns `interpreter interpreter_args script args` without a shell.
+    // A .bat file cannot be spawned directly (Node refuses, and pm2 would
+    // otherwise run it with node), so Windows goes through `cmd /c`.
+    interpreter: windows ? 'cmd' : 'bash',
+    interpreter_args: windows ? ['/c'] : [],
+    cwd: repoRoot,
+    autorestart: true,
+    // pm2 waits restart_delay before a restart; with exp_backoff_restart_delay
+    // set too, current pm2 uses the growing delay instead (5 s, 7.5 s, ...
+    // capped at 15 s, back to 5 s once the app has stayed up), so a sidecar
+    // that cannot start does not spin.
+    restart_delay: 5000,
+    exp_backoff_restart_delay: 5000,
+    max_memory_restart: '100M',
+    // Stop: pm2 sends SIGINT, then SIGKILL after kill_timeout, to the whole
+    // process tree (pm2's default treekill), so a running wake command goes
+    // too. start.sh execs the sidecar, so the sidecar itself gets the SIGINT
+    // and shuts down cleanly in about a second; 5 s leaves room for a busy
+    // disk. (On Windows pm2 ends the tree with taskkill /F: no clean stop.)
+    kill_timeout: 5000,
+    // Prefix every stdout/stderr line with a timestamp.
+    time: true,
+    out_file: path.join(repoRoot, 'logs', 'agentcom-sidecar.out.log'),
+    error_file: path.join(repoRoot, 'logs', 'agentcom-sidecar.err.log'),
+    merge_logs: true,
+    env: {
+      SIDECAR_CONFIG: process.env.SIDECAR_CONFIG || path.join(repoRoot, 'config.json'),
+    },
+  };
+}
+
+module.exports = {
+  apps: [appFor(process.platform)],
+};
+
+// Not enumerable, so pm2 (which reads `apps`) never sees a function among
+// the file's keys.
+Object.defineProperty(module.exports, 'appFor', { value: appFor, enumerable: false });

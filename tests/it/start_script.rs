@@ -1,0 +1,557 @@
+//! The operations scripts, run for real. `scripts/start.sh` is driven against
+//! a local bare "upstream" repository holding a toy crate named
+//! `agentcom-sidecar` (it prints its version and arguments, and builds in about
+//! a second) plus a copy of the real start.sh, cloned into a "box" checkout as
+//! an agent machine would have it. Also: the wrapper `scripts/ecosystem.config.js`
+//! names for each platform, and `scripts/example-agent.sh`.
+//!
+//! git, cargo, bash and node must be installed: a missing tool fails the test
+//! with a message saying so rather than skipping it. Everything is local
+//! (`git pull` from a path, `cargo --offline`) and nothing waits on a clock:
+//! each script run is awaited until it exits.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use serde_json::Value;
+use tempfile::TempDir;
+
+const REPO_ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+// The bash and sh scripts, run where they are meant to run. No test runs
+// start.bat: these machines have no cmd.exe.
+#[cfg(unix)]
+mod unix_scripts {
+    use super::*;
+
+    #[test]
+    fn first_start_builds_and_runs_the_checkout() {
+        let fleet = Fleet::new(&toy_main("1"));
+        let run = fleet.start(&["--extra", "two words"], &[]);
+        run.assert_success();
+        assert!(
+            run.stdout.contains(
+                r#"toy version 1 args ["--config", "config.json", "--extra", "two words"]"#
+            ),
+            "{run}"
+        );
+        assert!(run.stderr.contains("start.sh: building "), "{run}");
+        assert_eq!(fleet.cargo_invocations(), 1);
+        assert_eq!(fleet.built_rev(), fleet.box_head());
+
+        // SIDECAR_CONFIG names the config.
+        let run = fleet.start(&[], &[("SIDECAR_CONFIG", "/etc/agentcom/sidecar.json")]);
+        run.assert_success();
+        assert!(
+            run.stdout
+                .contains(r#"args ["--config", "/etc/agentcom/sidecar.json"]"#),
+            "{run}"
+        );
+    }
+
+    #[test]
+    fn an_update_is_pulled_and_built_once() {
+        let fleet = Fleet::new(&toy_main("1"));
+        fleet.start(&[], &[]).assert_success();
+        assert_eq!(fleet.cargo_invocations(), 1);
+
+        let v2 = fleet.publish(&toy_main("2"), "version 2");
+        let run = fleet.start(&[], &[]);
+        run.assert_success();
+        assert!(run.stdout.contains("toy version 2 "), "{run}");
+        assert_eq!(fleet.box_head(), v2);
+        assert_eq!(fleet.built_rev(), v2);
+        assert_eq!(fleet.cargo_invocations(), 2);
+
+        // Nothing new upstream: cargo is not run and the binary is untouched.
+        let good_binary_mtime = fleet.good_binary_mtime();
+        let run = fleet.start(&[], &[]);
+        run.assert_success();
+        assert!(run.stdout.contains("toy version 2 "), "{run}");
+        assert!(run.stderr.contains("not rebuilding"), "{run}");
+        assert_eq!(
+            fleet.cargo_invocations(),
+            2,
+            "cargo ran although HEAD did not move"
+        );
+        assert_eq!(fleet.good_binary_mtime(), good_binary_mtime);
+
+        // Building never dirties the checkout, which would block later pulls.
+        assert_eq!(git(&fleet.box_dir, &["status", "--porcelain"]), "");
+    }
+
+    #[test]
+    fn a_broken_update_keeps_running_the_last_good_binary() {
+        let fleet = Fleet::new(&toy_main("1"));
+        fleet.start(&[], &[]).assert_success();
+        let v2 = fleet.publish(&toy_main("2"), "version 2");
+        fleet.start(&[], &[]).assert_success();
+
+        let broken = fleet.publish("fn main() { this is not rust }\n", "broken");
+        let run = fleet.start(&[], &[]);
+        run.assert_success();
+        assert!(run.stdout.contains("toy version 2 "), "{run}");
+        assert!(
+            run.stderr.contains(&format!(
+                "start.sh: build failed; keeping the last good binary (rev {v2})"
+            )),
+            "{run}"
+        );
+        assert_eq!(fleet.box_head(), broken, "the broken commit was pulled");
+        assert_eq!(fleet.built_rev(), v2);
+
+        // The next start tries again, and a fix is picked up.
+        let v3 = fleet.publish(&toy_main("3"), "version 3");
+        let run = fleet.start(&[], &[]);
+        run.assert_success();
+        assert!(run.stdout.contains("toy version 3 "), "{run}");
+        assert_eq!(fleet.built_rev(), v3);
+    }
+
+    #[test]
+    fn a_diverged_checkout_logs_the_failed_pull_and_still_starts() {
+        let fleet = Fleet::new(&toy_main("1"));
+        fleet.start(&[], &[]).assert_success();
+
+        // Someone committed on the box, and upstream changed the same file.
+        fs::write(fleet.box_dir.join("NOTES.txt"), "edited on the box\n").unwrap();
+        git(&fleet.box_dir, &["commit", "-q", "-am", "local edit"]);
+        let local_head = fleet.box_head();
+        fs::write(fleet.dev.join("NOTES.txt"), "edited upstream\n").unwrap();
+        fleet.publish(&toy_main("2"), "version 2 and notes");
+
+        let run = fleet.start(&[], &[]);
+        run.assert_success();
+        assert!(
+            run.stderr.contains(
+                "start.sh: git pull --ff-only failed; starting the code already checked out"
+            ),
+            "{run}"
+        );
+        assert!(run.stdout.contains("toy version 1 "), "{run}");
+        assert_eq!(fleet.box_head(), local_head);
+    }
+
+    #[test]
+    fn a_failed_first_build_refuses_to_start() {
+        let fleet = Fleet::new("fn main() { this is not rust }\n");
+        let run = fleet.start(&[], &[]);
+        assert!(!run.output.status.success(), "{run}");
+        assert!(
+            run.stderr
+                .contains("build failed and there is no previous binary to fall back on"),
+            "{run}"
+        );
+        assert_eq!(run.stdout, "");
+    }
+
+    #[test]
+    fn skip_pull_starts_without_pulling() {
+        let fleet = Fleet::new(&toy_main("1"));
+        fleet.publish(&toy_main("2"), "version 2");
+        let run = fleet.start(&[], &[("AGENTCOM_SKIP_PULL", "1")]);
+        run.assert_success();
+        assert!(
+            run.stderr.contains("AGENTCOM_SKIP_PULL=1: not pulling"),
+            "{run}"
+        );
+        assert!(run.stdout.contains("toy version 1 "), "{run}");
+    }
+
+    #[test]
+    fn example_agent_writes_started_progress_and_an_escaped_result() {
+        let dir = TempDir::new().unwrap();
+        let results_dir = dir.path().join("results");
+        let marker = dir.path().join("pwned");
+        let description = format!(
+            "quote \" backslash \\ tab \t cr \r bell \u{7} unicode \u{e9}\u{2713}\n\
+             $(touch {m}) `touch {m}` ; touch {m} '\n",
+            m = marker.display()
+        );
+        let output = Command::new("sh")
+            .arg(Path::new(REPO_ROOT).join("scripts/example-agent.sh"))
+            .env("AGENTCOM_TASK_ID", "task-42")
+            .env("AGENTCOM_RESULTS_DIR", &results_dir)
+            .env("AGENTCOM_TASK_DESCRIPTION", &description)
+            .output()
+            .expect("sh is required to run scripts/example-agent.sh");
+        assert!(output.status.success(), "{output:?}");
+
+        assert!(results_dir.join("task-42.started").is_file());
+        let progress: Value = serde_json::from_str(
+            &fs::read_to_string(results_dir.join("task-42.progress")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            progress,
+            serde_json::json!({"progress": 50, "message": "halfway"})
+        );
+        let result: Value =
+            serde_json::from_str(&fs::read_to_string(results_dir.join("task-42.json")).unwrap())
+                .unwrap();
+        assert_eq!(
+            result,
+            serde_json::json!({"status": "success", "output": description})
+        );
+        assert!(!results_dir.join("task-42.json.tmp").exists());
+        assert!(!marker.exists(), "the description was executed");
+
+        let refused = Command::new("sh")
+            .arg(Path::new(REPO_ROOT).join("scripts/example-agent.sh"))
+            .env("AGENTCOM_TASK_ID", "../escaped")
+            .env("AGENTCOM_RESULTS_DIR", &results_dir)
+            .output()
+            .unwrap();
+        assert!(!refused.status.success());
+        assert!(!dir.path().join("escaped.started").exists());
+    }
+
+    /// An upstream bare repository, a developer checkout that publishes to
+    /// it, and the box checkout that start.sh updates. `cargo` on the
+    /// script's PATH is a shim that counts its invocations, then runs the
+    /// real cargo.
+    struct Fleet {
+        dir: TempDir,
+        dev: PathBuf,
+        box_dir: PathBuf,
+        tools_dir: PathBuf,
+        cargo_log: PathBuf,
+    }
+
+    impl Fleet {
+        fn new(main_rs: &str) -> Fleet {
+            require_tools();
+            let dir = TempDir::new().unwrap();
+            let root = dir.path();
+            let upstream = root.join("upstream.git");
+            let dev = root.join("dev");
+            let box_dir = root.join("box");
+            let tools_dir = root.join("tools");
+            let cargo_log = root.join("cargo-invocations");
+            fs::write(root.join("gitconfig"), "").unwrap();
+
+            fs::create_dir(&tools_dir).unwrap();
+            let shim = tools_dir.join("cargo");
+            fs::write(
+                &shim,
+                format!(
+                    "#!/bin/sh\nprintf '%s\\n' \"$*\" >>{log}\nexec {cargo} \"$@\"\n",
+                    log = shell_quote(&cargo_log),
+                    cargo = shell_quote(Path::new(env!("CARGO"))),
+                ),
+            )
+            .unwrap();
+            make_executable(&shim);
+
+            run_ok(git_command(root).args(["init", "-q", "--bare", "-b", "main", "upstream.git"]));
+            run_ok(git_command(root).args(["init", "-q", "-b", "main", "dev"]));
+            fs::create_dir_all(dev.join("src")).unwrap();
+            fs::create_dir_all(dev.join("scripts")).unwrap();
+            fs::write(
+                dev.join("Cargo.toml"),
+                "[package]\nname = \"agentcom-sidecar\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n[workspace]\n",
+            )
+            .unwrap();
+            fs::write(dev.join(".gitignore"), "/target\n").unwrap();
+            fs::write(dev.join("NOTES.txt"), "notes\n").unwrap();
+            fs::write(dev.join("src/main.rs"), main_rs).unwrap();
+            let start_sh = dev.join("scripts/start.sh");
+            fs::copy(Path::new(REPO_ROOT).join("scripts/start.sh"), &start_sh).unwrap();
+            make_executable(&start_sh);
+            let mut lockfile = Command::new(env!("CARGO"));
+            lockfile
+                .args(["generate-lockfile", "--offline"])
+                .current_dir(&dev);
+            sanitize_env(&mut lockfile, root);
+            run_ok(&mut lockfile);
+
+            git(&dev, &["add", "-A"]);
+            git(&dev, &["commit", "-q", "-m", "version 1"]);
+            git(
+                &dev,
+                &["remote", "add", "origin", upstream.to_str().unwrap()],
+            );
+            git(&dev, &["push", "-q", "-u", "origin", "main"]);
+            run_ok(git_command(root).args(["clone", "-q", "upstream.git", "box"]));
+
+            Fleet {
+                dir,
+                dev,
+                box_dir,
+                tools_dir,
+                cargo_log,
+            }
+        }
+
+        /// Commits `main_rs` (and any other change in the dev checkout),
+        /// pushes it, and returns the new revision.
+        fn publish(&self, main_rs: &str, message: &str) -> String {
+            fs::write(self.dev.join("src/main.rs"), main_rs).unwrap();
+            git(&self.dev, &["commit", "-q", "-am", message]);
+            git(&self.dev, &["push", "-q"]);
+            git(&self.dev, &["rev-parse", "HEAD"])
+        }
+
+        /// Runs the box's start.sh to completion, from outside the checkout
+        /// (the script must find its repository by itself).
+        fn start(&self, args: &[&str], envs: &[(&str, &str)]) -> Run {
+            let mut command = Command::new("bash");
+            command
+                .arg(self.box_dir.join("scripts/start.sh"))
+                .args(args)
+                .current_dir(self.dir.path());
+            sanitize_env(&mut command, self.dir.path());
+            let path = std::env::var_os("PATH").unwrap_or_default();
+            let mut paths = vec![self.tools_dir.clone()];
+            paths.extend(std::env::split_paths(&path));
+            command.env("PATH", std::env::join_paths(paths).unwrap());
+            command.envs(envs.iter().copied());
+            let output = command
+                .output()
+                .expect("bash is required to run scripts/start.sh");
+            Run {
+                stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+                stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+                output,
+            }
+        }
+
+        fn cargo_invocations(&self) -> usize {
+            match fs::read_to_string(&self.cargo_log) {
+                Ok(text) => text
+                    .lines()
+                    .filter(|line| line.starts_with("build"))
+                    .count(),
+                Err(_) => 0,
+            }
+        }
+
+        fn box_head(&self) -> String {
+            git(&self.box_dir, &["rev-parse", "HEAD"])
+        }
+
+        fn release_dir(&self) -> PathBuf {
+            self.box_dir.join("target/release")
+        }
+
+        fn built_rev(&self) -> String {
+            let stamp = self.release_dir().join(".agentcom-built-rev");
+            fs::read_to_string(stamp).unwrap().trim().to_owned()
+        }
+
+        fn good_binary_mtime(&self) -> std::time::SystemTime {
+            let good = self.release_dir().join("agentcom-sidecar.last-good");
+            fs::metadata(good).unwrap().modified().unwrap()
+        }
+    }
+
+    struct Run {
+        output: Output,
+        stdout: String,
+        stderr: String,
+    }
+
+    impl Run {
+        fn assert_success(&self) {
+            assert!(self.output.status.success(), "{self}");
+        }
+    }
+
+    impl std::fmt::Display for Run {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(
+                f,
+                "start.sh exited with {}\n--- stdout\n{}--- stderr\n{}",
+                self.output.status, self.stdout, self.stderr
+            )
+        }
+    }
+
+    fn toy_main(version: &str) -> String {
+        format!(
+            "const VERSION: &str = {version:?};\n\
+             fn main() {{\n    \
+                 let args: Vec<String> = std::env::args().skip(1).collect();\n    \
+                 println!(\"toy version {{VERSION}} args {{args:?}}\");\n\
+             }}\n"
+        )
+    }
+
+    fn require_tools() {
+        for (tool, why) in [("git", "git"), ("bash", "bash")] {
+            let found = Command::new(tool).arg("--version").output();
+            assert!(
+                found.is_ok_and(|o| o.status.success()),
+                "{why} is required by the start.sh tests and was not found on PATH"
+            );
+        }
+    }
+
+    /// Isolates git and cargo from the machine's and the outer build's
+    /// settings: no global or system git config, and none of the variables
+    /// through which the `cargo test` running us would redirect the toy
+    /// build (its target dir above all).
+    fn sanitize_env(command: &mut Command, root: &Path) {
+        for name in [
+            "CARGO_TARGET_DIR",
+            "CARGO_BUILD_TARGET_DIR",
+            "CARGO_MAKEFLAGS",
+            "MAKEFLAGS",
+            "MFLAGS",
+            "SIDECAR_CONFIG",
+            "AGENTCOM_SKIP_PULL",
+        ] {
+            command.env_remove(name);
+        }
+        command
+            .env("GIT_CONFIG_GLOBAL", root.join("gitconfig"))
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("CARGO_NET_OFFLINE", "true");
+    }
+
+    fn git_command(dir: &Path) -> Command {
+        let mut command = Command::new("git");
+        command.current_dir(dir).args([
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@t",
+            "-c",
+            "commit.gpgsign=false",
+        ]);
+        // Every fleet keeps its empty gitconfig at the tempdir root, which
+        // is an ancestor of every directory git runs in here.
+        let root = dir
+            .ancestors()
+            .find(|d| d.join("gitconfig").is_file())
+            .expect("git runs inside a fleet directory");
+        sanitize_env(&mut command, root);
+        command
+    }
+
+    /// Runs git in `dir`, asserts success, returns stdout without the
+    /// trailing newline.
+    fn git(dir: &Path, args: &[&str]) -> String {
+        let output = run_ok(git_command(dir).args(args));
+        String::from_utf8(output.stdout)
+            .unwrap()
+            .trim_end()
+            .to_owned()
+    }
+
+    fn run_ok(command: &mut Command) -> Output {
+        let output = command
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
+        assert!(output.status.success(), "{command:?} failed: {output:?}");
+        output
+    }
+
+    fn shell_quote(path: &Path) -> String {
+        format!("'{}'", path.display().to_string().replace('\'', r"'\''"))
+    }
+
+    fn make_executable(path: &Path) {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(path, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+}
+
+/// What the pm2 file exports, evaluated by node for each platform.
+fn ecosystem(env: &[(&str, &str)]) -> Value {
+    let config = Path::new(REPO_ROOT).join("scripts/ecosystem.config.js");
+    let config = serde_json::to_string(config.to_str().unwrap()).unwrap();
+    let script = format!(
+        "const c = require({config});\n\
+         console.log(JSON.stringify({{apps: c.apps, current: c.appFor(process.platform),\n\
+             linux: c.appFor('linux'), darwin: c.appFor('darwin'), win32: c.appFor('win32')}}));"
+    );
+    let output = node(&script, env);
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+fn node(script: &str, env: &[(&str, &str)]) -> Output {
+    let output = Command::new("node")
+        .args(["-e", script])
+        .env_remove("SIDECAR_CONFIG")
+        .envs(env.iter().copied())
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("node is required to check scripts/ecosystem.config.js (CI installs it): {e}")
+        });
+    assert!(output.status.success(), "node failed: {output:?}");
+    output
+}
+
+fn file_name(path: &Value) -> &str {
+    let path = path.as_str().unwrap();
+    path.rsplit(['/', '\\']).next().unwrap()
+}
+
+#[test]
+fn the_pm2_file_loads_silently() {
+    let config = Path::new(REPO_ROOT).join("scripts/ecosystem.config.js");
+    let config = serde_json::to_string(config.to_str().unwrap()).unwrap();
+    let output = node(&format!("require({config})"), &[]);
+    assert!(
+        output.stdout.is_empty() && output.stderr.is_empty(),
+        "{output:?}"
+    );
+}
+
+#[test]
+fn the_pm2_file_names_start_sh_on_unix_and_start_bat_on_windows() {
+    let exported = ecosystem(&[]);
+    for platform in ["linux", "darwin"] {
+        let app = &exported[platform];
+        assert_eq!(file_name(&app["script"]), "start.sh", "{platform}: {app}");
+        assert_eq!(app["interpreter"], "bash", "{platform}");
+    }
+    let windows = &exported["win32"];
+    assert_eq!(file_name(&windows["script"]), "start.bat", "{windows}");
+    assert_eq!(windows["interpreter"], "cmd");
+    assert_eq!(windows["interpreter_args"], serde_json::json!(["/c"]));
+
+    let apps = exported["apps"].as_array().unwrap();
+    assert_eq!(apps.len(), 1);
+    let app = &apps[0];
+    assert_eq!(
+        *app, exported["current"],
+        "apps[0] is the app for this platform"
+    );
+    assert_eq!(app["name"], "agentcom-sidecar");
+    let repo_root = fs::canonicalize(REPO_ROOT).unwrap();
+    assert_eq!(
+        fs::canonicalize(app["cwd"].as_str().unwrap()).unwrap(),
+        repo_root
+    );
+    assert_eq!(
+        fs::canonicalize(app["script"].as_str().unwrap())
+            .unwrap()
+            .parent(),
+        Some(repo_root.join("scripts").as_path()),
+        "the wrapper named is one of ours, and exists"
+    );
+    assert_eq!(app["autorestart"], true);
+    assert_eq!(app["restart_delay"], 5000);
+    assert!(
+        app["kill_timeout"].as_u64().unwrap() > 1000,
+        "longer than the sidecar's own shutdown"
+    );
+    assert_eq!(app["time"], true);
+    assert_eq!(app["max_memory_restart"], "100M");
+    assert_eq!(
+        PathBuf::from(app["env"]["SIDECAR_CONFIG"].as_str().unwrap()),
+        Path::new(app["cwd"].as_str().unwrap()).join("config.json")
+    );
+}
+
+#[test]
+fn the_pm2_file_takes_sidecar_config_from_the_environment() {
+    let exported = ecosystem(&[("SIDECAR_CONFIG", "/etc/agentcom/sidecar.json")]);
+    assert_eq!(
+        exported["apps"][0]["env"]["SIDECAR_CONFIG"],
+        "/etc/agentcom/sidecar.json"
+    );
+}
