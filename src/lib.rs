@@ -16,6 +16,7 @@ pub mod protocol;
 pub mod queue_store;
 pub mod retry;
 pub mod state;
+pub mod status;
 pub mod wake;
 pub mod watcher;
 

@@ -47,12 +47,7 @@ impl LifecycleLog {
     /// Opens (creating it and its parent directories if needed) the log at
     /// `path` for appending. The current size counts towards `max_bytes`, so
     /// a restarted sidecar rotates a file that an earlier run filled.
-    pub fn open(
-        path: &Path,
-        agent_id: &str,
-        max_bytes: u64,
-        keep: u32,
-    ) -> io::Result<LifecycleLog> {
+    pub fn open(path: &Path, agent_id: &str, max_bytes: u64, keep: u32) -> io::Result<LifecycleLog> {
         let mut log = LifecycleLog {
             path: path.to_path_buf(),
             agent_id: agent_id.to_owned(),
@@ -150,18 +145,14 @@ impl LifecycleLog {
         let must_rotate =
             self.current_bytes > 0 && self.current_bytes.saturating_add(pending) > self.max_bytes;
         let rotation_error = if must_rotate {
-            self.rotate()
-                .err()
-                .map(|error| io::Error::new(error.kind(), format!("cannot rotate: {error}")))
+            self.rotate().err().map(|error| io::Error::new(error.kind(), format!("cannot rotate: {error}")))
         } else {
             None
         };
         let Some(file) = self.file.as_mut() else {
             // `rotate` reopens the old file when a rename fails; only when
             // that reopen failed too is there nowhere to write.
-            return Err(
-                rotation_error.unwrap_or_else(|| io::Error::other("the log file is not open"))
-            );
+            return Err(rotation_error.unwrap_or_else(|| io::Error::other("the log file is not open")));
         };
 
         let mut buffer = Vec::with_capacity(line.len() + 1);
@@ -186,11 +177,8 @@ impl LifecycleLog {
         // Close first: Windows cannot rename or truncate-by-create a file
         // that we still hold open.
         self.file = None;
-        let moved = if self.keep == 0 {
-            File::create(&self.path).map(drop)
-        } else {
-            self.shift_rotated_files()
-        };
+        let moved =
+            if self.keep == 0 { File::create(&self.path).map(drop) } else { self.shift_rotated_files() };
         self.open_current()?;
         moved
     }
@@ -200,10 +188,7 @@ impl LifecycleLog {
         // MoveFileExW(MOVEFILE_REPLACE_EXISTING), on Windows, so the file at
         // `.keep` is dropped by being overwritten.
         for k in (1..self.keep).rev() {
-            rename_if_present(
-                &rotated_path(&self.path, k),
-                &rotated_path(&self.path, k + 1),
-            )?;
+            rename_if_present(&rotated_path(&self.path, k), &rotated_path(&self.path, k + 1))?;
         }
         rename_if_present(&self.path, &rotated_path(&self.path, 1))
     }
@@ -217,10 +202,7 @@ impl LifecycleLog {
                 fs::create_dir_all(parent)?;
             }
         }
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.path)?;
+        let file = OpenOptions::new().create(true).append(true).open(&self.path)?;
         let len = file.metadata()?.len();
         self.ends_mid_line = len > 0 && last_byte(&self.path, len)? != b'\n';
         self.current_bytes = len;
@@ -250,19 +232,11 @@ const READ_CHUNK_BYTES: usize = 64 * 1024;
 /// `read_recent` skips longer lines instead of holding them in memory.
 const MAX_READ_LINE_BYTES: usize = 1024 * 1024;
 
-fn read_recent_in_chunks(
-    path: &Path,
-    max_records: usize,
-    chunk_bytes: usize,
-) -> io::Result<Vec<Value>> {
+fn read_recent_in_chunks(path: &Path, max_records: usize, chunk_bytes: usize) -> io::Result<Vec<Value>> {
     let mut newest_first = Vec::new();
     let mut rotation_idx: u32 = 0;
     while newest_first.len() < max_records {
-        let file_path = if rotation_idx == 0 {
-            path.to_path_buf()
-        } else {
-            rotated_path(path, rotation_idx)
-        };
+        let file_path = if rotation_idx == 0 { path.to_path_buf() } else { rotated_path(path, rotation_idx) };
         match read_tail(&file_path, max_records, chunk_bytes, &mut newest_first) {
             Ok(()) => {}
             // The current file may be missing (never written, or deleted by
@@ -383,16 +357,11 @@ mod tests {
     /// Every line of `path`, each of which must be a JSON object.
     fn records_in(path: &Path) -> Vec<Value> {
         let text = fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        assert!(
-            text.is_empty() || text.ends_with('\n'),
-            "{} ends mid-line",
-            path.display()
-        );
+        assert!(text.is_empty() || text.ends_with('\n'), "{} ends mid-line", path.display());
         text.lines()
             .map(|line| {
-                let value: Value = serde_json::from_str(line).unwrap_or_else(|e| {
-                    panic!("{}: unparseable line {line:?}: {e}", path.display())
-                });
+                let value: Value = serde_json::from_str(line)
+                    .unwrap_or_else(|e| panic!("{}: unparseable line {line:?}: {e}", path.display()));
                 assert!(value.is_object(), "{line}");
                 value
             })
@@ -400,19 +369,13 @@ mod tests {
     }
 
     fn seqs(records: &[Value]) -> Vec<u64> {
-        records
-            .iter()
-            .map(|r| r["seq"].as_u64().expect("seq"))
-            .collect()
+        records.iter().map(|r| r["seq"].as_u64().expect("seq")).collect()
     }
 
     /// The records of the kept rotated files, oldest first, then the current
     /// file's. Asserts that no file past `.keep` exists.
     fn all_records(path: &Path, keep: u32) -> Vec<Value> {
-        assert!(
-            !rotated_path(path, keep + 1).exists(),
-            "more than {keep} rotated files"
-        );
+        assert!(!rotated_path(path, keep + 1).exists(), "more than {keep} rotated files");
         let mut records = Vec::new();
         for k in (1..=keep).rev() {
             let rotated = rotated_path(path, k);
@@ -435,10 +398,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("logs/sub/sidecar.log");
         let mut log = LifecycleLog::open(&path, "agent-7", 10 << 20, 5).unwrap();
-        log.record(
-            "task_accepted",
-            json!({"task_id": "t\n1", "event": "spoof", "n": 2}),
-        );
+        log.record("task_accepted", json!({"task_id": "t\n1", "event": "spoof", "n": 2}));
         log.record("shutdown", Value::Null);
         log.record("odd", json!([1, 2]));
 
@@ -447,7 +407,9 @@ mod tests {
         assert_eq!(lines.len(), 3);
         assert!(lines[0].starts_with("{\"ts\":"), "{}", lines[0]);
         assert!(
-            lines[0].contains(",\"event\":\"task_accepted\",\"agent_id\":\"agent-7\",\"n\":2,\"task_id\":\"t\\n1\"}"),
+            lines[0].contains(
+                ",\"event\":\"task_accepted\",\"agent_id\":\"agent-7\",\"n\":2,\"task_id\":\"t\\n1\"}"
+            ),
             "{}",
             lines[0]
         );
@@ -484,26 +446,13 @@ mod tests {
         assert!(seqs[0] > 0, "nothing was dropped");
         assert_eq!(seqs, (seqs[0]..2000).collect::<Vec<_>>());
 
-        let files: Vec<PathBuf> = (1..=keep)
-            .rev()
-            .map(|k| rotated_path(&path, k))
-            .chain([path.clone()])
-            .collect();
+        let files: Vec<PathBuf> =
+            (1..=keep).rev().map(|k| rotated_path(&path, k)).chain([path.clone()]).collect();
         for pair in files.windows(2) {
             let size = fs::metadata(&pair[0]).unwrap().len();
             assert!(size <= max_bytes);
-            let next_line = fs::read_to_string(&pair[1])
-                .unwrap()
-                .lines()
-                .next()
-                .unwrap()
-                .len() as u64
-                + 1;
-            assert!(
-                size + next_line > max_bytes,
-                "{} was rotated early",
-                pair[0].display()
-            );
+            let next_line = fs::read_to_string(&pair[1]).unwrap().lines().next().unwrap().len() as u64 + 1;
+            assert!(size + next_line > max_bytes, "{} was rotated early", pair[0].display());
         }
         assert!(fs::metadata(&path).unwrap().len() <= max_bytes);
     }
@@ -519,10 +468,7 @@ mod tests {
         write_seqs(&mut log, 0..2000);
 
         assert!(rotated_path(&path, 2).exists());
-        assert_eq!(
-            seqs(&all_records(&path, keep)),
-            (0..2000).collect::<Vec<_>>()
-        );
+        assert_eq!(seqs(&all_records(&path, keep)), (0..2000).collect::<Vec<_>>());
     }
 
     #[test]
@@ -547,10 +493,7 @@ mod tests {
         let mut log = LifecycleLog::open(&path, "a1", 100, 2).unwrap();
 
         log.record("big", json!({"seq": 0, "pad": big}));
-        assert!(
-            !rotated_path(&path, 1).exists(),
-            "an empty file was rotated"
-        );
+        assert!(!rotated_path(&path, 1).exists(), "an empty file was rotated");
         log.record("small", json!({"seq": 1}));
         log.record("big", json!({"seq": 2, "pad": big}));
 
@@ -641,20 +584,11 @@ mod tests {
         write_seqs(&mut log, 0..20);
 
         let in_current = records_in(&path).len();
-        assert!(
-            in_current < 7,
-            "the test needs the last 7 records to span files"
-        );
-        assert_eq!(
-            seqs(&read_recent(&path, 7).unwrap()),
-            (13..20).collect::<Vec<_>>()
-        );
+        assert!(in_current < 7, "the test needs the last 7 records to span files");
+        assert_eq!(seqs(&read_recent(&path, 7).unwrap()), (13..20).collect::<Vec<_>>());
 
         let everything = all_records(&path, keep);
-        assert!(
-            everything.len() < 20,
-            "some lines should have been rotated away"
-        );
+        assert!(everything.len() < 20, "some lines should have been rotated away");
         assert_eq!(read_recent(&path, 1000).unwrap(), everything);
         assert!(read_recent(&path, 0).unwrap().is_empty());
     }
@@ -676,7 +610,8 @@ mod tests {
     fn read_recent_skips_junk_and_is_independent_of_chunk_size() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sidecar.log");
-        let text = "{\"seq\":0}\nnot json\n\n42\n{\"seq\":1,\"s\":\"a\\nb\"}\r\n{\"seq\":2}\n{\"seq\":3,\"torn";
+        let text =
+            "{\"seq\":0}\nnot json\n\n42\n{\"seq\":1,\"s\":\"a\\nb\"}\r\n{\"seq\":2}\n{\"seq\":3,\"torn";
         fs::write(&path, text).unwrap();
 
         for chunk_bytes in [1, 2, 3, 7, 64 * 1024] {
@@ -692,15 +627,9 @@ mod tests {
     fn read_recent_skips_lines_over_the_read_limit() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sidecar.log");
-        let fits = format!(
-            "{{\"seq\":1,\"pad\":\"{}\"}}",
-            "y".repeat(MAX_READ_LINE_BYTES - 18)
-        );
+        let fits = format!("{{\"seq\":1,\"pad\":\"{}\"}}", "y".repeat(MAX_READ_LINE_BYTES - 18));
         assert_eq!(fits.len(), MAX_READ_LINE_BYTES);
-        let too_long = format!(
-            "{{\"seq\":3,\"pad\":\"{}\"}}",
-            "y".repeat(MAX_READ_LINE_BYTES - 17)
-        );
+        let too_long = format!("{{\"seq\":3,\"pad\":\"{}\"}}", "y".repeat(MAX_READ_LINE_BYTES - 17));
         let text = format!("{{\"seq\":0}}\n{fits}\n{{\"seq\":2}}\n{too_long}\n{{\"seq\":4}}\n");
         fs::write(&path, text).unwrap();
         assert_eq!(seqs(&read_recent(&path, 10).unwrap()), [0, 1, 2, 4]);

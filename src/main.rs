@@ -14,6 +14,8 @@ agentcom-sidecar: relays AgentCom hub tasks to a local agent
 USAGE:
     agentcom-sidecar [--config PATH]           run the sidecar
     agentcom-sidecar check [--config PATH]     validate the config and print it (token redacted)
+    agentcom-sidecar status [--config PATH]    show the held task, pending reports and recent events;
+                                               exit 0 when idle with nothing pending, 1 otherwise
     agentcom-sidecar --help | --version
 
 The config path defaults to $SIDECAR_CONFIG, then ./config.json.
@@ -22,6 +24,7 @@ Exit codes: 0 clean stop, 1 runtime failure, 2 bad config or usage.";
 enum Command {
     Run,
     Check,
+    Status,
 }
 
 fn main() -> ExitCode {
@@ -46,6 +49,7 @@ fn main() -> ExitCode {
                 None => return usage_error("--config needs a path"),
             },
             "check" => command = Command::Check,
+            "status" => command = Command::Status,
             "run" => command = Command::Run,
             other => match other.strip_prefix("--config=") {
                 Some(path) => config_path = Some(PathBuf::from(path)),
@@ -74,6 +78,21 @@ fn main() -> ExitCode {
                 serde_json::to_string_pretty(&config.to_redacted_json()).expect("a JSON value serializes");
             println!("{text}");
             ExitCode::SUCCESS
+        }
+        Command::Status => {
+            let mut stdout = std::io::stdout().lock();
+            match agentcom_sidecar::status::report(
+                &config,
+                agentcom_sidecar::queue_store::unix_ms(),
+                &mut stdout,
+            ) {
+                Ok(agentcom_sidecar::status::Verdict::Idle) => ExitCode::SUCCESS,
+                Ok(agentcom_sidecar::status::Verdict::Busy) => ExitCode::FAILURE,
+                Err(e) => {
+                    eprintln!("agentcom-sidecar: cannot write the status: {e}");
+                    ExitCode::FAILURE
+                }
+            }
         }
         Command::Run => run(config, &warnings),
     }

@@ -31,9 +31,7 @@ mod unix_scripts {
         let run = fleet.start(&["--extra", "two words"], &[]);
         run.assert_success();
         assert!(
-            run.stdout.contains(
-                r#"toy version 1 args ["--config", "config.json", "--extra", "two words"]"#
-            ),
+            run.stdout.contains(r#"toy version 1 args ["--config", "config.json", "--extra", "two words"]"#),
             "{run}"
         );
         assert!(run.stderr.contains("start.sh: building "), "{run}");
@@ -43,11 +41,7 @@ mod unix_scripts {
         // SIDECAR_CONFIG names the config.
         let run = fleet.start(&[], &[("SIDECAR_CONFIG", "/etc/agentcom/sidecar.json")]);
         run.assert_success();
-        assert!(
-            run.stdout
-                .contains(r#"args ["--config", "/etc/agentcom/sidecar.json"]"#),
-            "{run}"
-        );
+        assert!(run.stdout.contains(r#"args ["--config", "/etc/agentcom/sidecar.json"]"#), "{run}");
     }
 
     #[test]
@@ -70,11 +64,7 @@ mod unix_scripts {
         run.assert_success();
         assert!(run.stdout.contains("toy version 2 "), "{run}");
         assert!(run.stderr.contains("not rebuilding"), "{run}");
-        assert_eq!(
-            fleet.cargo_invocations(),
-            2,
-            "cargo ran although HEAD did not move"
-        );
+        assert_eq!(fleet.cargo_invocations(), 2, "cargo ran although HEAD did not move");
         assert_eq!(fleet.good_binary_mtime(), good_binary_mtime);
 
         // Building never dirties the checkout, which would block later pulls.
@@ -93,9 +83,7 @@ mod unix_scripts {
         run.assert_success();
         assert!(run.stdout.contains("toy version 2 "), "{run}");
         assert!(
-            run.stderr.contains(&format!(
-                "start.sh: build failed; keeping the last good binary (rev {v2})"
-            )),
+            run.stderr.contains(&format!("start.sh: build failed; keeping the last good binary (rev {v2})")),
             "{run}"
         );
         assert_eq!(fleet.box_head(), broken, "the broken commit was pulled");
@@ -124,9 +112,7 @@ mod unix_scripts {
         let run = fleet.start(&[], &[]);
         run.assert_success();
         assert!(
-            run.stderr.contains(
-                "start.sh: git pull --ff-only failed; starting the code already checked out"
-            ),
+            run.stderr.contains("start.sh: git pull --ff-only failed; starting the code already checked out"),
             "{run}"
         );
         assert!(run.stdout.contains("toy version 1 "), "{run}");
@@ -138,11 +124,7 @@ mod unix_scripts {
         let fleet = Fleet::new("fn main() { this is not rust }\n");
         let run = fleet.start(&[], &[]);
         assert!(!run.output.status.success(), "{run}");
-        assert!(
-            run.stderr
-                .contains("build failed and there is no previous binary to fall back on"),
-            "{run}"
-        );
+        assert!(run.stderr.contains("build failed and there is no previous binary to fall back on"), "{run}");
         assert_eq!(run.stdout, "");
     }
 
@@ -152,10 +134,7 @@ mod unix_scripts {
         fleet.publish(&toy_main("2"), "version 2");
         let run = fleet.start(&[], &[("AGENTCOM_SKIP_PULL", "1")]);
         run.assert_success();
-        assert!(
-            run.stderr.contains("AGENTCOM_SKIP_PULL=1: not pulling"),
-            "{run}"
-        );
+        assert!(run.stderr.contains("AGENTCOM_SKIP_PULL=1: not pulling"), "{run}");
         assert!(run.stdout.contains("toy version 1 "), "{run}");
     }
 
@@ -179,21 +158,12 @@ mod unix_scripts {
         assert!(output.status.success(), "{output:?}");
 
         assert!(results_dir.join("task-42.started").is_file());
-        let progress: Value = serde_json::from_str(
-            &fs::read_to_string(results_dir.join("task-42.progress")).unwrap(),
-        )
-        .unwrap();
-        assert_eq!(
-            progress,
-            serde_json::json!({"progress": 50, "message": "halfway"})
-        );
+        let progress: Value =
+            serde_json::from_str(&fs::read_to_string(results_dir.join("task-42.progress")).unwrap()).unwrap();
+        assert_eq!(progress, serde_json::json!({"progress": 50, "message": "halfway"}));
         let result: Value =
-            serde_json::from_str(&fs::read_to_string(results_dir.join("task-42.json")).unwrap())
-                .unwrap();
-        assert_eq!(
-            result,
-            serde_json::json!({"status": "success", "output": description})
-        );
+            serde_json::from_str(&fs::read_to_string(results_dir.join("task-42.json")).unwrap()).unwrap();
+        assert_eq!(result, serde_json::json!({"status": "success", "output": description}));
         assert!(!results_dir.join("task-42.json.tmp").exists());
         assert!(!marker.exists(), "the description was executed");
 
@@ -260,28 +230,17 @@ mod unix_scripts {
             fs::copy(Path::new(REPO_ROOT).join("scripts/start.sh"), &start_sh).unwrap();
             make_executable(&start_sh);
             let mut lockfile = Command::new(env!("CARGO"));
-            lockfile
-                .args(["generate-lockfile", "--offline"])
-                .current_dir(&dev);
+            lockfile.args(["generate-lockfile", "--offline"]).current_dir(&dev);
             sanitize_env(&mut lockfile, root);
             run_ok(&mut lockfile);
 
             git(&dev, &["add", "-A"]);
             git(&dev, &["commit", "-q", "-m", "version 1"]);
-            git(
-                &dev,
-                &["remote", "add", "origin", upstream.to_str().unwrap()],
-            );
+            git(&dev, &["remote", "add", "origin", upstream.to_str().unwrap()]);
             git(&dev, &["push", "-q", "-u", "origin", "main"]);
             run_ok(git_command(root).args(["clone", "-q", "upstream.git", "box"]));
 
-            Fleet {
-                dir,
-                dev,
-                box_dir,
-                tools_dir,
-                cargo_log,
-            }
+            Fleet { dir, dev, box_dir, tools_dir, cargo_log }
         }
 
         /// Commits `main_rs` (and any other change in the dev checkout),
@@ -297,19 +256,14 @@ mod unix_scripts {
         /// (the script must find its repository by itself).
         fn start(&self, args: &[&str], envs: &[(&str, &str)]) -> Run {
             let mut command = Command::new("bash");
-            command
-                .arg(self.box_dir.join("scripts/start.sh"))
-                .args(args)
-                .current_dir(self.dir.path());
+            command.arg(self.box_dir.join("scripts/start.sh")).args(args).current_dir(self.dir.path());
             sanitize_env(&mut command, self.dir.path());
             let path = std::env::var_os("PATH").unwrap_or_default();
             let mut paths = vec![self.tools_dir.clone()];
             paths.extend(std::env::split_paths(&path));
             command.env("PATH", std::env::join_paths(paths).unwrap());
             command.envs(envs.iter().copied());
-            let output = command
-                .output()
-                .expect("bash is required to run scripts/start.sh");
+            let output = command.output().expect("bash is required to run scripts/start.sh");
             Run {
                 stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
                 stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
@@ -319,10 +273,7 @@ mod unix_scripts {
 
         fn cargo_invocations(&self) -> usize {
             match fs::read_to_string(&self.cargo_log) {
-                Ok(text) => text
-                    .lines()
-                    .filter(|line| line.starts_with("build"))
-                    .count(),
+                Ok(text) => text.lines().filter(|line| line.starts_with("build")).count(),
                 Err(_) => 0,
             }
         }
@@ -434,16 +385,11 @@ mod unix_scripts {
     /// trailing newline.
     fn git(dir: &Path, args: &[&str]) -> String {
         let output = run_ok(git_command(dir).args(args));
-        String::from_utf8(output.stdout)
-            .unwrap()
-            .trim_end()
-            .to_owned()
+        String::from_utf8(output.stdout).unwrap().trim_end().to_owned()
     }
 
     fn run_ok(command: &mut Command) -> Output {
-        let output = command
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
+        let output = command.output().unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
         assert!(output.status.success(), "{command:?} failed: {output:?}");
         output
     }
@@ -494,10 +440,7 @@ fn the_pm2_file_loads_silently() {
     let config = Path::new(REPO_ROOT).join("scripts/ecosystem.config.js");
     let config = serde_json::to_string(config.to_str().unwrap()).unwrap();
     let output = node(&format!("require({config})"), &[]);
-    assert!(
-        output.stdout.is_empty() && output.stderr.is_empty(),
-        "{output:?}"
-    );
+    assert!(output.stdout.is_empty() && output.stderr.is_empty(), "{output:?}");
 }
 
 #[test]
@@ -516,29 +459,18 @@ fn the_pm2_file_names_start_sh_on_unix_and_start_bat_on_windows() {
     let apps = exported["apps"].as_array().unwrap();
     assert_eq!(apps.len(), 1);
     let app = &apps[0];
-    assert_eq!(
-        *app, exported["current"],
-        "apps[0] is the app for this platform"
-    );
+    assert_eq!(*app, exported["current"], "apps[0] is the app for this platform");
     assert_eq!(app["name"], "agentcom-sidecar");
     let repo_root = fs::canonicalize(REPO_ROOT).unwrap();
+    assert_eq!(fs::canonicalize(app["cwd"].as_str().unwrap()).unwrap(), repo_root);
     assert_eq!(
-        fs::canonicalize(app["cwd"].as_str().unwrap()).unwrap(),
-        repo_root
-    );
-    assert_eq!(
-        fs::canonicalize(app["script"].as_str().unwrap())
-            .unwrap()
-            .parent(),
+        fs::canonicalize(app["script"].as_str().unwrap()).unwrap().parent(),
         Some(repo_root.join("scripts").as_path()),
         "the wrapper named is one of ours, and exists"
     );
     assert_eq!(app["autorestart"], true);
     assert_eq!(app["restart_delay"], 5000);
-    assert!(
-        app["kill_timeout"].as_u64().unwrap() > 1000,
-        "longer than the sidecar's own shutdown"
-    );
+    assert!(app["kill_timeout"].as_u64().unwrap() > 1000, "longer than the sidecar's own shutdown");
     assert_eq!(app["time"], true);
     assert_eq!(app["max_memory_restart"], "100M");
     assert_eq!(
@@ -550,8 +482,5 @@ fn the_pm2_file_names_start_sh_on_unix_and_start_bat_on_windows() {
 #[test]
 fn the_pm2_file_takes_sidecar_config_from_the_environment() {
     let exported = ecosystem(&[("SIDECAR_CONFIG", "/etc/agentcom/sidecar.json")]);
-    assert_eq!(
-        exported["apps"][0]["env"]["SIDECAR_CONFIG"],
-        "/etc/agentcom/sidecar.json"
-    );
+    assert_eq!(exported["apps"][0]["env"]["SIDECAR_CONFIG"], "/etc/agentcom/sidecar.json");
 }

@@ -85,7 +85,8 @@ impl Sidecar {
     }
 
     pub fn signal(&self, signal: &str) {
-        let status = Command::new("kill").arg(format!("-{signal}")).arg(self.pid().to_string()).status().unwrap();
+        let status =
+            Command::new("kill").arg(format!("-{signal}")).arg(self.pid().to_string()).status().unwrap();
         assert!(status.success(), "kill -{signal} failed");
     }
 
