@@ -6,6 +6,7 @@
 //! binary and `main.rs` share one implementation.
 
 pub mod config;
+pub mod demo;
 pub mod devhub;
 pub mod error;
 pub mod event;
