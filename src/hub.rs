@@ -479,7 +479,19 @@ impl Connector {
             let outcome = match stream.take_error() {
                 Ok(Some(err)) | Err(err) => Err(err),
                 Ok(None) => match stream.peer_addr() {
-                    Ok(_) => return Ok(Ok(stream)),
+                    Ok(_) => {
+                        // Every write is a whole frame (or handshake
+                        // message), so Nagle's algorithm only adds delay: a
+                        // small frame sent while the previous one is unacked
+                        // would wait for the hub's delayed ACK (~40 ms).
+                        if let Err(err) = stream.set_nodelay(true) {
+                            debug!(
+                                "hub connection {}: cannot set TCP_NODELAY: {err}",
+                                self.params.conn_id
+                            );
+                        }
+                        return Ok(Ok(stream));
+                    }
                     // Not connected yet: the event was spurious.
                     Err(err) if err.kind() == io::ErrorKind::NotConnected => continue,
                     Err(err) => Err(err),
