@@ -146,7 +146,8 @@ fn sigterm_while_connecting_exits_zero_within_a_second() {
 
 #[test]
 fn wss_with_the_private_ca_connects_and_without_it_is_refused_clearly() {
-    let pki = crate::support::tls::TestPki::new(tempfile::tempdir().unwrap().keep().as_path());
+    let pki_dir = tempfile::tempdir().unwrap();
+    let pki = crate::support::tls::TestCa::new(pki_dir.path());
     let mut options = DevHubOptions::new(AGENT, TOKEN);
     options.tls = Some(pki.acceptor());
     let hub = DevHub::start(options).unwrap();
@@ -154,7 +155,7 @@ fn wss_with_the_private_ca_connects_and_without_it_is_refused_clearly() {
 
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(dir.path(), &hub.url());
-    cfg["tls_ca_file"] = json!(pki.ca_pem_path());
+    cfg["tls_ca_file"] = json!(pki.ca_file);
     let sidecar = Sidecar::start(dir.path(), &cfg);
     expect_identified(&hub);
     drop(sidecar);

@@ -2,4 +2,5 @@
 //! pieces driven against real WebSocket hubs on 127.0.0.1.
 
 mod start_script;
+mod hub_conn;
 mod support;

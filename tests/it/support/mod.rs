@@ -2,6 +2,8 @@
 //! child process, the development hub in-process, and waits with deadlines.
 #![allow(dead_code)]
 
+pub mod tls;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
