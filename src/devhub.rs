@@ -458,6 +458,9 @@ const READ_POLL: Duration = Duration::from_millis(50);
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the hub waits for the peer's close frame after sending its own.
 const CLOSE_GRACE: Duration = Duration::from_secs(2);
+/// The same wait while the hub stops: short, so `stop` stays quick even when a
+/// peer is not reading.
+const STOP_CLOSE_GRACE: Duration = Duration::from_millis(300);
 
 struct Shared {
     state: Mutex<HubState>,
@@ -1425,7 +1428,14 @@ fn run_connection<S: Read + Write>(
     shared.lock().emit(DevHubEvent::Connected { conn });
     loop {
         if shared.stopping.load(Ordering::SeqCst) {
-            close(shared, conn, &mut ws, 1001, "hub stopping");
+            close(
+                shared,
+                conn,
+                &mut ws,
+                1001,
+                "hub stopping",
+                STOP_CLOSE_GRACE,
+            );
             return;
         }
         while let Ok(outgoing) = outbox.try_recv() {
@@ -1439,7 +1449,7 @@ fn run_connection<S: Read + Write>(
                     }
                 }
                 Outgoing::Close { code, reason } => {
-                    close(shared, conn, &mut ws, code, &reason);
+                    close(shared, conn, &mut ws, code, &reason, CLOSE_GRACE);
                     return;
                 }
             }
@@ -1480,7 +1490,7 @@ fn run_connection<S: Read + Write>(
                     }
                 }
                 Reply::Close { code, reason } => {
-                    close(shared, conn, &mut ws, code, &reason);
+                    close(shared, conn, &mut ws, code, &reason, CLOSE_GRACE);
                     return;
                 }
                 Reply::Emit(event) => shared.lock().emit(event),
@@ -1534,13 +1544,14 @@ fn send<S: Read + Write>(shared: &Shared, conn: u64, ws: &mut WebSocket<S>, fram
 }
 
 /// Sends a close frame, then keeps reading (which flushes) until the peer's
-/// close arrives or `CLOSE_GRACE` runs out.
+/// close arrives or `grace` runs out.
 fn close<S: Read + Write>(
     shared: &Shared,
     conn: u64,
     ws: &mut WebSocket<S>,
     code: u16,
     reason: &str,
+    grace: Duration,
 ) {
     let frame = CloseFrame {
         code: CloseCode::from(code),
@@ -1554,7 +1565,7 @@ fn close<S: Read + Write>(
         code,
         reason: reason.to_string(),
     });
-    let deadline = Instant::now() + CLOSE_GRACE;
+    let deadline = Instant::now() + grace;
     while Instant::now() < deadline {
         match ws.read() {
             Ok(_) => {}
