@@ -55,6 +55,9 @@ pub struct DevHubOptions {
     pub repush_on_identify: bool,
     /// `Some`: serve `wss` with this acceptor.
     pub tls: Option<native_tls::TlsAcceptor>,
+    /// The real hub closes a socket that has sent nothing for 60 s, with code
+    /// 1002. `None` never closes. Default `Some(60 s)`.
+    pub idle_timeout: Option<Duration>,
 }
 
 /// A running development hub. Dropping it stops it, as [`DevHub::stop`] does.
@@ -159,6 +162,7 @@ impl DevHubOptions {
             max_retries: 3,
             repush_on_identify: true,
             tls: None,
+            idle_timeout: Some(Duration::from_secs(60)),
         }
     }
 }
@@ -175,6 +179,7 @@ impl fmt::Debug for DevHubOptions {
             .field("max_retries", &self.max_retries)
             .field("repush_on_identify", &self.repush_on_identify)
             .field("tls", &self.tls.is_some())
+            .field("idle_timeout", &self.idle_timeout)
             .finish()
     }
 }
@@ -555,6 +560,7 @@ struct HubState {
     accept_timeout: Duration,
     max_retries: u32,
     repush_on_identify: bool,
+    idle_timeout: Option<Duration>,
     /// Dead-lettered tasks stay here with `DeadLetter` status but, as in the
     /// real hub (which moves them to another table), the protocol no longer
     /// finds them.
@@ -578,6 +584,7 @@ impl HubState {
             accept_timeout: options.accept_timeout,
             max_retries: options.max_retries,
             repush_on_identify: options.repush_on_identify,
+            idle_timeout: options.idle_timeout,
             tasks: HashMap::new(),
             next_task_seq: 0,
             next_conn: 1,
@@ -1425,8 +1432,17 @@ fn run_connection<S: Read + Write>(
     mut ws: WebSocket<S>,
     outbox: &Receiver<Outgoing>,
 ) {
-    shared.lock().emit(DevHubEvent::Connected { conn });
+    let idle_timeout = {
+        let state = shared.lock();
+        state.emit(DevHubEvent::Connected { conn });
+        state.idle_timeout
+    };
+    let mut last_heard = Instant::now();
     loop {
+        if idle_timeout.is_some_and(|idle| last_heard.elapsed() >= idle) && !shared.lock().silent {
+            close(shared, conn, &mut ws, 1002, "idle timeout", CLOSE_GRACE);
+            return;
+        }
         if shared.stopping.load(Ordering::SeqCst) {
             close(
                 shared,
@@ -1454,7 +1470,11 @@ fn run_connection<S: Read + Write>(
                 }
             }
         }
-        let replies = match ws.read() {
+        let read = ws.read();
+        if read.is_ok() {
+            last_heard = Instant::now();
+        }
+        let replies = match read {
             Ok(Message::Text(text)) => receive(shared, conn, text.as_str()),
             Ok(Message::Binary(bytes)) => {
                 // The real hub only handles text frames; its handler crashes on

@@ -607,6 +607,17 @@ fn close_connection_sends_its_code_and_reason() {
 }
 
 #[test]
+fn a_socket_that_sends_nothing_is_closed_with_1002() {
+    let mut options = DevHubOptions::new(AGENT, TOKEN);
+    options.idle_timeout = Some(Duration::from_millis(200));
+    let hub = start(options);
+    let mut client = identified(&hub);
+    // Real elapsed time is the thing under test: the failsafe read waits.
+    assert_eq!(client.recv_close(), (1002, "idle timeout".to_string()));
+    wait_disconnected(&hub);
+}
+
+#[test]
 fn an_old_hub_crashes_on_task_failed() {
     let (hub, mut client) = hub_and_client();
     let task_id = hub.push_task(AGENT, "crash it", json!({}));
