@@ -1,6 +1,9 @@
 //! The single integration-test binary: the real sidecar binary and library
 //! pieces driven against real WebSocket hubs on 127.0.0.1.
 
-mod start_script;
+mod connection;
+mod devhub;
 mod hub_conn;
+mod start_script;
 mod support;
+mod tasks;

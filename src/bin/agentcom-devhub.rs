@@ -1,0 +1,305 @@
+//! `agentcom-devhub`: the development hub (`agentcom_sidecar::devhub`) for
+//! people. It listens on 127.0.0.1, prints a config.json a sidecar can use,
+//! pushes each line typed on stdin as a task, and prints every frame in and out
+//! with tokens redacted. End of input stops it cleanly; there is no Ctrl-C
+//! handler, because the hub keeps nothing on disk and a kill loses nothing.
+
+use std::io::{self, BufRead};
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::thread;
+use std::time::Duration;
+
+use agentcom_sidecar::devhub::{redact_token, DevHub, DevHubEvent, DevHubOptions, TaskStatus};
+use serde_json::json;
+
+const USAGE: &str = "\
+agentcom-devhub: a development AgentCom hub on 127.0.0.1, to try a sidecar and
+its wake command without the real hub.
+
+Usage: agentcom-devhub [--port N] [--agent-id A] [--token T] [--accept-timeout-ms N]
+
+Options:
+  --port N               port on 127.0.0.1 (default 4000; 0 picks a free one)
+  --agent-id A           the agent allowed to identify (default \"dev-agent\")
+  --token T              its token (default \"dev-token\")
+  --accept-timeout-ms N  how long an assigned task waits for task_accepted before
+                         the hub takes it back and pushes it again (default 60000)
+  -h, --help             print this help and exit
+
+Each non-empty line typed on stdin is pushed to the agent as a task description.
+Every frame is printed on one line: \"<-\" received from the sidecar, \"->\" sent
+to it, tokens redacted; \"**\" lines are connection and task events.
+End the input (Ctrl-D; Ctrl-Z then Enter on Windows) to stop the hub cleanly.
+Ctrl-C kills it at once, which loses nothing: the hub keeps no state on disk.
+";
+
+#[derive(Debug, PartialEq)]
+struct Args {
+    port: u16,
+    agent_id: String,
+    token: String,
+    accept_timeout: Option<Duration>,
+}
+
+#[derive(Debug, PartialEq)]
+enum Command {
+    Run(Args),
+    Help,
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args(std::env::args().skip(1)) {
+        Ok(Command::Run(args)) => args,
+        Ok(Command::Help) => {
+            print!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Err(message) => {
+            eprintln!("agentcom-devhub: {message}\n\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+
+    let mut options = DevHubOptions::new(&args.agent_id, &args.token);
+    options.bind = SocketAddr::from(([127, 0, 0, 1], args.port));
+    if let Some(accept_timeout) = args.accept_timeout {
+        options.accept_timeout = accept_timeout;
+    }
+    let hub = match DevHub::start(options) {
+        Ok(hub) => hub,
+        Err(err) => {
+            eprintln!(
+                "agentcom-devhub: cannot listen on 127.0.0.1:{}: {err}",
+                args.port
+            );
+            return ExitCode::FAILURE;
+        }
+    };
+
+    // The token is printed here on purpose: the person chose it on the command
+    // line and the sidecar needs it in its config. Frames never show it.
+    let config = json!({
+        "agent_id": args.agent_id,
+        "token": args.token,
+        "hub_url": hub.url(),
+    });
+    println!("agentcom-devhub listening on {}", hub.url());
+    println!("config.json for the sidecar (PROTOCOL.md section 10 lists the optional keys):");
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&config).expect("a JSON value serializes")
+    );
+    println!(
+        "Type a task description and press Enter to push it to {}; end the input (Ctrl-D) to stop.",
+        args.agent_id
+    );
+
+    let events = hub.events();
+    let printer = thread::Builder::new()
+        .name("devhub-printer".to_string())
+        // The loop ends when the hub is stopped and its event sender dropped.
+        .spawn(move || {
+            events
+                .iter()
+                .for_each(|event| println!("{}", describe(&event)))
+        })
+        .expect("spawn the printer thread");
+
+    for line in io::stdin().lock().lines() {
+        let line = match line {
+            Ok(line) => line,
+            Err(err) => {
+                eprintln!("agentcom-devhub: cannot read stdin: {err}");
+                break;
+            }
+        };
+        let description = line.trim();
+        if description.is_empty() {
+            continue;
+        }
+        let task_id = hub.push_task(&args.agent_id, description, json!({}));
+        let where_it_is = match hub.task(&task_id) {
+            Some(task) if task.status == TaskStatus::Assigned => {
+                format!("assigned, generation {}", task.generation)
+            }
+            _ => format!("queued until {} is identified and idle", args.agent_id),
+        };
+        println!("** task {task_id} {where_it_is}");
+    }
+
+    println!("** end of input: stopping");
+    hub.stop();
+    if printer.join().is_err() {
+        eprintln!("agentcom-devhub: the printer thread panicked");
+        return ExitCode::FAILURE;
+    }
+    ExitCode::SUCCESS
+}
+
+fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, String> {
+    let mut parsed = Args {
+        port: 4000,
+        agent_id: "dev-agent".to_string(),
+        token: "dev-token".to_string(),
+        accept_timeout: None,
+    };
+    let mut args = args.into_iter();
+    while let Some(arg) = args.next() {
+        // Both `--flag value` and `--flag=value`.
+        let (flag, inline_value) = match arg.split_once('=') {
+            Some((flag, value)) if flag.starts_with("--") => {
+                (flag.to_string(), Some(value.to_string()))
+            }
+            _ => (arg.clone(), None),
+        };
+        if flag == "-h" || flag == "--help" {
+            return Ok(Command::Help);
+        }
+        if !matches!(
+            flag.as_str(),
+            "--port" | "--agent-id" | "--token" | "--accept-timeout-ms"
+        ) {
+            return Err(format!("unknown argument {arg:?}"));
+        }
+        let value = match inline_value.or_else(|| args.next()) {
+            Some(value) => value,
+            None => return Err(format!("{flag} needs a value")),
+        };
+        match flag.as_str() {
+            "--port" => {
+                parsed.port = value
+                    .parse()
+                    .map_err(|_| format!("--port wants a port number, not {value:?}"))?;
+            }
+            "--agent-id" if value.is_empty() => return Err("--agent-id is empty".to_string()),
+            "--agent-id" => parsed.agent_id = value,
+            "--token" if value.is_empty() => return Err("--token is empty".to_string()),
+            "--token" => parsed.token = value,
+            "--accept-timeout-ms" => {
+                let ms: u64 = value.parse().map_err(|_| {
+                    format!("--accept-timeout-ms wants milliseconds, not {value:?}")
+                })?;
+                parsed.accept_timeout = Some(Duration::from_millis(ms));
+            }
+            _ => unreachable!("flags are checked above"),
+        }
+    }
+    Ok(Command::Run(parsed))
+}
+
+/// One terminal line for an event, tokens redacted.
+fn describe(event: &DevHubEvent) -> String {
+    match event {
+        DevHubEvent::Connected { conn } => format!("** [{conn}] connected"),
+        DevHubEvent::HandshakeFailed { conn, reason } => {
+            format!("** [{conn}] handshake failed: {reason}")
+        }
+        DevHubEvent::Identified { conn, agent_id } => {
+            format!("** [{conn}] identified as {agent_id}")
+        }
+        DevHubEvent::Received { conn, frame } => format!("<- [{conn}] {}", redact_token(frame)),
+        // Not JSON, so a token in it cannot be found: show its size only.
+        DevHubEvent::ReceivedText { conn, text } => {
+            format!("<- [{conn}] (not JSON, {} bytes)", text.len())
+        }
+        DevHubEvent::Sent { conn, frame } => format!("-> [{conn}] {}", redact_token(frame)),
+        DevHubEvent::Suppressed { conn, frame } => {
+            format!("-> [{conn}] (silent, not sent) {}", redact_token(frame))
+        }
+        DevHubEvent::ClosedByHub { conn, code, reason } => {
+            format!("** [{conn}] closed by the hub: {code} {reason}")
+        }
+        DevHubEvent::TaskTakenBack {
+            task_id,
+            generation,
+            reason,
+        } => format!("** task {task_id} taken back ({reason}), now generation {generation}"),
+        DevHubEvent::Disconnected { conn, agent_id } => match agent_id {
+            Some(agent_id) => format!("** [{conn}] disconnected ({agent_id})"),
+            None => format!("** [{conn}] disconnected"),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Command, String> {
+        parse_args(args.iter().map(|arg| arg.to_string()))
+    }
+
+    #[test]
+    fn defaults() {
+        assert_eq!(
+            parse(&[]),
+            Ok(Command::Run(Args {
+                port: 4000,
+                agent_id: "dev-agent".to_string(),
+                token: "dev-token".to_string(),
+                accept_timeout: None,
+            }))
+        );
+    }
+
+    #[test]
+    fn every_flag_in_both_forms() {
+        let expected = Ok(Command::Run(Args {
+            port: 4100,
+            agent_id: "a1".to_string(),
+            token: "t1".to_string(),
+            accept_timeout: Some(Duration::from_millis(500)),
+        }));
+        let spaced = [
+            "--port",
+            "4100",
+            "--agent-id",
+            "a1",
+            "--token",
+            "t1",
+            "--accept-timeout-ms",
+            "500",
+        ];
+        assert_eq!(parse(&spaced), expected);
+        let inline = [
+            "--port=4100",
+            "--agent-id=a1",
+            "--token=t1",
+            "--accept-timeout-ms=500",
+        ];
+        assert_eq!(parse(&inline), expected);
+    }
+
+    #[test]
+    fn help_wins() {
+        assert_eq!(parse(&["--port", "1", "--help"]), Ok(Command::Help));
+        assert_eq!(parse(&["-h"]), Ok(Command::Help));
+    }
+
+    #[test]
+    fn mistakes_are_reported() {
+        assert!(parse(&["--port"]).unwrap_err().contains("needs a value"));
+        assert!(parse(&["--port", "x"]).unwrap_err().contains("port number"));
+        assert!(parse(&["--port", "70000"]).is_err());
+        assert!(parse(&["--demo"]).unwrap_err().contains("unknown argument"));
+        assert!(parse(&["--token", ""]).unwrap_err().contains("empty"));
+        assert!(parse(&["--accept-timeout-ms", "-1"]).is_err());
+    }
+
+    #[test]
+    fn printed_frames_never_show_the_token() {
+        let event = DevHubEvent::Received {
+            conn: 1,
+            frame: json!({"type": "identify", "agent_id": "a1", "token": "s3cret"}),
+        };
+        let line = describe(&event);
+        assert!(line.starts_with("<- [1] "), "{line}");
+        assert!(!line.contains("s3cret"), "{line}");
+        let not_json = DevHubEvent::ReceivedText {
+            conn: 1,
+            text: "token=s3cret".to_string(),
+        };
+        assert!(!describe(&not_json).contains("s3cret"));
+    }
+}
