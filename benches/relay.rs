@@ -81,7 +81,11 @@ fn main() {
     let idle_switches = after.1 - before.1;
     let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let field = |name: &str| {
-        status.lines().find(|l| l.starts_with(name)).map(|l| l[name.len()..].trim().to_owned()).unwrap_or_default()
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .map(|l| l[name.len()..].trim().to_owned())
+            .unwrap_or_default()
     };
     let threads = field("Threads:");
     let (rss, hwm) = (field("VmRSS:"), field("VmHWM:"));
@@ -93,7 +97,12 @@ fn main() {
     println!("agentcom-sidecar benchmark ({TASKS} tasks, loopback, release build)");
     println!("{:<44} {}", "assign -> task_accepted (incl. fsync)", summary(&mut accept_times));
     println!("{:<44} {}", "result rename -> task_complete at the hub", summary(&mut complete_times));
-    println!("{:<44} {:.1} ms CPU, {} context switches", format!("idle {} s, connected", IDLE_WINDOW.as_secs()), idle_cpu_ms, idle_switches);
+    println!(
+        "{:<44} {:.1} ms CPU, {} context switches",
+        format!("idle {} s, connected", IDLE_WINDOW.as_secs()),
+        idle_cpu_ms,
+        idle_switches
+    );
     println!("{:<44} {threads}", "threads");
     println!("{:<44} {rss} (peak {hwm})", "resident memory");
     println!("{:<44} {:.2} MiB", "binary size", size as f64 / 1024.0 / 1024.0);
@@ -146,8 +155,9 @@ fn context_switches(pid: u32) -> u64 {
     for task in fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten() {
         let status = fs::read_to_string(task.path().join("status")).unwrap_or_default();
         for line in status.lines() {
-            if let Some(v) =
-                line.strip_prefix("voluntary_ctxt_switches:").or_else(|| line.strip_prefix("nonvoluntary_ctxt_switches:"))
+            if let Some(v) = line
+                .strip_prefix("voluntary_ctxt_switches:")
+                .or_else(|| line.strip_prefix("nonvoluntary_ctxt_switches:"))
             {
                 total += v.trim().parse::<u64>().unwrap_or(0);
             }

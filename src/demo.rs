@@ -19,7 +19,8 @@ const TOKEN: &str = "demo-token";
 const DEMO_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub fn run_demo(out: &mut dyn Write) -> Result<(), String> {
-    let hub = DevHub::start(DevHubOptions::new(AGENT_ID, TOKEN)).map_err(|e| format!("cannot start the hub: {e}"))?;
+    let hub = DevHub::start(DevHubOptions::new(AGENT_ID, TOKEN))
+        .map_err(|e| format!("cannot start the hub: {e}"))?;
     let dir = tempfile::tempdir().map_err(|e| format!("cannot create a temp dir: {e}"))?;
     let agent = dir.path().join("example-agent.sh");
     std::fs::write(&agent, AGENT_SCRIPT).map_err(|e| format!("cannot write the example agent: {e}"))?;
@@ -33,7 +34,8 @@ pub fn run_demo(out: &mut dyn Write) -> Result<(), String> {
         "reconnect_initial_ms": 200,
     })
     .to_string();
-    let (config, _) = Config::from_json_str(&config_text, &dir.path().join("config.json")).map_err(|e| e.to_string())?;
+    let (config, _) =
+        Config::from_json_str(&config_text, &dir.path().join("config.json")).map_err(|e| e.to_string())?;
     let say = |out: &mut dyn Write, line: String| {
         let _ = writeln!(out, "{line}");
     };
@@ -61,7 +63,9 @@ pub fn run_demo(out: &mut dyn Write) -> Result<(), String> {
                 pushed = true;
                 hub.push_task(AGENT_ID, "Say hello to the fleet", json!({ "demo": true }));
             }
-            DevHubEvent::Sent { frame, .. } if frame["type"] == "task_ack" && frame["status"] == "complete" => {
+            DevHubEvent::Sent { frame, .. }
+                if frame["type"] == "task_ack" && frame["status"] == "complete" =>
+            {
                 outcome = Ok(());
                 break;
             }

@@ -91,18 +91,10 @@ pub enum DevHubEvent {
     /// A frame the hub would have written but did not because it is silent.
     Suppressed { conn: u64, frame: Value },
     /// The hub sent a close frame.
-    ClosedByHub {
-        conn: u64,
-        code: u16,
-        reason: String,
-    },
+    ClosedByHub { conn: u64, code: u16, reason: String },
     /// A task went back to the queue without an answer from the sidecar:
     /// `reason` is `disconnect`, `accept_timeout` or `hub_crash`.
-    TaskTakenBack {
-        task_id: String,
-        generation: u64,
-        reason: String,
-    },
+    TaskTakenBack { task_id: String, generation: u64, reason: String },
     /// The connection is gone, with the agent it had identified as.
     Disconnected { conn: u64, agent_id: Option<String> },
 }
@@ -283,13 +275,7 @@ impl DevHub {
     /// once, busy agent or not; returns the new generation. An idle agent's
     /// state machine takes it as its current task, with an acceptance window;
     /// a busy one ignores it, as the real hub's does.
-    pub fn push_task_now(
-        &self,
-        agent_id: &str,
-        task_id: &str,
-        description: &str,
-        metadata: Value,
-    ) -> u64 {
+    pub fn push_task_now(&self, agent_id: &str, task_id: &str, description: &str, metadata: Value) -> u64 {
         let now = Instant::now();
         let mut state = self.shared.lock();
         if state.tasks.contains_key(task_id) {
@@ -365,10 +351,7 @@ impl DevHub {
         let state = self.shared.lock();
         for entry in state.conns.values() {
             if entry.agent_id.as_deref() == Some(agent_id) {
-                let _ = entry.outbox.send(Outgoing::Close {
-                    code,
-                    reason: reason.to_string(),
-                });
+                let _ = entry.outbox.send(Outgoing::Close { code, reason: reason.to_string() });
             }
         }
     }
@@ -377,10 +360,7 @@ impl DevHub {
     /// unhandled and answered with `rate_limited` (the real hub rate-limits
     /// only after identify).
     pub fn rate_limit_next(&self, frame_type: &str, retry_after_ms: u64) {
-        self.shared
-            .lock()
-            .rate_limits
-            .push((frame_type.to_string(), retry_after_ms));
+        self.shared.lock().rate_limits.push((frame_type.to_string(), retry_after_ms));
     }
 
     /// Emulates old hubs: on `task_failed`, re-queue the task one generation
@@ -414,11 +394,7 @@ impl DevHub {
         // Every connection thread was spawned by now; each sees the flag within
         // one read timeout.
         let handles = std::mem::take(
-            &mut *self
-                .shared
-                .conn_threads
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+            &mut *self.shared.conn_threads.lock().unwrap_or_else(|poisoned| poisoned.into_inner()),
         );
         for handle in handles {
             join_logged(handle);
@@ -477,9 +453,7 @@ impl Shared {
     fn lock(&self) -> MutexGuard<'_, HubState> {
         // A panic while holding the lock leaves consistent-enough state for a
         // test tool; keep serving rather than cascade the panic.
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -609,10 +583,7 @@ impl HubState {
             let mut hasher = self.id_seed.build_hasher();
             hasher.write_u64(self.next_task_seq);
             hasher.write_u128(
-                SystemTime::now()
-                    .duration_since(UNIX_EPOCH)
-                    .map(|elapsed| elapsed.as_nanos())
-                    .unwrap_or(0),
+                SystemTime::now().duration_since(UNIX_EPOCH).map(|elapsed| elapsed.as_nanos()).unwrap_or(0),
             );
             self.next_task_seq += 1;
             let task_id = format!("task-{:016x}", hasher.finish());
@@ -659,10 +630,7 @@ impl HubState {
     /// Bumps the generation, marks the task assigned and returns the
     /// `task_assign` frame. The caller updates the agent and pushes.
     fn assign_task(&mut self, task_id: &str, agent_id: &str) -> Value {
-        let task = self
-            .tasks
-            .get_mut(task_id)
-            .expect("assign_task on a known task");
+        let task = self.tasks.get_mut(task_id).expect("assign_task on a known task");
         task.generation += 1;
         task.status = TaskStatus::Assigned;
         task.assigned_to = Some(agent_id.to_string());
@@ -718,15 +686,13 @@ impl HubState {
             .collect();
         idle_agents.sort();
         for agent_id in idle_agents {
-            let skip_taken_back =
-                identifying == Some(agent_id.as_str()) && !self.repush_on_identify;
+            let skip_taken_back = identifying == Some(agent_id.as_str()) && !self.repush_on_identify;
             let next = self
                 .tasks
                 .values()
                 .filter(|task| task.status == TaskStatus::Queued && task.target_agent == agent_id)
                 .filter(|task| {
-                    !(skip_taken_back
-                        && task.last_assigned_to.as_deref() == Some(agent_id.as_str()))
+                    !(skip_taken_back && task.last_assigned_to.as_deref() == Some(agent_id.as_str()))
                 })
                 .min_by_key(|task| task.created_seq)
                 .map(|task| task.task_id.clone());
@@ -735,9 +701,7 @@ impl HubState {
             };
             let frame = self.assign_task(&task_id, &agent_id);
             let fsm = self.agents.get_mut(&agent_id).expect("listed just above");
-            fsm.phase = AgentPhase::Assigned {
-                accept_deadline: now + self.accept_timeout,
-            };
+            fsm.phase = AgentPhase::Assigned { accept_deadline: now + self.accept_timeout };
             fsm.current_task = Some(task_id);
             self.send_to_agent(&agent_id, frame);
         }
@@ -769,25 +733,14 @@ impl HubState {
     fn register_conn(&mut self, outbox: Sender<Outgoing>, tcp: TcpStream) -> u64 {
         let conn = self.next_conn;
         self.next_conn += 1;
-        self.conns.insert(
-            conn,
-            ConnEntry {
-                agent_id: None,
-                outbox,
-                tcp,
-            },
-        );
+        self.conns.insert(conn, ConnEntry { agent_id: None, outbox, tcp });
         conn
     }
 
     fn disconnect(&mut self, conn: u64, now: Instant) {
         let agent_id = self.conns.remove(&conn).and_then(|entry| entry.agent_id);
         if let Some(agent_id) = &agent_id {
-            if self
-                .agents
-                .get(agent_id)
-                .is_some_and(|fsm| fsm.conn == conn)
-            {
+            if self.agents.get(agent_id).is_some_and(|fsm| fsm.conn == conn) {
                 let fsm = self.agents.remove(agent_id).expect("checked just above");
                 if let Some(task_id) = fsm.current_task {
                     self.take_back(&task_id, "disconnect");
@@ -804,12 +757,7 @@ impl HubState {
         let Some(object) = frame.as_object() else {
             return vec![validation_failed(
                 "unknown",
-                vec![field_error(
-                    "message",
-                    "wrong_type",
-                    "expected JSON object",
-                    None,
-                )],
+                vec![field_error("message", "wrong_type", "expected JSON object", None)],
             )];
         };
         let frame_type = match object.get("type") {
@@ -835,10 +783,7 @@ impl HubState {
                 return vec![validation_failed(frame_type, errors)];
             }
         }
-        let agent_id = self
-            .conns
-            .get(&conn)
-            .and_then(|entry| entry.agent_id.clone());
+        let agent_id = self.conns.get(&conn).and_then(|entry| entry.agent_id.clone());
         if agent_id.is_some() && schema.is_some() {
             if let Some(idx) = self.rate_limits.iter().position(|(t, _)| t == frame_type) {
                 let (_, retry_after_ms) = self.rate_limits.remove(idx);
@@ -877,11 +822,7 @@ impl HubState {
         let token = object["token"].as_str().expect("validated: string");
         if self.tokens.get(agent_id).map(String::as_str) != Some(token) {
             let owned_by_other = self.tokens.values().any(|known| known == token);
-            let error = if owned_by_other {
-                "token_agent_mismatch"
-            } else {
-                "invalid_token"
-            };
+            let error = if owned_by_other { "token_agent_mismatch" } else { "invalid_token" };
             // The socket stays open: the sidecar decides to close it.
             return vec![error_reply(error)];
         }
@@ -900,27 +841,15 @@ impl HubState {
             .min_by_key(|task| task.created_seq)
             .map(|task| task.task_id.clone());
         let phase = match adopted {
-            Some(_) => AgentPhase::Assigned {
-                accept_deadline: now + self.accept_timeout,
-            },
+            Some(_) => AgentPhase::Assigned { accept_deadline: now + self.accept_timeout },
             None => AgentPhase::Idle,
         };
-        self.agents.insert(
-            agent_id.to_string(),
-            AgentFsm {
-                conn,
-                phase,
-                current_task: adopted,
-            },
-        );
+        self.agents.insert(agent_id.to_string(), AgentFsm { conn, phase, current_task: adopted });
         // Pushes go through the outbox, so they follow `identified` on the wire.
         self.schedule(now, Some(agent_id));
         vec![
             Reply::Frame(json!({"type": "identified", "agent_id": agent_id})),
-            Reply::Emit(DevHubEvent::Identified {
-                conn,
-                agent_id: agent_id.to_string(),
-            }),
+            Reply::Emit(DevHubEvent::Identified { conn, agent_id: agent_id.to_string() }),
         ]
     }
 
@@ -933,15 +862,12 @@ impl HubState {
             }
         }
         if let Some(task) = self.tasks.get_mut(task_id) {
-            if task.status == TaskStatus::Assigned && task.assigned_to.as_deref() == Some(agent_id)
-            {
+            if task.status == TaskStatus::Assigned && task.assigned_to.as_deref() == Some(agent_id) {
                 task.accepted = true;
             }
         }
         // The real hub acks every task_accepted, known task or not.
-        vec![Reply::Frame(
-            json!({"type": "task_ack", "task_id": task_id, "status": "accepted"}),
-        )]
+        vec![Reply::Frame(json!({"type": "task_ack", "task_id": task_id, "status": "accepted"}))]
     }
 
     /// Checks a report's generation as the real hub's task queue does; on
@@ -971,12 +897,7 @@ impl HubState {
         }
     }
 
-    fn task_complete(
-        &mut self,
-        object: &Map<String, Value>,
-        task_id: &str,
-        now: Instant,
-    ) -> Vec<Reply> {
+    fn task_complete(&mut self, object: &Map<String, Value>, task_id: &str, now: Instant) -> Vec<Reply> {
         let generation = object["generation"].as_i64().unwrap_or(-1);
         let task = match self.check_report(task_id, generation) {
             Ok(task) => task,
@@ -992,25 +913,15 @@ impl HubState {
         self.release_current(task_id);
         // The ack is written now; a next task goes through the outbox after it.
         self.schedule(now, None);
-        vec![Reply::Frame(
-            json!({"type": "task_ack", "task_id": task_id, "status": "complete"}),
-        )]
+        vec![Reply::Frame(json!({"type": "task_ack", "task_id": task_id, "status": "complete"}))]
     }
 
-    fn task_failed(
-        &mut self,
-        object: &Map<String, Value>,
-        task_id: &str,
-        now: Instant,
-    ) -> Vec<Reply> {
+    fn task_failed(&mut self, object: &Map<String, Value>, task_id: &str, now: Instant) -> Vec<Reply> {
         if self.crash_on_task_failed {
             // Old hubs crash their queue here: the task comes back one
             // generation higher and the socket closes without an answer.
             self.take_back(task_id, "hub_crash");
-            return vec![Reply::Close {
-                code: 1011,
-                reason: "internal error".to_string(),
-            }];
+            return vec![Reply::Close { code: 1011, reason: "internal error".to_string() }];
         }
         let generation = object["generation"].as_i64().unwrap_or(-1);
         let reason = ["error", "reason"]
@@ -1050,22 +961,16 @@ impl HubState {
         // A retried task goes back in the queue and, with one agent, comes
         // straight back to it, after the ack.
         self.schedule(now, None);
-        vec![Reply::Frame(
-            json!({"type": "task_ack", "task_id": task_id, "status": status}),
-        )]
+        vec![Reply::Frame(json!({"type": "task_ack", "task_id": task_id, "status": status}))]
     }
 
     fn task_recovering(&mut self, agent_id: &str, task_id: &str) -> Vec<Reply> {
-        let reassign = vec![Reply::Frame(
-            json!({"type": "task_reassign", "task_id": task_id}),
-        )];
+        let reassign = vec![Reply::Frame(json!({"type": "task_reassign", "task_id": task_id}))];
         let Some(task) = self.tasks.get(task_id) else {
             return reassign;
         };
         let generation = match task.status {
-            TaskStatus::Assigned if task.assigned_to.as_deref() == Some(agent_id) => {
-                task.generation
-            }
+            TaskStatus::Assigned if task.assigned_to.as_deref() == Some(agent_id) => task.generation,
             TaskStatus::Queued if task.last_assigned_to.as_deref() == Some(agent_id) => {
                 // Taken back from this agent and not finished: hand it back, one
                 // generation higher, and let the agent keep working on it.
@@ -1083,9 +988,7 @@ impl HubState {
             }
             _ => return reassign,
         };
-        vec![Reply::Frame(
-            json!({"type": "task_continue", "task_id": task_id, "generation": generation}),
-        )]
+        vec![Reply::Frame(json!({"type": "task_continue", "task_id": task_id, "generation": generation}))]
     }
 }
 
@@ -1117,36 +1020,18 @@ fn schema_for(frame_type: &str) -> Option<&'static Schema> {
             ("status", String),
         ],
     };
-    const TYPE_ONLY: Schema = Schema {
-        required: &[("type", String)],
-        optional: &[],
-    };
-    const TASK_ID_ONLY: Schema = Schema {
-        required: &[("task_id", String), ("type", String)],
-        optional: &[],
-    };
+    const TYPE_ONLY: Schema = Schema { required: &[("type", String)], optional: &[] };
+    const TASK_ID_ONLY: Schema = Schema { required: &[("task_id", String), ("type", String)], optional: &[] };
     const TASK_PROGRESS: Schema = Schema {
         required: &[("task_id", String), ("type", String)],
         optional: &[("execution_event", Object), ("progress", Integer)],
     };
     const TASK_COMPLETE: Schema = Schema {
-        required: &[
-            ("generation", Integer),
-            ("task_id", String),
-            ("type", String),
-        ],
-        optional: &[
-            ("result", Object),
-            ("tokens_used", Integer),
-            ("verification_report", Object),
-        ],
+        required: &[("generation", Integer), ("task_id", String), ("type", String)],
+        optional: &[("result", Object), ("tokens_used", Integer), ("verification_report", Object)],
     };
     const TASK_FAILED: Schema = Schema {
-        required: &[
-            ("generation", Integer),
-            ("task_id", String),
-            ("type", String),
-        ],
+        required: &[("generation", Integer), ("task_id", String), ("type", String)],
         optional: &[("error", String), ("reason", String)],
     };
     match frame_type {
@@ -1274,11 +1159,7 @@ fn now_ms() -> u64 {
 }
 
 fn join_logged(handle: JoinHandle<()>) {
-    let name = handle
-        .thread()
-        .name()
-        .unwrap_or("devhub thread")
-        .to_string();
+    let name = handle.thread().name().unwrap_or("devhub thread").to_string();
     if handle.join().is_err() {
         log::error!("{name} panicked");
     }
@@ -1299,11 +1180,7 @@ fn sweep_loop(shared: &Shared, stop: &Receiver<()>, tick: Duration) {
     }
 }
 
-fn accept_loop(
-    shared: &Arc<Shared>,
-    listener: &TcpListener,
-    tls: Option<&native_tls::TlsAcceptor>,
-) {
+fn accept_loop(shared: &Arc<Shared>, listener: &TcpListener, tls: Option<&native_tls::TlsAcceptor>) {
     for stream in listener.incoming() {
         if shared.stopping.load(Ordering::SeqCst) {
             return;
@@ -1322,14 +1199,10 @@ fn accept_loop(
             .spawn(move || serve_tcp(&conn_shared, tcp, tls.as_ref()));
         match spawned {
             Ok(handle) => {
-                let mut handles = shared
-                    .conn_threads
-                    .lock()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                let mut handles = shared.conn_threads.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
                 // Join the threads that are done so a long-running hub does not
                 // pile up handles.
-                let (done, running): (Vec<_>, Vec<_>) =
-                    handles.drain(..).partition(JoinHandle::is_finished);
+                let (done, running): (Vec<_>, Vec<_>) = handles.drain(..).partition(JoinHandle::is_finished);
                 *handles = running;
                 handles.push(handle);
                 drop(handles);
@@ -1444,14 +1317,7 @@ fn run_connection<S: Read + Write>(
             return;
         }
         if shared.stopping.load(Ordering::SeqCst) {
-            close(
-                shared,
-                conn,
-                &mut ws,
-                1001,
-                "hub stopping",
-                STOP_CLOSE_GRACE,
-            );
+            close(shared, conn, &mut ws, 1001, "hub stopping", STOP_CLOSE_GRACE);
             return;
         }
         while let Ok(outgoing) = outbox.try_recv() {
@@ -1481,19 +1347,13 @@ fn run_connection<S: Read + Write>(
                 // anything else and the socket goes down.
                 let text = String::from_utf8_lossy(&bytes).into_owned();
                 shared.lock().emit(DevHubEvent::ReceivedText { conn, text });
-                vec![Reply::Close {
-                    code: 1003,
-                    reason: "text frames only".to_string(),
-                }]
+                vec![Reply::Close { code: 1003, reason: "text frames only".to_string() }]
             }
             // Pings are answered by tungstenite; a close is answered by it too,
             // and the next read reports ConnectionClosed.
             Ok(_) => Vec::new(),
             Err(tungstenite::Error::Io(err))
-                if matches!(
-                    err.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
+                if matches!(err.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) =>
             {
                 Vec::new()
             }
@@ -1526,10 +1386,7 @@ fn receive(shared: &Shared, conn: u64, text: &str) -> Vec<Reply> {
         Err(_) => {
             log::debug!("devhub conn {conn} <- (not JSON) {} bytes", text.len());
             let state = shared.lock();
-            state.emit(DevHubEvent::ReceivedText {
-                conn,
-                text: text.to_string(),
-            });
+            state.emit(DevHubEvent::ReceivedText { conn, text: text.to_string() });
             if state.silent {
                 return Vec::new();
             }
@@ -1538,10 +1395,7 @@ fn receive(shared: &Shared, conn: u64, text: &str) -> Vec<Reply> {
     };
     log::debug!("devhub conn {conn} <- {}", redact_token(&frame));
     let mut state = shared.lock();
-    state.emit(DevHubEvent::Received {
-        conn,
-        frame: frame.clone(),
-    });
+    state.emit(DevHubEvent::Received { conn, frame: frame.clone() });
     if state.silent {
         return Vec::new();
     }
@@ -1573,27 +1427,17 @@ fn close<S: Read + Write>(
     reason: &str,
     grace: Duration,
 ) {
-    let frame = CloseFrame {
-        code: CloseCode::from(code),
-        reason: reason.to_string().into(),
-    };
+    let frame = CloseFrame { code: CloseCode::from(code), reason: reason.to_string().into() };
     if ws.close(Some(frame)).is_err() {
         return;
     }
-    shared.lock().emit(DevHubEvent::ClosedByHub {
-        conn,
-        code,
-        reason: reason.to_string(),
-    });
+    shared.lock().emit(DevHubEvent::ClosedByHub { conn, code, reason: reason.to_string() });
     let deadline = Instant::now() + grace;
     while Instant::now() < deadline {
         match ws.read() {
             Ok(_) => {}
             Err(tungstenite::Error::Io(err))
-                if matches!(
-                    err.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) => {}
+                if matches!(err.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {}
             Err(_) => return,
         }
     }
@@ -1609,17 +1453,10 @@ mod tests {
         let errors = validate(object, schema);
         let got: Vec<(String, String)> = errors
             .iter()
-            .map(|e| {
-                (
-                    e["field"].as_str().unwrap().to_string(),
-                    e["error"].as_str().unwrap().to_string(),
-                )
-            })
+            .map(|e| (e["field"].as_str().unwrap().to_string(), e["error"].as_str().unwrap().to_string()))
             .collect();
-        let expected: Vec<(String, String)> = expected
-            .iter()
-            .map(|(f, e)| (f.to_string(), e.to_string()))
-            .collect();
+        let expected: Vec<(String, String)> =
+            expected.iter().map(|(f, e)| (f.to_string(), e.to_string())).collect();
         assert_eq!(got, expected, "{frame}");
     }
 
@@ -1631,10 +1468,7 @@ mod tests {
             json!({"type": "identify", "agent_id": "a1", "token": "t", "capabilities": ["code"]}),
             &[],
         );
-        check_errors(
-            json!({"type": "identify", "agent_id": "a1"}),
-            &[("token", "required")],
-        );
+        check_errors(json!({"type": "identify", "agent_id": "a1"}), &[("token", "required")]);
         check_errors(
             json!({"type": "identify", "agent_id": "a1", "token": "t", "capabilities": ["code", 1]}),
             &[("capabilities[1]", "wrong_type")],
@@ -1688,11 +1522,7 @@ mod tests {
             let task_id = state.new_task_id();
             let hex = task_id.strip_prefix("task-").expect("task- prefix");
             assert_eq!(hex.len(), 16, "{task_id}");
-            assert!(
-                hex.chars()
-                    .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()),
-                "{task_id}"
-            );
+            assert!(hex.chars().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()), "{task_id}");
             state.create_task(&task_id, "a1", "", json!({}));
         }
         assert_eq!(state.tasks.len(), 100);

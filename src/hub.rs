@@ -81,12 +81,7 @@ pub enum HubEvent {
     /// one-line description for logs; `close_code` and `close_reason` are
     /// what the hub's close frame said, if it sent one (an empty close reason
     /// is reported as `None`).
-    Disconnected {
-        conn_id: u64,
-        reason: String,
-        close_code: Option<u16>,
-        close_reason: Option<String>,
-    },
+    Disconnected { conn_id: u64, reason: String, close_code: Option<u16>, close_reason: Option<String> },
 }
 
 /// The owner's end of one hub connection.
@@ -111,10 +106,7 @@ impl HubHandle {
     /// An `Err` means the thread could not be started (no poller, no thread);
     /// then no event is ever reported. Every failure after that, including a
     /// failed connect, is reported as `HubEvent::Disconnected`.
-    pub fn spawn(
-        params: HubParams,
-        on_event: Box<dyn Fn(HubEvent) + Send>,
-    ) -> io::Result<HubHandle> {
+    pub fn spawn(params: HubParams, on_event: Box<dyn Fn(HubEvent) + Send>) -> io::Result<HubHandle> {
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
         let (commands_tx, commands_rx) = crossbeam_channel::unbounded();
@@ -122,12 +114,7 @@ impl HubHandle {
         let thread = thread::Builder::new()
             .name(format!("hub-conn-{conn_id}"))
             .spawn(move || connection_thread(params, poll, commands_rx, on_event))?;
-        Ok(HubHandle {
-            commands: commands_tx,
-            waker,
-            conn_id,
-            thread: Some(thread),
-        })
+        Ok(HubHandle { commands: commands_tx, waker, conn_id, thread: Some(thread) })
     }
 
     /// The id this connection reports in its events.
@@ -141,10 +128,7 @@ impl HubHandle {
     /// started, is dropped (the owner learns of the end from `Disconnected`).
     pub fn send(&self, text: String) {
         if self.commands.send(Command::Send(text)).is_err() {
-            debug!(
-                "hub connection {}: already ended, frame dropped",
-                self.conn_id
-            );
+            debug!("hub connection {}: already ended, frame dropped", self.conn_id);
             return;
         }
         self.wake();
@@ -165,10 +149,7 @@ impl HubHandle {
         // the next socket event, so it is worth a warning; it should not
         // happen while the poller exists.
         if let Err(err) = self.waker.wake() {
-            warn!(
-                "hub connection {}: cannot wake the socket thread: {err}",
-                self.conn_id
-            );
+            warn!("hub connection {}: cannot wake the socket thread: {err}", self.conn_id);
         }
     }
 }
@@ -224,11 +205,7 @@ struct Ending {
 
 impl Ending {
     fn error(reason: impl Into<String>) -> Ending {
-        Ending {
-            reason: reason.into(),
-            close_code: None,
-            close_reason: None,
-        }
+        Ending { reason: reason.into(), close_code: None, close_reason: None }
     }
 }
 
@@ -239,17 +216,9 @@ fn connection_thread(
     on_event: Box<dyn Fn(HubEvent) + Send>,
 ) {
     let conn_id = params.conn_id;
-    debug!(
-        "hub connection {conn_id}: connecting to {}",
-        redact_url(&params.url)
-    );
-    let mut connector = Connector {
-        params,
-        poll,
-        events: Events::with_capacity(16),
-        commands,
-        outbox: VecDeque::new(),
-    };
+    debug!("hub connection {conn_id}: connecting to {}", redact_url(&params.url));
+    let mut connector =
+        Connector { params, poll, events: Events::with_capacity(16), commands, outbox: VecDeque::new() };
     let ending = match connector.connect() {
         Ok(ws) => {
             debug!("hub connection {conn_id}: connected");
@@ -290,48 +259,32 @@ impl Connector {
             .url
             .as_str()
             .into_client_request()
-            .map_err(|_| {
-                Ending::error("invalid hub URL (expected ws://host:port/path or wss://...)")
-            })?;
+            .map_err(|_| Ending::error("invalid hub URL (expected ws://host:port/path or wss://...)"))?;
         let uri = request.uri();
         let use_tls = match uri.scheme_str() {
             Some("ws") => false,
             Some("wss") => true,
-            _ => {
-                return Err(Ending::error(
-                    "invalid hub URL (the scheme must be ws or wss)",
-                ))
-            }
+            _ => return Err(Ending::error("invalid hub URL (the scheme must be ws or wss)")),
         };
         let host = match uri.host() {
             // `Uri::host` keeps the brackets of an IPv6 literal.
-            Some(host) if !host.is_empty() => host
-                .trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_owned(),
+            Some(host) if !host.is_empty() => host.trim_start_matches('[').trim_end_matches(']').to_owned(),
             _ => return Err(Ending::error("invalid hub URL (no host)")),
         };
         let port = uri.port_u16().unwrap_or(if use_tls { 443 } else { 80 });
 
         // Set up TLS before touching the network, so a bad tls_ca_file is
         // reported as such and not as a handshake failure.
-        let tls_connector = if use_tls {
-            Some(self.tls_connector()?)
-        } else {
-            None
-        };
+        let tls_connector = if use_tls { Some(self.tls_connector()?) } else { None };
 
         let addrs = self.resolve(&host, port, deadline)?;
         let tcp = self.connect_tcp(&addrs, deadline)?;
 
         let stream = match tls_connector {
             None => MaybeTlsStream::Plain(tcp),
-            Some(tls_connector) => MaybeTlsStream::NativeTls(self.tls_handshake(
-                &tls_connector,
-                &host,
-                tcp,
-                deadline,
-            )?),
+            Some(tls_connector) => {
+                MaybeTlsStream::NativeTls(self.tls_handshake(&tls_connector, &host, tcp, deadline)?)
+            }
         };
 
         // Limit frames as well as messages: tungstenite checks the frame
@@ -357,14 +310,10 @@ impl Connector {
     fn tls_connector(&self) -> Result<native_tls::TlsConnector, Ending> {
         let mut builder = native_tls::TlsConnector::builder();
         if let Some(path) = &self.params.tls_ca_file {
-            let pem = std::fs::read(path).map_err(|err| {
-                Ending::error(format!("cannot read tls_ca_file {}: {err}", path.display()))
-            })?;
+            let pem = std::fs::read(path)
+                .map_err(|err| Ending::error(format!("cannot read tls_ca_file {}: {err}", path.display())))?;
             let certs = native_tls::Certificate::stack_from_pem(&pem).map_err(|err| {
-                Ending::error(format!(
-                    "tls_ca_file {} is not usable PEM: {err}",
-                    path.display()
-                ))
+                Ending::error(format!("tls_ca_file {} is not usable PEM: {err}", path.display()))
             })?;
             if certs.is_empty() {
                 return Err(Ending::error(format!(
@@ -376,21 +325,14 @@ impl Connector {
                 builder.add_root_certificate(cert);
             }
         }
-        builder
-            .build()
-            .map_err(|err| Ending::error(format!("cannot set up TLS: {err}")))
+        builder.build().map_err(|err| Ending::error(format!("cannot set up TLS: {err}")))
     }
 
     /// Resolves `host`. A name lookup (`getaddrinfo`) blocks and cannot be
     /// interrupted, so it runs on a short-lived helper thread while this one
     /// keeps watching the deadline and the command channel; a lookup that
     /// outlives the deadline finishes in the background and is discarded.
-    fn resolve(
-        &mut self,
-        host: &str,
-        port: u16,
-        deadline: Instant,
-    ) -> Result<Vec<SocketAddr>, Ending> {
+    fn resolve(&mut self, host: &str, port: u16, deadline: Instant) -> Result<Vec<SocketAddr>, Ending> {
         if let Ok(ip) = host.parse::<IpAddr>() {
             return Ok(vec![SocketAddr::new(ip, port)]);
         }
@@ -399,9 +341,7 @@ impl Connector {
         thread::Builder::new()
             .name(format!("hub-dns-{}", self.params.conn_id))
             .spawn(move || {
-                let result = lookup
-                    .to_socket_addrs()
-                    .map(|addrs| addrs.collect::<Vec<_>>());
+                let result = lookup.to_socket_addrs().map(|addrs| addrs.collect::<Vec<_>>());
                 // A failed send means the connection gave up waiting.
                 let _ = result_tx.send(result);
             })
@@ -423,20 +363,13 @@ impl Connector {
 
     /// Tries each address in turn until one accepts, as `TcpStream::connect`
     /// in std does.
-    fn connect_tcp(
-        &mut self,
-        addrs: &[SocketAddr],
-        deadline: Instant,
-    ) -> Result<TcpStream, Ending> {
+    fn connect_tcp(&mut self, addrs: &[SocketAddr], deadline: Instant) -> Result<TcpStream, Ending> {
         let mut last_error = None;
         for &addr in addrs {
             match self.connect_one(addr, deadline)? {
                 Ok(stream) => return Ok(stream),
                 Err(err) => {
-                    debug!(
-                        "hub connection {}: connect to {addr} failed: {err}",
-                        self.params.conn_id
-                    );
+                    debug!("hub connection {}: connect to {addr} failed: {err}", self.params.conn_id);
                     last_error = Some((addr, err));
                 }
             }
@@ -450,11 +383,7 @@ impl Connector {
     /// Non-blocking connect, following the steps in mio's
     /// `TcpStream::connect` docs. The outer `Err` ends the whole attempt
     /// (deadline, close); the inner one moves on to the next address.
-    fn connect_one(
-        &mut self,
-        addr: SocketAddr,
-        deadline: Instant,
-    ) -> Result<io::Result<TcpStream>, Ending> {
+    fn connect_one(&mut self, addr: SocketAddr, deadline: Instant) -> Result<io::Result<TcpStream>, Ending> {
         let mut stream = match TcpStream::connect(addr) {
             Ok(stream) => stream,
             Err(err) => return Ok(Err(err)),
@@ -462,14 +391,10 @@ impl Connector {
         // Registered for both directions for the life of the connection:
         // writable finishes the connect and any write that would block,
         // readable drives reads and handshakes.
-        if let Err(err) = self.poll.registry().register(
-            &mut stream,
-            SOCKET,
-            Interest::READABLE | Interest::WRITABLE,
-        ) {
-            return Err(Ending::error(format!(
-                "cannot register the socket with the poller: {err}"
-            )));
+        if let Err(err) =
+            self.poll.registry().register(&mut stream, SOCKET, Interest::READABLE | Interest::WRITABLE)
+        {
+            return Err(Ending::error(format!("cannot register the socket with the poller: {err}")));
         }
         loop {
             if let Err(ending) = self.wait_for_socket(deadline, "TCP connect") {
@@ -485,10 +410,7 @@ impl Connector {
                         // small frame sent while the previous one is unacked
                         // would wait for the hub's delayed ACK (~40 ms).
                         if let Err(err) = stream.set_nodelay(true) {
-                            debug!(
-                                "hub connection {}: cannot set TCP_NODELAY: {err}",
-                                self.params.conn_id
-                            );
+                            debug!("hub connection {}: cannot set TCP_NODELAY: {err}", self.params.conn_id);
                         }
                         return Ok(Ok(stream));
                     }
@@ -524,9 +446,7 @@ impl Connector {
                             "the hub's certificate must be signed by the CA in tls_ca_file and name the host in hub_url"
                         }
                     };
-                    return Err(Ending::error(format!(
-                        "TLS handshake failed: {err} ({hint})"
-                    )));
+                    return Err(Ending::error(format!("TLS handshake failed: {err} ({hint})")));
                 }
             }
         }
@@ -544,11 +464,7 @@ impl Connector {
             match self.poll.poll(&mut self.events, Some(deadline - now)) {
                 Ok(()) => {}
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
-                Err(err) => {
-                    return Err(Ending::error(format!(
-                        "waiting on the socket failed: {err}"
-                    )))
-                }
+                Err(err) => return Err(Ending::error(format!("waiting on the socket failed: {err}"))),
             }
             let socket_ready = self.events.iter().any(|event| event.token() == SOCKET);
             self.take_commands_while_connecting()?;
@@ -563,9 +479,7 @@ impl Connector {
             match self.commands.try_recv() {
                 Ok(command) => self.handle_command_while_connecting(Some(command))?,
                 Err(TryRecvError::Empty) => return Ok(()),
-                Err(TryRecvError::Disconnected) => {
-                    return self.handle_command_while_connecting(None)
-                }
+                Err(TryRecvError::Disconnected) => return self.handle_command_while_connecting(None),
             }
         }
     }
@@ -577,9 +491,9 @@ impl Connector {
                 self.outbox.push_back(text);
                 Ok(())
             }
-            Some(Command::Close) | None => Err(Ending::error(
-                "closed by sidecar before the connection was established",
-            )),
+            Some(Command::Close) | None => {
+                Err(Ending::error("closed by sidecar before the connection was established"))
+            }
         }
     }
 
@@ -609,11 +523,7 @@ struct Session<'a> {
 }
 
 impl<'a> Session<'a> {
-    fn new(
-        connector: Connector,
-        ws: WebSocket<WsStream>,
-        on_event: &'a dyn Fn(HubEvent),
-    ) -> Session<'a> {
+    fn new(connector: Connector, ws: WebSocket<WsStream>, on_event: &'a dyn Fn(HubEvent)) -> Session<'a> {
         Session {
             connector,
             ws,
@@ -651,14 +561,9 @@ impl<'a> Session<'a> {
                 Some(Duration::ZERO)
             } else {
                 // None in steady state: no wake-up unless something happens.
-                self.close_deadline
-                    .map(|deadline| deadline.saturating_duration_since(Instant::now()))
+                self.close_deadline.map(|deadline| deadline.saturating_duration_since(Instant::now()))
             };
-            match self
-                .connector
-                .poll
-                .poll(&mut self.connector.events, timeout)
-            {
+            match self.connector.poll.poll(&mut self.connector.events, timeout) {
                 Ok(()) => {}
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => {
                     socket_ready = false;
@@ -666,12 +571,8 @@ impl<'a> Session<'a> {
                 }
                 Err(err) => return Ending::error(format!("waiting on the socket failed: {err}")),
             }
-            socket_ready = self.more_to_read
-                || self
-                    .connector
-                    .events
-                    .iter()
-                    .any(|event| event.token() == SOCKET);
+            socket_ready =
+                self.more_to_read || self.connector.events.iter().any(|event| event.token() == SOCKET);
         }
     }
 
@@ -719,10 +620,8 @@ impl<'a> Session<'a> {
         }
         self.close_sent_by_us = true;
         self.close_deadline = Some(deadline_after(self.connector.params.close_timeout));
-        let result = self.ws.close(Some(CloseFrame {
-            code: CloseCode::Normal,
-            reason: Utf8Bytes::from_static(""),
-        }));
+        let result =
+            self.ws.close(Some(CloseFrame { code: CloseCode::Normal, reason: Utf8Bytes::from_static("") }));
         self.check_write(result)
     }
 
@@ -730,11 +629,7 @@ impl<'a> Session<'a> {
         loop {
             let result = self.ws.flush();
             match result {
-                Err(tungstenite::Error::Io(ref err))
-                    if err.kind() == io::ErrorKind::Interrupted =>
-                {
-                    continue
-                }
+                Err(tungstenite::Error::Io(ref err)) if err.kind() == io::ErrorKind::Interrupted => continue,
                 _ => return self.check_write(result),
             }
         }
@@ -746,10 +641,7 @@ impl<'a> Session<'a> {
         match result {
             Ok(()) => Ok(()),
             Err(tungstenite::Error::Io(err))
-                if matches!(
-                    err.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-                ) =>
+                if matches!(err.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted) =>
             {
                 Ok(())
             }
@@ -785,13 +677,10 @@ impl<'a> Session<'a> {
                     // TCP connection (RFC 6455: the server closes first), but
                     // not forever.
                     if self.close_deadline.is_none() {
-                        self.close_deadline =
-                            Some(deadline_after(self.connector.params.close_timeout));
+                        self.close_deadline = Some(deadline_after(self.connector.params.close_timeout));
                     }
                 }
-                Err(tungstenite::Error::Io(err)) if err.kind() == io::ErrorKind::WouldBlock => {
-                    return Ok(())
-                }
+                Err(tungstenite::Error::Io(err)) if err.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                 Err(tungstenite::Error::Io(err)) if err.kind() == io::ErrorKind::Interrupted => {}
                 Err(tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) => {
                     return Err(self.closed_ending());
@@ -813,10 +702,7 @@ impl<'a> Session<'a> {
         let (close_code, close_reason) = match &self.hub_close {
             Some(Some(frame)) => {
                 let reason = frame.reason.as_str();
-                (
-                    Some(u16::from(frame.code)),
-                    (!reason.is_empty()).then(|| reason.to_owned()),
-                )
+                (Some(u16::from(frame.code)), (!reason.is_empty()).then(|| reason.to_owned()))
             }
             _ => (None, None),
         };
@@ -831,11 +717,7 @@ impl<'a> Session<'a> {
                 (None, _) => "closed by hub (no close code)".to_owned(),
             }
         };
-        Ending {
-            reason,
-            close_code,
-            close_reason,
-        }
+        Ending { reason, close_code, close_reason }
     }
 
     fn close_timed_out(&self) -> Ending {
@@ -867,8 +749,7 @@ impl<'a> Session<'a> {
 /// `now + duration`, saturating instead of panicking on absurd durations.
 fn deadline_after(duration: Duration) -> Instant {
     let now = Instant::now();
-    now.checked_add(duration)
-        .unwrap_or_else(|| now + Duration::from_secs(365 * 24 * 3600))
+    now.checked_add(duration).unwrap_or_else(|| now + Duration::from_secs(365 * 24 * 3600))
 }
 
 fn describe_connect_error(addr: SocketAddr, err: &io::Error) -> String {
@@ -882,10 +763,7 @@ fn describe_connect_error(addr: SocketAddr, err: &io::Error) -> String {
 fn describe_ws_handshake_error(err: tungstenite::Error) -> String {
     match err {
         tungstenite::Error::Http(response) => {
-            format!(
-                "hub refused the WebSocket upgrade (HTTP {})",
-                response.status()
-            )
+            format!("hub refused the WebSocket upgrade (HTTP {})", response.status())
         }
         // UrlError::UnableToConnect carries the URL; never echo it.
         tungstenite::Error::Url(_) => "invalid hub URL".to_owned(),
@@ -908,9 +786,7 @@ fn describe_ws_error(err: &tungstenite::Error, max_message_bytes: usize) -> Stri
             io::ErrorKind::ConnectionReset => "connection reset".to_owned(),
             io::ErrorKind::ConnectionAborted => "connection aborted".to_owned(),
             io::ErrorKind::BrokenPipe => "connection reset (broken pipe)".to_owned(),
-            io::ErrorKind::UnexpectedEof => {
-                "connection closed by hub without a close frame".to_owned()
-            }
+            io::ErrorKind::UnexpectedEof => "connection closed by hub without a close frame".to_owned(),
             _ => format!("connection error: {err}"),
         },
         Error::Protocol(ProtocolError::ResetWithoutClosingHandshake) => {
@@ -931,9 +807,7 @@ fn describe_ws_error(err: &tungstenite::Error, max_message_bytes: usize) -> Stri
 
 /// Keeps a hub-supplied string on one log line.
 fn one_line(text: &str) -> String {
-    text.chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .collect()
+    text.chars().map(|c| if c.is_control() { ' ' } else { c }).collect()
 }
 
 #[cfg(test)]
@@ -955,14 +829,8 @@ mod tests {
 
     #[test]
     fn oversized_frames_name_the_limit() {
-        let err = tungstenite::Error::Capacity(CapacityError::MessageTooLong {
-            size: 5000,
-            max_size: 1024,
-        });
-        assert_eq!(
-            describe_ws_error(&err, 1024),
-            "frame larger than max_message_bytes (1024): 5000 bytes"
-        );
+        let err = tungstenite::Error::Capacity(CapacityError::MessageTooLong { size: 5000, max_size: 1024 });
+        assert_eq!(describe_ws_error(&err, 1024), "frame larger than max_message_bytes (1024): 5000 bytes");
     }
 
     #[test]

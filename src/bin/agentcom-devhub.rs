@@ -18,6 +18,11 @@ agentcom-devhub: a development AgentCom hub on 127.0.0.1, to try a sidecar and
 its wake command without the real hub.
 
 Usage: agentcom-devhub [--port N] [--agent-id A] [--token T] [--accept-timeout-ms N]
+       agentcom-devhub --demo
+
+  --demo                 run a complete loop in this process and exit: the hub on a
+                         free loopback port, a sidecar, and scripts/example-agent.sh
+                         as the agent; one task goes out and its result comes back
 
 Options:
   --port N               port on 127.0.0.1 (default 4000; 0 picks a free one)
@@ -45,6 +50,7 @@ struct Args {
 #[derive(Debug, PartialEq)]
 enum Command {
     Run(Args),
+    Demo,
     Help,
 }
 
@@ -55,6 +61,7 @@ fn main() -> ExitCode {
             print!("{USAGE}");
             return ExitCode::SUCCESS;
         }
+        Ok(Command::Demo) => return demo(),
         Err(message) => {
             eprintln!("agentcom-devhub: {message}\n\n{USAGE}");
             return ExitCode::from(2);
@@ -69,10 +76,7 @@ fn main() -> ExitCode {
     let hub = match DevHub::start(options) {
         Ok(hub) => hub,
         Err(err) => {
-            eprintln!(
-                "agentcom-devhub: cannot listen on 127.0.0.1:{}: {err}",
-                args.port
-            );
+            eprintln!("agentcom-devhub: cannot listen on 127.0.0.1:{}: {err}", args.port);
             return ExitCode::FAILURE;
         }
     };
@@ -86,10 +90,7 @@ fn main() -> ExitCode {
     });
     println!("agentcom-devhub listening on {}", hub.url());
     println!("config.json for the sidecar (PROTOCOL.md section 10 lists the optional keys):");
-    println!(
-        "{}",
-        serde_json::to_string_pretty(&config).expect("a JSON value serializes")
-    );
+    println!("{}", serde_json::to_string_pretty(&config).expect("a JSON value serializes"));
     println!(
         "Type a task description and press Enter to push it to {}; end the input (Ctrl-D) to stop.",
         args.agent_id
@@ -99,11 +100,7 @@ fn main() -> ExitCode {
     let printer = thread::Builder::new()
         .name("devhub-printer".to_string())
         // The loop ends when the hub is stopped and its event sender dropped.
-        .spawn(move || {
-            events
-                .iter()
-                .for_each(|event| println!("{}", describe(&event)))
-        })
+        .spawn(move || events.iter().for_each(|event| println!("{}", describe(&event))))
         .expect("spawn the printer thread");
 
     for line in io::stdin().lock().lines() {
@@ -137,6 +134,24 @@ fn main() -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// `--demo`: the sidecar's own log lines (info) go to stderr, the frames to
+/// stdout.
+fn demo() -> ExitCode {
+    let config = simplelog::ConfigBuilder::new()
+        .add_filter_allow_str("agentcom_sidecar")
+        .set_target_level(log::LevelFilter::Off)
+        .set_thread_level(log::LevelFilter::Off)
+        .build();
+    let _ = simplelog::WriteLogger::init(log::LevelFilter::Info, config, std::io::stderr());
+    match agentcom_sidecar::demo::run_demo(&mut std::io::stdout()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("agentcom-devhub --demo: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, String> {
     let mut parsed = Args {
         port: 4000,
@@ -148,18 +163,16 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, String>
     while let Some(arg) = args.next() {
         // Both `--flag value` and `--flag=value`.
         let (flag, inline_value) = match arg.split_once('=') {
-            Some((flag, value)) if flag.starts_with("--") => {
-                (flag.to_string(), Some(value.to_string()))
-            }
+            Some((flag, value)) if flag.starts_with("--") => (flag.to_string(), Some(value.to_string())),
             _ => (arg.clone(), None),
         };
         if flag == "-h" || flag == "--help" {
             return Ok(Command::Help);
         }
-        if !matches!(
-            flag.as_str(),
-            "--port" | "--agent-id" | "--token" | "--accept-timeout-ms"
-        ) {
+        if flag == "--demo" {
+            return Ok(Command::Demo);
+        }
+        if !matches!(flag.as_str(), "--port" | "--agent-id" | "--token" | "--accept-timeout-ms") {
             return Err(format!("unknown argument {arg:?}"));
         }
         let value = match inline_value.or_else(|| args.next()) {
@@ -168,18 +181,17 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, String>
         };
         match flag.as_str() {
             "--port" => {
-                parsed.port = value
-                    .parse()
-                    .map_err(|_| format!("--port wants a port number, not {value:?}"))?;
+                parsed.port =
+                    value.parse().map_err(|_| format!("--port wants a port number, not {value:?}"))?;
             }
             "--agent-id" if value.is_empty() => return Err("--agent-id is empty".to_string()),
             "--agent-id" => parsed.agent_id = value,
             "--token" if value.is_empty() => return Err("--token is empty".to_string()),
             "--token" => parsed.token = value,
             "--accept-timeout-ms" => {
-                let ms: u64 = value.parse().map_err(|_| {
-                    format!("--accept-timeout-ms wants milliseconds, not {value:?}")
-                })?;
+                let ms: u64 = value
+                    .parse()
+                    .map_err(|_| format!("--accept-timeout-ms wants milliseconds, not {value:?}"))?;
                 parsed.accept_timeout = Some(Duration::from_millis(ms));
             }
             _ => unreachable!("flags are checked above"),
@@ -210,11 +222,9 @@ fn describe(event: &DevHubEvent) -> String {
         DevHubEvent::ClosedByHub { conn, code, reason } => {
             format!("** [{conn}] closed by the hub: {code} {reason}")
         }
-        DevHubEvent::TaskTakenBack {
-            task_id,
-            generation,
-            reason,
-        } => format!("** task {task_id} taken back ({reason}), now generation {generation}"),
+        DevHubEvent::TaskTakenBack { task_id, generation, reason } => {
+            format!("** task {task_id} taken back ({reason}), now generation {generation}")
+        }
         DevHubEvent::Disconnected { conn, agent_id } => match agent_id {
             Some(agent_id) => format!("** [{conn}] disconnected ({agent_id})"),
             None => format!("** [{conn}] disconnected"),
@@ -251,23 +261,9 @@ mod tests {
             token: "t1".to_string(),
             accept_timeout: Some(Duration::from_millis(500)),
         }));
-        let spaced = [
-            "--port",
-            "4100",
-            "--agent-id",
-            "a1",
-            "--token",
-            "t1",
-            "--accept-timeout-ms",
-            "500",
-        ];
+        let spaced = ["--port", "4100", "--agent-id", "a1", "--token", "t1", "--accept-timeout-ms", "500"];
         assert_eq!(parse(&spaced), expected);
-        let inline = [
-            "--port=4100",
-            "--agent-id=a1",
-            "--token=t1",
-            "--accept-timeout-ms=500",
-        ];
+        let inline = ["--port=4100", "--agent-id=a1", "--token=t1", "--accept-timeout-ms=500"];
         assert_eq!(parse(&inline), expected);
     }
 
@@ -296,10 +292,7 @@ mod tests {
         let line = describe(&event);
         assert!(line.starts_with("<- [1] "), "{line}");
         assert!(!line.contains("s3cret"), "{line}");
-        let not_json = DevHubEvent::ReceivedText {
-            conn: 1,
-            text: "token=s3cret".to_string(),
-        };
+        let not_json = DevHubEvent::ReceivedText { conn: 1, text: "token=s3cret".to_string() };
         assert!(!describe(&not_json).contains("s3cret"));
     }
 }

@@ -127,7 +127,9 @@ fn sigint_while_backing_off_exits_zero_within_a_second() {
     cfg["reconnect_initial_ms"] = json!(10_000);
     cfg["reconnect_max_ms"] = json!(60_000);
     let mut sidecar = Sidecar::start(dir.path(), &cfg);
-    wait_until("a failed connection attempt", || sidecar.lifecycle().contains("\"disconnected\"").then_some(()));
+    wait_until("a failed connection attempt", || {
+        sidecar.lifecycle().contains("\"disconnected\"").then_some(())
+    });
     assert_quick_clean_exit(&mut sidecar, "INT");
 }
 
@@ -164,7 +166,9 @@ fn wss_with_the_private_ca_connects_and_without_it_is_refused_clearly() {
     let sidecar = Sidecar::start(dir.path(), &config(dir.path(), &hub.url()));
     let out = sidecar.wait_output("tls_ca_file");
     assert!(out.to_lowercase().contains("certificate") || out.contains("TLS"), "{out}");
-    assert!(hub.wait_for(Duration::from_millis(300), |e| matches!(e, DevHubEvent::Identified { .. })).is_none());
+    assert!(hub
+        .wait_for(Duration::from_millis(300), |e| matches!(e, DevHubEvent::Identified { .. }))
+        .is_none());
 }
 
 fn run_binary(args: &[&str], config_text: Option<&str>) -> (i32, String, String) {

@@ -5,9 +5,7 @@
 use std::net::TcpStream;
 use std::time::Duration;
 
-use agentcom_sidecar::devhub::{
-    DevHub, DevHubEvent, DevHubOptions, OutcomeKind, TaskSnapshot, TaskStatus,
-};
+use agentcom_sidecar::devhub::{DevHub, DevHubEvent, DevHubOptions, OutcomeKind, TaskSnapshot, TaskStatus};
 use serde_json::{json, Value};
 use tungstenite::stream::MaybeTlsStream;
 use tungstenite::{Message, WebSocket};
@@ -25,18 +23,16 @@ impl Client {
     fn connect(url: &str) -> Client {
         let (ws, _response) = tungstenite::connect(url).expect("connect to the devhub");
         match ws.get_ref() {
-            MaybeTlsStream::Plain(tcp) => tcp
-                .set_read_timeout(Some(FAILSAFE))
-                .expect("set the failsafe read timeout"),
+            MaybeTlsStream::Plain(tcp) => {
+                tcp.set_read_timeout(Some(FAILSAFE)).expect("set the failsafe read timeout")
+            }
             _ => panic!("Client::connect is for ws:// urls"),
         }
         Client { ws }
     }
 
     fn send(&mut self, frame: Value) {
-        self.ws
-            .send(Message::text(frame.to_string()))
-            .expect("send a frame to the devhub");
+        self.ws.send(Message::text(frame.to_string())).expect("send a frame to the devhub");
     }
 
     /// The next text frame, parsed.
@@ -128,10 +124,8 @@ fn task(hub: &DevHub, task_id: &str) -> TaskSnapshot {
 }
 
 fn wait_disconnected(hub: &DevHub) {
-    hub.wait_for(FAILSAFE, |event| {
-        matches!(event, DevHubEvent::Disconnected { .. })
-    })
-    .expect("the hub sees the connection go");
+    hub.wait_for(FAILSAFE, |event| matches!(event, DevHubEvent::Disconnected { .. }))
+        .expect("the hub sees the connection go");
 }
 
 fn complete(task_id: &str, generation: u64) -> Value {
@@ -145,9 +139,9 @@ fn failed(task_id: &str, generation: u64) -> Value {
 }
 
 fn is_real_task_id(task_id: &str) -> bool {
-    task_id.strip_prefix("task-").is_some_and(|hex| {
-        hex.len() == 16 && hex.chars().all(|c| matches!(c, '0'..='9' | 'a'..='f'))
-    })
+    task_id
+        .strip_prefix("task-")
+        .is_some_and(|hex| hex.len() == 16 && hex.chars().all(|c| matches!(c, '0'..='9' | 'a'..='f')))
 }
 
 #[test]
@@ -159,45 +153,25 @@ fn identify_is_answered_and_every_frame_is_recorded_in_order() {
         matches!(event, DevHubEvent::Identified { .. })
     })
     .expect("an Identified event");
-    assert!(
-        matches!(events[0], DevHubEvent::Connected { conn: 1 }),
-        "{events:?}"
-    );
+    assert!(matches!(events[0], DevHubEvent::Connected { conn: 1 }), "{events:?}");
     // Tests see the raw identify, token included; printing redacts it.
-    let DevHubEvent::Received { frame, .. } = &events[1] else {
-        panic!("{events:?}")
-    };
+    let DevHubEvent::Received { frame, .. } = &events[1] else { panic!("{events:?}") };
     assert_eq!(frame["token"], TOKEN);
     assert_eq!(
         events[2],
-        DevHubEvent::Sent {
-            conn: 1,
-            frame: json!({"type": "identified", "agent_id": AGENT})
-        }
+        DevHubEvent::Sent { conn: 1, frame: json!({"type": "identified", "agent_id": AGENT}) }
     );
-    assert_eq!(
-        events[3],
-        DevHubEvent::Identified {
-            conn: 1,
-            agent_id: AGENT.to_string()
-        }
-    );
+    assert_eq!(events[3], DevHubEvent::Identified { conn: 1, agent_id: AGENT.to_string() });
 }
 
 #[test]
 fn a_bad_token_is_refused_and_the_socket_stays_open() {
     let hub = start(DevHubOptions::new(AGENT, TOKEN));
     let mut client = Client::connect(&hub.url());
-    assert_eq!(
-        client.identify(AGENT, "wrong"),
-        json!({"type": "error", "error": "invalid_token"})
-    );
+    assert_eq!(client.identify(AGENT, "wrong"), json!({"type": "error", "error": "invalid_token"}));
     // Still open, still not identified.
     client.send(json!({"type": "ping"}));
-    assert_eq!(
-        client.recv(),
-        json!({"type": "error", "error": "not_identified"})
-    );
+    assert_eq!(client.recv(), json!({"type": "error", "error": "not_identified"}));
     // The sidecar may try again on the same socket.
     assert_eq!(client.identify(AGENT, TOKEN)["type"], "identified");
 }
@@ -208,14 +182,8 @@ fn a_token_of_another_agent_is_a_mismatch() {
     options.tokens.insert("a2".to_string(), "t2".to_string());
     let hub = start(options);
     let mut client = Client::connect(&hub.url());
-    assert_eq!(
-        client.identify(AGENT, "t2"),
-        json!({"type": "error", "error": "token_agent_mismatch"})
-    );
-    assert_eq!(
-        client.identify("a2", "t2"),
-        json!({"type": "identified", "agent_id": "a2"})
-    );
+    assert_eq!(client.identify(AGENT, "t2"), json!({"type": "error", "error": "token_agent_mismatch"}));
+    assert_eq!(client.identify("a2", "t2"), json!({"type": "identified", "agent_id": "a2"}));
 }
 
 #[test]
@@ -228,10 +196,7 @@ fn frames_before_identify_get_not_identified() {
         json!({"type": "task_rejected", "task_id": "task-0000000000000001", "reason": "busy"}),
     ] {
         client.send(frame);
-        assert_eq!(
-            client.recv(),
-            json!({"type": "error", "error": "not_identified"})
-        );
+        assert_eq!(client.recv(), json!({"type": "error", "error": "not_identified"}));
     }
 }
 
@@ -240,10 +205,7 @@ fn ping_gets_a_pong_with_a_timestamp() {
     let (_hub, mut client) = hub_and_client();
     client.send(json!({"type": "ping", "protocol_version": 1}));
     let pong = client.recv_type("pong");
-    assert!(
-        pong["timestamp"].as_u64().unwrap() > 1_700_000_000_000,
-        "{pong}"
-    );
+    assert!(pong["timestamp"].as_u64().unwrap() > 1_700_000_000_000, "{pong}");
 }
 
 #[test]
@@ -261,10 +223,7 @@ fn a_pushed_task_is_assigned_and_its_acceptance_acked() {
     assert!(!task(&hub, &task_id).accepted);
 
     client.send(json!({"type": "task_accepted", "task_id": task_id}));
-    assert_eq!(
-        client.recv(),
-        json!({"type": "task_ack", "task_id": task_id, "status": "accepted"})
-    );
+    assert_eq!(client.recv(), json!({"type": "task_ack", "task_id": task_id, "status": "accepted"}));
     let snapshot = task(&hub, &task_id);
     assert!(snapshot.accepted);
     assert_eq!(snapshot.assigned_to.as_deref(), Some(AGENT));
@@ -292,35 +251,20 @@ fn task_complete_is_fenced_by_generation() {
     assert_eq!(client.recv_type("task_assign")["generation"], 2);
 
     client.send(complete(task_id, 1));
-    assert_eq!(
-        client.recv(),
-        json!({"type": "error", "error": "task_complete_failed: stale_generation"})
-    );
+    assert_eq!(client.recv(), json!({"type": "error", "error": "task_complete_failed: stale_generation"}));
     client.send(complete(task_id, 2));
-    assert_eq!(
-        client.recv(),
-        json!({"type": "task_ack", "task_id": task_id, "status": "complete"})
-    );
+    assert_eq!(client.recv(), json!({"type": "task_ack", "task_id": task_id, "status": "complete"}));
     client.send(complete(task_id, 2));
-    assert_eq!(
-        client.recv(),
-        json!({"type": "error", "error": "task_complete_failed: invalid_state"})
-    );
+    assert_eq!(client.recv(), json!({"type": "error", "error": "task_complete_failed: invalid_state"}));
     client.send(complete("task-00000000000000ff", 1));
-    assert_eq!(
-        client.recv(),
-        json!({"type": "error", "error": "task_complete_failed: not_found"})
-    );
+    assert_eq!(client.recv(), json!({"type": "error", "error": "task_complete_failed: not_found"}));
 
     let snapshot = task(&hub, task_id);
     assert_eq!(snapshot.status, TaskStatus::Completed);
     assert_eq!(snapshot.outcomes.len(), 1);
     assert_eq!(snapshot.outcomes[0].kind, OutcomeKind::Completed);
     assert_eq!(snapshot.outcomes[0].generation, 2);
-    assert_eq!(
-        snapshot.outcomes[0].result,
-        Some(json!({"status": "success", "output": "done"}))
-    );
+    assert_eq!(snapshot.outcomes[0].result, Some(json!({"status": "success", "output": "done"})));
 }
 
 #[test]
@@ -335,44 +279,26 @@ fn task_failed_is_retried_then_dead_lettered() {
     client.recv_type("task_ack");
 
     client.send(failed(&task_id, 1));
-    assert_eq!(
-        client.recv(),
-        json!({"type": "task_ack", "task_id": task_id, "status": "retried"})
-    );
+    assert_eq!(client.recv(), json!({"type": "task_ack", "task_id": task_id, "status": "retried"}));
     // Re-queued one generation higher, then handed straight back: one more.
     let again = client.recv_type("task_assign");
     assert_eq!(again["task_id"], task_id.as_str());
     assert_eq!(again["generation"], 3);
 
     client.send(failed(&task_id, 1));
-    assert_eq!(
-        client.recv(),
-        json!({"type": "error", "error": "task_fail_failed: stale_generation"})
-    );
+    assert_eq!(client.recv(), json!({"type": "error", "error": "task_fail_failed: stale_generation"}));
     client.send(failed(&task_id, 3));
-    assert_eq!(
-        client.recv(),
-        json!({"type": "task_ack", "task_id": task_id, "status": "dead_letter"})
-    );
+    assert_eq!(client.recv(), json!({"type": "task_ack", "task_id": task_id, "status": "dead_letter"}));
     // A dead-lettered task is gone for the protocol.
     client.send(complete(&task_id, 3));
-    assert_eq!(
-        client.recv(),
-        json!({"type": "error", "error": "task_complete_failed: not_found"})
-    );
+    assert_eq!(client.recv(), json!({"type": "error", "error": "task_complete_failed: not_found"}));
 
     let snapshot = task(&hub, &task_id);
     assert_eq!(snapshot.status, TaskStatus::DeadLetter);
     assert_eq!(snapshot.n_failures, 2);
-    let kinds: Vec<(OutcomeKind, u64)> = snapshot
-        .outcomes
-        .iter()
-        .map(|outcome| (outcome.kind, outcome.generation))
-        .collect();
-    assert_eq!(
-        kinds,
-        [(OutcomeKind::Retried, 1), (OutcomeKind::DeadLetter, 3)]
-    );
+    let kinds: Vec<(OutcomeKind, u64)> =
+        snapshot.outcomes.iter().map(|outcome| (outcome.kind, outcome.generation)).collect();
+    assert_eq!(kinds, [(OutcomeKind::Retried, 1), (OutcomeKind::DeadLetter, 3)]);
     assert_eq!(snapshot.outcomes[0].reason.as_deref(), Some("boom"));
 }
 
@@ -399,10 +325,7 @@ fn a_hub_dropped_socket_gives_the_task_back_at_a_higher_generation() {
     assert_eq!(assign["generation"], 3);
     // The generation the sidecar held before the drop is dead now.
     client.send(complete(&task_id, 1));
-    assert_eq!(
-        client.recv(),
-        json!({"type": "error", "error": "task_complete_failed: stale_generation"})
-    );
+    assert_eq!(client.recv(), json!({"type": "error", "error": "task_complete_failed: stale_generation"}));
 }
 
 #[test]
@@ -423,10 +346,7 @@ fn a_vanished_client_gives_the_task_back_too() {
     // While the task sits in the queue, any completion is in the wrong state.
     let mut client = identified(&hub);
     client.send(complete(&task_id, 1));
-    assert_eq!(
-        client.recv(),
-        json!({"type": "error", "error": "task_complete_failed: invalid_state"})
-    );
+    assert_eq!(client.recv(), json!({"type": "error", "error": "task_complete_failed: invalid_state"}));
 }
 
 #[test]
@@ -434,28 +354,17 @@ fn task_recovering_continues_what_the_hub_holds_and_reassigns_the_rest() {
     let (hub, mut client) = hub_and_client();
     let seeded = "task-00000000000000aa";
     hub.seed_task(seeded, 5, AGENT);
-    client.send(
-        json!({"type": "task_recovering", "task_id": seeded, "description": "x",
-                       "metadata": {}, "last_status": "working", "protocol_version": 1}),
-    );
-    assert_eq!(
-        client.recv(),
-        json!({"type": "task_continue", "task_id": seeded, "generation": 5})
-    );
+    client.send(json!({"type": "task_recovering", "task_id": seeded, "description": "x",
+                       "metadata": {}, "last_status": "working", "protocol_version": 1}));
+    assert_eq!(client.recv(), json!({"type": "task_continue", "task_id": seeded, "generation": 5}));
 
     client.send(json!({"type": "task_recovering", "task_id": "task-00000000000000bb"}));
-    assert_eq!(
-        client.recv(),
-        json!({"type": "task_reassign", "task_id": "task-00000000000000bb"})
-    );
+    assert_eq!(client.recv(), json!({"type": "task_reassign", "task_id": "task-00000000000000bb"}));
 
     client.send(complete(seeded, 5));
     client.recv_type("task_ack");
     client.send(json!({"type": "task_recovering", "task_id": seeded}));
-    assert_eq!(
-        client.recv(),
-        json!({"type": "task_reassign", "task_id": seeded})
-    );
+    assert_eq!(client.recv(), json!({"type": "task_reassign", "task_id": seeded}));
 
     // Assigned to another agent: not this sidecar's to continue.
     hub.seed_task("task-00000000000000cc", 2, "a2");
@@ -479,10 +388,7 @@ fn task_recovering_hands_back_a_task_taken_back_from_this_agent() {
     // after `identified` answers the recovery.
     let mut client = identified(&hub);
     client.send(json!({"type": "task_recovering", "task_id": task_id}));
-    assert_eq!(
-        client.recv(),
-        json!({"type": "task_continue", "task_id": task_id, "generation": 3})
-    );
+    assert_eq!(client.recv(), json!({"type": "task_continue", "task_id": task_id, "generation": 3}));
     let snapshot = task(&hub, &task_id);
     assert_eq!(snapshot.status, TaskStatus::Assigned);
     assert_eq!(snapshot.generation, 3);
@@ -493,10 +399,7 @@ fn task_recovering_hands_back_a_task_taken_back_from_this_agent() {
 #[test]
 fn a_silent_hub_answers_no_ping() {
     let (hub, mut client) = hub_and_client();
-    hub.wait_for(FAILSAFE, |event| {
-        matches!(event, DevHubEvent::Identified { .. })
-    })
-    .expect("identified");
+    hub.wait_for(FAILSAFE, |event| matches!(event, DevHubEvent::Identified { .. })).expect("identified");
     hub.set_silent(true);
     client.send(json!({"type": "ping"}));
     hub.wait_for(
@@ -511,9 +414,7 @@ fn a_silent_hub_answers_no_ping() {
     let sent = hub
         .wait_for(FAILSAFE, |event| matches!(event, DevHubEvent::Sent { .. }))
         .expect("a frame sent after the silence");
-    let DevHubEvent::Sent { frame, .. } = sent else {
-        unreachable!()
-    };
+    let DevHubEvent::Sent { frame, .. } = sent else { unreachable!() };
     assert_eq!(frame["type"], "task_reassign");
 }
 
@@ -522,10 +423,8 @@ fn a_silent_hub_suppresses_pushes() {
     let (hub, mut client) = hub_and_client();
     hub.set_silent(true);
     let task_id = hub.push_task(AGENT, "never seen", json!({}));
-    hub.wait_for(FAILSAFE, |event| {
-        matches!(event, DevHubEvent::Suppressed { .. })
-    })
-    .expect("the push is swallowed");
+    hub.wait_for(FAILSAFE, |event| matches!(event, DevHubEvent::Suppressed { .. }))
+        .expect("the push is swallowed");
     // The hub believes it assigned the task, as a half-open hub would.
     assert_eq!(task(&hub, &task_id).status, TaskStatus::Assigned);
     hub.set_silent(false);
@@ -538,10 +437,7 @@ fn rate_limit_next_drops_one_frame_of_that_type() {
     let (hub, mut client) = hub_and_client();
     hub.rate_limit_next("ping", 1500);
     client.send(json!({"type": "ping"}));
-    assert_eq!(
-        client.recv(),
-        json!({"type": "rate_limited", "retry_after_ms": 1500, "tier": "light"})
-    );
+    assert_eq!(client.recv(), json!({"type": "rate_limited", "retry_after_ms": 1500, "tier": "light"}));
     client.send(json!({"type": "ping"}));
     client.recv_type("pong");
 
@@ -549,10 +445,7 @@ fn rate_limit_next_drops_one_frame_of_that_type() {
     client.recv_type("task_assign");
     hub.rate_limit_next("task_complete", 250);
     client.send(complete(&task_id, 1));
-    assert_eq!(
-        client.recv(),
-        json!({"type": "rate_limited", "retry_after_ms": 250, "tier": "normal"})
-    );
+    assert_eq!(client.recv(), json!({"type": "rate_limited", "retry_after_ms": 250, "tier": "normal"}));
     // The dropped frame changed nothing: the resend goes through.
     assert_eq!(task(&hub, &task_id).status, TaskStatus::Assigned);
     client.send(complete(&task_id, 1));
@@ -571,9 +464,10 @@ fn an_unaccepted_task_comes_back_two_generations_higher() {
     let again = client.recv_type("task_assign");
     assert_eq!(again["task_id"], task_id.as_str());
     assert_eq!(again["generation"], 3);
-    hub.wait_for(FAILSAFE, |event| {
-        matches!(event, DevHubEvent::TaskTakenBack { reason, .. } if reason == "accept_timeout")
-    })
+    hub.wait_for(
+        FAILSAFE,
+        |event| matches!(event, DevHubEvent::TaskTakenBack { reason, .. } if reason == "accept_timeout"),
+    )
     .expect("taken back for the acceptance window");
     // Accepting and completing from here would race the 200 ms window on a
     // loaded machine; the generations above are what this test is about.
@@ -599,10 +493,7 @@ fn stop_then_start_again_on_the_same_address() {
 fn close_connection_sends_its_code_and_reason() {
     let (hub, mut client) = hub_and_client();
     hub.close_connection(AGENT, 1008, "cooldown active: retry in 5s");
-    assert_eq!(
-        client.recv_close(),
-        (1008, "cooldown active: retry in 5s".to_string())
-    );
+    assert_eq!(client.recv_close(), (1008, "cooldown active: retry in 5s".to_string()));
     wait_disconnected(&hub);
 }
 
@@ -648,24 +539,15 @@ fn unknown_types_get_unknown_message_type() {
         json!({"type": "state_report", "task_id": "task-0000000000000001", "generation": 1}),
     ] {
         client.send(frame);
-        assert_eq!(
-            client.recv(),
-            json!({"type": "error", "error": "unknown_message_type"})
-        );
+        assert_eq!(client.recv(), json!({"type": "error", "error": "unknown_message_type"}));
     }
 }
 
 #[test]
 fn malformed_frames_get_the_hub_errors() {
     let (_hub, mut client) = hub_and_client();
-    client
-        .ws
-        .send(Message::text("not json"))
-        .expect("send text");
-    assert_eq!(
-        client.recv(),
-        json!({"type": "error", "error": "invalid_json"})
-    );
+    client.ws.send(Message::text("not json")).expect("send text");
+    assert_eq!(client.recv(), json!({"type": "error", "error": "invalid_json"}));
     client.send(json!({"type": "task_complete", "task_id": "task-0000000000000001"}));
     let error = client.recv();
     assert_eq!(error["error"], "validation_failed");
@@ -725,10 +607,8 @@ fn a_wrong_path_is_a_404() {
         Err(tungstenite::Error::Http(response)) => assert_eq!(response.status(), 404),
         other => panic!("expected a 404, got {other:?}"),
     }
-    hub.wait_for(FAILSAFE, |event| {
-        matches!(event, DevHubEvent::HandshakeFailed { .. })
-    })
-    .expect("the hub reports the failed handshake");
+    hub.wait_for(FAILSAFE, |event| matches!(event, DevHubEvent::HandshakeFailed { .. }))
+        .expect("the hub reports the failed handshake");
 }
 
 #[test]
@@ -775,22 +655,14 @@ fn test_tls() -> (native_tls::TlsAcceptor, native_tls::TlsConnector) {
     let name = name.build();
     let mut builder = X509::builder().unwrap();
     builder.set_version(2).unwrap();
-    builder
-        .set_serial_number(&BigNum::from_u32(1).unwrap().to_asn1_integer().unwrap())
-        .unwrap();
+    builder.set_serial_number(&BigNum::from_u32(1).unwrap().to_asn1_integer().unwrap()).unwrap();
     builder.set_subject_name(&name).unwrap();
     builder.set_issuer_name(&name).unwrap();
     builder.set_pubkey(&key).unwrap();
-    builder
-        .set_not_before(&Asn1Time::days_from_now(0).unwrap())
-        .unwrap();
-    builder
-        .set_not_after(&Asn1Time::days_from_now(1).unwrap())
-        .unwrap();
-    let san = SubjectAlternativeName::new()
-        .dns("localhost")
-        .build(&builder.x509v3_context(None, None))
-        .unwrap();
+    builder.set_not_before(&Asn1Time::days_from_now(0).unwrap()).unwrap();
+    builder.set_not_after(&Asn1Time::days_from_now(1).unwrap()).unwrap();
+    let san =
+        SubjectAlternativeName::new().dns("localhost").build(&builder.x509v3_context(None, None)).unwrap();
     builder.append_extension(san).unwrap();
     builder.sign(&key, MessageDigest::sha256()).unwrap();
     let cert_pem = builder.build().to_pem().unwrap();

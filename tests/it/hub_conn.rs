@@ -32,19 +32,10 @@ fn frames_flow_both_ways() {
         record(ws, seen);
     });
     let (handle, events) = spawn(params(hub.ws_url()));
-    assert_eq!(
-        next_event(&events),
-        HubEvent::Connected { conn_id: CONN_ID }
-    );
+    assert_eq!(next_event(&events), HubEvent::Connected { conn_id: CONN_ID });
     handle.send("hello".to_owned());
     assert_eq!(hub.next(), Seen::Text("hello".to_owned()));
-    assert_eq!(
-        next_event(&events),
-        HubEvent::Frame {
-            conn_id: CONN_ID,
-            text: "welcome".to_owned()
-        }
-    );
+    assert_eq!(next_event(&events), HubEvent::Frame { conn_id: CONN_ID, text: "welcome".to_owned() });
     // Dropping the handle closes gracefully and joins the thread.
     drop(handle);
     assert_eq!(hub.next(), Seen::Close(Some(1000)));
@@ -61,10 +52,7 @@ fn sends_keep_call_order() {
     for i in 0..N_FRAMES / 2 {
         handle.send(format!("frame {i}"));
     }
-    assert_eq!(
-        next_event(&events),
-        HubEvent::Connected { conn_id: CONN_ID }
-    );
+    assert_eq!(next_event(&events), HubEvent::Connected { conn_id: CONN_ID });
     for i in N_FRAMES / 2..N_FRAMES {
         handle.send(format!("frame {i}"));
     }
@@ -79,10 +67,7 @@ fn sends_keep_call_order() {
 fn graceful_close_sends_1000_and_ends_the_thread() {
     let hub = TestHub::start(None, record);
     let (handle, events) = spawn(params(hub.ws_url()));
-    assert_eq!(
-        next_event(&events),
-        HubEvent::Connected { conn_id: CONN_ID }
-    );
+    assert_eq!(next_event(&events), HubEvent::Connected { conn_id: CONN_ID });
     handle.close();
     assert_eq!(hub.next(), Seen::Close(Some(1000)));
     let ending = expect_disconnected(&events);
@@ -99,18 +84,12 @@ fn graceful_close_sends_1000_and_ends_the_thread() {
 #[test]
 fn hub_close_code_and_reason_are_reported() {
     let hub = TestHub::start(None, |ws, seen| {
-        ws.close(Some(CloseFrame {
-            code: CloseCode::Policy,
-            reason: "retry in 30 s".into(),
-        }))
-        .expect("send close");
+        ws.close(Some(CloseFrame { code: CloseCode::Policy, reason: "retry in 30 s".into() }))
+            .expect("send close");
         record(ws, seen);
     });
     let (_handle, events) = spawn(params(hub.ws_url()));
-    assert_eq!(
-        next_event(&events),
-        HubEvent::Connected { conn_id: CONN_ID }
-    );
+    assert_eq!(next_event(&events), HubEvent::Connected { conn_id: CONN_ID });
     let ending = expect_disconnected(&events);
     assert_eq!(ending.reason, "closed by hub (code 1008: retry in 30 s)");
     assert_eq!(ending.close_code, Some(1008));
@@ -123,15 +102,9 @@ fn hub_close_code_and_reason_are_reported() {
 fn hub_dropping_the_socket_is_reported() {
     let hub = TestHub::start(None, |_ws, _seen| {});
     let (_handle, events) = spawn(params(hub.ws_url()));
-    assert_eq!(
-        next_event(&events),
-        HubEvent::Connected { conn_id: CONN_ID }
-    );
+    assert_eq!(next_event(&events), HubEvent::Connected { conn_id: CONN_ID });
     let ending = expect_disconnected(&events);
-    assert_eq!(
-        ending.reason,
-        "connection closed by hub without a close frame"
-    );
+    assert_eq!(ending.reason, "connection closed by hub without a close frame");
     assert_eq!(ending.close_code, None);
 }
 
@@ -146,11 +119,7 @@ fn connection_refused_is_reported_without_waiting_for_the_timeout() {
     params.connect_timeout = Duration::from_secs(60);
     let (_handle, events) = spawn(params);
     let ending = expect_disconnected(&events);
-    assert!(
-        ending.reason.starts_with("connection refused"),
-        "{}",
-        ending.reason
-    );
+    assert!(ending.reason.starts_with("connection refused"), "{}", ending.reason);
 }
 
 #[test]
@@ -163,22 +132,10 @@ fn frames_up_to_the_limit_pass_and_a_larger_one_ends_the_connection() {
     let mut params = params(hub.ws_url());
     params.max_message_bytes = 1024;
     let (_handle, events) = spawn(params);
-    assert_eq!(
-        next_event(&events),
-        HubEvent::Connected { conn_id: CONN_ID }
-    );
-    assert_eq!(
-        next_event(&events),
-        HubEvent::Frame {
-            conn_id: CONN_ID,
-            text: "a".repeat(1024)
-        }
-    );
+    assert_eq!(next_event(&events), HubEvent::Connected { conn_id: CONN_ID });
+    assert_eq!(next_event(&events), HubEvent::Frame { conn_id: CONN_ID, text: "a".repeat(1024) });
     let ending = expect_disconnected(&events);
-    assert_eq!(
-        ending.reason,
-        "frame larger than max_message_bytes (1024): 1025 bytes"
-    );
+    assert_eq!(ending.reason, "frame larger than max_message_bytes (1024): 1025 bytes");
     // Best effort, the sidecar told the hub why.
     assert_eq!(hub.next(), Seen::Close(Some(1009)));
 }
@@ -199,18 +156,9 @@ fn an_oversized_frame_is_refused_from_its_header() {
     let mut params = params(hub.ws_url());
     params.max_message_bytes = 1024;
     let (_handle, events) = spawn(params);
-    assert_eq!(
-        next_event(&events),
-        HubEvent::Connected { conn_id: CONN_ID }
-    );
+    assert_eq!(next_event(&events), HubEvent::Connected { conn_id: CONN_ID });
     let ending = expect_disconnected(&events);
-    assert!(
-        ending
-            .reason
-            .starts_with("frame larger than max_message_bytes (1024)"),
-        "{}",
-        ending.reason
-    );
+    assert!(ending.reason.starts_with("frame larger than max_message_bytes (1024)"), "{}", ending.reason);
     assert_eq!(hub.next(), Seen::Ended("eof".to_owned()));
 }
 
@@ -221,10 +169,7 @@ fn hub_pings_are_answered() {
         record(ws, seen);
     });
     let (handle, events) = spawn(params(hub.ws_url()));
-    assert_eq!(
-        next_event(&events),
-        HubEvent::Connected { conn_id: CONN_ID }
-    );
+    assert_eq!(next_event(&events), HubEvent::Connected { conn_id: CONN_ID });
     assert_eq!(hub.next(), Seen::Pong);
     drop(handle);
     assert_eq!(hub.next(), Seen::Close(Some(1000)));
@@ -240,17 +185,8 @@ fn binary_frames_are_ignored() {
         record(ws, seen);
     });
     let (handle, events) = spawn(params(hub.ws_url()));
-    assert_eq!(
-        next_event(&events),
-        HubEvent::Connected { conn_id: CONN_ID }
-    );
-    assert_eq!(
-        next_event(&events),
-        HubEvent::Frame {
-            conn_id: CONN_ID,
-            text: "after binary".to_owned()
-        }
-    );
+    assert_eq!(next_event(&events), HubEvent::Connected { conn_id: CONN_ID });
+    assert_eq!(next_event(&events), HubEvent::Frame { conn_id: CONN_ID, text: "after binary".to_owned() });
     drop(handle);
     assert_eq!(hub.next(), Seen::Close(Some(1000)));
 }
@@ -268,18 +204,12 @@ fn wss_with_tls_ca_file_connects() {
     let mut params = params(format!("wss://localhost:{}/ws", hub.port));
     params.tls_ca_file = Some(ca.ca_file.clone());
     let (handle, events) = spawn(params);
-    assert_eq!(
-        next_event(&events),
-        HubEvent::Connected { conn_id: CONN_ID }
-    );
+    assert_eq!(next_event(&events), HubEvent::Connected { conn_id: CONN_ID });
     handle.send("hello over tls".to_owned());
     assert_eq!(hub.next(), Seen::Text("hello over tls".to_owned()));
     assert_eq!(
         next_event(&events),
-        HubEvent::Frame {
-            conn_id: CONN_ID,
-            text: "welcome over tls".to_owned()
-        }
+        HubEvent::Frame { conn_id: CONN_ID, text: "welcome over tls".to_owned() }
     );
     handle.close();
     assert_eq!(hub.next(), Seen::Close(Some(1000)));
@@ -294,17 +224,9 @@ fn wss_without_tls_ca_file_rejects_the_private_ca() {
     let hub = TestHub::start(Some(ca.acceptor()), record);
     let (_handle, events) = spawn(params(format!("wss://localhost:{}/ws", hub.port)));
     let ending = expect_disconnected(&events);
-    assert!(
-        ending.reason.starts_with("TLS handshake failed"),
-        "{}",
-        ending.reason
-    );
+    assert!(ending.reason.starts_with("TLS handshake failed"), "{}", ending.reason);
     assert!(ending.reason.contains("certificate"), "{}", ending.reason);
-    assert!(
-        ending.reason.contains("set tls_ca_file"),
-        "{}",
-        ending.reason
-    );
+    assert!(ending.reason.contains("set tls_ca_file"), "{}", ending.reason);
     assert!(matches!(hub.next(), Seen::Ended(_)));
 }
 
@@ -318,11 +240,7 @@ fn wss_checks_the_host_name() {
     params.tls_ca_file = Some(ca.ca_file.clone());
     let (_handle, events) = spawn(params);
     let ending = expect_disconnected(&events);
-    assert!(
-        ending.reason.starts_with("TLS handshake failed"),
-        "{}",
-        ending.reason
-    );
+    assert!(ending.reason.starts_with("TLS handshake failed"), "{}", ending.reason);
     assert!(matches!(hub.next(), Seen::Ended(_)));
 }
 
@@ -333,11 +251,7 @@ fn unreadable_tls_ca_file_is_reported() {
     params.tls_ca_file = Some(dir.path().join("missing.pem"));
     let (_handle, events) = spawn(params);
     let ending = expect_disconnected(&events);
-    assert!(
-        ending.reason.starts_with("cannot read tls_ca_file"),
-        "{}",
-        ending.reason
-    );
+    assert!(ending.reason.starts_with("cannot read tls_ca_file"), "{}", ending.reason);
 }
 
 #[test]
@@ -349,10 +263,7 @@ fn silent_hub_times_out_after_connect_timeout() {
     let (_handle, events) = spawn(params);
     // No Connected first: the handshake never finished.
     let ending = expect_disconnected(&events);
-    assert_eq!(
-        ending.reason,
-        "connect timed out after 300 ms (WebSocket handshake)"
-    );
+    assert_eq!(ending.reason, "connect timed out after 300 ms (WebSocket handshake)");
     assert!(started.elapsed() >= Duration::from_millis(300));
 }
 
@@ -365,10 +276,7 @@ fn close_while_connecting_ends_at_once() {
     let (handle, events) = spawn(params);
     handle.close();
     let ending = expect_disconnected(&events);
-    assert_eq!(
-        ending.reason,
-        "closed by sidecar before the connection was established"
-    );
+    assert_eq!(ending.reason, "closed by sidecar before the connection was established");
 }
 
 #[test]
@@ -382,17 +290,11 @@ fn close_gives_up_after_close_timeout_when_the_hub_does_not_answer() {
     let mut params = params(hub.ws_url());
     params.close_timeout = Duration::from_millis(300);
     let (handle, events) = spawn(params);
-    assert_eq!(
-        next_event(&events),
-        HubEvent::Connected { conn_id: CONN_ID }
-    );
+    assert_eq!(next_event(&events), HubEvent::Connected { conn_id: CONN_ID });
     let started = Instant::now();
     handle.close();
     let ending = expect_disconnected(&events);
-    assert_eq!(
-        ending.reason,
-        "closed by sidecar; the hub did not answer the close within 300 ms"
-    );
+    assert_eq!(ending.reason, "closed by sidecar; the hub did not answer the close within 300 ms");
     assert!(started.elapsed() >= Duration::from_millis(300));
     drop(stop_tx);
 }
@@ -410,11 +312,7 @@ fn reasons_never_contain_url_credentials() {
     ] {
         let (_handle, events) = spawn(params(url));
         let ending = expect_disconnected(&events);
-        assert!(
-            !ending.reason.contains("s3cret") && !ending.reason.contains("t0ken"),
-            "{}",
-            ending.reason
-        );
+        assert!(!ending.reason.contains("s3cret") && !ending.reason.contains("t0ken"), "{}", ending.reason);
     }
 }
 
@@ -445,9 +343,7 @@ fn spawn(params: HubParams) -> (HubHandle, Receiver<HubEvent>) {
 }
 
 fn next_event(events: &Receiver<HubEvent>) -> HubEvent {
-    events
-        .recv_timeout(FAILSAFE)
-        .unwrap_or_else(|err| panic!("no hub event within {FAILSAFE:?}: {err}"))
+    events.recv_timeout(FAILSAFE).unwrap_or_else(|err| panic!("no hub event within {FAILSAFE:?}: {err}"))
 }
 
 #[derive(Debug)]
@@ -461,18 +357,9 @@ struct Ending {
 /// event.
 fn expect_disconnected(events: &Receiver<HubEvent>) -> Ending {
     let ending = match next_event(events) {
-        HubEvent::Disconnected {
-            conn_id,
-            reason,
-            close_code,
-            close_reason,
-        } => {
+        HubEvent::Disconnected { conn_id, reason, close_code, close_reason } => {
             assert_eq!(conn_id, CONN_ID);
-            Ending {
-                reason,
-                close_code,
-                close_reason,
-            }
+            Ending { reason, close_code, close_reason }
         }
         other => panic!("expected Disconnected, got {other:?}"),
     };
@@ -556,10 +443,7 @@ impl TestHub {
                 script(&mut ws, &seen_tx);
             })
             .unwrap();
-        TestHub {
-            port,
-            seen: seen_rx,
-        }
+        TestHub { port, seen: seen_rx }
     }
 
     fn ws_url(&self) -> String {

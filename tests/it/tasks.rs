@@ -87,7 +87,8 @@ fn happy_path_wake_confirm_result_complete_then_files_removed() {
 #[test]
 fn a_failing_wake_is_retried_at_the_delays_then_fails_the_task() {
     let (hub, dir, mut cfg) = setup(None);
-    cfg["wake_command"] = json!(format!("echo try >> {}; echo nope >&2; exit 1", dir.path().join("wakes.txt").display()));
+    cfg["wake_command"] =
+        json!(format!("echo try >> {}; echo nope >&2; exit 1", dir.path().join("wakes.txt").display()));
     let sidecar = Sidecar::start(dir.path(), &cfg);
     expect_identified(&hub);
     let task_id = hub.push_task(AGENT, "d", json!({}));
@@ -144,13 +145,27 @@ fn a_result_written_in_two_chunks_is_reported_once_and_whole() {
     let (first, second) = text.split_at(text.len() / 2);
     fs::write(&path, first).unwrap();
     // The pause between the chunks is the thing under test.
-    assert!(hub.wait_for(Duration::from_millis(300), |e| matches!(e, DevHubEvent::Received { frame, .. } if frame["type"] == "task_complete")).is_none(), "reported before the file was whole");
+    assert!(
+        hub.wait_for(
+            Duration::from_millis(300),
+            |e| matches!(e, DevHubEvent::Received { frame, .. } if frame["type"] == "task_complete")
+        )
+        .is_none(),
+        "reported before the file was whole"
+    );
     use std::io::Write;
     fs::OpenOptions::new().append(true).open(&path).unwrap().write_all(second.as_bytes()).unwrap();
     let complete = expect_received(&hub, "task_complete");
     assert_eq!(complete["result"]["output"], "two halves");
     expect_sent(&hub, "task_ack");
-    assert!(hub.wait_for(Duration::from_millis(300), |e| matches!(e, DevHubEvent::Received { frame, .. } if frame["type"] == "task_complete")).is_none(), "reported twice");
+    assert!(
+        hub.wait_for(
+            Duration::from_millis(300),
+            |e| matches!(e, DevHubEvent::Received { frame, .. } if frame["type"] == "task_complete")
+        )
+        .is_none(),
+        "reported twice"
+    );
 }
 
 #[test]
@@ -208,8 +223,11 @@ fn progress_files_are_relayed() {
     expect_identified(&hub);
     let task_id = hub.push_task(AGENT, "d", json!({}));
     wait_until("the agent to confirm", || started_file(&sidecar, &task_id).exists().then_some(()));
-    fs::write(sidecar.results_dir().join(format!("{task_id}.progress")), r#"{"progress":40,"message":"reading"}"#)
-        .unwrap();
+    fs::write(
+        sidecar.results_dir().join(format!("{task_id}.progress")),
+        r#"{"progress":40,"message":"reading"}"#,
+    )
+    .unwrap();
     let progress = expect_received(&hub, "task_progress");
     assert_eq!((progress["progress"].as_u64(), progress["message"].as_str()), (Some(40), Some("reading")));
 }
@@ -224,7 +242,8 @@ fn busy_invalid_and_duplicate_assigns_leave_the_first_task_unharmed() {
     expect_identified(&hub);
     let first = hub.push_task(AGENT, "first", json!({}));
     expect_received(&hub, "task_accepted");
-    let assign = |id: Value| json!({"type":"task_assign","task_id":id,"description":"x","metadata":{},"generation":1});
+    let assign =
+        |id: Value| json!({"type":"task_assign","task_id":id,"description":"x","metadata":{},"generation":1});
     let long = "a".repeat(200);
     for id in [json!("../x"), json!(""), json!(long), json!("../../etc/passwd"), Value::Null] {
         assert!(hub.send_raw(AGENT, assign(id.clone())));
@@ -242,7 +261,10 @@ fn busy_invalid_and_duplicate_assigns_leave_the_first_task_unharmed() {
     let mut names: Vec<String> =
         fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
     names.sort();
-    assert_eq!(names, ["config.json", "queue.json", "results", "sidecar.log", "stderr.txt", "stdout.txt", "wakes.txt"]);
+    assert_eq!(
+        names,
+        ["config.json", "queue.json", "results", "sidecar.log", "stderr.txt", "stdout.txt", "wakes.txt"]
+    );
     assert_eq!(sidecar.queue()["active"]["task_id"], first.as_str());
     write_result(&sidecar, &first, &json!({"status":"success","output":1}));
     assert_eq!(expect_received(&hub, "task_complete")["task_id"], first.as_str());
@@ -260,7 +282,7 @@ fn a_node_queue_file_is_recovered_and_reported_on_first_connect() {
         dir.path().join("queue.json"),
         json!({"active":{"task_id":task_id,"description":"from node","metadata":{"m":1},"status":"working",
                          "assigned_at":1707500000000u64,"generation":3,"wake_attempts":1},"recovering":null})
-            .to_string(),
+        .to_string(),
     )
     .unwrap();
     hub.seed_task(task_id, 4, AGENT);
@@ -318,7 +340,9 @@ fn a_result_written_during_an_outage_reaches_a_hub_that_still_holds_the_task() {
         sidecar.queue()["active"]["report"].is_object().then_some(())
     });
     // Come back after the sidecar has failed to reconnect a few times.
-    wait_until("failed reconnects", || (sidecar.lifecycle().matches("\"disconnected\"").count() >= 3).then_some(()));
+    wait_until("failed reconnects", || {
+        (sidecar.lifecycle().matches("\"disconnected\"").count() >= 3).then_some(())
+    });
     let mut options = DevHubOptions::new(AGENT, TOKEN);
     options.bind = addr;
     let hub = DevHub::start(options).unwrap();
@@ -339,7 +363,9 @@ fn a_result_for_a_task_the_hub_took_back_is_withheld() {
     let addr = hub.addr();
     hub.stop();
     write_result(&sidecar, &task_id, &json!({"status":"success","output":"late"}));
-    wait_until("failed reconnects", || (sidecar.lifecycle().matches("\"disconnected\"").count() >= 3).then_some(()));
+    wait_until("failed reconnects", || {
+        (sidecar.lifecycle().matches("\"disconnected\"").count() >= 3).then_some(())
+    });
     // A hub that no longer holds the task (it went to someone else).
     let mut options = DevHubOptions::new(AGENT, TOKEN);
     options.bind = addr;
@@ -350,7 +376,12 @@ fn a_result_for_a_task_the_hub_took_back_is_withheld() {
         sidecar.lifecycle().contains("\"result_withheld\"").then_some(())
     });
     assert!(sidecar.lifecycle().contains("late"), "the result is kept in the lifecycle log");
-    assert!(hub.wait_for(Duration::from_millis(300), |e| matches!(e, DevHubEvent::Received { frame, .. } if frame["type"] == "task_complete")).is_none());
+    assert!(hub
+        .wait_for(
+            Duration::from_millis(300),
+            |e| matches!(e, DevHubEvent::Received { frame, .. } if frame["type"] == "task_complete")
+        )
+        .is_none());
     wait_until("an empty queue", || sidecar.queue()["active"].is_null().then_some(()));
 }
 
@@ -436,13 +467,17 @@ fn crash_and_restart(crash: Crash) {
 
     let sidecar = Sidecar::start(dir.path(), &cfg);
     expect_identified(&hub);
-    if !started_file(&sidecar, &task_id).exists() || !sidecar.results_dir().join(format!("{task_id}.json")).exists() {
+    if !started_file(&sidecar, &task_id).exists()
+        || !sidecar.results_dir().join(format!("{task_id}.json")).exists()
+    {
         // The agent was not done before the crash: let it finish now.
         if hub.task(&task_id).unwrap().outcomes.is_empty() {
             write(&sidecar);
         }
     }
-    wait_until("one settled outcome at the hub", || (!hub.task(&task_id).unwrap().outcomes.is_empty()).then_some(()));
+    wait_until("one settled outcome at the hub", || {
+        (!hub.task(&task_id).unwrap().outcomes.is_empty()).then_some(())
+    });
     wait_until("nothing pending", || {
         let queue = sidecar.queue();
         (queue["active"].is_null() && queue["recovering"].is_null()).then_some(())

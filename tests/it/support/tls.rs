@@ -50,18 +50,12 @@ impl TestCa {
         let ca_pem = ca_cert.to_pem().expect("encode the CA certificate as PEM");
         std::fs::write(&ca_file, ca_pem).expect("write the test CA file");
         let identity = server_identity(&ca_cert, &ca_key, &["localhost"], &["127.0.0.1"]);
-        TestCa {
-            ca_file,
-            identity,
-            ca_cert,
-            ca_key,
-        }
+        TestCa { ca_file, identity, ca_cert, ca_key }
     }
 
     /// A TLS acceptor presenting `identity`.
     pub fn acceptor(&self) -> TlsAcceptor {
-        TlsAcceptor::new(self.identity.clone())
-            .expect("build a TLS acceptor from the test identity")
+        TlsAcceptor::new(self.identity.clone()).expect("build a TLS acceptor from the test identity")
     }
 
     /// A TLS acceptor whose certificate, signed by this CA, names only
@@ -81,8 +75,7 @@ fn new_key() -> PKey<Private> {
 
 fn name(common_name: &str) -> X509Name {
     let mut name = X509Name::builder().expect("X509 name builder");
-    name.append_entry_by_text("CN", common_name)
-        .expect("set CN");
+    name.append_entry_by_text("CN", common_name).expect("set CN");
     name.build()
 }
 
@@ -92,12 +85,8 @@ fn builder(subject: &X509NameRef, issuer: &X509NameRef, key: &PKey<Private>) -> 
     let mut builder = X509Builder::new().expect("X509 builder");
     builder.set_version(2).expect("set version 3");
     let mut serial = BigNum::new().expect("bignum");
-    serial
-        .rand(127, MsbOption::MAYBE_ZERO, false)
-        .expect("random serial");
-    builder
-        .set_serial_number(&serial.to_asn1_integer().expect("serial as ASN.1"))
-        .expect("set serial");
+    serial.rand(127, MsbOption::MAYBE_ZERO, false).expect("random serial");
+    builder.set_serial_number(&serial.to_asn1_integer().expect("serial as ASN.1")).expect("set serial");
     builder.set_subject_name(subject).expect("set subject");
     builder.set_issuer_name(issuer).expect("set issuer");
     builder.set_pubkey(key).expect("set public key");
@@ -112,69 +101,32 @@ fn mint_ca(ca_key: &PKey<Private>) -> X509 {
     let subject = name("agentcom-sidecar test CA");
     let mut builder = builder(&subject, &subject, ca_key);
     builder
-        .append_extension(
-            BasicConstraints::new()
-                .critical()
-                .ca()
-                .build()
-                .expect("basic constraints"),
-        )
+        .append_extension(BasicConstraints::new().critical().ca().build().expect("basic constraints"))
         .expect("add basic constraints");
     builder
-        .append_extension(
-            KeyUsage::new()
-                .critical()
-                .key_cert_sign()
-                .crl_sign()
-                .build()
-                .expect("key usage"),
-        )
+        .append_extension(KeyUsage::new().critical().key_cert_sign().crl_sign().build().expect("key usage"))
         .expect("add key usage");
-    let subject_key_id = SubjectKeyIdentifier::new()
-        .build(&builder.x509v3_context(None, None))
-        .expect("subject key id");
-    builder
-        .append_extension(subject_key_id)
-        .expect("add subject key id");
-    builder
-        .sign(ca_key, MessageDigest::sha256())
-        .expect("self-sign the CA");
+    let subject_key_id =
+        SubjectKeyIdentifier::new().build(&builder.x509v3_context(None, None)).expect("subject key id");
+    builder.append_extension(subject_key_id).expect("add subject key id");
+    builder.sign(ca_key, MessageDigest::sha256()).expect("self-sign the CA");
     builder.build()
 }
 
-fn server_identity(
-    ca_cert: &X509,
-    ca_key: &PKey<Private>,
-    dns_names: &[&str],
-    ips: &[&str],
-) -> Identity {
+fn server_identity(ca_cert: &X509, ca_key: &PKey<Private>, dns_names: &[&str], ips: &[&str]) -> Identity {
     let key = new_key();
-    let common_name = dns_names
-        .first()
-        .or(ips.first())
-        .copied()
-        .unwrap_or("test server");
+    let common_name = dns_names.first().or(ips.first()).copied().unwrap_or("test server");
     let mut builder = builder(&name(common_name), ca_cert.subject_name(), &key);
     builder
         .append_extension(BasicConstraints::new().build().expect("basic constraints"))
         .expect("add basic constraints");
     builder
         .append_extension(
-            KeyUsage::new()
-                .critical()
-                .digital_signature()
-                .key_encipherment()
-                .build()
-                .expect("key usage"),
+            KeyUsage::new().critical().digital_signature().key_encipherment().build().expect("key usage"),
         )
         .expect("add key usage");
     builder
-        .append_extension(
-            ExtendedKeyUsage::new()
-                .server_auth()
-                .build()
-                .expect("extended key usage"),
-        )
+        .append_extension(ExtendedKeyUsage::new().server_auth().build().expect("extended key usage"))
         .expect("add extended key usage");
     let mut san = SubjectAlternativeName::new();
     for dns_name in dns_names {
@@ -183,33 +135,21 @@ fn server_identity(
     for ip in ips {
         san.ip(ip);
     }
-    let san = san
-        .build(&builder.x509v3_context(Some(ca_cert), None))
-        .expect("subject alternative names");
-    builder
-        .append_extension(san)
-        .expect("add subject alternative names");
+    let san = san.build(&builder.x509v3_context(Some(ca_cert), None)).expect("subject alternative names");
+    builder.append_extension(san).expect("add subject alternative names");
     let subject_key_id = SubjectKeyIdentifier::new()
         .build(&builder.x509v3_context(Some(ca_cert), None))
         .expect("subject key id");
-    builder
-        .append_extension(subject_key_id)
-        .expect("add subject key id");
+    builder.append_extension(subject_key_id).expect("add subject key id");
     let authority_key_id = AuthorityKeyIdentifier::new()
         .keyid(false)
         .build(&builder.x509v3_context(Some(ca_cert), None))
         .expect("authority key id");
-    builder
-        .append_extension(authority_key_id)
-        .expect("add authority key id");
-    builder
-        .sign(ca_key, MessageDigest::sha256())
-        .expect("sign the server certificate");
+    builder.append_extension(authority_key_id).expect("add authority key id");
+    builder.sign(ca_key, MessageDigest::sha256()).expect("sign the server certificate");
     let cert = builder.build();
 
     let cert_pem = cert.to_pem().expect("encode the server certificate as PEM");
-    let key_pem = key
-        .private_key_to_pem_pkcs8()
-        .expect("encode the server key as PKCS#8 PEM");
+    let key_pem = key.private_key_to_pem_pkcs8().expect("encode the server key as PKCS#8 PEM");
     Identity::from_pkcs8(&cert_pem, &key_pem).expect("build the server identity")
 }
