@@ -449,8 +449,10 @@ fn crash_and_restart(crash: Crash) {
             expect_received(&hub, frame_type);
         }
         Crash::AfterReceivedUnanswered(frame_type) => {
-            write(&sidecar);
+            // Silent first, so the report is received but never processed.
+            expect_received(&hub, "task_accepted");
             hub.set_silent(true);
+            write(&sidecar);
             expect_received(&hub, frame_type);
         }
     }
