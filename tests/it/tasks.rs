@@ -315,7 +315,22 @@ fn a_dropped_socket_and_re_push_wake_once_and_report_under_the_new_generation() 
     assert_eq!(re_push["task_id"], task_id.as_str());
     let new_generation = re_push["generation"].as_u64().unwrap();
     assert!(new_generation > first_generation);
-    expect_sent(&hub, "task_continue");
+    // The hand-back is adopted (accepted), not refused as another task; the
+    // hub answers task_recovering meanwhile.
+    let (mut answer, mut continued) = (None, false);
+    expect_event(&hub, "the answer to the re-push and task_continue", |e| {
+        match e {
+            DevHubEvent::Received { frame, .. }
+                if frame["type"] == "task_accepted" || frame["type"] == "task_rejected" =>
+            {
+                answer = Some(frame["type"].clone())
+            }
+            DevHubEvent::Sent { frame, .. } if frame["type"] == "task_continue" => continued = true,
+            _ => {}
+        }
+        answer.is_some() && continued
+    });
+    assert_eq!(answer, Some(json!("task_accepted")));
     write_result(&sidecar, &task_id, &json!({"status":"success","output":"x"}));
     let complete = expect_received(&hub, "task_complete");
     assert_eq!(complete["generation"].as_u64(), Some(hub.task(&task_id).unwrap().generation));
