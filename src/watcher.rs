@@ -76,26 +76,19 @@ impl ResultsWatcher {
         dir: &Path,
         on_event: Box<dyn Fn(ResultsEvent) + Send + Sync>,
     ) -> Result<ResultsWatcher, String> {
-        fs::create_dir_all(dir).map_err(|error| {
-            format!("cannot create results directory {}: {error}", dir.display())
+        fs::create_dir_all(dir)
+            .map_err(|error| format!("cannot create results directory {}: {error}", dir.display()))?;
+        let mut watcher = notify::recommended_watcher(move |result: notify::Result<notify::Event>| {
+            if let Some(event) = results_event(result) {
+                on_event(event);
+            }
+        })
+        .map_err(|error| {
+            format!("cannot start a file watcher for results directory {}: {error}", dir.display())
         })?;
-        let mut watcher =
-            notify::recommended_watcher(move |result: notify::Result<notify::Event>| {
-                if let Some(event) = results_event(result) {
-                    on_event(event);
-                }
-            })
-            .map_err(|error| {
-                format!(
-                    "cannot start a file watcher for results directory {}: {error}",
-                    dir.display()
-                )
-            })?;
         watcher
             .watch(dir, RecursiveMode::NonRecursive)
-            .map_err(|error| {
-                format!("cannot watch results directory {}: {error}", dir.display())
-            })?;
+            .map_err(|error| format!("cannot watch results directory {}: {error}", dir.display()))?;
         Ok(ResultsWatcher { _watcher: watcher })
     }
 }
@@ -122,9 +115,7 @@ pub fn classify(file_name: &str) -> Option<(String, FileKind)> {
         return None;
     }
     FileKind::ALL.into_iter().find_map(|kind| {
-        let task_id = file_name
-            .strip_suffix(kind.extension())?
-            .strip_suffix('.')?;
+        let task_id = file_name.strip_suffix(kind.extension())?.strip_suffix('.')?;
         is_valid_task_id(task_id).then(|| (task_id.to_string(), kind))
     })
 }
@@ -141,9 +132,7 @@ pub fn is_valid_task_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= MAX_TASK_ID_LEN
         && !id.starts_with('.')
-        && id
-            .bytes()
-            .all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'.' | b'_' | b'-'))
+        && id.bytes().all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'.' | b'_' | b'-'))
 }
 
 /// `results_dir/<task_id>.<extension>`. The caller must have checked the id
@@ -189,43 +178,26 @@ pub fn read_json_file(path: &Path, max_bytes: u64) -> ReadResult {
     let file = match fs::File::open(path) {
         Ok(file) => file,
         Err(error) if error.kind() == io::ErrorKind::NotFound => return ReadResult::Missing,
-        Err(error) => {
-            return ReadResult::Unparseable {
-                len: 0,
-                error: format!("cannot open: {error}"),
-            }
-        }
+        Err(error) => return ReadResult::Unparseable { len: 0, error: format!("cannot open: {error}") },
     };
     // Metadata of the open file, not of the path, so it describes the same
     // file we read even if the agent renames another one into place.
     let metadata = match file.metadata() {
         Ok(metadata) => metadata,
         Err(error) => {
-            return ReadResult::Unparseable {
-                len: 0,
-                error: format!("cannot read metadata: {error}"),
-            }
+            return ReadResult::Unparseable { len: 0, error: format!("cannot read metadata: {error}") }
         }
     };
     let len = metadata.len();
     if !metadata.is_file() {
-        return ReadResult::Unparseable {
-            len,
-            error: "not a regular file".to_string(),
-        };
+        return ReadResult::Unparseable { len, error: "not a regular file".to_string() };
     }
     if len > max_bytes {
         return ReadResult::TooLarge { len };
     }
     let mut bytes = Vec::new();
-    if let Err(error) = file
-        .take(max_bytes.saturating_add(1))
-        .read_to_end(&mut bytes)
-    {
-        return ReadResult::Unparseable {
-            len,
-            error: format!("cannot read: {error}"),
-        };
+    if let Err(error) = file.take(max_bytes.saturating_add(1)).read_to_end(&mut bytes) {
+        return ReadResult::Unparseable { len, error: format!("cannot read: {error}") };
     }
     let read_len = bytes.len() as u64;
     if read_len > max_bytes {
@@ -238,10 +210,7 @@ pub fn read_json_file(path: &Path, max_bytes: u64) -> ReadResult {
             len: read_len,
             error: format!("expected a JSON object, found {}", json_type_name(&other)),
         },
-        Err(error) => ReadResult::Unparseable {
-            len: read_len,
-            error: error.to_string(),
-        },
+        Err(error) => ReadResult::Unparseable { len: read_len, error: error.to_string() },
     }
 }
 
@@ -344,10 +313,7 @@ mod tests {
         let cases: Vec<(&str, Option<(&str, FileKind)>)> = vec![
             ("task-1f2e.started", Some(("task-1f2e", FileKind::Started))),
             ("task-1f2e.json", Some(("task-1f2e", FileKind::Result))),
-            (
-                "task-1f2e.progress",
-                Some(("task-1f2e", FileKind::Progress)),
-            ),
+            ("task-1f2e.progress", Some(("task-1f2e", FileKind::Progress))),
             ("a.b_c-D9.json", Some(("a.b_c-D9", FileKind::Result))),
             // The id itself may end in ".json"; only the last suffix counts.
             ("x.json.json", Some(("x.json", FileKind::Result))),
@@ -408,18 +374,9 @@ mod tests {
     #[test]
     fn task_file_path_names_each_kind() {
         let dir = Path::new("/results");
-        assert_eq!(
-            task_file_path(dir, "t-1", FileKind::Started),
-            Path::new("/results/t-1.started")
-        );
-        assert_eq!(
-            task_file_path(dir, "t-1", FileKind::Result),
-            Path::new("/results/t-1.json")
-        );
-        assert_eq!(
-            task_file_path(dir, "t-1", FileKind::Progress),
-            Path::new("/results/t-1.progress")
-        );
+        assert_eq!(task_file_path(dir, "t-1", FileKind::Started), Path::new("/results/t-1.started"));
+        assert_eq!(task_file_path(dir, "t-1", FileKind::Result), Path::new("/results/t-1.json"));
+        assert_eq!(task_file_path(dir, "t-1", FileKind::Progress), Path::new("/results/t-1.progress"));
         for kind in FileKind::ALL {
             let path = task_file_path(dir, "t-1", kind);
             let file_name = path.file_name().unwrap().to_str().unwrap();
@@ -430,15 +387,7 @@ mod tests {
     #[test]
     fn scan_lists_task_files_only_in_stable_order() {
         let dir = tempfile::tempdir().unwrap();
-        for name in [
-            "b.json",
-            "a.json",
-            "a.started",
-            "a.progress",
-            ".a.json",
-            "a.json.tmp",
-            "notes.txt",
-        ] {
+        for name in ["b.json", "a.json", "a.started", "a.progress", ".a.json", "a.json.tmp", "notes.txt"] {
             fs::write(dir.path().join(name), "{}").unwrap();
         }
         fs::create_dir(dir.path().join("c.json")).unwrap();
@@ -468,58 +417,30 @@ mod tests {
         fs::write(path("garbage.json"), "{\"status\": \"succ").unwrap();
         fs::write(path("array.json"), "[1, 2]").unwrap();
         fs::write(path("string.json"), "\"x\"").unwrap();
-        fs::write(
-            path("big.json"),
-            format!("{{\"x\":\"{}\"}}", "a".repeat(100)),
-        )
-        .unwrap();
+        fs::write(path("big.json"), format!("{{\"x\":\"{}\"}}", "a".repeat(100))).unwrap();
         fs::write(path("ok.json"), r#"{"status":"success","output":[1]}"#).unwrap();
         fs::create_dir(path("dir.json")).unwrap();
 
-        assert_eq!(
-            read_json_file(&path("missing.json"), 1000),
-            ReadResult::Missing
-        );
-        assert_eq!(
-            read_json_file(&path("big.json"), 100),
-            ReadResult::TooLarge { len: 108 }
-        );
-        assert!(matches!(
-            read_json_file(&path("big.json"), 108),
-            ReadResult::Parsed(_)
-        ));
-        assert!(matches!(
-            read_json_file(&path("empty.json"), 1000),
-            ReadResult::Unparseable { len: 0, .. }
-        ));
+        assert_eq!(read_json_file(&path("missing.json"), 1000), ReadResult::Missing);
+        assert_eq!(read_json_file(&path("big.json"), 100), ReadResult::TooLarge { len: 108 });
+        assert!(matches!(read_json_file(&path("big.json"), 108), ReadResult::Parsed(_)));
+        assert!(matches!(read_json_file(&path("empty.json"), 1000), ReadResult::Unparseable { len: 0, .. }));
         assert!(matches!(
             read_json_file(&path("garbage.json"), 1000),
             ReadResult::Unparseable { len: 16, .. }
         ));
         assert_eq!(
             read_json_file(&path("array.json"), 1000),
-            ReadResult::Unparseable {
-                len: 6,
-                error: "expected a JSON object, found an array".to_string()
-            }
+            ReadResult::Unparseable { len: 6, error: "expected a JSON object, found an array".to_string() }
         );
-        assert!(matches!(
-            read_json_file(&path("string.json"), 1000),
-            ReadResult::Unparseable { len: 3, .. }
-        ));
-        assert!(matches!(
-            read_json_file(&path("dir.json"), 1000),
-            ReadResult::Unparseable { .. }
-        ));
+        assert!(matches!(read_json_file(&path("string.json"), 1000), ReadResult::Unparseable { len: 3, .. }));
+        assert!(matches!(read_json_file(&path("dir.json"), 1000), ReadResult::Unparseable { .. }));
         assert_eq!(
             read_json_file(&path("ok.json"), 1000),
             ReadResult::Parsed(json!({"status": "success", "output": [1]}))
         );
         // A limit at the top of the range must not overflow `max_bytes + 1`.
-        assert!(matches!(
-            read_json_file(&path("ok.json"), u64::MAX),
-            ReadResult::Parsed(_)
-        ));
+        assert!(matches!(read_json_file(&path("ok.json"), u64::MAX), ReadResult::Parsed(_)));
     }
 
     #[test]
@@ -529,10 +450,7 @@ mod tests {
             fs::write(dir.path().join(name), "{}").unwrap();
         }
         remove_task_files(dir.path(), "t").unwrap();
-        assert_eq!(
-            scan(dir.path()).unwrap(),
-            vec![("u".to_string(), FileKind::Result)]
-        );
+        assert_eq!(scan(dir.path()).unwrap(), vec![("u".to_string(), FileKind::Result)]);
         // Nothing left to remove is not an error.
         remove_task_files(dir.path(), "t").unwrap();
         remove_task_files(dir.path(), "never-existed").unwrap();
@@ -556,47 +474,21 @@ mod tests {
         let event = |kind: EventKind| notify::Event::new(kind).add_path(path.clone());
         let changed = Some(ResultsEvent::Changed(vec![path.clone()]));
 
+        assert_eq!(results_event(Ok(event(EventKind::Create(CreateKind::File)))), changed);
+        assert_eq!(results_event(Ok(event(EventKind::Modify(ModifyKind::Any)))), changed);
         assert_eq!(
-            results_event(Ok(event(EventKind::Create(CreateKind::File)))),
-            changed
-        );
-        assert_eq!(
-            results_event(Ok(event(EventKind::Modify(ModifyKind::Any)))),
-            changed
-        );
-        assert_eq!(
-            results_event(Ok(event(EventKind::Access(AccessKind::Close(
-                AccessMode::Write
-            ))))),
+            results_event(Ok(event(EventKind::Access(AccessKind::Close(AccessMode::Write))))),
             changed
         );
         // Our own reads must not echo back as events.
+        assert_eq!(results_event(Ok(event(EventKind::Access(AccessKind::Open(AccessMode::Any))))), None);
+        assert_eq!(results_event(Ok(event(EventKind::Access(AccessKind::Close(AccessMode::Read))))), None);
         assert_eq!(
-            results_event(Ok(event(EventKind::Access(AccessKind::Open(
-                AccessMode::Any
-            ))))),
-            None
-        );
-        assert_eq!(
-            results_event(Ok(event(EventKind::Access(AccessKind::Close(
-                AccessMode::Read
-            ))))),
-            None
-        );
-        assert_eq!(
-            results_event(Ok(
-                notify::Event::new(EventKind::Other).set_flag(Flag::Rescan)
-            )),
+            results_event(Ok(notify::Event::new(EventKind::Other).set_flag(Flag::Rescan))),
             Some(ResultsEvent::Rescan)
         );
-        assert_eq!(
-            results_event(Ok(notify::Event::new(EventKind::Any))),
-            Some(ResultsEvent::Rescan)
-        );
-        assert_eq!(
-            results_event(Err(notify::Error::generic("queue overflow"))),
-            Some(ResultsEvent::Rescan)
-        );
+        assert_eq!(results_event(Ok(notify::Event::new(EventKind::Any))), Some(ResultsEvent::Rescan));
+        assert_eq!(results_event(Err(notify::Error::generic("queue overflow"))), Some(ResultsEvent::Rescan));
     }
 
     #[test]

@@ -268,6 +268,11 @@ mod tests {
     }
 
     #[test]
+    fn demo_is_a_command() {
+        assert_eq!(parse(&["--demo"]), Ok(Command::Demo));
+    }
+
+    #[test]
     fn help_wins() {
         assert_eq!(parse(&["--port", "1", "--help"]), Ok(Command::Help));
         assert_eq!(parse(&["-h"]), Ok(Command::Help));
@@ -278,7 +283,7 @@ mod tests {
         assert!(parse(&["--port"]).unwrap_err().contains("needs a value"));
         assert!(parse(&["--port", "x"]).unwrap_err().contains("port number"));
         assert!(parse(&["--port", "70000"]).is_err());
-        assert!(parse(&["--demo"]).unwrap_err().contains("unknown argument"));
+        assert!(parse(&["--bogus"]).unwrap_err().contains("unknown argument"));
         assert!(parse(&["--token", ""]).unwrap_err().contains("empty"));
         assert!(parse(&["--accept-timeout-ms", "-1"]).is_err());
     }
