@@ -754,3 +754,27 @@ fn retry_in_reasons_parse() {
     assert_eq!(parse_retry_in("violations; retry in 2.5s"), Some(Duration::from_millis(2_500)));
     assert_eq!(parse_retry_in("bye"), None);
 }
+
+#[test]
+fn a_task_whose_result_never_comes_fails_at_task_timeout() {
+    let mut h = Harness::with(Settings { task_timeout: Some(ms(5_000)), ..settings() }, QueueFile::default());
+    h.identify();
+    h.at(100).assign(TASK, 3);
+    h.wake_done(1, WakeStatus::Success);
+    h.files(true, ReadResult::Missing);
+    assert_eq!(h.deadline_ms(), Some(5_100));
+    h.tick(5_099);
+    assert!(h.sent().is_empty());
+    h.tick(5_100);
+    assert_eq!(h.sent()[0]["reason"], "task_timeout");
+}
+
+#[test]
+fn a_task_timeout_kills_a_wake_still_running() {
+    let mut h = Harness::with(Settings { task_timeout: Some(ms(1_000)), ..settings() }, QueueFile::default());
+    h.identify();
+    h.assign(TASK, 3);
+    h.tick(1_000);
+    assert!(h.has(|e| matches!(e, Effect::CancelWake { .. })));
+    assert_eq!(h.sent()[0]["reason"], "task_timeout");
+}

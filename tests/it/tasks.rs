@@ -354,9 +354,11 @@ fn a_result_written_during_an_outage_reaches_a_hub_that_still_holds_the_task() {
     wait_until("a report persisted while offline", || {
         sidecar.queue()["active"]["report"].is_object().then_some(())
     });
-    // Come back after the sidecar has failed to reconnect a few times.
-    wait_until("failed reconnects", || {
-        (sidecar.lifecycle().matches("\"disconnected\"").count() >= 3).then_some(())
+    // Come back 2 s later, after the sidecar has failed to reconnect a few times.
+    let outage = std::time::Instant::now();
+    wait_until("a 2 s outage with failed reconnects", || {
+        let failures = sidecar.lifecycle().matches("\"disconnected\"").count();
+        (outage.elapsed() >= Duration::from_secs(2) && failures >= 3).then_some(())
     });
     let mut options = DevHubOptions::new(AGENT, TOKEN);
     options.bind = addr;
@@ -522,4 +524,121 @@ fn killed_after_the_result_is_read_before_it_is_sent() {
 #[test]
 fn killed_after_the_result_is_sent_before_its_ack() {
     crash_and_restart(Crash::AfterReceivedUnanswered("task_complete"));
+}
+
+// ----- newer hub frames, shutdown, status -------------------------------------
+
+/// A wake command that records its background child's pid and hangs.
+fn hanging_wake(dir: &Path) -> String {
+    format!("sleep 30 & echo $! > {}; wait", dir.join("grandchild.pid").display())
+}
+
+fn wait_gone(dir: &Path) {
+    let pid_file = dir.join("grandchild.pid");
+    let pid = wait_until("the wake command to start", || {
+        fs::read_to_string(&pid_file).ok().filter(|p| !p.trim().is_empty()).map(|p| p.trim().to_owned())
+    });
+    wait_until("the wake command's child to be gone", || {
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        (stat.is_empty() || stat.contains(") Z ")).then_some(())
+    });
+}
+
+#[test]
+fn task_cancelled_kills_the_wake_and_reports_nothing() {
+    let (hub, dir, mut cfg) = setup(None);
+    cfg["wake_command"] = json!(hanging_wake(dir.path()));
+    let sidecar = Sidecar::start(dir.path(), &cfg);
+    expect_identified(&hub);
+    let task_id = hub.push_task(AGENT, "d", json!({}));
+    expect_received(&hub, "task_accepted");
+    wait_until("the wake to start", || dir.path().join("grandchild.pid").exists().then_some(()));
+    hub.send_raw(AGENT, json!({"type":"task_cancelled","task_id":task_id,"timestamp":1}));
+    wait_gone(dir.path());
+    wait_until("an empty queue", || sidecar.queue()["active"].is_null().then_some(()));
+    let reported = hub.wait_for(Duration::from_millis(300), |e| {
+        matches!(e, DevHubEvent::Received { frame, .. } if frame["type"] == "task_failed" || frame["type"] == "task_complete")
+    });
+    assert!(reported.is_none(), "nothing is reported for a cancelled task: {reported:?}");
+}
+
+#[test]
+fn restart_sidecar_persists_and_exits_cleanly() {
+    let (hub, dir, mut cfg) = setup(None);
+    cfg["wake_command"] = json!(confirming_wake(dir.path()));
+    let mut sidecar = Sidecar::start(dir.path(), &cfg);
+    expect_identified(&hub);
+    let task_id = hub.push_task(AGENT, "d", json!({}));
+    wait_until("the agent to confirm", || started_file(&sidecar, &task_id).exists().then_some(()));
+    hub.send_raw(AGENT, json!({"type":"restart_sidecar","reason":"update"}));
+    let status = sidecar.wait_exit(FAILSAFE).expect("the sidecar exits");
+    assert!(status.success(), "{status:?}");
+    assert_eq!(sidecar.queue()["active"]["task_id"], task_id.as_str(), "the task survives the restart");
+}
+
+#[test]
+fn a_stop_leaves_no_orphaned_wake_command() {
+    let (hub, dir, mut cfg) = setup(None);
+    cfg["wake_command"] = json!(hanging_wake(dir.path()));
+    let mut sidecar = Sidecar::start(dir.path(), &cfg);
+    expect_identified(&hub);
+    hub.push_task(AGENT, "d", json!({}));
+    wait_until("the wake to start", || dir.path().join("grandchild.pid").exists().then_some(()));
+    sidecar.signal("INT");
+    assert!(sidecar.wait_exit(FAILSAFE).expect("exits").success());
+    wait_gone(dir.path());
+    assert_eq!(sidecar.queue()["active"]["status"], "waking", "woken again after the restart");
+}
+
+#[test]
+fn results_of_tasks_we_do_not_hold_are_left_alone() {
+    let (hub, dir, mut cfg) = setup(None);
+    cfg["wake_command"] = json!(confirming_wake(dir.path()));
+    let sidecar = Sidecar::start(dir.path(), &cfg);
+    expect_identified(&hub);
+    let foreign = sidecar.results_dir().join("task-someone-else.json");
+    fs::write(&foreign, r#"{"status":"success"}"#).unwrap();
+    let task_id = hub.push_task(AGENT, "d", json!({}));
+    wait_until("the agent to confirm", || started_file(&sidecar, &task_id).exists().then_some(()));
+    write_result(&sidecar, &task_id, &json!({"status":"success","output":1}));
+    assert_eq!(expect_received(&hub, "task_complete")["task_id"], task_id.as_str());
+    expect_sent(&hub, "task_ack");
+    assert!(foreign.exists(), "a file of another task was touched");
+    sidecar.wait_output("belongs to no task we hold");
+}
+
+fn status_of(dir: &Path) -> (i32, String) {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_agentcom-sidecar"))
+        .arg("status")
+        .arg("--config")
+        .arg(dir.join("config.json"))
+        .output()
+        .unwrap();
+    (output.status.code().unwrap_or(-1), String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+#[test]
+fn status_reads_the_tree_without_a_hub_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), "ws://127.0.0.1:9/ws");
+    fs::write(dir.path().join("config.json"), cfg.to_string()).unwrap();
+    let (code, out) = status_of(dir.path());
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("verdict: idle"), "{out}");
+
+    let queue = json!({"active":{"task_id":"task-1","description":"d","metadata":{},"status":"working",
+        "assigned_at":1u64,"generation":2,"wake_attempts":1,"report":{"type":"failed","reason":"x"}},"recovering":null});
+    fs::write(dir.path().join("queue.json"), queue.to_string()).unwrap();
+    let (code, out) = status_of(dir.path());
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("active: task-1 generation 2 status working"), "{out}");
+    assert!(out.contains("pending report: task_failed"), "{out}");
+
+    fs::write(dir.path().join("queue.json"), "{corrupt").unwrap();
+    let (code, out) = status_of(dir.path());
+    assert_eq!(code, 1);
+    assert!(out.contains("CORRUPT"), "{out}");
+    assert_eq!(fs::read_to_string(dir.path().join("queue.json")).unwrap(), "{corrupt");
+    let names: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(names.len(), 2, "status wrote nothing: {names:?}");
 }
