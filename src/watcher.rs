@@ -1,1 +1,652 @@
-//! (placeholder: watcher)
+//! The results directory: a notify watcher that turns file-system activity
+//! into [`ResultsEvent`] hints, plus the pure helpers the event loop uses to
+//! name, classify, scan, read and delete the files an agent writes there.
+//!
+//! The agent writes `RESULTS_DIR/<task_id>.started` (it woke up),
+//! `RESULTS_DIR/<task_id>.progress` (a small JSON object with `progress` and
+//! `message`) and finally `RESULTS_DIR/<task_id>.json` (the result). See
+//! PROTOCOL.md section 8.
+//!
+//! File watching is unreliable (vfs-notify says as much): events can be
+//! coalesced, dropped on queue overflow, or never come on some file systems.
+//! So events are only hints. The loop rescans the directory with [`scan`] at
+//! start-up, on every event and after every [`ResultsEvent::Rescan`].
+
+use std::fs;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+
+use notify::event::{AccessKind, AccessMode};
+use notify::{EventKind, RecursiveMode, Watcher};
+
+/// What the watcher saw. Both variants are hints to look at the directory
+/// again; neither says what is in it now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ResultsEvent {
+    /// These paths were created, written, renamed or removed.
+    Changed(Vec<PathBuf>),
+    /// The watcher lost track (an error or an event-queue overflow): anything
+    /// may have changed, so rescan the whole directory.
+    Rescan,
+}
+
+/// Watches one results directory, non-recursively. The loop owns this value;
+/// dropping it stops watching (notify's watcher shuts its thread down on
+/// drop), after which `on_event` is no longer called.
+pub struct ResultsWatcher {
+    _watcher: notify::RecommendedWatcher,
+}
+
+/// The three files an agent writes for a task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileKind {
+    /// `<task_id>.started`: the agent confirms it woke up.
+    Started,
+    /// `<task_id>.json`: the result, sent to the hub as `result`.
+    Result,
+    /// `<task_id>.progress`: `{"progress":0..100,"message":...}`.
+    Progress,
+}
+
+/// What [`read_json_file`] found.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ReadResult {
+    /// No such file (yet, or any more).
+    Missing,
+    /// The file is larger than allowed; it was not read.
+    TooLarge { len: u64 },
+    /// The file is not a JSON object: empty, cut off mid-write, garbage, some
+    /// other JSON value, or unreadable (then `error` says why).
+    Unparseable { len: u64, error: String },
+    /// The file holds a JSON object (always a `Value::Object`).
+    Parsed(serde_json::Value),
+}
+
+/// Longest task id we accept, in bytes. The id names files, so it must stay
+/// well below file-name limits (255 bytes on common file systems) with the
+/// longest suffix added.
+pub const MAX_TASK_ID_LEN: usize = 128;
+
+impl ResultsWatcher {
+    /// Creates `dir` if it is missing and starts watching it. `on_event` runs
+    /// on notify's own thread; it should only forward the event (e.g.
+    /// `let _ = tx.send(..)`, where a failed send just means we are shutting
+    /// down).
+    pub fn start(
+        dir: &Path,
+        on_event: Box<dyn Fn(ResultsEvent) + Send + Sync>,
+    ) -> Result<ResultsWatcher, String> {
+        fs::create_dir_all(dir).map_err(|error| {
+            format!("cannot create results directory {}: {error}", dir.display())
+        })?;
+        let mut watcher =
+            notify::recommended_watcher(move |result: notify::Result<notify::Event>| {
+                if let Some(event) = results_event(result) {
+                    on_event(event);
+                }
+            })
+            .map_err(|error| {
+                format!(
+                    "cannot start a file watcher for results directory {}: {error}",
+                    dir.display()
+                )
+            })?;
+        watcher
+            .watch(dir, RecursiveMode::NonRecursive)
+            .map_err(|error| {
+                format!("cannot watch results directory {}: {error}", dir.display())
+            })?;
+        Ok(ResultsWatcher { _watcher: watcher })
+    }
+}
+
+impl FileKind {
+    /// The file-name suffix, without the dot.
+    pub fn extension(self) -> &'static str {
+        match self {
+            FileKind::Started => "started",
+            FileKind::Result => "json",
+            FileKind::Progress => "progress",
+        }
+    }
+
+    const ALL: [FileKind; 3] = [FileKind::Started, FileKind::Result, FileKind::Progress];
+}
+
+/// Splits a file name from the results directory into its task id and kind.
+/// Returns `None` for anything else, including temporary and hidden files
+/// (leading `.`, trailing `.tmp` or `~`), which well-behaved agents write
+/// before renaming into place, and names whose id is not a valid task id.
+pub fn classify(file_name: &str) -> Option<(String, FileKind)> {
+    if file_name.starts_with('.') || file_name.ends_with(".tmp") || file_name.ends_with('~') {
+        return None;
+    }
+    FileKind::ALL.into_iter().find_map(|kind| {
+        let task_id = file_name
+            .strip_suffix(kind.extension())?
+            .strip_suffix('.')?;
+        is_valid_task_id(task_id).then(|| (task_id.to_string(), kind))
+    })
+}
+
+/// Whether `id` may name files in the results directory: 1 to 128 bytes of
+/// `[A-Za-z0-9._-]` (PROTOCOL.md section 5), and not `.` or `..`.
+///
+/// This is slightly stricter than the protocol's character class: an id
+/// starting with `.` is refused too. Its files would be hidden files, which
+/// [`classify`] ignores, so such a task could never be confirmed or finish;
+/// refusing it up front fails it visibly instead. `.` and `..` are covered by
+/// the same rule. Real hub ids are `task-` plus hex digits.
+pub fn is_valid_task_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_TASK_ID_LEN
+        && !id.starts_with('.')
+        && id
+            .bytes()
+            .all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'.' | b'_' | b'-'))
+}
+
+/// `results_dir/<task_id>.<extension>`. The caller must have checked the id
+/// with [`is_valid_task_id`]; otherwise the path could leave `results_dir`.
+pub fn task_file_path(results_dir: &Path, task_id: &str, kind: FileKind) -> PathBuf {
+    results_dir.join(format!("{task_id}.{}", kind.extension()))
+}
+
+/// Lists the task files in `dir`, sorted by task id and kind so callers see a
+/// stable order. Directories and names that [`classify`] rejects (including
+/// names that are not UTF-8) are skipped.
+pub fn scan(dir: &Path) -> io::Result<Vec<(String, FileKind)>> {
+    let mut found = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let entry = entry?;
+        let Some(file_name) = entry.file_name().to_str().map(str::to_owned) else {
+            continue;
+        };
+        let Some((task_id, kind)) = classify(&file_name) else {
+            continue;
+        };
+        // The entry may vanish between read_dir and here (the agent renames,
+        // the loop deletes); then it is simply not listed.
+        match entry.file_type() {
+            Ok(file_type) if file_type.is_dir() => continue,
+            Ok(_) => found.push((task_id, kind)),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => continue,
+            Err(error) => return Err(error),
+        }
+    }
+    found.sort_by(|a, b| (&a.0, kind_order(a.1)).cmp(&(&b.0, kind_order(b.1))));
+    Ok(found)
+}
+
+/// Reads a small JSON object from `path`, never reading more than
+/// `max_bytes + 1` bytes, so a runaway agent cannot make the sidecar allocate
+/// without bound. The length is checked from the open file's metadata before
+/// reading, and again while reading in case the file grows.
+///
+/// A file being written without a rename is caught mid-write as
+/// `Unparseable`; the caller decides how long to wait for it to settle.
+pub fn read_json_file(path: &Path, max_bytes: u64) -> ReadResult {
+    let file = match fs::File::open(path) {
+        Ok(file) => file,
+        Err(error) if error.kind() == io::ErrorKind::NotFound => return ReadResult::Missing,
+        Err(error) => {
+            return ReadResult::Unparseable {
+                len: 0,
+                error: format!("cannot open: {error}"),
+            }
+        }
+    };
+    // Metadata of the open file, not of the path, so it describes the same
+    // file we read even if the agent renames another one into place.
+    let metadata = match file.metadata() {
+        Ok(metadata) => metadata,
+        Err(error) => {
+            return ReadResult::Unparseable {
+                len: 0,
+                error: format!("cannot read metadata: {error}"),
+            }
+        }
+    };
+    let len = metadata.len();
+    if !metadata.is_file() {
+        return ReadResult::Unparseable {
+            len,
+            error: "not a regular file".to_string(),
+        };
+    }
+    if len > max_bytes {
+        return ReadResult::TooLarge { len };
+    }
+    let mut bytes = Vec::new();
+    if let Err(error) = file
+        .take(max_bytes.saturating_add(1))
+        .read_to_end(&mut bytes)
+    {
+        return ReadResult::Unparseable {
+            len,
+            error: format!("cannot read: {error}"),
+        };
+    }
+    let read_len = bytes.len() as u64;
+    if read_len > max_bytes {
+        // The file grew past the limit after the metadata check.
+        return ReadResult::TooLarge { len: read_len };
+    }
+    match serde_json::from_slice::<serde_json::Value>(&bytes) {
+        Ok(value @ serde_json::Value::Object(_)) => ReadResult::Parsed(value),
+        Ok(other) => ReadResult::Unparseable {
+            len: read_len,
+            error: format!("expected a JSON object, found {}", json_type_name(&other)),
+        },
+        Err(error) => ReadResult::Unparseable {
+            len: read_len,
+            error: error.to_string(),
+        },
+    }
+}
+
+/// Deletes the `.started`, `.json` and `.progress` files of a task. Missing
+/// files are fine. All three are attempted even if one fails; the first error
+/// is returned. An invalid task id is refused, because its path could point
+/// outside `results_dir`.
+pub fn remove_task_files(results_dir: &Path, task_id: &str) -> io::Result<()> {
+    if !is_valid_task_id(task_id) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("refusing to remove files of invalid task id {task_id:?}"),
+        ));
+    }
+    let mut first_error = None;
+    for kind in FileKind::ALL {
+        match fs::remove_file(task_file_path(results_dir, task_id, kind)) {
+            Ok(()) => {}
+            Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+            Err(error) => {
+                first_error.get_or_insert(error);
+            }
+        }
+    }
+    match first_error {
+        Some(error) => Err(error),
+        None => Ok(()),
+    }
+}
+
+/// Maps one notify result to a hint, or `None` for events that cannot mean a
+/// task file changed.
+///
+/// Read-only accesses are dropped on purpose: notify's inotify backend
+/// reports every open and every close-without-write, so our own reads of a
+/// result file would otherwise come back as events and make the loop read the
+/// file again, forever. A close after writing is kept: it is often the last
+/// event of a non-atomic write.
+fn results_event(result: notify::Result<notify::Event>) -> Option<ResultsEvent> {
+    let event = match result {
+        Ok(event) => event,
+        Err(error) => {
+            log::warn!("results watcher error, rescanning: {error}");
+            return Some(ResultsEvent::Rescan);
+        }
+    };
+    if event.need_rescan() {
+        return Some(ResultsEvent::Rescan);
+    }
+    match event.kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => {}
+        EventKind::Access(_) => return None,
+        _ => {}
+    }
+    if event.paths.is_empty() {
+        // An event that names no path says "something happened here".
+        return Some(ResultsEvent::Rescan);
+    }
+    Some(ResultsEvent::Changed(event.paths))
+}
+
+fn kind_order(kind: FileKind) -> u8 {
+    match kind {
+        FileKind::Started => 0,
+        FileKind::Progress => 1,
+        FileKind::Result => 2,
+    }
+}
+
+fn json_type_name(value: &serde_json::Value) -> &'static str {
+    match value {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "an array",
+        serde_json::Value::Object(_) => "an object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use crossbeam_channel::{select, unbounded};
+    use notify::event::{CreateKind, Flag, ModifyKind};
+    use serde_json::json;
+
+    use super::*;
+
+    /// Generous, so a loaded machine does not fail a correct test; a broken
+    /// watcher fails it all the same.
+    const FAILSAFE: Duration = Duration::from_secs(10);
+
+    #[test]
+    fn classify_table() {
+        let long_id = "a".repeat(MAX_TASK_ID_LEN);
+        let too_long_name = format!("{}.json", "a".repeat(MAX_TASK_ID_LEN + 1));
+        let long_name = format!("{long_id}.json");
+        let cases: Vec<(&str, Option<(&str, FileKind)>)> = vec![
+            ("task-1f2e.started", Some(("task-1f2e", FileKind::Started))),
+            ("task-1f2e.json", Some(("task-1f2e", FileKind::Result))),
+            (
+                "task-1f2e.progress",
+                Some(("task-1f2e", FileKind::Progress)),
+            ),
+            ("a.b_c-D9.json", Some(("a.b_c-D9", FileKind::Result))),
+            // The id itself may end in ".json"; only the last suffix counts.
+            ("x.json.json", Some(("x.json", FileKind::Result))),
+            (&long_name, Some((&long_id, FileKind::Result))),
+            (&too_long_name, None),
+            // Temporary and hidden files.
+            (".task-1.json", None),
+            ("task-1.json.tmp", None),
+            ("task-1.json~", None),
+            ("task-1.tmp", None),
+            // Not task files.
+            ("task-1", None),
+            ("task-1.txt", None),
+            ("task-1.JSON", None),
+            (".json", None),
+            ("json", None),
+            ("", None),
+            ("...json", None),
+            ("..json", None),
+            ("a b.json", None),
+            ("a/b.json", None),
+            ("../x.json", None),
+            ("tâche.json", None),
+        ];
+        for (file_name, expected) in cases {
+            let expected = expected.map(|(id, kind)| (id.to_string(), kind));
+            assert_eq!(classify(file_name), expected, "classify({file_name:?})");
+        }
+    }
+
+    #[test]
+    fn is_valid_task_id_table() {
+        let cases: Vec<(String, bool)> = vec![
+            ("task-0123456789abcdef".into(), true),
+            ("A.b_c-9".into(), true),
+            ("a".into(), true),
+            ("a".repeat(128), true),
+            ("a".repeat(129), false),
+            ("a".repeat(200), false),
+            ("".into(), false),
+            (".".into(), false),
+            ("..".into(), false),
+            (".hidden".into(), false),
+            ("../x".into(), false),
+            ("a/b".into(), false),
+            ("a\\b".into(), false),
+            ("a b".into(), false),
+            ("a\0b".into(), false),
+            ("a\nb".into(), false),
+            ("é".into(), false),
+            ("$(touch x)".into(), false),
+        ];
+        for (id, expected) in cases {
+            assert_eq!(is_valid_task_id(&id), expected, "is_valid_task_id({id:?})");
+        }
+    }
+
+    #[test]
+    fn task_file_path_names_each_kind() {
+        let dir = Path::new("/results");
+        assert_eq!(
+            task_file_path(dir, "t-1", FileKind::Started),
+            Path::new("/results/t-1.started")
+        );
+        assert_eq!(
+            task_file_path(dir, "t-1", FileKind::Result),
+            Path::new("/results/t-1.json")
+        );
+        assert_eq!(
+            task_file_path(dir, "t-1", FileKind::Progress),
+            Path::new("/results/t-1.progress")
+        );
+        for kind in FileKind::ALL {
+            let path = task_file_path(dir, "t-1", kind);
+            let file_name = path.file_name().unwrap().to_str().unwrap();
+            assert_eq!(classify(file_name), Some(("t-1".to_string(), kind)));
+        }
+    }
+
+    #[test]
+    fn scan_lists_task_files_only_in_stable_order() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in [
+            "b.json",
+            "a.json",
+            "a.started",
+            "a.progress",
+            ".a.json",
+            "a.json.tmp",
+            "notes.txt",
+        ] {
+            fs::write(dir.path().join(name), "{}").unwrap();
+        }
+        fs::create_dir(dir.path().join("c.json")).unwrap();
+        let found = scan(dir.path()).unwrap();
+        assert_eq!(
+            found,
+            vec![
+                ("a".to_string(), FileKind::Started),
+                ("a".to_string(), FileKind::Progress),
+                ("a".to_string(), FileKind::Result),
+                ("b".to_string(), FileKind::Result),
+            ]
+        );
+    }
+
+    #[test]
+    fn scan_of_missing_dir_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(scan(&dir.path().join("missing")).is_err());
+    }
+
+    #[test]
+    fn read_json_file_cases() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = |name: &str| dir.path().join(name);
+        fs::write(path("empty.json"), "").unwrap();
+        fs::write(path("garbage.json"), "{\"status\": \"succ").unwrap();
+        fs::write(path("array.json"), "[1, 2]").unwrap();
+        fs::write(path("string.json"), "\"x\"").unwrap();
+        fs::write(
+            path("big.json"),
+            format!("{{\"x\":\"{}\"}}", "a".repeat(100)),
+        )
+        .unwrap();
+        fs::write(path("ok.json"), r#"{"status":"success","output":[1]}"#).unwrap();
+        fs::create_dir(path("dir.json")).unwrap();
+
+        assert_eq!(
+            read_json_file(&path("missing.json"), 1000),
+            ReadResult::Missing
+        );
+        assert_eq!(
+            read_json_file(&path("big.json"), 100),
+            ReadResult::TooLarge { len: 108 }
+        );
+        assert!(matches!(
+            read_json_file(&path("big.json"), 108),
+            ReadResult::Parsed(_)
+        ));
+        assert!(matches!(
+            read_json_file(&path("empty.json"), 1000),
+            ReadResult::Unparseable { len: 0, .. }
+        ));
+        assert!(matches!(
+            read_json_file(&path("garbage.json"), 1000),
+            ReadResult::Unparseable { len: 16, .. }
+        ));
+        assert_eq!(
+            read_json_file(&path("array.json"), 1000),
+            ReadResult::Unparseable {
+                len: 6,
+                error: "expected a JSON object, found an array".to_string()
+            }
+        );
+        assert!(matches!(
+            read_json_file(&path("string.json"), 1000),
+            ReadResult::Unparseable { len: 3, .. }
+        ));
+        assert!(matches!(
+            read_json_file(&path("dir.json"), 1000),
+            ReadResult::Unparseable { .. }
+        ));
+        assert_eq!(
+            read_json_file(&path("ok.json"), 1000),
+            ReadResult::Parsed(json!({"status": "success", "output": [1]}))
+        );
+        // A limit at the top of the range must not overflow `max_bytes + 1`.
+        assert!(matches!(
+            read_json_file(&path("ok.json"), u64::MAX),
+            ReadResult::Parsed(_)
+        ));
+    }
+
+    #[test]
+    fn remove_task_files_removes_all_three_and_tolerates_missing() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["t.started", "t.json", "t.progress", "u.json"] {
+            fs::write(dir.path().join(name), "{}").unwrap();
+        }
+        remove_task_files(dir.path(), "t").unwrap();
+        assert_eq!(
+            scan(dir.path()).unwrap(),
+            vec![("u".to_string(), FileKind::Result)]
+        );
+        // Nothing left to remove is not an error.
+        remove_task_files(dir.path(), "t").unwrap();
+        remove_task_files(dir.path(), "never-existed").unwrap();
+    }
+
+    #[test]
+    fn remove_task_files_refuses_invalid_ids() {
+        let parent = tempfile::tempdir().unwrap();
+        let results_dir = parent.path().join("results");
+        fs::create_dir(&results_dir).unwrap();
+        // A file one level up that a traversal id would reach.
+        fs::write(parent.path().join("victim.json"), "{}").unwrap();
+        let error = remove_task_files(&results_dir, "../victim").unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::InvalidInput);
+        assert!(parent.path().join("victim.json").exists());
+    }
+
+    #[test]
+    fn results_event_mapping() {
+        let path = PathBuf::from("/results/t.json");
+        let event = |kind: EventKind| notify::Event::new(kind).add_path(path.clone());
+        let changed = Some(ResultsEvent::Changed(vec![path.clone()]));
+
+        assert_eq!(
+            results_event(Ok(event(EventKind::Create(CreateKind::File)))),
+            changed
+        );
+        assert_eq!(
+            results_event(Ok(event(EventKind::Modify(ModifyKind::Any)))),
+            changed
+        );
+        assert_eq!(
+            results_event(Ok(event(EventKind::Access(AccessKind::Close(
+                AccessMode::Write
+            ))))),
+            changed
+        );
+        // Our own reads must not echo back as events.
+        assert_eq!(
+            results_event(Ok(event(EventKind::Access(AccessKind::Open(
+                AccessMode::Any
+            ))))),
+            None
+        );
+        assert_eq!(
+            results_event(Ok(event(EventKind::Access(AccessKind::Close(
+                AccessMode::Read
+            ))))),
+            None
+        );
+        assert_eq!(
+            results_event(Ok(
+                notify::Event::new(EventKind::Other).set_flag(Flag::Rescan)
+            )),
+            Some(ResultsEvent::Rescan)
+        );
+        assert_eq!(
+            results_event(Ok(notify::Event::new(EventKind::Any))),
+            Some(ResultsEvent::Rescan)
+        );
+        assert_eq!(
+            results_event(Err(notify::Error::generic("queue overflow"))),
+            Some(ResultsEvent::Rescan)
+        );
+    }
+
+    #[test]
+    fn watcher_reports_a_new_file() {
+        let parent = tempfile::tempdir().unwrap();
+        // start() must create the directory.
+        let dir = parent.path().join("results");
+        let (tx, rx) = unbounded();
+        let watcher = ResultsWatcher::start(
+            &dir,
+            Box::new(move |event| {
+                let _ = tx.send(event);
+            }),
+        )
+        .unwrap();
+        fs::write(dir.join("task-1.json"), "{}").unwrap();
+
+        let deadline = crossbeam_channel::at(Instant::now() + FAILSAFE);
+        loop {
+            select! {
+                recv(rx) -> event => match event.expect("watcher callback dropped") {
+                    ResultsEvent::Changed(paths)
+                        if paths
+                            .iter()
+                            .any(|path| path.file_name() == Some("task-1.json".as_ref())) =>
+                    {
+                        break
+                    }
+                    _ => continue,
+                },
+                recv(deadline) -> _ => panic!("no Changed event for task-1.json within {FAILSAFE:?}"),
+            }
+        }
+        drop(watcher);
+    }
+
+    #[test]
+    fn watcher_start_error_is_readable() {
+        let dir = tempfile::tempdir().unwrap();
+        let not_a_dir = dir.path().join("file");
+        fs::write(&not_a_dir, "").unwrap();
+        let results_dir = not_a_dir.join("results");
+        let error = match ResultsWatcher::start(&results_dir, Box::new(|_| {})) {
+            Ok(_) => panic!("watching below a regular file must fail"),
+            Err(error) => error,
+        };
+        assert!(
+            error.starts_with("cannot create results directory ")
+                && error.contains(&*results_dir.to_string_lossy()),
+            "unexpected error text: {error}"
+        );
+    }
+}
