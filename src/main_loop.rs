@@ -239,7 +239,10 @@ impl Shell {
                 .filter_map(|p| p.file_name().and_then(|n| n.to_str()).map(str::to_owned))
                 .collect(),
             ResultsEvent::Rescan => match watcher::scan(&self.config.results_dir) {
-                Ok(entries) => entries.into_iter().map(|(task_id, kind)| file_name(&task_id, kind)).collect(),
+                Ok(entries) => entries
+                    .into_iter()
+                    .map(|(task_id, kind)| format!("{task_id}.{}", kind.extension()))
+                    .collect(),
                 Err(e) => {
                     log::warn!("cannot scan {}: {e}", self.config.results_dir.display());
                     Vec::new()
@@ -388,16 +391,13 @@ impl Shell {
             log::error!("asked to wake task {} without a wake_command", start.task_id);
             return;
         };
+        // The executor writes the task file (atomically) before the attempt
+        // and reports a failure to do so as a failed attempt.
         let task_file = self.task_file_path(&start.task_id);
-        if let Err(e) = task_file
-            .parent()
-            .map_or(Ok(()), std::fs::create_dir_all)
-            .and_then(|()| crate::wake::write_task_file(&task_file, &start.task_json))
-        {
-            log::warn!(
-                "cannot write the task file {}: {e}; the agent still gets the task through its environment",
-                task_file.display()
-            );
+        if let Some(dir) = task_file.parent() {
+            if let Err(e) = std::fs::create_dir_all(dir) {
+                log::warn!("cannot create {}: {e}", dir.display());
+            }
         }
         self.wake.run(WakeRequest {
             task_id: start.task_id,
@@ -449,12 +449,4 @@ impl Shell {
 /// hidden directory inside results_dir, which the results scan ignores.
 pub fn task_file_path(results_dir: &Path, task_id: &str) -> PathBuf {
     results_dir.join(".tasks").join(format!("{task_id}.json"))
-}
-
-fn file_name(task_id: &str, kind: FileKind) -> String {
-    match kind {
-        FileKind::Started => format!("{task_id}.started"),
-        FileKind::Result => format!("{task_id}.json"),
-        FileKind::Progress => format!("{task_id}.progress"),
-    }
 }
