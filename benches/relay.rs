@@ -69,6 +69,10 @@ fn main() {
         wait(&hub, |e| matches!(e, DevHubEvent::Sent { frame, .. } if frame["type"] == "task_ack"));
     }
 
+    // Let the last task's tail (file deletions seen by the watcher) pass, so
+    // the window measures the steady idle state.
+    hub.wait_for(Duration::from_secs(2), |_| false);
+    let per_thread_before = thread_switches(pid);
     let before = (cpu_ticks(pid), context_switches(pid));
     let idle_started = Instant::now();
     // Idle means nothing arrives; the hub's events would only be pings.
@@ -76,6 +80,13 @@ fn main() {
         hub.wait_for(IDLE_WINDOW.saturating_sub(idle_started.elapsed()), |_| false);
     }
     let after = (cpu_ticks(pid), context_switches(pid));
+    let per_thread: Vec<String> = thread_switches(pid)
+        .into_iter()
+        .map(|(name, n)| {
+            let before = per_thread_before.iter().find(|(b, _)| *b == name).map_or(0, |(_, b)| *b);
+            format!("{name} {}", n - before)
+        })
+        .collect();
     let ticks_per_second = 100.0; // USER_HZ on Linux
     let idle_cpu_ms = (after.0 - before.0) as f64 / ticks_per_second * 1000.0;
     let idle_switches = after.1 - before.1;
@@ -103,7 +114,7 @@ fn main() {
         idle_cpu_ms,
         idle_switches
     );
-    println!("{:<44} {threads}", "threads");
+    println!("{:<44} {threads} ({})", "threads (idle wake-ups each)", per_thread.join(", "));
     println!("{:<44} {rss} (peak {hwm})", "resident memory");
     println!("{:<44} {:.2} MiB", "binary size", size as f64 / 1024.0 / 1024.0);
 }
@@ -151,17 +162,28 @@ fn cpu_ticks(pid: u32) -> u64 {
 /// Voluntary + involuntary context switches summed over every thread: how
 /// often the process woke up.
 fn context_switches(pid: u32) -> u64 {
-    let mut total = 0;
+    thread_switches(pid).iter().map(|(_, n)| n).sum()
+}
+
+/// Context switches per thread, as (name#tid, count).
+fn thread_switches(pid: u32) -> Vec<(String, u64)> {
+    let mut threads = Vec::new();
     for task in fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten() {
         let status = fs::read_to_string(task.path().join("status")).unwrap_or_default();
+        let mut name = String::new();
+        let mut switches = 0;
         for line in status.lines() {
-            if let Some(v) = line
+            if let Some(n) = line.strip_prefix("Name:") {
+                name = format!("{}#{}", n.trim(), task.file_name().to_string_lossy());
+            }
+            let count = line
                 .strip_prefix("voluntary_ctxt_switches:")
-                .or_else(|| line.strip_prefix("nonvoluntary_ctxt_switches:"))
-            {
-                total += v.trim().parse::<u64>().unwrap_or(0);
+                .or_else(|| line.strip_prefix("nonvoluntary_ctxt_switches:"));
+            if let Some(v) = count {
+                switches += v.trim().parse::<u64>().unwrap_or(0);
             }
         }
+        threads.push((name, switches));
     }
-    total
+    threads
 }
