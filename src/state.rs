@@ -658,13 +658,7 @@ impl State {
                         "task {task_id} assigned again at generation {}: a resend",
                         assign.generation
                     );
-                    self.send_expecting(
-                        protocol::out_task_accepted(&task_id),
-                        ReplyKind::Accepted,
-                        &task_id,
-                        assign.generation,
-                        fx,
-                    );
+                    self.accept(&task_id, assign.generation, fx);
                     return;
                 }
                 // The hub hands the same work back at a higher generation
@@ -682,13 +676,7 @@ impl State {
                 let resume = slot.crash_recovered;
                 slot.crash_recovered = false;
                 fx.push(Effect::Persist(Box::new(self.queue_file())));
-                self.send_expecting(
-                    protocol::out_task_accepted(&task_id),
-                    ReplyKind::Accepted,
-                    &task_id,
-                    assign.generation,
-                    fx,
-                );
+                self.accept(&task_id, assign.generation, fx);
                 if resume {
                     self.resume_work(now, fx);
                 }
@@ -700,7 +688,7 @@ impl State {
             }
             None if self.shutting_down => self.reject(Some(&task_id), "busy", fx),
             None => {
-                let record = TaskRecord {
+                let task = TaskRecord {
                     task_id: task_id.clone(),
                     description: assign.description,
                     metadata: assign.metadata,
@@ -711,21 +699,20 @@ impl State {
                     report: None,
                     extra: Map::new(),
                 };
-                log::info!("accepted task {task_id} (generation {})", record.generation);
-                fx.push(record_effect("task_accepted", task_fields(&record)));
-                self.slot = Some(Slot::new(record, false, Wake::NotStarted));
+                log::info!("accepted task {task_id} (generation {})", task.generation);
+                fx.push(record("task_accepted", task_fields(&task)));
+                self.slot = Some(Slot::new(task, false, Wake::NotStarted));
                 // Persist before acknowledging: the ack promises we hold it.
                 fx.push(Effect::Persist(Box::new(self.queue_file())));
-                self.send_expecting(
-                    protocol::out_task_accepted(&task_id),
-                    ReplyKind::Accepted,
-                    &task_id,
-                    assign.generation,
-                    fx,
-                );
+                self.accept(&task_id, assign.generation, fx);
                 self.resume_work(now, fx);
             }
         }
+    }
+
+    fn accept(&mut self, task_id: &str, generation: u64, fx: &mut Vec<Effect>) {
+        let text = protocol::out_task_accepted(task_id);
+        self.send_expecting(text, ReplyKind::Accepted, task_id, generation, fx);
     }
 
     fn reject(&mut self, task_id: Option<&str>, reason: &str, fx: &mut Vec<Effect>) {
@@ -1237,11 +1224,6 @@ impl Slot {
 
 fn record(event: &'static str, fields: Value) -> Effect {
     Effect::Record { event, fields }
-}
-
-// Same as `record`, named for the call site where `record` is a local.
-fn record_effect(event: &'static str, fields: Value) -> Effect {
-    record(event, fields)
 }
 
 fn task_fields(r: &TaskRecord) -> Value {

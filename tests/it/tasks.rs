@@ -58,6 +58,26 @@ fn setup(wake_command: Option<String>) -> (DevHub, tempfile::TempDir, Value) {
     (hub, dir, cfg)
 }
 
+/// A sidecar holding a task its agent has confirmed: the test then plays the
+/// agent and writes the result. `tweak` adjusts the config first.
+struct Working {
+    hub: DevHub,
+    dir: tempfile::TempDir,
+    sidecar: Sidecar,
+    task_id: String,
+}
+
+fn working(tweak: impl FnOnce(&mut Value)) -> Working {
+    let (hub, dir, mut cfg) = setup(None);
+    cfg["wake_command"] = json!(confirming_wake(dir.path()));
+    tweak(&mut cfg);
+    let sidecar = Sidecar::start(dir.path(), &cfg);
+    expect_identified(&hub);
+    let task_id = hub.push_task(AGENT, "d", json!({}));
+    wait_until("the agent to confirm", || started_file(&sidecar, &task_id).exists().then_some(()));
+    Working { hub, dir, sidecar, task_id }
+}
+
 #[test]
 fn happy_path_wake_confirm_result_complete_then_files_removed() {
     let hub = start_hub();
@@ -133,13 +153,9 @@ fn no_confirmation_fails_with_confirmation_timeout() {
 
 #[test]
 fn a_result_written_in_two_chunks_is_reported_once_and_whole() {
-    let (hub, dir, mut cfg) = setup(None);
-    cfg["wake_command"] = json!(confirming_wake(dir.path()));
-    cfg["result_settle_ms"] = json!(5_000);
-    let sidecar = Sidecar::start(dir.path(), &cfg);
-    expect_identified(&hub);
-    let task_id = hub.push_task(AGENT, "d", json!({}));
-    wait_until("the agent to confirm", || started_file(&sidecar, &task_id).exists().then_some(()));
+    let Working { hub, dir: _dir, sidecar, task_id } = working(|cfg| {
+        cfg["result_settle_ms"] = json!(5_000);
+    });
     let path = sidecar.results_dir().join(format!("{task_id}.json"));
     let text = json!({"status":"success","output":"two halves"}).to_string();
     let (first, second) = text.split_at(text.len() / 2);
@@ -216,13 +232,9 @@ fn hostile_text_never_runs_as_shell_code_and_reaches_the_agent_exactly() {
 
 #[test]
 fn progress_files_are_relayed() {
-    let (hub, dir, mut cfg) = setup(None);
-    cfg["wake_command"] = json!(confirming_wake(dir.path()));
-    cfg["progress_interval_ms"] = json!(0);
-    let sidecar = Sidecar::start(dir.path(), &cfg);
-    expect_identified(&hub);
-    let task_id = hub.push_task(AGENT, "d", json!({}));
-    wait_until("the agent to confirm", || started_file(&sidecar, &task_id).exists().then_some(()));
+    let Working { hub, dir: _dir, sidecar, task_id } = working(|cfg| {
+        cfg["progress_interval_ms"] = json!(0);
+    });
     fs::write(
         sidecar.results_dir().join(format!("{task_id}.progress")),
         r#"{"progress":40,"message":"reading"}"#,
@@ -341,12 +353,7 @@ fn a_dropped_socket_and_re_push_wake_once_and_report_under_the_new_generation() 
 
 #[test]
 fn a_result_written_during_an_outage_reaches_a_hub_that_still_holds_the_task() {
-    let (hub, dir, mut cfg) = setup(None);
-    cfg["wake_command"] = json!(confirming_wake(dir.path()));
-    let sidecar = Sidecar::start(dir.path(), &cfg);
-    expect_identified(&hub);
-    let task_id = hub.push_task(AGENT, "d", json!({}));
-    wait_until("the agent to confirm", || started_file(&sidecar, &task_id).exists().then_some(()));
+    let Working { hub, dir: _dir, sidecar, task_id } = working(|_| {});
     let addr = hub.addr();
     let generation = hub.task(&task_id).unwrap().generation;
     hub.stop();
@@ -371,12 +378,7 @@ fn a_result_written_during_an_outage_reaches_a_hub_that_still_holds_the_task() {
 
 #[test]
 fn a_result_for_a_task_the_hub_took_back_is_withheld() {
-    let (hub, dir, mut cfg) = setup(None);
-    cfg["wake_command"] = json!(confirming_wake(dir.path()));
-    let sidecar = Sidecar::start(dir.path(), &cfg);
-    expect_identified(&hub);
-    let task_id = hub.push_task(AGENT, "d", json!({}));
-    wait_until("the agent to confirm", || started_file(&sidecar, &task_id).exists().then_some(()));
+    let Working { hub, dir: _dir, sidecar, task_id } = working(|_| {});
     let addr = hub.addr();
     hub.stop();
     write_result(&sidecar, &task_id, &json!({"status":"success","output":"late"}));
@@ -404,12 +406,7 @@ fn a_result_for_a_task_the_hub_took_back_is_withheld() {
 
 #[test]
 fn a_rate_limited_completion_is_resent_after_retry_after_ms() {
-    let (hub, dir, mut cfg) = setup(None);
-    cfg["wake_command"] = json!(confirming_wake(dir.path()));
-    let sidecar = Sidecar::start(dir.path(), &cfg);
-    expect_identified(&hub);
-    let task_id = hub.push_task(AGENT, "d", json!({}));
-    wait_until("the agent to confirm", || started_file(&sidecar, &task_id).exists().then_some(()));
+    let Working { hub, dir: _dir, sidecar, task_id } = working(|_| {});
     hub.rate_limit_next("task_complete", 200);
     write_result(&sidecar, &task_id, &json!({"status":"success","output":"x"}));
     expect_received(&hub, "task_complete");
@@ -564,12 +561,7 @@ fn task_cancelled_kills_the_wake_and_reports_nothing() {
 
 #[test]
 fn restart_sidecar_persists_and_exits_cleanly() {
-    let (hub, dir, mut cfg) = setup(None);
-    cfg["wake_command"] = json!(confirming_wake(dir.path()));
-    let mut sidecar = Sidecar::start(dir.path(), &cfg);
-    expect_identified(&hub);
-    let task_id = hub.push_task(AGENT, "d", json!({}));
-    wait_until("the agent to confirm", || started_file(&sidecar, &task_id).exists().then_some(()));
+    let Working { hub, dir: _dir, mut sidecar, task_id } = working(|_| {});
     hub.send_raw(AGENT, json!({"type":"restart_sidecar","reason":"update"}));
     let status = sidecar.wait_exit(FAILSAFE).expect("the sidecar exits");
     assert!(status.success(), "{status:?}");
