@@ -200,7 +200,13 @@ impl Shell {
                     return Some(Input::Tick);
                 }
             };
-            log::debug!("event: {event:?}");
+            match &event {
+                // Frames can be large; their content is logged once parsed.
+                Event::Hub(HubEvent::Frame { conn_id, text }) => {
+                    log::debug!("event: frame of {} bytes on connection {conn_id}", text.len())
+                }
+                other => log::debug!("event: {other:?}"),
+            }
             match event {
                 Event::Hub(hub_event) => return Some(self.on_hub_event(hub_event)),
                 Event::Wake(outcome) => return Some(Input::WakeFinished(outcome)),

@@ -171,6 +171,9 @@ pub struct State {
     awaiting: VecDeque<Awaiting>,
     /// The last frame sent that a `rate_limited` may refer to.
     last_sent: Option<Resendable>,
+    /// The last frame sent was a heartbeat ping (so a `rate_limited` drops
+    /// the ping, not `last_sent`).
+    ping_was_last: bool,
     /// A frame the hub dropped with `rate_limited`, and when to resend it.
     resend: Option<(Instant, Resendable)>,
     slot: Option<Slot>,
@@ -285,6 +288,7 @@ impl State {
             reconnect_attempt: 0,
             awaiting: VecDeque::new(),
             last_sent: None,
+            ping_was_last: false,
             resend: None,
             slot,
             wake_running: None,
@@ -452,6 +456,7 @@ impl State {
         }
         self.awaiting.clear();
         self.last_sent = None;
+        self.ping_was_last = false;
         self.resend = None;
         if let Some(slot) = &mut self.slot {
             slot.needs_reconcile = true;
@@ -486,6 +491,7 @@ impl State {
             self.awaiting.push_back(entry.clone());
         }
         self.last_sent = Some(Resendable { text: text.clone(), awaiting });
+        self.ping_was_last = false;
         fx.push(Effect::Send { conn_id, text });
     }
 
@@ -622,6 +628,17 @@ impl State {
     }
 
     fn on_rate_limited(&mut self, retry_after_ms: u64, now: Instant) {
+        let retry_after = Duration::from_millis(retry_after_ms);
+        if self.ping_was_last {
+            // A dropped ping gets no pong: that is not a dead connection.
+            if let Conn::Ready { next_ping_at, pong_deadline, .. } = &mut self.conn {
+                log::warn!("hub rate-limited our ping; pinging again in {retry_after_ms} ms");
+                *pong_deadline = None;
+                *next_ping_at = now + retry_after;
+            }
+            self.ping_was_last = false;
+            return;
+        }
         // "The last frame was dropped: resend after N ms" (PROTOCOL.md
         // section 7). It will get no other answer, so it no longer awaits one.
         let Some(dropped) = self.last_sent.take() else {
@@ -634,7 +651,7 @@ impl State {
             }
         }
         log::warn!("hub rate-limited our last frame; resending in {retry_after_ms} ms");
-        self.resend = Some((now + Duration::from_millis(retry_after_ms), dropped));
+        self.resend = Some((now + retry_after, dropped));
     }
 
     // ----- tasks: intake ----------------------------------------------------
@@ -1134,6 +1151,7 @@ impl State {
             }
             Conn::Ready { conn_id, next_ping_at, pong_deadline: None } if now >= next_ping_at => {
                 fx.push(Effect::Send { conn_id, text: protocol::out_ping() });
+                self.ping_was_last = true;
                 self.conn = Conn::Ready {
                     conn_id,
                     next_ping_at: now + self.settings.heartbeat_interval,

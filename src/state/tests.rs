@@ -778,3 +778,17 @@ fn a_task_timeout_kills_a_wake_still_running() {
     assert!(h.has(|e| matches!(e, Effect::CancelWake { .. })));
     assert_eq!(h.sent()[0]["reason"], "task_timeout");
 }
+
+#[test]
+fn a_rate_limited_ping_is_sent_again_later_not_taken_for_a_dead_hub() {
+    let mut h = Harness::with(Settings { heartbeat_interval: ms(1_000), ..settings() }, QueueFile::default());
+    h.identify();
+    h.tick(1_000);
+    assert_eq!(h.sent_types(), ["ping"]);
+    h.at(1_010).frame(json!({"type":"rate_limited","retry_after_ms":2_000,"tier":"light"}));
+    h.tick(1_500);
+    assert!(!h.has(|e| matches!(e, Effect::Close { .. })), "no pong is due for a dropped ping");
+    assert_eq!(h.deadline_ms(), Some(3_010));
+    h.tick(3_010);
+    assert_eq!(h.sent_types(), ["ping"]);
+}
