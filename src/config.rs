@@ -52,6 +52,12 @@ pub struct Config {
     pub progress_interval: Duration,
     /// How long shutdown waits for a close handshake or a running wake.
     pub shutdown_grace: Duration,
+    /// Watch `results_dir` with the platform's file notifications. Off
+    /// (e.g. on network file systems that miss events): poll instead.
+    pub watch_results: bool,
+    /// Rescan interval while a task is held and the directory is not
+    /// watched (by choice, or because the watcher failed to start).
+    pub results_poll: Duration,
     pub log_max_bytes: u64,
     pub log_keep: u32,
     pub log_level: log::LevelFilter,
@@ -111,6 +117,8 @@ const KNOWN_KEYS: &[&str] = &[
     "result_settle_ms",
     "progress_interval_ms",
     "shutdown_grace_ms",
+    "watch_results",
+    "results_poll_ms",
     "log_max_bytes",
     "log_keep",
     "log_level",
@@ -248,6 +256,8 @@ impl Config {
             result_settle: keys.millis("result_settle_ms", 2_000, 0)?,
             progress_interval: keys.millis("progress_interval_ms", 1_000, 0)?,
             shutdown_grace: keys.millis("shutdown_grace_ms", 500, 0)?,
+            watch_results: keys.boolean("watch_results", true)?,
+            results_poll: keys.millis("results_poll_ms", 1_000, 10)?,
             log_max_bytes: keys.integer("log_max_bytes", 10 << 20, 1024)?,
             log_keep: keys.integer("log_keep", 5, 0)? as u32,
             log_level,
@@ -312,6 +322,8 @@ impl Config {
             "result_settle_ms": ms(self.result_settle),
             "progress_interval_ms": ms(self.progress_interval),
             "shutdown_grace_ms": ms(self.shutdown_grace),
+            "watch_results": self.watch_results,
+            "results_poll_ms": ms(self.results_poll),
             "log_max_bytes": self.log_max_bytes,
             "log_keep": self.log_keep,
             "log_level": self.log_level.to_string().to_lowercase(),
@@ -399,6 +411,14 @@ impl Keys<'_> {
             Some(other) => {
                 Err(self.error(key, &format!("expected an array of strings, found {}", kind(other))))
             }
+        }
+    }
+
+    fn boolean(&self, key: &str, default: bool) -> Result<bool, Error> {
+        match self.object.get(key) {
+            None | Some(Value::Null) => Ok(default),
+            Some(Value::Bool(b)) => Ok(*b),
+            Some(other) => Err(self.error(key, &format!("expected true or false, found {}", kind(other)))),
         }
     }
 
@@ -523,6 +543,10 @@ mod tests {
             (
                 r#"{"agent_id":"a","token":"t","hub_url":"ws://h/ws","hub_features":["teleport"]}"#,
                 "`hub_features`",
+            ),
+            (
+                r#"{"agent_id":"a","token":"t","hub_url":"ws://h/ws","watch_results":"no"}"#,
+                "`watch_results`: expected true or false",
             ),
         ];
         for (text, expected) in cases {

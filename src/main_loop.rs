@@ -26,9 +26,6 @@ use crate::watcher::{self, FileKind, ResultsEvent, ResultsWatcher};
 
 /// Largest progress file we read.
 const MAX_PROGRESS_BYTES: u64 = 4096;
-/// With no working watcher, how often the results directory is rescanned
-/// while a task is held.
-const RESCAN_WITHOUT_WATCHER: Duration = Duration::from_secs(1);
 /// A loop turn slower than this is worth a warning.
 const SLOW_TURN: Duration = Duration::from_millis(100);
 
@@ -104,22 +101,31 @@ impl Shell {
         }))
         .map_err(|e| Error::io("cannot start the wake executor thread", e))?;
 
-        let watch_events = events.clone();
-        let watcher = match ResultsWatcher::start(
-            &config.results_dir,
-            Box::new(move |event| {
-                let _ = watch_events.send(Event::Results(event));
-            }),
-        ) {
-            Ok(watcher) => Some(watcher),
-            Err(e) => {
-                log::warn!(
-                    "cannot watch {} ({e}); rescanning it every {} ms instead",
-                    config.results_dir.display(),
-                    RESCAN_WITHOUT_WATCHER.as_millis()
-                );
-                None
+        let watcher = if config.watch_results {
+            let watch_events = events.clone();
+            match ResultsWatcher::start(
+                &config.results_dir,
+                Box::new(move |event| {
+                    let _ = watch_events.send(Event::Results(event));
+                }),
+            ) {
+                Ok(watcher) => Some(watcher),
+                Err(e) => {
+                    log::warn!(
+                        "cannot watch {} ({e}); rescanning it every {} ms instead",
+                        config.results_dir.display(),
+                        config.results_poll.as_millis()
+                    );
+                    None
+                }
             }
+        } else {
+            log::info!(
+                "watch_results is off: rescanning {} every {} ms while a task is held",
+                config.results_dir.display(),
+                config.results_poll.as_millis()
+            );
+            None
         };
 
         let now = Instant::now();
@@ -149,7 +155,12 @@ impl Shell {
         let effects = self.state.start(Instant::now());
         self.execute(effects);
         // Results already on disk when we start count (PROTOCOL.md section 8).
-        self.on_results_hint(ResultsEvent::Rescan);
+        // `start` already asked for the held task's files; this rescan also
+        // logs the files of tasks we do not hold.
+        if let Some(files) = self.on_results_hint(ResultsEvent::Rescan) {
+            let effects = self.state.handle(files, Instant::now(), queue_store::unix_ms());
+            self.execute(effects);
+        }
         while !self.exit {
             let Some(input) = self.next_event(inbox) else {
                 log::error!("the event channel closed without a shutdown; stopping");
@@ -174,7 +185,9 @@ impl Shell {
             let deadline = self.state.next_deadline();
             let fallback = if self.watcher.is_none() && self.state.held_task_id().is_some() {
                 Some(
-                    *self.next_fallback_rescan.get_or_insert_with(|| Instant::now() + RESCAN_WITHOUT_WATCHER),
+                    *self
+                        .next_fallback_rescan
+                        .get_or_insert_with(|| Instant::now() + self.config.results_poll),
                 )
             } else {
                 None
@@ -195,7 +208,9 @@ impl Shell {
                 recv(timer) -> _ => {
                     if fallback.is_some_and(|at| Instant::now() >= at) {
                         self.next_fallback_rescan = None;
-                        self.on_results_hint(ResultsEvent::Rescan);
+                        if let Some(files) = self.on_results_hint(ResultsEvent::Rescan) {
+                            return Some(files);
+                        }
                     }
                     return Some(Input::Tick);
                 }

@@ -634,3 +634,16 @@ fn status_reads_the_tree_without_a_hub_and_changes_nothing() {
     let names: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(names.len(), 2, "status wrote nothing: {names:?}");
 }
+
+#[test]
+fn without_a_watcher_results_are_found_by_polling() {
+    // Network file systems can miss change events: `watch_results: false`
+    // (or a watcher that fails to start) rescans the directory instead.
+    let Working { hub, dir: _dir, sidecar, task_id } = working(|cfg| {
+        cfg["watch_results"] = json!(false);
+        cfg["results_poll_ms"] = json!(50);
+    });
+    write_result(&sidecar, &task_id, &json!({"status":"success","output":"polled"}));
+    assert_eq!(expect_received(&hub, "task_complete")["result"]["output"], "polled");
+    assert!(sidecar.output().contains("watch_results is off"));
+}
