@@ -792,3 +792,23 @@ fn a_rate_limited_ping_is_sent_again_later_not_taken_for_a_dead_hub() {
     h.tick(3_010);
     assert_eq!(h.sent_types(), ["ping"]);
 }
+
+#[test]
+fn state_report_is_sent_with_the_feature_and_an_abort_drops_the_task() {
+    let mut h = Harness::with(Settings { send_state_report: true, ..settings() }, node_queue("working"));
+    h.identify();
+    assert_eq!(h.sent_types(), ["task_recovering", "state_report"]);
+    assert_eq!(h.sent()[1]["generation"], 3);
+    h.frame(json!({"type":"state_report_ack","task_id":TASK,"action":"continue"}));
+    assert_eq!(h.state.held_task_id(), Some(TASK));
+    h.frame(json!({"type":"state_report_ack","task_id":TASK,"action":"abort"}));
+    assert!(h.state.held_task_id().is_none());
+    assert!(h.sent().is_empty(), "nothing is reported for an aborted task");
+}
+
+#[test]
+fn without_the_feature_no_state_report_is_sent() {
+    let mut h = Harness::with(settings(), node_queue("working"));
+    h.identify();
+    assert_eq!(h.sent_types(), ["task_recovering"]);
+}
