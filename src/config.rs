@@ -259,7 +259,7 @@ impl Config {
             watch_results: keys.boolean("watch_results", true)?,
             results_poll: keys.millis("results_poll_ms", 1_000, 10)?,
             log_max_bytes: keys.integer("log_max_bytes", 10 << 20, 1024)?,
-            log_keep: keys.integer("log_keep", 5, 0)? as u32,
+            log_keep: keys.integer_at_most("log_keep", 5, 0, 1_000)? as u32,
             log_level,
         };
         Ok((config, warnings))
@@ -435,6 +435,13 @@ impl Keys<'_> {
         }
     }
 
+    fn integer_at_most(&self, key: &str, default: u64, min: u64, max: u64) -> Result<u64, Error> {
+        match self.integer(key, default, min)? {
+            n if n > max => Err(self.error(key, &format!("must be at most {max}"))),
+            n => Ok(n),
+        }
+    }
+
     fn millis(&self, key: &str, default: u64, min: u64) -> Result<Duration, Error> {
         self.integer(key, default, min).map(Duration::from_millis)
     }
@@ -543,6 +550,10 @@ mod tests {
             (
                 r#"{"agent_id":"a","token":"t","hub_url":"ws://h/ws","hub_features":["teleport"]}"#,
                 "`hub_features`",
+            ),
+            (
+                r#"{"agent_id":"a","token":"t","hub_url":"ws://h/ws","log_keep":4294967297}"#,
+                "`log_keep`: must be at most 1000",
             ),
             (
                 r#"{"agent_id":"a","token":"t","hub_url":"ws://h/ws","watch_results":"no"}"#,

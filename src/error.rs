@@ -10,8 +10,6 @@ pub enum Error {
     Config(String),
     /// An I/O operation failed; `context` says what we were doing.
     Io { context: String, source: io::Error },
-    /// A worker thread panicked.
-    ThreadPanicked(&'static str),
 }
 
 impl Error {
@@ -24,7 +22,7 @@ impl Error {
     pub fn exit_code(&self) -> u8 {
         match self {
             Error::Config(_) => 2,
-            _ => 1,
+            Error::Io { .. } => 1,
         }
     }
 }
@@ -34,7 +32,6 @@ impl fmt::Display for Error {
         match self {
             Error::Config(message) => write!(f, "config error: {message}"),
             Error::Io { context, source } => write!(f, "{context}: {source}"),
-            Error::ThreadPanicked(name) => write!(f, "thread {name} panicked"),
         }
     }
 }
@@ -43,7 +40,7 @@ impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Error::Io { source, .. } => Some(source),
-            _ => None,
+            Error::Config(_) => None,
         }
     }
 }

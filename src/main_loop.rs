@@ -152,15 +152,13 @@ impl Shell {
     }
 
     fn run(&mut self, inbox: &Receiver<Event>) {
-        let effects = self.state.start(Instant::now());
+        let effects = self.state.start();
         self.execute(effects);
-        // Results already on disk when we start count (PROTOCOL.md section 8).
-        // `start` already asked for the held task's files; this rescan also
-        // logs the files of tasks we do not hold.
-        if let Some(files) = self.on_results_hint(ResultsEvent::Rescan) {
-            let effects = self.state.handle(files, Instant::now(), queue_store::unix_ms());
-            self.execute(effects);
-        }
+        // Results already on disk when we start count (PROTOCOL.md section
+        // 8): `start` has read the held task's files (`ScanResults`). This
+        // rescan only logs the files of tasks we do not hold, so its reading
+        // of the held task's files is not fed in a second time.
+        let _ = self.on_results_hint(ResultsEvent::Rescan);
         while !self.exit {
             let Some(input) = self.next_event(inbox) else {
                 log::error!("the event channel closed without a shutdown; stopping");

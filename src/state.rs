@@ -299,7 +299,7 @@ impl State {
 
     /// The first effects: persist the recovered task as `recovering`, look at
     /// its files, and connect.
-    pub fn start(&mut self, now: Instant) -> Vec<Effect> {
+    pub fn start(&mut self) -> Vec<Effect> {
         let mut fx = Vec::new();
         if let Some(slot) = &self.slot {
             log::info!(
@@ -312,7 +312,7 @@ impl State {
             fx.push(Effect::ScanResults { task_id: slot.record.task_id.clone() });
             fx.push(Effect::Persist(Box::new(self.queue_file())));
         }
-        self.connect(now, &mut fx);
+        self.connect(&mut fx);
         fx
     }
 
@@ -381,10 +381,6 @@ impl State {
         self.slot.as_ref().map(|s| s.record.task_id.as_str())
     }
 
-    pub fn is_shutting_down(&self) -> bool {
-        self.shutting_down
-    }
-
     /// queue.json as it should be on disk now.
     pub fn queue_file(&self) -> QueueFile {
         let mut queue = QueueFile { active: None, recovering: None, extra: self.queue_extra.clone() };
@@ -413,7 +409,7 @@ impl State {
         matches!(self.conn, Conn::Ready { .. })
     }
 
-    fn connect(&mut self, _now: Instant, fx: &mut Vec<Effect>) {
+    fn connect(&mut self, fx: &mut Vec<Effect>) {
         self.last_conn_id += 1;
         let conn_id = self.last_conn_id;
         self.conn = Conn::Connecting { conn_id };
@@ -971,19 +967,21 @@ impl State {
             return;
         }
         let (task_id, generation) = (slot.record.task_id.clone(), slot.record.generation);
-        let (text, kind) = match report {
-            Report::Complete { result } => {
-                (protocol::out_task_complete(&task_id, generation, result), ReplyKind::Complete)
-            }
+        let (text, kind, frame_type) = match report {
+            Report::Complete { result } => (
+                protocol::out_task_complete(&task_id, generation, result),
+                ReplyKind::Complete,
+                "task_complete",
+            ),
             Report::Failed { reason } => {
-                (protocol::out_task_failed(&task_id, generation, reason), ReplyKind::Failed)
+                (protocol::out_task_failed(&task_id, generation, reason), ReplyKind::Failed, "task_failed")
             }
         };
         slot.report_sent_generation = Some(generation);
         log::info!("reporting task {task_id} (generation {generation})");
         fx.push(record(
             "report_sent",
-            json!({ "task_id": task_id, "generation": generation, "type": kind_name(kind) }),
+            json!({ "task_id": task_id, "generation": generation, "type": frame_type }),
         ));
         self.send_expecting(text, kind, &task_id, generation, fx);
     }
@@ -1136,7 +1134,7 @@ impl State {
 
     fn on_tick(&mut self, now: Instant, fx: &mut Vec<Effect>) {
         match self.conn.clone() {
-            Conn::Backoff { retry_at } if now >= retry_at => self.connect(now, fx),
+            Conn::Backoff { retry_at } if now >= retry_at => self.connect(fx),
             Conn::Identifying { deadline, .. } if now >= deadline => {
                 let ms = self.settings.identify_timeout.as_millis();
                 self.drop_connection(&format!("the hub did not answer identify within {ms} ms"), now, fx);
@@ -1246,14 +1244,6 @@ fn record(event: &'static str, fields: Value) -> Effect {
 
 fn task_fields(r: &TaskRecord) -> Value {
     json!({ "task_id": r.task_id, "generation": r.generation, "status": r.status })
-}
-
-fn kind_name(kind: ReplyKind) -> &'static str {
-    match kind {
-        ReplyKind::Complete => "task_complete",
-        ReplyKind::Failed => "task_failed",
-        _ => "other",
-    }
 }
 
 /// A result file's object as the report the hub gets (PROTOCOL.md section 8):

@@ -49,7 +49,7 @@ impl Harness {
     fn with(settings: Settings, queue: QueueFile) -> Harness {
         let t0 = Instant::now();
         let mut state = State::new(settings, queue, 7, t0);
-        let fx = state.start(t0);
+        let fx = state.start();
         let conn = connect_id(&fx).expect("start connects");
         Harness { state, t0, now: t0, fx, conn }
     }

@@ -124,8 +124,7 @@ fn a_failing_wake_is_retried_at_the_delays_then_fails_the_task() {
 #[test]
 fn a_hanging_wake_is_killed_with_its_children_at_the_timeout() {
     let (hub, dir, mut cfg) = setup(None);
-    let pid_file = dir.path().join("grandchild.pid");
-    cfg["wake_command"] = json!(format!("sleep 30 & echo $! > {}; sleep 30", pid_file.display()));
+    cfg["wake_command"] = json!(hanging_wake(dir.path()));
     cfg["wake_timeout_ms"] = json!(300);
     cfg["wake_retry_delays_ms"] = json!([]);
     let _sidecar = Sidecar::start(dir.path(), &cfg);
@@ -133,12 +132,7 @@ fn a_hanging_wake_is_killed_with_its_children_at_the_timeout() {
     hub.push_task(AGENT, "d", json!({}));
     let failed = expect_received(&hub, "task_failed");
     assert!(failed["reason"].as_str().unwrap().contains("timed out"), "{failed}");
-    let pid = fs::read_to_string(&pid_file).unwrap().trim().to_owned();
-    wait_until("the grandchild to be gone", || {
-        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        // Gone, or a zombie waiting for init to reap it.
-        (stat.is_empty() || stat.contains(") Z ")).then_some(())
-    });
+    wait_gone(dir.path());
 }
 
 #[test]
@@ -537,6 +531,7 @@ fn wait_gone(dir: &Path) {
     });
     wait_until("the wake command's child to be gone", || {
         let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // Gone, or a zombie waiting for init to reap it.
         (stat.is_empty() || stat.contains(") Z ")).then_some(())
     });
 }
