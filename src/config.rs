@@ -12,6 +12,7 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 
 use crate::error::Error;
+use crate::retry::JitterStrategy;
 
 /// The validated configuration. Durations are `Duration`s and paths are
 /// absolute or relative to the process's working directory (already resolved
@@ -35,6 +36,8 @@ pub struct Config {
     pub pong_timeout: Duration,
     pub reconnect_initial: Duration,
     pub reconnect_max: Duration,
+    /// How each reconnect delay is drawn (`equal`, `full`, `decorrelated`).
+    pub reconnect_jitter: JitterStrategy,
     pub connect_timeout: Duration,
     pub tls_ca_file: Option<PathBuf>,
     pub max_message_bytes: usize,
@@ -106,6 +109,7 @@ const KNOWN_KEYS: &[&str] = &[
     "pong_timeout_ms",
     "reconnect_initial_ms",
     "reconnect_max_ms",
+    "reconnect_jitter",
     "connect_timeout_ms",
     "tls_ca_file",
     "max_message_bytes",
@@ -187,6 +191,15 @@ impl Config {
         if reconnect_max < reconnect_initial {
             return Err(keys.error("reconnect_max_ms", "must not be smaller than reconnect_initial_ms"));
         }
+        let reconnect_jitter = match keys.string("reconnect_jitter")? {
+            None => JitterStrategy::default(),
+            Some(name) => JitterStrategy::parse(&name).ok_or_else(|| {
+                keys.error(
+                    "reconnect_jitter",
+                    &format!("expected one of {}", JitterStrategy::NAMES.join(", ")),
+                )
+            })?,
+        };
 
         let hub_features = keys.string_list("hub_features")?.unwrap_or_default();
         for feature in &hub_features {
@@ -245,6 +258,7 @@ impl Config {
             pong_timeout: keys.millis("pong_timeout_ms", 10_000, 1)?,
             reconnect_initial,
             reconnect_max,
+            reconnect_jitter,
             connect_timeout: keys.millis("connect_timeout_ms", 10_000, 1)?,
             tls_ca_file,
             max_message_bytes: keys.integer("max_message_bytes", 4 << 20, 1024)? as usize,
@@ -311,6 +325,7 @@ impl Config {
             "pong_timeout_ms": ms(self.pong_timeout),
             "reconnect_initial_ms": ms(self.reconnect_initial),
             "reconnect_max_ms": ms(self.reconnect_max),
+            "reconnect_jitter": self.reconnect_jitter.name(),
             "connect_timeout_ms": ms(self.connect_timeout),
             "tls_ca_file": self.tls_ca_file.as_deref().map(path),
             "max_message_bytes": self.max_message_bytes,
@@ -494,6 +509,10 @@ mod tests {
         assert_eq!(config.pong_timeout, Duration::from_secs(10));
         assert_eq!(config.wake_retry_delays.len(), 3);
         assert!(config.wake_command.is_none());
+        assert_eq!(config.reconnect_jitter, JitterStrategy::default());
+        let (full, _) =
+            parse(r#"{"agent_id":"a","token":"t","hub_url":"ws://h/ws","reconnect_jitter":"full"}"#).unwrap();
+        assert_eq!(full.reconnect_jitter, JitterStrategy::Full);
     }
 
     #[test]
@@ -558,6 +577,10 @@ mod tests {
             (
                 r#"{"agent_id":"a","token":"t","hub_url":"ws://h/ws","watch_results":"no"}"#,
                 "`watch_results`: expected true or false",
+            ),
+            (
+                r#"{"agent_id":"a","token":"t","hub_url":"ws://h/ws","reconnect_jitter":"random"}"#,
+                "`reconnect_jitter`: expected one of equal, full, decorrelated",
             ),
         ];
         for (text, expected) in cases {

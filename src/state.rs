@@ -57,7 +57,11 @@ impl Settings {
             heartbeat_interval: config.heartbeat_interval,
             pong_timeout: config.pong_timeout,
             identify_timeout: config.connect_timeout,
-            backoff: BackoffPolicy { initial: config.reconnect_initial, max: config.reconnect_max },
+            backoff: BackoffPolicy {
+                initial: config.reconnect_initial,
+                max: config.reconnect_max,
+                jitter: config.reconnect_jitter,
+            },
             confirmation_timeout: config.confirmation_timeout,
             wake_retry_delays: config.wake_retry_delays.clone(),
             task_timeout: config.task_timeout,
@@ -165,6 +169,9 @@ pub struct State {
     last_conn_id: u64,
     /// Failed connection attempts since the last `identified`.
     reconnect_attempt: u32,
+    /// The last backoff drawn (before any cooldown); decorrelated jitter
+    /// grows from it. Zero after identified.
+    last_backoff: Duration,
     /// Frames sent on the live connection that await an answer, oldest
     /// first. Error frames carry no task id; they answer the oldest entry of
     /// their kind (PROTOCOL.md section 6).
@@ -286,6 +293,7 @@ impl State {
             conn: Conn::Backoff { retry_at: now },
             last_conn_id: 0,
             reconnect_attempt: 0,
+            last_backoff: Duration::ZERO,
             awaiting: VecDeque::new(),
             last_sent: None,
             ping_was_last: false,
@@ -458,7 +466,14 @@ impl State {
             slot.needs_reconcile = true;
             slot.report_sent_generation = None;
         }
-        let mut delay = backoff(self.reconnect_attempt, &self.settings.backoff, self.jitter.next_unit());
+        let drawn = backoff(
+            self.reconnect_attempt,
+            self.last_backoff,
+            &self.settings.backoff,
+            self.jitter.next_unit(),
+        );
+        self.last_backoff = drawn;
+        let mut delay = drawn;
         if let Some(cooldown) = close_reason.and_then(parse_retry_in) {
             delay = delay.max(cooldown);
         }
@@ -574,6 +589,7 @@ impl State {
             pong_deadline: None,
         };
         self.reconnect_attempt = 0;
+        self.last_backoff = Duration::ZERO;
         log::info!("identified with hub as {}", self.settings.agent_id);
         fx.push(record("identified", json!({})));
         let Some(slot) = &mut self.slot else { return };

@@ -1,6 +1,7 @@
 //! Unit tests of the pure core: inputs and injected times in, effects out.
 
 use super::*;
+use crate::retry::JitterStrategy;
 use crate::wake::WakeStatus;
 
 const TASK: &str = "task-0123456789abcdef";
@@ -20,7 +21,7 @@ fn settings() -> Settings {
         heartbeat_interval: ms(60_000),
         pong_timeout: ms(500),
         identify_timeout: ms(2_000),
-        backoff: BackoffPolicy { initial: ms(100), max: ms(1_600) },
+        backoff: BackoffPolicy { initial: ms(100), max: ms(1_600), jitter: JitterStrategy::Equal },
         confirmation_timeout: ms(1_000),
         wake_retry_delays: vec![ms(100), ms(200), ms(300)],
         task_timeout: None,
