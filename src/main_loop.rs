@@ -302,7 +302,7 @@ impl Shell {
     }
 
     fn execute(&mut self, effects: Vec<Effect>) {
-        let mut queue = std::collections::VecDeque::from(effects);
+        let mut queue = std::collections::VecDeque::from(coalesce_persists(effects));
         // A failed persist withholds the sends of the same batch: they would
         // acknowledge something the disk does not record.
         let mut persist_failed = false;
@@ -468,4 +468,87 @@ impl Shell {
 /// hidden directory inside results_dir, which the results scan ignores.
 pub fn task_file_path(results_dir: &Path, task_id: &str) -> PathBuf {
     results_dir.join(".tasks").join(format!("{task_id}.json"))
+}
+
+/// Saves an fsync (two with the directory's) where the core asks for several
+/// writes of queue.json in a row: a `Persist` followed, with only `Send`s,
+/// `Record`s and more `Persist`s in between, by a later `Persist` is replaced
+/// by that later snapshot, written at the first one's place; the others of
+/// the run are dropped. A new task with a wake (accepted, then waking) and an
+/// agent that confirms and finishes at once (working, then the outcome) each
+/// cost one write instead of two.
+///
+/// Safe because every `Send` of the run still goes out after a write at least
+/// as new as the one the core ordered before it (what a frame acknowledges is
+/// on disk first), and a crash inside the run leaves the newer snapshot with
+/// some of those frames unsent: the same as a crash between that snapshot's
+/// own write and its frames, which recovery already handles (it asks the hub
+/// with `task_recovering` before reporting anything). Effects that act on
+/// processes or files (`StartWake`, `RemoveTaskFiles`, ...) end a run, so
+/// nothing outside the core's order happens before its write.
+fn coalesce_persists(effects: Vec<Effect>) -> Vec<Effect> {
+    let mut out: Vec<Effect> = Vec::with_capacity(effects.len());
+    // Index in `out` of the Persist that opened the current run, if any.
+    let mut run_start: Option<usize> = None;
+    for effect in effects {
+        match effect {
+            Effect::Persist(snapshot) => match run_start {
+                Some(at) => out[at] = Effect::Persist(snapshot),
+                None => {
+                    run_start = Some(out.len());
+                    out.push(Effect::Persist(snapshot));
+                }
+            },
+            Effect::Send { .. } | Effect::Record { .. } => out.push(effect),
+            other => {
+                run_start = None;
+                out.push(other);
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::queue_store::QueueFile;
+
+    fn persist(tag: &str) -> Effect {
+        let mut queue = QueueFile::default();
+        queue.extra.insert("tag".into(), json!(tag));
+        Effect::Persist(Box::new(queue))
+    }
+
+    fn send(text: &str) -> Effect {
+        Effect::Send { conn_id: 1, text: text.into() }
+    }
+
+    fn scan() -> Effect {
+        Effect::ScanResults { task_id: "t".into() }
+    }
+
+    #[test]
+    fn a_run_of_persists_is_one_write_of_the_last_snapshot_before_its_sends() {
+        let record = Effect::Record { event: "wake_attempt", fields: json!({}) };
+        let effects =
+            vec![persist("accepted"), send("task_accepted"), record.clone(), persist("waking"), scan()];
+        assert_eq!(
+            coalesce_persists(effects),
+            vec![persist("waking"), send("task_accepted"), record, scan()]
+        );
+        assert_eq!(
+            coalesce_persists(vec![persist("working"), persist("outcome"), send("task_complete")]),
+            vec![persist("outcome"), send("task_complete")]
+        );
+    }
+
+    #[test]
+    fn any_other_effect_ends_a_run() {
+        let effects = vec![persist("a"), send("x"), scan(), persist("b"), send("y")];
+        assert_eq!(coalesce_persists(effects.clone()), effects);
+        let wake = vec![persist("a"), Effect::Exit, persist("b")];
+        assert_eq!(coalesce_persists(wake.clone()), wake);
+        assert_eq!(coalesce_persists(vec![send("x")]), vec![send("x")]);
+    }
 }

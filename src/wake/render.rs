@@ -77,8 +77,13 @@ pub fn render_command(template: &str) -> String {
 }
 
 /// Writes the task file atomically: a temporary file in the same directory,
-/// written and synced, then renamed over `path`. The agent never sees a
-/// half-written file.
+/// written, then renamed over `path`. The agent never sees a half-written
+/// file.
+///
+/// Not fsynced, on purpose (it sat on the path from push to wake): the file
+/// is a copy of what queue.json already holds durably, and it is written
+/// again before every attempt, including the first one after a restart. Only
+/// an agent started in the same boot reads it, and it reads the page cache.
 pub fn write_task_file(path: &Path, task_json: &str) -> io::Result<()> {
     let dir = match path.parent() {
         Some(parent) if !parent.as_os_str().is_empty() => parent,
@@ -86,7 +91,6 @@ pub fn write_task_file(path: &Path, task_json: &str) -> io::Result<()> {
     };
     let mut file = tempfile::NamedTempFile::new_in(dir)?;
     file.write_all(task_json.as_bytes())?;
-    file.as_file().sync_all()?;
     file.persist(path).map_err(|error| error.error)?;
     Ok(())
 }
