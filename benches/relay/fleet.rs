@@ -61,42 +61,31 @@ pub fn run() {
         "agentcom-sidecar fleet: {n} sidecars on loopback, one dev hub stopped and back after {} ms",
         down.as_millis()
     );
-    println!("{:-<124}", "");
-    println!(
-        "{:<13} {:>26} {:>17} {:>9} {:>19} {:>17} {:>10} {:>6}",
-        "jitter",
-        "back after return p50/p95/max",
-        "peak ids /100ms",
-        "ids",
-        "fleet RSS/PSS MiB",
-        "hub CPU / storm",
-        "1st start",
-        "left"
-    );
-    println!("{:-<124}", "");
-    for t in &trials {
-        println!(
-            "{:<13} {:>26} {:>17} {:>9} {:>19} {:>17} {:>10} {:>6}",
-            t.strategy,
-            format!(
-                "{} ms{}",
-                t.back.ms(),
-                if t.back_count < n { format!(" ({} back)", t.back_count) } else { String::new() }
-            ),
-            format!("{} ({:.0}%)", t.peak_window, t.peak_window as f64 * 100.0 / n as f64),
-            t.identify_frames,
-            format!("{:.0} / {:.0}", t.rss_kb as f64 / 1024.0, t.pss_kb as f64 / 1024.0),
-            format!("{} / {} ms", ms(t.hub_cpu_ns), ms(t.storm_ns)),
-            format!("{:.1} s", t.first_identified_ns as f64 / 1e9),
-            t.left_behind,
-        );
-    }
-    println!("{:-<124}", "");
-    println!(
-        "back: from the hub listening again to each sidecar's identified; ids: identify frames the hub read \
-         after its return;\n1st start: spawning the fleet until all identified; left: processes of the fleet's \
-         group still alive after stop."
-    );
+    println!("{:-<100}", "");
+    print!("{:<52}", "reconnect_jitter");
+    trials.iter().for_each(|t| print!(" {:>15}", t.strategy));
+    println!();
+    println!("{:-<100}", "");
+    let row = |name: &str, cell: &dyn Fn(&Trial) -> String| {
+        print!("{name:<52}");
+        trials.iter().for_each(|t| print!(" {:>15}", cell(t)));
+        println!();
+    };
+    row("identified again after the hub's return, p50 ms", &|t| ms(t.back.p50));
+    row("  p95 ms", &|t| ms(t.back.p95));
+    row("  max ms", &|t| ms(t.back.max));
+    row("  sidecars back", &|t| format!("{} of {n}", t.back_count));
+    row("peak identify frames in any 100 ms (% of fleet)", &|t| {
+        format!("{} ({:.0}%)", t.peak_window, t.peak_window as f64 * 100.0 / n as f64)
+    });
+    row("identify frames the hub read after its return", &|t| t.identify_frames.to_string());
+    row("fleet memory, summed VmRSS MiB", &|t| format!("{:.0}", t.rss_kb as f64 / 1024.0));
+    row("  summed Pss MiB (shared pages counted once)", &|t| format!("{:.0}", t.pss_kb as f64 / 1024.0));
+    row("hub CPU ms during the storm", &|t| ms(t.hub_cpu_ns));
+    row("  storm length ms (return -> last identified)", &|t| ms(t.storm_ns));
+    row("first start: spawn -> all identified, s", &|t| format!("{:.1}", t.first_identified_ns as f64 / 1e9));
+    row("processes left in the fleet's group after stop", &|t| t.left_behind.to_string());
+    println!("{:-<100}", "");
 }
 
 fn agent(i: usize) -> String {

@@ -71,3 +71,13 @@ pub fn threads(pid: &str) -> Vec<ThreadSample> {
     }
     threads
 }
+
+/// utime + stime of the whole process (exited threads included), in clock
+/// ticks of 10 ms (USER_HZ).
+pub fn process_cpu_ticks(pid: u32) -> u64 {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+    // Fields 14 and 15 of stat; after the name, the state is index 0.
+    let field = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    field(11) + field(12)
+}

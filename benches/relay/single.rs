@@ -7,7 +7,8 @@
 //! `BENCH_FLOOR_SAMPLES` (floor samples before the sidecar starts, default 100;
 //! one more of each floor is taken after each one-at-a-time task), `BENCH_LOG_LEVEL` (the sidecar's,
 //! default warn; its log stays in the temporary directory with `BENCH_KEEP=1`),
-//! `TMPDIR` (the disk: the sidecar's
+//! `BENCH_SIDECAR` (another sidecar binary, e.g. one built with other
+//! release-profile settings), `TMPDIR` (the disk: the sidecar's
 //! files and the floor's writes share one temporary directory).
 //!
 //! Timestamps are CLOCK_MONOTONIC nanoseconds. The hub's events are stamped
@@ -58,7 +59,9 @@ pub fn run() {
     let latency_tasks = env_u64("BENCH_LATENCY_TASKS", 200) as usize;
     let throughput_tasks = env_u64("BENCH_TASKS", 1000) as usize;
     let floor_samples = env_u64("BENCH_FLOOR_SAMPLES", 100).max(1) as usize;
-    let binary = env!("CARGO_BIN_EXE_agentcom-sidecar");
+    let built = env!("CARGO_BIN_EXE_agentcom-sidecar").to_string();
+    let binary = std::env::var("BENCH_SIDECAR").unwrap_or(built);
+    let binary = binary.as_str();
     let helper = std::env::current_exe().expect("own path").to_string_lossy().into_owned();
     let mut dir = tempfile::tempdir().expect("temporary directory");
     if std::env::var_os("BENCH_KEEP").is_some() {
@@ -117,6 +120,7 @@ pub fn run() {
     drop(echo);
     // Throughput: every task queued at once; the hub hands the next one
     // over as soon as the sidecar has settled the previous one.
+    let cpu_before = procfs::process_cpu_ticks(pid);
     let mut loaded = Vec::new();
     for i in 0..throughput_tasks {
         loaded.push(hub.push_task("bench", &format!("load {i}"), json!({})));
@@ -125,6 +129,8 @@ pub fn run() {
     let first_push = loaded.iter().filter_map(|t| times.get(t)?.pushed).min().unwrap_or(0);
     let last_ack = loaded.iter().filter_map(|t| times.get(t)?.acked).max().unwrap_or(0);
     let per_second = throughput_tasks as f64 / ((last_ack.saturating_sub(first_push)) as f64 / 1e9);
+    let cpu_per_task_ms =
+        (procfs::process_cpu_ticks(pid) - cpu_before) as f64 * 10.0 / throughput_tasks.max(1) as f64;
     let busy_rss = (procfs::status_kb(pid, "VmRSS:"), procfs::status_kb(pid, "VmHWM:"));
 
     let stamps = read_stamps(&stamps_path);
@@ -209,6 +215,7 @@ pub fn run() {
         );
     }
     println!("{:<46} {:>24.0}", "tasks per second, whole loop (back to back)", per_second);
+    println!("{:<46} {:>24.3}", "sidecar CPU per task, ms (back to back)", cpu_per_task_ms);
     println!("{:<46} {:>24}", "start -> identified", ms(start_to_identified));
     println!(
         "{:<46} {:>24}",
