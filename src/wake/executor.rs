@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{after, at, bounded, never, select, Receiver, Sender};
 
 use super::capture::{spawn_reader, Chunk, Output, Stream};
-use super::render::{render_command, task_environment, write_task_file};
+use super::render::{absolute, render_command, task_environment, write_task_file};
 use super::{sys, WakeOutcome, WakeRequest, WakeStatus};
 
 /// How long, after the child exited, the outcome waits for the output
@@ -124,6 +124,7 @@ impl Executor {
             match command {
                 WakeCommand::Run(request) => {
                     let outcome = self.run_attempt(*request);
+                    warn_if_failed(&outcome);
                     (self.on_outcome)(outcome);
                 }
                 WakeCommand::Cancel(task_id) => {
@@ -249,6 +250,13 @@ fn start_child(request: &WakeRequest) -> Result<Running, String> {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .envs(task_environment(request));
+    // An empty path means the sidecar's own working directory.
+    if !request.work_dir.as_os_str().is_empty() {
+        if !request.work_dir.is_dir() {
+            return Err(format!("the working directory {} is not a directory", request.work_dir.display()));
+        }
+        command.current_dir(absolute(&request.work_dir));
+    }
     sys::isolate(&mut command);
     let mut child = command.spawn().map_err(|error| error.to_string())?;
     let pid = child.id();
@@ -332,6 +340,24 @@ fn exit_status(request: &WakeRequest, child: &mut Child, wait_result: io::Result
             WakeStatus::Failed { exit_code: None }
         }
     }
+}
+
+/// A failed attempt's warning names the likely reason: the last line of its
+/// stderr (the full tail goes to the lifecycle log with the outcome).
+fn warn_if_failed(outcome: &WakeOutcome) {
+    if matches!(outcome.status, WakeStatus::Success | WakeStatus::Cancelled) {
+        return;
+    }
+    let stderr = match outcome.stderr_last_line() {
+        Some(line) => format!("last line of stderr: {line}"),
+        None => "no stderr".to_string(),
+    };
+    log::warn!(
+        "wake attempt {} for task {} failed ({}); {stderr}",
+        outcome.attempt,
+        outcome.task_id,
+        outcome.status
+    );
 }
 
 fn kill_tree(pid: u32) {

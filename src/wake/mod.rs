@@ -32,7 +32,7 @@ pub use capture::TAIL_LIMIT_BYTES;
 pub use executor::{WakeHandle, OUTPUT_GRACE};
 pub use render::{
     render_command, write_task_file, ENV_GENERATION, ENV_RESULTS_DIR, ENV_TASK_DESCRIPTION, ENV_TASK_FILE,
-    ENV_TASK_ID, ENV_TASK_JSON,
+    ENV_TASK_ID, ENV_TASK_JSON, ENV_TASK_TRUNCATED, ENV_VALUE_LIMIT_BYTES, TRUNCATION_MARKER,
 };
 
 /// One wake attempt, as the event loop asks for it.
@@ -50,6 +50,12 @@ pub struct WakeRequest {
     pub task_json: String,
     pub task_file: PathBuf,
     pub results_dir: PathBuf,
+    /// The directory the command runs in: config.json's directory, which
+    /// every relative path of the config is relative to
+    /// ([`Config::base_dir`](crate::config::Config::base_dir)). Relative
+    /// paths here and in `task_file`/`results_dir` are relative to the
+    /// sidecar's working directory; the command gets them absolute.
+    pub work_dir: PathBuf,
     /// Kill the command's process tree if it has not exited by then.
     pub timeout: Duration,
 }
@@ -84,6 +90,36 @@ pub struct WakeOutcome {
     pub elapsed: Duration,
 }
 
+/// How many characters of a failed attempt's stderr line the warning shows.
+pub const STDERR_LINE_LIMIT_CHARS: usize = 300;
+
+impl WakeOutcome {
+    /// The last non-blank line of the command's stderr, trimmed and cut to
+    /// [`STDERR_LINE_LIMIT_CHARS`] (with `...` when cut): the likely reason
+    /// of a failure, short enough for a log line.
+    pub fn stderr_last_line(&self) -> Option<String> {
+        let line = self.stderr_tail.lines().map(str::trim).rfind(|line| !line.is_empty())?;
+        match line.char_indices().nth(STDERR_LINE_LIMIT_CHARS) {
+            Some((cut, _)) => Some(format!("{}...", &line[..cut])),
+            None => Some(line.to_string()),
+        }
+    }
+}
+
+impl fmt::Display for WakeStatus {
+    /// Short words for a log line: `exit code 127`, `timed out`...
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WakeStatus::Success => f.write_str("succeeded"),
+            WakeStatus::Failed { exit_code: Some(code) } => write!(f, "exit code {code}"),
+            WakeStatus::Failed { exit_code: None } => f.write_str("ended without an exit code"),
+            WakeStatus::TimedOut => f.write_str("timed out"),
+            WakeStatus::SpawnFailed(text) => write!(f, "could not start: {text}"),
+            WakeStatus::Cancelled => f.write_str("cancelled"),
+        }
+    }
+}
+
 impl fmt::Debug for WakeRequest {
     /// Leaves out the description and JSON, which can be large and are the
     /// hub's text; their sizes are enough to debug with.
@@ -97,6 +133,7 @@ impl fmt::Debug for WakeRequest {
             .field("task_json_len", &self.task_json.len())
             .field("task_file", &self.task_file)
             .field("results_dir", &self.results_dir)
+            .field("work_dir", &self.work_dir)
             .field("timeout", &self.timeout)
             .finish()
     }

@@ -4,6 +4,12 @@ use std::io;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command};
 
+/// Half of Linux's `MAX_ARG_STRLEN` (128 KiB per environment or argument
+/// string): a command line that expands both the description and the JSON,
+/// with the environment holding them too, stays far below the shared total
+/// (`ARG_MAX`, a quarter of the stack limit: 2 MiB by default).
+pub(super) const ENV_VALUE_LIMIT_BYTES: usize = 64 * 1024;
+
 pub(super) fn shell_command(rendered: &str) -> Command {
     let mut command = Command::new("sh");
     command.arg("-c").arg(rendered);

@@ -5,6 +5,12 @@ use std::io;
 use std::os::windows::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 
+/// Windows allows 32,767 characters per environment variable and per command
+/// line; a template that expands the description and the JSON into one
+/// command line must stay within it. Bytes of UTF-8 are never fewer than
+/// UTF-16 units, so a byte limit bounds the characters too.
+pub(super) const ENV_VALUE_LIMIT_BYTES: usize = 12 * 1024;
+
 /// `cmd /D /V:ON /S /C "<rendered>"`. `/V:ON` turns on delayed
 /// expansion: `!VAR!` is expanded after cmd has parsed `& | < > ^` and
 /// quotes, so a value is data, never syntax (`%VAR%` would be expanded
