@@ -15,6 +15,8 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
+
 mod capture;
 mod executor;
 mod render;
@@ -88,6 +90,67 @@ pub struct WakeOutcome {
     pub stderr_tail: String,
     /// From the start of the attempt to the outcome.
     pub elapsed: Duration,
+}
+
+/// Reported (see [`WakeHandle::spawn_with_started`]) as soon as an attempt's
+/// command has started, before its outcome: what the core persists so that
+/// after a crash it can find the command again ([`end_leftover`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WakeStarted {
+    pub task_id: String,
+    pub attempt: u32,
+    pub identity: WakeIdentity,
+}
+
+/// What identifies a started wake command without trusting a pid alone (pids
+/// are reused). Serializable for queue.json.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WakeIdentity {
+    pub pid: u32,
+    /// Unix: the process group the command leads (its pid). Windows: none
+    /// (a job object holds the tree, and dies with the sidecar).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process_group: Option<u32>,
+    /// When the process started: Linux, clock ticks after boot
+    /// (`/proc/<pid>/stat` field 22); Windows, its creation time (100 ns
+    /// units since 1601). `None` where the platform gives none: such a
+    /// leftover is never ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<u64>,
+}
+
+/// What [`end_leftover`] found and did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Leftover {
+    /// No process with that pid and start time is running: nothing to end
+    /// (it exited, or its pid now names another process, left alone).
+    Gone,
+    /// It was still running; it (Unix: its whole process group) was ended
+    /// and is gone.
+    Ended,
+    /// It was told to end but had not gone within the wait.
+    StillExiting,
+    /// The identity has no start time to check the pid against: nothing was
+    /// done.
+    Unverifiable,
+    /// Checking or ending it failed; the text says why.
+    Failed(String),
+}
+
+/// How long [`end_leftover`] waits for an ended leftover to go.
+pub const LEFTOVER_WAIT: Duration = Duration::from_secs(2);
+
+/// Ends a wake command still running from before a crash, so that a new
+/// wake never runs next to it. Only when its pid still names the very
+/// process that was started (same start time); a reused pid is never
+/// touched. Blocks up to [`LEFTOVER_WAIT`]: call it at start, before the
+/// first wake, with the identity persisted from [`WakeStarted`].
+///
+/// Unix: the command's whole process group is killed. Windows: the job
+/// object already ended the tree when the sidecar died; if the command was
+/// not in one, only the command itself is ended.
+pub fn end_leftover(identity: &WakeIdentity) -> Leftover {
+    sys::end_leftover(identity, LEFTOVER_WAIT)
 }
 
 /// How many characters of a failed attempt's stderr line the warning shows.
