@@ -5,6 +5,7 @@
 //! The crate is a library so the integration tests, the development hub
 //! binary and `main.rs` share one implementation.
 
+pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod devhub;

@@ -8,6 +8,8 @@
 
 use serde_json::{json, Map, Value};
 
+use crate::queue_store::TaskStatus;
+
 /// Every frame we send carries this.
 pub const PROTOCOL_VERSION: u64 = 1;
 
@@ -22,7 +24,7 @@ pub enum Incoming {
     TaskAssign(TaskAssign),
     TaskAck {
         task_id: String,
-        status: String,
+        status: AckStatus,
     },
     TaskContinue {
         task_id: String,
@@ -33,7 +35,7 @@ pub enum Incoming {
     },
     StateReportAck {
         task_id: String,
-        action: String,
+        action: ReportAction,
     },
     TaskCancelled {
         task_id: String,
@@ -49,6 +51,64 @@ pub enum Incoming {
     Ignored {
         kind: String,
     },
+}
+
+/// The `status` of a `task_ack` (PROTOCOL.md section 6).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AckStatus {
+    /// Answers `task_accepted`.
+    Accepted,
+    /// Answers `task_complete`: settled.
+    Complete,
+    /// Answers `task_failed`: settled, the hub retries the task elsewhere.
+    Retried,
+    /// Answers `task_failed`: settled, the hub gave up on the task.
+    DeadLetter,
+    /// Anything else, kept for the log.
+    Unknown(String),
+}
+
+impl AckStatus {
+    fn parse(text: &str) -> AckStatus {
+        match text {
+            "accepted" => AckStatus::Accepted,
+            "complete" => AckStatus::Complete,
+            "retried" => AckStatus::Retried,
+            "dead_letter" => AckStatus::DeadLetter,
+            other => AckStatus::Unknown(other.to_owned()),
+        }
+    }
+
+    /// The wire spelling.
+    pub fn as_str(&self) -> &str {
+        match self {
+            AckStatus::Accepted => "accepted",
+            AckStatus::Complete => "complete",
+            AckStatus::Retried => "retried",
+            AckStatus::DeadLetter => "dead_letter",
+            AckStatus::Unknown(other) => other,
+        }
+    }
+}
+
+/// The `action` of a `state_report_ack`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReportAction {
+    /// The task is still ours at the reported generation.
+    Continue,
+    /// It is not: stop it.
+    Abort,
+    Unknown(String),
+}
+
+impl ReportAction {
+    fn parse(text: &str) -> ReportAction {
+        match text {
+            "continue" => ReportAction::Continue,
+            "abort" => ReportAction::Abort,
+            other => ReportAction::Unknown(other.to_owned()),
+        }
+    }
 }
 
 /// `task_assign` as the hub sent it. `task_id` is `None` when the frame has
@@ -122,7 +182,7 @@ pub fn parse(text: &str) -> Result<Incoming, ParseError> {
         }),
         "task_ack" => with_task_id(&|task_id| Incoming::TaskAck {
             task_id,
-            status: string("status").unwrap_or_default(),
+            status: AckStatus::parse(&string("status").unwrap_or_default()),
         }),
         "task_continue" => with_task_id(&|task_id| Incoming::TaskContinue {
             task_id,
@@ -131,7 +191,7 @@ pub fn parse(text: &str) -> Result<Incoming, ParseError> {
         "task_reassign" => with_task_id(&|task_id| Incoming::TaskReassign { task_id }),
         "state_report_ack" => with_task_id(&|task_id| Incoming::StateReportAck {
             task_id,
-            action: string("action").unwrap_or_default(),
+            action: ReportAction::parse(&string("action").unwrap_or_default()),
         }),
         "task_cancelled" => with_task_id(&|task_id| Incoming::TaskCancelled { task_id }),
         "restart_sidecar" => Incoming::RestartSidecar { reason: string("reason").unwrap_or_default() },
@@ -245,22 +305,27 @@ pub fn out_task_failed(task_id: &str, generation: u64, reason: &str) -> String {
     )
 }
 
-pub fn out_task_recovering(task_id: &str, description: &str, metadata: &Value, last_status: &str) -> String {
+pub fn out_task_recovering(
+    task_id: &str,
+    description: &str,
+    metadata: &Value,
+    last_status: TaskStatus,
+) -> String {
     frame(
         "task_recovering",
         json!({
             "task_id": task_id,
             "description": description,
             "metadata": metadata,
-            "last_status": last_status,
+            "last_status": last_status.as_str(),
         }),
     )
 }
 
-pub fn out_state_report(task_id: &str, generation: u64, status: &str, assigned_at: u64) -> String {
+pub fn out_state_report(task_id: &str, generation: u64, status: TaskStatus, assigned_at: u64) -> String {
     frame(
         "state_report",
-        json!({ "task_id": task_id, "generation": generation, "status": status, "assigned_at": assigned_at }),
+        json!({ "task_id": task_id, "generation": generation, "status": status.as_str(), "assigned_at": assigned_at }),
     )
 }
 
@@ -332,8 +397,8 @@ mod tests {
             out_task_progress("t1", 5, Some("m")),
             out_task_complete("t1", 3, &json!({"status":"success"})),
             out_task_failed("t1", 3, "boom"),
-            out_task_recovering("t1", "d", &json!({}), "working"),
-            out_state_report("t1", 3, "working", 1),
+            out_task_recovering("t1", "d", &json!({}), TaskStatus::Working),
+            out_state_report("t1", 3, TaskStatus::Working, 1),
             out_wake_result("t1", "failed", 2, Some("exit 1")),
         ];
         for text in frames {
@@ -359,7 +424,7 @@ mod tests {
             (r#"{"type":"error","error":"invalid_token"}"#, Incoming::Error("invalid_token".into())),
             (
                 r#"{"type":"task_ack","task_id":"t","status":"complete"}"#,
-                Incoming::TaskAck { task_id: "t".into(), status: "complete".into() },
+                Incoming::TaskAck { task_id: "t".into(), status: AckStatus::Complete },
             ),
             (
                 r#"{"type":"task_continue","task_id":"t","generation":7}"#,

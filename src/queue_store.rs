@@ -32,9 +32,8 @@ pub struct TaskRecord {
     pub description: String,
     #[serde(default = "empty_object")]
     pub metadata: Value,
-    /// `accepted`, `waking`, `waking_confirmation` or `working` (Node's set).
-    #[serde(default = "default_status")]
-    pub status: String,
+    #[serde(default)]
+    pub status: TaskStatus,
     #[serde(default)]
     pub assigned_at: u64,
     #[serde(default)]
@@ -49,6 +48,51 @@ pub struct TaskRecord {
     pub extra: Map<String, Value>,
 }
 
+/// Where a task stands, as Node's `status` field spells it (PROTOCOL.md
+/// section 9). The spelling lives here and nowhere else.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskStatus {
+    Accepted,
+    Waking,
+    WakingConfirmation,
+    /// Also the default when a file has no (or an unknown) status: Node's
+    /// reader treats such a task as being worked on.
+    #[default]
+    Working,
+}
+
+impl TaskStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskStatus::Accepted => "accepted",
+            TaskStatus::Waking => "waking",
+            TaskStatus::WakingConfirmation => "waking_confirmation",
+            TaskStatus::Working => "working",
+        }
+    }
+}
+
+impl std::fmt::Display for TaskStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Lenient: a status this version does not know is read as `working` (the
+/// task is treated as being worked on, as before), with a warning.
+impl<'de> Deserialize<'de> for TaskStatus {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<TaskStatus, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        let known =
+            [TaskStatus::Accepted, TaskStatus::Waking, TaskStatus::WakingConfirmation, TaskStatus::Working];
+        Ok(known.into_iter().find(|s| s.as_str() == text).unwrap_or_else(|| {
+            log::warn!("queue.json: unknown task status {text:?}; treating it as working");
+            TaskStatus::Working
+        }))
+    }
+}
+
 /// An outcome owed to the hub.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -59,10 +103,6 @@ pub enum Report {
 
 fn empty_object() -> Value {
     Value::Object(Map::new())
-}
-
-fn default_status() -> String {
-    "working".into()
 }
 
 /// What [`load`] found.
@@ -88,7 +128,7 @@ pub fn load(path: &Path) -> io::Result<Loaded> {
     match parse(&text) {
         Ok(queue) => Ok(Loaded::Ok(Box::new(queue))),
         Err(error) => {
-            let moved_to = corrupt_path(path, unix_ms());
+            let moved_to = corrupt_path(path, crate::clock::unix_ms());
             fs::rename(path, &moved_to)?;
             Ok(Loaded::Corrupt { error, moved_to })
         }
@@ -114,14 +154,23 @@ pub fn corrupt_path(path: &Path, unix_ms: u64) -> PathBuf {
 /// Writes `queue` to `path` atomically and durably. Only the event loop calls
 /// this, so there is never a concurrent writer.
 pub fn save(path: &Path, queue: &QueueFile) -> io::Result<()> {
+    let mut bytes = serde_json::to_vec_pretty(queue).map_err(io::Error::other)?;
+    bytes.push(b'\n');
+    write_atomic(path, &bytes, ".queue.json.")
+}
+
+/// Writes `bytes` to `path` so that a reader (or a crash) sees the old file or
+/// the new one, never a mix: a temporary file named `<prefix>XXXXXX.tmp` in
+/// the same directory, written and fsynced, renamed over `path`, then the
+/// directory fsynced where the platform allows. The one atomic-write helper
+/// of the crate.
+pub fn write_atomic(path: &Path, bytes: &[u8], prefix: &str) -> io::Result<()> {
     let dir = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => Path::new("."),
     };
-    let mut bytes = serde_json::to_vec_pretty(queue).map_err(io::Error::other)?;
-    bytes.push(b'\n');
-    let mut temp = tempfile::Builder::new().prefix(".queue.json.").suffix(".tmp").tempfile_in(dir)?;
-    temp.write_all(&bytes)?;
+    let mut temp = tempfile::Builder::new().prefix(prefix).suffix(".tmp").tempfile_in(dir)?;
+    temp.write_all(bytes)?;
     temp.as_file().sync_all()?;
     temp.persist(path).map_err(|e| e.error)?;
     sync_dir(dir);
@@ -137,13 +186,6 @@ fn sync_dir(dir: &Path) {
     }
     #[cfg(not(unix))]
     let _ = dir;
-}
-
-pub fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -163,7 +205,7 @@ mod tests {
         let queue = parse(NODE_FILE.as_bytes()).unwrap();
         let active = queue.active.as_ref().unwrap();
         assert_eq!(active.task_id, "task-1f2e3d4c5b6a7980");
-        assert_eq!(active.status, "working");
+        assert_eq!(active.status, TaskStatus::Working);
         assert_eq!(active.generation, 3);
         assert_eq!(active.wake_attempts, 1);
         assert_eq!(active.report, None);

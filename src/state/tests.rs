@@ -1,7 +1,7 @@
 //! Unit tests of the pure core: inputs and injected times in, effects out.
 
 use super::*;
-use crate::wake::WakeStatus;
+use crate::wake::{WakeOutcome, WakeStatus};
 
 const TASK: &str = "task-0123456789abcdef";
 
@@ -28,6 +28,7 @@ fn settings() -> Settings {
         progress_interval: ms(1_000),
         send_wake_result: false,
         send_state_report: false,
+        results_poll: None,
     }
 }
 
@@ -74,22 +75,22 @@ impl Harness {
 
     fn frame(&mut self, frame: Value) -> &[Effect] {
         let conn_id = self.conn;
-        self.input(Input::HubFrame { conn_id, text: frame.to_string() })
+        self.input(Input::Event(Event::Hub(HubEvent::Frame { conn_id, text: frame.to_string() })))
     }
 
     fn connected(&mut self) -> &[Effect] {
         let conn_id = self.conn;
-        self.input(Input::HubConnected { conn_id })
+        self.input(Input::Event(Event::Hub(HubEvent::Connected { conn_id })))
     }
 
     fn disconnect(&mut self, close_code: Option<u16>, close_reason: Option<&str>) -> &[Effect] {
         let conn_id = self.conn;
-        self.input(Input::HubDisconnected {
+        self.input(Input::Event(Event::Hub(HubEvent::Disconnected {
             conn_id,
             reason: "connection reset".into(),
             close_code,
             close_reason: close_reason.map(str::to_owned),
-        })
+        })))
     }
 
     fn identify(&mut self) {
@@ -139,14 +140,14 @@ impl Harness {
     }
 
     fn wake_done(&mut self, attempt: u32, status: WakeStatus) -> &[Effect] {
-        self.input(Input::WakeFinished(WakeOutcome {
+        self.input(Input::Event(Event::Wake(WakeOutcome {
             task_id: TASK.into(),
             attempt,
             status,
             stdout_tail: String::new(),
             stderr_tail: "boom".into(),
             elapsed: ms(3),
-        }))
+        })))
     }
 
     fn files(&mut self, started: bool, result: ReadResult) -> &[Effect] {
@@ -227,15 +228,15 @@ fn stale_connection_events_are_ignored() {
     h.disconnect(None, None);
     h.tick(1_000);
     assert_ne!(h.conn, old);
-    h.input(Input::HubConnected { conn_id: old });
+    h.input(Input::Event(Event::Hub(HubEvent::Connected { conn_id: old })));
     assert!(h.sent().is_empty());
-    h.input(Input::HubDisconnected {
+    h.input(Input::Event(Event::Hub(HubEvent::Disconnected {
         conn_id: old,
         reason: "x".into(),
         close_code: None,
         close_reason: None,
-    });
-    assert!(h.fx.iter().all(|e| !matches!(e, Effect::Record { event: "disconnected", .. })));
+    })));
+    assert!(h.fx.iter().all(|e| !matches!(e, Effect::Record { event: LifecycleEvent::Disconnected, .. })));
 }
 
 #[test]
@@ -278,7 +279,7 @@ fn an_auth_error_closes_and_backs_off_without_spinning() {
         h.connected();
         h.frame(json!({"type":"error","error":"invalid_token"}));
         assert!(h.has(|e| matches!(e, Effect::Close { .. })));
-        assert!(h.has(|e| matches!(e, Effect::Record { event: "auth_failed", .. })));
+        assert!(h.has(|e| matches!(e, Effect::Record { event: LifecycleEvent::AuthFailed, .. })));
         attempts += 1;
         now = h.deadline_ms().unwrap();
         h.tick(now);
@@ -384,8 +385,8 @@ fn without_a_wake_command_the_task_goes_straight_to_working() {
     h.identify();
     h.assign(TASK, 1);
     assert!(h.wake_starts().is_empty());
-    assert_eq!(h.persisted().unwrap().active.unwrap().status, "working");
-    assert!(h.has(|e| matches!(e, Effect::ScanResults { .. })));
+    assert_eq!(h.persisted().unwrap().active.unwrap().status.as_str(), "working");
+    assert!(h.has(|e| matches!(e, Effect::ReadTaskFiles { .. })));
 }
 
 #[test]
@@ -394,7 +395,7 @@ fn a_woken_agent_must_confirm_in_time() {
     h.identify();
     h.assign(TASK, 3);
     h.at(10).wake_done(1, WakeStatus::Success);
-    assert_eq!(h.persisted().unwrap().active.unwrap().status, "waking_confirmation");
+    assert_eq!(h.persisted().unwrap().active.unwrap().status.as_str(), "waking_confirmation");
     h.tick(1_009);
     assert!(h.sent().is_empty());
     h.tick(1_010);
@@ -408,7 +409,7 @@ fn a_confirmation_moves_the_task_to_working() {
     h.assign(TASK, 3);
     h.wake_done(1, WakeStatus::Success);
     h.files(true, ReadResult::Missing);
-    assert_eq!(h.persisted().unwrap().active.unwrap().status, "working");
+    assert_eq!(h.persisted().unwrap().active.unwrap().status.as_str(), "working");
     h.tick(5_000);
     assert!(!h.sent_types().contains(&"task_failed".to_string()));
 }
@@ -420,7 +421,7 @@ fn a_started_file_seen_before_the_wake_exits_counts() {
     h.assign(TASK, 3);
     h.files(true, ReadResult::Missing);
     h.wake_done(1, WakeStatus::Success);
-    assert_eq!(h.persisted().unwrap().active.unwrap().status, "working");
+    assert_eq!(h.persisted().unwrap().active.unwrap().status.as_str(), "working");
 }
 
 // ----- results and reports -------------------------------------------------
@@ -466,7 +467,7 @@ fn a_result_caught_mid_write_is_read_again_and_reported_once() {
     let rescan = h.deadline_ms().unwrap();
     assert!(rescan > 100 && rescan <= 500, "{rescan}");
     h.tick(rescan);
-    assert!(h.has(|e| matches!(e, Effect::ScanResults { .. })));
+    assert!(h.has(|e| matches!(e, Effect::ReadTaskFiles { .. })));
     h.at(rescan).files(true, success());
     assert_eq!(h.sent_types(), ["task_complete"]);
     h.files(true, success());
@@ -508,7 +509,7 @@ fn error_frames_answer_the_oldest_report_of_their_kind() {
     assert_eq!(h.state.held_task_id(), Some(TASK));
     h.frame(json!({"type":"error","error":"task_complete_failed: stale_generation"}));
     assert!(h.state.held_task_id().is_none(), "a final refusal settles the report");
-    assert!(h.has(|e| matches!(e, Effect::Record { event: "report_settled", .. })));
+    assert!(h.has(|e| matches!(e, Effect::Record { event: LifecycleEvent::ReportSettled, .. })));
 }
 
 #[test]
@@ -553,7 +554,7 @@ fn a_result_for_a_task_the_hub_took_back_is_withheld() {
     assert_eq!(h.sent_types(), ["task_recovering"]);
     h.frame(json!({"type":"task_reassign","task_id":TASK}));
     assert!(h.sent().is_empty());
-    assert!(h.has(|e| matches!(e, Effect::Record { event: "result_withheld", .. })));
+    assert!(h.has(|e| matches!(e, Effect::Record { event: LifecycleEvent::ResultWithheld, .. })));
     assert!(h.state.held_task_id().is_none());
     assert_eq!(h.persisted().unwrap(), QueueFile::default());
 }
@@ -619,7 +620,7 @@ fn a_task_found_at_start_is_recovering_until_the_hub_answers() {
     let queue = h.persisted().unwrap();
     assert!(queue.active.is_none());
     assert_eq!(queue.recovering.unwrap().task_id, TASK);
-    assert!(h.has(|e| matches!(e, Effect::ScanResults { .. })), "results already on disk count");
+    assert!(h.has(|e| matches!(e, Effect::ReadTaskFiles { .. })), "results already on disk count");
     h.identify();
     assert_eq!(h.sent()[0]["type"], "task_recovering");
     assert_eq!(h.sent()[0]["task_id"], TASK);
@@ -698,9 +699,9 @@ fn shutdown_cancels_a_running_wake_and_persists_it_for_the_next_start() {
     let mut h = Harness::new();
     h.identify();
     h.assign(TASK, 3);
-    h.input(Input::Shutdown);
+    h.input(Input::Event(Event::Shutdown));
     assert!(h.has(|e| matches!(e, Effect::CancelWake { .. })));
-    assert_eq!(h.persisted().unwrap().active.unwrap().status, "waking");
+    assert_eq!(h.persisted().unwrap().active.unwrap().status.as_str(), "waking");
     assert!(matches!(h.fx.last(), Some(Effect::Exit)));
 }
 
