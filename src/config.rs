@@ -600,6 +600,27 @@ mod tests {
     }
 
     #[test]
+    fn check_shows_every_known_key_and_accepts_its_own_output() {
+        let (config, _) = parse(MINIMAL).unwrap();
+        let shown = config.to_redacted_json();
+        let Value::Object(mut shown) = shown else { panic!("not an object") };
+        assert_eq!(shown["token"], "<redacted>");
+        assert_eq!(shown["results_dir"], "/etc/sidecar/./results");
+        assert_eq!(shown["heartbeat_interval_ms"], 30_000);
+        assert_eq!(shown["wake_retry_delays_ms"], serde_json::json!([5_000, 15_000, 30_000]));
+        assert_eq!(shown["log_level"], "info");
+        assert_eq!(shown.len(), 31, "the 30 keys and config_path: {shown:?}");
+        // Every key `check` shows is one the parser knows: fed back in (with
+        // the real token and URL), nothing is warned about.
+        shown.remove("config_path");
+        shown.insert("token".into(), Value::from("t"));
+        shown.insert("hub_url".into(), Value::from("ws://h/ws"));
+        shown.retain(|_, v| !v.is_null());
+        let (_, warnings) = parse(&Value::Object(shown).to_string()).unwrap();
+        assert!(warnings.is_empty(), "{warnings:?}");
+    }
+
+    #[test]
     fn urls_lose_credentials_and_queries() {
         assert_eq!(redact_url("wss://u:p@hub:4000/ws?token=x"), "wss://<redacted>@hub:4000/ws?<redacted>");
         assert_eq!(redact_url("ws://127.0.0.1:4000/ws"), "ws://127.0.0.1:4000/ws");

@@ -458,6 +458,18 @@ mod tests {
     }
 
     #[test]
+    fn every_event_has_its_own_snake_case_name() {
+        let mut names: Vec<&str> = LifecycleEvent::ALL.iter().map(|e| e.name()).collect();
+        assert!(names
+            .iter()
+            .all(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')));
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), LifecycleEvent::ALL.len(), "two events share a name");
+        assert_eq!(LifecycleEvent::TaskFailedHere.to_string(), "task_failed_here");
+    }
+
+    #[test]
     fn records_start_with_ts_event_agent_id_then_the_fields() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("logs/sub/sidecar.log");

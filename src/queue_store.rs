@@ -216,6 +216,23 @@ mod tests {
     }
 
     #[test]
+    fn task_status_keeps_nodes_spelling_and_reads_an_unknown_one_as_working() {
+        for (status, text) in [
+            (TaskStatus::Accepted, "accepted"),
+            (TaskStatus::Waking, "waking"),
+            (TaskStatus::WakingConfirmation, "waking_confirmation"),
+            (TaskStatus::Working, "working"),
+        ] {
+            assert_eq!(serde_json::to_value(status).unwrap(), json!(text));
+            assert_eq!(serde_json::from_value::<TaskStatus>(json!(text)).unwrap(), status);
+            assert_eq!(status.to_string(), text);
+        }
+        assert_eq!(serde_json::from_value::<TaskStatus>(json!("paused")).unwrap(), TaskStatus::Working);
+        let queue = parse(br#"{"active":{"task_id":"t"}}"#).unwrap();
+        assert_eq!(queue.active.unwrap().status, TaskStatus::Working, "missing: working, as Node reads it");
+    }
+
+    #[test]
     fn save_then_load_round_trips_with_a_report() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("queue.json");
