@@ -13,7 +13,7 @@ pub mod error;
 pub mod event;
 pub mod hub;
 pub mod lifecycle_log;
-pub mod main_loop;
+pub(crate) mod main_loop;
 pub mod protocol;
 pub mod queue_store;
 pub mod retry;

@@ -205,7 +205,7 @@ pub fn parse(text: &str) -> Result<Incoming, ParseError> {
 
 /// What an `error` frame means for us.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ErrorKind {
+pub(crate) enum ErrorKind {
     /// `invalid_token`, `token_agent_mismatch`: identify was refused.
     Auth,
     /// `not_identified`: we sent something before identify.
@@ -220,7 +220,7 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
-    pub fn of(error: &str) -> ErrorKind {
+    pub(crate) fn of(error: &str) -> ErrorKind {
         let why = |prefix: &str| {
             error.strip_prefix(prefix).map(|rest| rest.trim_start_matches([':', ' ']).to_owned())
         };
@@ -242,7 +242,7 @@ impl ErrorKind {
 
 /// The reasons a hub gives for refusing a report that mean "this report is
 /// settled: it will never be accepted, stop sending it".
-pub fn is_final_refusal(why: &str) -> bool {
+pub(crate) fn is_final_refusal(why: &str) -> bool {
     matches!(why, "stale_generation" | "invalid_state" | "not_found")
 }
 
@@ -257,7 +257,7 @@ fn frame(kind: &str, fields: Value) -> String {
 }
 
 /// The identify frame. It carries the token: never log it.
-pub fn out_identify(agent_id: &str, token: &str, name: &str, capabilities: &[String]) -> String {
+pub(crate) fn out_identify(agent_id: &str, token: &str, name: &str, capabilities: &[String]) -> String {
     frame(
         "identify",
         json!({
@@ -271,20 +271,20 @@ pub fn out_identify(agent_id: &str, token: &str, name: &str, capabilities: &[Str
     )
 }
 
-pub fn out_ping() -> String {
+pub(crate) fn out_ping() -> String {
     frame("ping", json!({}))
 }
 
-pub fn out_task_accepted(task_id: &str) -> String {
+pub(crate) fn out_task_accepted(task_id: &str) -> String {
     frame("task_accepted", json!({ "task_id": task_id }))
 }
 
 /// `task_id` is `None` when the assign frame had no usable one.
-pub fn out_task_rejected(task_id: Option<&str>, reason: &str) -> String {
+pub(crate) fn out_task_rejected(task_id: Option<&str>, reason: &str) -> String {
     frame("task_rejected", json!({ "task_id": task_id, "reason": reason }))
 }
 
-pub fn out_task_progress(task_id: &str, progress: u64, message: Option<&str>) -> String {
+pub(crate) fn out_task_progress(task_id: &str, progress: u64, message: Option<&str>) -> String {
     let mut fields = json!({ "task_id": task_id, "progress": progress });
     if let Some(message) = message {
         fields["message"] = Value::from(message);
@@ -292,20 +292,20 @@ pub fn out_task_progress(task_id: &str, progress: u64, message: Option<&str>) ->
     frame("task_progress", fields)
 }
 
-pub fn out_task_complete(task_id: &str, generation: u64, result: &Value) -> String {
+pub(crate) fn out_task_complete(task_id: &str, generation: u64, result: &Value) -> String {
     frame("task_complete", json!({ "task_id": task_id, "generation": generation, "result": result }))
 }
 
 /// `reason` and `error` carry the same text: older hubs read one, newer the
 /// other (PROTOCOL.md section 6).
-pub fn out_task_failed(task_id: &str, generation: u64, reason: &str) -> String {
+pub(crate) fn out_task_failed(task_id: &str, generation: u64, reason: &str) -> String {
     frame(
         "task_failed",
         json!({ "task_id": task_id, "generation": generation, "reason": reason, "error": reason }),
     )
 }
 
-pub fn out_task_recovering(
+pub(crate) fn out_task_recovering(
     task_id: &str,
     description: &str,
     metadata: &Value,
@@ -322,14 +322,14 @@ pub fn out_task_recovering(
     )
 }
 
-pub fn out_state_report(task_id: &str, generation: u64, status: TaskStatus, assigned_at: u64) -> String {
+pub(crate) fn out_state_report(task_id: &str, generation: u64, status: TaskStatus, assigned_at: u64) -> String {
     frame(
         "state_report",
         json!({ "task_id": task_id, "generation": generation, "status": status.as_str(), "assigned_at": assigned_at }),
     )
 }
 
-pub fn out_wake_result(task_id: &str, status: &str, attempt: u32, error: Option<&str>) -> String {
+pub(crate) fn out_wake_result(task_id: &str, status: &str, attempt: u32, error: Option<&str>) -> String {
     let mut fields = json!({ "task_id": task_id, "status": status, "attempt": attempt });
     if let Some(error) = error {
         fields["error"] = Value::from(error);

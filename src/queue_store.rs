@@ -145,7 +145,7 @@ pub fn parse(bytes: &[u8]) -> Result<QueueFile, String> {
     serde_json::from_slice(bytes).map_err(|e| e.to_string())
 }
 
-pub fn corrupt_path(path: &Path, unix_ms: u64) -> PathBuf {
+pub(crate) fn corrupt_path(path: &Path, unix_ms: u64) -> PathBuf {
     let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_else(|| "queue.json".into());
     name.push(format!(".corrupt-{unix_ms}"));
     path.with_file_name(name)
@@ -164,7 +164,7 @@ pub fn save(path: &Path, queue: &QueueFile) -> io::Result<()> {
 /// the same directory, written and fsynced, renamed over `path`, then the
 /// directory fsynced where the platform allows. The one atomic-write helper
 /// of the crate.
-pub fn write_atomic(path: &Path, bytes: &[u8], prefix: &str) -> io::Result<()> {
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8], prefix: &str) -> io::Result<()> {
     let dir = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => Path::new("."),
