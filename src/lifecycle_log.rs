@@ -65,7 +65,8 @@ lifecycle_events! {
     TaskRecoveredFromDisk = "task_recovered_from_disk",
     RecoveringSent = "recovering_sent",
     TaskAccepted = "task_accepted",
-    TaskRejected = "task_rejected",
+    /// A `task_assign` we did not take (busy, invalid id or generation).
+    TaskRefused = "task_refused",
     /// The hub handed back the task we hold at a higher generation.
     TaskReadopted = "task_readopted",
     TaskContinued = "task_continued",

@@ -3,7 +3,7 @@
 //!
 //! Parsing is by hand rather than with a derived `Deserialize` because a
 //! malformed frame of a known type must still be answered (a `task_assign`
-//! without a usable `task_id` is refused with `task_rejected`), and an unknown
+//! without a usable `task_id` or generation is refused), and an unknown
 //! type must be ignored quietly, never treated as an error.
 
 use serde_json::{json, Map, Value};
@@ -118,8 +118,15 @@ pub struct TaskAssign {
     pub task_id: Option<String>,
     pub description: String,
     pub metadata: Value,
-    pub generation: u64,
+    /// Missing or `null`: 0, as both hubs default it. Anything but a JSON
+    /// integer in `0..2^64` (`"7"`, `-1`, `1.5`, 2^64) is `Err` with the
+    /// value as text: such an assignment cannot be reported, so it is
+    /// refused.
+    pub generation: Result<u64, String>,
     pub assigned_at: Option<u64>,
+    /// Every field of the frame except `type` and `protocol_version`,
+    /// unknown ones included: what the agent gets.
+    pub fields: Map<String, Value>,
 }
 
 // Descriptions can be large; keep `debug!` lines readable.
@@ -177,8 +184,16 @@ pub fn parse(text: &str) -> Result<Incoming, ParseError> {
                 Some(other) => other.to_string(),
             },
             metadata: object.get("metadata").cloned().unwrap_or_else(|| json!({})),
-            generation: object.get("generation").and_then(Value::as_u64).unwrap_or(0),
+            generation: match object.get("generation") {
+                None | Some(Value::Null) => Ok(0),
+                Some(value) => value.as_u64().ok_or_else(|| value.to_string()),
+            },
             assigned_at: object.get("assigned_at").and_then(Value::as_u64),
+            fields: object
+                .iter()
+                .filter(|(key, _)| !matches!(key.as_str(), "type" | "protocol_version"))
+                .map(|(key, value)| (key.clone(), value.clone()))
+                .collect(),
         }),
         "task_ack" => with_task_id(&|task_id| Incoming::TaskAck {
             task_id,
@@ -279,11 +294,6 @@ pub(crate) fn out_task_accepted(task_id: &str) -> String {
     frame("task_accepted", json!({ "task_id": task_id }))
 }
 
-/// `task_id` is `None` when the assign frame had no usable one.
-pub(crate) fn out_task_rejected(task_id: Option<&str>, reason: &str) -> String {
-    frame("task_rejected", json!({ "task_id": task_id, "reason": reason }))
-}
-
 pub(crate) fn out_task_progress(task_id: &str, progress: u64, message: Option<&str>) -> String {
     let mut fields = json!({ "task_id": task_id, "progress": progress });
     if let Some(message) = message {
@@ -322,7 +332,12 @@ pub(crate) fn out_task_recovering(
     )
 }
 
-pub(crate) fn out_state_report(task_id: &str, generation: u64, status: TaskStatus, assigned_at: u64) -> String {
+pub(crate) fn out_state_report(
+    task_id: &str,
+    generation: u64,
+    status: TaskStatus,
+    assigned_at: u64,
+) -> String {
     frame(
         "state_report",
         json!({ "task_id": task_id, "generation": generation, "status": status.as_str(), "assigned_at": assigned_at }),
@@ -343,7 +358,6 @@ pub const SENDABLE_TYPES: &[&str] = &[
     "identify",
     "ping",
     "task_accepted",
-    "task_rejected",
     "task_progress",
     "task_complete",
     "task_failed",
@@ -393,7 +407,6 @@ mod tests {
             out_identify("a", "t", "a", &[]),
             out_ping(),
             out_task_accepted("t1"),
-            out_task_rejected(None, "busy"),
             out_task_progress("t1", 5, Some("m")),
             out_task_complete("t1", 3, &json!({"status":"success"})),
             out_task_failed("t1", 3, "boom"),
@@ -463,7 +476,7 @@ mod tests {
             panic!("not an assign")
         };
         assert_eq!(assign.task_id.as_deref(), Some("task-00"));
-        assert_eq!(assign.generation, 3);
+        assert_eq!(assign.generation, Ok(3));
         assert_eq!(assign.metadata, json!({"k":1}));
         let Incoming::TaskAssign(assign) = parse(r#"{"type":"task_assign","task_id":5}"#).unwrap() else {
             panic!("not an assign")

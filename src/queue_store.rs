@@ -40,6 +40,11 @@ pub struct TaskRecord {
     pub generation: u64,
     #[serde(default)]
     pub wake_attempts: u32,
+    /// Added by this sidecar: every other field of the hub's `task_assign`
+    /// (all but `type`, `protocol_version` and the five above), unknown ones
+    /// included, handed to the agent with the rest. Absent in Node files.
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub assignment: Map<String, Value>,
     /// Added by this sidecar: the outcome owed to the hub, kept until the hub
     /// settles it. Absent in Node files.
     #[serde(default, skip_serializing_if = "Option::is_none")]

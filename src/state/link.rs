@@ -40,8 +40,8 @@ pub(crate) enum ReplyKind {
     Failed,
     Recovering,
     StateReport,
-    /// `task_rejected`, `wake_result`: older hubs answer
-    /// `unknown_message_type`, newer ones nothing we need.
+    /// `wake_result`: older hubs answer `unknown_message_type`, newer ones
+    /// nothing.
     Unhandled,
 }
 

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Map, Value};
 
-use super::link::{Awaiting, ReplyKind};
+use super::link::ReplyKind;
 use super::report::{parse_progress, report_from_result};
 use super::{record, Effect, Held, State, TaskFiles, WakeStart};
 use crate::lifecycle_log::LifecycleEvent;
@@ -76,6 +76,8 @@ pub(crate) struct Task {
     pub assigned_at: u64,
     pub generation: u64,
     pub wake_attempts: u32,
+    /// The other fields of the hub's `task_assign`, for the agent.
+    pub assignment: Map<String, Value>,
     /// Fields of the queue.json record we do not know, kept.
     pub extra: Map<String, Value>,
     pub phase: Phase,
@@ -89,13 +91,18 @@ pub(crate) struct Task {
 }
 
 impl Task {
-    fn accepted(task_id: String, assign: TaskAssign, wall_ms: u64) -> Task {
+    fn accepted(task_id: String, generation: u64, assign: TaskAssign, wall_ms: u64) -> Task {
+        let mut assignment = assign.fields;
+        for own in ["task_id", "description", "metadata", "generation", "assigned_at"] {
+            assignment.remove(own);
+        }
         Task {
+            assignment,
             id: task_id,
             description: assign.description,
             metadata: assign.metadata,
             assigned_at: assign.assigned_at.unwrap_or(wall_ms),
-            generation: assign.generation,
+            generation,
             wake_attempts: 0,
             extra: Map::new(),
             phase: Phase::ToWake { interrupted: false },
@@ -123,6 +130,7 @@ impl Task {
             assigned_at: record.assigned_at,
             generation: record.generation,
             wake_attempts: record.wake_attempts,
+            assignment: record.assignment,
             extra: record.extra,
             phase,
             sync: HubSync::Recovered,
@@ -162,6 +170,7 @@ impl Task {
             assigned_at: self.assigned_at,
             generation: self.generation,
             wake_attempts: self.wake_attempts,
+            assignment: self.assignment.clone(),
             report: self.report().cloned(),
             extra: self.extra.clone(),
         }
@@ -220,29 +229,38 @@ impl State {
     pub(super) fn on_assign(&mut self, assign: TaskAssign, now: Instant, wall_ms: u64, fx: &mut Vec<Effect>) {
         let Some(task_id) = assign.task_id.clone() else {
             log::warn!("refusing a task_assign without a task_id");
-            self.reject(None, "invalid task_assign: missing task_id", fx);
+            self.refuse(None, "invalid task_assign: missing task_id", fx);
             return;
         };
         if !is_valid_task_id(&task_id) {
             let shown: String = task_id.chars().take(64).collect();
             log::warn!("refusing task_assign with an invalid task_id {shown:?}");
-            self.reject(Some(&task_id), "invalid task_id", fx);
+            self.refuse(Some(&shown), "invalid task_id", fx);
             return;
         }
+        let generation = match &assign.generation {
+            Ok(generation) => *generation,
+            Err(value) => {
+                let shown: String = value.chars().take(64).collect();
+                log::warn!("refusing task {task_id}: its generation {shown} is not an integer in 0..2^64");
+                self.refuse(Some(&task_id), &format!("invalid generation {shown}"), fx);
+                return;
+            }
+        };
         if let Some(mut held) = self.held_as(&task_id) {
-            held.on_assigned_again(assign.generation, now, fx);
+            held.on_assigned_again(generation, now, fx);
             return;
         }
         if let Some(busy_with) = self.held_task_id() {
             log::info!("refusing task {task_id}: busy with {busy_with}");
-            self.reject(Some(&task_id), "busy", fx);
+            self.refuse(Some(&task_id), "busy", fx);
             return;
         }
         if self.shutting_down {
-            self.reject(Some(&task_id), "busy", fx);
+            self.refuse(Some(&task_id), "shutting down", fx);
             return;
         }
-        let task = Task::accepted(task_id, assign, wall_ms);
+        let task = Task::accepted(task_id, generation, assign, wall_ms);
         log::info!("accepted task {} (generation {})", task.id, task.generation);
         fx.push(record(LifecycleEvent::TaskAccepted, task.fields()));
         self.task = Some(task);
@@ -254,11 +272,11 @@ impl State {
         }
     }
 
-    fn reject(&mut self, task_id: Option<&str>, reason: &str, fx: &mut Vec<Effect>) {
-        fx.push(record(LifecycleEvent::TaskRejected, json!({ "task_id": task_id, "reason": reason })));
-        let entry =
-            Awaiting { kind: ReplyKind::Unhandled, task_id: task_id.unwrap_or("").into(), generation: 0 };
-        self.link.send(protocol::out_task_rejected(task_id, reason), Some(entry), fx);
+    /// A task we do not take. Nothing is sent: neither hub has a frame for
+    /// it (`task_rejected` is unknown to both, and a schema violation on the
+    /// newer one).
+    fn refuse(&mut self, task_id: Option<&str>, reason: &str, fx: &mut Vec<Effect>) {
+        fx.push(record(LifecycleEvent::TaskRefused, json!({ "task_id": task_id, "reason": reason })));
     }
 
     // ----- waking -----------------------------------------------------------
@@ -382,14 +400,15 @@ impl Held<'_> {
         let t = &mut *self.task;
         t.phase = Phase::Waking { attempt };
         t.wake_attempts = attempt;
-        let task_json = json!({
-            "task_id": t.id,
-            "description": t.description,
-            "metadata": t.metadata,
-            "generation": t.generation,
-            "assigned_at": t.assigned_at,
-        })
-        .to_string();
+        // Everything the hub sent, with our view of the five core fields
+        // (the generation may have moved on since the push).
+        let mut task_json = t.assignment.clone();
+        task_json.insert("task_id".into(), Value::from(t.id.as_str()));
+        task_json.insert("description".into(), Value::from(t.description.as_str()));
+        task_json.insert("metadata".into(), t.metadata.clone());
+        task_json.insert("generation".into(), Value::from(t.generation));
+        task_json.insert("assigned_at".into(), Value::from(t.assigned_at));
+        let task_json = Value::Object(task_json).to_string();
         let start = WakeStart {
             task_id: t.id.clone(),
             generation: t.generation,

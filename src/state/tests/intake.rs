@@ -38,7 +38,8 @@ fn invalid_or_missing_task_ids_are_refused() {
         let mut h = Harness::new();
         h.identify();
         h.frame(json!({"type":"task_assign","task_id":id,"generation":1}));
-        assert_eq!(h.sent_types(), ["task_rejected"], "{id}");
+        // Refused without a frame: neither hub knows task_rejected.
+        assert_eq!(h.steps(), ["record task_refused"], "{id}");
         assert!(h.state.held_task_id().is_none());
         assert!(h.persisted().is_none(), "nothing written for {id}");
         assert!(h.wake_starts().is_empty());
@@ -46,14 +47,14 @@ fn invalid_or_missing_task_ids_are_refused() {
 }
 
 #[test]
-fn a_busy_sidecar_rejects_other_tasks_and_keeps_its_own() {
+fn a_busy_sidecar_refuses_other_tasks_and_keeps_its_own() {
     let mut h = Harness::new();
     h.identify();
     h.assign(TASK, 1);
     h.assign("task-ffffffffffffffff", 1);
-    assert_eq!(h.steps(), ["record task_rejected", "send task_rejected"]);
-    assert_eq!(h.sent()[0]["reason"], "busy");
-    assert!(h.persisted().is_none());
+    assert_eq!(h.steps(), ["record task_refused"], "no wake, no task_rejected");
+    let Effect::Record { fields, .. } = &h.fx[0] else { unreachable!() };
+    assert_eq!(fields["reason"], "busy");
     assert_eq!(h.state.held_task_id(), Some(TASK));
 }
 
@@ -140,4 +141,81 @@ fn a_started_file_seen_before_the_wake_exits_counts() {
     h.files(true, ReadResult::Missing);
     h.wake_done(1, WakeStatus::Success);
     assert_eq!(h.persisted().unwrap().active.unwrap().status.as_str(), "working");
+}
+
+#[test]
+fn a_malformed_generation_is_refused_before_any_work() {
+    for generation in [json!("7"), json!(18_446_744_073_709_551_616.0), json!(-1), json!(1.5), json!({"g":1})]
+    {
+        let mut h = Harness::new();
+        h.identify();
+        h.frame(json!({"type":"task_assign","task_id":TASK,"description":"d","generation":generation}));
+        assert_eq!(h.steps(), ["record task_refused"], "{generation}");
+        assert!(h.state.held_task_id().is_none(), "{generation}");
+    }
+    // 2^64 as the hub writes it (an integer literal one past u64::MAX).
+    let mut h = Harness::new();
+    h.identify();
+    let conn_id = h.conn;
+    h.input(Input::Event(Event::Hub(HubEvent::Frame {
+        conn_id,
+        text: format!(r#"{{"type":"task_assign","task_id":"{TASK}","generation":18446744073709551616}}"#),
+    })));
+    assert_eq!(h.steps(), ["record task_refused"]);
+    // Missing (or null) stays generation 0, as both hubs default it.
+    for frame in [
+        json!({"type":"task_assign","task_id":TASK}),
+        json!({"type":"task_assign","task_id":TASK,"generation":null}),
+    ] {
+        let mut h = Harness::new();
+        h.identify();
+        h.frame(frame);
+        assert_eq!(h.persisted().unwrap().active.unwrap().generation, 0);
+    }
+}
+
+#[test]
+fn every_field_of_the_assignment_reaches_queue_json_and_the_agent() {
+    let mut h = Harness::new();
+    h.identify();
+    h.frame(
+        json!({"type":"task_assign","protocol_version":1,"task_id":TASK,"description":"d","metadata":{"k":1},
+                   "generation":3,"assigned_at":5,"repo":"r","branch":null,"file_hints":[{"path":"a.rs"}],
+                   "skip_verification":false,"max_verification_retries":2,"from_the_future":{"x":[1]}}),
+    );
+    let extra = json!({"repo":"r","branch":null,"file_hints":[{"path":"a.rs"}],"skip_verification":false,
+                       "max_verification_retries":2,"from_the_future":{"x":[1]}});
+    let record = h.persisted().unwrap().active.unwrap();
+    assert_eq!(Value::Object(record.assignment.clone()), extra);
+    let start =
+        h.fx.iter()
+            .find_map(|e| match e {
+                Effect::StartWake(w) => Some(w.clone()),
+                _ => None,
+            })
+            .unwrap();
+    let mut expected = extra.as_object().unwrap().clone();
+    for (k, v) in [
+        ("task_id", json!(TASK)),
+        ("description", json!("d")),
+        ("metadata", json!({"k":1})),
+        ("generation", json!(3)),
+        ("assigned_at", json!(5)),
+    ] {
+        expected.insert(k.into(), v);
+    }
+    let task_json: Value = serde_json::from_str(&start.task_json).unwrap();
+    assert_eq!(task_json, Value::Object(expected), "everything but type and protocol_version");
+    // It survives a restart through queue.json.
+    let mut h = Harness::with(settings(), h.persisted().unwrap());
+    h.identify();
+    h.frame(json!({"type":"task_continue","task_id":TASK,"generation":3}));
+    let start = h.fx.iter().find_map(|e| match e {
+        Effect::StartWake(w) => Some(w.clone()),
+        _ => None,
+    });
+    let task_json: Value =
+        serde_json::from_str(&start.expect("woken: it was never woken").task_json).unwrap();
+    assert_eq!(task_json["file_hints"], json!([{"path":"a.rs"}]));
+    assert_eq!(task_json["from_the_future"], json!({"x":[1]}));
 }
