@@ -81,11 +81,7 @@ fn main() -> ExitCode {
         }
         Command::Status => {
             let mut stdout = std::io::stdout().lock();
-            match agentcom_sidecar::status::report(
-                &config,
-                agentcom_sidecar::queue_store::unix_ms(),
-                &mut stdout,
-            ) {
+            match agentcom_sidecar::status::report(&config, agentcom_sidecar::clock::unix_ms(), &mut stdout) {
                 Ok(agentcom_sidecar::status::Verdict::Idle) => ExitCode::SUCCESS,
                 Ok(agentcom_sidecar::status::Verdict::Busy) => ExitCode::FAILURE,
                 Err(e) => {
