@@ -136,10 +136,7 @@ impl Config {
         let Value::Object(object) = value else {
             return Err(Error::Config(format!("{}: the top level must be a JSON object", path.display())));
         };
-        let base_dir = match path.parent() {
-            Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
+        let base_dir = base_dir_of(path);
         let keys = Keys { object: &object, path, effective: RefCell::new(Map::new()) };
 
         let agent_id = keys.required_string("agent_id")?;
@@ -307,6 +304,12 @@ impl Config {
         config
     }
 
+    /// config.json's directory: every relative path of the config is
+    /// relative to it, and the wake command runs in it.
+    pub fn base_dir(&self) -> PathBuf {
+        base_dir_of(&self.config_path)
+    }
+
     pub fn has_hub_feature(&self, feature: HubFeature) -> bool {
         self.hub_features.contains(&feature)
     }
@@ -340,6 +343,13 @@ pub fn redact_url(url: &str) -> String {
     match scheme {
         Some(scheme) => format!("{scheme}://{authority}{path}"),
         None => format!("{authority}{path}"),
+    }
+}
+
+fn base_dir_of(config_path: &Path) -> PathBuf {
+    match config_path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
+        _ => PathBuf::from("."),
     }
 }
 

@@ -339,6 +339,7 @@ impl Shell {
             task_json: start.task_json,
             task_file,
             results_dir: self.config.results_dir.clone(),
+            work_dir: self.config.base_dir(),
             timeout: self.config.wake_timeout,
         });
     }

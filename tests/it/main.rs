@@ -7,3 +7,4 @@ mod hub_conn;
 mod start_script;
 mod support;
 mod tasks;
+mod wake;

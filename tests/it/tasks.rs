@@ -266,7 +266,9 @@ fn busy_invalid_and_duplicate_assigns_leave_the_first_task_unharmed() {
     let generation = hub.task(&first).unwrap().generation;
     hub.send_raw(AGENT, json!({"type":"task_assign","task_id":first,"description":"first","metadata":{},"generation":generation}));
     expect_received(&hub, "task_accepted");
-    // Nothing was created outside the results directory.
+    // Nothing was created outside the results directory (once the wake,
+    // which writes wakes.txt, has run: it races with the frames above).
+    wait_until("the wake", || (wakes(dir.path()) == 1).then_some(()));
     assert!(!dir.path().join("x").exists() && !dir.path().join("x.json").exists());
     let mut names: Vec<String> =
         fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
