@@ -3,27 +3,34 @@
 //! one in-process on port 0; `src/bin/agentcom-devhub.rs` wraps it so a person
 //! can try a wake command without the real hub.
 //!
-//! It copies the real hub's task bookkeeping closely enough to exercise the
-//! sidecar's edge cases. A task starts at generation 0 and every assignment
-//! bumps it; taking a task back (socket dropped, acceptance window missed) and
-//! a retried failure bump it again, so a task taken back and pushed again comes
-//! two generations higher. Each identified agent has a small state machine like
-//! the hub's `AgentFSM` (idle, assigned, working): only an idle agent is handed
-//! queued work, only the task it was handed while idle has an acceptance window,
-//! and only that task is taken back when its socket drops.
+//! It plays one of two real hub versions of notno/AgentCom ([`HubVersion`]:
+//! cbf9c20, the old one, or 4718a58, the newest and the default) closely
+//! enough to show a sidecar what each does to it: replies and error shapes,
+//! 4718a58's schema validation, violation counting with its 1008 close and
+//! cooldowns, and rate limits; cbf9c20's 1011 close on `task_failed`; taking
+//! a task back when a socket drops and pushing it again two generations
+//! higher; the scheduler's race that pushes a second task to a busy agent;
+//! each agent's state machine (`AgentFSM`: idle, assigned, working). Where a
+//! hub behaviour is modelled, a comment names its source file (under
+//! lib/agent_com/), line and version.
 //!
 //! It is a separate program that shares no code with the sidecar: the sidecar
 //! never uses this module, and this module uses nothing of the sidecar's.
 //!
 //! Layout: this file is the handle a test or the `agentcom-devhub` binary
-//! holds (`DevHub`, `DevHubOptions`); `state.rs` the hub's bookkeeping, free of
-//! sockets; `dispatch.rs` how it answers each frame; `schema.rs` the wire
-//! schema and error shapes; `net.rs` the threads that move frames between
-//! sockets and the state; `state_tests.rs` tests the state and its answers
-//! without a socket. The shared state sits behind one `Mutex`: this is a
-//! test tool and simplicity wins over the sidecar's own "one loop owns the
-//! state" rule. Every connection event and every frame in and out is reported,
-//! in order, on the `DevHubEvent` channel.
+//! holds (`DevHub`, `DevHubOptions`); `profile.rs` the two versions and their
+//! limits; `observe.rs` what can be observed (events, task and agent
+//! snapshots); `state.rs` the hub's bookkeeping, free of sockets;
+//! `schedule.rs` how work is handed out and taken back; `dispatch.rs` how each
+//! frame is answered; `guard.rs` 4718a58's violation counter, cooldowns and
+//! token buckets; `schema.rs` the wire schema and error shapes; `net.rs` the
+//! threads that move frames between sockets and the state; `prompt.rs` the
+//! commands a person types. `state_tests.rs` and `profile_tests.rs` test the
+//! state and both profiles without a socket, with injected time. The shared
+//! state sits behind one `Mutex`: this is a test tool and simplicity wins
+//! over the sidecar's own "one loop owns the state" rule. Every connection
+//! event and every frame in and out is reported, in order, on the
+//! `DevHubEvent` channel.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -38,13 +45,21 @@ use crossbeam_channel::{select, Receiver, Sender};
 use serde_json::Value;
 
 mod dispatch;
+mod guard;
 mod net;
+mod observe;
+mod profile;
+#[cfg(test)]
+mod profile_tests;
+pub mod prompt;
+mod schedule;
 mod schema;
 mod state;
 #[cfg(test)]
 mod state_tests;
 
-pub use state::{DevHubEvent, Outcome, OutcomeKind, TaskSnapshot, TaskStatus};
+pub use observe::{AgentSnapshot, AgentState, DevHubEvent, Outcome, OutcomeKind, TaskSnapshot, TaskStatus};
+pub use profile::{Bucket, HubLimits, HubVersion};
 
 use net::{accept_loop, join_logged, sweep_loop, Shared};
 use state::{HubState, Outgoing, Task};
@@ -70,6 +85,15 @@ pub struct DevHubOptions {
     /// The real hub closes a socket that has sent nothing for 60 s, with code
     /// 1002. `None` never closes. Default `Some(60 s)`.
     pub idle_timeout: Option<Duration>,
+    /// Which real hub to play. Default the newest, 4718a58.
+    pub hub_version: HubVersion,
+    /// The limits it enforces (violations, cooldowns, rate limits, stuck
+    /// sweep). Default the real hub's.
+    pub limits: HubLimits,
+    /// How many times the scheduler's race pushes a second queued task to an
+    /// agent right after making it busy (each race happens once, at the next
+    /// scheduling run that has two queued tasks for an idle agent). Default 0.
+    pub second_push_races: u32,
 }
 
 /// A running development hub. Dropping it stops it, as [`DevHub::stop`] does.
@@ -95,7 +119,15 @@ impl DevHubOptions {
             repush_on_identify: true,
             tls: None,
             idle_timeout: Some(Duration::from_secs(60)),
+            hub_version: HubVersion::default(),
+            limits: HubLimits::default(),
+            second_push_races: 0,
         }
+    }
+
+    /// The same, playing `version`.
+    pub fn for_version(agent_id: &str, token: &str, version: HubVersion) -> Self {
+        DevHubOptions { hub_version: version, ..DevHubOptions::new(agent_id, token) }
     }
 }
 
@@ -112,6 +144,9 @@ impl fmt::Debug for DevHubOptions {
             .field("repush_on_identify", &self.repush_on_identify)
             .field("tls", &self.tls.is_some())
             .field("idle_timeout", &self.idle_timeout)
+            .field("hub_version", &self.hub_version)
+            .field("limits", &self.limits)
+            .field("second_push_races", &self.second_push_races)
             .finish()
     }
 }
@@ -129,8 +164,17 @@ impl DevHub {
         let addr = listener.local_addr()?;
         let (events_tx, events_rx) = crossbeam_channel::unbounded();
         let is_tls = options.tls.is_some();
-        let sweep_tick =
-            (options.accept_timeout / 10).clamp(Duration::from_millis(5), Duration::from_secs(1));
+        // The sweep looks at acceptance windows, stuck tasks and the end of
+        // rate-limit skips: a tenth of the shortest, within 5 ms..1 s.
+        let shortest = [
+            options.accept_timeout,
+            options.limits.stuck_after(options.hub_version, false),
+            options.limits.rate_limited_for,
+        ]
+        .into_iter()
+        .min()
+        .unwrap_or(options.accept_timeout);
+        let sweep_tick = (shortest / 10).clamp(Duration::from_millis(5), Duration::from_secs(1));
         let shared = Arc::new(Shared {
             state: Mutex::new(HubState::new(&options, events_tx)),
             stopping: AtomicBool::new(false),
@@ -273,6 +317,65 @@ impl DevHub {
     /// higher, answer nothing and close the socket with 1011.
     pub fn set_crash_on_task_failed(&self, on: bool) {
         self.shared.lock().crash_on_task_failed = on;
+    }
+
+    /// Queues a task as [`DevHub::push_task`] does, with extra `task_assign`
+    /// fields (an object) sent on top of the version's own: a future hub's
+    /// fields, or values for 4718a58's enrichment keys.
+    pub fn push_task_with(&self, agent_id: &str, description: &str, metadata: Value, extra: Value) -> String {
+        let mut state = self.shared.lock();
+        let task_id = state.new_task_id();
+        state.create_task(&task_id, agent_id, description, metadata);
+        state.set_extra(&task_id, extra);
+        state.schedule(Instant::now(), None);
+        task_id
+    }
+
+    /// An operator's cancel: the task is deleted, its agent gets
+    /// `task_cancelled` and goes idle. False for an unknown or finished task.
+    pub fn cancel_task(&self, task_id: &str) -> bool {
+        self.shared.lock().cancel(task_id, Instant::now())
+    }
+
+    /// Sends `restart_sidecar` with `reason`, as 4718a58 does on an admin's
+    /// restart. False when the agent has no identified connection.
+    pub fn restart_sidecar(&self, agent_id: &str, reason: &str) -> bool {
+        self.send_raw(agent_id, serde_json::json!({"type": "restart_sidecar", "reason": reason}))
+    }
+
+    /// Which real hub this one plays.
+    pub fn version(&self) -> HubVersion {
+        self.shared.lock().version
+    }
+
+    /// The agent's state machine as the hub keeps it, `None` when it has no
+    /// identified connection.
+    pub fn agent(&self, agent_id: &str) -> Option<AgentSnapshot> {
+        self.shared.lock().agent_snapshot(agent_id, Instant::now())
+    }
+
+    /// Every schema violation counted on the agent's identified connections
+    /// since the hub started.
+    pub fn violations(&self, agent_id: &str) -> u32 {
+        self.shared.lock().violations_total.get(agent_id).copied().unwrap_or(0)
+    }
+
+    /// How many times the agent was closed with 1008 for violations.
+    pub fn violation_closes(&self, agent_id: &str) -> u32 {
+        self.shared.lock().backoffs.get(agent_id).map_or(0, |backoff| backoff.closes)
+    }
+
+    /// A fresh `task-` + 16 hex digits id, unique in this hub.
+    pub fn new_task_id(&self) -> String {
+        self.shared.lock().new_task_id()
+    }
+
+    /// Every task the hub knows, oldest first.
+    pub fn tasks(&self) -> Vec<TaskSnapshot> {
+        let state = self.shared.lock();
+        let mut tasks: Vec<&Task> = state.tasks.values().collect();
+        tasks.sort_by_key(|task| task.created_seq);
+        tasks.into_iter().map(Task::snapshot).collect()
     }
 
     pub fn task(&self, task_id: &str) -> Option<TaskSnapshot> {

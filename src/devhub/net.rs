@@ -19,9 +19,10 @@ use tungstenite::protocol::frame::coding::CloseCode;
 use tungstenite::protocol::CloseFrame;
 use tungstenite::{HandshakeError, Message, WebSocket};
 
+use super::observe::DevHubEvent;
 use super::redact_token;
 use super::schema::error_reply;
-use super::state::{DevHubEvent, HubState, Outgoing, Reply};
+use super::state::{HubState, Outgoing, Reply};
 
 /// Read poll of a connection thread: the bound on how long it takes to notice
 /// an outbox frame or `stop`.

@@ -1,5 +1,6 @@
-//! The wire schema of the frames a sidecar sends, as the real hub validates
-//! them, and the shapes of the hub's error replies.
+//! The wire schema of the frames a sidecar sends, as 4718a58 validates them
+//! (lib/agent_com/validation/schemas.ex, validation.ex), and the shapes of
+//! the hub's error replies. cbf9c20 validates nothing.
 
 use serde_json::{json, Map, Value};
 
@@ -9,8 +10,11 @@ use super::state::Reply;
 pub(super) enum FieldType {
     String,
     Integer,
+    /// An integer or a float.
+    Number,
     Object,
     StringList,
+    ObjectList,
 }
 
 pub(super) struct Schema {
@@ -18,8 +22,35 @@ pub(super) struct Schema {
     optional: &'static [(&'static str, FieldType)],
 }
 
+/// Every type 4718a58's schema knows, sorted, as its `known_types` lists them
+/// ((4718a58) validation/schemas.ex:30-225). `task_rejected` is not one of them.
+pub(super) const KNOWN_TYPES: &[&str] = &[
+    "channel_history",
+    "channel_publish",
+    "channel_subscribe",
+    "channel_unsubscribe",
+    "identify",
+    "list_agents",
+    "list_channels",
+    "message",
+    "ollama_report",
+    "ping",
+    "resource_report",
+    "state_report",
+    "status",
+    "task_accepted",
+    "task_complete",
+    "task_failed",
+    "task_progress",
+    "task_recovering",
+    "wake_result",
+];
+
+/// The schema of a frame type, `None` for a type 4718a58 does not know. The
+/// chat and report types a sidecar never sends are checked for `type` only.
 pub(super) fn schema_for(frame_type: &str) -> Option<&'static Schema> {
     use FieldType::*;
+    // (4718a58) schemas.ex:31-44
     const IDENTIFY: Schema = Schema {
         required: &[("agent_id", String), ("token", String), ("type", String)],
         optional: &[
@@ -29,39 +60,76 @@ pub(super) fn schema_for(frame_type: &str) -> Option<&'static Schema> {
             ("status", String),
         ],
     };
+    // (4718a58) schemas.ex:72-78 (ping) and the types a sidecar never sends.
     const TYPE_ONLY: Schema = Schema { required: &[("type", String)], optional: &[] };
+    // (4718a58) schemas.ex:125-132 (task_accepted), 170-177 (task_recovering)
     const TASK_ID_ONLY: Schema = Schema { required: &[("task_id", String), ("type", String)], optional: &[] };
+    // (4718a58) schemas.ex:133-143
     const TASK_PROGRESS: Schema = Schema {
         required: &[("task_id", String), ("type", String)],
         optional: &[("execution_event", Object), ("progress", Integer)],
     };
+    // (4718a58) schemas.ex:144-157
     const TASK_COMPLETE: Schema = Schema {
         required: &[("generation", Integer), ("task_id", String), ("type", String)],
-        optional: &[("result", Object), ("tokens_used", Integer), ("verification_report", Object)],
+        optional: &[
+            ("result", Object),
+            ("tokens_used", Integer),
+            ("verification_history", ObjectList),
+            ("verification_report", Object),
+        ],
     };
+    // (4718a58) schemas.ex:158-169
     const TASK_FAILED: Schema = Schema {
         required: &[("generation", Integer), ("task_id", String), ("type", String)],
         optional: &[("error", String), ("reason", String)],
     };
+    // (4718a58) schemas.ex:200-212
+    const WAKE_RESULT: Schema = Schema {
+        required: &[("status", String), ("task_id", String), ("type", String)],
+        optional: &[("attempt", Integer), ("error", String), ("reason", String)],
+    };
+    // (4718a58) schemas.ex:213-224
+    const STATE_REPORT: Schema = Schema {
+        required: &[("task_id", String), ("type", String)],
+        optional: &[("assigned_at", Number), ("generation", Integer), ("status", String)],
+    };
     match frame_type {
         "identify" => Some(&IDENTIFY),
-        "ping" => Some(&TYPE_ONLY),
         "task_accepted" | "task_recovering" => Some(&TASK_ID_ONLY),
         "task_progress" => Some(&TASK_PROGRESS),
         "task_complete" => Some(&TASK_COMPLETE),
         "task_failed" => Some(&TASK_FAILED),
+        "wake_result" => Some(&WAKE_RESULT),
+        "state_report" => Some(&STATE_REPORT),
+        known if KNOWN_TYPES.contains(&known) => Some(&TYPE_ONLY),
         _ => None,
     }
 }
 
+/// The one error of a frame whose type the schema does not know
+/// ((4718a58) validation.ex:29-36).
+pub(super) fn unknown_type_error(frame_type: &str) -> Value {
+    json!({
+        "field": "type",
+        "error": "unknown_message_type",
+        "detail": format!("unknown message type '{frame_type}'"),
+        "known_types": KNOWN_TYPES,
+    })
+}
+
+/// Length limits by field name, in characters, for any field of a schema
+/// ((4718a58) schemas.ex:16-27, validation.ex:344-361).
 pub(super) fn length_limit(field: &str) -> Option<usize> {
     match field {
         "agent_id" => Some(128),
         "description" => Some(10_000),
         "status" => Some(256),
+        "channel" => Some(64),
         "token" => Some(256),
         "error" | "reason" => Some(2_000),
         "name" => Some(256),
+        "repo" | "ollama_url" => Some(512),
         _ => None,
     }
 }
@@ -88,18 +156,25 @@ pub(super) fn validate(object: &Map<String, Value>, schema: &Schema) -> Vec<Valu
             FieldType::String => (value.is_string(), "string"),
             FieldType::Integer => (value.is_i64() || value.is_u64(), "integer"),
             FieldType::Object => (value.is_object(), "object"),
-            FieldType::StringList => match value.as_array() {
-                Some(items) => match items.iter().position(|item| !item.is_string()) {
-                    None => (true, "array"),
-                    Some(idx) => {
-                        let detail = format!("expected string, got {}", type_name(&items[idx]));
-                        let name = format!("{field}[{idx}]");
-                        errors.push(field_error(&name, "wrong_type", &detail, Some(&items[idx])));
-                        continue;
-                    }
-                },
-                None => (false, "array"),
-            },
+            FieldType::Number => (value.is_number(), "number"),
+            FieldType::StringList | FieldType::ObjectList => {
+                let (item_ok, item_name): (fn(&Value) -> bool, &str) = match field_type {
+                    FieldType::StringList => (Value::is_string, "string"),
+                    _ => (Value::is_object, "map"),
+                };
+                match value.as_array() {
+                    Some(items) => match items.iter().position(|item| !item_ok(item)) {
+                        None => (true, "array"),
+                        Some(idx) => {
+                            let detail = format!("expected {item_name}, got {}", type_name(&items[idx]));
+                            let name = format!("{field}[{idx}]");
+                            errors.push(field_error(&name, "wrong_type", &detail, Some(&items[idx])));
+                            continue;
+                        }
+                    },
+                    None => (false, "array"),
+                }
+            }
         };
         if !ok {
             let detail = format!("expected {expected}, got {}", type_name(value));
@@ -144,15 +219,6 @@ pub(super) fn type_name(value: &Value) -> &'static str {
         Value::Object(_) => "object",
         Value::Array(_) => "array",
         Value::Null => "null",
-    }
-}
-
-/// The real hub's rate-limit tier of a frame type.
-pub(super) fn rate_limit_tier(frame_type: &str) -> &'static str {
-    match frame_type {
-        "ping" | "list_agents" | "list_channels" | "status" | "channel_history" => "light",
-        "identify" => "heavy",
-        _ => "normal",
     }
 }
 

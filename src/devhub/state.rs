@@ -1,8 +1,10 @@
-//! The hub's bookkeeping, free of sockets: its task queue (generations,
-//! assignment, taking back, retries), each agent's state machine, and which
-//! connection an agent speaks on. Frames out go to per-connection outboxes
-//! (channels the network loop drains) and events to the `DevHubEvent` channel,
-//! so every rule here is tested by calling methods and reading channels.
+//! The hub's bookkeeping, free of sockets: its tasks, each agent's state
+//! machine, the protocol guards, and which connection an agent speaks on.
+//! Frames out go to per-connection outboxes (channels the network loop
+//! drains) and events to the `DevHubEvent` channel, and time is passed in, so
+//! every rule is tested by calling methods and reading channels
+//! (`state_tests.rs`). `schedule.rs` hands out the work, `dispatch.rs`
+//! answers the frames.
 
 use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
@@ -10,81 +12,12 @@ use std::hash::{BuildHasher, Hasher};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crossbeam_channel::Sender;
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 
+use super::guard::{Backoff, Tier, TokenBucket, Violations};
+use super::observe::{AgentSnapshot, AgentState, DevHubEvent, Outcome, TaskSnapshot, TaskStatus};
+use super::profile::{HubLimits, HubVersion};
 use super::DevHubOptions;
-
-/// What the hub saw or did, in order. `conn` numbers connections from 1.
-#[derive(Debug, Clone, PartialEq)]
-pub enum DevHubEvent {
-    /// A WebSocket handshake completed.
-    Connected { conn: u64 },
-    /// A TCP connection that never became a WebSocket (wrong path, bad TLS...).
-    HandshakeFailed { conn: u64, reason: String },
-    /// An identify was accepted; emitted right after the `identified` frame.
-    Identified { conn: u64, agent_id: String },
-    /// A text frame from the sidecar, raw (an identify keeps its token here;
-    /// use [`redact_token`] before printing it).
-    Received { conn: u64, frame: Value },
-    /// A text frame that is not JSON, or a binary frame (lossy UTF-8).
-    ReceivedText { conn: u64, text: String },
-    /// A frame written to the sidecar.
-    Sent { conn: u64, frame: Value },
-    /// A frame the hub would have written but did not because it is silent.
-    Suppressed { conn: u64, frame: Value },
-    /// The hub sent a close frame.
-    ClosedByHub { conn: u64, code: u16, reason: String },
-    /// A task went back to the queue without an answer from the sidecar:
-    /// `reason` is `disconnect`, `accept_timeout` or `hub_crash`.
-    TaskTakenBack { task_id: String, generation: u64, reason: String },
-    /// The connection is gone, with the agent it had identified as.
-    Disconnected { conn: u64, agent_id: Option<String> },
-}
-
-/// Where a task stands in the hub's queue.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TaskStatus {
-    Queued,
-    Assigned,
-    Completed,
-    DeadLetter,
-}
-
-/// What settled one generation of a task.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OutcomeKind {
-    Completed,
-    Retried,
-    DeadLetter,
-}
-
-/// One accepted `task_complete` or `task_failed`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Outcome {
-    pub generation: u64,
-    pub kind: OutcomeKind,
-    /// The `result` of a completion.
-    pub result: Option<Value>,
-    /// The `error` (or else `reason`) of a failure.
-    pub reason: Option<String>,
-}
-
-/// A copy of what the hub knows about a task.
-#[derive(Debug, Clone, PartialEq)]
-pub struct TaskSnapshot {
-    pub task_id: String,
-    pub description: String,
-    pub metadata: Value,
-    pub generation: u64,
-    pub status: TaskStatus,
-    pub assigned_to: Option<String>,
-    /// A `task_accepted` arrived for the current assignment.
-    pub accepted: bool,
-    pub n_failures: u32,
-    pub outcomes: Vec<Outcome>,
-    /// Every `task_progress` frame received for this task.
-    pub progress: Vec<Value>,
-}
 
 pub(super) enum Outgoing {
     Frame(Value),
@@ -102,6 +35,7 @@ pub(super) enum Reply {
 pub(super) struct ConnEntry {
     pub(super) agent_id: Option<String>,
     pub(super) outbox: Sender<Outgoing>,
+    pub(super) violations: Violations,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -124,6 +58,8 @@ pub(super) struct Task {
     pub(super) task_id: String,
     pub(super) description: String,
     pub(super) metadata: Value,
+    /// Extra `task_assign` fields, sent as given on top of the version's own.
+    pub(super) extra: Map<String, Value>,
     /// Creation order; the queue hands out the oldest queued task first.
     pub(super) created_seq: u64,
     pub(super) generation: u64,
@@ -134,6 +70,10 @@ pub(super) struct Task {
     /// The agent whose queue the task is in.
     pub(super) target_agent: String,
     pub(super) accepted: bool,
+    /// What the stuck sweep looks at: set by an assignment, `task_accepted`
+    /// and `task_progress` (both versions), a successful `wake_result` and a
+    /// `state_report` answered `continue` (4718a58).
+    pub(super) updated_at: Instant,
     pub(super) n_failures: u32,
     pub(super) outcomes: Vec<Outcome>,
     pub(super) progress: Vec<Value>,
@@ -154,17 +94,26 @@ impl Task {
             progress: self.progress.clone(),
         }
     }
+
+    /// Assigned to someone at exactly `generation`.
+    pub(super) fn is_assigned_at(&self, generation: i64) -> bool {
+        self.status == TaskStatus::Assigned && i64::try_from(self.generation).ok() == Some(generation)
+    }
 }
 
 pub(super) struct HubState {
+    pub(super) version: HubVersion,
+    pub(super) limits: HubLimits,
     pub(super) tokens: HashMap<String, String>,
     pub(super) accept_timeout: Duration,
     pub(super) max_retries: u32,
     pub(super) repush_on_identify: bool,
     pub(super) idle_timeout: Option<Duration>,
-    /// Dead-lettered tasks stay here with `DeadLetter` status but, as in the
-    /// real hub (which moves them to another table), the protocol no longer
-    /// finds them.
+    /// How many more times the scheduler's race pushes a second task to an
+    /// agent it has just made busy.
+    pub(super) second_push_races: u32,
+    /// Dead-lettered and cancelled tasks stay here but, as in the real hub
+    /// (which moves or deletes them), the protocol no longer finds them.
     pub(super) tasks: HashMap<String, Task>,
     pub(super) next_task_seq: u64,
     pub(super) next_conn: u64,
@@ -172,8 +121,15 @@ pub(super) struct HubState {
     pub(super) agents: HashMap<String, AgentFsm>,
     pub(super) silent: bool,
     pub(super) crash_on_task_failed: bool,
-    /// `(frame type, retry_after_ms)`, oldest first.
+    /// `(frame type, retry_after_ms)`, oldest first: one-shot denials a test
+    /// or a person asked for, on either version.
     pub(super) rate_limits: Vec<(String, u64)>,
+    pub(super) buckets: HashMap<(String, Tier), TokenBucket>,
+    /// Agents the scheduler skips after a denial, until then.
+    pub(super) rate_limited_until: HashMap<String, Instant>,
+    pub(super) backoffs: HashMap<String, Backoff>,
+    /// Every violation counted on an identified connection, per agent.
+    pub(super) violations_total: HashMap<String, u32>,
     pub(super) events: Sender<DevHubEvent>,
     pub(super) id_seed: RandomState,
 }
@@ -181,19 +137,26 @@ pub(super) struct HubState {
 impl HubState {
     pub(super) fn new(options: &DevHubOptions, events: Sender<DevHubEvent>) -> HubState {
         HubState {
+            version: options.hub_version,
+            limits: options.limits.clone(),
             tokens: options.tokens.clone(),
             accept_timeout: options.accept_timeout,
             max_retries: options.max_retries,
             repush_on_identify: options.repush_on_identify,
             idle_timeout: options.idle_timeout,
+            second_push_races: options.second_push_races,
             tasks: HashMap::new(),
             next_task_seq: 0,
             next_conn: 1,
             conns: HashMap::new(),
             agents: HashMap::new(),
             silent: false,
-            crash_on_task_failed: false,
+            crash_on_task_failed: options.hub_version.crashes_on_task_failed(),
             rate_limits: Vec::new(),
+            buckets: HashMap::new(),
+            rate_limited_until: HashMap::new(),
+            backoffs: HashMap::new(),
+            violations_total: HashMap::new(),
             events,
             id_seed: RandomState::new(),
         }
@@ -204,7 +167,8 @@ impl HubState {
         let _ = self.events.send(event);
     }
 
-    /// `task-` + 16 lowercase hex digits, unique in this hub.
+    /// `task-` + 16 lowercase hex digits, unique in this hub
+    /// (lib/agent_com/task_queue.ex:647-649 (cbf9c20), 1030-1032 (4718a58)).
     pub(super) fn new_task_id(&mut self) -> String {
         loop {
             let mut hasher = self.id_seed.build_hasher();
@@ -220,12 +184,14 @@ impl HubState {
         }
     }
 
+    /// A queued task at generation 0 (task_queue.ex:202-225 (cbf9c20)).
     pub(super) fn create_task(&mut self, task_id: &str, agent_id: &str, description: &str, metadata: Value) {
         self.next_task_seq += 1;
         let task = Task {
             task_id: task_id.to_string(),
             description: description.to_string(),
             metadata,
+            extra: Map::new(),
             created_seq: self.next_task_seq,
             generation: 0,
             status: TaskStatus::Queued,
@@ -233,6 +199,7 @@ impl HubState {
             last_assigned_to: None,
             target_agent: agent_id.to_string(),
             accepted: false,
+            updated_at: Instant::now(),
             n_failures: 0,
             outcomes: Vec::new(),
             progress: Vec::new(),
@@ -255,32 +222,53 @@ impl HubState {
     }
 
     /// Bumps the generation, marks the task assigned and returns the
-    /// `task_assign` frame. The caller updates the agent and pushes.
-    pub(super) fn assign_task(&mut self, task_id: &str, agent_id: &str) -> Value {
-        let task = self.tasks.get_mut(task_id).expect("assign_task on a known task");
+    /// `task_assign` frame, or `None` for an unknown task. The caller updates
+    /// the agent and pushes.
+    pub(super) fn assign_task(&mut self, task_id: &str, agent_id: &str, now: Instant) -> Option<Value> {
+        let version = self.version;
+        let task = self.tasks.get_mut(task_id)?;
+        // Every assignment bumps the generation (task_queue.ex:318 (cbf9c20), 441 (4718a58)).
         task.generation += 1;
         task.status = TaskStatus::Assigned;
         task.assigned_to = Some(agent_id.to_string());
         task.last_assigned_to = Some(agent_id.to_string());
         task.accepted = false;
-        // The enrichment keys are always present in the real hub's push.
-        json!({
+        task.updated_at = now;
+        // socket.ex:156-171 (cbf9c20): exactly these six keys.
+        let mut frame = json!({
             "type": "task_assign",
             "task_id": task.task_id,
             "description": task.description,
             "metadata": task.metadata,
             "generation": task.generation,
             "assigned_at": now_ms(),
-            "repo": null,
-            "branch": null,
-            "file_hints": [],
-            "success_criteria": [],
-            "verification_steps": [],
-            "complexity": null,
-        })
+        });
+        if version == HubVersion::V4718a58 {
+            // socket.ex:170-198 (4718a58): the enrichment keys are always present.
+            let enrichment = json!({
+                "repo": null,
+                "branch": null,
+                "file_hints": [],
+                "success_criteria": [],
+                "verification_steps": [],
+                "complexity": null,
+                "routing_decision": null,
+                "skip_verification": false,
+                "verification_timeout_ms": null,
+                "max_verification_retries": 0,
+            });
+            if let (Some(frame), Value::Object(enrichment)) = (frame.as_object_mut(), enrichment) {
+                frame.extend(enrichment);
+            }
+        }
+        if let Some(frame) = frame.as_object_mut() {
+            frame.extend(task.extra.clone());
+        }
+        Some(frame)
     }
 
-    /// Puts an assigned task back in the queue one generation higher.
+    /// Puts an assigned task back in the queue one generation higher
+    /// (reclaim_task: task_queue.ex:520-548 (cbf9c20), 785-817 (4718a58)).
     pub(super) fn take_back(&mut self, task_id: &str, reason: &str) {
         let Some(task) = self.tasks.get_mut(task_id) else {
             return;
@@ -301,135 +289,27 @@ impl HubState {
         self.emit(event);
     }
 
-    /// Hands each idle identified agent its oldest queued task. Right after
-    /// `identifying` identifies, without `repush_on_identify`, tasks taken back
-    /// from it are left in the queue.
-    pub(super) fn schedule(&mut self, now: Instant, identifying: Option<&str>) {
-        let mut idle_agents: Vec<String> = self
-            .agents
-            .iter()
-            .filter(|(_, fsm)| fsm.phase == AgentPhase::Idle)
-            .map(|(agent_id, _)| agent_id.clone())
-            .collect();
-        idle_agents.sort();
-        for agent_id in idle_agents {
-            let skip_taken_back = identifying == Some(agent_id.as_str()) && !self.repush_on_identify;
-            let next = self
-                .tasks
-                .values()
-                .filter(|task| task.status == TaskStatus::Queued && task.target_agent == agent_id)
-                .filter(|task| {
-                    !(skip_taken_back && task.last_assigned_to.as_deref() == Some(agent_id.as_str()))
-                })
-                .min_by_key(|task| task.created_seq)
-                .map(|task| task.task_id.clone());
-            let Some(task_id) = next else {
-                continue;
-            };
-            let frame = self.assign_task(&task_id, &agent_id);
-            let fsm = self.agents.get_mut(&agent_id).expect("listed just above");
-            fsm.phase = AgentPhase::Assigned { accept_deadline: now + self.accept_timeout };
-            fsm.current_task = Some(task_id);
-            self.send_to_agent(&agent_id, frame);
-        }
-    }
-
-    /// Takes back every current task whose acceptance window has closed.
-    pub(super) fn sweep(&mut self, now: Instant) {
-        let expired: Vec<String> = self
-            .agents
-            .iter()
-            .filter(|(_, fsm)| {
-                matches!(fsm.phase, AgentPhase::Assigned { accept_deadline } if accept_deadline <= now)
-            })
-            .map(|(agent_id, _)| agent_id.clone())
-            .collect();
-        if expired.is_empty() {
-            return;
-        }
-        for agent_id in expired {
-            let fsm = self.agents.get_mut(&agent_id).expect("listed just above");
-            fsm.phase = AgentPhase::Idle;
-            if let Some(task_id) = fsm.current_task.take() {
-                self.take_back(&task_id, "accept_timeout");
-            }
-        }
-        self.schedule(now, None);
-    }
-
     pub(super) fn register_conn(&mut self, outbox: Sender<Outgoing>) -> u64 {
         let conn = self.next_conn;
         self.next_conn += 1;
-        self.conns.insert(conn, ConnEntry { agent_id: None, outbox });
+        self.conns.insert(conn, ConnEntry { agent_id: None, outbox, violations: Violations::default() });
         conn
     }
 
+    /// The socket is gone: the agent's state machine sees `:DOWN` and takes
+    /// back its current task at once, no grace (agent_fsm.ex:422-430 (cbf9c20),
+    /// 487-502 (4718a58)). Other tasks assigned to the agent stay assigned.
     pub(super) fn disconnect(&mut self, conn: u64, now: Instant) {
         let agent_id = self.conns.remove(&conn).and_then(|entry| entry.agent_id);
         if let Some(agent_id) = &agent_id {
             if self.agents.get(agent_id).is_some_and(|fsm| fsm.conn == conn) {
-                let fsm = self.agents.remove(agent_id).expect("checked just above");
-                if let Some(task_id) = fsm.current_task {
+                if let Some(task_id) = self.agents.remove(agent_id).and_then(|fsm| fsm.current_task) {
                     self.take_back(&task_id, "disconnect");
                 }
                 self.schedule(now, None);
             }
         }
         self.emit(DevHubEvent::Disconnected { conn, agent_id });
-    }
-
-    /// Assigns `task_id` to `agent_id` (creating it if new) and pushes it at
-    /// once, busy agent or not; returns the new generation. An idle agent's
-    /// state machine takes it as its current task, with an acceptance window;
-    /// a busy one ignores it, as the real hub's does.
-    pub(super) fn push_now(
-        &mut self,
-        agent_id: &str,
-        task_id: &str,
-        description: &str,
-        metadata: Value,
-        now: Instant,
-    ) -> u64 {
-        if let Some(task) = self.tasks.get_mut(task_id) {
-            task.description = description.to_string();
-            task.metadata = metadata;
-            task.target_agent = agent_id.to_string();
-        } else {
-            self.create_task(task_id, agent_id, description, metadata);
-        }
-        let frame = self.assign_task(task_id, agent_id);
-        let generation = self.tasks[task_id].generation;
-        let accept_deadline = now + self.accept_timeout;
-        if let Some(fsm) = self.agents.get_mut(agent_id) {
-            match fsm.phase {
-                AgentPhase::Idle => {
-                    fsm.phase = AgentPhase::Assigned { accept_deadline };
-                    fsm.current_task = Some(task_id.to_string());
-                }
-                AgentPhase::Assigned { .. } if fsm.current_task.as_deref() == Some(task_id) => {
-                    fsm.phase = AgentPhase::Assigned { accept_deadline };
-                }
-                _ => {}
-            }
-        }
-        self.send_to_agent(agent_id, frame);
-        generation
-    }
-
-    /// Makes the hub know `task_id` as assigned to `agent_id` at `generation`,
-    /// without pushing anything.
-    pub(super) fn seed(&mut self, task_id: &str, generation: u64, agent_id: &str) {
-        if !self.tasks.contains_key(task_id) {
-            self.create_task(task_id, agent_id, "", json!({}));
-        }
-        if let Some(task) = self.tasks.get_mut(task_id) {
-            task.generation = generation;
-            task.status = TaskStatus::Assigned;
-            task.assigned_to = Some(agent_id.to_string());
-            task.last_assigned_to = Some(agent_id.to_string());
-            task.target_agent = agent_id.to_string();
-            task.accepted = false;
-        }
     }
 
     /// The connections identified as `agent_id`.
@@ -442,6 +322,23 @@ impl HubState {
             .collect();
         conns.sort_unstable();
         conns
+    }
+
+    pub(super) fn agent_snapshot(&self, agent_id: &str, now: Instant) -> Option<AgentSnapshot> {
+        let fsm = self.agents.get(agent_id)?;
+        let state = match fsm.phase {
+            AgentPhase::Idle => AgentState::Idle,
+            AgentPhase::Assigned { .. } => AgentState::Assigned,
+            AgentPhase::Working => AgentState::Working,
+        };
+        Some(AgentSnapshot {
+            agent_id: agent_id.to_string(),
+            conn: fsm.conn,
+            state,
+            current_task: fsm.current_task.clone(),
+            violations: self.conns.get(&fsm.conn).map_or(0, |entry| entry.violations.count()),
+            rate_limited: self.rate_limited_until.get(agent_id).is_some_and(|until| *until > now),
+        })
     }
 }
 

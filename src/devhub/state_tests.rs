@@ -10,15 +10,15 @@ use serde_json::{json, Value};
 use super::state::{AgentPhase, HubState, Outgoing, Reply};
 use super::{DevHubEvent, DevHubOptions, OutcomeKind, TaskStatus};
 
-const AGENT: &str = "a1";
-const TOKEN: &str = "t1";
+pub(super) const AGENT: &str = "a1";
+pub(super) const TOKEN: &str = "t1";
 
-struct Conn {
-    id: u64,
-    outbox: Receiver<Outgoing>,
+pub(super) struct Conn {
+    pub(super) id: u64,
+    pub(super) outbox: Receiver<Outgoing>,
 }
 
-fn hub() -> (HubState, Receiver<DevHubEvent>) {
+pub(super) fn hub() -> (HubState, Receiver<DevHubEvent>) {
     let (events, events_rx) = crossbeam_channel::unbounded();
     let mut options = DevHubOptions::new(AGENT, TOKEN);
     options.accept_timeout = Duration::from_secs(10);
@@ -26,7 +26,7 @@ fn hub() -> (HubState, Receiver<DevHubEvent>) {
 }
 
 /// Opens a connection and identifies it; returns it with the replies' frames.
-fn identify(state: &mut HubState, now: Instant) -> (Conn, Vec<Value>) {
+pub(super) fn identify(state: &mut HubState, now: Instant) -> (Conn, Vec<Value>) {
     let (outbox_tx, outbox) = crossbeam_channel::unbounded();
     let id = state.register_conn(outbox_tx);
     let replies =
@@ -34,7 +34,7 @@ fn identify(state: &mut HubState, now: Instant) -> (Conn, Vec<Value>) {
     (Conn { id, outbox }, reply_frames(replies))
 }
 
-fn reply_frames(replies: Vec<Reply>) -> Vec<Value> {
+pub(super) fn reply_frames(replies: Vec<Reply>) -> Vec<Value> {
     replies
         .into_iter()
         .filter_map(|reply| match reply {
@@ -45,7 +45,7 @@ fn reply_frames(replies: Vec<Reply>) -> Vec<Value> {
 }
 
 /// The frames pushed to `conn` so far, as `type gen=N` words.
-fn pushed(conn: &Conn) -> Vec<String> {
+pub(super) fn pushed(conn: &Conn) -> Vec<String> {
     conn.outbox
         .try_iter()
         .map(|outgoing| match outgoing {
@@ -58,12 +58,17 @@ fn pushed(conn: &Conn) -> Vec<String> {
         .collect()
 }
 
-fn types(frames: &[Value]) -> Vec<&str> {
+pub(super) fn types(frames: &[Value]) -> Vec<&str> {
     frames.iter().map(|frame| frame["type"].as_str().unwrap_or("?")).collect()
 }
 
-fn send(state: &mut HubState, conn: &Conn, frame: Value, now: Instant) -> Vec<Value> {
+pub(super) fn send(state: &mut HubState, conn: &Conn, frame: Value, now: Instant) -> Vec<Value> {
     reply_frames(state.handle_frame(conn.id, &frame, now))
+}
+
+pub(super) fn accept(state: &mut HubState, conn: &Conn, task_id: &str, now: Instant) {
+    let ack = send(state, conn, json!({"type": "task_accepted", "task_id": task_id}), now);
+    assert_eq!(ack, [json!({"type": "task_ack", "task_id": task_id, "status": "accepted"})]);
 }
 
 #[test]
@@ -149,6 +154,7 @@ fn failures_are_retried_then_dead_lettered_and_stale_reports_are_refused() {
     let mut generation = 1;
     for round in 1..=state.max_retries {
         assert_eq!(pushed(&conn), [format!("task_assign gen={generation}")], "round {round}");
+        accept(&mut state, &conn, "task-1", now);
         let stale = send(&mut state, &conn, failed(generation + 7), now);
         assert_eq!(stale, [json!({"type": "error", "error": "task_fail_failed: stale_generation"})]);
         let ack = send(&mut state, &conn, failed(generation), now);
@@ -176,6 +182,7 @@ fn a_completion_frees_the_agent_for_the_next_task() {
     }
     state.schedule(now, None);
     assert_eq!(pushed(&conn), ["task_assign gen=1"]);
+    accept(&mut state, &conn, "task-1", now);
     let complete =
         json!({"type": "task_complete", "task_id": "task-1", "generation": 1, "result": {"ok": 1}});
     let ack = send(&mut state, &conn, complete.clone(), now);
@@ -187,7 +194,27 @@ fn a_completion_frees_the_agent_for_the_next_task() {
 }
 
 #[test]
-fn recovering_a_task_taken_back_from_this_agent_continues_it_one_generation_higher() {
+fn a_completion_without_task_accepted_leaves_the_agent_assigned_until_its_window_closes() {
+    let (mut state, _events) = hub();
+    let now = Instant::now();
+    let (conn, _) = identify(&mut state, now);
+    for task_id in ["task-1", "task-2"] {
+        state.create_task(task_id, AGENT, "d", json!({}));
+    }
+    state.schedule(now, None);
+    assert_eq!(pushed(&conn), ["task_assign gen=1"]);
+    let complete = json!({"type": "task_complete", "task_id": "task-1", "generation": 1});
+    assert_eq!(types(&send(&mut state, &conn, complete, now)), ["task_ack"]);
+    // agent_fsm.ex: task_completed moves only a working machine to idle.
+    assert!(matches!(state.agents[AGENT].phase, AgentPhase::Assigned { .. }));
+    assert!(pushed(&conn).is_empty(), "no next task while assigned");
+    state.sweep(now + state.accept_timeout);
+    assert_eq!(state.tasks["task-1"].status, TaskStatus::Completed, "nothing to take back");
+    assert_eq!(pushed(&conn), ["task_assign gen=1"], "task-2 once the window closed");
+}
+
+#[test]
+fn task_recovering_answers_by_status_only() {
     let (mut state, _events) = hub();
     let now = Instant::now();
     state.repush_on_identify = false;
@@ -198,9 +225,15 @@ fn recovering_a_task_taken_back_from_this_agent_continues_it_one_generation_high
     state.disconnect(conn.id, now);
     let (conn, _) = identify(&mut state, now);
     assert!(pushed(&conn).is_empty(), "repush_on_identify is off");
-    let reply = send(&mut state, &conn, json!({"type": "task_recovering", "task_id": "task-1"}), now);
-    assert_eq!(reply, [json!({"type": "task_continue", "task_id": "task-1", "generation": 3})]);
-    assert_eq!(state.agents[AGENT].phase, AgentPhase::Working);
+    // Taken back and queued: reassign; the hub does not hand it back here.
+    let recovering = json!({"type": "task_recovering", "task_id": "task-1"});
+    let reply = send(&mut state, &conn, recovering.clone(), now);
+    assert_eq!(reply, [json!({"type": "task_reassign", "task_id": "task-1"})]);
+    assert_eq!(state.tasks["task-1"].status, TaskStatus::Queued);
+    // Assigned, even to another agent: continue at its generation.
+    state.seed("task-1", 7, "someone-else");
+    let reply = send(&mut state, &conn, recovering, now);
+    assert_eq!(reply, [json!({"type": "task_continue", "task_id": "task-1", "generation": 7})]);
     let unknown = send(&mut state, &conn, json!({"type": "task_recovering", "task_id": "task-9"}), now);
     assert_eq!(unknown, [json!({"type": "task_reassign", "task_id": "task-9"})]);
 }
