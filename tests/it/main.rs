@@ -5,5 +5,6 @@ mod connection;
 mod devhub;
 mod hub_conn;
 mod start_script;
+mod status_json;
 mod support;
 mod tasks;
