@@ -4,6 +4,7 @@
 mod connection;
 mod devhub;
 mod hub_conn;
+mod pm2;
 mod start_script;
 mod status_json;
 mod support;
