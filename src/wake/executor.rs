@@ -1,0 +1,360 @@
+//! The executor thread: runs one wake attempt at a time and reports exactly
+//! one [`WakeOutcome`] per [`WakeHandle::run`]. It never retries, queues or
+//! schedules; the event loop decides all of that and never overlaps attempts.
+//!
+//! A timeout, a cancel or dropping the handle kills the attempt's whole
+//! process tree (see the platform modules). A wake command that exits 0 is
+//! never killed, nor is anything it left running: wake commands commonly
+//! start the agent in the background and exit.
+
+use std::io;
+use std::process::{Child, Stdio};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{after, at, bounded, never, select, Receiver, Sender};
+
+use super::capture::{spawn_reader, Chunk, Output, Stream};
+use super::render::{render_command, task_environment, write_task_file};
+use super::{sys, WakeOutcome, WakeRequest, WakeStatus};
+
+/// How long, after the child exited, the outcome waits for the output
+/// readers to reach end of file. A grandchild that inherited the pipes can
+/// hold them open indefinitely; we must not wait for it.
+pub const OUTPUT_GRACE: Duration = Duration::from_millis(100);
+
+/// How long to wait for a killed child to be reported as exited before giving
+/// up on it. A kill is not instant only for a process stuck in the kernel
+/// (e.g. on a dead network file system); we report the outcome anyway.
+const KILL_FAILSAFE: Duration = Duration::from_secs(5);
+
+/// The executor thread and its inbox. Every [`run`](WakeHandle::run) gets
+/// exactly one outcome through the callback given to
+/// [`spawn`](WakeHandle::spawn), on the executor thread, even when the
+/// attempt is cancelled or the handle is dropped.
+pub struct WakeHandle {
+    // Drop order matters (as in rust-analyzer's FlycheckHandle): the sender
+    // goes first so the executor sees its inbox disconnect, kills any
+    // running attempt and returns; only then can the join finish. `Drop`
+    // does this explicitly.
+    sender: Sender<WakeCommand>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl WakeHandle {
+    /// Starts the executor thread ("wake-executor"). `on_outcome` runs on it
+    /// and should only forward the outcome (e.g. `let _ = tx.send(..)`).
+    pub fn spawn(on_outcome: Box<dyn Fn(WakeOutcome) + Send>) -> io::Result<WakeHandle> {
+        let (sender, receiver) = crossbeam_channel::unbounded();
+        let thread = thread::Builder::new()
+            .name("wake-executor".to_string())
+            .spawn(move || Executor { commands: receiver, on_outcome }.run())?;
+        Ok(WakeHandle { sender, thread: Some(thread) })
+    }
+
+    /// Starts one attempt. The caller never overlaps attempts; a request
+    /// that arrives while another attempt runs is not queued: it is reported
+    /// at once as [`WakeStatus::SpawnFailed`] and the running one goes on.
+    pub fn run(&self, request: WakeRequest) {
+        if self.sender.send(WakeCommand::Run(Box::new(request))).is_err() {
+            // Only possible if the executor panicked; Drop re-raises that.
+            log::error!("wake executor is gone; wake request dropped");
+        }
+    }
+
+    /// Kills the running attempt for `task_id` with its whole process tree
+    /// and reports it as [`WakeStatus::Cancelled`]. If the attempt has
+    /// already exited, its real outcome is reported and nothing is killed;
+    /// if there is no attempt for the task, nothing happens.
+    pub fn cancel(&self, task_id: &str) {
+        if self.sender.send(WakeCommand::Cancel(task_id.to_string())).is_err() {
+            log::error!("wake executor is gone; cancel of {task_id} dropped");
+        }
+    }
+}
+
+impl Drop for WakeHandle {
+    /// Kills a running attempt's tree (reported as `Cancelled`) and joins the
+    /// executor thread.
+    fn drop(&mut self) {
+        // Replace our sender with one whose receiver is already gone: this
+        // drops the real sender, and the executor's inbox disconnects.
+        let (disconnected, _) = bounded(0);
+        drop(std::mem::replace(&mut self.sender, disconnected));
+        if let Some(thread) = self.thread.take() {
+            if let Err(panic) = thread.join() {
+                // Re-raise the worker's panic (STYLE.md section 5), unless we
+                // are already unwinding, where a second panic would abort.
+                if !thread::panicking() {
+                    std::panic::resume_unwind(panic);
+                }
+                log::error!("wake executor thread panicked");
+            }
+        }
+    }
+}
+
+enum WakeCommand {
+    Run(Box<WakeRequest>),
+    Cancel(String),
+}
+
+/// The executor thread's state: its inbox and the outcome callback.
+struct Executor {
+    commands: Receiver<WakeCommand>,
+    on_outcome: Box<dyn Fn(WakeOutcome) + Send>,
+}
+
+/// Why an attempt stops waiting for its child.
+enum Stop {
+    Exited(ChildExited),
+    Kill(WakeStatus),
+}
+
+/// Sent by the waiter thread once the child has exited. On Unix the child is
+/// not reaped yet: its pid, and so its process group id, stay reserved until
+/// the executor reaps it, so a `killpg` never hits a recycled group.
+type ChildExited = (Child, io::Result<()>);
+
+impl Executor {
+    fn run(self) {
+        // Ends when the inbox disconnects (the handle was dropped); a running
+        // attempt has then already been killed by `wait_for_stop`.
+        while let Ok(command) = self.commands.recv() {
+            match command {
+                WakeCommand::Run(request) => {
+                    let outcome = self.run_attempt(*request);
+                    (self.on_outcome)(outcome);
+                }
+                WakeCommand::Cancel(task_id) => {
+                    log::debug!("cancel for task {task_id}: no wake attempt running");
+                }
+            }
+        }
+    }
+
+    fn run_attempt(&self, request: WakeRequest) -> WakeOutcome {
+        let started = Instant::now();
+        log::debug!("wake attempt {} for task {}: starting", request.attempt, request.task_id);
+        let running = match start_child(&request) {
+            Ok(running) => running,
+            Err(text) => return finished(&request, WakeStatus::SpawnFailed(text), started),
+        };
+        let Running { pid, exit_rx, mut output } = running;
+        let deadline = match started.checked_add(request.timeout) {
+            Some(deadline) => at(deadline),
+            None => never(),
+        };
+        let stop = self.wait_for_stop(&request, &exit_rx, &deadline, &mut output);
+        // A kill decided at the same instant as the child exited must not
+        // kill the group: after a successful wake it holds the agent.
+        let stop = match stop {
+            Stop::Kill(status) => match exit_rx.try_recv() {
+                Ok(exited) => Stop::Exited(exited),
+                Err(_) => Stop::Kill(status),
+            },
+            exited => exited,
+        };
+        let status = match stop {
+            Stop::Exited((mut child, wait_result)) => exit_status(&request, &mut child, wait_result),
+            Stop::Kill(status) => {
+                kill_and_reap(&request, pid, &exit_rx, &mut output);
+                status
+            }
+        };
+        output.drain_until(Instant::now() + OUTPUT_GRACE);
+        let (stdout_tail, stderr_tail) = output.into_tails();
+        let outcome = WakeOutcome {
+            task_id: request.task_id,
+            attempt: request.attempt,
+            status,
+            stdout_tail,
+            stderr_tail,
+            elapsed: started.elapsed(),
+        };
+        log::debug!(
+            "wake attempt {} for task {}: {:?} after {:?}",
+            outcome.attempt,
+            outcome.task_id,
+            outcome.status,
+            outcome.elapsed
+        );
+        outcome
+    }
+
+    /// Waits for the child to exit, the deadline, or a command that stops
+    /// the attempt, collecting output meanwhile. No polling: one `select!`.
+    fn wait_for_stop(
+        &self,
+        request: &WakeRequest,
+        exit_rx: &Receiver<ChildExited>,
+        deadline: &Receiver<Instant>,
+        output: &mut Output,
+    ) -> Stop {
+        loop {
+            select! {
+                recv(exit_rx) -> exited => return match exited {
+                    Ok(exited) => Stop::Exited(exited),
+                    // Only if the waiter thread panicked.
+                    Err(_) => Stop::Kill(WakeStatus::SpawnFailed(
+                        "the wake waiter thread died".to_string(),
+                    )),
+                },
+                recv(self.commands) -> command => match command {
+                    Ok(WakeCommand::Run(overlapping)) => {
+                        // The event loop allows one attempt at a time, so
+                        // this is a bug there; refuse rather than queue.
+                        log::error!(
+                            "wake for task {} requested while task {} is still running; refused",
+                            overlapping.task_id,
+                            request.task_id
+                        );
+                        let text = format!("a wake attempt for task {} is still running", request.task_id);
+                        (self.on_outcome)(not_started(&overlapping, WakeStatus::SpawnFailed(text)));
+                    }
+                    Ok(WakeCommand::Cancel(task_id)) => {
+                        if task_id == request.task_id {
+                            return Stop::Kill(WakeStatus::Cancelled);
+                        }
+                        log::debug!(
+                            "cancel for task {task_id} does not stop the running task {}",
+                            request.task_id
+                        );
+                    }
+                    Err(_) => return Stop::Kill(WakeStatus::Cancelled),
+                },
+                recv(deadline) -> _ => return Stop::Kill(WakeStatus::TimedOut),
+                recv(output.receiver()) -> chunk => output.record(chunk),
+            }
+        }
+    }
+}
+
+/// A started child: the pid (which is also its process group id on Unix),
+/// the waiter's channel and the output readers' channel.
+struct Running {
+    pid: u32,
+    exit_rx: Receiver<ChildExited>,
+    output: Output,
+}
+
+/// Writes the task file and starts the wake command with its output readers
+/// and exit waiter. An error is the text for [`WakeStatus::SpawnFailed`].
+fn start_child(request: &WakeRequest) -> Result<Running, String> {
+    write_task_file(&request.task_file, &request.task_json)
+        .map_err(|error| format!("cannot write task file {}: {error}", request.task_file.display()))?;
+    let mut command = sys::shell_command(&render_command(&request.command_template));
+    command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .envs(task_environment(request));
+    sys::isolate(&mut command);
+    let mut child = command.spawn().map_err(|error| error.to_string())?;
+    let pid = child.id();
+
+    // Output readers first: while we still hold the child, a failure here
+    // can kill and reap it cleanly.
+    let (output_tx, output_rx) = bounded::<Chunk>(64);
+    let readers = [
+        child.stdout.take().map(|pipe| spawn_reader(Stream::Stdout, pipe, output_tx.clone())),
+        child.stderr.take().map(|pipe| spawn_reader(Stream::Stderr, pipe, output_tx.clone())),
+    ];
+    // Only the readers hold senders now, so the channel disconnects exactly
+    // when both have reached end of file.
+    drop(output_tx);
+    if let Some(Err(error)) = readers.into_iter().flatten().find(Result::is_err) {
+        kill_tree(pid);
+        let _ = child.wait();
+        return Err(format!("cannot start a wake output reader thread: {error}"));
+    }
+
+    let (exit_tx, exit_rx) = bounded::<ChildExited>(1);
+    thread::Builder::new()
+        .name("wake-waiter".to_string())
+        .spawn(move || {
+            let result = sys::wait_until_exited(&mut child);
+            if let Err(crossbeam_channel::SendError((mut child, _))) = exit_tx.send((child, result)) {
+                // The executor gave up on us (KILL_FAILSAFE); reap the child
+                // so it does not stay a zombie.
+                let _ = child.wait();
+            }
+        })
+        .map_err(|error| {
+            // The child went down with the closure; we can still kill its
+            // tree by pid, but not reap it.
+            kill_tree(pid);
+            format!("cannot start the wake waiter thread: {error}")
+        })?;
+    Ok(Running { pid, exit_rx, output: Output::new(output_rx) })
+}
+
+/// Kills the child's whole tree, then reaps the child once the waiter sees
+/// it exit. Gives up after [`KILL_FAILSAFE`] so the outcome is never held
+/// hostage by a process stuck in the kernel.
+fn kill_and_reap(request: &WakeRequest, pid: u32, exit_rx: &Receiver<ChildExited>, output: &mut Output) {
+    kill_tree(pid);
+    let failsafe = after(KILL_FAILSAFE);
+    loop {
+        select! {
+            recv(exit_rx) -> exited => {
+                if let Ok((mut child, _)) = exited {
+                    // Reap it; its exit status is our kill, nothing to report.
+                    let _ = child.wait();
+                }
+                return;
+            }
+            recv(failsafe) -> _ => {
+                log::error!(
+                    "wake command for task {} (pid {pid}) did not exit within {KILL_FAILSAFE:?} of being ended; reporting anyway",
+                    request.task_id
+                );
+                return;
+            }
+            recv(output.receiver()) -> chunk => output.record(chunk),
+        }
+    }
+}
+
+/// Reaps an exited child and turns its exit status into a [`WakeStatus`].
+fn exit_status(request: &WakeRequest, child: &mut Child, wait_result: io::Result<()>) -> WakeStatus {
+    if let Err(error) = wait_result {
+        log::warn!("waiting for the wake command of task {} failed: {error}", request.task_id);
+    }
+    match child.wait() {
+        Ok(status) if status.success() => WakeStatus::Success,
+        Ok(status) => WakeStatus::Failed { exit_code: status.code() },
+        Err(error) => {
+            log::warn!(
+                "cannot read the exit status of the wake command of task {}: {error}",
+                request.task_id
+            );
+            WakeStatus::Failed { exit_code: None }
+        }
+    }
+}
+
+fn kill_tree(pid: u32) {
+    if let Err(error) = sys::kill_tree(pid) {
+        log::warn!("cannot end the process tree of wake command pid {pid}: {error}");
+    }
+}
+
+fn not_started(request: &WakeRequest, status: WakeStatus) -> WakeOutcome {
+    finished(request, status, Instant::now())
+}
+
+fn finished(request: &WakeRequest, status: WakeStatus, started: Instant) -> WakeOutcome {
+    log::debug!("wake attempt {} for task {}: {status:?}", request.attempt, request.task_id);
+    WakeOutcome {
+        task_id: request.task_id.clone(),
+        attempt: request.attempt,
+        status,
+        stdout_tail: String::new(),
+        stderr_tail: String::new(),
+        elapsed: started.elapsed(),
+    }
+}
+
+#[cfg(all(test, unix))]
+mod tests;
