@@ -50,6 +50,17 @@ fn the_real_pm2_runs_stops_and_restarts_the_sidecar() {
     let pid = pm2.wait_online(None);
     let cmdline = fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default();
     assert!(cmdline.contains("agentcom-sidecar.last-good"), "pm2's process is the sidecar: {cmdline:?}");
+    // One timestamp per line, of fixed width: the sidecar's and start.sh's
+    // own; pm2 adds none.
+    let logs = pm2.logs();
+    assert!(logs.contains(" start.sh: ") && logs.contains(" [INFO] "), "{logs}");
+    for line in logs.lines().filter(|line| !line.is_empty()) {
+        assert!(starts_with_timestamp(line), "no timestamp of fixed width: {line:?}");
+        assert!(
+            !starts_with_timestamp(&line[25..]) && !line[25..].starts_with("20"),
+            "two timestamps: {line:?}"
+        );
+    }
 
     // `pm2 restart` with nothing new: a restart, no build.
     pm2.run_ok(&["restart", APP]);
@@ -295,6 +306,21 @@ impl Drop for Pm2 {
 /// daemon.)
 fn pm2_on_path() -> Option<PathBuf> {
     std::env::split_paths(&std::env::var_os("PATH")?).map(|dir| dir.join("pm2")).find(|path| path.is_file())
+}
+
+/// `2026-12-01T21:16:24.180Z ` exactly.
+fn starts_with_timestamp(line: &str) -> bool {
+    let bytes = line.as_bytes();
+    bytes.len() > 25
+        && bytes[..25].iter().enumerate().all(|(i, b)| match i {
+            4 | 7 => *b == b'-',
+            10 => *b == b'T',
+            13 | 16 => *b == b':',
+            19 => *b == b'.',
+            23 => *b == b'Z',
+            24 => *b == b' ',
+            _ => b.is_ascii_digit(),
+        })
 }
 
 fn hanging_wake(dir: &Path) -> String {
