@@ -153,7 +153,7 @@ impl Config {
             if p.is_absolute() {
                 p
             } else {
-                base_dir.join(p)
+                join_without_dots(&base_dir, &p)
             }
         };
 
@@ -319,6 +319,19 @@ impl Config {
     pub fn to_redacted_json(&self) -> Value {
         Value::Object(self.effective.clone())
     }
+}
+
+/// `base` joined with the relative `path`, leaving out `.` components, so
+/// the default `./sidecar.log` next to `./config.json` reads `./sidecar.log`
+/// rather than `././sidecar.log`. The result is never empty.
+fn join_without_dots(base: &Path, path: &Path) -> PathBuf {
+    let mut joined = base.to_path_buf();
+    for component in path.components() {
+        if component != std::path::Component::CurDir {
+            joined.push(component);
+        }
+    }
+    joined
 }
 
 /// Returns `url` with any user info (`user:pass@`) and query string replaced,
@@ -514,6 +527,23 @@ mod tests {
         assert_eq!(config.pong_timeout, Duration::from_secs(10));
         assert_eq!(config.wake_retry_delays.len(), 3);
         assert!(config.wake_command.is_none());
+    }
+
+    #[test]
+    fn resolved_paths_display_without_dot_components() {
+        let shown = |config_path: &str, log_file: &str| {
+            let text = MINIMAL.replace('}', &format!(r#","log_file":"{log_file}"}}"#));
+            let (config, _) = Config::from_json_str(&text, Path::new(config_path)).unwrap();
+            config.log_file.display().to_string()
+        };
+        assert_eq!(shown("config.json", "./sidecar.log"), "./sidecar.log");
+        assert_eq!(shown("./config.json", "./logs/./sidecar.log"), "./logs/sidecar.log");
+        assert_eq!(shown("/etc/sidecar/config.json", "./sidecar.log"), "/etc/sidecar/sidecar.log");
+        assert_eq!(
+            shown("/etc/sidecar/config.json", "../var/sidecar.log"),
+            "/etc/sidecar/../var/sidecar.log"
+        );
+        assert_eq!(shown("/etc/sidecar/config.json", "/var/log/s.log"), "/var/log/s.log");
     }
 
     #[test]

@@ -4,7 +4,9 @@
 mod connection;
 mod devhub;
 mod hub_conn;
+mod pm2;
 mod start_script;
+mod status_json;
 mod support;
 mod tasks;
 mod wake;
