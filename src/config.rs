@@ -124,6 +124,28 @@ const KNOWN_KEYS: &[&str] = &[
     "log_level",
 ];
 
+/// The config holds the token: warn when other users may read it (any group
+/// or other permission bit set). Unix only: Windows ACLs need another check.
+fn permission_warning(path: &Path) -> Option<String> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path).ok()?.permissions().mode();
+        (mode & 0o077 != 0).then(|| {
+            format!(
+                "{}: the config file holds the token but other users may read it (mode {:o}); run chmod 600 on it",
+                path.display(),
+                mode & 0o777
+            )
+        })
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        None
+    }
+}
+
 /// Features `hub_features` may name.
 pub const KNOWN_HUB_FEATURES: &[&str] = &["wake_result", "state_report"];
 
@@ -133,7 +155,9 @@ impl Config {
     pub fn load(path: &Path) -> Result<(Config, Vec<String>), Error> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| Error::Config(format!("{}: cannot read the config file: {e}", path.display())))?;
-        Config::from_json_str(&text, path)
+        let (config, mut warnings) = Config::from_json_str(&text, path)?;
+        warnings.extend(permission_warning(path));
+        Ok((config, warnings))
     }
 
     /// Parses config text as if it had been read from `path` (relative paths

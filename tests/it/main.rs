@@ -3,7 +3,9 @@
 
 mod connection;
 mod devhub;
+mod hostile;
 mod hub_conn;
+mod secrets;
 mod start_script;
 mod support;
 mod tasks;
