@@ -119,13 +119,37 @@ impl HubFeature {
     }
 }
 
+/// The config holds the token: warn when other users may read it (any group
+/// or other permission bit set). Unix only: Windows ACLs need another check.
+fn permission_warning(path: &Path) -> Option<String> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path).ok()?.permissions().mode();
+        (mode & 0o077 != 0).then(|| {
+            format!(
+                "{}: the config file holds the token but other users may read it (mode {:o}); run chmod 600 on it",
+                path.display(),
+                mode & 0o777
+            )
+        })
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        None
+    }
+}
+
 impl Config {
     /// Reads and validates `path`. Returns the config and warnings (unknown
     /// keys) for the caller to log once logging is set up.
     pub fn load(path: &Path) -> Result<(Config, Vec<String>), Error> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| Error::Config(format!("{}: cannot read the config file: {e}", path.display())))?;
-        Config::from_json_str(&text, path)
+        let (config, mut warnings) = Config::from_json_str(&text, path)?;
+        warnings.extend(permission_warning(path));
+        Ok((config, warnings))
     }
 
     /// Parses config text as if it had been read from `path` (relative paths
@@ -645,7 +669,7 @@ mod tests {
         let shown = config.to_redacted_json();
         let Value::Object(mut shown) = shown else { panic!("not an object") };
         assert_eq!(shown["token"], "<redacted>");
-        assert_eq!(shown["results_dir"], "/etc/sidecar/./results");
+        assert_eq!(shown["results_dir"], "/etc/sidecar/results");
         assert_eq!(shown["heartbeat_interval_ms"], 30_000);
         assert_eq!(shown["wake_retry_delays_ms"], serde_json::json!([5_000, 15_000, 30_000]));
         assert_eq!(shown["log_level"], "info");

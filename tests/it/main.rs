@@ -3,8 +3,10 @@
 
 mod connection;
 mod devhub;
+mod hostile;
 mod hub_conn;
 mod pm2;
+mod secrets;
 mod start_script;
 mod status_json;
 mod support;

@@ -213,12 +213,14 @@ fn hostile_text_never_runs_as_shell_code_and_reaches_the_agent_exactly() {
     );
     let metadata = json!({"cmd": format!("$(touch {d}/Z)'; touch {d}/Z2; '")});
     let task_id = hub.push_task(AGENT, &hostile, metadata.clone());
-    wait_until("the agent's copy of the task file", || fs::read(dir.path().join("task-file")).ok());
+    // Wait for the whole copy: `cp` may still be writing when the file appears.
+    let task: Value = wait_until("the agent's copy of the task file", || {
+        fs::read(dir.path().join("task-file")).ok().and_then(|b| serde_json::from_slice(&b).ok())
+    });
     for name in ["X", "X2", "Y", "Z", "Z2"] {
         assert!(!dir.path().join(name).exists(), "hub text ran as shell code: {name} exists");
     }
     assert_eq!(fs::read_to_string(dir.path().join("env-desc")).unwrap(), hostile);
-    let task: Value = serde_json::from_slice(&fs::read(dir.path().join("task-file")).unwrap()).unwrap();
     assert_eq!(task["description"], hostile.as_str());
     assert_eq!(task["metadata"], metadata);
     assert_eq!(task["task_id"], task_id.as_str());
