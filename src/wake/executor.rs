@@ -424,3 +424,5 @@ fn finished(request: &WakeRequest, status: WakeStatus, started: Instant) -> Wake
 
 #[cfg(all(test, unix))]
 mod tests;
+#[cfg(all(test, windows))]
+mod windows_tests;
