@@ -4,6 +4,7 @@
 mod connection;
 mod devhub;
 mod hub_conn;
+mod real_hubs;
 mod start_script;
 mod support;
 mod tasks;
