@@ -13,16 +13,16 @@ use tungstenite::stream::MaybeTlsStream;
 use tungstenite::{Message, WebSocket};
 
 const FAILSAFE: Duration = Duration::from_secs(10);
-const AGENT: &str = "a1";
-const TOKEN: &str = "t1";
+pub(crate) const AGENT: &str = "a1";
+pub(crate) const TOKEN: &str = "t1";
 
 /// A bare WebSocket client: what a sidecar puts on the wire, nothing more.
-struct Client {
-    ws: WebSocket<MaybeTlsStream<TcpStream>>,
+pub(crate) struct Client {
+    pub(crate) ws: WebSocket<MaybeTlsStream<TcpStream>>,
 }
 
 impl Client {
-    fn connect(url: &str) -> Client {
+    pub(crate) fn connect(url: &str) -> Client {
         let (ws, _response) = tungstenite::connect(url).expect("connect to the devhub");
         match ws.get_ref() {
             MaybeTlsStream::Plain(tcp) => {
@@ -33,12 +33,12 @@ impl Client {
         Client { ws }
     }
 
-    fn send(&mut self, frame: Value) {
+    pub(crate) fn send(&mut self, frame: Value) {
         self.ws.send(Message::text(frame.to_string())).expect("send a frame to the devhub");
     }
 
     /// The next text frame, parsed.
-    fn recv(&mut self) -> Value {
+    pub(crate) fn recv(&mut self) -> Value {
         loop {
             match self.ws.read() {
                 Ok(Message::Text(text)) => {
@@ -51,7 +51,7 @@ impl Client {
     }
 
     /// The next text frame, which must be of `frame_type`.
-    fn recv_type(&mut self, frame_type: &str) -> Value {
+    pub(crate) fn recv_type(&mut self, frame_type: &str) -> Value {
         let frame = self.recv();
         assert_eq!(frame["type"], frame_type, "unexpected frame {frame}");
         frame
@@ -59,7 +59,7 @@ impl Client {
 
     /// Reads until the hub's close frame and returns its code and reason, then
     /// keeps reading, as a sidecar does, so the close reply goes out.
-    fn recv_close(&mut self) -> (u16, String) {
+    pub(crate) fn recv_close(&mut self) -> (u16, String) {
         let close = loop {
             match self.ws.read() {
                 Ok(Message::Close(Some(frame))) => {
@@ -75,7 +75,7 @@ impl Client {
     }
 
     /// Reads until the connection ends without a close frame.
-    fn recv_end(&mut self) {
+    pub(crate) fn recv_end(&mut self) {
         loop {
             match self.ws.read() {
                 Ok(Message::Close(frame)) => panic!("expected no close frame, got {frame:?}"),
@@ -93,7 +93,7 @@ impl Client {
         }
     }
 
-    fn identify(&mut self, agent_id: &str, token: &str) -> Value {
+    pub(crate) fn identify(&mut self, agent_id: &str, token: &str) -> Value {
         self.send(json!({
             "type": "identify", "agent_id": agent_id, "token": token, "name": agent_id,
             "status": "idle", "capabilities": ["code"], "client_type": "sidecar",
@@ -103,7 +103,7 @@ impl Client {
     }
 }
 
-fn start(options: DevHubOptions) -> DevHub {
+pub(crate) fn start(options: DevHubOptions) -> DevHub {
     DevHub::start(options).expect("start the devhub")
 }
 
@@ -114,28 +114,28 @@ fn hub_and_client() -> (DevHub, Client) {
     (hub, client)
 }
 
-fn identified(hub: &DevHub) -> Client {
+pub(crate) fn identified(hub: &DevHub) -> Client {
     let mut client = Client::connect(&hub.url());
     let reply = client.identify(AGENT, TOKEN);
     assert_eq!(reply, json!({"type": "identified", "agent_id": AGENT}));
     client
 }
 
-fn task(hub: &DevHub, task_id: &str) -> TaskSnapshot {
+pub(crate) fn task(hub: &DevHub, task_id: &str) -> TaskSnapshot {
     hub.task(task_id).expect("the hub knows the task")
 }
 
-fn wait_disconnected(hub: &DevHub) {
+pub(crate) fn wait_disconnected(hub: &DevHub) {
     hub.wait_for(FAILSAFE, |event| matches!(event, DevHubEvent::Disconnected { .. }))
         .expect("the hub sees the connection go");
 }
 
-fn complete(task_id: &str, generation: u64) -> Value {
+pub(crate) fn complete(task_id: &str, generation: u64) -> Value {
     json!({"type": "task_complete", "task_id": task_id, "generation": generation,
            "result": {"status": "success", "output": "done"}, "protocol_version": 1})
 }
 
-fn failed(task_id: &str, generation: u64) -> Value {
+pub(crate) fn failed(task_id: &str, generation: u64) -> Value {
     json!({"type": "task_failed", "task_id": task_id, "generation": generation,
            "reason": "boom", "error": "boom", "protocol_version": 1})
 }
