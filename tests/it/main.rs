@@ -3,6 +3,7 @@
 
 mod connection;
 mod devhub;
+mod devhub_controls;
 mod devhub_profiles;
 mod hub_conn;
 mod real_hubs;
