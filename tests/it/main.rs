@@ -3,9 +3,12 @@
 
 mod connection;
 mod devhub;
+mod devhub_controls;
+mod devhub_profiles;
 mod hostile;
 mod hub_conn;
 mod pm2;
+mod real_hubs;
 mod secrets;
 mod start_script;
 mod status_json;
