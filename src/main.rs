@@ -88,7 +88,7 @@ fn main() -> ExitCode {
         }
         Command::Status => {
             let mut stdout = std::io::stdout().lock();
-            let now_ms = agentcom_sidecar::queue_store::unix_ms();
+            let now_ms = agentcom_sidecar::clock::unix_ms();
             let written = if json {
                 agentcom_sidecar::status::report_json(&config, now_ms, &mut stdout)
             } else {
