@@ -4,8 +4,8 @@
 mod connection;
 mod devhub;
 mod hub_conn;
+mod ops;
 mod pm2;
 mod start_script;
-mod status_json;
 mod support;
 mod tasks;
