@@ -125,13 +125,37 @@ impl HubFeature {
     }
 }
 
+/// The config holds the token: warn when other users may read it (any group
+/// or other permission bit set). Unix only: Windows ACLs need another check.
+fn permission_warning(path: &Path) -> Option<String> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path).ok()?.permissions().mode();
+        (mode & 0o077 != 0).then(|| {
+            format!(
+                "{}: the config file holds the token but other users may read it (mode {:o}); run chmod 600 on it",
+                path.display(),
+                mode & 0o777
+            )
+        })
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        None
+    }
+}
+
 impl Config {
     /// Reads and validates `path`. Returns the config and warnings (unknown
     /// keys) for the caller to log once logging is set up.
     pub fn load(path: &Path) -> Result<(Config, Vec<String>), Error> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| Error::Config(format!("{}: cannot read the config file: {e}", path.display())))?;
-        Config::from_json_str(&text, path)
+        let (config, mut warnings) = Config::from_json_str(&text, path)?;
+        warnings.extend(permission_warning(path));
+        Ok((config, warnings))
     }
 
     /// Parses config text as if it had been read from `path` (relative paths
@@ -142,10 +166,7 @@ impl Config {
         let Value::Object(object) = value else {
             return Err(Error::Config(format!("{}: the top level must be a JSON object", path.display())));
         };
-        let base_dir = match path.parent() {
-            Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
+        let base_dir = base_dir_of(path);
         let keys = Keys { object: &object, path, effective: RefCell::new(Map::new()) };
 
         let agent_id = keys.required_string("agent_id")?;
@@ -319,6 +340,12 @@ impl Config {
         config
     }
 
+    /// config.json's directory: every relative path of the config is
+    /// relative to it, and the wake command runs in it.
+    pub fn base_dir(&self) -> PathBuf {
+        base_dir_of(&self.config_path)
+    }
+
     pub fn has_hub_feature(&self, feature: HubFeature) -> bool {
         self.hub_features.contains(&feature)
     }
@@ -365,6 +392,13 @@ pub fn redact_url(url: &str) -> String {
     match scheme {
         Some(scheme) => format!("{scheme}://{authority}{path}"),
         None => format!("{authority}{path}"),
+    }
+}
+
+fn base_dir_of(config_path: &Path) -> PathBuf {
+    match config_path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
+        _ => PathBuf::from("."),
     }
 }
 

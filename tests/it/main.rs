@@ -3,9 +3,12 @@
 
 mod connection;
 mod devhub;
+mod hostile;
 mod hub_conn;
 mod ops;
 mod pm2;
+mod secrets;
 mod start_script;
 mod support;
 mod tasks;
+mod wake;
