@@ -5,6 +5,8 @@ mod connection;
 mod devhub;
 mod hostile;
 mod hub_conn;
+#[cfg(target_os = "linux")]
+mod netfault;
 mod secrets;
 mod start_script;
 mod support;
