@@ -7,6 +7,8 @@ mod devhub_controls;
 mod devhub_profiles;
 mod hostile;
 mod hub_conn;
+#[cfg(target_os = "linux")]
+mod netfault;
 mod ops;
 mod pm2;
 mod real_hubs;
