@@ -18,9 +18,78 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
+
+/// Declares [`LifecycleEvent`] with each event's spelling in the log, once.
+macro_rules! lifecycle_events {
+    ($($(#[$doc:meta])* $variant:ident = $name:literal,)*) => {
+        /// Every event the lifecycle log records. The spelling in the file is
+        /// given here and nowhere else (readers such as `status` can match on
+        /// [`LifecycleEvent::name`]).
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum LifecycleEvent {
+            $($(#[$doc])* $variant,)*
+        }
+
+        impl LifecycleEvent {
+            /// Every event, in declaration order.
+            pub const ALL: &'static [LifecycleEvent] = &[$(LifecycleEvent::$variant,)*];
+
+            /// The `event` value written to the log.
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(LifecycleEvent::$variant => $name,)*
+                }
+            }
+        }
+    };
+}
+
+lifecycle_events! {
+    /// The process started (version, redacted hub URL).
+    Started = "started",
+    /// The process is about to exit.
+    Stopped = "stopped",
+    /// queue.json did not parse and was moved aside.
+    QueueCorrupt = "queue_corrupt",
+    /// queue.json could not be written.
+    PersistFailed = "persist_failed",
+    Connecting = "connecting",
+    Connected = "connected",
+    Identified = "identified",
+    Disconnected = "disconnected",
+    AuthFailed = "auth_failed",
+    Shutdown = "shutdown",
+    /// A task was found in queue.json at start.
+    TaskRecoveredFromDisk = "task_recovered_from_disk",
+    RecoveringSent = "recovering_sent",
+    TaskAccepted = "task_accepted",
+    /// A `task_assign` we did not take (busy, invalid id or generation).
+    TaskRefused = "task_refused",
+    /// The hub handed back the task we hold at a higher generation.
+    TaskReadopted = "task_readopted",
+    TaskContinued = "task_continued",
+    TaskDropped = "task_dropped",
+    WakeAttempt = "wake_attempt",
+    WakeFinished = "wake_finished",
+    /// The agent wrote `<id>.started`.
+    Confirmed = "confirmed",
+    /// The agent's result file says success.
+    ResultReceived = "result_received",
+    /// The task failed (agent result, wake, confirmation or task timeout).
+    TaskFailedHere = "task_failed_here",
+    /// The hub took the task back; its outcome is logged, not reported.
+    ResultWithheld = "result_withheld",
+    ReportSent = "report_sent",
+    ReportSettled = "report_settled",
+}
+
+impl std::fmt::Display for LifecycleEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
 
 /// An open lifecycle log. Only the main loop owns one, so there is no locking.
 pub struct LifecycleLog {
@@ -70,8 +139,12 @@ impl LifecycleLog {
     /// An I/O error is logged with `warn!` once per failure streak and
     /// otherwise ignored: the lifecycle log is a diagnostic, and losing a line
     /// of it must never stop a task.
-    pub fn record(&mut self, event: &str, fields: Value) {
-        let line = self.format_line(unix_millis_now(), event, &fields);
+    pub fn record(&mut self, event: LifecycleEvent, fields: Value) {
+        self.write_record(event.name(), fields);
+    }
+
+    fn write_record(&mut self, event: &str, fields: Value) {
+        let line = self.format_line(crate::clock::unix_ms(), event, &fields);
         match self.write_line(line.as_bytes()) {
             Ok(()) => {
                 if self.failing {
@@ -341,14 +414,6 @@ fn last_byte(path: &Path, len: u64) -> io::Result<u8> {
     Ok(byte[0])
 }
 
-fn unix_millis_now() -> u64 {
-    // A clock before 1970 is a broken clock; 0 beats refusing to log.
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|elapsed| u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -389,8 +454,20 @@ mod tests {
 
     fn write_seqs(log: &mut LifecycleLog, seqs: std::ops::Range<u64>) {
         for seq in seqs {
-            log.record("task_progress", json!({"seq": seq, "task_id": "t-1"}));
+            log.write_record("task_progress", json!({"seq": seq, "task_id": "t-1"}));
         }
+    }
+
+    #[test]
+    fn every_event_has_its_own_snake_case_name() {
+        let mut names: Vec<&str> = LifecycleEvent::ALL.iter().map(|e| e.name()).collect();
+        assert!(names
+            .iter()
+            .all(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')));
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), LifecycleEvent::ALL.len(), "two events share a name");
+        assert_eq!(LifecycleEvent::TaskFailedHere.to_string(), "task_failed_here");
     }
 
     #[test]
@@ -398,9 +475,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("logs/sub/sidecar.log");
         let mut log = LifecycleLog::open(&path, "agent-7", 10 << 20, 5).unwrap();
-        log.record("task_accepted", json!({"task_id": "t\n1", "event": "spoof", "n": 2}));
-        log.record("shutdown", Value::Null);
-        log.record("odd", json!([1, 2]));
+        log.write_record("task_accepted", json!({"task_id": "t\n1", "event": "spoof", "n": 2}));
+        log.write_record("shutdown", Value::Null);
+        log.write_record("odd", json!([1, 2]));
 
         let text = fs::read_to_string(&path).unwrap();
         let lines: Vec<&str> = text.lines().collect();
@@ -492,10 +569,10 @@ mod tests {
         let big = "x".repeat(300);
         let mut log = LifecycleLog::open(&path, "a1", 100, 2).unwrap();
 
-        log.record("big", json!({"seq": 0, "pad": big}));
+        log.write_record("big", json!({"seq": 0, "pad": big}));
         assert!(!rotated_path(&path, 1).exists(), "an empty file was rotated");
-        log.record("small", json!({"seq": 1}));
-        log.record("big", json!({"seq": 2, "pad": big}));
+        log.write_record("small", json!({"seq": 1}));
+        log.write_record("big", json!({"seq": 2, "pad": big}));
 
         let oldest = records_in(&rotated_path(&path, 2));
         assert_eq!(seqs(&oldest), [0]);
@@ -530,7 +607,7 @@ mod tests {
         let path = dir.path().join("sidecar.log");
         fs::write(&path, "{\"ts\":1,\"event\":\"a\"}\n{\"ts\":2,\"ev").unwrap();
         let mut log = LifecycleLog::open(&path, "a1", 1 << 20, 2).unwrap();
-        log.record("after_crash", json!({"seq": 7}));
+        log.write_record("after_crash", json!({"seq": 7}));
 
         let text = fs::read_to_string(&path).unwrap();
         let lines: Vec<&str> = text.lines().collect();

@@ -3,10 +3,12 @@
 //!
 //! Parsing is by hand rather than with a derived `Deserialize` because a
 //! malformed frame of a known type must still be answered (a `task_assign`
-//! without a usable `task_id` is refused with `task_rejected`), and an unknown
+//! without a usable `task_id` or generation is refused), and an unknown
 //! type must be ignored quietly, never treated as an error.
 
 use serde_json::{json, Map, Value};
+
+use crate::queue_store::TaskStatus;
 
 /// Every frame we send carries this.
 pub const PROTOCOL_VERSION: u64 = 1;
@@ -22,7 +24,7 @@ pub enum Incoming {
     TaskAssign(TaskAssign),
     TaskAck {
         task_id: String,
-        status: String,
+        status: AckStatus,
     },
     TaskContinue {
         task_id: String,
@@ -33,7 +35,7 @@ pub enum Incoming {
     },
     StateReportAck {
         task_id: String,
-        action: String,
+        action: ReportAction,
     },
     TaskCancelled {
         task_id: String,
@@ -51,6 +53,64 @@ pub enum Incoming {
     },
 }
 
+/// The `status` of a `task_ack` (PROTOCOL.md section 6).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AckStatus {
+    /// Answers `task_accepted`.
+    Accepted,
+    /// Answers `task_complete`: settled.
+    Complete,
+    /// Answers `task_failed`: settled, the hub retries the task elsewhere.
+    Retried,
+    /// Answers `task_failed`: settled, the hub gave up on the task.
+    DeadLetter,
+    /// Anything else, kept for the log.
+    Unknown(String),
+}
+
+impl AckStatus {
+    fn parse(text: &str) -> AckStatus {
+        match text {
+            "accepted" => AckStatus::Accepted,
+            "complete" => AckStatus::Complete,
+            "retried" => AckStatus::Retried,
+            "dead_letter" => AckStatus::DeadLetter,
+            other => AckStatus::Unknown(other.to_owned()),
+        }
+    }
+
+    /// The wire spelling.
+    pub fn as_str(&self) -> &str {
+        match self {
+            AckStatus::Accepted => "accepted",
+            AckStatus::Complete => "complete",
+            AckStatus::Retried => "retried",
+            AckStatus::DeadLetter => "dead_letter",
+            AckStatus::Unknown(other) => other,
+        }
+    }
+}
+
+/// The `action` of a `state_report_ack`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReportAction {
+    /// The task is still ours at the reported generation.
+    Continue,
+    /// It is not: stop it.
+    Abort,
+    Unknown(String),
+}
+
+impl ReportAction {
+    fn parse(text: &str) -> ReportAction {
+        match text {
+            "continue" => ReportAction::Continue,
+            "abort" => ReportAction::Abort,
+            other => ReportAction::Unknown(other.to_owned()),
+        }
+    }
+}
+
 /// `task_assign` as the hub sent it. `task_id` is `None` when the frame has
 /// none or it is not a string; it is *not* validated here.
 #[derive(Clone, PartialEq)]
@@ -58,8 +118,15 @@ pub struct TaskAssign {
     pub task_id: Option<String>,
     pub description: String,
     pub metadata: Value,
-    pub generation: u64,
+    /// Missing or `null`: 0, as both hubs default it. Anything but a JSON
+    /// integer in `0..2^64` (`"7"`, `-1`, `1.5`, 2^64) is `Err` with the
+    /// value as text: such an assignment cannot be reported, so it is
+    /// refused.
+    pub generation: Result<u64, String>,
     pub assigned_at: Option<u64>,
+    /// Every field of the frame except `type` and `protocol_version`,
+    /// unknown ones included: what the agent gets.
+    pub fields: Map<String, Value>,
 }
 
 // Descriptions can be large; keep `debug!` lines readable.
@@ -117,12 +184,20 @@ pub fn parse(text: &str) -> Result<Incoming, ParseError> {
                 Some(other) => other.to_string(),
             },
             metadata: object.get("metadata").cloned().unwrap_or_else(|| json!({})),
-            generation: object.get("generation").and_then(Value::as_u64).unwrap_or(0),
+            generation: match object.get("generation") {
+                None | Some(Value::Null) => Ok(0),
+                Some(value) => value.as_u64().ok_or_else(|| value.to_string()),
+            },
             assigned_at: object.get("assigned_at").and_then(Value::as_u64),
+            fields: object
+                .iter()
+                .filter(|(key, _)| !matches!(key.as_str(), "type" | "protocol_version"))
+                .map(|(key, value)| (key.clone(), value.clone()))
+                .collect(),
         }),
         "task_ack" => with_task_id(&|task_id| Incoming::TaskAck {
             task_id,
-            status: string("status").unwrap_or_default(),
+            status: AckStatus::parse(&string("status").unwrap_or_default()),
         }),
         "task_continue" => with_task_id(&|task_id| Incoming::TaskContinue {
             task_id,
@@ -131,7 +206,7 @@ pub fn parse(text: &str) -> Result<Incoming, ParseError> {
         "task_reassign" => with_task_id(&|task_id| Incoming::TaskReassign { task_id }),
         "state_report_ack" => with_task_id(&|task_id| Incoming::StateReportAck {
             task_id,
-            action: string("action").unwrap_or_default(),
+            action: ReportAction::parse(&string("action").unwrap_or_default()),
         }),
         "task_cancelled" => with_task_id(&|task_id| Incoming::TaskCancelled { task_id }),
         "restart_sidecar" => Incoming::RestartSidecar { reason: string("reason").unwrap_or_default() },
@@ -145,7 +220,7 @@ pub fn parse(text: &str) -> Result<Incoming, ParseError> {
 
 /// What an `error` frame means for us.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ErrorKind {
+pub(crate) enum ErrorKind {
     /// `invalid_token`, `token_agent_mismatch`: identify was refused.
     Auth,
     /// `not_identified`: we sent something before identify.
@@ -160,7 +235,7 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
-    pub fn of(error: &str) -> ErrorKind {
+    pub(crate) fn of(error: &str) -> ErrorKind {
         let why = |prefix: &str| {
             error.strip_prefix(prefix).map(|rest| rest.trim_start_matches([':', ' ']).to_owned())
         };
@@ -182,7 +257,7 @@ impl ErrorKind {
 
 /// The reasons a hub gives for refusing a report that mean "this report is
 /// settled: it will never be accepted, stop sending it".
-pub fn is_final_refusal(why: &str) -> bool {
+pub(crate) fn is_final_refusal(why: &str) -> bool {
     matches!(why, "stale_generation" | "invalid_state" | "not_found")
 }
 
@@ -197,7 +272,7 @@ fn frame(kind: &str, fields: Value) -> String {
 }
 
 /// The identify frame. It carries the token: never log it.
-pub fn out_identify(agent_id: &str, token: &str, name: &str, capabilities: &[String]) -> String {
+pub(crate) fn out_identify(agent_id: &str, token: &str, name: &str, capabilities: &[String]) -> String {
     frame(
         "identify",
         json!({
@@ -211,20 +286,15 @@ pub fn out_identify(agent_id: &str, token: &str, name: &str, capabilities: &[Str
     )
 }
 
-pub fn out_ping() -> String {
+pub(crate) fn out_ping() -> String {
     frame("ping", json!({}))
 }
 
-pub fn out_task_accepted(task_id: &str) -> String {
+pub(crate) fn out_task_accepted(task_id: &str) -> String {
     frame("task_accepted", json!({ "task_id": task_id }))
 }
 
-/// `task_id` is `None` when the assign frame had no usable one.
-pub fn out_task_rejected(task_id: Option<&str>, reason: &str) -> String {
-    frame("task_rejected", json!({ "task_id": task_id, "reason": reason }))
-}
-
-pub fn out_task_progress(task_id: &str, progress: u64, message: Option<&str>) -> String {
+pub(crate) fn out_task_progress(task_id: &str, progress: u64, message: Option<&str>) -> String {
     let mut fields = json!({ "task_id": task_id, "progress": progress });
     if let Some(message) = message {
         fields["message"] = Value::from(message);
@@ -232,39 +302,49 @@ pub fn out_task_progress(task_id: &str, progress: u64, message: Option<&str>) ->
     frame("task_progress", fields)
 }
 
-pub fn out_task_complete(task_id: &str, generation: u64, result: &Value) -> String {
+pub(crate) fn out_task_complete(task_id: &str, generation: u64, result: &Value) -> String {
     frame("task_complete", json!({ "task_id": task_id, "generation": generation, "result": result }))
 }
 
 /// `reason` and `error` carry the same text: older hubs read one, newer the
 /// other (PROTOCOL.md section 6).
-pub fn out_task_failed(task_id: &str, generation: u64, reason: &str) -> String {
+pub(crate) fn out_task_failed(task_id: &str, generation: u64, reason: &str) -> String {
     frame(
         "task_failed",
         json!({ "task_id": task_id, "generation": generation, "reason": reason, "error": reason }),
     )
 }
 
-pub fn out_task_recovering(task_id: &str, description: &str, metadata: &Value, last_status: &str) -> String {
+pub(crate) fn out_task_recovering(
+    task_id: &str,
+    description: &str,
+    metadata: &Value,
+    last_status: TaskStatus,
+) -> String {
     frame(
         "task_recovering",
         json!({
             "task_id": task_id,
             "description": description,
             "metadata": metadata,
-            "last_status": last_status,
+            "last_status": last_status.as_str(),
         }),
     )
 }
 
-pub fn out_state_report(task_id: &str, generation: u64, status: &str, assigned_at: u64) -> String {
+pub(crate) fn out_state_report(
+    task_id: &str,
+    generation: u64,
+    status: TaskStatus,
+    assigned_at: u64,
+) -> String {
     frame(
         "state_report",
-        json!({ "task_id": task_id, "generation": generation, "status": status, "assigned_at": assigned_at }),
+        json!({ "task_id": task_id, "generation": generation, "status": status.as_str(), "assigned_at": assigned_at }),
     )
 }
 
-pub fn out_wake_result(task_id: &str, status: &str, attempt: u32, error: Option<&str>) -> String {
+pub(crate) fn out_wake_result(task_id: &str, status: &str, attempt: u32, error: Option<&str>) -> String {
     let mut fields = json!({ "task_id": task_id, "status": status, "attempt": attempt });
     if let Some(error) = error {
         fields["error"] = Value::from(error);
@@ -278,7 +358,6 @@ pub const SENDABLE_TYPES: &[&str] = &[
     "identify",
     "ping",
     "task_accepted",
-    "task_rejected",
     "task_progress",
     "task_complete",
     "task_failed",
@@ -328,12 +407,11 @@ mod tests {
             out_identify("a", "t", "a", &[]),
             out_ping(),
             out_task_accepted("t1"),
-            out_task_rejected(None, "busy"),
             out_task_progress("t1", 5, Some("m")),
             out_task_complete("t1", 3, &json!({"status":"success"})),
             out_task_failed("t1", 3, "boom"),
-            out_task_recovering("t1", "d", &json!({}), "working"),
-            out_state_report("t1", 3, "working", 1),
+            out_task_recovering("t1", "d", &json!({}), TaskStatus::Working),
+            out_state_report("t1", 3, TaskStatus::Working, 1),
             out_wake_result("t1", "failed", 2, Some("exit 1")),
         ];
         for text in frames {
@@ -359,7 +437,7 @@ mod tests {
             (r#"{"type":"error","error":"invalid_token"}"#, Incoming::Error("invalid_token".into())),
             (
                 r#"{"type":"task_ack","task_id":"t","status":"complete"}"#,
-                Incoming::TaskAck { task_id: "t".into(), status: "complete".into() },
+                Incoming::TaskAck { task_id: "t".into(), status: AckStatus::Complete },
             ),
             (
                 r#"{"type":"task_continue","task_id":"t","generation":7}"#,
@@ -398,7 +476,7 @@ mod tests {
             panic!("not an assign")
         };
         assert_eq!(assign.task_id.as_deref(), Some("task-00"));
-        assert_eq!(assign.generation, 3);
+        assert_eq!(assign.generation, Ok(3));
         assert_eq!(assign.metadata, json!({"k":1}));
         let Incoming::TaskAssign(assign) = parse(r#"{"type":"task_assign","task_id":5}"#).unwrap() else {
             panic!("not an assign")

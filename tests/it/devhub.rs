@@ -5,7 +5,9 @@
 use std::net::TcpStream;
 use std::time::Duration;
 
-use agentcom_sidecar::devhub::{DevHub, DevHubEvent, DevHubOptions, OutcomeKind, TaskSnapshot, TaskStatus};
+use agentcom_sidecar::devhub::{
+    DevHub, DevHubEvent, DevHubOptions, HubVersion, OutcomeKind, TaskSnapshot, TaskStatus,
+};
 use serde_json::{json, Value};
 use tungstenite::stream::MaybeTlsStream;
 use tungstenite::{Message, WebSocket};
@@ -188,15 +190,23 @@ fn a_token_of_another_agent_is_a_mismatch() {
 
 #[test]
 fn frames_before_identify_get_not_identified() {
-    let hub = start(DevHubOptions::new(AGENT, TOKEN));
-    let mut client = Client::connect(&hub.url());
-    for frame in [
-        json!({"type": "ping"}),
-        json!({"type": "task_accepted", "task_id": "task-0000000000000001"}),
-        json!({"type": "task_rejected", "task_id": "task-0000000000000001", "reason": "busy"}),
-    ] {
-        client.send(frame);
-        assert_eq!(client.recv(), json!({"type": "error", "error": "not_identified"}));
+    for version in HubVersion::ALL {
+        let hub = start(DevHubOptions::for_version(AGENT, TOKEN, version));
+        let mut client = Client::connect(&hub.url());
+        for frame in
+            [json!({"type": "ping"}), json!({"type": "task_accepted", "task_id": "task-0000000000000001"})]
+        {
+            client.send(frame);
+            assert_eq!(client.recv(), json!({"type": "error", "error": "not_identified"}), "{version}");
+        }
+        // 4718a58 validates first: a type outside its schema is a violation
+        // even before identify.
+        client.send(json!({"type": "task_rejected", "task_id": "task-0000000000000001", "reason": "busy"}));
+        let reply = client.recv();
+        match version {
+            HubVersion::Cbf9c20 => assert_eq!(reply, json!({"type": "error", "error": "not_identified"})),
+            HubVersion::V4718a58 => assert_eq!(reply["error"], "validation_failed"),
+        }
     }
 }
 
@@ -366,14 +376,18 @@ fn task_recovering_continues_what_the_hub_holds_and_reassigns_the_rest() {
     client.send(json!({"type": "task_recovering", "task_id": seeded}));
     assert_eq!(client.recv(), json!({"type": "task_reassign", "task_id": seeded}));
 
-    // Assigned to another agent: not this sidecar's to continue.
+    // Assigned to another agent: both real hubs still answer task_continue,
+    // with that agent's generation (recover_task checks the status only).
     hub.seed_task("task-00000000000000cc", 2, "a2");
     client.send(json!({"type": "task_recovering", "task_id": "task-00000000000000cc"}));
-    client.recv_type("task_reassign");
+    assert_eq!(
+        client.recv(),
+        json!({"type": "task_continue", "task_id": "task-00000000000000cc", "generation": 2})
+    );
 }
 
 #[test]
-fn task_recovering_hands_back_a_task_taken_back_from_this_agent() {
+fn a_task_taken_back_is_reassigned_and_pushed_again_two_generations_higher() {
     let mut options = DevHubOptions::new(AGENT, TOKEN);
     options.repush_on_identify = false;
     let hub = start(options);
@@ -384,14 +398,29 @@ fn task_recovering_hands_back_a_task_taken_back_from_this_agent() {
     wait_disconnected(&hub);
     assert_eq!(task(&hub, &task_id).generation, 2);
 
-    // No re-push after identify with repush_on_identify off: the first frame
-    // after `identified` answers the recovery.
+    // No re-push after identify with repush_on_identify off: the task sits in
+    // the queue, so recovering it is answered task_reassign.
     let mut client = identified(&hub);
     client.send(json!({"type": "task_recovering", "task_id": task_id}));
+    assert_eq!(client.recv(), json!({"type": "task_reassign", "task_id": task_id}));
+    assert_eq!(task(&hub, &task_id).status, TaskStatus::Queued);
+    drop(client);
+    wait_disconnected(&hub);
+
+    // With the real scheduler's re-push on identify, the task comes first,
+    // two generations higher, and recovering it is answered task_continue.
+    let hub = start(DevHubOptions::new(AGENT, TOKEN));
+    let mut client = identified(&hub);
+    let task_id = hub.push_task(AGENT, "recover me", json!({}));
+    assert_eq!(client.recv_type("task_assign")["generation"], 1);
+    drop(client);
+    wait_disconnected(&hub);
+    let mut client = identified(&hub);
+    assert_eq!(client.recv_type("task_assign")["generation"], 3);
+    client.send(json!({"type": "task_recovering", "task_id": task_id}));
     assert_eq!(client.recv(), json!({"type": "task_continue", "task_id": task_id, "generation": 3}));
-    let snapshot = task(&hub, &task_id);
-    assert_eq!(snapshot.status, TaskStatus::Assigned);
-    assert_eq!(snapshot.generation, 3);
+    client.send(json!({"type": "task_accepted", "task_id": task_id}));
+    client.recv_type("task_ack");
     client.send(complete(&task_id, 3));
     client.recv_type("task_ack");
 }
@@ -531,8 +560,9 @@ fn an_old_hub_crashes_on_task_failed() {
 }
 
 #[test]
-fn unknown_types_get_unknown_message_type() {
-    let (_hub, mut client) = hub_and_client();
+fn the_old_hub_answers_unknown_types_with_unknown_message_type() {
+    let hub = start(DevHubOptions::for_version(AGENT, TOKEN, HubVersion::Cbf9c20));
+    let mut client = identified(&hub);
     for frame in [
         json!({"type": "task_rejected", "task_id": "task-0000000000000001", "reason": "busy"}),
         json!({"type": "wake_result", "task_id": "task-0000000000000001", "status": "success"}),

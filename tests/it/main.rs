@@ -3,7 +3,12 @@
 
 mod connection;
 mod devhub;
+mod hostile;
 mod hub_conn;
+mod pm2;
+mod secrets;
 mod start_script;
+mod status_json;
 mod support;
 mod tasks;
+mod wake;
