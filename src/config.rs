@@ -27,6 +27,12 @@ pub struct Config {
     pub token: Secret,
     pub hub_url: String,
     pub wake_command: Option<String>,
+    /// Run on the hub's `restart_sidecar`, detached, instead of exiting at
+    /// once (normally `scripts/update.sh`: build, then restart through the
+    /// supervisor). `None`: exit, and let the supervisor restart us.
+    pub update_command: Option<String>,
+    /// Where the update command's output is appended.
+    pub update_log: PathBuf,
     pub capabilities: Vec<String>,
     pub confirmation_timeout: Duration,
     pub results_dir: PathBuf,
@@ -184,6 +190,10 @@ impl Config {
         let show_path = |key: &str, p: &Path| keys.show(key, Value::from(p.display().to_string()));
         let wake_command = keys.string("wake_command")?.filter(|c| !c.trim().is_empty());
         keys.show("wake_command", wake_command.clone().map_or(Value::Null, Value::from));
+        let update_command = keys.string("update_command")?.filter(|c| !c.trim().is_empty());
+        keys.show("update_command", update_command.clone().map_or(Value::Null, Value::from));
+        let update_log = resolve(keys.string("update_log")?.unwrap_or_else(|| "./update.log".into()));
+        show_path("update_log", &update_log);
         let results_dir = resolve(keys.string("results_dir")?.unwrap_or_else(|| "./results".into()));
         show_path("results_dir", &results_dir);
         let log_file = resolve(keys.string("log_file")?.unwrap_or_else(|| "./sidecar.log".into()));
@@ -263,6 +273,8 @@ impl Config {
             token,
             hub_url,
             wake_command,
+            update_command,
+            update_log,
             capabilities: keys.string_list("capabilities")?.unwrap_or_default(),
             confirmation_timeout: keys.millis("confirmation_timeout_ms", 30_000, 1)?,
             results_dir,
@@ -673,7 +685,7 @@ mod tests {
         assert_eq!(shown["heartbeat_interval_ms"], 30_000);
         assert_eq!(shown["wake_retry_delays_ms"], serde_json::json!([5_000, 15_000, 30_000]));
         assert_eq!(shown["log_level"], "info");
-        assert_eq!(shown.len(), 31, "the 30 keys and config_path: {shown:?}");
+        assert_eq!(shown.len(), 33, "the 32 keys and config_path: {shown:?}");
         // Every key `check` shows is one the parser knows: fed back in (with
         // the real token and URL), nothing is warned about.
         shown.remove("config_path");

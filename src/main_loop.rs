@@ -276,6 +276,20 @@ impl Shell {
                     let _ = std::fs::remove_file(handoff_file_path(&self.config.results_dir, &task_id));
                 }
                 Effect::Record { event, fields } => self.lifecycle.record(event, fields),
+                Effect::StartUpdate => {
+                    let started = match &self.config.update_command {
+                        Some(command) => crate::update::start_detached(command, &self.config.update_log)
+                            .map_err(|e| format!("{}: {e}", self.config.update_log.display())),
+                        None => Err("no update_command is configured".to_owned()),
+                    };
+                    match started {
+                        Ok(()) => log::info!(
+                            "update_command started; its output goes to {}",
+                            self.config.update_log.display()
+                        ),
+                        Err(error) => follow_ups.push_back(Input::UpdateFailed { error }),
+                    }
+                }
                 Effect::Exit => self.exit = true,
             }
         }
