@@ -55,11 +55,31 @@ pub(crate) struct Awaiting {
     pub generation: u64,
 }
 
+/// A frame sent on the live connection whose fate is not known yet.
 #[derive(Debug, Clone, PartialEq)]
-struct Resendable {
+struct Sent {
+    frame_type: &'static str,
     text: String,
     awaiting: Option<Awaiting>,
+    sent_at: Instant,
 }
+
+impl Sent {
+    /// No answer is expected: handled silently (or dropped).
+    fn expects_no_answer(&self) -> bool {
+        self.awaiting.is_none() && self.frame_type != "ping"
+    }
+
+    /// Frames the newer hub (the only one that rate-limits) never answers
+    /// when it handles them.
+    fn silent_on_rate_limiting_hubs(&self) -> bool {
+        matches!(self.frame_type, "task_progress" | "wake_result")
+    }
+}
+
+/// At most this many frames are remembered as in flight; older ones are
+/// forgotten (a hub that answers nothing would otherwise grow the list).
+const MAX_IN_FLIGHT: usize = 256;
 
 /// Why the link gave up on the live connection in [`Link::tick`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,15 +96,19 @@ pub(crate) struct Link {
     last_conn_id: u64,
     /// Failed connection attempts since the last `identified`.
     reconnect_attempt: u32,
-    /// Frames sent on the live connection that await an answer, oldest first.
-    awaiting: VecDeque<Awaiting>,
-    /// The last frame sent that a `rate_limited` may refer to.
-    last_sent: Option<Resendable>,
-    /// The last frame sent was a heartbeat ping (so a `rate_limited` drops
-    /// the ping, not `last_sent`).
-    ping_was_last: bool,
-    /// A frame the hub dropped with `rate_limited`, and when to resend it.
-    resend: Option<(Instant, Resendable)>,
+    /// The time of the input being handled (see [`Link::set_now`]).
+    now: Instant,
+    /// Frames sent on the live connection whose answer (or silent handling)
+    /// is not known yet, oldest first. The hub handles frames in order and
+    /// answers in that order, so an answer also says that the silent frames
+    /// sent before its frame were handled.
+    in_flight: VecDeque<Sent>,
+    /// Frames the hub dropped with `rate_limited`, in their original order:
+    /// they go out again at `resend_at`...
+    denied: VecDeque<Sent>,
+    /// ...followed by the frames sent while they waited.
+    held_back: VecDeque<Sent>,
+    resend_at: Option<Instant>,
 }
 
 impl Link {
@@ -96,11 +120,18 @@ impl Link {
             conn: Conn::Backoff { retry_at: now },
             last_conn_id: 0,
             reconnect_attempt: 0,
-            awaiting: VecDeque::new(),
-            last_sent: None,
-            ping_was_last: false,
-            resend: None,
+            now,
+            in_flight: VecDeque::new(),
+            denied: VecDeque::new(),
+            held_back: VecDeque::new(),
+            resend_at: None,
         }
+    }
+
+    /// The time of the input being handled: frames sent now are stamped
+    /// with it.
+    pub fn set_now(&mut self, now: Instant) {
+        self.now = now;
     }
 
     /// The connection whose events count, if any.
@@ -157,15 +188,18 @@ impl Link {
         if let Conn::Ready { pong_deadline, .. } = &mut self.conn {
             *pong_deadline = None;
         }
+        if let Some(index) = self.in_flight.iter().position(|s| s.frame_type == "ping") {
+            self.answered(index);
+        }
     }
 
     /// The connection is gone: forget what it awaited and schedule the next
     /// attempt (at least `cooldown` away). Returns the delay.
     pub fn on_lost(&mut self, cooldown: Option<Duration>, now: Instant) -> Duration {
-        self.awaiting.clear();
-        self.last_sent = None;
-        self.ping_was_last = false;
-        self.resend = None;
+        self.in_flight.clear();
+        self.denied.clear();
+        self.held_back.clear();
+        self.resend_at = None;
         let mut delay = backoff(self.reconnect_attempt, &self.timers.backoff, self.jitter.next_unit());
         if let Some(cooldown) = cooldown {
             delay = delay.max(cooldown);
@@ -180,57 +214,105 @@ impl Link {
         self.conn = Conn::Stopped;
     }
 
-    /// Sends `text` on the live connection (nothing without one), noting what
-    /// it awaits.
-    pub fn send(&mut self, text: String, awaiting: Option<Awaiting>, fx: &mut Vec<Effect>) {
+    /// Sends a frame of `frame_type` on the live connection (nothing without
+    /// one), noting what it awaits. While frames wait to be resent after a
+    /// `rate_limited`, it queues behind them, so the hub sees the original
+    /// order.
+    pub fn send(
+        &mut self,
+        frame_type: &'static str,
+        text: String,
+        awaiting: Option<Awaiting>,
+        fx: &mut Vec<Effect>,
+    ) {
+        let frame = Sent { frame_type, text, awaiting, sent_at: self.now };
+        if self.resend_at.is_some() {
+            self.held_back.push_back(frame);
+            return;
+        }
+        self.transmit(frame, fx);
+    }
+
+    fn transmit(&mut self, frame: Sent, fx: &mut Vec<Effect>) {
         let Some(conn_id) = self.live_conn_id() else {
             return;
         };
-        if let Some(entry) = &awaiting {
-            self.awaiting.push_back(entry.clone());
+        fx.push(Effect::Send { conn_id, text: frame.text.clone() });
+        if self.in_flight.len() == MAX_IN_FLIGHT {
+            self.in_flight.pop_front();
         }
-        self.last_sent = Some(Resendable { text: text.clone(), awaiting });
-        self.ping_was_last = false;
-        fx.push(Effect::Send { conn_id, text });
+        self.in_flight.push_back(frame);
     }
 
-    /// Removes and returns the oldest awaiting entry of one of `kinds`.
+    /// The frame at `index` of `in_flight` was answered: it and the silent
+    /// frames sent before it are done.
+    fn answered(&mut self, index: usize) -> Option<Sent> {
+        let mut kept = VecDeque::with_capacity(self.in_flight.len());
+        let mut answered = None;
+        for (i, frame) in std::mem::take(&mut self.in_flight).into_iter().enumerate() {
+            match i.cmp(&index) {
+                std::cmp::Ordering::Less if frame.expects_no_answer() => {}
+                std::cmp::Ordering::Equal => answered = Some(frame),
+                _ => kept.push_back(frame),
+            }
+        }
+        self.in_flight = kept;
+        answered
+    }
+
+    /// Removes and returns the oldest awaiting entry of one of `kinds`. A
+    /// frame taken for resending whose answer comes after all (the hub had
+    /// handled it) leaves the resend queue.
     pub fn take_awaiting(&mut self, kinds: &[ReplyKind]) -> Option<Awaiting> {
-        let index = self.awaiting.iter().position(|a| kinds.contains(&a.kind))?;
-        self.awaiting.remove(index)
+        let is_of = |s: &Sent| s.awaiting.as_ref().is_some_and(|a| kinds.contains(&a.kind));
+        if let Some(index) = self.in_flight.iter().position(is_of) {
+            return self.answered(index).and_then(|s| s.awaiting);
+        }
+        if let Some(index) = self.denied.iter().position(is_of) {
+            return self.denied.remove(index).and_then(|s| s.awaiting);
+        }
+        let index = self.held_back.iter().position(is_of)?;
+        self.held_back.remove(index).and_then(|s| s.awaiting)
     }
 
     /// The oldest awaiting entry of `kind`, left in place.
     pub fn find_awaiting(&self, kind: ReplyKind) -> Option<&Awaiting> {
-        self.awaiting.iter().find(|a| a.kind == kind)
+        self.in_flight.iter().filter_map(|s| s.awaiting.as_ref()).find(|a| a.kind == kind)
     }
 
-    /// `rate_limited`: the hub dropped the last frame we sent.
+    /// `rate_limited`: the hub dropped a frame, the oldest whose fate we do
+    /// not know. Silent frames before the first answered one are ambiguous
+    /// (handled, or the dropped one), so they are resent too: resending a
+    /// progress update is harmless, losing a frame is not. A dropped ping is
+    /// not resent; the next ping moves instead.
     pub fn on_rate_limited(&mut self, retry_after: Duration, now: Instant) {
         let retry_after_ms = retry_after.as_millis();
-        if self.ping_was_last {
-            // A dropped ping gets no pong: that is not a dead connection.
-            if let Conn::Ready { next_ping_at, pong_deadline, .. } = &mut self.conn {
-                log::warn!("hub rate-limited our ping; pinging again in {retry_after_ms} ms");
-                *pong_deadline = None;
-                *next_ping_at = now + retry_after;
-            }
-            self.ping_was_last = false;
-            return;
-        }
-        // "The last frame was dropped: resend after N ms" (PROTOCOL.md
-        // section 7). It will get no other answer, so it no longer awaits one.
-        let Some(dropped) = self.last_sent.take() else {
+        let count = match self.in_flight.iter().position(|s| !s.silent_on_rate_limiting_hubs()) {
+            Some(index) => index + 1,
+            None => self.in_flight.len(),
+        };
+        if count == 0 {
             log::warn!("hub rate-limited us, but we sent nothing that could be resent");
             return;
-        };
-        if let Some(entry) = &dropped.awaiting {
-            if let Some(index) = self.awaiting.iter().rposition(|a| a == entry) {
-                self.awaiting.remove(index);
-            }
         }
-        log::warn!("hub rate-limited our last frame; resending in {retry_after_ms} ms");
-        self.resend = Some((now + retry_after, dropped));
+        let dropped: Vec<Sent> = self.in_flight.drain(..count).collect();
+        for frame in dropped {
+            if frame.frame_type == "ping" {
+                // A dropped ping gets no pong: that is not a dead connection.
+                if let Conn::Ready { next_ping_at, pong_deadline, .. } = &mut self.conn {
+                    log::warn!("hub rate-limited our ping; pinging again in {retry_after_ms} ms");
+                    *pong_deadline = None;
+                    *next_ping_at = now + retry_after;
+                }
+                continue;
+            }
+            log::warn!("hub rate-limited our {}; resending in {retry_after_ms} ms", frame.frame_type);
+            self.denied.push_back(frame);
+        }
+        if !self.denied.is_empty() {
+            let at = now + retry_after;
+            self.resend_at = Some(self.resend_at.map_or(at, |earlier| earlier.max(at)));
+        }
     }
 
     /// Reconnects, pings and resends when due. Returns the timeout that ends
@@ -243,19 +325,23 @@ impl Link {
                 return Some(Timeout::Pong)
             }
             Conn::Ready { conn_id, next_ping_at, pong_deadline: None } if now >= next_ping_at => {
-                fx.push(Effect::Send { conn_id, text: protocol::out_ping() });
-                self.ping_was_last = true;
                 self.conn = Conn::Ready {
                     conn_id,
                     next_ping_at: now + self.timers.heartbeat_interval,
                     pong_deadline: Some(now + self.timers.pong_timeout),
                 };
+                // Pings never wait behind resends: they only keep the link.
+                let ping =
+                    Sent { frame_type: "ping", text: protocol::out_ping(), awaiting: None, sent_at: now };
+                self.transmit(ping, fx);
             }
             _ => {}
         }
-        if self.is_ready() && self.resend.as_ref().is_some_and(|(at, _)| now >= *at) {
-            if let Some((_, frame)) = self.resend.take() {
-                self.send(frame.text, frame.awaiting, fx);
+        if self.is_ready() && self.resend_at.is_some_and(|at| now >= at) {
+            self.resend_at = None;
+            let denied = std::mem::take(&mut self.denied);
+            for frame in denied.into_iter().chain(std::mem::take(&mut self.held_back)) {
+                self.transmit(Sent { sent_at: now, ..frame }, fx);
             }
         }
         None
@@ -268,7 +354,7 @@ impl Link {
             Conn::Identifying { deadline, .. } => Some(*deadline),
             Conn::Ready { next_ping_at, pong_deadline, .. } => {
                 let heartbeat = pong_deadline.unwrap_or(*next_ping_at);
-                Some(self.resend.as_ref().map_or(heartbeat, |(at, _)| heartbeat.min(*at)))
+                Some(self.resend_at.map_or(heartbeat, |at| heartbeat.min(at)))
             }
             Conn::Connecting { .. } | Conn::Stopped => None,
         }
@@ -346,9 +432,9 @@ mod tests {
         let t0 = Instant::now();
         let mut link = ready(t0);
         let mut fx = Vec::new();
-        link.send("a".into(), Some(entry(ReplyKind::Complete, 1)), &mut fx);
-        link.send("b".into(), Some(entry(ReplyKind::Unhandled, 0)), &mut fx);
-        link.send("c".into(), Some(entry(ReplyKind::Complete, 2)), &mut fx);
+        link.send("task_complete", "a".into(), Some(entry(ReplyKind::Complete, 1)), &mut fx);
+        link.send("wake_result", "b".into(), Some(entry(ReplyKind::Unhandled, 0)), &mut fx);
+        link.send("task_complete", "c".into(), Some(entry(ReplyKind::Complete, 2)), &mut fx);
         assert_eq!(link.find_awaiting(ReplyKind::Complete), Some(&entry(ReplyKind::Complete, 1)));
         assert_eq!(link.take_awaiting(&[ReplyKind::Complete]), Some(entry(ReplyKind::Complete, 1)));
         assert_eq!(link.take_awaiting(&[ReplyKind::Complete]), Some(entry(ReplyKind::Complete, 2)));
@@ -364,7 +450,7 @@ mod tests {
         let t0 = Instant::now();
         let mut link = ready(t0);
         let mut fx = Vec::new();
-        link.send("a".into(), Some(entry(ReplyKind::Complete, 1)), &mut fx);
+        link.send("task_complete", "a".into(), Some(entry(ReplyKind::Complete, 1)), &mut fx);
         let delay = link.on_lost(Some(ms(5_000)), t0);
         assert_eq!(delay, ms(5_000));
         assert_eq!(link.live_conn_id(), None);
@@ -379,7 +465,7 @@ mod tests {
         let t0 = Instant::now();
         let mut link = ready(t0);
         let mut fx = Vec::new();
-        link.send("report".into(), Some(entry(ReplyKind::Complete, 3)), &mut fx);
+        link.send("task_complete", "report".into(), Some(entry(ReplyKind::Complete, 3)), &mut fx);
         link.on_rate_limited(ms(250), t0);
         assert_eq!(link.find_awaiting(ReplyKind::Complete), None, "a dropped frame awaits nothing");
         assert_eq!(link.deadline(), Some(t0 + ms(250)));
@@ -402,5 +488,85 @@ mod tests {
         link.on_rate_limited(ms(2_000), t0 + ms(1_010));
         assert_eq!(link.deadline(), Some(t0 + ms(3_010)));
         assert_eq!(link.tick(t0 + ms(1_300), &mut fx), None, "no pong is due");
+    }
+
+    #[test]
+    fn frames_denied_in_a_row_are_all_resent_in_their_order_after_the_delay() {
+        let t0 = Instant::now();
+        let mut link = ready(t0);
+        let mut fx = Vec::new();
+        link.send("task_accepted", "accepted".into(), Some(entry(ReplyKind::Accepted, 3)), &mut fx);
+        link.send("wake_result", "woken".into(), None, &mut fx);
+        link.send("task_complete", "complete".into(), Some(entry(ReplyKind::Complete, 3)), &mut fx);
+        assert_eq!(sent(&fx), ["accepted", "woken", "complete"]);
+        for _ in 0..3 {
+            link.on_rate_limited(ms(1_000), t0 + ms(10));
+        }
+        // Sent meanwhile: waits behind them.
+        fx.clear();
+        link.send("task_progress", "progress".into(), None, &mut fx);
+        assert!(sent(&fx).is_empty(), "nothing overtakes a frame waiting to be resent");
+        assert_eq!(link.deadline(), Some(t0 + ms(1_000)), "the heartbeat is due first");
+        link.tick(t0 + ms(1_000), &mut fx);
+        fx.clear();
+        link.tick(t0 + ms(1_009), &mut fx);
+        assert!(sent(&fx).is_empty());
+        link.tick(t0 + ms(1_010), &mut fx);
+        assert_eq!(sent(&fx), ["accepted", "woken", "complete", "progress"]);
+        assert_eq!(link.take_awaiting(&[ReplyKind::Accepted]), Some(entry(ReplyKind::Accepted, 3)));
+        assert_eq!(link.take_awaiting(&[ReplyKind::Complete]), Some(entry(ReplyKind::Complete, 3)));
+    }
+
+    #[test]
+    fn a_silent_frame_before_a_denied_one_is_resent_too_and_a_late_answer_cancels_a_resend() {
+        let t0 = Instant::now();
+        let mut link = ready(t0);
+        let mut fx = Vec::new();
+        link.send("task_progress", "progress".into(), None, &mut fx);
+        link.send("task_complete", "complete".into(), Some(entry(ReplyKind::Complete, 3)), &mut fx);
+        link.send("task_accepted", "accepted".into(), Some(entry(ReplyKind::Accepted, 3)), &mut fx);
+        // Which of progress and complete was dropped cannot be told: both go
+        // again; accepted is still in flight.
+        link.on_rate_limited(ms(500), t0);
+        // The complete had been handled after all (the progress was the one
+        // dropped): its answer takes it out of the resend queue.
+        assert_eq!(link.take_awaiting(&[ReplyKind::Complete]), Some(entry(ReplyKind::Complete, 3)));
+        fx.clear();
+        link.tick(t0 + ms(500), &mut fx);
+        assert_eq!(sent(&fx), ["progress"]);
+        assert_eq!(link.take_awaiting(&[ReplyKind::Accepted]), Some(entry(ReplyKind::Accepted, 3)));
+    }
+
+    #[test]
+    fn an_answer_retires_the_silent_frames_sent_before_it() {
+        let t0 = Instant::now();
+        let mut link = ready(t0);
+        let mut fx = Vec::new();
+        link.send("task_progress", "p1".into(), None, &mut fx);
+        link.send("task_accepted", "accepted".into(), Some(entry(ReplyKind::Accepted, 3)), &mut fx);
+        link.send("task_progress", "p2".into(), None, &mut fx);
+        assert!(link.take_awaiting(&[ReplyKind::Accepted]).is_some());
+        // Only p2 can be the frame a rate_limited now refers to.
+        link.on_rate_limited(ms(100), t0);
+        fx.clear();
+        link.tick(t0 + ms(100), &mut fx);
+        assert_eq!(sent(&fx), ["p2"]);
+    }
+
+    #[test]
+    fn a_rate_limited_ping_is_dropped_while_the_frames_before_it_are_resent() {
+        let t0 = Instant::now();
+        let mut link = ready(t0);
+        let mut fx = Vec::new();
+        link.send("task_progress", "p1".into(), None, &mut fx);
+        link.tick(t0 + ms(1_000), &mut fx);
+        link.on_rate_limited(ms(200), t0 + ms(1_000));
+        assert_eq!(link.deadline(), Some(t0 + ms(1_200)), "no pong due; resend and ping at 1200");
+        fx.clear();
+        link.tick(t0 + ms(1_200), &mut fx);
+        let frames = sent(&fx);
+        assert_eq!(frames.len(), 2, "{fx:?}");
+        assert!(frames.contains(&"p1"));
+        assert!(frames.iter().any(|f| f.contains("ping")), "one ping, the dropped one is not resent");
     }
 }

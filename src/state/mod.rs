@@ -279,6 +279,7 @@ impl State {
 
     pub fn handle(&mut self, input: Input, now: Instant, wall_ms: u64) -> Vec<Effect> {
         let mut fx = Vec::new();
+        self.link.set_now(now);
         match input {
             Input::Event(event) => self.on_event(event, now, wall_ms, &mut fx),
             Input::Files(files) => {

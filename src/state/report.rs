@@ -15,16 +15,18 @@ use crate::protocol::{self, AckStatus};
 use crate::queue_store::Report;
 
 impl Held<'_> {
-    /// Sends `text`, awaiting an answer of `kind` about this task.
+    /// Sends a frame of `frame_type`, awaiting an answer of `kind` about this
+    /// task.
     pub(super) fn send_expecting(
         &mut self,
+        frame_type: &'static str,
         text: String,
         kind: ReplyKind,
         generation: u64,
         fx: &mut Vec<Effect>,
     ) {
         let entry = Awaiting { kind, task_id: self.task.id.clone(), generation };
-        self.link.send(text, Some(entry), fx);
+        self.link.send(frame_type, text, Some(entry), fx);
     }
 
     /// After a (re)connect the hub may have taken the task back: ask before
@@ -42,9 +44,9 @@ impl Held<'_> {
             .send_state_report
             .then(|| protocol::out_state_report(&t.id, t.generation, t.status(), t.assigned_at));
         let generation = t.generation;
-        self.send_expecting(recovering, ReplyKind::Recovering, generation, fx);
+        self.send_expecting("task_recovering", recovering, ReplyKind::Recovering, generation, fx);
         if let Some(text) = state_report {
-            self.send_expecting(text, ReplyKind::StateReport, generation, fx);
+            self.send_expecting("state_report", text, ReplyKind::StateReport, generation, fx);
         }
     }
 
@@ -110,7 +112,7 @@ impl Held<'_> {
             LifecycleEvent::ReportSent,
             json!({ "task_id": task_id, "generation": generation, "type": frame_type }),
         ));
-        self.send_expecting(text, kind, generation, fx);
+        self.send_expecting(frame_type, text, kind, generation, fx);
     }
 
     pub(super) fn flush_progress(&mut self, now: Instant, fx: &mut Vec<Effect>) {
@@ -127,7 +129,7 @@ impl Held<'_> {
         progress.last_sent_at = Some(now);
         progress.last_value = Some((value, message.clone()));
         let text = protocol::out_task_progress(&self.task.id, value, message.as_deref());
-        self.link.send(text, None, fx);
+        self.link.send("task_progress", text, None, fx);
     }
 }
 

@@ -325,7 +325,7 @@ impl State {
         if held.settings.send_wake_result {
             let text =
                 protocol::out_wake_result(&outcome.task_id, status_word, outcome.attempt, error.as_deref());
-            held.send_expecting(text, ReplyKind::Unhandled, 0, fx);
+            held.send_expecting("wake_result", text, ReplyKind::Unhandled, 0, fx);
         }
         if let Phase::Waking { attempt } = held.task.phase {
             held.after_attempt(attempt, outcome.status == WakeStatus::Success, error, now, fx);
@@ -341,7 +341,8 @@ impl Held<'_> {
         let task_id = self.task.id.clone();
         if generation <= self.task.generation {
             log::debug!("task {task_id} assigned again at generation {generation}: a resend");
-            self.send_expecting(protocol::out_task_accepted(&task_id), ReplyKind::Accepted, generation, fx);
+            let text = protocol::out_task_accepted(&task_id);
+            self.send_expecting("task_accepted", text, ReplyKind::Accepted, generation, fx);
             return;
         }
         log::info!(
@@ -364,7 +365,7 @@ impl Held<'_> {
 
     fn accept(&mut self, fx: &mut Vec<Effect>) {
         let text = protocol::out_task_accepted(&self.task.id);
-        self.send_expecting(text, ReplyKind::Accepted, self.task.generation, fx);
+        self.send_expecting("task_accepted", text, ReplyKind::Accepted, self.task.generation, fx);
     }
 
     /// Starts or resumes work on the task according to its phase: wake it if

@@ -73,6 +73,7 @@ fn a_cancelled_task_is_stopped_and_nothing_is_reported() {
 fn a_rate_limited_report_is_resent_after_the_delay() {
     let mut h = Harness::new();
     h.working(3);
+    h.frame(json!({"type":"task_ack","task_id":TASK,"status":"accepted"}));
     h.at(100).files(true, success());
     h.frame(json!({"type":"rate_limited","retry_after_ms":250,"tier":"t"}));
     assert_eq!(h.deadline_ms(), Some(350));
@@ -214,4 +215,25 @@ fn without_the_feature_no_state_report_is_sent() {
     let mut h = Harness::with(settings(), node_queue("working"));
     h.identify();
     assert_eq!(h.sent_types(), ["task_recovering"]);
+}
+
+#[test]
+fn accepted_wake_result_and_complete_denied_in_a_row_all_reach_the_hub_in_order() {
+    let mut h = Harness::with(Settings { send_wake_result: true, ..settings() }, QueueFile::default());
+    h.identify();
+    h.assign(TASK, 3);
+    h.files(true, ReadResult::Missing);
+    h.wake_done(1, WakeStatus::Success);
+    h.files(true, success());
+    for _ in 0..3 {
+        h.at(10).frame(json!({"type":"rate_limited","retry_after_ms":1000,"tier":"normal"}));
+        assert!(h.sent().is_empty());
+    }
+    h.tick(1_009);
+    assert!(h.sent().is_empty());
+    h.tick(1_010);
+    assert_eq!(h.sent_types(), ["task_accepted", "wake_result", "task_complete"]);
+    h.frame(json!({"type":"task_ack","task_id":TASK,"status":"accepted"}));
+    h.frame(json!({"type":"task_ack","task_id":TASK,"status":"complete"}));
+    assert!(h.state.held_task_id().is_none(), "settled");
 }
