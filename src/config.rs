@@ -50,6 +50,9 @@ pub struct Config {
     pub result_settle: Duration,
     /// Minimum time between two `task_progress` frames for one task.
     pub progress_interval: Duration,
+    /// How long a report or `task_recovering` waits for the hub's answer
+    /// before the sidecar reconnects and asks again.
+    pub reply_timeout: Duration,
     /// How long shutdown waits for a close handshake or a running wake.
     pub shutdown_grace: Duration,
     /// Watch `results_dir` with the platform's file notifications. Off
@@ -262,6 +265,7 @@ impl Config {
             result_settle: keys.millis("result_settle_ms", 2_000, 0)?,
             progress_interval: keys.millis("progress_interval_ms", 1_000, 0)?,
             shutdown_grace: keys.millis("shutdown_grace_ms", 500, 0)?,
+            reply_timeout: keys.millis("reply_timeout_ms", 30_000, 1)?,
             watch_results: keys.boolean("watch_results", true)?,
             results_poll: keys.millis("results_poll_ms", 1_000, 10)?,
             log_max_bytes: keys.integer("log_max_bytes", 10 << 20, 1024)?,
@@ -609,7 +613,7 @@ mod tests {
         assert_eq!(shown["heartbeat_interval_ms"], 30_000);
         assert_eq!(shown["wake_retry_delays_ms"], serde_json::json!([5_000, 15_000, 30_000]));
         assert_eq!(shown["log_level"], "info");
-        assert_eq!(shown.len(), 31, "the 30 keys and config_path: {shown:?}");
+        assert_eq!(shown.len(), 32, "the 31 keys and config_path: {shown:?}");
         // Every key `check` shows is one the parser knows: fed back in (with
         // the real token and URL), nothing is warned about.
         shown.remove("config_path");

@@ -83,6 +83,8 @@ lifecycle_events! {
     ResultWithheld = "result_withheld",
     ReportSent = "report_sent",
     ReportSettled = "report_settled",
+    /// The hub's schema refused a report; it is given up, kept whole here.
+    ReportRefused = "report_refused",
 }
 
 impl std::fmt::Display for LifecycleEvent {

@@ -21,6 +21,15 @@ pub enum Incoming {
     /// [`ErrorKind::of`].
     Error(String),
     Pong,
+    /// `{"type":"error","error":"validation_failed","message_type":T,"errors":[...]}`
+    /// (4718a58): our frame of type `message_type` was refused by the hub's
+    /// schema and dropped. `unknown_type`: the hub does not know that type
+    /// at all. `errors` is the list as text, for the log.
+    ValidationFailed {
+        message_type: String,
+        unknown_type: bool,
+        errors: String,
+    },
     TaskAssign(TaskAssign),
     TaskAck {
         task_id: String,
@@ -174,6 +183,17 @@ pub fn parse(text: &str) -> Result<Incoming, ParseError> {
     };
     Ok(match kind {
         "identified" => Incoming::Identified,
+        "error" if string("error").as_deref() == Some("validation_failed") => {
+            let errors = object.get("errors").cloned().unwrap_or(Value::Null);
+            let unknown_type = errors.as_array().is_some_and(|list| {
+                list.iter().any(|e| e.get("error").and_then(Value::as_str) == Some("unknown_message_type"))
+            });
+            Incoming::ValidationFailed {
+                message_type: string("message_type").unwrap_or_default(),
+                unknown_type,
+                errors: errors.to_string(),
+            }
+        }
         "error" => Incoming::Error(string("error").or_else(|| string("message")).unwrap_or_default()),
         "pong" => Incoming::Pong,
         "task_assign" => Incoming::TaskAssign(TaskAssign {
@@ -261,6 +281,33 @@ pub(crate) fn is_final_refusal(why: &str) -> bool {
     matches!(why, "stale_generation" | "invalid_state" | "not_found")
 }
 
+/// The newest hub's length limits (characters; it counts graphemes, which
+/// are never more than characters) for the fields we send.
+pub(crate) const MAX_REASON_CHARS: usize = 2_000;
+pub(crate) const MAX_NAME_CHARS: usize = 256;
+pub(crate) const MAX_STATUS_CHARS: usize = 256;
+pub(crate) const MAX_DESCRIPTION_CHARS: usize = 10_000;
+
+/// What replaces the end of a text cut to a limit. The full text is in the
+/// lifecycle log (the record of the outcome or wake that produced it).
+const CUT_MARKER: &str = " [...cut; full text in the sidecar's lifecycle log]";
+
+/// `text` if it has at most `max_chars` characters, else its start and
+/// [`CUT_MARKER`], `max_chars` characters in all.
+pub(crate) fn cut_text(text: &str, max_chars: usize) -> std::borrow::Cow<'_, str> {
+    if text.chars().count() <= max_chars {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let marker_chars = CUT_MARKER.chars().count();
+    let keep: String = text.chars().take(max_chars.saturating_sub(marker_chars)).collect();
+    let mut cut = keep + CUT_MARKER;
+    if cut.chars().count() > max_chars {
+        // A limit shorter than the marker: the bare start.
+        cut = text.chars().take(max_chars).collect();
+    }
+    std::borrow::Cow::Owned(cut)
+}
+
 fn frame(kind: &str, fields: Value) -> String {
     let mut object = Map::new();
     object.insert("type".into(), Value::from(kind));
@@ -278,7 +325,7 @@ pub(crate) fn out_identify(agent_id: &str, token: &str, name: &str, capabilities
         json!({
             "agent_id": agent_id,
             "token": token,
-            "name": name,
+            "name": cut_text(name, MAX_NAME_CHARS),
             "status": "idle",
             "capabilities": capabilities,
             "client_type": "sidecar",
@@ -311,7 +358,8 @@ pub(crate) fn out_task_complete(task_id: &str, generation: u64, result: &Value) 
 pub(crate) fn out_task_failed(task_id: &str, generation: u64, reason: &str) -> String {
     frame(
         "task_failed",
-        json!({ "task_id": task_id, "generation": generation, "reason": reason, "error": reason }),
+        json!({ "task_id": task_id, "generation": generation, "reason": cut_text(reason, MAX_REASON_CHARS),
+                "error": cut_text(reason, MAX_REASON_CHARS) }),
     )
 }
 
@@ -325,7 +373,7 @@ pub(crate) fn out_task_recovering(
         "task_recovering",
         json!({
             "task_id": task_id,
-            "description": description,
+            "description": cut_text(description, MAX_DESCRIPTION_CHARS),
             "metadata": metadata,
             "last_status": last_status.as_str(),
         }),
@@ -345,9 +393,10 @@ pub(crate) fn out_state_report(
 }
 
 pub(crate) fn out_wake_result(task_id: &str, status: &str, attempt: u32, error: Option<&str>) -> String {
-    let mut fields = json!({ "task_id": task_id, "status": status, "attempt": attempt });
+    let mut fields =
+        json!({ "task_id": task_id, "status": cut_text(status, MAX_STATUS_CHARS), "attempt": attempt });
     if let Some(error) = error {
-        fields["error"] = Value::from(error);
+        fields["error"] = Value::from(cut_text(error, MAX_REASON_CHARS));
     }
     frame("wake_result", fields)
 }
@@ -419,6 +468,42 @@ mod tests {
             assert_eq!(o["protocol_version"], 1, "{text}");
             assert!(SENDABLE_TYPES.contains(&o["type"].as_str().unwrap()), "{text}");
         }
+    }
+
+    #[test]
+    fn every_field_stays_within_the_newest_hubs_limits_with_a_visible_cut() {
+        let long = "é".repeat(3_000);
+        let o = object(&out_task_failed("t1", 4, &long));
+        for key in ["reason", "error"] {
+            let text = o[key].as_str().unwrap();
+            assert_eq!(text.chars().count(), MAX_REASON_CHARS, "{key}");
+            assert!(text.starts_with("ééé") && text.ends_with(CUT_MARKER), "{key}");
+        }
+        let o = object(&out_identify("a", "t", &"n".repeat(300), &[]));
+        assert_eq!(o["name"].as_str().unwrap().chars().count(), MAX_NAME_CHARS);
+        let o = object(&out_task_recovering("t1", &"d".repeat(20_000), &json!({}), TaskStatus::Working));
+        assert_eq!(o["description"].as_str().unwrap().chars().count(), MAX_DESCRIPTION_CHARS);
+        let o = object(&out_wake_result("t1", "failed", 1, Some(&"x".repeat(5_000))));
+        assert_eq!(o["error"].as_str().unwrap().chars().count(), MAX_REASON_CHARS);
+        // Within the limit: untouched.
+        assert_eq!(cut_text("short", 10), "short");
+        assert_eq!(cut_text(&"x".repeat(2_000), 2_000).len(), 2_000);
+        assert_eq!(cut_text("abcdef", 3), "abc", "a limit shorter than the marker");
+    }
+
+    #[test]
+    fn validation_failed_names_the_frame_type_it_refused() {
+        let text = r#"{"type":"error","error":"validation_failed","message_type":"task_failed",
+                       "errors":[{"field":"reason","error":"too_long","detail":"exceeds maximum length of 2000 characters"}]}"#;
+        let Incoming::ValidationFailed { message_type, unknown_type, errors } = parse(text).unwrap() else {
+            panic!("not parsed as validation_failed")
+        };
+        assert_eq!((message_type.as_str(), unknown_type), ("task_failed", false));
+        assert!(errors.contains("too_long"));
+        let text = r#"{"type":"error","error":"validation_failed","message_type":"task_rejected",
+                       "errors":[{"field":"type","error":"unknown_message_type","detail":"unknown message type 'task_rejected'"}]}"#;
+        let Incoming::ValidationFailed { unknown_type, .. } = parse(text).unwrap() else { panic!() };
+        assert!(unknown_type);
     }
 
     #[test]

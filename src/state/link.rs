@@ -21,6 +21,10 @@ pub(crate) struct LinkTimers {
     pub pong_timeout: Duration,
     pub identify_timeout: Duration,
     pub backoff: BackoffPolicy,
+    /// How long a report or `task_recovering` may wait for its answer
+    /// before the connection is given up (and the question asked again on
+    /// the next one).
+    pub reply_timeout: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -86,6 +90,8 @@ const MAX_IN_FLIGHT: usize = 256;
 pub(crate) enum Timeout {
     Identify,
     Pong,
+    /// A frame of this type got no answer within `reply_timeout`.
+    Reply(&'static str),
 }
 
 #[derive(Debug)]
@@ -109,6 +115,9 @@ pub(crate) struct Link {
     /// ...followed by the frames sent while they waited.
     held_back: VecDeque<Sent>,
     resend_at: Option<Instant>,
+    /// Frame types the hub refused as unknown on this connection: never
+    /// sent on it again.
+    refused_types: Vec<&'static str>,
 }
 
 impl Link {
@@ -125,6 +134,7 @@ impl Link {
             denied: VecDeque::new(),
             held_back: VecDeque::new(),
             resend_at: None,
+            refused_types: Vec::new(),
         }
     }
 
@@ -169,6 +179,7 @@ impl Link {
         if self.conn != (Conn::Connecting { conn_id }) {
             return false;
         }
+        self.refused_types.clear();
         self.conn = Conn::Identifying { conn_id, deadline: now + self.timers.identify_timeout };
         true
     }
@@ -237,6 +248,10 @@ impl Link {
         let Some(conn_id) = self.live_conn_id() else {
             return;
         };
+        if self.refused_types.contains(&frame.frame_type) {
+            log::debug!("not sending {}: the hub refused that type on this connection", frame.frame_type);
+            return;
+        }
         fx.push(Effect::Send { conn_id, text: frame.text.clone() });
         if self.in_flight.len() == MAX_IN_FLIGHT {
             self.in_flight.pop_front();
@@ -264,15 +279,61 @@ impl Link {
     /// frame taken for resending whose answer comes after all (the hub had
     /// handled it) leaves the resend queue.
     pub fn take_awaiting(&mut self, kinds: &[ReplyKind]) -> Option<Awaiting> {
-        let is_of = |s: &Sent| s.awaiting.as_ref().is_some_and(|a| kinds.contains(&a.kind));
-        if let Some(index) = self.in_flight.iter().position(is_of) {
-            return self.answered(index).and_then(|s| s.awaiting);
+        self.take_sent(|s| s.awaiting.as_ref().is_some_and(|a| kinds.contains(&a.kind)))?.awaiting
+    }
+
+    fn take_sent(&mut self, is_of: impl Fn(&Sent) -> bool) -> Option<Sent> {
+        if let Some(index) = self.in_flight.iter().position(&is_of) {
+            return self.answered(index);
         }
-        if let Some(index) = self.denied.iter().position(is_of) {
-            return self.denied.remove(index).and_then(|s| s.awaiting);
+        if let Some(index) = self.denied.iter().position(&is_of) {
+            return self.denied.remove(index);
         }
-        let index = self.held_back.iter().position(is_of)?;
-        self.held_back.remove(index).and_then(|s| s.awaiting)
+        let index = self.held_back.iter().position(&is_of)?;
+        self.held_back.remove(index)
+    }
+
+    /// The hub refused the oldest frame of `frame_type` we sent
+    /// (`validation_failed` names the type). Returns what it awaited.
+    /// `unknown_type`: the hub has no such type; none is sent again on this
+    /// connection.
+    pub fn refused(&mut self, frame_type: &str, unknown_type: bool) -> Option<Awaiting> {
+        let sent = self.take_sent(|s| s.frame_type == frame_type);
+        if unknown_type {
+            if let Some(sent) = &sent {
+                self.refuse_type(sent.frame_type);
+            }
+        }
+        sent.and_then(|s| s.awaiting)
+    }
+
+    /// `unknown_message_type` (the older hub): it answers the oldest frame
+    /// awaiting one of `kinds`; that type is not sent again on this
+    /// connection.
+    pub fn unknown_type(&mut self, kinds: &[ReplyKind]) -> Option<&'static str> {
+        let sent = self.take_sent(|s| s.awaiting.as_ref().is_some_and(|a| kinds.contains(&a.kind)))?;
+        self.refuse_type(sent.frame_type);
+        Some(sent.frame_type)
+    }
+
+    fn refuse_type(&mut self, frame_type: &'static str) {
+        if !self.refused_types.contains(&frame_type) {
+            log::info!("the hub does not know {frame_type}; not sending it again on this connection");
+            self.refused_types.push(frame_type);
+        }
+    }
+
+    /// When the oldest question that must be answered times out.
+    fn reply_deadline(&self) -> Option<(Instant, &'static str)> {
+        self.in_flight
+            .iter()
+            .filter(|s| {
+                s.awaiting.as_ref().is_some_and(|a| {
+                    matches!(a.kind, ReplyKind::Complete | ReplyKind::Failed | ReplyKind::Recovering)
+                })
+            })
+            .map(|s| (s.sent_at + self.timers.reply_timeout, s.frame_type))
+            .min_by_key(|(at, _)| *at)
     }
 
     /// The oldest awaiting entry of `kind`, left in place.
@@ -337,6 +398,11 @@ impl Link {
             }
             _ => {}
         }
+        if let Some((at, frame_type)) = self.reply_deadline().filter(|_| self.is_ready()) {
+            if now >= at {
+                return Some(Timeout::Reply(frame_type));
+            }
+        }
         if self.is_ready() && self.resend_at.is_some_and(|at| now >= at) {
             self.resend_at = None;
             let denied = std::mem::take(&mut self.denied);
@@ -354,7 +420,8 @@ impl Link {
             Conn::Identifying { deadline, .. } => Some(*deadline),
             Conn::Ready { next_ping_at, pong_deadline, .. } => {
                 let heartbeat = pong_deadline.unwrap_or(*next_ping_at);
-                Some(self.resend_at.map_or(heartbeat, |at| heartbeat.min(at)))
+                let reply = self.reply_deadline().map(|(at, _)| at);
+                [Some(heartbeat), self.resend_at, reply].into_iter().flatten().min()
             }
             Conn::Connecting { .. } | Conn::Stopped => None,
         }
@@ -383,6 +450,7 @@ mod tests {
             pong_timeout: ms(300),
             identify_timeout: ms(500),
             backoff: BackoffPolicy { initial: ms(100), max: ms(400) },
+            reply_timeout: ms(5_000),
         }
     }
 

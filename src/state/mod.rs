@@ -59,6 +59,9 @@ pub struct Settings {
     pub task_timeout: Option<Duration>,
     pub result_settle: Duration,
     pub progress_interval: Duration,
+    /// How long a report or `task_recovering` waits for the hub's answer
+    /// before the connection is dropped and the question asked again.
+    pub reply_timeout: Duration,
     pub send_wake_result: bool,
     pub send_state_report: bool,
     /// Rescan the results directory this often while a task is held: set
@@ -85,6 +88,7 @@ impl Settings {
             task_timeout: config.task_timeout,
             result_settle: config.result_settle,
             progress_interval: config.progress_interval,
+            reply_timeout: config.reply_timeout,
             send_wake_result: config.has_hub_feature(HubFeature::WakeResult),
             send_state_report: config.has_hub_feature(HubFeature::StateReport),
             results_poll: None,
@@ -241,6 +245,7 @@ impl State {
             pong_timeout: settings.pong_timeout,
             identify_timeout: settings.identify_timeout,
             backoff: settings.backoff,
+            reply_timeout: settings.reply_timeout,
         };
         State {
             link: Link::new(timers, jitter_seed, now),
@@ -418,6 +423,10 @@ impl State {
             Some(Timeout::Identify) => {
                 let ms = self.link.identify_timeout().as_millis();
                 self.drop_connection(&format!("the hub did not answer identify within {ms} ms"), now, fx);
+            }
+            Some(Timeout::Reply(frame_type)) => {
+                let ms = self.settings.reply_timeout.as_millis();
+                self.drop_connection(&format!("the hub did not answer {frame_type} within {ms} ms"), now, fx);
             }
             Some(Timeout::Pong) => {
                 let ms = self.link.pong_timeout().as_millis();

@@ -182,6 +182,18 @@ impl State {
         }
     }
 
+    /// The hub's schema refused the report in `entry`: it can never pass.
+    pub(super) fn on_report_invalid(&mut self, entry: &Awaiting, errors: &str, fx: &mut Vec<Effect>) {
+        if let Some(report) = self.task.as_ref().filter(|t| t.id == entry.task_id).and_then(|t| t.report()) {
+            log::error!("the hub cannot accept the report of task {}: {errors}; giving it up", entry.task_id);
+            fx.push(record(
+                LifecycleEvent::ReportRefused,
+                json!({ "task_id": entry.task_id, "generation": entry.generation, "errors": errors, "report": report }),
+            ));
+        }
+        self.settle(entry, "refused: validation_failed", fx);
+    }
+
     /// The hub has answered the report in `entry` for good: forget the task.
     pub(super) fn settle(&mut self, entry: &Awaiting, how: &str, fx: &mut Vec<Effect>) {
         let reporting = self.task.as_ref().is_some_and(|t| t.id == entry.task_id && t.report().is_some());

@@ -27,6 +27,7 @@ fn settings() -> Settings {
         task_timeout: None,
         result_settle: ms(400),
         progress_interval: ms(1_000),
+        reply_timeout: ms(30_000),
         send_wake_result: false,
         send_state_report: false,
         results_poll: None,

@@ -198,3 +198,63 @@ fn a_hub_closing_with_1011_after_task_failed_settles_the_report() {
     assert!(h.state.held_task_id().is_none());
     assert!(h.has(|e| matches!(e, Effect::RemoveTaskFiles { .. })));
 }
+
+#[test]
+fn a_long_failure_reason_is_cut_to_the_hubs_limit_and_kept_whole_in_the_log() {
+    let mut h = Harness::new();
+    h.working(3);
+    let reason = "x".repeat(3_000);
+    h.files(true, ReadResult::Parsed(json!({"status":"failure","reason":reason})));
+    let failed = &h.sent()[0];
+    assert_eq!(failed["reason"].as_str().unwrap().chars().count(), 2_000);
+    assert_eq!(failed["reason"], failed["error"]);
+    assert!(failed["reason"].as_str().unwrap().contains("lifecycle log"));
+    let whole = h.fx.iter().find_map(|e| match e {
+        Effect::Record { event: LifecycleEvent::TaskFailedHere, fields } => Some(fields["outcome"].clone()),
+        _ => None,
+    });
+    assert_eq!(whole, Some(json!(reason)));
+}
+
+#[test]
+fn a_report_the_hubs_schema_refuses_is_settled_not_left_waiting() {
+    let mut h = Harness::new();
+    h.working(3);
+    h.frame(json!({"type":"task_ack","task_id":TASK,"status":"accepted"}));
+    h.files(true, ReadResult::Parsed(json!({"status":"failure","reason":"no"})));
+    assert_eq!(h.sent_types(), ["task_failed"]);
+    h.frame(json!({"type":"error","error":"validation_failed","message_type":"task_failed",
+                   "errors":[{"field":"reason","error":"too_long","detail":"exceeds maximum length"}]}));
+    assert_eq!(h.steps(), ["record report_refused", "record report_settled", "persist idle", "remove files"]);
+    assert!(h.state.held_task_id().is_none());
+}
+
+#[test]
+fn a_validation_failure_of_another_frame_does_not_settle_the_report() {
+    let mut h = Harness::new();
+    h.working(3);
+    h.files(true, success());
+    assert_eq!(h.sent_types(), ["task_complete"]);
+    h.frame(json!({"type":"error","error":"validation_failed","message_type":"task_accepted","errors":[]}));
+    assert_eq!(h.state.held_task_id(), Some(TASK));
+    h.frame(json!({"type":"task_ack","task_id":TASK,"status":"complete"}));
+    assert!(h.state.held_task_id().is_none());
+}
+
+#[test]
+fn a_report_without_an_answer_is_asked_about_again_on_a_new_connection() {
+    let mut h = Harness::new();
+    h.working(3);
+    h.at(100).files(true, success());
+    assert_eq!(h.sent_types(), ["task_complete"]);
+    assert!(h.deadline_ms().unwrap() <= 30_100);
+    h.tick(30_099);
+    assert!(!h.has(|e| matches!(e, Effect::Close { .. })));
+    h.tick(30_100);
+    assert!(h.has(|e| matches!(e, Effect::Close { .. })), "{:?}", h.steps());
+    h.tick(31_000);
+    h.identify();
+    assert_eq!(h.sent_types(), ["task_recovering"]);
+    h.frame(json!({"type":"task_continue","task_id":TASK,"generation":3}));
+    assert_eq!(h.sent_types(), ["task_complete"]);
+}
