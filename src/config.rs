@@ -53,6 +53,12 @@ pub struct Config {
     /// How long a report or `task_recovering` waits for the hub's answer
     /// before the sidecar reconnects and asks again.
     pub reply_timeout: Duration,
+    /// How long the files of a task the hub took back (unsettled) are kept
+    /// for the hub to hand the same task back.
+    pub readopt_window: Duration,
+    /// How long a task adopted without a wake (its agent had confirmed it)
+    /// may show no progress and no result before it is failed.
+    pub adopted_silence: Duration,
     /// How long shutdown waits for a close handshake or a running wake.
     pub shutdown_grace: Duration,
     /// Watch `results_dir` with the platform's file notifications. Off
@@ -266,6 +272,8 @@ impl Config {
             progress_interval: keys.millis("progress_interval_ms", 1_000, 0)?,
             shutdown_grace: keys.millis("shutdown_grace_ms", 500, 0)?,
             reply_timeout: keys.millis("reply_timeout_ms", 30_000, 1)?,
+            readopt_window: keys.millis("readopt_window_ms", 600_000, 0)?,
+            adopted_silence: keys.millis("adopted_silence_ms", 1_800_000, 1)?,
             watch_results: keys.boolean("watch_results", true)?,
             results_poll: keys.millis("results_poll_ms", 1_000, 10)?,
             log_max_bytes: keys.integer("log_max_bytes", 10 << 20, 1024)?,
@@ -613,7 +621,7 @@ mod tests {
         assert_eq!(shown["heartbeat_interval_ms"], 30_000);
         assert_eq!(shown["wake_retry_delays_ms"], serde_json::json!([5_000, 15_000, 30_000]));
         assert_eq!(shown["log_level"], "info");
-        assert_eq!(shown.len(), 32, "the 31 keys and config_path: {shown:?}");
+        assert_eq!(shown.len(), 34, "the 33 keys and config_path: {shown:?}");
         // Every key `check` shows is one the parser knows: fed back in (with
         // the real token and URL), nothing is warned about.
         shown.remove("config_path");

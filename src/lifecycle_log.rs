@@ -81,6 +81,8 @@ lifecycle_events! {
     TaskFailedHere = "task_failed_here",
     /// The hub took the task back; its outcome is logged, not reported.
     ResultWithheld = "result_withheld",
+    /// The result file of a task we will not hold again, logged and removed.
+    ResultDiscarded = "result_discarded",
     ReportSent = "report_sent",
     ReportSettled = "report_settled",
     /// The hub's schema refused a report; it is given up, kept whole here.

@@ -10,6 +10,7 @@ use super::link::ReplyKind;
 use super::{record, Effect, State};
 use crate::lifecycle_log::LifecycleEvent;
 use crate::protocol::{self, ErrorKind, Incoming, ReportAction};
+use crate::queue_store::PastFate;
 
 impl State {
     // ----- connection -------------------------------------------------------
@@ -113,7 +114,7 @@ impl State {
                 }
                 if current {
                     log::info!("hub answered state_report with abort for {task_id}; dropping it");
-                    self.drop_task("aborted by hub (state_report_ack)", fx);
+                    self.drop_task("aborted by hub (state_report_ack)", PastFate::TakenBack, fx);
                 } else {
                     log::info!(
                         "ignoring state_report_ack abort for {task_id}: it answers generation {}, we hold a newer one",
@@ -124,7 +125,7 @@ impl State {
             Incoming::TaskCancelled { task_id } => {
                 if self.held_task_id() == Some(task_id.as_str()) {
                     log::info!("task {task_id} cancelled by hub; stopping it");
-                    self.drop_task("cancelled by hub", fx);
+                    self.drop_task("cancelled by hub", PastFate::Settled, fx);
                 } else {
                     log::debug!("task_cancelled for {task_id}, which we do not hold");
                 }

@@ -20,6 +20,7 @@
 
 mod frames;
 mod link;
+mod past;
 mod report;
 mod task;
 #[cfg(test)]
@@ -37,9 +38,10 @@ use crate::lifecycle_log::LifecycleEvent;
 use crate::protocol;
 use crate::queue_store::QueueFile;
 use crate::retry::BackoffPolicy;
-use crate::watcher::{self, FileKind, ReadResult, ResultsEvent};
+use crate::watcher::{FileKind, ReadResult, ResultsEvent};
 
 use link::{Link, LinkTimers, Timeout};
+use past::Past;
 use task::{HubSync, Phase, Task};
 
 /// The part of [`Config`] the core needs, as plain values.
@@ -62,6 +64,12 @@ pub struct Settings {
     /// How long a report or `task_recovering` waits for the hub's answer
     /// before the connection is dropped and the question asked again.
     pub reply_timeout: Duration,
+    /// How long the files of a task the hub took back are kept for it to
+    /// hand the task back (see `past.rs`).
+    pub readopt_window: Duration,
+    /// How long a task adopted without a wake may show no life before it is
+    /// failed (see `past.rs`).
+    pub adopted_silence: Duration,
     pub send_wake_result: bool,
     pub send_state_report: bool,
     /// Rescan the results directory this often while a task is held: set
@@ -89,6 +97,8 @@ impl Settings {
             result_settle: config.result_settle,
             progress_interval: config.progress_interval,
             reply_timeout: config.reply_timeout,
+            readopt_window: config.readopt_window,
+            adopted_silence: config.adopted_silence,
             send_wake_result: config.has_hub_feature(HubFeature::WakeResult),
             send_state_report: config.has_hub_feature(HubFeature::StateReport),
             results_poll: None,
@@ -156,6 +166,11 @@ pub enum Effect {
     RemoveTaskFiles {
         task_id: String,
     },
+    /// The task will not be held again: record its result file's content
+    /// (if there is one) in the lifecycle log, then remove its files.
+    DiscardTaskFiles {
+        task_id: String,
+    },
     /// A lifecycle-log record.
     Record {
         event: LifecycleEvent,
@@ -174,15 +189,15 @@ pub struct WakeStart {
     pub task_json: String,
 }
 
-/// At most this many foreign result-file names are remembered (each is
-/// logged once).
-const FOREIGN_FILES_REMEMBERED: usize = 10_000;
-
 #[derive(Debug)]
 pub struct State {
     settings: Settings,
     link: Link,
     task: Option<Task>,
+    /// The last task let go of, while its files may matter.
+    past: Option<Past>,
+    /// The time of the input being handled.
+    now: Instant,
     /// The task whose wake attempt the executor is running, if any (it may
     /// be a task we dropped, whose attempt is being cancelled). The executor
     /// runs one attempt at a time, whichever task it belongs to.
@@ -203,6 +218,7 @@ struct Held<'a> {
     task: &'a mut Task,
     link: &'a mut Link,
     settings: &'a Settings,
+    past: &'a Option<Past>,
     queue_extra: &'a Map<String, Value>,
     wake_running: &'a mut Option<String>,
 }
@@ -210,12 +226,13 @@ struct Held<'a> {
 impl Held<'_> {
     /// Persists queue.json as it is now.
     fn persist(&self, fx: &mut Vec<Effect>) {
-        fx.push(Effect::Persist(Box::new(queue_file(Some(self.task), self.queue_extra))));
+        fx.push(Effect::Persist(Box::new(queue_file(Some(self.task), self.past, self.queue_extra))));
     }
 }
 
-fn queue_file(task: Option<&Task>, extra: &Map<String, Value>) -> QueueFile {
-    let mut queue = QueueFile { active: None, recovering: None, extra: extra.clone() };
+fn queue_file(task: Option<&Task>, past: &Option<Past>, extra: &Map<String, Value>) -> QueueFile {
+    let past = past.as_ref().map(|p| p.task.clone());
+    let mut queue = QueueFile { active: None, recovering: None, past, extra: extra.clone() };
     if let Some(task) = task {
         if task.sync == HubSync::Recovered {
             queue.recovering = Some(task.to_record());
@@ -228,7 +245,7 @@ fn queue_file(task: Option<&Task>, extra: &Map<String, Value>) -> QueueFile {
 
 impl State {
     pub fn new(settings: Settings, queue: QueueFile, jitter_seed: u64, now: Instant) -> State {
-        let QueueFile { active, recovering, extra } = queue;
+        let QueueFile { active, recovering, past, extra } = queue;
         // A task that was active when we died is recovering now; one that was
         // already recovering stays so. If a file somehow holds both, the
         // recovering one is older news: keep the active one, which is the
@@ -251,6 +268,8 @@ impl State {
             link: Link::new(timers, jitter_seed, now),
             settings,
             task: active.or(recovering).map(Task::recovered),
+            past: past.map(|task| Past { task, keep_until: None }),
+            now,
             wake_running: None,
             queue_extra: extra,
             shutting_down: false,
@@ -274,6 +293,8 @@ impl State {
             fx.push(record(LifecycleEvent::TaskRecoveredFromDisk, t.fields()));
             held.persist(&mut fx);
         }
+        let now = self.now;
+        self.start_past(now, &mut fx);
         // Results already on disk when we start count (PROTOCOL.md section
         // 8): the listing reads the held task's files if it has any, and
         // logs the files of other tasks.
@@ -284,6 +305,7 @@ impl State {
 
     pub fn handle(&mut self, input: Input, now: Instant, wall_ms: u64) -> Vec<Effect> {
         let mut fx = Vec::new();
+        self.now = now;
         self.link.set_now(now);
         match input {
             Input::Event(event) => self.on_event(event, now, wall_ms, &mut fx),
@@ -294,7 +316,7 @@ impl State {
             }
             Input::Listing(Ok(entries)) => {
                 let names = entries.into_iter().map(|(id, kind)| format!("{id}.{}", kind.extension()));
-                self.on_result_names(names, &mut fx);
+                self.on_result_names(names, true, &mut fx);
             }
             Input::Listing(Err(error)) => {
                 log::warn!("cannot list the results directory: {error}");
@@ -334,7 +356,8 @@ impl State {
             let may_send_progress = self.link.is_ready() && t.sync == HubSync::Confirmed;
             t.deadline(self.wake_running.is_none(), may_send_progress, self.settings.progress_interval)
         });
-        [self.link.deadline(), task, self.next_poll_at].into_iter().flatten().min()
+        let past = self.past.as_ref().and_then(|p| p.keep_until);
+        [self.link.deadline(), task, self.next_poll_at, past].into_iter().flatten().min()
     }
 
     /// The task whose result files we care about.
@@ -344,7 +367,7 @@ impl State {
 
     /// queue.json as it should be on disk now.
     pub fn queue_file(&self) -> QueueFile {
-        queue_file(self.task.as_ref(), &self.queue_extra)
+        queue_file(self.task.as_ref(), &self.past, &self.queue_extra)
     }
 
     fn held(&mut self) -> Option<Held<'_>> {
@@ -352,6 +375,7 @@ impl State {
             task: self.task.as_mut()?,
             link: &mut self.link,
             settings: &self.settings,
+            past: &self.past,
             queue_extra: &self.queue_extra,
             wake_running: &mut self.wake_running,
         })
@@ -388,31 +412,10 @@ impl State {
             Event::Results(ResultsEvent::Changed(paths)) => {
                 let names =
                     paths.iter().filter_map(|p| p.file_name().and_then(|n| n.to_str()).map(str::to_owned));
-                self.on_result_names(names.collect::<Vec<_>>(), fx);
+                self.on_result_names(names.collect::<Vec<_>>(), false, fx);
             }
             Event::Results(ResultsEvent::Rescan) => fx.push(Effect::ListResults),
             Event::Shutdown => self.shut_down("shutdown requested", fx),
-        }
-    }
-
-    /// Names of result files that exist or changed: read the held task's
-    /// files if they are among them; log the others once.
-    fn on_result_names(&mut self, names: impl IntoIterator<Item = String>, fx: &mut Vec<Effect>) {
-        let mut touches_held = false;
-        for name in names {
-            let Some((task_id, _)) = watcher::classify(&name) else {
-                continue;
-            };
-            if self.held_task_id() == Some(task_id.as_str()) {
-                touches_held = true;
-            } else if self.foreign_files_logged.len() < FOREIGN_FILES_REMEMBERED
-                && self.foreign_files_logged.insert(name.clone())
-            {
-                log::info!("results_dir has {name}, which belongs to no task we hold; leaving it alone");
-            }
-        }
-        if let Some(task_id) = self.held_task_id().filter(|_| touches_held) {
-            fx.push(Effect::ReadTaskFiles { task_id: task_id.to_owned() });
         }
     }
 
@@ -441,6 +444,7 @@ impl State {
         if let Some(mut held) = self.held() {
             held.on_tick(now, fx);
         }
+        self.on_past_tick(now, fx);
         match (self.settings.results_poll, &self.task) {
             (Some(poll), Some(_)) => {
                 if self.next_poll_at.is_some_and(|at| now >= at) {

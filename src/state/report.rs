@@ -12,7 +12,7 @@ use super::task::{HubSync, Phase};
 use super::{record, Effect, Held, State};
 use crate::lifecycle_log::LifecycleEvent;
 use crate::protocol::{self, AckStatus};
-use crate::queue_store::Report;
+use crate::queue_store::{PastFate, Report};
 
 impl Held<'_> {
     /// Sends a frame of `frame_type`, awaiting an answer of `kind` about this
@@ -81,6 +81,7 @@ impl Held<'_> {
         fx.push(record(event, json!({ "task_id": t.id, "generation": t.generation, "outcome": detail })));
         t.phase = Phase::Reporting { report, status: t.status(), sent: None };
         t.timeout_at = None;
+        t.silent_until = None;
         t.unparsed = None;
         // Progress after the outcome means nothing to the hub.
         t.progress.pending = None;
@@ -206,7 +207,7 @@ impl State {
             LifecycleEvent::ReportSettled,
             json!({ "task_id": entry.task_id, "generation": entry.generation, "how": how }),
         ));
-        self.forget_task(fx);
+        self.let_go(PastFate::Settled, fx);
     }
 
     pub(super) fn on_reassign(&mut self, task_id: &str, fx: &mut Vec<Effect>) {
@@ -227,25 +228,7 @@ impl State {
                 json!({ "task_id": task_id, "generation": held.task.generation, "report": report }),
             ));
         }
-        self.drop_task("taken back by hub (task_reassign)", fx);
-    }
-
-    /// Stops working on the held task without reporting anything.
-    pub(super) fn drop_task(&mut self, why: &str, fx: &mut Vec<Effect>) {
-        if let Some(task_id) = self.held_task_id() {
-            log::info!("dropping task {task_id}: {why}");
-            fx.push(record(LifecycleEvent::TaskDropped, json!({ "task_id": task_id, "why": why })));
-            self.forget_task(fx);
-        }
-    }
-
-    fn forget_task(&mut self, fx: &mut Vec<Effect>) {
-        let Some(task) = self.task.take() else { return };
-        if self.wake_running.as_deref() == Some(task.id.as_str()) {
-            fx.push(Effect::CancelWake { task_id: task.id.clone() });
-        }
-        fx.push(Effect::Persist(Box::new(self.queue_file())));
-        fx.push(Effect::RemoveTaskFiles { task_id: task.id });
+        self.drop_task("taken back by hub (task_reassign)", PastFate::TakenBack, fx);
     }
 }
 

@@ -20,6 +20,10 @@ use crate::watcher::{is_valid_task_id, ReadResult};
 /// How far the work on a task has come.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Phase {
+    /// The hub handed back a task it had taken from us: its files are read
+    /// before anything else, and its agent is woken only if it never
+    /// confirmed (see `past.rs`).
+    Adopting,
     /// Not woken in this run. `interrupted`: an attempt was started before
     /// (by an earlier run, or cut short by shutdown), so queue.json says
     /// `waking`.
@@ -86,6 +90,9 @@ pub(crate) struct Task {
     pub confirmed: bool,
     /// `task_timeout_ms` ends the task here (until it has an outcome).
     pub timeout_at: Option<Instant>,
+    /// Taken over without a wake: unless its agent shows life (a new
+    /// progress value, its result) by then, it fails (see `past.rs`).
+    pub silent_until: Option<Instant>,
     pub unparsed: Option<Unparsed>,
     pub progress: Progress,
 }
@@ -109,6 +116,7 @@ impl Task {
             sync: HubSync::Confirmed,
             confirmed: false,
             timeout_at: None,
+            silent_until: None,
             unparsed: None,
             progress: Progress::default(),
         }
@@ -136,6 +144,7 @@ impl Task {
             sync: HubSync::Recovered,
             confirmed: false,
             timeout_at: None,
+            silent_until: None,
             unparsed: None,
             progress: Progress::default(),
         }
@@ -144,7 +153,7 @@ impl Task {
     /// The `status` queue.json and the hub get.
     pub fn status(&self) -> TaskStatus {
         match &self.phase {
-            Phase::ToWake { interrupted: false } => TaskStatus::Accepted,
+            Phase::ToWake { interrupted: false } | Phase::Adopting => TaskStatus::Accepted,
             Phase::ToWake { interrupted: true } | Phase::Waking { .. } | Phase::WakeRetry { .. } => {
                 TaskStatus::Waking
             }
@@ -212,6 +221,7 @@ impl Task {
         let phase = match self.phase {
             Phase::WakeRetry { at, .. } if executor_idle => Some(at),
             Phase::Confirming { deadline } => deadline,
+            Phase::Working => self.silent_until,
             _ => None,
         };
         let progress = match (&self.progress.pending, self.progress.last_sent_at) {
@@ -260,7 +270,16 @@ impl State {
             self.refuse(Some(&task_id), "shutting down", fx);
             return;
         }
-        let task = Task::accepted(task_id, generation, assign, wall_ms);
+        let handed_back = self.take_past(&task_id);
+        let mut task = Task::accepted(task_id, generation, assign, wall_ms);
+        if let Some(past) = handed_back {
+            log::info!(
+                "task {} handed back at generation {generation} (taken back at {}); looking at its files before waking",
+                task.id,
+                past.generation
+            );
+            task.phase = Phase::Adopting;
+        }
         log::info!("accepted task {} (generation {})", task.id, task.generation);
         fx.push(record(LifecycleEvent::TaskAccepted, task.fields()));
         self.task = Some(task);
@@ -376,19 +395,34 @@ impl Held<'_> {
         }
         match &mut self.task.phase {
             Phase::Reporting { .. } => return,
-            Phase::ToWake { .. } => {
-                if self.settings.has_wake_command {
-                    self.start_wake_attempt(1, now, fx);
-                } else {
-                    log::info!("no wake_command configured: task {} goes straight to working", self.task.id);
-                    self.task.phase = Phase::Working;
-                    self.persist(fx);
-                }
-            }
+            Phase::ToWake { .. } => self.begin_work(now, fx),
             Phase::Confirming { deadline } => *deadline = Some(now + self.settings.confirmation_timeout),
-            Phase::Waking { .. } | Phase::WakeRetry { .. } | Phase::Working => {}
+            Phase::Working => {
+                // Taken over after our crash without a wake.
+                let silence = self.settings.adopted_silence;
+                self.task.silent_until.get_or_insert(now + silence);
+            }
+            Phase::Adopting | Phase::Waking { .. } | Phase::WakeRetry { .. } => {}
         }
         fx.push(Effect::ReadTaskFiles { task_id: self.task.id.clone() });
+    }
+
+    /// A task not woken in this run: a task whose `.started` is there is
+    /// being worked on and is never woken again; others are woken (or go
+    /// straight to working without a wake command).
+    fn begin_work(&mut self, now: Instant, fx: &mut Vec<Effect>) {
+        if self.task.confirmed {
+            log::info!("task {} was confirmed by its agent before: adopting it without a wake", self.task.id);
+            self.task.phase = Phase::Working;
+            self.task.silent_until = Some(now + self.settings.adopted_silence);
+            self.persist(fx);
+        } else if self.settings.has_wake_command {
+            self.start_wake_attempt(1, now, fx);
+        } else {
+            log::info!("no wake_command configured: task {} goes straight to working", self.task.id);
+            self.task.phase = Phase::Working;
+            self.persist(fx);
+        }
     }
 
     fn start_wake_attempt(&mut self, attempt: u32, now: Instant, fx: &mut Vec<Effect>) {
@@ -478,8 +512,14 @@ impl Held<'_> {
         if let ReadResult::Parsed(value) = &files.progress {
             match parse_progress(value) {
                 Some(progress) => {
-                    if self.task.progress.last_value.as_ref() != Some(&progress) {
+                    let new = self.task.progress.last_value.as_ref() != Some(&progress)
+                        && self.task.progress.pending.as_ref() != Some(&progress);
+                    if new {
                         self.task.progress.pending = Some(progress);
+                        if let Some(until) = &mut self.task.silent_until {
+                            // Life: the silence starts over.
+                            *until = now + self.settings.adopted_silence;
+                        }
                     }
                 }
                 None => log::debug!("ignoring a progress file for {task_id} without a 0..100 `progress`"),
@@ -508,6 +548,11 @@ impl Held<'_> {
                 }
             }
         }
+        // A handed-back task whose files were just read, with no outcome in
+        // them (and none being written): go on from where its agent was.
+        if self.task.phase == Phase::Adopting && self.task.unparsed.is_none() {
+            self.begin_work(now, fx);
+        }
     }
 
     // ----- time -------------------------------------------------------------
@@ -529,6 +574,16 @@ impl Held<'_> {
                 log::warn!("the agent did not confirm task {} in time", self.task.id);
                 self.set_outcome(Report::Failed { reason: "confirmation_timeout".into() }, fx);
             }
+        }
+        if self.task.phase == Phase::Working && self.task.silent_until.is_some_and(|at| now >= at) {
+            let ms = self.settings.adopted_silence.as_millis();
+            log::warn!(
+                "task {} was adopted without a wake and its agent wrote nothing for {ms} ms",
+                self.task.id
+            );
+            let reason =
+                format!("adopted_task_silent: taken over without a wake, no progress or result for {ms} ms");
+            self.set_outcome(Report::Failed { reason }, fx);
         }
         if self.task.timeout_at.is_some_and(|at| now >= at) {
             log::warn!("task {} produced no result in time", self.task.id);

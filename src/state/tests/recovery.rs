@@ -49,7 +49,8 @@ fn a_recovered_task_the_hub_reassigned_is_dropped() {
     h.identify();
     h.frame(json!({"type":"task_reassign","task_id":TASK}));
     assert!(h.state.held_task_id().is_none());
-    assert_eq!(h.persisted().unwrap(), QueueFile::default());
+    // Its files stay for a hand-back; queue.json remembers it.
+    assert_eq!(h.steps(), ["record task_dropped", "persist idle past=taken_back"]);
 }
 
 // ----- newer hub frames ----------------------------------------------------
@@ -60,7 +61,10 @@ fn a_cancelled_task_is_stopped_and_nothing_is_reported() {
     h.identify();
     h.assign(TASK, 3);
     h.frame(json!({"type":"task_cancelled","task_id":TASK,"timestamp":1}));
-    assert_eq!(h.steps(), ["record task_dropped", "cancel wake", "persist idle", "remove files"]);
+    assert_eq!(
+        h.steps(),
+        ["record task_dropped", "cancel wake", "persist idle past=settled", "remove files"]
+    );
     assert!(h.has(|e| matches!(e, Effect::CancelWake { .. })));
     assert!(h.has(|e| matches!(e, Effect::RemoveTaskFiles { .. })));
     assert!(h.sent().is_empty());

@@ -27,9 +27,11 @@ fn a_result_is_persisted_then_reported_then_settled_by_the_ack() {
                "result":{"status":"success","output":"done"},"protocol_version":1})
     );
     h.frame(json!({"type":"task_ack","task_id":TASK,"status":"complete"}));
-    assert_eq!(h.steps(), ["record report_settled", "persist idle", "remove files"]);
+    assert_eq!(h.steps(), ["record report_settled", "persist idle past=settled", "remove files"]);
     assert!(h.has(|e| matches!(e, Effect::RemoveTaskFiles { task_id } if task_id == TASK)));
-    assert_eq!(h.persisted().unwrap(), QueueFile::default());
+    let queue = h.persisted().unwrap();
+    assert!(queue.active.is_none() && queue.recovering.is_none());
+    assert_eq!(queue.past.map(|p| (p.task_id, p.generation)), Some((TASK.to_string(), 3)));
     assert!(h.state.held_task_id().is_none());
 }
 
@@ -143,7 +145,7 @@ fn a_result_for_a_task_the_hub_took_back_is_withheld() {
     assert!(h.sent().is_empty());
     assert!(h.has(|e| matches!(e, Effect::Record { event: LifecycleEvent::ResultWithheld, .. })));
     assert!(h.state.held_task_id().is_none());
-    assert_eq!(h.persisted().unwrap(), QueueFile::default());
+    assert_eq!(h.steps(), ["record result_withheld", "record task_dropped", "persist idle past=taken_back"]);
 }
 
 #[test]
@@ -225,7 +227,10 @@ fn a_report_the_hubs_schema_refuses_is_settled_not_left_waiting() {
     assert_eq!(h.sent_types(), ["task_failed"]);
     h.frame(json!({"type":"error","error":"validation_failed","message_type":"task_failed",
                    "errors":[{"field":"reason","error":"too_long","detail":"exceeds maximum length"}]}));
-    assert_eq!(h.steps(), ["record report_refused", "record report_settled", "persist idle", "remove files"]);
+    assert_eq!(
+        h.steps(),
+        ["record report_refused", "record report_settled", "persist idle past=settled", "remove files"]
+    );
     assert!(h.state.held_task_id().is_none());
 }
 
