@@ -70,6 +70,7 @@ impl State {
             Incoming::Identified => self.on_identified(now, fx),
             Incoming::Error(error) => self.on_error(&error, now, fx),
             Incoming::ValidationFailed { message_type, unknown_type, errors } => {
+                self.newer_hub = true;
                 log::warn!("the hub refused our {message_type} (validation_failed): {errors}");
                 let answered = self.link.refused(&message_type, unknown_type);
                 if let Some(entry) =
@@ -98,6 +99,7 @@ impl State {
                 self.on_reassign(&task_id, fx);
             }
             Incoming::StateReportAck { task_id, action } => {
+                self.newer_hub = true;
                 // The ack names no generation: it answers the oldest report
                 // in flight, and applies only if that report was of the
                 // generation we hold now.
@@ -135,9 +137,13 @@ impl State {
                 self.shut_down("restart requested by hub", fx);
             }
             Incoming::RateLimited { retry_after_ms } => {
+                self.newer_hub = true;
                 self.link.on_rate_limited(Duration::from_millis(retry_after_ms), now)
             }
-            Incoming::RateLimitWarning => log::info!("hub warns that we approach its rate limit"),
+            Incoming::RateLimitWarning => {
+                self.newer_hub = true;
+                log::info!("hub warns that we approach its rate limit");
+            }
             Incoming::Ignored { kind } => log::debug!("ignoring hub frame of type {kind}"),
         }
     }

@@ -209,7 +209,40 @@ pub struct State {
     next_poll_at: Option<Instant>,
     /// Result-file names of tasks we do not hold, already logged once.
     foreign_files_logged: HashSet<String>,
+    /// The hub has shown it is the newer kind (4718a58: schema validation,
+    /// rate limits, the extra task_assign fields). See [`BUSY_REASON`].
+    newer_hub: bool,
+    /// Tasks pushed to us while we were busy, on a newer hub: handed back
+    /// with `task_failed` once we hold no task.
+    busy_refused: Vec<(String, u64)>,
 }
+
+/// A task pushed while another is held is never woken and never answered
+/// with `task_rejected` (unknown to both hubs; a schema violation on the
+/// newer one, ten of which lock the sidecar out). On the older hub nothing
+/// is sent for it (its `task_failed` crashes that hub's queue; the hub's own
+/// sweep returns the task). On the newer hub it is answered with
+/// `task_failed` and this reason as soon as the sidecar holds no task of its
+/// own: sent earlier, it would move the hub's agent state to idle while we
+/// work, drawing more pushes. The hub then queues the task again at once.
+pub const BUSY_REASON: &str = "busy: the sidecar was working on another task";
+
+/// At most this many tasks pushed while busy are remembered.
+const BUSY_REFUSED_REMEMBERED: usize = 16;
+
+/// Keys only the newer hub's `task_assign` carries.
+const NEWER_HUB_ASSIGN_KEYS: &[&str] = &[
+    "repo",
+    "branch",
+    "file_hints",
+    "success_criteria",
+    "verification_steps",
+    "complexity",
+    "routing_decision",
+    "skip_verification",
+    "verification_timeout_ms",
+    "max_verification_retries",
+];
 
 /// The held task with the parts of [`State`] its transitions use, borrowed
 /// side by side, so a transition can change the task, send and persist
@@ -275,6 +308,8 @@ impl State {
             shutting_down: false,
             next_poll_at: None,
             foreign_files_logged: HashSet::new(),
+            newer_hub: false,
+            busy_refused: Vec::new(),
         }
     }
 
@@ -445,6 +480,7 @@ impl State {
             held.on_tick(now, fx);
         }
         self.on_past_tick(now, fx);
+        self.hand_back_busy_refusals(fx);
         match (self.settings.results_poll, &self.task) {
             (Some(poll), Some(_)) => {
                 if self.next_poll_at.is_some_and(|at| now >= at) {

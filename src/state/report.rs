@@ -60,6 +60,10 @@ impl Held<'_> {
         let resume = self.task.sync == HubSync::Recovered;
         self.task.sync = HubSync::Confirmed;
         self.persist(fx);
+        // The hub's agent state restarts in `assigned` after a reconnect
+        // (4718a58) and takes the task back 60 s later unless it hears
+        // task_accepted; on both hubs it is answered task_ack and harmless.
+        self.accept(fx);
         if resume {
             self.resume_work(now, fx);
         }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Map, Value};
 
-use super::link::ReplyKind;
+use super::link::{Awaiting, ReplyKind};
 use super::report::{parse_progress, report_from_result};
 use super::{record, Effect, Held, State, TaskFiles, WakeStart};
 use crate::lifecycle_log::LifecycleEvent;
@@ -261,11 +261,21 @@ impl State {
             held.on_assigned_again(generation, now, fx);
             return;
         }
+        if assign.fields.keys().any(|k| super::NEWER_HUB_ASSIGN_KEYS.contains(&k.as_str())) {
+            self.newer_hub = true;
+        }
         if let Some(busy_with) = self.held_task_id() {
             log::info!("refusing task {task_id}: busy with {busy_with}");
             self.refuse(Some(&task_id), "busy", fx);
+            if self.newer_hub {
+                self.busy_refused.retain(|(id, _)| *id != task_id);
+                if self.busy_refused.len() < super::BUSY_REFUSED_REMEMBERED {
+                    self.busy_refused.push((task_id, generation));
+                }
+            }
             return;
         }
+        self.busy_refused.retain(|(id, _)| *id != task_id);
         if self.shutting_down {
             self.refuse(Some(&task_id), "shutting down", fx);
             return;
@@ -296,6 +306,20 @@ impl State {
     /// newer one).
     fn refuse(&mut self, task_id: Option<&str>, reason: &str, fx: &mut Vec<Effect>) {
         fx.push(record(LifecycleEvent::TaskRefused, json!({ "task_id": task_id, "reason": reason })));
+    }
+
+    /// Hands the tasks pushed while we were busy back to a newer hub, once we
+    /// hold none (see [`super::BUSY_REASON`]).
+    pub(super) fn hand_back_busy_refusals(&mut self, fx: &mut Vec<Effect>) {
+        if self.task.is_some() || !self.link.is_ready() || self.shutting_down {
+            return;
+        }
+        for (task_id, generation) in std::mem::take(&mut self.busy_refused) {
+            log::info!("handing task {task_id} (generation {generation}) back to the hub: we were busy");
+            let text = protocol::out_task_failed(&task_id, generation, super::BUSY_REASON);
+            let entry = Awaiting { kind: ReplyKind::Failed, task_id, generation };
+            self.link.send("task_failed", text, Some(entry), fx);
+        }
     }
 
     // ----- waking -----------------------------------------------------------
@@ -382,7 +406,7 @@ impl Held<'_> {
         self.try_send_report(fx);
     }
 
-    fn accept(&mut self, fx: &mut Vec<Effect>) {
+    pub(super) fn accept(&mut self, fx: &mut Vec<Effect>) {
         let text = protocol::out_task_accepted(&self.task.id);
         self.send_expecting("task_accepted", text, ReplyKind::Accepted, self.task.generation, fx);
     }

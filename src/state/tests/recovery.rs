@@ -24,7 +24,10 @@ fn a_task_found_at_start_is_recovering_until_the_hub_answers() {
     assert_eq!(h.sent()[0]["type"], "task_recovering");
     assert_eq!(h.sent()[0]["task_id"], TASK);
     h.frame(json!({"type":"task_continue","task_id":TASK,"generation":4}));
-    assert_eq!(h.steps(), ["record task_continued", "persist active working gen=4", "read files"]);
+    assert_eq!(
+        h.steps(),
+        ["record task_continued", "persist active working gen=4", "send task_accepted", "read files"]
+    );
     let queue = h.persisted().unwrap();
     assert_eq!(queue.active.unwrap().generation, 4);
     assert!(h.wake_starts().is_empty(), "a working agent is not woken again");

@@ -111,7 +111,7 @@ fn a_passing_refusal_keeps_the_report_for_the_next_connection() {
     h.tick(1_000);
     h.identify();
     h.frame(json!({"type":"task_continue","task_id":TASK,"generation":3}));
-    assert_eq!(h.sent_types(), ["task_complete"]);
+    assert_eq!(h.sent_types(), ["task_accepted", "task_complete"]);
 }
 
 #[test]
@@ -128,8 +128,10 @@ fn after_a_reconnect_nothing_is_reported_before_the_hub_answers_recovering() {
     assert_eq!(h.sent_types(), ["task_recovering"]);
     assert_eq!(h.sent()[0]["last_status"], "working");
     h.frame(json!({"type":"task_continue","task_id":TASK,"generation":4}));
-    assert_eq!(h.sent()[0]["type"], "task_complete");
-    assert_eq!(h.sent()[0]["generation"], 4);
+    // task_accepted moves the hub's agent state back to working (issue 9 #7).
+    assert_eq!(h.sent()[0], json!({"type":"task_accepted","task_id":TASK,"protocol_version":1}));
+    assert_eq!(h.sent()[1]["type"], "task_complete");
+    assert_eq!(h.sent()[1]["generation"], 4);
 }
 
 #[test]
@@ -169,12 +171,13 @@ fn the_same_task_handed_back_after_a_reconnect_is_adopted_without_a_second_wake(
         [
             "record task_continued",
             "persist active working gen=5 report=complete",
+            "send task_accepted",
             "record report_sent",
             "send task_complete"
         ]
     );
-    assert_eq!(h.sent()[0]["type"], "task_complete");
-    assert_eq!(h.sent()[0]["generation"], 5);
+    assert_eq!(h.sent()[1]["type"], "task_complete");
+    assert_eq!(h.sent()[1]["generation"], 5);
 }
 
 #[test]
@@ -261,5 +264,5 @@ fn a_report_without_an_answer_is_asked_about_again_on_a_new_connection() {
     h.identify();
     assert_eq!(h.sent_types(), ["task_recovering"]);
     h.frame(json!({"type":"task_continue","task_id":TASK,"generation":3}));
-    assert_eq!(h.sent_types(), ["task_complete"]);
+    assert_eq!(h.sent_types(), ["task_accepted", "task_complete"]);
 }
