@@ -25,6 +25,7 @@ mod report;
 mod task;
 #[cfg(test)]
 mod tests;
+mod work;
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
