@@ -59,6 +59,9 @@ pub struct Config {
     /// How long a task adopted without a wake (its agent had confirmed it)
     /// may show no progress and no result before it is failed.
     pub adopted_silence: Duration,
+    /// Send a keep-alive `task_progress` for the held task after this long
+    /// without one (`keepalive_interval_ms`, 0: never).
+    pub keepalive_interval: Option<Duration>,
     /// How long shutdown waits for a close handshake or a running wake.
     pub shutdown_grace: Duration,
     /// Watch `results_dir` with the platform's file notifications. Off
@@ -274,6 +277,8 @@ impl Config {
             reply_timeout: keys.millis("reply_timeout_ms", 30_000, 1)?,
             readopt_window: keys.millis("readopt_window_ms", 600_000, 0)?,
             adopted_silence: keys.millis("adopted_silence_ms", 1_800_000, 1)?,
+            keepalive_interval: Some(keys.millis("keepalive_interval_ms", 60_000, 0)?)
+                .filter(|d| !d.is_zero()),
             watch_results: keys.boolean("watch_results", true)?,
             results_poll: keys.millis("results_poll_ms", 1_000, 10)?,
             log_max_bytes: keys.integer("log_max_bytes", 10 << 20, 1024)?,

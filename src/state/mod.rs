@@ -71,6 +71,10 @@ pub struct Settings {
     /// How long a task adopted without a wake may show no life before it is
     /// failed (see `past.rs`).
     pub adopted_silence: Duration,
+    /// Send a `task_progress` for the held task when the hub has heard
+    /// nothing about it for this long (cbf9c20 takes a task back after 5 min
+    /// without one). `None`: never.
+    pub keepalive_interval: Option<Duration>,
     pub send_wake_result: bool,
     pub send_state_report: bool,
     /// Rescan the results directory this often while a task is held: set
@@ -100,6 +104,7 @@ impl Settings {
             reply_timeout: config.reply_timeout,
             readopt_window: config.readopt_window,
             adopted_silence: config.adopted_silence,
+            keepalive_interval: config.keepalive_interval,
             send_wake_result: config.has_hub_feature(HubFeature::WakeResult),
             send_state_report: config.has_hub_feature(HubFeature::StateReport),
             results_poll: None,
@@ -390,7 +395,13 @@ impl State {
         }
         let task = self.task.as_ref().and_then(|t| {
             let may_send_progress = self.link.is_ready() && t.sync == HubSync::Confirmed;
-            t.deadline(self.wake_running.is_none(), may_send_progress, self.settings.progress_interval)
+            let s = &self.settings;
+            t.deadline(
+                self.wake_running.is_none(),
+                may_send_progress,
+                s.progress_interval,
+                s.keepalive_interval,
+            )
         });
         let past = self.past.as_ref().and_then(|p| p.keep_until);
         [self.link.deadline(), task, self.next_poll_at, past].into_iter().flatten().min()

@@ -128,10 +128,20 @@ impl Held<'_> {
         if progress.last_sent_at.is_some_and(|last| now < last + self.settings.progress_interval) {
             return;
         }
-        let Some((value, message)) = progress.pending.take() else {
+        let keepalive_due = match (self.settings.keepalive_interval, progress.touched_at) {
+            (Some(every), Some(touched)) => now >= touched + every,
+            _ => false,
+        };
+        // A keep-alive repeats the last value sent (0 before any).
+        let Some((value, message)) = progress
+            .pending
+            .take()
+            .or_else(|| keepalive_due.then(|| progress.last_value.clone().unwrap_or((0, None))))
+        else {
             return;
         };
         progress.last_sent_at = Some(now);
+        progress.touched_at = Some(now);
         progress.last_value = Some((value, message.clone()));
         let text = protocol::out_task_progress(&self.task.id, value, message.as_deref());
         self.link.send("task_progress", text, None, fx);

@@ -61,6 +61,9 @@ pub(crate) struct Unparsed {
 
 #[derive(Debug, Default)]
 pub(crate) struct Progress {
+    /// When the hub last heard about the task from us (`task_accepted` or
+    /// `task_progress`): the keep-alive counts from here.
+    pub touched_at: Option<Instant>,
     pub last_sent_at: Option<Instant>,
     pub last_value: Option<(u64, Option<String>)>,
     pub pending: Option<(u64, Option<String>)>,
@@ -208,6 +211,7 @@ impl Task {
         executor_idle: bool,
         may_send_progress: bool,
         progress_interval: Duration,
+        keepalive: Option<Duration>,
     ) -> Option<Instant> {
         if let Phase::Reporting { .. } = self.phase {
             return None;
@@ -223,6 +227,10 @@ impl Task {
             _ => None,
         };
         let rescan = self.unparsed.and_then(|u| u.rescan_at);
-        [phase, self.timeout_at, rescan, progress].into_iter().flatten().min()
+        let keepalive = match (keepalive, self.progress.touched_at) {
+            (Some(every), Some(touched)) if may_send_progress => Some(touched + every),
+            _ => None,
+        };
+        [phase, self.timeout_at, rescan, progress, keepalive].into_iter().flatten().min()
     }
 }

@@ -189,6 +189,7 @@ impl Held<'_> {
     }
 
     pub(super) fn accept(&mut self, fx: &mut Vec<Effect>) {
+        self.task.progress.touched_at = Some(self.link.now());
         let text = protocol::out_task_accepted(&self.task.id);
         self.send_expecting("task_accepted", text, ReplyKind::Accepted, self.task.generation, fx);
     }

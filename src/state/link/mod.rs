@@ -144,6 +144,10 @@ impl Link {
         self.now = now;
     }
 
+    pub fn now(&self) -> Instant {
+        self.now
+    }
+
     /// The connection whose events count, if any.
     pub fn live_conn_id(&self) -> Option<u64> {
         match self.conn {

@@ -30,6 +30,7 @@ fn settings() -> Settings {
         reply_timeout: ms(30_000),
         readopt_window: ms(10_000),
         adopted_silence: ms(20_000),
+        keepalive_interval: None,
         send_wake_result: false,
         send_state_report: false,
         results_poll: None,

@@ -266,3 +266,34 @@ fn a_report_without_an_answer_is_asked_about_again_on_a_new_connection() {
     h.frame(json!({"type":"task_continue","task_id":TASK,"generation":3}));
     assert_eq!(h.sent_types(), ["task_accepted", "task_complete"]);
 }
+
+#[test]
+fn a_keepalive_progress_goes_out_when_the_hub_heard_nothing_for_the_interval() {
+    let mut h =
+        Harness::with(Settings { keepalive_interval: Some(ms(5_000)), ..settings() }, QueueFile::default());
+    h.identify();
+    h.at(100).assign(TASK, 3);
+    h.wake_done(1, WakeStatus::Success);
+    h.files(true, ReadResult::Missing);
+    assert_eq!(h.deadline_ms(), Some(5_100));
+    h.tick(5_099);
+    assert!(h.sent().is_empty());
+    h.tick(5_100);
+    assert_eq!(h.sent(), [json!({"type":"task_progress","task_id":TASK,"progress":0,"protocol_version":1})]);
+    // A real update resets it; the keep-alive repeats its value.
+    h.at(6_200).input(Input::Files(TaskFiles {
+        task_id: TASK.into(),
+        started: true,
+        result: ReadResult::Missing,
+        progress: ReadResult::Parsed(json!({"progress": 40})),
+    }));
+    assert_eq!(h.sent()[0]["progress"], 40);
+    h.tick(11_199);
+    assert!(h.sent().is_empty());
+    h.tick(11_200);
+    assert_eq!(h.sent()[0]["progress"], 40);
+    // Not once the outcome is known.
+    h.files(true, success());
+    h.tick(30_000);
+    assert!(!h.sent_types().contains(&"task_progress".to_string()));
+}
