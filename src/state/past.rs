@@ -137,10 +137,13 @@ impl State {
                 touches_held = true;
             } else if let Some(past) = self.past.as_ref().filter(|p| p.task.task_id == task_id) {
                 late_settled |= past.task.fate == PastFate::Settled;
-            } else if self.foreign_files_logged.contains(&name) {
+            } else if self.foreign_files_logged.contains(&name)
+                || self.foreign_files_logged.len() >= FOREIGN_FILES_REMEMBERED
+            {
+                // Logged already, or too many to keep listing for.
             } else if !listed {
                 unknown = true;
-            } else if self.foreign_files_logged.len() < FOREIGN_FILES_REMEMBERED {
+            } else {
                 log::info!("results_dir has {name}, which belongs to no task we hold; leaving it alone");
                 self.foreign_files_logged.insert(name);
             }
