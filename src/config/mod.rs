@@ -131,6 +131,10 @@ impl HubFeature {
     }
 }
 
+/// The newest hub's limits for identify (4718a58 validation/schemas.ex).
+const MAX_AGENT_ID_CHARS: usize = 128;
+const MAX_TOKEN_CHARS: usize = 256;
+
 impl Config {
     /// Reads and validates `path`. Returns the config and warnings (unknown
     /// keys) for the caller to log once logging is set up.
@@ -154,9 +158,18 @@ impl Config {
         };
         let keys = Keys { object: &object, path, effective: RefCell::new(Map::new()) };
 
+        // The newest hub refuses longer ones (a schema violation on every
+        // identify); unlike free text they cannot be cut.
         let agent_id = keys.required_string("agent_id")?;
-        let token = Secret::new(keys.required_string("token")?);
+        if agent_id.chars().count() > MAX_AGENT_ID_CHARS {
+            return Err(keys.error("agent_id", &format!("must be at most {MAX_AGENT_ID_CHARS} characters")));
+        }
+        let token = keys.required_string("token")?;
         keys.show("token", Value::from("<redacted>"));
+        if token.chars().count() > MAX_TOKEN_CHARS {
+            return Err(keys.error("token", &format!("must be at most {MAX_TOKEN_CHARS} characters")));
+        }
+        let token = Secret::new(token);
         let hub_url = keys.required_string("hub_url")?;
         validate_hub_url(&hub_url).map_err(|why| keys.error("hub_url", &why))?;
         keys.show("hub_url", Value::from(redact_url(&hub_url)));

@@ -88,6 +88,14 @@ fn every_bad_input_names_the_file_and_the_key() {
             r#"{"agent_id":"a","token":"t","hub_url":"ws://h/ws","watch_results":"no"}"#,
             "`watch_results`: expected true or false",
         ),
+        (
+            &format!(r#"{{"agent_id":"{}","token":"t","hub_url":"ws://h/ws"}}"#, "a".repeat(129)),
+            "`agent_id`: must be at most 128 characters",
+        ),
+        (
+            &format!(r#"{{"agent_id":"a","token":"{}","hub_url":"ws://h/ws"}}"#, "t".repeat(257)),
+            "`token`: must be at most 256 characters",
+        ),
     ];
     for (text, expected) in cases {
         let message = error_of(text);
