@@ -368,13 +368,18 @@ impl State {
             }
             Input::PersistFailed { error, withheld } => {
                 // The sends after a failed persist would acknowledge something
-                // the disk does not record: withhold them, do the rest.
+                // the disk does not record, and a settled task's files may
+                // only go once the disk records it settled: withhold those,
+                // do the rest (the next start removes the files).
                 log::error!("cannot write queue.json: {error}");
                 fx.push(record(LifecycleEvent::PersistFailed, json!({ "error": error })));
                 for effect in withheld {
                     match effect {
                         Effect::Send { .. } => {
                             log::error!("not sending a frame: queue.json could not be written")
+                        }
+                        Effect::RemoveTaskFiles { task_id } | Effect::DiscardTaskFiles { task_id } => {
+                            log::error!("keeping the files of {task_id}: queue.json could not be written")
                         }
                         other => fx.push(other),
                     }

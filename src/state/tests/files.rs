@@ -86,3 +86,15 @@ fn a_failed_persist_withholds_the_sends_that_followed_it_and_nothing_else() {
         ]
     );
 }
+
+#[test]
+fn a_settled_tasks_files_stay_when_its_settlement_could_not_be_written() {
+    let mut h = Harness::new();
+    h.working(3);
+    h.files(true, success());
+    h.frame(json!({"type":"task_ack","task_id":TASK,"status":"complete"}));
+    assert_eq!(h.steps(), ["record report_settled", "persist idle past=settled", "remove files"]);
+    let withheld = h.fx[2..].to_vec();
+    h.input(Input::PersistFailed { error: "disk full".into(), withheld });
+    assert_eq!(h.steps(), ["record persist_failed"]);
+}
