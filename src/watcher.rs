@@ -231,13 +231,20 @@ pub fn read_json_file(path: &Path, max_bytes: u64) -> ReadResult {
         // The file grew past the limit after the metadata check.
         return ReadResult::TooLarge { len: read_len };
     }
-    match serde_json::from_slice::<serde_json::Value>(&bytes) {
+    parse_json_object(&bytes)
+}
+
+/// The content of a task file as [`read_json_file`] judges it, without the
+/// disk: `Parsed` for a JSON object, else `Unparseable` with the length.
+pub fn parse_json_object(bytes: &[u8]) -> ReadResult {
+    let len = bytes.len() as u64;
+    match serde_json::from_slice::<serde_json::Value>(bytes) {
         Ok(value @ serde_json::Value::Object(_)) => ReadResult::Parsed(value),
         Ok(other) => ReadResult::Unparseable {
-            len: read_len,
+            len,
             error: format!("expected a JSON object, found {}", json_type_name(&other)),
         },
-        Err(error) => ReadResult::Unparseable { len: read_len, error: error.to_string() },
+        Err(error) => ReadResult::Unparseable { len, error: error.to_string() },
     }
 }
 
