@@ -1,5 +1,5 @@
 //! What the worker threads send the event loop: one enum, one variant per
-//! source. The loop turns each into a `state::Input`.
+//! source. The loop hands each to the core as `state::Input::Event`.
 
 use crate::hub::HubEvent;
 use crate::wake::WakeOutcome;

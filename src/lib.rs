@@ -5,6 +5,7 @@
 //! The crate is a library so the integration tests, the development hub
 //! binary and `main.rs` share one implementation.
 
+pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod devhub;
@@ -12,12 +13,13 @@ pub mod error;
 pub mod event;
 pub mod hub;
 pub mod lifecycle_log;
-pub mod main_loop;
+pub(crate) mod main_loop;
 pub mod protocol;
 pub mod queue_store;
 pub mod retry;
 pub mod state;
 pub mod status;
+pub mod update;
 pub mod wake;
 pub mod watcher;
 

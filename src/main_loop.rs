@@ -1,28 +1,31 @@
 //! The shell around the pure core: receives [`Event`]s, asks
 //! [`State`](crate::state::State) what to do, and does it (sockets, files,
-//! processes, logs). It blocks in exactly one place, [`Shell::next_event`].
+//! processes, logs). It decides nothing: what to read, when to rescan and
+//! what to withhold after a failed write are the core's. It blocks in exactly
+//! one place, [`Shell::next_event`].
 //!
 //! Nothing here returns early with `?` once the loop runs: every failure is
 //! logged and turned into something the state machine understands, so the
 //! loop always gets to shut down cleanly. Only set-up errors abort `run`.
 
-use std::collections::HashSet;
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{select, Receiver, Sender};
 use serde_json::json;
 
+use crate::clock::unix_ms;
 use crate::config::{redact_url, Config};
 use crate::error::Error;
 use crate::event::Event;
 use crate::hub::{HubEvent, HubHandle, HubParams};
-use crate::lifecycle_log::LifecycleLog;
+use crate::lifecycle_log::{LifecycleEvent, LifecycleLog};
 use crate::queue_store::{self, Loaded, QueueFile};
 use crate::retry::Jitter;
 use crate::state::{Effect, Input, Settings, State, TaskFiles, WakeStart};
 use crate::wake::{WakeHandle, WakeRequest};
-use crate::watcher::{self, FileKind, ResultsEvent, ResultsWatcher};
+use crate::watcher::{self, FileKind, ReadResult, ResultsWatcher};
 
 /// Largest progress file we read.
 const MAX_PROGRESS_BYTES: u64 = 4096;
@@ -51,14 +54,12 @@ struct Shell {
     /// yet. Dropping a handle joins its thread, so they wait here rather
     /// than blocking the loop.
     closing: Vec<(u64, HubHandle)>,
-    // Field order matters for drop: the watcher stops before the executor.
-    watcher: Option<ResultsWatcher>,
+    // Kept alive for its events. Field order matters for drop: the watcher
+    // stops before the executor.
+    _watcher: Option<ResultsWatcher>,
     wake: WakeHandle,
-    /// Files in the results dir that belong to no task we hold, already
-    /// logged once.
-    foreign_files_logged: HashSet<String>,
+    #[cfg(feature = "failpoints")]
     failpoint: Option<String>,
-    next_fallback_rescan: Option<Instant>,
     exit: bool,
 }
 
@@ -76,6 +77,9 @@ impl Shell {
             LifecycleLog::open(&config.log_file, &config.agent_id, config.log_max_bytes, config.log_keep)
                 .map_err(|e| Error::io(format!("cannot open log_file {}", config.log_file.display()), e))?;
 
+        for path in watcher::remove_leftover_temp_files(&config.queue_file, &config.results_dir) {
+            log::info!("removed {}, left behind by an interrupted save", path.display());
+        }
         let queue = match queue_store::load(&config.queue_file) {
             Ok(Loaded::Missing) => QueueFile::default(),
             Ok(Loaded::Ok(queue)) => *queue,
@@ -86,7 +90,7 @@ impl Shell {
                     moved_to.display()
                 );
                 lifecycle.record(
-                    "queue_corrupt",
+                    LifecycleEvent::QueueCorrupt,
                     json!({ "error": error, "moved_to": moved_to.display().to_string() }),
                 );
                 QueueFile::default()
@@ -129,12 +133,15 @@ impl Shell {
         };
 
         let now = Instant::now();
-        let state = State::new(Settings::from_config(&config), queue, Jitter::seed_from_entropy(), now);
+        let mut settings = Settings::from_config(&config);
+        settings.results_poll = watcher.is_none().then_some(config.results_poll);
+        let state = State::new(settings, queue, Jitter::seed_from_entropy(), now);
         lifecycle.record(
-            "started",
+            LifecycleEvent::Started,
             json!({ "version": env!("CARGO_PKG_VERSION"), "hub_url": redact_url(&config.hub_url) }),
         );
         Ok(Shell {
+            #[cfg(feature = "failpoints")]
             failpoint: std::env::var("AGENTCOM_FAILPOINT").ok().filter(|f| !f.is_empty()),
             config,
             events,
@@ -143,32 +150,32 @@ impl Shell {
             hub: None,
             hub_conn_id: 0,
             closing: Vec::new(),
-            watcher,
+            _watcher: watcher,
             wake,
-            foreign_files_logged: HashSet::new(),
-            next_fallback_rescan: None,
             exit: false,
         })
     }
 
     fn run(&mut self, inbox: &Receiver<Event>) {
+        // What the effects of a batch produced (files read, a failed
+        // persist): handed to the core before the next event.
+        let mut follow_ups = VecDeque::new();
         let effects = self.state.start();
-        self.execute(effects);
-        // Results already on disk when we start count (PROTOCOL.md section
-        // 8): `start` has read the held task's files (`ScanResults`). This
-        // rescan only logs the files of tasks we do not hold, so its reading
-        // of the held task's files is not fed in a second time.
-        let _ = self.on_results_hint(ResultsEvent::Rescan);
+        self.execute(effects, &mut follow_ups);
         while !self.exit {
-            let Some(input) = self.next_event(inbox) else {
-                log::error!("the event channel closed without a shutdown; stopping");
-                let effects = self.state.handle(Input::Shutdown, Instant::now(), queue_store::unix_ms());
-                self.execute(effects);
-                break;
+            let input = match follow_ups.pop_front() {
+                Some(input) => input,
+                None => self.next_event(inbox).unwrap_or_else(|| {
+                    log::error!("the event channel closed without a shutdown; stopping");
+                    Input::Event(Event::Shutdown)
+                }),
             };
+            if let Input::Event(Event::Hub(HubEvent::Disconnected { conn_id, .. })) = &input {
+                self.reap_connection(*conn_id);
+            }
             let started = Instant::now();
-            let effects = self.state.handle(input, started, queue_store::unix_ms());
-            self.execute(effects);
+            let effects = self.state.handle(input, started, unix_ms());
+            self.execute(effects, &mut follow_ups);
             let took = started.elapsed();
             if took > SLOW_TURN {
                 log::warn!("one loop turn took {} ms", took.as_millis());
@@ -177,119 +184,39 @@ impl Shell {
     }
 
     /// Blocks until something happens: an event from a worker, or the state
-    /// machine's next deadline.
-    fn next_event(&mut self, inbox: &Receiver<Event>) -> Option<Input> {
-        loop {
-            let deadline = self.state.next_deadline();
-            let fallback = if self.watcher.is_none() && self.state.held_task_id().is_some() {
-                Some(
-                    *self
-                        .next_fallback_rescan
-                        .get_or_insert_with(|| Instant::now() + self.config.results_poll),
-                )
-            } else {
-                None
-            };
-            let wake_at = match (deadline, fallback) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
-            let timer = match wake_at {
-                Some(at) => crossbeam_channel::at(at),
-                None => crossbeam_channel::never(),
-            };
-            let event = select! {
-                recv(inbox) -> event => match event {
-                    Ok(event) => event,
-                    Err(_) => return None,
-                },
-                recv(timer) -> _ => {
-                    if fallback.is_some_and(|at| Instant::now() >= at) {
-                        self.next_fallback_rescan = None;
-                        if let Some(files) = self.on_results_hint(ResultsEvent::Rescan) {
-                            return Some(files);
-                        }
-                    }
-                    return Some(Input::Tick);
-                }
-            };
-            match &event {
-                // Frames can be large; their content is logged once parsed.
-                Event::Hub(HubEvent::Frame { conn_id, text }) => {
-                    log::debug!("event: frame of {} bytes on connection {conn_id}", text.len())
-                }
-                other => log::debug!("event: {other:?}"),
-            }
-            match event {
-                Event::Hub(hub_event) => return Some(self.on_hub_event(hub_event)),
-                Event::Wake(outcome) => return Some(Input::WakeFinished(outcome)),
-                Event::Shutdown => return Some(Input::Shutdown),
-                Event::Results(hint) => {
-                    if let Some(input) = self.on_results_hint(hint) {
-                        return Some(input);
-                    }
-                }
-            }
-        }
-    }
-
-    fn on_hub_event(&mut self, event: HubEvent) -> Input {
-        match event {
-            HubEvent::Connected { conn_id } => Input::HubConnected { conn_id },
-            HubEvent::Frame { conn_id, text } => Input::HubFrame { conn_id, text },
-            HubEvent::Disconnected { conn_id, reason, close_code, close_reason } => {
-                // The thread is done: reap its handle.
-                self.closing.retain(|(id, _)| *id != conn_id);
-                if self.hub_conn_id == conn_id {
-                    self.hub = None;
-                }
-                Input::HubDisconnected { conn_id, reason, close_code, close_reason }
-            }
-        }
-    }
-
-    /// Turns a watcher hint into the files of the held task, if they are
-    /// what changed. Files of other tasks are logged once and left alone.
-    fn on_results_hint(&mut self, hint: ResultsEvent) -> Option<Input> {
-        let held = self.state.held_task_id().map(str::to_owned);
-        let names: Vec<String> = match hint {
-            ResultsEvent::Changed(paths) => paths
-                .iter()
-                .filter_map(|p| p.file_name().and_then(|n| n.to_str()).map(str::to_owned))
-                .collect(),
-            ResultsEvent::Rescan => match watcher::scan(&self.config.results_dir) {
-                Ok(entries) => entries
-                    .into_iter()
-                    .map(|(task_id, kind)| format!("{task_id}.{}", kind.extension()))
-                    .collect(),
-                Err(e) => {
-                    log::warn!("cannot scan {}: {e}", self.config.results_dir.display());
-                    Vec::new()
-                }
-            },
+    /// machine's next deadline. `None` when every sender is gone.
+    fn next_event(&self, inbox: &Receiver<Event>) -> Option<Input> {
+        let timer = match self.state.next_deadline() {
+            Some(at) => crossbeam_channel::at(at),
+            None => crossbeam_channel::never(),
         };
-        let mut touches_held = false;
-        for name in names {
-            let Some((task_id, _)) = watcher::classify(&name) else {
-                continue;
-            };
-            if Some(&task_id) == held.as_ref() {
-                touches_held = true;
-            } else if self.foreign_files_logged.len() < 10_000
-                && self.foreign_files_logged.insert(name.clone())
-            {
-                log::info!("results_dir has {name}, which belongs to no task we hold; leaving it alone");
+        let event = select! {
+            recv(inbox) -> event => event.ok()?,
+            recv(timer) -> _ => return Some(Input::Tick),
+        };
+        match &event {
+            // Frames can be large; their content is logged once parsed.
+            Event::Hub(HubEvent::Frame { conn_id, text }) => {
+                log::debug!("event: frame of {} bytes on connection {conn_id}", text.len())
             }
+            other => log::debug!("event: {other:?}"),
         }
-        let held = held?;
-        touches_held.then(|| Input::Files(self.read_task_files(&held)))
+        Some(Input::Event(event))
+    }
+
+    /// The thread of `conn_id` is done: drop its handle.
+    fn reap_connection(&mut self, conn_id: u64) {
+        self.closing.retain(|(id, _)| *id != conn_id);
+        if self.hub_conn_id == conn_id {
+            self.hub = None;
+        }
     }
 
     fn read_task_files(&self, task_id: &str) -> TaskFiles {
         let dir = &self.config.results_dir;
         TaskFiles {
             task_id: task_id.to_owned(),
-            started: watcher::task_file_path(dir, task_id, FileKind::Started).exists(),
+            started: watcher::is_regular_file(&watcher::task_file_path(dir, task_id, FileKind::Started)),
             result: watcher::read_json_file(
                 &watcher::task_file_path(dir, task_id, FileKind::Result),
                 self.config.max_result_bytes,
@@ -301,19 +228,16 @@ impl Shell {
         }
     }
 
-    fn execute(&mut self, effects: Vec<Effect>) {
-        let mut queue = std::collections::VecDeque::from(coalesce_persists(effects));
-        // A failed persist withholds the sends of the same batch: they would
-        // acknowledge something the disk does not record.
-        let mut persist_failed = false;
-        while let Some(effect) = queue.pop_front() {
+    /// Carries out `effects` in order. What they produce for the core goes
+    /// to `follow_ups`; a failed persist ends the batch there, the rest going
+    /// back to the core undone.
+    fn execute(&mut self, effects: Vec<Effect>, follow_ups: &mut VecDeque<Input>) {
+        let mut effects = coalesce_persists(effects).into_iter();
+        while let Some((effect, merged)) = effects.next() {
             match effect {
                 Effect::Connect { conn_id } => self.connect(conn_id),
                 Effect::Send { conn_id, text } => {
-                    if persist_failed {
-                        log::error!("not sending a frame: queue.json could not be written");
-                        continue;
-                    }
+                    #[cfg(feature = "failpoints")]
                     self.check_failpoint(&text);
                     match &self.hub {
                         Some(hub) if self.hub_conn_id == conn_id => hub.send(text),
@@ -330,36 +254,67 @@ impl Shell {
                 }
                 Effect::Persist(queue_file) => {
                     if let Err(e) = queue_store::save(&self.config.queue_file, &queue_file) {
-                        log::error!("cannot write {}: {e}", self.config.queue_file.display());
-                        self.lifecycle.record("persist_failed", json!({ "error": e.to_string() }));
-                        persist_failed = true;
+                        let error = format!("{}: {e}", self.config.queue_file.display());
+                        // A write that stood for later Persists goes back
+                        // with the rest, as those would have.
+                        let retry = merged.then_some(Effect::Persist(queue_file));
+                        let withheld = retry.into_iter().chain(effects.map(|(effect, _)| effect)).collect();
+                        follow_ups.push_back(Input::PersistFailed { error, withheld });
+                        return;
                     }
                 }
                 Effect::StartWake(start) => self.start_wake(start),
                 Effect::CancelWake { task_id } => self.wake.cancel(&task_id),
-                Effect::ScanResults { task_id } => {
-                    // Feed the files straight back in: same batch, no
-                    // round trip through the channel.
-                    let now = Instant::now();
-                    let more = self.state.handle(
-                        Input::Files(self.read_task_files(&task_id)),
-                        now,
-                        queue_store::unix_ms(),
-                    );
-                    for (i, effect) in more.into_iter().enumerate() {
-                        queue.insert(i, effect);
-                    }
+                Effect::ReadTaskFiles { task_id } => {
+                    follow_ups.push_back(Input::Files(self.read_task_files(&task_id)))
                 }
-                Effect::RemoveTaskFiles { task_id } => {
-                    if let Err(e) = watcher::remove_task_files(&self.config.results_dir, &task_id) {
-                        log::warn!("cannot remove the result files of {task_id}: {e}");
+                Effect::ListResults => {
+                    let listing = watcher::scan(&self.config.results_dir)
+                        .map_err(|e| format!("{}: {e}", self.config.results_dir.display()));
+                    follow_ups.push_back(Input::Listing(listing));
+                }
+                Effect::RemoveTaskFiles { task_id } => self.remove_task_files(&task_id),
+                Effect::DiscardTaskFiles { task_id } => {
+                    let path = watcher::task_file_path(&self.config.results_dir, &task_id, FileKind::Result);
+                    let result = match watcher::read_json_file(&path, self.config.max_result_bytes) {
+                        ReadResult::Missing => None,
+                        ReadResult::Parsed(value) => Some(value),
+                        other => Some(json!(format!("{other:?}"))),
+                    };
+                    if let Some(result) = result {
+                        log::warn!("discarding the result of task {task_id}, which we will not hold again");
+                        self.lifecycle.record(
+                            LifecycleEvent::ResultDiscarded,
+                            json!({ "task_id": task_id, "result": result }),
+                        );
                     }
-                    let _ = std::fs::remove_file(self.task_file_path(&task_id));
+                    self.remove_task_files(&task_id);
                 }
                 Effect::Record { event, fields } => self.lifecycle.record(event, fields),
+                Effect::StartUpdate => {
+                    let started = match &self.config.update_command {
+                        Some(command) => crate::update::start_detached(command, &self.config.update_log)
+                            .map_err(|e| format!("{}: {e}", self.config.update_log.display())),
+                        None => Err("no update_command is configured".to_owned()),
+                    };
+                    match started {
+                        Ok(()) => log::info!(
+                            "update_command started; its output goes to {}",
+                            self.config.update_log.display()
+                        ),
+                        Err(error) => follow_ups.push_back(Input::UpdateFailed { error }),
+                    }
+                }
                 Effect::Exit => self.exit = true,
             }
         }
+    }
+
+    fn remove_task_files(&self, task_id: &str) {
+        if let Err(e) = watcher::remove_task_files(&self.config.results_dir, task_id) {
+            log::warn!("cannot remove the result files of {task_id}: {e}");
+        }
+        let _ = std::fs::remove_file(handoff_file_path(&self.config.results_dir, task_id));
     }
 
     fn connect(&mut self, conn_id: u64) {
@@ -400,10 +355,6 @@ impl Shell {
         }
     }
 
-    fn task_file_path(&self, task_id: &str) -> PathBuf {
-        task_file_path(&self.config.results_dir, task_id)
-    }
-
     fn start_wake(&mut self, start: WakeStart) {
         let Some(template) = self.config.wake_command.clone() else {
             // The state machine only wakes when a command is configured.
@@ -412,7 +363,7 @@ impl Shell {
         };
         // The executor writes the task file (atomically) before the attempt
         // and reports a failure to do so as a failed attempt.
-        let task_file = self.task_file_path(&start.task_id);
+        let task_file = handoff_file_path(&self.config.results_dir, &start.task_id);
         if let Some(dir) = task_file.parent() {
             if let Err(e) = std::fs::create_dir_all(dir) {
                 log::warn!("cannot create {}: {e}", dir.display());
@@ -427,14 +378,17 @@ impl Shell {
             task_json: start.task_json,
             task_file,
             results_dir: self.config.results_dir.clone(),
+            work_dir: self.config.base_dir(),
             timeout: self.config.wake_timeout,
         });
     }
 
-    /// Test hook: `AGENTCOM_FAILPOINT=before_send:<frame type>` kills the
+    /// Test hook, compiled only with the `failpoints` feature (the test build
+    /// enables it): `AGENTCOM_FAILPOINT=before_send:<frame type>` kills the
     /// process, without any clean-up, just before the first frame of that
     /// type goes to the hub. The crash-safety tests use it to die at exact
-    /// points; it is inert unless that variable is set.
+    /// points.
+    #[cfg(feature = "failpoints")]
     fn check_failpoint(&self, text: &str) {
         let Some(failpoint) = &self.failpoint else {
             return;
@@ -459,24 +413,25 @@ impl Shell {
             hub.close();
         }
         self.closing.clear();
-        self.lifecycle.record("stopped", json!({}));
+        self.lifecycle.record(LifecycleEvent::Stopped, json!({}));
         log::info!("stopped");
     }
 }
 
-/// Where the full task is written for the agent (`AGENTCOM_TASK_FILE`): a
-/// hidden directory inside results_dir, which the results scan ignores.
-pub fn task_file_path(results_dir: &Path, task_id: &str) -> PathBuf {
+/// Where the full task is handed to the agent (`AGENTCOM_TASK_FILE`): a
+/// hidden directory inside results_dir, which the results scan ignores. (Not
+/// to be confused with `watcher::task_file_path`, the files the agent writes.)
+pub(crate) fn handoff_file_path(results_dir: &Path, task_id: &str) -> PathBuf {
     results_dir.join(".tasks").join(format!("{task_id}.json"))
 }
 
 /// Saves an fsync (two with the directory's) where the core asks for several
 /// writes of queue.json in a row: a `Persist` followed, with only `Send`s,
 /// `Record`s and more `Persist`s in between, by a later `Persist` is replaced
-/// by that later snapshot, written at the first one's place; the others of
-/// the run are dropped. A new task with a wake (accepted, then waking) and an
-/// agent that confirms and finishes at once (working, then the outcome) each
-/// cost one write instead of two.
+/// by that later snapshot, written at the first one's place (marked `true`);
+/// the others of the run are dropped. A new task with a wake (accepted, then
+/// waking) and an agent that confirms and finishes at once (working, then
+/// the outcome) each cost one write instead of two.
 ///
 /// Safe because every `Send` of the run still goes out after a write at least
 /// as new as the one the core ordered before it (what a frame acknowledges is
@@ -486,23 +441,23 @@ pub fn task_file_path(results_dir: &Path, task_id: &str) -> PathBuf {
 /// with `task_recovering` before reporting anything). Effects that act on
 /// processes or files (`StartWake`, `RemoveTaskFiles`, ...) end a run, so
 /// nothing outside the core's order happens before its write.
-fn coalesce_persists(effects: Vec<Effect>) -> Vec<Effect> {
-    let mut out: Vec<Effect> = Vec::with_capacity(effects.len());
+fn coalesce_persists(effects: Vec<Effect>) -> Vec<(Effect, bool)> {
+    let mut out: Vec<(Effect, bool)> = Vec::with_capacity(effects.len());
     // Index in `out` of the Persist that opened the current run, if any.
     let mut run_start: Option<usize> = None;
     for effect in effects {
         match effect {
             Effect::Persist(snapshot) => match run_start {
-                Some(at) => out[at] = Effect::Persist(snapshot),
+                Some(at) => out[at] = (Effect::Persist(snapshot), true),
                 None => {
                     run_start = Some(out.len());
-                    out.push(Effect::Persist(snapshot));
+                    out.push((Effect::Persist(snapshot), false));
                 }
             },
-            Effect::Send { .. } | Effect::Record { .. } => out.push(effect),
+            Effect::Send { .. } | Effect::Record { .. } => out.push((effect, false)),
             other => {
                 run_start = None;
-                out.push(other);
+                out.push((other, false));
             }
         }
     }
@@ -510,9 +465,8 @@ fn coalesce_persists(effects: Vec<Effect>) -> Vec<Effect> {
 }
 
 #[cfg(test)]
-mod tests {
+mod coalesce_tests {
     use super::*;
-    use crate::queue_store::QueueFile;
 
     fn persist(tag: &str) -> Effect {
         let mut queue = QueueFile::default();
@@ -524,31 +478,35 @@ mod tests {
         Effect::Send { conn_id: 1, text: text.into() }
     }
 
-    fn scan() -> Effect {
-        Effect::ScanResults { task_id: "t".into() }
+    fn read() -> Effect {
+        Effect::ReadTaskFiles { task_id: "t".into() }
+    }
+
+    fn plain(effects: Vec<Effect>) -> Vec<(Effect, bool)> {
+        effects.into_iter().map(|effect| (effect, false)).collect()
     }
 
     #[test]
     fn a_run_of_persists_is_one_write_of_the_last_snapshot_before_its_sends() {
-        let record = Effect::Record { event: "wake_attempt", fields: json!({}) };
+        let record = Effect::Record { event: LifecycleEvent::WakeAttempt, fields: json!({}) };
         let effects =
-            vec![persist("accepted"), send("task_accepted"), record.clone(), persist("waking"), scan()];
+            vec![persist("accepted"), send("task_accepted"), record.clone(), persist("waking"), read()];
         assert_eq!(
             coalesce_persists(effects),
-            vec![persist("waking"), send("task_accepted"), record, scan()]
+            vec![(persist("waking"), true), (send("task_accepted"), false), (record, false), (read(), false)]
         );
         assert_eq!(
             coalesce_persists(vec![persist("working"), persist("outcome"), send("task_complete")]),
-            vec![persist("outcome"), send("task_complete")]
+            vec![(persist("outcome"), true), (send("task_complete"), false)]
         );
     }
 
     #[test]
     fn any_other_effect_ends_a_run() {
-        let effects = vec![persist("a"), send("x"), scan(), persist("b"), send("y")];
-        assert_eq!(coalesce_persists(effects.clone()), effects);
-        let wake = vec![persist("a"), Effect::Exit, persist("b")];
-        assert_eq!(coalesce_persists(wake.clone()), wake);
-        assert_eq!(coalesce_persists(vec![send("x")]), vec![send("x")]);
+        let effects = vec![persist("a"), send("x"), read(), persist("b"), send("y")];
+        assert_eq!(coalesce_persists(effects.clone()), plain(effects));
+        let exit = vec![persist("a"), Effect::Exit, persist("b")];
+        assert_eq!(coalesce_persists(exit.clone()), plain(exit));
+        assert_eq!(coalesce_persists(vec![send("x")]), plain(vec![send("x")]));
     }
 }

@@ -20,8 +20,35 @@ pub struct QueueFile {
     pub active: Option<TaskRecord>,
     #[serde(default)]
     pub recovering: Option<TaskRecord>,
+    /// Added by this sidecar: the last task we stopped holding whose files
+    /// may still be in results_dir. Absent in Node files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub past: Option<PastTask>,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
+}
+
+/// A task we no longer hold, remembered for what its files mean.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PastTask {
+    pub task_id: String,
+    pub generation: u64,
+    pub fate: PastFate,
+    /// Its agent had confirmed it (`.started`).
+    #[serde(default)]
+    pub confirmed: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PastFate {
+    /// The hub settled its outcome (or cancelled it): its files are stale,
+    /// removed as soon as possible, and a new push of the id is new work.
+    Settled,
+    /// The hub took it back unsettled: its files are kept for a while, and
+    /// if the hub hands the same task back, the agent's work is adopted
+    /// without a second wake.
+    TakenBack,
 }
 
 /// One task as persisted. The first seven fields are the Node sidecar's.
@@ -32,21 +59,70 @@ pub struct TaskRecord {
     pub description: String,
     #[serde(default = "empty_object")]
     pub metadata: Value,
-    /// `accepted`, `waking`, `waking_confirmation` or `working` (Node's set).
-    #[serde(default = "default_status")]
-    pub status: String,
+    #[serde(default)]
+    pub status: TaskStatus,
     #[serde(default)]
     pub assigned_at: u64,
     #[serde(default)]
     pub generation: u64,
     #[serde(default)]
     pub wake_attempts: u32,
+    /// Added by this sidecar: every other field of the hub's `task_assign`
+    /// (all but `type`, `protocol_version` and the five above), unknown ones
+    /// included, handed to the agent with the rest. Absent in Node files.
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub assignment: Map<String, Value>,
     /// Added by this sidecar: the outcome owed to the hub, kept until the hub
     /// settles it. Absent in Node files.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub report: Option<Report>,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
+}
+
+/// Where a task stands, as Node's `status` field spells it (PROTOCOL.md
+/// section 9). The spelling lives here and nowhere else.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskStatus {
+    Accepted,
+    Waking,
+    WakingConfirmation,
+    /// Also the default when a file has no (or an unknown) status: Node's
+    /// reader treats such a task as being worked on.
+    #[default]
+    Working,
+}
+
+impl TaskStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskStatus::Accepted => "accepted",
+            TaskStatus::Waking => "waking",
+            TaskStatus::WakingConfirmation => "waking_confirmation",
+            TaskStatus::Working => "working",
+        }
+    }
+}
+
+impl std::fmt::Display for TaskStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Lenient: a status this version does not know is read as `working` (the
+/// task is treated as being worked on, as before), with a warning.
+impl<'de> Deserialize<'de> for TaskStatus {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<TaskStatus, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        let known =
+            [TaskStatus::Accepted, TaskStatus::Waking, TaskStatus::WakingConfirmation, TaskStatus::Working];
+        Ok(known.into_iter().find(|s| s.as_str() == text).unwrap_or_else(|| {
+            log::warn!("queue.json: unknown task status {text:?}; treating it as working");
+            TaskStatus::Working
+        }))
+    }
 }
 
 /// An outcome owed to the hub.
@@ -59,10 +135,6 @@ pub enum Report {
 
 fn empty_object() -> Value {
     Value::Object(Map::new())
-}
-
-fn default_status() -> String {
-    "working".into()
 }
 
 /// What [`load`] found.
@@ -88,7 +160,7 @@ pub fn load(path: &Path) -> io::Result<Loaded> {
     match parse(&text) {
         Ok(queue) => Ok(Loaded::Ok(Box::new(queue))),
         Err(error) => {
-            let moved_to = corrupt_path(path, unix_ms());
+            let moved_to = corrupt_path(path, crate::clock::unix_ms());
             fs::rename(path, &moved_to)?;
             Ok(Loaded::Corrupt { error, moved_to })
         }
@@ -105,7 +177,7 @@ pub fn parse(bytes: &[u8]) -> Result<QueueFile, String> {
     serde_json::from_slice(bytes).map_err(|e| e.to_string())
 }
 
-pub fn corrupt_path(path: &Path, unix_ms: u64) -> PathBuf {
+pub(crate) fn corrupt_path(path: &Path, unix_ms: u64) -> PathBuf {
     let mut name = path.file_name().map(|n| n.to_os_string()).unwrap_or_else(|| "queue.json".into());
     name.push(format!(".corrupt-{unix_ms}"));
     path.with_file_name(name)
@@ -114,14 +186,23 @@ pub fn corrupt_path(path: &Path, unix_ms: u64) -> PathBuf {
 /// Writes `queue` to `path` atomically and durably. Only the event loop calls
 /// this, so there is never a concurrent writer.
 pub fn save(path: &Path, queue: &QueueFile) -> io::Result<()> {
+    let mut bytes = serde_json::to_vec_pretty(queue).map_err(io::Error::other)?;
+    bytes.push(b'\n');
+    write_atomic(path, &bytes, ".queue.json.")
+}
+
+/// Writes `bytes` to `path` so that a reader (or a crash) sees the old file or
+/// the new one, never a mix: a temporary file named `<prefix>XXXXXX.tmp` in
+/// the same directory, written and fsynced, renamed over `path`, then the
+/// directory fsynced where the platform allows. The one atomic-write helper
+/// of the crate.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8], prefix: &str) -> io::Result<()> {
     let dir = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => Path::new("."),
     };
-    let mut bytes = serde_json::to_vec_pretty(queue).map_err(io::Error::other)?;
-    bytes.push(b'\n');
-    let mut temp = tempfile::Builder::new().prefix(".queue.json.").suffix(".tmp").tempfile_in(dir)?;
-    temp.write_all(&bytes)?;
+    let mut temp = tempfile::Builder::new().prefix(prefix).suffix(".tmp").tempfile_in(dir)?;
+    temp.write_all(bytes)?;
     temp.as_file().sync_all()?;
     temp.persist(path).map_err(|e| e.error)?;
     sync_dir(dir);
@@ -137,13 +218,6 @@ fn sync_dir(dir: &Path) {
     }
     #[cfg(not(unix))]
     let _ = dir;
-}
-
-pub fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -163,7 +237,7 @@ mod tests {
         let queue = parse(NODE_FILE.as_bytes()).unwrap();
         let active = queue.active.as_ref().unwrap();
         assert_eq!(active.task_id, "task-1f2e3d4c5b6a7980");
-        assert_eq!(active.status, "working");
+        assert_eq!(active.status, TaskStatus::Working);
         assert_eq!(active.generation, 3);
         assert_eq!(active.wake_attempts, 1);
         assert_eq!(active.report, None);
@@ -171,6 +245,23 @@ mod tests {
         assert_eq!(written["active"]["node_only_field"], "kept");
         assert_eq!(written["recovering"], Value::Null);
         assert!(written["active"].get("report").is_none(), "no field added when there is no report");
+    }
+
+    #[test]
+    fn task_status_keeps_nodes_spelling_and_reads_an_unknown_one_as_working() {
+        for (status, text) in [
+            (TaskStatus::Accepted, "accepted"),
+            (TaskStatus::Waking, "waking"),
+            (TaskStatus::WakingConfirmation, "waking_confirmation"),
+            (TaskStatus::Working, "working"),
+        ] {
+            assert_eq!(serde_json::to_value(status).unwrap(), json!(text));
+            assert_eq!(serde_json::from_value::<TaskStatus>(json!(text)).unwrap(), status);
+            assert_eq!(status.to_string(), text);
+        }
+        assert_eq!(serde_json::from_value::<TaskStatus>(json!("paused")).unwrap(), TaskStatus::Working);
+        let queue = parse(br#"{"active":{"task_id":"t"}}"#).unwrap();
+        assert_eq!(queue.active.unwrap().status, TaskStatus::Working, "missing: working, as Node reads it");
     }
 
     #[test]

@@ -3,7 +3,17 @@
 
 mod connection;
 mod devhub;
+mod devhub_controls;
+mod devhub_profiles;
+mod hostile;
 mod hub_conn;
+#[cfg(target_os = "linux")]
+mod netfault;
+mod ops;
+mod pm2;
+mod real_hubs;
+mod secrets;
 mod start_script;
 mod support;
 mod tasks;
+mod wake;

@@ -213,12 +213,14 @@ fn hostile_text_never_runs_as_shell_code_and_reaches_the_agent_exactly() {
     );
     let metadata = json!({"cmd": format!("$(touch {d}/Z)'; touch {d}/Z2; '")});
     let task_id = hub.push_task(AGENT, &hostile, metadata.clone());
-    wait_until("the agent's copy of the task file", || fs::read(dir.path().join("task-file")).ok());
+    // Wait for the whole copy: `cp` may still be writing when the file appears.
+    let task: Value = wait_until("the agent's copy of the task file", || {
+        fs::read(dir.path().join("task-file")).ok().and_then(|b| serde_json::from_slice(&b).ok())
+    });
     for name in ["X", "X2", "Y", "Z", "Z2"] {
         assert!(!dir.path().join(name).exists(), "hub text ran as shell code: {name} exists");
     }
     assert_eq!(fs::read_to_string(dir.path().join("env-desc")).unwrap(), hostile);
-    let task: Value = serde_json::from_slice(&fs::read(dir.path().join("task-file")).unwrap()).unwrap();
     assert_eq!(task["description"], hostile.as_str());
     assert_eq!(task["metadata"], metadata);
     assert_eq!(task["task_id"], task_id.as_str());
@@ -251,18 +253,24 @@ fn busy_invalid_and_duplicate_assigns_leave_the_first_task_unharmed() {
     let assign =
         |id: Value| json!({"type":"task_assign","task_id":id,"description":"x","metadata":{},"generation":1});
     let long = "a".repeat(200);
+    // Refused without a frame (neither hub knows task_rejected): the
+    // lifecycle log says why.
+    let refusals = |reason: &str| {
+        sidecar.lifecycle().lines().filter(|l| l.contains("\"task_refused\"") && l.contains(reason)).count()
+    };
     for id in [json!("../x"), json!(""), json!(long), json!("../../etc/passwd"), Value::Null] {
         assert!(hub.send_raw(AGENT, assign(id.clone())));
-        let rejected = expect_received(&hub, "task_rejected");
-        assert!(rejected["reason"].as_str().unwrap().contains("task_id"), "{id}: {rejected}");
     }
+    wait_until("five refusals", || (refusals("task_id") == 5).then_some(()));
     hub.push_task_now(AGENT, "task-00000000000000aa", "second", json!({}));
-    assert_eq!(expect_received(&hub, "task_rejected")["reason"], "busy");
+    wait_until("a busy refusal", || (refusals("busy") == 1).then_some(()));
     // The same task again at the same generation: accepted, no second wake.
     let generation = hub.task(&first).unwrap().generation;
     hub.send_raw(AGENT, json!({"type":"task_assign","task_id":first,"description":"first","metadata":{},"generation":generation}));
     expect_received(&hub, "task_accepted");
-    // Nothing was created outside the results directory.
+    // Nothing was created outside the results directory (once the wake,
+    // which writes wakes.txt, has run: it races with the frames above).
+    wait_until("the wake", || (wakes(dir.path()) == 1).then_some(()));
     assert!(!dir.path().join("x").exists() && !dir.path().join("x.json").exists());
     let mut names: Vec<String> =
         fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
@@ -641,4 +649,47 @@ fn without_a_watcher_results_are_found_by_polling() {
     write_result(&sidecar, &task_id, &json!({"status":"success","output":"polled"}));
     assert_eq!(expect_received(&hub, "task_complete")["result"]["output"], "polled");
     assert!(sidecar.output().contains("watch_results is off"));
+}
+
+// ----- real-hub defects (issue 9) -------------------------------------------
+
+#[test]
+fn a_sidecar_killed_while_its_agent_works_wakes_it_only_once() {
+    let Working { hub, dir, mut sidecar, task_id } = working(|_| {});
+    let first = hub.task(&task_id).unwrap().generation;
+    sidecar.kill9();
+    // The hub takes the task back when the socket drops and hands it back
+    // after the restart; the agent, still at work, must not be woken again.
+    let cfg: Value = serde_json::from_slice(&fs::read(dir.path().join("config.json")).unwrap()).unwrap();
+    let sidecar = Sidecar::start(dir.path(), &cfg);
+    expect_received(&hub, "task_recovering");
+    wait_until("the task handed back at a higher generation", || {
+        (hub.task(&task_id).unwrap().generation > first).then_some(())
+    });
+    expect_received(&hub, "task_accepted");
+    write_result(&sidecar, &task_id, &json!({"status":"success","output":"once"}));
+    let complete = expect_received(&hub, "task_complete");
+    assert_eq!(complete["generation"].as_u64(), Some(hub.task(&task_id).unwrap().generation));
+    expect_sent(&hub, "task_ack");
+    assert_eq!(wakes(dir.path()), 1, "woken once in total");
+    wait_until("the files removed once settled", || {
+        (!started_file(&sidecar, &task_id).exists()).then_some(())
+    });
+}
+
+#[test]
+fn no_warning_about_result_files_the_sidecar_removed_itself() {
+    let Working { hub, dir: _dir, sidecar, task_id } = working(|_| {});
+    write_result(&sidecar, &task_id, &json!({"status":"success","output":1}));
+    expect_received(&hub, "task_complete");
+    expect_sent(&hub, "task_ack");
+    wait_until("the files removed", || (!started_file(&sidecar, &task_id).exists()).then_some(()));
+    // A second task, so that the removal's watcher events have come and gone.
+    let second = hub.push_task(AGENT, "d", json!({}));
+    wait_until("the agent to confirm", || started_file(&sidecar, &second).exists().then_some(()));
+    write_result(&sidecar, &second, &json!({"status":"success","output":2}));
+    expect_received(&hub, "task_complete");
+    expect_sent(&hub, "task_ack");
+    wait_until("an empty queue", || sidecar.queue()["active"].is_null().then_some(()));
+    assert!(!sidecar.output().contains("belongs to no task we hold"), "{}", sidecar.output());
 }

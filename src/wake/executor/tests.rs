@@ -13,7 +13,12 @@ use serde_json::json;
 use std::path::Path;
 
 use super::*;
-use crate::wake::TAIL_LIMIT_BYTES;
+use crate::wake::{
+    end_leftover, Leftover, WakeIdentity, ENV_VALUE_LIMIT_BYTES, TAIL_LIMIT_BYTES, TRUNCATION_MARKER,
+};
+
+mod environment;
+mod leftover;
 
 const FAILSAFE: Duration = Duration::from_secs(10);
 
@@ -21,16 +26,23 @@ struct Fixture {
     dir: tempfile::TempDir,
     handle: Option<WakeHandle>,
     outcomes: Receiver<WakeOutcome>,
+    started: Receiver<WakeStarted>,
 }
 
 impl Fixture {
     fn new() -> Fixture {
         let (tx, outcomes) = unbounded();
-        let handle = WakeHandle::spawn(Box::new(move |outcome| {
-            let _ = tx.send(outcome);
-        }))
+        let (started_tx, started) = unbounded();
+        let handle = WakeHandle::spawn_with_started(
+            Box::new(move |started| {
+                let _ = started_tx.send(started);
+            }),
+            Box::new(move |outcome| {
+                let _ = tx.send(outcome);
+            }),
+        )
         .unwrap();
-        Fixture { dir: tempfile::tempdir().unwrap(), handle: Some(handle), outcomes }
+        Fixture { dir: tempfile::tempdir().unwrap(), handle: Some(handle), outcomes, started }
     }
 
     fn dir(&self) -> &Path {
@@ -51,6 +63,7 @@ impl Fixture {
             task_json: "{\"task_id\":\"task-00000000000000ff\"}".to_string(),
             task_file: self.dir().join("task.json"),
             results_dir: self.dir().to_path_buf(),
+            work_dir: self.dir().to_path_buf(),
             timeout: FAILSAFE,
         }
     }
@@ -114,82 +127,6 @@ fn kill_leftover_sleep(pid: u32) {
         // SAFETY: kill has no memory-safety preconditions.
         unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
     }
-}
-
-#[test]
-fn hostile_text_never_runs_as_shell_code() {
-    let fixture = Fixture::new();
-    let d = fixture.dir().display().to_string();
-    let description = format!(
-        "$(touch {d}/pwned-subst) `touch {d}/pwned-backtick` \
-         \"; touch {d}/pwned-dq; echo \" \\\" \\\"; touch {d}/pwned-bs; echo \\\" \
-         '; touch {d}/pwned-sq; echo ' it's\n\
-         touch {d}/pwned-newline\n\
-         ${{IFS}}$HOME %PATH% !x! \\$(touch {d}/pwned-escaped) *"
-    );
-    let metadata = json!({
-        "note": format!("$(touch {d}/pwned-meta) `touch {d}/pwned-meta-bt` \"; touch {d}/pwned-meta-dq; echo \""),
-        "quote": format!("'; touch {d}/pwned-meta-sq; echo '"),
-    });
-    let task_id = format!("task-1$(touch {d}/pwned-id)");
-    let task_json = serde_json::to_string(&json!({
-        "task_id": task_id,
-        "description": description,
-        "metadata": metadata,
-    }))
-    .unwrap();
-    // Every placeholder bare, in double quotes and in single quotes,
-    // plus the Node example's shape and captures of what the child
-    // received.
-    let template = r#"
-        out="$AGENTCOM_RESULTS_DIR"
-        echo ${TASK_ID} ${TASK_JSON} ${TASK_DESCRIPTION} ${TASK_FILE} > /dev/null
-        echo "${TASK_ID}" "${TASK_JSON}" "${TASK_DESCRIPTION}" "${TASK_FILE}" > /dev/null
-        echo '${TASK_ID}' '${TASK_JSON}' '${TASK_DESCRIPTION}' '${TASK_FILE}' > "$out/single-quoted"
-        echo --desc "${TASK_DESCRIPTION}" --message "Task: ${TASK_JSON}" > /dev/null
-        printf '%s' "$AGENTCOM_TASK_DESCRIPTION" > "$out/desc.env"
-        printf '%s' "${TASK_DESCRIPTION}" > "$out/desc.placeholder"
-        printf '%s' "${TASK_JSON}" > "$out/json.placeholder"
-        printf '%s' "${TASK_ID}" > "$out/id.placeholder"
-        printf '%s' "$AGENTCOM_GENERATION" > "$out/generation"
-        cat "${TASK_FILE}" > "$out/task-file.copy"
-    "#;
-    let mut request = fixture.request(template);
-    request.task_id = task_id.clone();
-    request.description = description.clone();
-    request.task_json = task_json.clone();
-    fixture.handle().run(request);
-    let outcome = fixture.outcome();
-
-    let pwned: Vec<String> = fs::read_dir(fixture.dir())
-        .unwrap()
-        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|name| name.starts_with("pwned"))
-        .collect();
-    assert!(pwned.is_empty(), "hub text ran as shell code: {pwned:?}");
-    assert_eq!(outcome.status, WakeStatus::Success, "{outcome:?}");
-
-    let read = |name: &str| fs::read(fixture.dir().join(name)).unwrap();
-    assert_eq!(read("desc.env"), description.as_bytes());
-    assert_eq!(read("desc.placeholder"), description.as_bytes());
-    assert_eq!(read("json.placeholder"), task_json.as_bytes());
-    assert_eq!(read("id.placeholder"), task_id.as_bytes());
-    assert_eq!(read("task-file.copy"), task_json.as_bytes());
-    assert_eq!(read("generation"), b"3");
-    assert_eq!(
-        read("single-quoted"),
-        b"${AGENTCOM_TASK_ID} ${AGENTCOM_TASK_JSON} ${AGENTCOM_TASK_DESCRIPTION} ${AGENTCOM_TASK_FILE}\n"
-    );
-}
-
-#[test]
-fn nul_in_description_does_not_stop_the_wake() {
-    let fixture = Fixture::new();
-    let mut request = fixture.request(r#"printf '%s' "${TASK_DESCRIPTION}" > "$AGENTCOM_RESULTS_DIR/desc""#);
-    request.description = "a\0b".to_string();
-    fixture.handle().run(request);
-    assert_eq!(fixture.outcome().status, WakeStatus::Success);
-    assert_eq!(fs::read_to_string(fixture.dir().join("desc")).unwrap(), "a\u{FFFD}b");
 }
 
 #[test]
@@ -379,4 +316,16 @@ fn requests_run_one_after_another() {
     assert_eq!((first.attempt, first.status), (1, WakeStatus::Success));
     assert_eq!((second.attempt, second.status), (2, WakeStatus::Failed { exit_code: Some(1) }));
     assert_eq!(second.stdout_tail, "two\n");
+}
+
+#[test]
+fn stderr_last_line_is_the_last_non_blank_line_bounded() {
+    let fixture = Fixture::new();
+    let outcome = fixture.run("echo first >&2; echo '  the reason  ' >&2; echo >&2; exit 3");
+    assert_eq!(outcome.stderr_last_line().as_deref(), Some("the reason"));
+    let outcome = fixture.run("exit 3");
+    assert_eq!(outcome.stderr_last_line(), None);
+    let outcome = fixture.run("printf 'x%.0s' $(seq 1000) >&2; exit 3");
+    let line = outcome.stderr_last_line().unwrap();
+    assert_eq!(line, format!("{}...", "x".repeat(crate::wake::STDERR_LINE_LIMIT_CHARS)));
 }

@@ -1,6 +1,5 @@
 //! Shared helpers for the integration tests: the real sidecar binary as a
 //! child process, the development hub in-process, and waits with deadlines.
-#![allow(dead_code)]
 
 pub mod tls;
 

@@ -3,10 +3,12 @@
 //!
 //! Parsing is by hand rather than with a derived `Deserialize` because a
 //! malformed frame of a known type must still be answered (a `task_assign`
-//! without a usable `task_id` is refused with `task_rejected`), and an unknown
+//! without a usable `task_id` or generation is refused), and an unknown
 //! type must be ignored quietly, never treated as an error.
 
 use serde_json::{json, Map, Value};
+
+use crate::queue_store::TaskStatus;
 
 /// Every frame we send carries this.
 pub const PROTOCOL_VERSION: u64 = 1;
@@ -19,10 +21,19 @@ pub enum Incoming {
     /// [`ErrorKind::of`].
     Error(String),
     Pong,
+    /// `{"type":"error","error":"validation_failed","message_type":T,"errors":[...]}`
+    /// (4718a58): our frame of type `message_type` was refused by the hub's
+    /// schema and dropped. `unknown_type`: the hub does not know that type
+    /// at all. `errors` is the list as text, for the log.
+    ValidationFailed {
+        message_type: String,
+        unknown_type: bool,
+        errors: String,
+    },
     TaskAssign(TaskAssign),
     TaskAck {
         task_id: String,
-        status: String,
+        status: AckStatus,
     },
     TaskContinue {
         task_id: String,
@@ -33,7 +44,7 @@ pub enum Incoming {
     },
     StateReportAck {
         task_id: String,
-        action: String,
+        action: ReportAction,
     },
     TaskCancelled {
         task_id: String,
@@ -51,6 +62,64 @@ pub enum Incoming {
     },
 }
 
+/// The `status` of a `task_ack` (PROTOCOL.md section 6).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AckStatus {
+    /// Answers `task_accepted`.
+    Accepted,
+    /// Answers `task_complete`: settled.
+    Complete,
+    /// Answers `task_failed`: settled, the hub retries the task elsewhere.
+    Retried,
+    /// Answers `task_failed`: settled, the hub gave up on the task.
+    DeadLetter,
+    /// Anything else, kept for the log.
+    Unknown(String),
+}
+
+impl AckStatus {
+    fn parse(text: &str) -> AckStatus {
+        match text {
+            "accepted" => AckStatus::Accepted,
+            "complete" => AckStatus::Complete,
+            "retried" => AckStatus::Retried,
+            "dead_letter" => AckStatus::DeadLetter,
+            other => AckStatus::Unknown(other.to_owned()),
+        }
+    }
+
+    /// The wire spelling.
+    pub fn as_str(&self) -> &str {
+        match self {
+            AckStatus::Accepted => "accepted",
+            AckStatus::Complete => "complete",
+            AckStatus::Retried => "retried",
+            AckStatus::DeadLetter => "dead_letter",
+            AckStatus::Unknown(other) => other,
+        }
+    }
+}
+
+/// The `action` of a `state_report_ack`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReportAction {
+    /// The task is still ours at the reported generation.
+    Continue,
+    /// It is not: stop it.
+    Abort,
+    Unknown(String),
+}
+
+impl ReportAction {
+    fn parse(text: &str) -> ReportAction {
+        match text {
+            "continue" => ReportAction::Continue,
+            "abort" => ReportAction::Abort,
+            other => ReportAction::Unknown(other.to_owned()),
+        }
+    }
+}
+
 /// `task_assign` as the hub sent it. `task_id` is `None` when the frame has
 /// none or it is not a string; it is *not* validated here.
 #[derive(Clone, PartialEq)]
@@ -58,8 +127,15 @@ pub struct TaskAssign {
     pub task_id: Option<String>,
     pub description: String,
     pub metadata: Value,
-    pub generation: u64,
+    /// Missing or `null`: 0, as both hubs default it. Anything but a JSON
+    /// integer in `0..2^64` (`"7"`, `-1`, `1.5`, 2^64) is `Err` with the
+    /// value as text: such an assignment cannot be reported, so it is
+    /// refused.
+    pub generation: Result<u64, String>,
     pub assigned_at: Option<u64>,
+    /// Every field of the frame except `type` and `protocol_version`,
+    /// unknown ones included: what the agent gets.
+    pub fields: Map<String, Value>,
 }
 
 // Descriptions can be large; keep `debug!` lines readable.
@@ -107,6 +183,17 @@ pub fn parse(text: &str) -> Result<Incoming, ParseError> {
     };
     Ok(match kind {
         "identified" => Incoming::Identified,
+        "error" if string("error").as_deref() == Some("validation_failed") => {
+            let errors = object.get("errors").cloned().unwrap_or(Value::Null);
+            let unknown_type = errors.as_array().is_some_and(|list| {
+                list.iter().any(|e| e.get("error").and_then(Value::as_str) == Some("unknown_message_type"))
+            });
+            Incoming::ValidationFailed {
+                message_type: string("message_type").unwrap_or_default(),
+                unknown_type,
+                errors: errors.to_string(),
+            }
+        }
         "error" => Incoming::Error(string("error").or_else(|| string("message")).unwrap_or_default()),
         "pong" => Incoming::Pong,
         "task_assign" => Incoming::TaskAssign(TaskAssign {
@@ -117,12 +204,20 @@ pub fn parse(text: &str) -> Result<Incoming, ParseError> {
                 Some(other) => other.to_string(),
             },
             metadata: object.get("metadata").cloned().unwrap_or_else(|| json!({})),
-            generation: object.get("generation").and_then(Value::as_u64).unwrap_or(0),
+            generation: match object.get("generation") {
+                None | Some(Value::Null) => Ok(0),
+                Some(value) => value.as_u64().ok_or_else(|| value.to_string()),
+            },
             assigned_at: object.get("assigned_at").and_then(Value::as_u64),
+            fields: object
+                .iter()
+                .filter(|(key, _)| !matches!(key.as_str(), "type" | "protocol_version"))
+                .map(|(key, value)| (key.clone(), value.clone()))
+                .collect(),
         }),
         "task_ack" => with_task_id(&|task_id| Incoming::TaskAck {
             task_id,
-            status: string("status").unwrap_or_default(),
+            status: AckStatus::parse(&string("status").unwrap_or_default()),
         }),
         "task_continue" => with_task_id(&|task_id| Incoming::TaskContinue {
             task_id,
@@ -131,7 +226,7 @@ pub fn parse(text: &str) -> Result<Incoming, ParseError> {
         "task_reassign" => with_task_id(&|task_id| Incoming::TaskReassign { task_id }),
         "state_report_ack" => with_task_id(&|task_id| Incoming::StateReportAck {
             task_id,
-            action: string("action").unwrap_or_default(),
+            action: ReportAction::parse(&string("action").unwrap_or_default()),
         }),
         "task_cancelled" => with_task_id(&|task_id| Incoming::TaskCancelled { task_id }),
         "restart_sidecar" => Incoming::RestartSidecar { reason: string("reason").unwrap_or_default() },
@@ -145,7 +240,7 @@ pub fn parse(text: &str) -> Result<Incoming, ParseError> {
 
 /// What an `error` frame means for us.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ErrorKind {
+pub(crate) enum ErrorKind {
     /// `invalid_token`, `token_agent_mismatch`: identify was refused.
     Auth,
     /// `not_identified`: we sent something before identify.
@@ -160,7 +255,7 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
-    pub fn of(error: &str) -> ErrorKind {
+    pub(crate) fn of(error: &str) -> ErrorKind {
         let why = |prefix: &str| {
             error.strip_prefix(prefix).map(|rest| rest.trim_start_matches([':', ' ']).to_owned())
         };
@@ -182,8 +277,35 @@ impl ErrorKind {
 
 /// The reasons a hub gives for refusing a report that mean "this report is
 /// settled: it will never be accepted, stop sending it".
-pub fn is_final_refusal(why: &str) -> bool {
+pub(crate) fn is_final_refusal(why: &str) -> bool {
     matches!(why, "stale_generation" | "invalid_state" | "not_found")
+}
+
+/// The newest hub's length limits (characters; it counts graphemes, which
+/// are never more than characters) for the fields we send.
+pub(crate) const MAX_REASON_CHARS: usize = 2_000;
+pub(crate) const MAX_NAME_CHARS: usize = 256;
+pub(crate) const MAX_STATUS_CHARS: usize = 256;
+pub(crate) const MAX_DESCRIPTION_CHARS: usize = 10_000;
+
+/// What replaces the end of a text cut to a limit. The full text is in the
+/// lifecycle log (the record of the outcome or wake that produced it).
+const CUT_MARKER: &str = " [...cut; full text in the sidecar's lifecycle log]";
+
+/// `text` if it has at most `max_chars` characters, else its start and
+/// [`CUT_MARKER`], `max_chars` characters in all.
+pub(crate) fn cut_text(text: &str, max_chars: usize) -> std::borrow::Cow<'_, str> {
+    if text.chars().count() <= max_chars {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let marker_chars = CUT_MARKER.chars().count();
+    let keep: String = text.chars().take(max_chars.saturating_sub(marker_chars)).collect();
+    let mut cut = keep + CUT_MARKER;
+    if cut.chars().count() > max_chars {
+        // A limit shorter than the marker: the bare start.
+        cut = text.chars().take(max_chars).collect();
+    }
+    std::borrow::Cow::Owned(cut)
 }
 
 fn frame(kind: &str, fields: Value) -> String {
@@ -197,13 +319,13 @@ fn frame(kind: &str, fields: Value) -> String {
 }
 
 /// The identify frame. It carries the token: never log it.
-pub fn out_identify(agent_id: &str, token: &str, name: &str, capabilities: &[String]) -> String {
+pub(crate) fn out_identify(agent_id: &str, token: &str, name: &str, capabilities: &[String]) -> String {
     frame(
         "identify",
         json!({
             "agent_id": agent_id,
             "token": token,
-            "name": name,
+            "name": cut_text(name, MAX_NAME_CHARS),
             "status": "idle",
             "capabilities": capabilities,
             "client_type": "sidecar",
@@ -211,20 +333,15 @@ pub fn out_identify(agent_id: &str, token: &str, name: &str, capabilities: &[Str
     )
 }
 
-pub fn out_ping() -> String {
+pub(crate) fn out_ping() -> String {
     frame("ping", json!({}))
 }
 
-pub fn out_task_accepted(task_id: &str) -> String {
+pub(crate) fn out_task_accepted(task_id: &str) -> String {
     frame("task_accepted", json!({ "task_id": task_id }))
 }
 
-/// `task_id` is `None` when the assign frame had no usable one.
-pub fn out_task_rejected(task_id: Option<&str>, reason: &str) -> String {
-    frame("task_rejected", json!({ "task_id": task_id, "reason": reason }))
-}
-
-pub fn out_task_progress(task_id: &str, progress: u64, message: Option<&str>) -> String {
+pub(crate) fn out_task_progress(task_id: &str, progress: u64, message: Option<&str>) -> String {
     let mut fields = json!({ "task_id": task_id, "progress": progress });
     if let Some(message) = message {
         fields["message"] = Value::from(message);
@@ -232,42 +349,54 @@ pub fn out_task_progress(task_id: &str, progress: u64, message: Option<&str>) ->
     frame("task_progress", fields)
 }
 
-pub fn out_task_complete(task_id: &str, generation: u64, result: &Value) -> String {
+pub(crate) fn out_task_complete(task_id: &str, generation: u64, result: &Value) -> String {
     frame("task_complete", json!({ "task_id": task_id, "generation": generation, "result": result }))
 }
 
 /// `reason` and `error` carry the same text: older hubs read one, newer the
 /// other (PROTOCOL.md section 6).
-pub fn out_task_failed(task_id: &str, generation: u64, reason: &str) -> String {
+pub(crate) fn out_task_failed(task_id: &str, generation: u64, reason: &str) -> String {
     frame(
         "task_failed",
-        json!({ "task_id": task_id, "generation": generation, "reason": reason, "error": reason }),
+        json!({ "task_id": task_id, "generation": generation, "reason": cut_text(reason, MAX_REASON_CHARS),
+                "error": cut_text(reason, MAX_REASON_CHARS) }),
     )
 }
 
-pub fn out_task_recovering(task_id: &str, description: &str, metadata: &Value, last_status: &str) -> String {
+pub(crate) fn out_task_recovering(
+    task_id: &str,
+    description: &str,
+    metadata: &Value,
+    last_status: TaskStatus,
+) -> String {
     frame(
         "task_recovering",
         json!({
             "task_id": task_id,
-            "description": description,
+            "description": cut_text(description, MAX_DESCRIPTION_CHARS),
             "metadata": metadata,
-            "last_status": last_status,
+            "last_status": last_status.as_str(),
         }),
     )
 }
 
-pub fn out_state_report(task_id: &str, generation: u64, status: &str, assigned_at: u64) -> String {
+pub(crate) fn out_state_report(
+    task_id: &str,
+    generation: u64,
+    status: TaskStatus,
+    assigned_at: u64,
+) -> String {
     frame(
         "state_report",
-        json!({ "task_id": task_id, "generation": generation, "status": status, "assigned_at": assigned_at }),
+        json!({ "task_id": task_id, "generation": generation, "status": status.as_str(), "assigned_at": assigned_at }),
     )
 }
 
-pub fn out_wake_result(task_id: &str, status: &str, attempt: u32, error: Option<&str>) -> String {
-    let mut fields = json!({ "task_id": task_id, "status": status, "attempt": attempt });
+pub(crate) fn out_wake_result(task_id: &str, status: &str, attempt: u32, error: Option<&str>) -> String {
+    let mut fields =
+        json!({ "task_id": task_id, "status": cut_text(status, MAX_STATUS_CHARS), "attempt": attempt });
     if let Some(error) = error {
-        fields["error"] = Value::from(error);
+        fields["error"] = Value::from(cut_text(error, MAX_REASON_CHARS));
     }
     frame("wake_result", fields)
 }
@@ -278,7 +407,6 @@ pub const SENDABLE_TYPES: &[&str] = &[
     "identify",
     "ping",
     "task_accepted",
-    "task_rejected",
     "task_progress",
     "task_complete",
     "task_failed",
@@ -288,143 +416,4 @@ pub const SENDABLE_TYPES: &[&str] = &[
 ];
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn object(text: &str) -> Map<String, Value> {
-        match serde_json::from_str(text).unwrap() {
-            Value::Object(o) => o,
-            other => panic!("not an object: {other}"),
-        }
-    }
-
-    #[test]
-    fn identify_has_exactly_the_protocol_fields() {
-        let o = object(&out_identify("a1", "tok", "a1", &["code".to_string()]));
-        let mut keys: Vec<_> = o.keys().map(String::as_str).collect();
-        keys.sort_unstable();
-        assert_eq!(
-            keys,
-            [
-                "agent_id",
-                "capabilities",
-                "client_type",
-                "name",
-                "protocol_version",
-                "status",
-                "token",
-                "type"
-            ]
-        );
-        assert_eq!(o["type"], "identify");
-        assert_eq!(o["client_type"], "sidecar");
-        assert_eq!(o["protocol_version"], 1);
-        assert_eq!(o["capabilities"], json!(["code"]));
-    }
-
-    #[test]
-    fn every_outgoing_frame_carries_protocol_version_and_a_sendable_type() {
-        let frames = [
-            out_identify("a", "t", "a", &[]),
-            out_ping(),
-            out_task_accepted("t1"),
-            out_task_rejected(None, "busy"),
-            out_task_progress("t1", 5, Some("m")),
-            out_task_complete("t1", 3, &json!({"status":"success"})),
-            out_task_failed("t1", 3, "boom"),
-            out_task_recovering("t1", "d", &json!({}), "working"),
-            out_state_report("t1", 3, "working", 1),
-            out_wake_result("t1", "failed", 2, Some("exit 1")),
-        ];
-        for text in frames {
-            let o = object(&text);
-            assert_eq!(o["protocol_version"], 1, "{text}");
-            assert!(SENDABLE_TYPES.contains(&o["type"].as_str().unwrap()), "{text}");
-        }
-    }
-
-    #[test]
-    fn task_failed_carries_reason_and_error_alike() {
-        let o = object(&out_task_failed("t1", 4, "confirmation_timeout"));
-        assert_eq!(o["reason"], "confirmation_timeout");
-        assert_eq!(o["error"], "confirmation_timeout");
-        assert_eq!(o["generation"], 4);
-    }
-
-    #[test]
-    fn parses_hub_frames() {
-        let cases = [
-            (r#"{"type":"identified","agent_id":"a1"}"#, Incoming::Identified),
-            (r#"{"type":"pong","timestamp":1}"#, Incoming::Pong),
-            (r#"{"type":"error","error":"invalid_token"}"#, Incoming::Error("invalid_token".into())),
-            (
-                r#"{"type":"task_ack","task_id":"t","status":"complete"}"#,
-                Incoming::TaskAck { task_id: "t".into(), status: "complete".into() },
-            ),
-            (
-                r#"{"type":"task_continue","task_id":"t","generation":7}"#,
-                Incoming::TaskContinue { task_id: "t".into(), generation: Some(7) },
-            ),
-            (r#"{"type":"task_reassign","task_id":"t"}"#, Incoming::TaskReassign { task_id: "t".into() }),
-            (
-                r#"{"type":"task_cancelled","task_id":"t","timestamp":1}"#,
-                Incoming::TaskCancelled { task_id: "t".into() },
-            ),
-            (
-                r#"{"type":"restart_sidecar","reason":"update"}"#,
-                Incoming::RestartSidecar { reason: "update".into() },
-            ),
-            (
-                r#"{"type":"rate_limited","retry_after_ms":250,"tier":"x"}"#,
-                Incoming::RateLimited { retry_after_ms: 250 },
-            ),
-            (r#"{"type":"agent_joined","agent_id":"b"}"#, Incoming::Ignored { kind: "agent_joined".into() }),
-            (
-                r#"{"type":"task_ack","status":"complete"}"#,
-                Incoming::Ignored { kind: "task_ack (no task_id)".into() },
-            ),
-        ];
-        for (text, expected) in cases {
-            assert_eq!(parse(text).unwrap(), expected, "{text}");
-        }
-    }
-
-    #[test]
-    fn task_assign_is_parsed_leniently() {
-        let Incoming::TaskAssign(assign) = parse(
-            r#"{"type":"task_assign","task_id":"task-00","description":"d","metadata":{"k":1},"generation":3,"assigned_at":9}"#,
-        )
-        .unwrap() else {
-            panic!("not an assign")
-        };
-        assert_eq!(assign.task_id.as_deref(), Some("task-00"));
-        assert_eq!(assign.generation, 3);
-        assert_eq!(assign.metadata, json!({"k":1}));
-        let Incoming::TaskAssign(assign) = parse(r#"{"type":"task_assign","task_id":5}"#).unwrap() else {
-            panic!("not an assign")
-        };
-        assert_eq!(assign.task_id, None);
-        assert_eq!(assign.metadata, json!({}));
-    }
-
-    #[test]
-    fn malformed_frames_are_errors_not_panics() {
-        assert!(matches!(parse("nope"), Err(ParseError::NotJson(_))));
-        assert_eq!(parse("[1]"), Err(ParseError::NotAnObject));
-        assert_eq!(parse(r#"{"type":5}"#), Err(ParseError::NoType));
-    }
-
-    #[test]
-    fn error_kinds() {
-        assert_eq!(ErrorKind::of("token_agent_mismatch"), ErrorKind::Auth);
-        assert_eq!(
-            ErrorKind::of("task_complete_failed: stale_generation"),
-            ErrorKind::CompleteFailed("stale_generation".into())
-        );
-        assert_eq!(ErrorKind::of("task_fail_failed: not_found"), ErrorKind::FailFailed("not_found".into()));
-        assert_eq!(ErrorKind::of("unknown_message_type"), ErrorKind::UnknownMessageType);
-        assert_eq!(ErrorKind::of("whatever"), ErrorKind::Other);
-        assert!(is_final_refusal("invalid_state"));
-        assert!(!is_final_refusal("timeout"));
-    }
-}
+mod tests;

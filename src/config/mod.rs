@@ -5,6 +5,7 @@
 //! single log line. The token is wrapped in [`Secret`], whose `Debug` and
 //! `Display` never show it.
 
+use std::cell::RefCell;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -27,6 +28,12 @@ pub struct Config {
     pub token: Secret,
     pub hub_url: String,
     pub wake_command: Option<String>,
+    /// Run on the hub's `restart_sidecar`, detached, instead of exiting at
+    /// once (normally `scripts/update.sh`: build, then restart through the
+    /// supervisor). `None`: exit, and let the supervisor restart us.
+    pub update_command: Option<String>,
+    /// Where the update command's output is appended.
+    pub update_log: PathBuf,
     pub capabilities: Vec<String>,
     pub confirmation_timeout: Duration,
     pub results_dir: PathBuf,
@@ -43,9 +50,8 @@ pub struct Config {
     pub max_message_bytes: usize,
     pub wake_timeout: Duration,
     pub wake_retry_delays: Vec<Duration>,
-    /// Optional protocol extensions the hub understands (PROTOCOL.md
-    /// section 7), e.g. `wake_result`, `state_report`.
-    pub hub_features: Vec<String>,
+    /// Optional protocol extensions the hub understands.
+    pub hub_features: Vec<HubFeature>,
     pub max_result_bytes: u64,
     pub task_timeout: Option<Duration>,
     /// How long a result file that does not parse yet may keep changing
@@ -53,6 +59,18 @@ pub struct Config {
     pub result_settle: Duration,
     /// Minimum time between two `task_progress` frames for one task.
     pub progress_interval: Duration,
+    /// How long a report or `task_recovering` waits for the hub's answer
+    /// before the sidecar reconnects and asks again.
+    pub reply_timeout: Duration,
+    /// How long the files of a task the hub took back (unsettled) are kept
+    /// for the hub to hand the same task back.
+    pub readopt_window: Duration,
+    /// How long a task adopted without a wake (its agent had confirmed it)
+    /// may show no progress and no result before it is failed.
+    pub adopted_silence: Duration,
+    /// Send a keep-alive `task_progress` for the held task after this long
+    /// without one (`keepalive_interval_ms`, 0: never).
+    pub keepalive_interval: Option<Duration>,
     /// How long shutdown waits for a close handshake or a running wake.
     pub shutdown_grace: Duration,
     /// Watch `results_dir` with the platform's file notifications. Off
@@ -64,6 +82,10 @@ pub struct Config {
     pub log_max_bytes: u64,
     pub log_keep: u32,
     pub log_level: log::LevelFilter,
+    /// Every key with its effective value (defaults applied, paths resolved,
+    /// token redacted), as `check` prints it. Filled by the parser as it
+    /// reads each key, so the list of keys is written once.
+    effective: Map<String, Value>,
 }
 
 /// A string that must never be logged. `Debug` and `Display` print
@@ -92,44 +114,57 @@ impl fmt::Display for Secret {
     }
 }
 
-/// Keys this version understands. Anything else is warned about, not refused,
-/// so a newer config keeps working with an older binary.
-const KNOWN_KEYS: &[&str] = &[
-    "agent_id",
-    "name",
-    "token",
-    "hub_url",
-    "wake_command",
-    "capabilities",
-    "confirmation_timeout_ms",
-    "results_dir",
-    "log_file",
-    "queue_file",
-    "heartbeat_interval_ms",
-    "pong_timeout_ms",
-    "reconnect_initial_ms",
-    "reconnect_max_ms",
-    "reconnect_jitter",
-    "connect_timeout_ms",
-    "tls_ca_file",
-    "max_message_bytes",
-    "wake_timeout_ms",
-    "wake_retry_delays_ms",
-    "hub_features",
-    "max_result_bytes",
-    "task_timeout_ms",
-    "result_settle_ms",
-    "progress_interval_ms",
-    "shutdown_grace_ms",
-    "watch_results",
-    "results_poll_ms",
-    "log_max_bytes",
-    "log_keep",
-    "log_level",
-];
+/// An optional protocol extension the hub understands (PROTOCOL.md
+/// section 7), named in `hub_features`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HubFeature {
+    /// Send `wake_result` after each wake attempt.
+    WakeResult,
+    /// Send `state_report` after each reconnect.
+    StateReport,
+}
 
-/// Features `hub_features` may name.
-pub const KNOWN_HUB_FEATURES: &[&str] = &["wake_result", "state_report"];
+impl HubFeature {
+    pub const ALL: [HubFeature; 2] = [HubFeature::WakeResult, HubFeature::StateReport];
+
+    /// The spelling in config.json.
+    pub fn name(self) -> &'static str {
+        match self {
+            HubFeature::WakeResult => "wake_result",
+            HubFeature::StateReport => "state_report",
+        }
+    }
+
+    fn parse(name: &str) -> Option<HubFeature> {
+        HubFeature::ALL.into_iter().find(|f| f.name() == name)
+    }
+}
+
+/// The config holds the token: warn when other users may read it (any group
+/// or other permission bit set). Unix only: Windows ACLs need another check.
+fn permission_warning(path: &Path) -> Option<String> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path).ok()?.permissions().mode();
+        (mode & 0o077 != 0).then(|| {
+            format!(
+                "{}: the config file holds the token but other users may read it (mode {:o}); run chmod 600 on it",
+                path.display(),
+                mode & 0o777
+            )
+        })
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        None
+    }
+}
+
+/// The newest hub's limits for identify (4718a58 validation/schemas.ex).
+const MAX_AGENT_ID_CHARS: usize = 128;
+const MAX_TOKEN_CHARS: usize = 256;
 
 impl Config {
     /// Reads and validates `path`. Returns the config and warnings (unknown
@@ -137,7 +172,9 @@ impl Config {
     pub fn load(path: &Path) -> Result<(Config, Vec<String>), Error> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| Error::Config(format!("{}: cannot read the config file: {e}", path.display())))?;
-        Config::from_json_str(&text, path)
+        let (config, mut warnings) = Config::from_json_str(&text, path)?;
+        warnings.extend(permission_warning(path));
+        Ok((config, warnings))
     }
 
     /// Parses config text as if it had been read from `path` (relative paths
@@ -148,38 +185,53 @@ impl Config {
         let Value::Object(object) = value else {
             return Err(Error::Config(format!("{}: the top level must be a JSON object", path.display())));
         };
-        let base_dir = match path.parent() {
-            Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        let keys = Keys { object: &object, path };
+        let base_dir = base_dir_of(path);
+        let keys = Keys { object: &object, path, effective: RefCell::new(Map::new()) };
 
-        let warnings = object
-            .keys()
-            .filter(|key| !KNOWN_KEYS.contains(&key.as_str()))
-            .map(|key| format!("{}: unknown key `{key}` ignored", path.display()))
-            .collect();
-
+        // The newest hub refuses longer ones (a schema violation on every
+        // identify); unlike free text they cannot be cut.
         let agent_id = keys.required_string("agent_id")?;
-        let token = Secret::new(keys.required_string("token")?);
+        if agent_id.chars().count() > MAX_AGENT_ID_CHARS {
+            return Err(keys.error("agent_id", &format!("must be at most {MAX_AGENT_ID_CHARS} characters")));
+        }
+        let token = keys.required_string("token")?;
+        keys.show("token", Value::from("<redacted>"));
+        if token.chars().count() > MAX_TOKEN_CHARS {
+            return Err(keys.error("token", &format!("must be at most {MAX_TOKEN_CHARS} characters")));
+        }
+        let token = Secret::new(token);
         let hub_url = keys.required_string("hub_url")?;
         validate_hub_url(&hub_url).map_err(|why| keys.error("hub_url", &why))?;
+        keys.show("hub_url", Value::from(redact_url(&hub_url)));
         let name = keys.string("name")?.unwrap_or_else(|| agent_id.clone());
+        keys.show("name", Value::from(name.as_str()));
 
         let resolve = |p: String| -> PathBuf {
             let p = PathBuf::from(p);
             if p.is_absolute() {
                 p
             } else {
-                base_dir.join(p)
+                join_without_dots(&base_dir, &p)
             }
         };
 
+        let show_path = |key: &str, p: &Path| keys.show(key, Value::from(p.display().to_string()));
         let wake_command = keys.string("wake_command")?.filter(|c| !c.trim().is_empty());
+        keys.show("wake_command", wake_command.clone().map_or(Value::Null, Value::from));
+        let update_command = keys.string("update_command")?.filter(|c| !c.trim().is_empty());
+        keys.show("update_command", update_command.clone().map_or(Value::Null, Value::from));
+        let update_log = resolve(keys.string("update_log")?.unwrap_or_else(|| "./update.log".into()));
+        show_path("update_log", &update_log);
         let results_dir = resolve(keys.string("results_dir")?.unwrap_or_else(|| "./results".into()));
+        show_path("results_dir", &results_dir);
         let log_file = resolve(keys.string("log_file")?.unwrap_or_else(|| "./sidecar.log".into()));
+        show_path("log_file", &log_file);
         let queue_file = resolve(keys.string("queue_file")?.unwrap_or_else(|| "./queue.json".into()));
+        show_path("queue_file", &queue_file);
         let tls_ca_file = keys.string("tls_ca_file")?.map(resolve);
+        if let Some(ca) = &tls_ca_file {
+            show_path("tls_ca_file", ca);
+        }
         if let Some(ca) = &tls_ca_file {
             if !ca.is_file() {
                 return Err(keys.error("tls_ca_file", &format!("{} is not a readable file", ca.display())));
@@ -200,23 +252,30 @@ impl Config {
                 )
             })?,
         };
+        keys.show("reconnect_jitter", Value::from(reconnect_jitter.name()));
 
-        let hub_features = keys.string_list("hub_features")?.unwrap_or_default();
-        for feature in &hub_features {
-            if !KNOWN_HUB_FEATURES.contains(&feature.as_str()) {
-                return Err(keys.error(
-                    "hub_features",
-                    &format!("unknown feature {feature:?} (known: {})", KNOWN_HUB_FEATURES.join(", ")),
-                ));
-            }
-        }
+        let hub_features = keys
+            .string_list("hub_features")?
+            .unwrap_or_default()
+            .iter()
+            .map(|name| {
+                HubFeature::parse(name).ok_or_else(|| {
+                    let known: Vec<&str> = HubFeature::ALL.iter().map(|f| f.name()).collect();
+                    keys.error(
+                        "hub_features",
+                        &format!("unknown feature {name:?} (known: {})", known.join(", ")),
+                    )
+                })
+            })
+            .collect::<Result<Vec<_>, Error>>()?;
 
-        let log_level = match keys.string("log_level")?.as_deref() {
+        let log_level: log::LevelFilter = match keys.string("log_level")?.as_deref() {
             None => log::LevelFilter::Info,
             Some(level) => level.parse().map_err(|_| {
                 keys.error("log_level", "expected one of off, error, warn, info, debug, trace")
             })?,
         };
+        keys.show("log_level", Value::from(log_level.to_string().to_lowercase()));
 
         let wake_retry_delays = match keys.object.get("wake_retry_delays_ms") {
             None | Some(Value::Null) => vec![
@@ -241,6 +300,9 @@ impl Config {
                 ))
             }
         };
+        let delays_ms: Vec<Value> =
+            wake_retry_delays.iter().map(|d| Value::from(d.as_millis() as u64)).collect();
+        keys.show("wake_retry_delays_ms", Value::from(delays_ms));
 
         let config = Config {
             config_path: path.to_path_buf(),
@@ -249,6 +311,8 @@ impl Config {
             token,
             hub_url,
             wake_command,
+            update_command,
+            update_log,
             capabilities: keys.string_list("capabilities")?.unwrap_or_default(),
             confirmation_timeout: keys.millis("confirmation_timeout_ms", 30_000, 1)?,
             results_dir,
@@ -270,13 +334,33 @@ impl Config {
             result_settle: keys.millis("result_settle_ms", 2_000, 0)?,
             progress_interval: keys.millis("progress_interval_ms", 1_000, 0)?,
             shutdown_grace: keys.millis("shutdown_grace_ms", 500, 0)?,
+            reply_timeout: keys.millis("reply_timeout_ms", 30_000, 1)?,
+            readopt_window: keys.millis("readopt_window_ms", 600_000, 0)?,
+            adopted_silence: keys.millis("adopted_silence_ms", 1_800_000, 1)?,
+            keepalive_interval: Some(keys.millis("keepalive_interval_ms", 60_000, 0)?)
+                .filter(|d| !d.is_zero()),
             watch_results: keys.boolean("watch_results", true)?,
             results_poll: keys.millis("results_poll_ms", 1_000, 10)?,
             log_max_bytes: keys.integer("log_max_bytes", 10 << 20, 1024)?,
             log_keep: keys.integer_at_most("log_keep", 5, 0, 1_000)? as u32,
             log_level,
+            effective: Map::new(),
         };
-        Ok((config, warnings))
+        let mut effective = keys.effective.into_inner();
+        effective.insert("config_path".into(), Value::from(path.display().to_string()));
+        effective.insert("agent_id".into(), Value::from(config.agent_id.as_str()));
+        effective.insert("capabilities".into(), Value::from(config.capabilities.clone()));
+        let features: Vec<&str> = config.hub_features.iter().map(|f| f.name()).collect();
+        effective.insert("hub_features".into(), Value::from(features));
+        // A key is known when the parser asked for it; anything else is
+        // warned about, not refused, so a newer config keeps working with an
+        // older binary.
+        let warnings = object
+            .keys()
+            .filter(|key| !effective.contains_key(key.as_str()))
+            .map(|key| format!("{}: unknown key `{key}` ignored", path.display()))
+            .collect();
+        Ok((Config { effective, ..config }, warnings))
     }
 
     /// A config for tests: everything under `dir`, short timers.
@@ -300,50 +384,34 @@ impl Config {
         config
     }
 
-    pub fn has_hub_feature(&self, feature: &str) -> bool {
-        self.hub_features.iter().any(|f| f == feature)
+    /// config.json's directory: every relative path of the config is
+    /// relative to it, and the wake command runs in it.
+    pub fn base_dir(&self) -> PathBuf {
+        base_dir_of(&self.config_path)
+    }
+
+    pub fn has_hub_feature(&self, feature: HubFeature) -> bool {
+        self.hub_features.contains(&feature)
     }
 
     /// The effective configuration as JSON with the token redacted, for
     /// `agentcom-sidecar check`.
     pub fn to_redacted_json(&self) -> Value {
-        let ms = |d: Duration| Value::from(d.as_millis() as u64);
-        let path = |p: &Path| Value::from(p.display().to_string());
-        serde_json::json!({
-            "config_path": path(&self.config_path),
-            "agent_id": self.agent_id,
-            "name": self.name,
-            "token": "<redacted>",
-            "hub_url": redact_url(&self.hub_url),
-            "wake_command": self.wake_command,
-            "capabilities": self.capabilities,
-            "confirmation_timeout_ms": ms(self.confirmation_timeout),
-            "results_dir": path(&self.results_dir),
-            "log_file": path(&self.log_file),
-            "queue_file": path(&self.queue_file),
-            "heartbeat_interval_ms": ms(self.heartbeat_interval),
-            "pong_timeout_ms": ms(self.pong_timeout),
-            "reconnect_initial_ms": ms(self.reconnect_initial),
-            "reconnect_max_ms": ms(self.reconnect_max),
-            "reconnect_jitter": self.reconnect_jitter.name(),
-            "connect_timeout_ms": ms(self.connect_timeout),
-            "tls_ca_file": self.tls_ca_file.as_deref().map(path),
-            "max_message_bytes": self.max_message_bytes,
-            "wake_timeout_ms": ms(self.wake_timeout),
-            "wake_retry_delays_ms": self.wake_retry_delays.iter().map(|d| ms(*d)).collect::<Vec<_>>(),
-            "hub_features": self.hub_features,
-            "max_result_bytes": self.max_result_bytes,
-            "task_timeout_ms": self.task_timeout.map(ms),
-            "result_settle_ms": ms(self.result_settle),
-            "progress_interval_ms": ms(self.progress_interval),
-            "shutdown_grace_ms": ms(self.shutdown_grace),
-            "watch_results": self.watch_results,
-            "results_poll_ms": ms(self.results_poll),
-            "log_max_bytes": self.log_max_bytes,
-            "log_keep": self.log_keep,
-            "log_level": self.log_level.to_string().to_lowercase(),
-        })
+        Value::Object(self.effective.clone())
     }
+}
+
+/// `base` joined with the relative `path`, leaving out `.` components, so
+/// the default `./sidecar.log` next to `./config.json` reads `./sidecar.log`
+/// rather than `././sidecar.log`. The result is never empty.
+fn join_without_dots(base: &Path, path: &Path) -> PathBuf {
+    let mut joined = base.to_path_buf();
+    for component in path.components() {
+        if component != std::path::Component::CurDir {
+            joined.push(component);
+        }
+    }
+    joined
 }
 
 /// Returns `url` with any user info (`user:pass@`) and query string replaced,
@@ -371,6 +439,13 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
+fn base_dir_of(config_path: &Path) -> PathBuf {
+    match config_path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
+
 fn validate_hub_url(url: &str) -> Result<(), String> {
     let Some((scheme, rest)) = url.split_once("://") else {
         return Err("expected a ws:// or wss:// URL".into());
@@ -390,23 +465,36 @@ fn validate_hub_url(url: &str) -> Result<(), String> {
 struct Keys<'a> {
     object: &'a Map<String, Value>,
     path: &'a Path,
+    /// Every key asked for, with the value `check` shows for it.
+    effective: RefCell<Map<String, Value>>,
 }
 
 impl Keys<'_> {
+    /// Records what `check` shows for `key` (replacing what the typed reader
+    /// recorded, e.g. a resolved path instead of the text).
+    fn show(&self, key: &str, value: Value) {
+        self.effective.borrow_mut().insert(key.to_owned(), value);
+    }
+
     fn error(&self, key: &str, why: &str) -> Error {
         Error::Config(format!("{}: key `{key}`: {why}", self.path.display()))
     }
 
     fn required_string(&self, key: &str) -> Result<String, Error> {
+        self.show(key, Value::Null);
         match self.object.get(key) {
             None | Some(Value::Null) => Err(self.error(key, "missing (required)")),
             Some(Value::String(s)) if s.trim().is_empty() => Err(self.error(key, "must not be empty")),
-            Some(Value::String(s)) => Ok(s.clone()),
+            Some(Value::String(s)) => {
+                self.show(key, Value::from(s.as_str()));
+                Ok(s.clone())
+            }
             Some(other) => Err(self.error(key, &format!("expected a string, found {}", kind(other)))),
         }
     }
 
     fn string(&self, key: &str) -> Result<Option<String>, Error> {
+        self.show(key, Value::Null);
         match self.object.get(key) {
             None | Some(Value::Null) => Ok(None),
             Some(Value::String(s)) => Ok(Some(s.clone())),
@@ -415,6 +503,7 @@ impl Keys<'_> {
     }
 
     fn string_list(&self, key: &str) -> Result<Option<Vec<String>>, Error> {
+        self.show(key, Value::Null);
         match self.object.get(key) {
             None | Some(Value::Null) => Ok(None),
             Some(Value::Array(items)) => items
@@ -430,18 +519,26 @@ impl Keys<'_> {
     }
 
     fn boolean(&self, key: &str, default: bool) -> Result<bool, Error> {
-        match self.object.get(key) {
-            None | Some(Value::Null) => Ok(default),
-            Some(Value::Bool(b)) => Ok(*b),
-            Some(other) => Err(self.error(key, &format!("expected true or false, found {}", kind(other)))),
-        }
+        let value = match self.object.get(key) {
+            None | Some(Value::Null) => default,
+            Some(Value::Bool(b)) => *b,
+            Some(other) => {
+                return Err(self.error(key, &format!("expected true or false, found {}", kind(other))))
+            }
+        };
+        self.show(key, Value::from(value));
+        Ok(value)
     }
 
     fn integer(&self, key: &str, default: u64, min: u64) -> Result<u64, Error> {
+        self.show(key, Value::from(default));
         match self.object.get(key) {
             None | Some(Value::Null) => Ok(default),
             Some(value) => match value.as_u64() {
-                Some(n) if n >= min => Ok(n),
+                Some(n) if n >= min => {
+                    self.show(key, Value::from(n));
+                    Ok(n)
+                }
                 Some(_) => Err(self.error(key, &format!("must be at least {min}"))),
                 None => {
                     Err(self.error(key, &format!("expected a non-negative integer, found {}", kind(value))))
@@ -462,6 +559,7 @@ impl Keys<'_> {
     }
 
     fn optional_millis(&self, key: &str) -> Result<Option<Duration>, Error> {
+        self.show(key, Value::Null);
         match self.object.get(key) {
             None | Some(Value::Null) => Ok(None),
             Some(_) => self.millis(key, 0, 1).map(Some),
@@ -483,139 +581,4 @@ fn kind(value: &Value) -> &'static str {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn parse(text: &str) -> Result<(Config, Vec<String>), Error> {
-        Config::from_json_str(text, Path::new("/etc/sidecar/config.json"))
-    }
-
-    fn error_of(text: &str) -> String {
-        parse(text).expect_err("config should be refused").to_string()
-    }
-
-    const MINIMAL: &str = r#"{"agent_id":"a1","token":"s3cret","hub_url":"ws://127.0.0.1:4000/ws"}"#;
-
-    #[test]
-    fn node_defaults_apply_and_paths_resolve_against_the_config_dir() {
-        let (config, warnings) = parse(MINIMAL).unwrap();
-        assert!(warnings.is_empty());
-        assert_eq!(config.name, "a1");
-        assert_eq!(config.confirmation_timeout, Duration::from_secs(30));
-        assert_eq!(config.results_dir, Path::new("/etc/sidecar/./results"));
-        assert_eq!(config.log_file, Path::new("/etc/sidecar/./sidecar.log"));
-        assert_eq!(config.queue_file, Path::new("/etc/sidecar/./queue.json"));
-        assert_eq!(config.heartbeat_interval, Duration::from_secs(30));
-        assert_eq!(config.pong_timeout, Duration::from_secs(10));
-        assert_eq!(config.wake_retry_delays.len(), 3);
-        assert!(config.wake_command.is_none());
-        assert_eq!(config.reconnect_jitter, JitterStrategy::default());
-        let (full, _) =
-            parse(r#"{"agent_id":"a","token":"t","hub_url":"ws://h/ws","reconnect_jitter":"full"}"#).unwrap();
-        assert_eq!(full.reconnect_jitter, JitterStrategy::Full);
-    }
-
-    #[test]
-    fn node_example_config_is_accepted() {
-        let text = r#"{
-            "agent_id": "my-agent", "token": "tok", "hub_url": "wss://hub.example/ws",
-            "wake_command": "openclaw agent --message \"Task: ${TASK_JSON}\"",
-            "capabilities": ["code", "review"], "confirmation_timeout_ms": 30000,
-            "results_dir": "/var/results", "log_file": "sidecar.log"
-        }"#;
-        let (config, warnings) = parse(text).unwrap();
-        assert!(warnings.is_empty(), "{warnings:?}");
-        assert_eq!(config.capabilities, ["code", "review"]);
-        assert_eq!(config.results_dir, Path::new("/var/results"));
-    }
-
-    #[test]
-    fn every_bad_input_names_the_file_and_the_key() {
-        let cases = [
-            (r#"{"token":"t","hub_url":"ws://h/ws"}"#, "`agent_id`: missing"),
-            (r#"{"agent_id":"a","hub_url":"ws://h/ws"}"#, "`token`: missing"),
-            (r#"{"agent_id":"a","token":"t"}"#, "`hub_url`: missing"),
-            (r#"{"agent_id":7,"token":"t","hub_url":"ws://h/ws"}"#, "`agent_id`: expected a string"),
-            (r#"{"agent_id":"a","token":"t","hub_url":"http://h/ws"}"#, "`hub_url`: scheme"),
-            (r#"{"agent_id":"a","token":"t","hub_url":"ws:///ws"}"#, "`hub_url`: the URL has no host"),
-            (
-                r#"{"agent_id":"a","token":"t","hub_url":"ws://h/ws","heartbeat_interval_ms":"30"}"#,
-                "`heartbeat_interval_ms`: expected a non-negative integer, found a string",
-            ),
-            (
-                r#"{"agent_id":"a","token":"t","hub_url":"ws://h/ws","heartbeat_interval_ms":0}"#,
-                "`heartbeat_interval_ms`: must be at least 1",
-            ),
-            (
-                r#"{"agent_id":"a","token":"t","hub_url":"ws://h/ws","pong_timeout_ms":-5}"#,
-                "`pong_timeout_ms`: expected a non-negative integer, found a negative number",
-            ),
-            (
-                r#"{"agent_id":"a","token":"t","hub_url":"ws://h/ws","capabilities":"code"}"#,
-                "`capabilities`: expected an array of strings",
-            ),
-            (
-                r#"{"agent_id":"a","token":"t","hub_url":"ws://h/ws","reconnect_initial_ms":500,"reconnect_max_ms":100}"#,
-                "`reconnect_max_ms`",
-            ),
-            (
-                r#"{"agent_id":"a","token":"t","hub_url":"ws://h/ws","tls_ca_file":"/nonexistent/ca.pem"}"#,
-                "`tls_ca_file`",
-            ),
-            (
-                r#"{"agent_id":"a","token":"t","hub_url":"ws://h/ws","wake_retry_delays_ms":[1,"x"]}"#,
-                "`wake_retry_delays_ms`",
-            ),
-            (
-                r#"{"agent_id":"a","token":"t","hub_url":"ws://h/ws","hub_features":["teleport"]}"#,
-                "`hub_features`",
-            ),
-            (
-                r#"{"agent_id":"a","token":"t","hub_url":"ws://h/ws","log_keep":4294967297}"#,
-                "`log_keep`: must be at most 1000",
-            ),
-            (
-                r#"{"agent_id":"a","token":"t","hub_url":"ws://h/ws","watch_results":"no"}"#,
-                "`watch_results`: expected true or false",
-            ),
-            (
-                r#"{"agent_id":"a","token":"t","hub_url":"ws://h/ws","reconnect_jitter":"random"}"#,
-                "`reconnect_jitter`: expected one of equal, full, decorrelated",
-            ),
-        ];
-        for (text, expected) in cases {
-            let message = error_of(text);
-            assert!(message.contains("/etc/sidecar/config.json"), "{message}");
-            assert!(message.contains(expected), "{message:?} should contain {expected:?}");
-        }
-    }
-
-    #[test]
-    fn bad_json_and_non_objects_are_refused() {
-        assert!(error_of("{").contains("not valid JSON"));
-        assert!(error_of("[]").contains("top level must be a JSON object"));
-    }
-
-    #[test]
-    fn unknown_keys_warn_but_do_not_fail() {
-        let text = r#"{"agent_id":"a","token":"t","hub_url":"ws://h/ws","hub_api_url":"x"}"#;
-        let (_, warnings) = parse(text).unwrap();
-        assert_eq!(warnings.len(), 1);
-        assert!(warnings[0].contains("`hub_api_url`"));
-    }
-
-    #[test]
-    fn the_token_never_shows_in_debug_or_redacted_json() {
-        let (config, _) = parse(MINIMAL).unwrap();
-        assert!(!format!("{config:?}").contains("s3cret"));
-        assert!(!config.to_redacted_json().to_string().contains("s3cret"));
-        assert_eq!(config.token.expose(), "s3cret");
-    }
-
-    #[test]
-    fn urls_lose_credentials_and_queries() {
-        assert_eq!(redact_url("wss://u:p@hub:4000/ws?token=x"), "wss://<redacted>@hub:4000/ws?<redacted>");
-        assert_eq!(redact_url("ws://127.0.0.1:4000/ws"), "ws://127.0.0.1:4000/ws");
-        assert_eq!(redact_url("ws://host"), "ws://host");
-    }
-}
+mod tests;

@@ -1,0 +1,207 @@
+//! What each frame from the hub, and the loss of the connection, means to
+//! the core: the dispatch from [`Incoming`] to the link, the task and its
+//! report.
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use super::link::ReplyKind;
+use super::{record, Effect, State};
+use crate::lifecycle_log::LifecycleEvent;
+use crate::protocol::{self, ErrorKind, Incoming, ReportAction};
+use crate::queue_store::PastFate;
+
+impl State {
+    // ----- connection -------------------------------------------------------
+
+    /// The connection is gone, by the hub's doing or ours.
+    pub(super) fn on_connection_lost(
+        &mut self,
+        reason: &str,
+        close_code: Option<u16>,
+        close_reason: Option<&str>,
+        now: Instant,
+        fx: &mut Vec<Effect>,
+    ) {
+        // Old hubs crash on task_failed and close with 1011 instead of
+        // answering; they re-queue the task (PROTOCOL.md section 6). Resending
+        // would crash them again, so the report counts as settled ("retried").
+        if close_code == Some(1011) {
+            if let Some(entry) = self.link.find_awaiting(ReplyKind::Failed).cloned() {
+                log::warn!(
+                    "hub closed with 1011 after task_failed for {}; treating the report as settled (retried)",
+                    entry.task_id
+                );
+                self.settle(&entry, "retried (hub closed with 1011)", fx);
+            }
+        }
+        let delay = self.link.on_lost(close_reason.and_then(parse_retry_in), now);
+        if let Some(task) = &mut self.task {
+            task.on_link_lost();
+        }
+        log::warn!("disconnected from hub: {reason}; reconnecting in {} ms", delay.as_millis());
+        fx.push(record(
+            LifecycleEvent::Disconnected,
+            json!({ "reason": reason, "close_code": close_code, "reconnect_in_ms": delay.as_millis() as u64 }),
+        ));
+    }
+
+    /// We give up on the live connection (heartbeat, identify timeout, auth).
+    pub(super) fn drop_connection(&mut self, reason: &str, now: Instant, fx: &mut Vec<Effect>) {
+        if let Some(conn_id) = self.link.live_conn_id() {
+            fx.push(Effect::Close { conn_id });
+            self.on_connection_lost(reason, None, None, now, fx);
+        }
+    }
+
+    // ----- frames -----------------------------------------------------------
+
+    pub(super) fn on_frame(&mut self, text: &str, now: Instant, wall_ms: u64, fx: &mut Vec<Effect>) {
+        let incoming = match protocol::parse(text) {
+            Ok(incoming) => incoming,
+            Err(e) => {
+                log::warn!("ignoring a frame from the hub ({} bytes): {e}", text.len());
+                return;
+            }
+        };
+        log::debug!("hub frame: {incoming:?}");
+        match incoming {
+            Incoming::Identified => self.on_identified(now, fx),
+            Incoming::Error(error) => self.on_error(&error, now, fx),
+            Incoming::ValidationFailed { message_type, unknown_type, errors } => {
+                self.newer_hub = true;
+                log::warn!("the hub refused our {message_type} (validation_failed): {errors}");
+                let answered = self.link.refused(&message_type, unknown_type);
+                if let Some(entry) =
+                    answered.filter(|a| matches!(a.kind, ReplyKind::Complete | ReplyKind::Failed))
+                {
+                    // Everything we send is cut to the hub's limits, so this
+                    // report can never pass: settle it, keeping it whole in
+                    // the lifecycle log, rather than wait for an answer that
+                    // will not come.
+                    self.on_report_invalid(&entry, &errors, fx);
+                }
+            }
+            Incoming::Pong => self.link.on_pong(),
+            Incoming::TaskAssign(assign) => self.on_assign(assign, now, wall_ms, fx),
+            Incoming::TaskAck { task_id, status } => self.on_ack(&task_id, &status, fx),
+            Incoming::TaskContinue { task_id, generation } => {
+                self.link.take_awaiting(&[ReplyKind::Recovering]);
+                if let Some(mut held) = self.held_as(&task_id) {
+                    held.on_continue(generation, now, fx);
+                } else {
+                    log::debug!("task_continue for {task_id}, which we do not hold");
+                }
+            }
+            Incoming::TaskReassign { task_id } => {
+                self.link.take_awaiting(&[ReplyKind::Recovering]);
+                self.on_reassign(&task_id, fx);
+            }
+            Incoming::StateReportAck { task_id, action } => {
+                self.newer_hub = true;
+                // The ack names no generation: it answers the oldest report
+                // in flight, and applies only if that report was of the
+                // generation we hold now.
+                let Some(entry) = self.link.take_awaiting(&[ReplyKind::StateReport]) else {
+                    log::debug!("state_report_ack for {task_id} answers no state_report we sent");
+                    return;
+                };
+                let current = self
+                    .task
+                    .as_ref()
+                    .is_some_and(|t| t.id == entry.task_id && t.generation == entry.generation);
+                if action != ReportAction::Abort || entry.task_id != task_id {
+                    return;
+                }
+                if current {
+                    log::info!("hub answered state_report with abort for {task_id}; dropping it");
+                    self.drop_task("aborted by hub (state_report_ack)", PastFate::TakenBack, fx);
+                } else {
+                    log::info!(
+                        "ignoring state_report_ack abort for {task_id}: it answers generation {}, we hold a newer one",
+                        entry.generation
+                    );
+                }
+            }
+            Incoming::TaskCancelled { task_id } => {
+                if self.held_task_id() == Some(task_id.as_str()) {
+                    log::info!("task {task_id} cancelled by hub; stopping it");
+                    self.drop_task("cancelled by hub", PastFate::Settled, fx);
+                } else {
+                    log::debug!("task_cancelled for {task_id}, which we do not hold");
+                }
+            }
+            Incoming::RestartSidecar { reason } if self.settings.has_update_command => {
+                // Stay connected while the update builds; it restarts us.
+                log::info!("hub asked us to restart: {reason}; starting update_command, which restarts us once the new binary is ready");
+                fx.push(record(LifecycleEvent::UpdateStarted, json!({ "reason": reason })));
+                fx.push(Effect::StartUpdate);
+            }
+            Incoming::RestartSidecar { reason } => {
+                log::info!("hub asked us to restart: {reason}");
+                self.shut_down("restart requested by hub", fx);
+            }
+            Incoming::RateLimited { retry_after_ms } => {
+                self.newer_hub = true;
+                self.link.on_rate_limited(Duration::from_millis(retry_after_ms), now)
+            }
+            Incoming::RateLimitWarning => {
+                self.newer_hub = true;
+                log::info!("hub warns that we approach its rate limit");
+            }
+            Incoming::Ignored { kind } => log::debug!("ignoring hub frame of type {kind}"),
+        }
+    }
+
+    fn on_identified(&mut self, now: Instant, fx: &mut Vec<Effect>) {
+        if !self.link.on_identified(now) {
+            log::debug!("unexpected identified frame");
+            return;
+        }
+        log::info!("identified with hub as {}", self.settings.agent_id);
+        fx.push(record(LifecycleEvent::Identified, json!({})));
+        if let Some(mut held) = self.held() {
+            held.ask_hub_about_task(fx);
+        }
+    }
+
+    fn on_error(&mut self, error: &str, now: Instant, fx: &mut Vec<Effect>) {
+        match ErrorKind::of(error) {
+            ErrorKind::Auth => {
+                if self.link.is_identifying() {
+                    log::error!(
+                        "the hub refused identify for agent {}: {error} (check agent_id and token in the config)",
+                        self.settings.agent_id
+                    );
+                    fx.push(record(LifecycleEvent::AuthFailed, json!({ "error": error })));
+                    self.drop_connection(&format!("identify refused: {error}"), now, fx);
+                } else {
+                    log::warn!("hub error: {error}");
+                }
+            }
+            ErrorKind::CompleteFailed(why) => match self.link.take_awaiting(&[ReplyKind::Complete]) {
+                Some(entry) => self.on_report_refused(&entry, &why, fx),
+                None => log::warn!("hub error {error:?} answers no task_complete we sent"),
+            },
+            ErrorKind::FailFailed(why) => match self.link.take_awaiting(&[ReplyKind::Failed]) {
+                Some(entry) => self.on_report_refused(&entry, &why, fx),
+                None => log::warn!("hub error {error:?} answers no task_failed we sent"),
+            },
+            ErrorKind::UnknownMessageType => {
+                let refused = self.link.unknown_type(&[ReplyKind::Unhandled, ReplyKind::StateReport]);
+                log::debug!("hub has no handler for a frame we sent ({refused:?})");
+            }
+            ErrorKind::NotIdentified => log::warn!("hub says we are not identified"),
+            ErrorKind::Other => log::warn!("hub error: {error}"),
+        }
+    }
+}
+
+/// "retry in 30 s" (the hub's 1008 close reason) as a duration.
+pub(super) fn parse_retry_in(reason: &str) -> Option<Duration> {
+    let rest = &reason[reason.find("retry in")? + "retry in".len()..];
+    let number: String = rest.trim_start().chars().take_while(|c| c.is_ascii_digit() || *c == '.').collect();
+    let seconds: f64 = number.parse().ok()?;
+    (seconds.is_finite() && seconds >= 0.0).then(|| Duration::from_secs_f64(seconds.min(3600.0)))
+}

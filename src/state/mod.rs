@@ -1,0 +1,563 @@
+//! The pure core: everything the sidecar decides, as a state machine.
+//!
+//! [`State::handle`] takes one [`Input`] and the current time and returns the
+//! [`Effect`]s to carry out; [`State::next_deadline`] says when it next wants
+//! a [`Input::Tick`]. There are no channels, files, sockets or clocks in here,
+//! so every transition is unit-tested with injected times (`tests.rs`).
+//! `main_loop.rs` is the shell that carries the effects out.
+//!
+//! The parts: `link.rs` (the connection, its deadlines and the reply
+//! correlation), `frames.rs` (what each hub frame and connection event
+//! means), `task.rs` (the held task, its one state enum, intake, waking
+//! and its files), `report.rs` (outcomes, reports, acks, settling).
+//!
+//! The task slot holds at most one task (PROTOCOL.md section 9). A task the
+//! hub gave us is never lost and never reported twice under one generation:
+//! its outcome (the report) is persisted before it is sent, resent after every
+//! reconnect until the hub settles it, and after any reconnect nothing is
+//! reported before the hub has said, in answer to `task_recovering`, whether
+//! the task is still ours.
+
+mod frames;
+mod link;
+mod past;
+mod report;
+mod task;
+#[cfg(test)]
+mod tests;
+mod work;
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Map, Value};
+
+use crate::config::{Config, HubFeature, Secret};
+use crate::event::Event;
+use crate::hub::HubEvent;
+use crate::lifecycle_log::LifecycleEvent;
+use crate::protocol;
+use crate::queue_store::QueueFile;
+use crate::retry::BackoffPolicy;
+use crate::watcher::{FileKind, ReadResult, ResultsEvent};
+
+use link::{Link, LinkTimers, Timeout};
+use past::Past;
+use task::{HubSync, Phase, Task};
+
+/// The part of [`Config`] the core needs, as plain values.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub agent_id: String,
+    pub name: String,
+    pub token: Secret,
+    pub capabilities: Vec<String>,
+    pub has_wake_command: bool,
+    /// `restart_sidecar` starts the update command instead of exiting.
+    pub has_update_command: bool,
+    pub heartbeat_interval: Duration,
+    pub pong_timeout: Duration,
+    pub identify_timeout: Duration,
+    pub backoff: BackoffPolicy,
+    pub confirmation_timeout: Duration,
+    pub wake_retry_delays: Vec<Duration>,
+    pub task_timeout: Option<Duration>,
+    pub result_settle: Duration,
+    pub progress_interval: Duration,
+    /// How long a report or `task_recovering` waits for the hub's answer
+    /// before the connection is dropped and the question asked again.
+    pub reply_timeout: Duration,
+    /// How long the files of a task the hub took back are kept for it to
+    /// hand the task back (see `past.rs`).
+    pub readopt_window: Duration,
+    /// How long a task adopted without a wake may show no life before it is
+    /// failed (see `past.rs`).
+    pub adopted_silence: Duration,
+    /// Send a `task_progress` for the held task when the hub has heard
+    /// nothing about it for this long (cbf9c20 takes a task back after 5 min
+    /// without one). `None`: never.
+    pub keepalive_interval: Option<Duration>,
+    pub send_wake_result: bool,
+    pub send_state_report: bool,
+    /// Rescan the results directory this often while a task is held: set
+    /// when nothing watches it (by choice, or the watcher failed to start).
+    pub results_poll: Option<Duration>,
+}
+
+impl Settings {
+    /// The settings of `config`, assuming the results directory is watched
+    /// (the shell sets `results_poll` when it is not).
+    pub fn from_config(config: &Config) -> Settings {
+        Settings {
+            agent_id: config.agent_id.clone(),
+            name: config.name.clone(),
+            token: config.token.clone(),
+            capabilities: config.capabilities.clone(),
+            has_wake_command: config.wake_command.is_some(),
+            has_update_command: config.update_command.is_some(),
+            heartbeat_interval: config.heartbeat_interval,
+            pong_timeout: config.pong_timeout,
+            identify_timeout: config.connect_timeout,
+            backoff: BackoffPolicy {
+                initial: config.reconnect_initial,
+                max: config.reconnect_max,
+                jitter: config.reconnect_jitter,
+            },
+            confirmation_timeout: config.confirmation_timeout,
+            wake_retry_delays: config.wake_retry_delays.clone(),
+            task_timeout: config.task_timeout,
+            result_settle: config.result_settle,
+            progress_interval: config.progress_interval,
+            reply_timeout: config.reply_timeout,
+            readopt_window: config.readopt_window,
+            adopted_silence: config.adopted_silence,
+            keepalive_interval: config.keepalive_interval,
+            send_wake_result: config.has_hub_feature(HubFeature::WakeResult),
+            send_state_report: config.has_hub_feature(HubFeature::StateReport),
+            results_poll: None,
+        }
+    }
+}
+
+/// Something that happened, as the core sees it: an [`Event`] from a worker
+/// thread, or the outcome of an effect the shell carried out.
+#[derive(Debug)]
+pub enum Input {
+    Event(Event),
+    /// What the results directory holds for one task (after `ReadTaskFiles`).
+    Files(TaskFiles),
+    /// The task files in the results directory (after `ListResults`).
+    Listing(Result<Vec<(String, FileKind)>, String>),
+    /// A `Persist` failed. `withheld` are the effects that followed it in its
+    /// batch, not carried out: the core decides which still may be.
+    PersistFailed {
+        error: String,
+        withheld: Vec<Effect>,
+    },
+    /// `StartUpdate` failed: the update command could not be started.
+    UpdateFailed {
+        error: String,
+    },
+    /// A deadline may be due.
+    Tick,
+}
+
+/// The results-directory files of one task.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskFiles {
+    pub task_id: String,
+    pub started: bool,
+    pub result: ReadResult,
+    pub progress: ReadResult,
+}
+
+/// What the shell must do, in order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    /// Open connection `conn_id` (identify follows on `Connected`).
+    Connect {
+        conn_id: u64,
+    },
+    Send {
+        conn_id: u64,
+        text: String,
+    },
+    /// Close gracefully; no events from this connection matter any more.
+    Close {
+        conn_id: u64,
+    },
+    /// Write queue.json. On failure the shell stops the batch here and
+    /// returns the rest as [`Input::PersistFailed`].
+    Persist(Box<QueueFile>),
+    StartWake(WakeStart),
+    CancelWake {
+        task_id: String,
+    },
+    /// Read the results-directory files of this task: `Input::Files`.
+    ReadTaskFiles {
+        task_id: String,
+    },
+    /// List the task files of the results directory: `Input::Listing`.
+    ListResults,
+    /// Delete the task's result files and the task file handed to the agent.
+    RemoveTaskFiles {
+        task_id: String,
+    },
+    /// The task will not be held again: record its result file's content
+    /// (if there is one) in the lifecycle log, then remove its files.
+    DiscardTaskFiles {
+        task_id: String,
+    },
+    /// A lifecycle-log record.
+    Record {
+        event: LifecycleEvent,
+        fields: Value,
+    },
+    /// Start the update command, detached (`restart_sidecar` with
+    /// `update_command`); it restarts us through the supervisor once a new
+    /// binary is ready. On failure: [`Input::UpdateFailed`].
+    StartUpdate,
+    /// Leave the loop (shutdown or `restart_sidecar`).
+    Exit,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct WakeStart {
+    pub task_id: String,
+    pub generation: u64,
+    pub attempt: u32,
+    pub description: String,
+    pub task_json: String,
+}
+
+#[derive(Debug)]
+pub struct State {
+    settings: Settings,
+    link: Link,
+    task: Option<Task>,
+    /// The last task let go of, while its files may matter.
+    past: Option<Past>,
+    /// The time of the input being handled.
+    now: Instant,
+    /// The task whose wake attempt the executor is running, if any (it may
+    /// be a task we dropped, whose attempt is being cancelled). The executor
+    /// runs one attempt at a time, whichever task it belongs to.
+    wake_running: Option<String>,
+    /// Top-level queue.json fields we do not know, kept on every save.
+    queue_extra: Map<String, Value>,
+    shutting_down: bool,
+    /// When to rescan the results directory (only with `results_poll`).
+    next_poll_at: Option<Instant>,
+    /// Result-file names of tasks we do not hold, already logged once.
+    foreign_files_logged: HashSet<String>,
+    /// The hub has shown it is the newer kind (4718a58: schema validation,
+    /// rate limits, the extra task_assign fields). See [`BUSY_REASON`].
+    newer_hub: bool,
+    /// Tasks pushed to us while we were busy, on a newer hub: handed back
+    /// with `task_failed` once we hold no task.
+    busy_refused: Vec<(String, u64)>,
+}
+
+/// A task pushed while another is held is never woken and never answered
+/// with `task_rejected` (unknown to both hubs; a schema violation on the
+/// newer one, ten of which lock the sidecar out). On the older hub nothing
+/// is sent for it (its `task_failed` crashes that hub's queue; the hub's own
+/// sweep returns the task). On the newer hub it is answered with
+/// `task_failed` and this reason as soon as the sidecar holds no task of its
+/// own: sent earlier, it would move the hub's agent state to idle while we
+/// work, drawing more pushes. The hub then queues the task again at once.
+pub const BUSY_REASON: &str = "busy: the sidecar was working on another task";
+
+/// At most this many tasks pushed while busy are remembered.
+const BUSY_REFUSED_REMEMBERED: usize = 16;
+
+/// Keys only the newer hub's `task_assign` carries.
+const NEWER_HUB_ASSIGN_KEYS: &[&str] = &[
+    "repo",
+    "branch",
+    "file_hints",
+    "success_criteria",
+    "verification_steps",
+    "complexity",
+    "routing_decision",
+    "skip_verification",
+    "verification_timeout_ms",
+    "max_verification_retries",
+];
+
+/// The held task with the parts of [`State`] its transitions use, borrowed
+/// side by side, so a transition can change the task, send and persist
+/// without borrowing the slot again.
+struct Held<'a> {
+    task: &'a mut Task,
+    link: &'a mut Link,
+    settings: &'a Settings,
+    past: &'a Option<Past>,
+    queue_extra: &'a Map<String, Value>,
+    wake_running: &'a mut Option<String>,
+}
+
+impl Held<'_> {
+    /// Persists queue.json as it is now.
+    fn persist(&self, fx: &mut Vec<Effect>) {
+        fx.push(Effect::Persist(Box::new(queue_file(Some(self.task), self.past, self.queue_extra))));
+    }
+}
+
+fn queue_file(task: Option<&Task>, past: &Option<Past>, extra: &Map<String, Value>) -> QueueFile {
+    let past = past.as_ref().map(|p| p.task.clone());
+    let mut queue = QueueFile { active: None, recovering: None, past, extra: extra.clone() };
+    if let Some(task) = task {
+        if task.sync == HubSync::Recovered {
+            queue.recovering = Some(task.to_record());
+        } else {
+            queue.active = Some(task.to_record());
+        }
+    }
+    queue
+}
+
+impl State {
+    pub fn new(settings: Settings, queue: QueueFile, jitter_seed: u64, now: Instant) -> State {
+        let QueueFile { active, recovering, past, extra } = queue;
+        // A task that was active when we died is recovering now; one that was
+        // already recovering stays so. If a file somehow holds both, the
+        // recovering one is older news: keep the active one, which is the
+        // task the hub most recently gave us, and log the other.
+        if let (Some(a), Some(r)) = (&active, &recovering) {
+            log::warn!(
+                "queue.json holds both an active ({}) and a recovering ({}) task; keeping the active one",
+                a.task_id,
+                r.task_id
+            );
+        }
+        let timers = LinkTimers {
+            heartbeat_interval: settings.heartbeat_interval,
+            pong_timeout: settings.pong_timeout,
+            identify_timeout: settings.identify_timeout,
+            backoff: settings.backoff,
+            reply_timeout: settings.reply_timeout,
+        };
+        State {
+            link: Link::new(timers, jitter_seed, now),
+            settings,
+            task: active.or(recovering).map(Task::recovered),
+            past: past.map(|task| Past { task, keep_until: None }),
+            now,
+            wake_running: None,
+            queue_extra: extra,
+            shutting_down: false,
+            next_poll_at: None,
+            foreign_files_logged: HashSet::new(),
+            newer_hub: false,
+            busy_refused: Vec::new(),
+        }
+    }
+
+    /// The first effects: persist the recovered task as `recovering`, look at
+    /// the results directory, and connect.
+    pub fn start(&mut self) -> Vec<Effect> {
+        let mut fx = Vec::new();
+        if let Some(held) = self.held() {
+            let t = &held.task;
+            log::info!(
+                "recovering task {} (generation {}, status {}) from queue.json",
+                t.id,
+                t.generation,
+                t.status()
+            );
+            fx.push(record(LifecycleEvent::TaskRecoveredFromDisk, t.fields()));
+            held.persist(&mut fx);
+        }
+        let now = self.now;
+        self.start_past(now, &mut fx);
+        // Results already on disk when we start count (PROTOCOL.md section
+        // 8): the listing reads the held task's files if it has any, and
+        // logs the files of other tasks.
+        fx.push(Effect::ListResults);
+        self.link.connect(&mut fx);
+        fx
+    }
+
+    pub fn handle(&mut self, input: Input, now: Instant, wall_ms: u64) -> Vec<Effect> {
+        let mut fx = Vec::new();
+        self.now = now;
+        self.link.set_now(now);
+        match input {
+            Input::Event(event) => self.on_event(event, now, wall_ms, &mut fx),
+            Input::Files(files) => {
+                if let Some(mut held) = self.held_as(&files.task_id) {
+                    held.on_files(files, now, &mut fx);
+                }
+            }
+            Input::Listing(Ok(entries)) => {
+                let names = entries.into_iter().map(|(id, kind)| format!("{id}.{}", kind.extension()));
+                self.on_result_names(names, true, &mut fx);
+            }
+            Input::Listing(Err(error)) => {
+                log::warn!("cannot list the results directory: {error}");
+                // Look at the held task's files directly instead.
+                if let Some(task_id) = self.held_task_id() {
+                    fx.push(Effect::ReadTaskFiles { task_id: task_id.to_owned() });
+                }
+            }
+            Input::PersistFailed { error, withheld } => {
+                // The sends after a failed persist would acknowledge something
+                // the disk does not record, and a settled task's files may
+                // only go once the disk records it settled: withhold those,
+                // do the rest (the next start removes the files).
+                log::error!("cannot write queue.json: {error}");
+                fx.push(record(LifecycleEvent::PersistFailed, json!({ "error": error })));
+                for effect in withheld {
+                    match effect {
+                        Effect::Send { .. } => {
+                            log::error!("not sending a frame: queue.json could not be written")
+                        }
+                        Effect::RemoveTaskFiles { task_id } | Effect::DiscardTaskFiles { task_id } => {
+                            log::error!("keeping the files of {task_id}: queue.json could not be written")
+                        }
+                        other => fx.push(other),
+                    }
+                }
+            }
+            Input::UpdateFailed { error } => {
+                // The hub still wants a restart: the old way, by exiting.
+                log::error!(
+                    "cannot start update_command ({error}); exiting so that the supervisor restarts us"
+                );
+                self.shut_down("restart requested by hub (update_command failed to start)", &mut fx);
+            }
+            Input::Tick => {}
+        }
+        if !self.shutting_down {
+            self.on_tick(now, &mut fx);
+        }
+        fx
+    }
+
+    /// When the core next needs a `Tick`, if ever.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        if self.shutting_down {
+            return None;
+        }
+        let task = self.task.as_ref().and_then(|t| {
+            let may_send_progress = self.link.is_ready() && t.sync == HubSync::Confirmed;
+            let s = &self.settings;
+            t.deadline(
+                self.wake_running.is_none(),
+                may_send_progress,
+                s.progress_interval,
+                s.keepalive_interval,
+            )
+        });
+        let past = self.past.as_ref().and_then(|p| p.keep_until);
+        [self.link.deadline(), task, self.next_poll_at, past].into_iter().flatten().min()
+    }
+
+    /// The task whose result files we care about.
+    pub fn held_task_id(&self) -> Option<&str> {
+        self.task.as_ref().map(|t| t.id.as_str())
+    }
+
+    /// queue.json as it should be on disk now.
+    pub fn queue_file(&self) -> QueueFile {
+        queue_file(self.task.as_ref(), &self.past, &self.queue_extra)
+    }
+
+    fn held(&mut self) -> Option<Held<'_>> {
+        Some(Held {
+            task: self.task.as_mut()?,
+            link: &mut self.link,
+            settings: &self.settings,
+            past: &self.past,
+            queue_extra: &self.queue_extra,
+            wake_running: &mut self.wake_running,
+        })
+    }
+
+    /// The held task, if it is `task_id`.
+    fn held_as(&mut self, task_id: &str) -> Option<Held<'_>> {
+        self.held().filter(|held| held.task.id == task_id)
+    }
+
+    fn on_event(&mut self, event: Event, now: Instant, wall_ms: u64, fx: &mut Vec<Effect>) {
+        match event {
+            Event::Hub(HubEvent::Connected { conn_id }) => {
+                if self.link.on_connected(conn_id, now) {
+                    let s = &self.settings;
+                    log::info!("connected to hub; identifying as {}", s.agent_id);
+                    fx.push(record(LifecycleEvent::Connected, json!({})));
+                    let text =
+                        protocol::out_identify(&s.agent_id, s.token.expose(), &s.name, &s.capabilities);
+                    fx.push(Effect::Send { conn_id, text });
+                }
+            }
+            Event::Hub(HubEvent::Frame { conn_id, text }) => {
+                if self.link.live_conn_id() == Some(conn_id) {
+                    self.on_frame(&text, now, wall_ms, fx);
+                }
+            }
+            Event::Hub(HubEvent::Disconnected { conn_id, reason, close_code, close_reason }) => {
+                if self.link.live_conn_id() == Some(conn_id) {
+                    self.on_connection_lost(&reason, close_code, close_reason.as_deref(), now, fx);
+                }
+            }
+            Event::Wake(outcome) => self.on_wake_finished(outcome, now, fx),
+            Event::Results(ResultsEvent::Changed(paths)) => {
+                let names =
+                    paths.iter().filter_map(|p| p.file_name().and_then(|n| n.to_str()).map(str::to_owned));
+                self.on_result_names(names.collect::<Vec<_>>(), false, fx);
+            }
+            Event::Results(ResultsEvent::Rescan) => fx.push(Effect::ListResults),
+            Event::Shutdown => self.shut_down("shutdown requested", fx),
+        }
+    }
+
+    // ----- time -------------------------------------------------------------
+
+    fn on_tick(&mut self, now: Instant, fx: &mut Vec<Effect>) {
+        match self.link.tick(now, fx) {
+            Some(Timeout::Identify) => {
+                let ms = self.link.identify_timeout().as_millis();
+                self.drop_connection(&format!("the hub did not answer identify within {ms} ms"), now, fx);
+            }
+            Some(Timeout::Reply(frame_type)) => {
+                let ms = self.settings.reply_timeout.as_millis();
+                self.drop_connection(&format!("the hub did not answer {frame_type} within {ms} ms"), now, fx);
+            }
+            Some(Timeout::Pong) => {
+                let ms = self.link.pong_timeout().as_millis();
+                self.drop_connection(
+                    &format!("no pong within {ms} ms; the connection is presumed dead"),
+                    now,
+                    fx,
+                );
+            }
+            None => {}
+        }
+        if let Some(mut held) = self.held() {
+            held.on_tick(now, fx);
+        }
+        self.on_past_tick(now, fx);
+        self.hand_back_busy_refusals(fx);
+        match (self.settings.results_poll, &self.task) {
+            (Some(poll), Some(_)) => {
+                if self.next_poll_at.is_some_and(|at| now >= at) {
+                    self.next_poll_at = None;
+                    fx.push(Effect::ListResults);
+                }
+                self.next_poll_at.get_or_insert(now + poll);
+            }
+            _ => self.next_poll_at = None,
+        }
+    }
+
+    fn shut_down(&mut self, why: &str, fx: &mut Vec<Effect>) {
+        if self.shutting_down {
+            return;
+        }
+        self.shutting_down = true;
+        log::info!("shutting down: {why}");
+        fx.push(record(LifecycleEvent::Shutdown, json!({ "why": why })));
+        if let Some(task_id) = self.wake_running.take() {
+            fx.push(Effect::CancelWake { task_id });
+        }
+        if let Some(task) = &mut self.task {
+            // An attempt cut short by shutdown is not a failed attempt; the
+            // next run wakes again once the hub confirms the task.
+            if let Phase::Waking { .. } = task.phase {
+                task.phase = Phase::ToWake { interrupted: true };
+            }
+        }
+        fx.push(Effect::Persist(Box::new(self.queue_file())));
+        if let Some(conn_id) = self.link.live_conn_id() {
+            fx.push(Effect::Close { conn_id });
+        }
+        self.link.stop();
+        fx.push(Effect::Exit);
+    }
+}
+
+fn record(event: LifecycleEvent, fields: Value) -> Effect {
+    Effect::Record { event, fields }
+}

@@ -1,0 +1,278 @@
+//! What the hub hears about the held task: `task_recovering` after each
+//! (re)connect and its answers, the outcome (persisted, then reported),
+//! progress, the acks and refusals that settle a report, and forgetting a
+//! task once the hub has settled it or taken it back.
+
+use std::time::Instant;
+
+use serde_json::{json, Value};
+
+use super::link::{Awaiting, ReplyKind};
+use super::task::{HubSync, Phase};
+use super::{record, Effect, Held, State};
+use crate::lifecycle_log::LifecycleEvent;
+use crate::protocol::{self, AckStatus};
+use crate::queue_store::{PastFate, Report};
+
+impl Held<'_> {
+    /// Sends a frame of `frame_type`, awaiting an answer of `kind` about this
+    /// task.
+    pub(super) fn send_expecting(
+        &mut self,
+        frame_type: &'static str,
+        text: String,
+        kind: ReplyKind,
+        generation: u64,
+        fx: &mut Vec<Effect>,
+    ) {
+        let entry = Awaiting { kind, task_id: self.task.id.clone(), generation };
+        self.link.send(frame_type, text, Some(entry), fx);
+    }
+
+    /// After a (re)connect the hub may have taken the task back: ask before
+    /// reporting anything about it.
+    pub(super) fn ask_hub_about_task(&mut self, fx: &mut Vec<Effect>) {
+        if self.task.sync != HubSync::Recovered {
+            self.task.sync = HubSync::Unconfirmed { readopted: false };
+        }
+        let t = &*self.task;
+        log::info!("asking the hub about task {} (generation {})", t.id, t.generation);
+        fx.push(record(LifecycleEvent::RecoveringSent, t.fields()));
+        let recovering = protocol::out_task_recovering(&t.id, &t.description, &t.metadata, t.status());
+        let state_report = self
+            .settings
+            .send_state_report
+            .then(|| protocol::out_state_report(&t.id, t.generation, t.status(), t.assigned_at));
+        let generation = t.generation;
+        self.send_expecting("task_recovering", recovering, ReplyKind::Recovering, generation, fx);
+        if let Some(text) = state_report {
+            self.send_expecting("state_report", text, ReplyKind::StateReport, generation, fx);
+        }
+    }
+
+    /// `task_continue`: the task is still ours.
+    pub(super) fn on_continue(&mut self, generation: Option<u64>, now: Instant, fx: &mut Vec<Effect>) {
+        if let Some(generation) = generation {
+            self.task.generation = self.task.generation.max(generation);
+        }
+        log::info!("hub says task {} is still ours (generation {})", self.task.id, self.task.generation);
+        fx.push(record(LifecycleEvent::TaskContinued, self.task.fields()));
+        let resume = self.task.sync == HubSync::Recovered;
+        self.task.sync = HubSync::Confirmed;
+        self.persist(fx);
+        // The hub's agent state restarts in `assigned` after a reconnect
+        // (4718a58) and takes the task back 60 s later unless it hears
+        // task_accepted; on both hubs it is answered task_ack and harmless.
+        self.accept(fx);
+        if resume {
+            self.resume_work(now, fx);
+        }
+        self.try_send_report(fx);
+        self.flush_progress(now, fx);
+    }
+
+    /// Records the outcome durably, then reports it when allowed.
+    pub(super) fn set_outcome(&mut self, report: Report, fx: &mut Vec<Effect>) {
+        if self.task.report().is_some() {
+            return;
+        }
+        let (event, detail) = match &report {
+            Report::Complete { .. } => (LifecycleEvent::ResultReceived, json!("success")),
+            Report::Failed { reason } => (LifecycleEvent::TaskFailedHere, json!(reason)),
+        };
+        let t = &mut *self.task;
+        log::info!("task {} finished: {}", t.id, detail);
+        fx.push(record(event, json!({ "task_id": t.id, "generation": t.generation, "outcome": detail })));
+        t.phase = Phase::Reporting { report, status: t.status(), sent: None };
+        t.timeout_at = None;
+        t.silent_until = None;
+        t.unparsed = None;
+        // Progress after the outcome means nothing to the hub.
+        t.progress.pending = None;
+        self.persist(fx);
+        self.try_send_report(fx);
+    }
+
+    pub(super) fn try_send_report(&mut self, fx: &mut Vec<Effect>) {
+        if !self.link.is_ready() || self.task.needs_reconcile() {
+            return;
+        }
+        let (task_id, generation) = (self.task.id.clone(), self.task.generation);
+        let Phase::Reporting { report, sent: sent @ None, .. } = &mut self.task.phase else {
+            return;
+        };
+        let (text, kind, frame_type) = match report {
+            Report::Complete { result } => (
+                protocol::out_task_complete(&task_id, generation, result),
+                ReplyKind::Complete,
+                "task_complete",
+            ),
+            Report::Failed { reason } => {
+                (protocol::out_task_failed(&task_id, generation, reason), ReplyKind::Failed, "task_failed")
+            }
+        };
+        *sent = Some(generation);
+        log::info!("reporting task {task_id} (generation {generation})");
+        fx.push(record(
+            LifecycleEvent::ReportSent,
+            json!({ "task_id": task_id, "generation": generation, "type": frame_type }),
+        ));
+        self.send_expecting(frame_type, text, kind, generation, fx);
+    }
+
+    pub(super) fn flush_progress(&mut self, now: Instant, fx: &mut Vec<Effect>) {
+        if !self.link.is_ready() || self.task.needs_reconcile() || self.task.report().is_some() {
+            return;
+        }
+        let progress = &mut self.task.progress;
+        if progress.last_sent_at.is_some_and(|last| now < last + self.settings.progress_interval) {
+            return;
+        }
+        let keepalive_due = match (self.settings.keepalive_interval, progress.touched_at) {
+            (Some(every), Some(touched)) => now >= touched + every,
+            _ => false,
+        };
+        // A keep-alive repeats the last value sent (0 before any).
+        let Some((value, message)) = progress
+            .pending
+            .take()
+            .or_else(|| keepalive_due.then(|| progress.last_value.clone().unwrap_or((0, None))))
+        else {
+            return;
+        };
+        progress.last_sent_at = Some(now);
+        progress.touched_at = Some(now);
+        progress.last_value = Some((value, message.clone()));
+        let text = protocol::out_task_progress(&self.task.id, value, message.as_deref());
+        self.link.send("task_progress", text, None, fx);
+    }
+}
+
+impl State {
+    pub(super) fn on_ack(&mut self, task_id: &str, status: &AckStatus, fx: &mut Vec<Effect>) {
+        let kind = match status {
+            AckStatus::Accepted => ReplyKind::Accepted,
+            AckStatus::Complete => ReplyKind::Complete,
+            AckStatus::Retried | AckStatus::DeadLetter => ReplyKind::Failed,
+            AckStatus::Unknown(other) => {
+                log::warn!("task_ack for {task_id} with unknown status {other:?}");
+                return;
+            }
+        };
+        let Some(entry) = self.link.take_awaiting(&[kind]) else {
+            log::debug!("task_ack {} for {task_id} answers nothing we sent", status.as_str());
+            return;
+        };
+        if kind != ReplyKind::Accepted {
+            self.settle(&entry, status.as_str(), fx);
+        }
+    }
+
+    pub(super) fn on_report_refused(&mut self, entry: &Awaiting, why: &str, fx: &mut Vec<Effect>) {
+        if let Some(mut held) = self.held_as(&entry.task_id) {
+            if entry.generation < held.task.generation {
+                // We adopted a newer generation while this report was in
+                // flight; the refusal is of the old one. Report again under
+                // the new one.
+                log::info!(
+                    "report of {} under old generation {} refused ({why}); resending",
+                    entry.task_id,
+                    entry.generation
+                );
+                if let Phase::Reporting { sent, .. } = &mut held.task.phase {
+                    *sent = None;
+                }
+                held.try_send_report(fx);
+                return;
+            }
+        }
+        if protocol::is_final_refusal(why) {
+            log::warn!("hub refused the report of task {} ({why}); dropping it", entry.task_id);
+            self.settle(entry, &format!("refused: {why}"), fx);
+        } else {
+            log::warn!(
+                "hub refused the report of task {} ({why}); will resend after reconnecting",
+                entry.task_id
+            );
+        }
+    }
+
+    /// The hub's schema refused the report in `entry`: it can never pass.
+    pub(super) fn on_report_invalid(&mut self, entry: &Awaiting, errors: &str, fx: &mut Vec<Effect>) {
+        if let Some(report) = self.task.as_ref().filter(|t| t.id == entry.task_id).and_then(|t| t.report()) {
+            log::error!("the hub cannot accept the report of task {}: {errors}; giving it up", entry.task_id);
+            fx.push(record(
+                LifecycleEvent::ReportRefused,
+                json!({ "task_id": entry.task_id, "generation": entry.generation, "errors": errors, "report": report }),
+            ));
+        }
+        self.settle(entry, "refused: validation_failed", fx);
+    }
+
+    /// The hub has answered the report in `entry` for good: forget the task.
+    pub(super) fn settle(&mut self, entry: &Awaiting, how: &str, fx: &mut Vec<Effect>) {
+        let reporting = self.task.as_ref().is_some_and(|t| t.id == entry.task_id && t.report().is_some());
+        if !reporting {
+            log::debug!("settlement of {} for a task we no longer hold", entry.task_id);
+            return;
+        }
+        log::info!("report of task {} settled: {how}", entry.task_id);
+        fx.push(record(
+            LifecycleEvent::ReportSettled,
+            json!({ "task_id": entry.task_id, "generation": entry.generation, "how": how }),
+        ));
+        self.let_go(PastFate::Settled, fx);
+    }
+
+    pub(super) fn on_reassign(&mut self, task_id: &str, fx: &mut Vec<Effect>) {
+        let Some(mut held) = self.held_as(task_id) else {
+            log::debug!("task_reassign for {task_id}, which we do not hold");
+            return;
+        };
+        if held.task.sync == (HubSync::Unconfirmed { readopted: true }) {
+            log::info!("ignoring task_reassign for {task_id}: the hub handed it back since");
+            held.task.sync = HubSync::Confirmed;
+            held.try_send_report(fx);
+            return;
+        }
+        if let Some(report) = held.task.report() {
+            log::warn!("task {task_id} was taken back by the hub; its result is withheld (kept in the lifecycle log)");
+            fx.push(record(
+                LifecycleEvent::ResultWithheld,
+                json!({ "task_id": task_id, "generation": held.task.generation, "report": report }),
+            ));
+        }
+        self.drop_task("taken back by hub (task_reassign)", PastFate::TakenBack, fx);
+    }
+}
+
+/// A result file's object as the report the hub gets (PROTOCOL.md section 8):
+/// `status: success` is a completion carrying the whole object; anything else
+/// is a failure with its `reason` or `error`.
+pub(super) fn report_from_result(result: Value) -> Report {
+    if result.get("status").and_then(Value::as_str) == Some("success") {
+        return Report::Complete { result };
+    }
+    let text = |key: &str| result.get(key).and_then(Value::as_str).map(str::to_owned);
+    let reason = text("reason").or_else(|| text("error")).unwrap_or_else(|| match result.get("status") {
+        Some(status) => format!("agent reported status {status}"),
+        None => "agent result has no status".into(),
+    });
+    Report::Failed { reason }
+}
+
+/// `{"progress": 0..=100, "message": "..."}`; the message is cut to 1 KiB.
+pub(super) fn parse_progress(value: &Value) -> Option<(u64, Option<String>)> {
+    let progress = value.get("progress")?.as_f64()?;
+    if !(0.0..=100.0).contains(&progress) {
+        return None;
+    }
+    let message = value.get("message").and_then(Value::as_str).map(|m| {
+        let mut end = m.len().min(1024);
+        while !m.is_char_boundary(end) {
+            end -= 1;
+        }
+        m[..end].to_owned()
+    });
+    Some((progress.round() as u64, message))
+}

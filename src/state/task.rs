@@ -1,0 +1,236 @@
+//! The held task as a type: one [`Phase`] enum says how far its work has
+//! come (it is what `status` in queue.json is derived from, so the two cannot
+//! disagree), [`HubSync`] what the hub is known to think of it, and
+//! [`Task::deadline`] when it next needs a tick. Its transitions are in
+//! `work.rs` (intake, waking, files) and `report.rs` (outcome and report).
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Map, Value};
+
+use crate::protocol::TaskAssign;
+use crate::queue_store::{Report, TaskRecord, TaskStatus};
+
+/// How far the work on a task has come.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Phase {
+    /// The hub handed back a task it had taken from us: its files are read
+    /// before anything else, and its agent is woken only if it never
+    /// confirmed (see `past.rs`).
+    Adopting,
+    /// Not woken in this run. `interrupted`: an attempt was started before
+    /// (by an earlier run, or cut short by shutdown), so queue.json says
+    /// `waking`.
+    ToWake { interrupted: bool },
+    /// Wake attempt `attempt` is running.
+    Waking { attempt: u32 },
+    /// An attempt failed; attempt `attempt` starts at `at` (or as soon as
+    /// the executor is free).
+    WakeRetry { attempt: u32, at: Instant },
+    /// Woken; the agent must confirm (`.started`) by `deadline`. `None` for a
+    /// task recovered at start until the hub says it is still ours.
+    Confirming { deadline: Option<Instant> },
+    /// The agent works on it (or no wake command is configured).
+    Working,
+    /// The outcome is known and persisted: it is owed to the hub. `status` is
+    /// where the task stood when it ended (kept in queue.json); `sent` is the
+    /// generation of the report in flight on the live connection.
+    Reporting { report: Report, status: TaskStatus, sent: Option<u64> },
+}
+
+/// What the hub is known to think of the task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum HubSync {
+    /// Found in queue.json at start (persisted as `recovering`): work is not
+    /// resumed and nothing is reported until the hub says it is still ours.
+    Recovered,
+    /// The hub may have taken it back since the last (re)connect: nothing is
+    /// reported until it answers `task_recovering`. `readopted`: it pushed
+    /// the task again since we asked, so a `task_reassign` is older news.
+    Unconfirmed { readopted: bool },
+    /// The hub holds it as ours.
+    Confirmed,
+}
+
+/// A result file that did not parse (it may be mid-write).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Unparsed {
+    pub since: Instant,
+    pub rescan_at: Option<Instant>,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Progress {
+    /// When the hub last heard about the task from us (`task_accepted` or
+    /// `task_progress`): the keep-alive counts from here.
+    pub touched_at: Option<Instant>,
+    pub last_sent_at: Option<Instant>,
+    pub last_value: Option<(u64, Option<String>)>,
+    pub pending: Option<(u64, Option<String>)>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Task {
+    pub id: String,
+    pub description: String,
+    pub metadata: Value,
+    pub assigned_at: u64,
+    pub generation: u64,
+    pub wake_attempts: u32,
+    /// The other fields of the hub's `task_assign`, for the agent.
+    pub assignment: Map<String, Value>,
+    /// Fields of the queue.json record we do not know, kept.
+    pub extra: Map<String, Value>,
+    pub phase: Phase,
+    pub sync: HubSync,
+    /// The agent's `.started` was seen in this run.
+    pub confirmed: bool,
+    /// `task_timeout_ms` ends the task here (until it has an outcome).
+    pub timeout_at: Option<Instant>,
+    /// Taken over without a wake: unless its agent shows life (a new
+    /// progress value, its result) by then, it fails (see `past.rs`).
+    pub silent_until: Option<Instant>,
+    pub unparsed: Option<Unparsed>,
+    pub progress: Progress,
+}
+
+impl Task {
+    pub(super) fn accepted(task_id: String, generation: u64, assign: TaskAssign, wall_ms: u64) -> Task {
+        let mut assignment = assign.fields;
+        for own in ["task_id", "description", "metadata", "generation", "assigned_at"] {
+            assignment.remove(own);
+        }
+        Task {
+            assignment,
+            id: task_id,
+            description: assign.description,
+            metadata: assign.metadata,
+            assigned_at: assign.assigned_at.unwrap_or(wall_ms),
+            generation,
+            wake_attempts: 0,
+            extra: Map::new(),
+            phase: Phase::ToWake { interrupted: false },
+            sync: HubSync::Confirmed,
+            confirmed: false,
+            timeout_at: None,
+            silent_until: None,
+            unparsed: None,
+            progress: Progress::default(),
+        }
+    }
+
+    /// A task found in queue.json at start.
+    pub fn recovered(record: TaskRecord) -> Task {
+        let phase = match (record.report, record.status) {
+            (Some(report), status) => Phase::Reporting { report, status, sent: None },
+            (None, TaskStatus::Accepted) => Phase::ToWake { interrupted: false },
+            (None, TaskStatus::Waking) => Phase::ToWake { interrupted: true },
+            (None, TaskStatus::WakingConfirmation) => Phase::Confirming { deadline: None },
+            (None, TaskStatus::Working) => Phase::Working,
+        };
+        Task {
+            id: record.task_id,
+            description: record.description,
+            metadata: record.metadata,
+            assigned_at: record.assigned_at,
+            generation: record.generation,
+            wake_attempts: record.wake_attempts,
+            assignment: record.assignment,
+            extra: record.extra,
+            phase,
+            sync: HubSync::Recovered,
+            confirmed: false,
+            timeout_at: None,
+            silent_until: None,
+            unparsed: None,
+            progress: Progress::default(),
+        }
+    }
+
+    /// The `status` queue.json and the hub get.
+    pub fn status(&self) -> TaskStatus {
+        match &self.phase {
+            Phase::ToWake { interrupted: false } | Phase::Adopting => TaskStatus::Accepted,
+            Phase::ToWake { interrupted: true } | Phase::Waking { .. } | Phase::WakeRetry { .. } => {
+                TaskStatus::Waking
+            }
+            Phase::Confirming { .. } => TaskStatus::WakingConfirmation,
+            Phase::Working => TaskStatus::Working,
+            Phase::Reporting { status, .. } => *status,
+        }
+    }
+
+    pub fn report(&self) -> Option<&Report> {
+        match &self.phase {
+            Phase::Reporting { report, .. } => Some(report),
+            _ => None,
+        }
+    }
+
+    pub fn to_record(&self) -> TaskRecord {
+        TaskRecord {
+            task_id: self.id.clone(),
+            description: self.description.clone(),
+            metadata: self.metadata.clone(),
+            status: self.status(),
+            assigned_at: self.assigned_at,
+            generation: self.generation,
+            wake_attempts: self.wake_attempts,
+            assignment: self.assignment.clone(),
+            report: self.report().cloned(),
+            extra: self.extra.clone(),
+        }
+    }
+
+    /// Identifying fields for a lifecycle record.
+    pub fn fields(&self) -> Value {
+        json!({ "task_id": self.id, "generation": self.generation, "status": self.status().as_str() })
+    }
+
+    /// Nothing may be reported until the hub answers `task_recovering`.
+    pub fn needs_reconcile(&self) -> bool {
+        self.sync != HubSync::Confirmed
+    }
+
+    /// The connection dropped: the hub may take the task back.
+    pub fn on_link_lost(&mut self) {
+        self.sync = match self.sync {
+            HubSync::Recovered => HubSync::Recovered,
+            HubSync::Unconfirmed { readopted } => HubSync::Unconfirmed { readopted },
+            HubSync::Confirmed => HubSync::Unconfirmed { readopted: false },
+        };
+        if let Phase::Reporting { sent, .. } = &mut self.phase {
+            *sent = None;
+        }
+    }
+
+    /// When the task next needs a tick. `executor_idle`: a wake retry can
+    /// start; `may_send_progress`: a throttled progress update can go out.
+    pub fn deadline(
+        &self,
+        executor_idle: bool,
+        may_send_progress: bool,
+        progress_interval: Duration,
+        keepalive: Option<Duration>,
+    ) -> Option<Instant> {
+        if let Phase::Reporting { .. } = self.phase {
+            return None;
+        }
+        let phase = match self.phase {
+            Phase::WakeRetry { at, .. } if executor_idle => Some(at),
+            Phase::Confirming { deadline } => deadline,
+            Phase::Working => self.silent_until,
+            _ => None,
+        };
+        let progress = match (&self.progress.pending, self.progress.last_sent_at) {
+            (Some(_), Some(last)) if may_send_progress => Some(last + progress_interval),
+            _ => None,
+        };
+        let rescan = self.unparsed.and_then(|u| u.rescan_at);
+        let keepalive = match (keepalive, self.progress.touched_at) {
+            (Some(every), Some(touched)) if may_send_progress => Some(touched + every),
+            _ => None,
+        };
+        [phase, self.timeout_at, rescan, progress, keepalive].into_iter().flatten().min()
+    }
+}

@@ -1,0 +1,100 @@
+//! The results directory and queue.json as the core sees them: which files
+//! are the held task's, when to rescan, what a failed write withholds.
+
+use std::path::PathBuf;
+
+use super::*;
+
+fn listing(entries: &[(&str, FileKind)]) -> Input {
+    Input::Listing(Ok(entries.iter().map(|(id, kind)| (id.to_string(), *kind)).collect()))
+}
+
+#[test]
+fn a_listing_reads_the_held_tasks_files_only_when_it_has_some() {
+    let mut h = Harness::new();
+    h.identify();
+    h.assign(TASK, 3);
+    h.input(listing(&[("task-other", FileKind::Result)]));
+    assert!(h.steps().is_empty(), "another task's file is only logged: {:?}", h.steps());
+    h.input(listing(&[("task-other", FileKind::Result), (TASK, FileKind::Started)]));
+    assert_eq!(h.steps(), ["read files"]);
+    // A directory that cannot be listed: read the held task's files directly.
+    h.input(Input::Listing(Err("permission denied".into())));
+    assert_eq!(h.steps(), ["read files"]);
+}
+
+#[test]
+fn watcher_hints_read_the_held_tasks_files_and_a_lost_track_lists_the_directory() {
+    let mut h = Harness::new();
+    h.identify();
+    h.input(Input::Event(Event::Results(ResultsEvent::Changed(vec![PathBuf::from(format!(
+        "/r/{TASK}.json"
+    ))]))));
+    assert_eq!(h.steps(), ["list results"], "not ours: listed (does it exist?) before any warning");
+    h.assign(TASK, 3);
+    let changed = |names: &[&str]| {
+        Input::Event(Event::Results(ResultsEvent::Changed(
+            names.iter().map(|n| PathBuf::from("/r").join(n)).collect(),
+        )))
+    };
+    h.input(changed(&[".tmp123", "notes.txt"]));
+    assert!(h.steps().is_empty(), "not task files");
+    h.input(changed(&["task-other.json", &format!("{TASK}.progress")]));
+    assert_eq!(h.steps(), ["read files", "list results"]);
+    // Once listed (it exists), it is logged once and never listed for again.
+    h.input(listing(&[("task-other", FileKind::Result)]));
+    h.input(changed(&["task-other.json"]));
+    assert!(h.steps().is_empty());
+    h.input(Input::Event(Event::Results(ResultsEvent::Rescan)));
+    assert_eq!(h.steps(), ["list results"]);
+}
+
+#[test]
+fn without_a_watcher_the_directory_is_polled_only_while_a_task_is_held() {
+    let mut h = Harness::with(Settings { results_poll: Some(ms(200)), ..settings() }, QueueFile::default());
+    h.identify();
+    assert_eq!(h.deadline_ms(), Some(60_000), "idle: only the heartbeat");
+    h.at(10).assign(TASK, 3);
+    assert_eq!(h.deadline_ms(), Some(210));
+    h.tick(209);
+    assert!(!h.steps().contains(&"list results".to_string()));
+    h.tick(210);
+    assert_eq!(h.steps(), ["list results"]);
+    assert_eq!(h.deadline_ms(), Some(410), "and again");
+    h.frame(json!({"type":"task_cancelled","task_id":TASK}));
+    assert_eq!(h.deadline_ms(), Some(60_000), "nothing held: no polling");
+}
+
+#[test]
+fn a_failed_persist_withholds_the_sends_that_followed_it_and_nothing_else() {
+    let mut h = Harness::new();
+    h.identify();
+    h.assign(TASK, 3);
+    // The shell stopped at the first persist of that batch and hands back
+    // what followed it.
+    let first_persist = h.fx.iter().position(|e| matches!(e, Effect::Persist(_))).unwrap();
+    let withheld = h.fx[first_persist + 1..].to_vec();
+    h.input(Input::PersistFailed { error: "disk full".into(), withheld });
+    assert_eq!(
+        h.steps(),
+        [
+            "record persist_failed",
+            "record wake_attempt",
+            "persist active waking gen=3",
+            "start wake 1",
+            "read files"
+        ]
+    );
+}
+
+#[test]
+fn a_settled_tasks_files_stay_when_its_settlement_could_not_be_written() {
+    let mut h = Harness::new();
+    h.working(3);
+    h.files(true, success());
+    h.frame(json!({"type":"task_ack","task_id":TASK,"status":"complete"}));
+    assert_eq!(h.steps(), ["record report_settled", "persist idle past=settled", "remove files"]);
+    let withheld = h.fx[2..].to_vec();
+    h.input(Input::PersistFailed { error: "disk full".into(), withheld });
+    assert_eq!(h.steps(), ["record persist_failed"]);
+}

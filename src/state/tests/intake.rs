@@ -1,0 +1,265 @@
+//! Taking tasks and waking the agent.
+
+use super::*;
+
+#[test]
+fn an_idle_sidecar_persists_then_accepts_then_wakes() {
+    let mut h = Harness::new();
+    h.identify();
+    h.assign(TASK, 3);
+    assert_eq!(
+        h.steps(),
+        [
+            "record task_accepted",
+            "persist active accepted gen=3",
+            "send task_accepted",
+            "record wake_attempt",
+            "persist active waking gen=3",
+            "start wake 1",
+            "read files"
+        ]
+    );
+    let persist = h.fx.iter().position(|e| matches!(e, Effect::Persist(q) if q.active.is_some())).unwrap();
+    let accept =
+        h.fx.iter()
+            .position(|e| matches!(e, Effect::Send { text, .. } if text.contains("task_accepted")))
+            .unwrap();
+    assert!(persist < accept, "persisted before acknowledged");
+    assert_eq!(h.sent()[0], json!({"type":"task_accepted","task_id":TASK,"protocol_version":1}));
+    assert_eq!(h.wake_starts(), [1]);
+    let active = h.persisted().unwrap().active.unwrap();
+    assert_eq!((active.generation, active.status.as_str(), active.wake_attempts), (3, "waking", 1));
+}
+
+#[test]
+fn invalid_or_missing_task_ids_are_refused() {
+    let long = "a".repeat(200);
+    for id in [json!("../x"), json!(""), json!(long), json!("a/b"), json!(".."), json!(5), Value::Null] {
+        let mut h = Harness::new();
+        h.identify();
+        h.frame(json!({"type":"task_assign","task_id":id,"generation":1}));
+        // Refused without a frame: neither hub knows task_rejected.
+        assert_eq!(h.steps(), ["record task_refused"], "{id}");
+        assert!(h.state.held_task_id().is_none());
+        assert!(h.persisted().is_none(), "nothing written for {id}");
+        assert!(h.wake_starts().is_empty());
+    }
+}
+
+#[test]
+fn a_busy_sidecar_refuses_other_tasks_and_keeps_its_own() {
+    let mut h = Harness::new();
+    h.identify();
+    h.assign(TASK, 1);
+    h.assign("task-ffffffffffffffff", 1);
+    assert_eq!(h.steps(), ["record task_refused"], "no wake, no task_rejected");
+    let Effect::Record { fields, .. } = &h.fx[0] else { unreachable!() };
+    assert_eq!(fields["reason"], "busy");
+    assert_eq!(h.state.held_task_id(), Some(TASK));
+}
+
+#[test]
+fn the_same_assign_again_is_accepted_idempotently_without_a_second_wake() {
+    let mut h = Harness::new();
+    h.identify();
+    h.assign(TASK, 3);
+    h.assign(TASK, 3);
+    assert_eq!(h.steps(), ["send task_accepted"]);
+    assert_eq!(h.sent_types(), ["task_accepted"]);
+    assert!(h.wake_starts().is_empty());
+    assert!(h.persisted().is_none());
+}
+
+// ----- waking --------------------------------------------------------------
+
+#[test]
+fn failed_wakes_retry_at_the_configured_delays_then_fail_the_task() {
+    let mut h = Harness::new();
+    h.identify();
+    h.assign(TASK, 3);
+    let mut now = 0;
+    for (attempt, delay) in [(1u32, 100u64), (2, 200), (3, 300)] {
+        h.at(now).wake_done(attempt, WakeStatus::Failed { exit_code: Some(1) });
+        assert_eq!(h.deadline_ms(), Some(now + delay));
+        h.tick(now + delay - 1);
+        assert!(h.wake_starts().is_empty());
+        now += delay;
+        h.tick(now);
+        assert_eq!(h.wake_starts(), [attempt + 1]);
+    }
+    h.at(now).wake_done(4, WakeStatus::TimedOut);
+    let failed = &h.sent()[0];
+    assert_eq!(failed["type"], "task_failed");
+    assert_eq!(failed["generation"], 3);
+    assert!(failed["reason"].as_str().unwrap().contains("after 4 attempts"), "{failed}");
+    assert_eq!(failed["reason"], failed["error"]);
+}
+
+#[test]
+fn without_a_wake_command_the_task_goes_straight_to_working() {
+    let mut s = settings();
+    s.has_wake_command = false;
+    let mut h = Harness::with(s, QueueFile::default());
+    h.identify();
+    h.assign(TASK, 1);
+    assert!(h.wake_starts().is_empty());
+    assert_eq!(h.persisted().unwrap().active.unwrap().status.as_str(), "working");
+    assert!(h.has(|e| matches!(e, Effect::ReadTaskFiles { .. })));
+}
+
+#[test]
+fn a_woken_agent_must_confirm_in_time() {
+    let mut h = Harness::new();
+    h.identify();
+    h.assign(TASK, 3);
+    h.at(10).wake_done(1, WakeStatus::Success);
+    assert_eq!(h.steps(), ["record wake_finished", "persist active waking_confirmation gen=3", "read files"]);
+    assert_eq!(h.persisted().unwrap().active.unwrap().status.as_str(), "waking_confirmation");
+    h.tick(1_009);
+    assert!(h.sent().is_empty());
+    h.tick(1_010);
+    assert_eq!(h.sent()[0]["reason"], "confirmation_timeout");
+}
+
+#[test]
+fn a_confirmation_moves_the_task_to_working() {
+    let mut h = Harness::new();
+    h.identify();
+    h.assign(TASK, 3);
+    h.wake_done(1, WakeStatus::Success);
+    h.files(true, ReadResult::Missing);
+    assert_eq!(h.persisted().unwrap().active.unwrap().status.as_str(), "working");
+    h.tick(5_000);
+    assert!(!h.sent_types().contains(&"task_failed".to_string()));
+}
+
+#[test]
+fn a_started_file_seen_before_the_wake_exits_counts() {
+    let mut h = Harness::new();
+    h.identify();
+    h.assign(TASK, 3);
+    h.files(true, ReadResult::Missing);
+    h.wake_done(1, WakeStatus::Success);
+    assert_eq!(h.persisted().unwrap().active.unwrap().status.as_str(), "working");
+}
+
+#[test]
+fn a_malformed_generation_is_refused_before_any_work() {
+    for generation in [json!("7"), json!(18_446_744_073_709_551_616.0), json!(-1), json!(1.5), json!({"g":1})]
+    {
+        let mut h = Harness::new();
+        h.identify();
+        h.frame(json!({"type":"task_assign","task_id":TASK,"description":"d","generation":generation}));
+        assert_eq!(h.steps(), ["record task_refused"], "{generation}");
+        assert!(h.state.held_task_id().is_none(), "{generation}");
+    }
+    // 2^64 as the hub writes it (an integer literal one past u64::MAX).
+    let mut h = Harness::new();
+    h.identify();
+    let conn_id = h.conn;
+    h.input(Input::Event(Event::Hub(HubEvent::Frame {
+        conn_id,
+        text: format!(r#"{{"type":"task_assign","task_id":"{TASK}","generation":18446744073709551616}}"#),
+    })));
+    assert_eq!(h.steps(), ["record task_refused"]);
+    // Missing (or null) stays generation 0, as both hubs default it.
+    for frame in [
+        json!({"type":"task_assign","task_id":TASK}),
+        json!({"type":"task_assign","task_id":TASK,"generation":null}),
+    ] {
+        let mut h = Harness::new();
+        h.identify();
+        h.frame(frame);
+        assert_eq!(h.persisted().unwrap().active.unwrap().generation, 0);
+    }
+}
+
+#[test]
+fn every_field_of_the_assignment_reaches_queue_json_and_the_agent() {
+    let mut h = Harness::new();
+    h.identify();
+    h.frame(
+        json!({"type":"task_assign","protocol_version":1,"task_id":TASK,"description":"d","metadata":{"k":1},
+                   "generation":3,"assigned_at":5,"repo":"r","branch":null,"file_hints":[{"path":"a.rs"}],
+                   "skip_verification":false,"max_verification_retries":2,"from_the_future":{"x":[1]}}),
+    );
+    let extra = json!({"repo":"r","branch":null,"file_hints":[{"path":"a.rs"}],"skip_verification":false,
+                       "max_verification_retries":2,"from_the_future":{"x":[1]}});
+    let record = h.persisted().unwrap().active.unwrap();
+    assert_eq!(Value::Object(record.assignment.clone()), extra);
+    let start =
+        h.fx.iter()
+            .find_map(|e| match e {
+                Effect::StartWake(w) => Some(w.clone()),
+                _ => None,
+            })
+            .unwrap();
+    let mut expected = extra.as_object().unwrap().clone();
+    for (k, v) in [
+        ("task_id", json!(TASK)),
+        ("description", json!("d")),
+        ("metadata", json!({"k":1})),
+        ("generation", json!(3)),
+        ("assigned_at", json!(5)),
+    ] {
+        expected.insert(k.into(), v);
+    }
+    let task_json: Value = serde_json::from_str(&start.task_json).unwrap();
+    assert_eq!(task_json, Value::Object(expected), "everything but type and protocol_version");
+    // It survives a restart through queue.json.
+    let mut h = Harness::with(settings(), h.persisted().unwrap());
+    h.identify();
+    h.frame(json!({"type":"task_continue","task_id":TASK,"generation":3}));
+    let start = h.fx.iter().find_map(|e| match e {
+        Effect::StartWake(w) => Some(w.clone()),
+        _ => None,
+    });
+    let task_json: Value =
+        serde_json::from_str(&start.expect("woken: it was never woken").task_json).unwrap();
+    assert_eq!(task_json["file_hints"], json!([{"path":"a.rs"}]));
+    assert_eq!(task_json["from_the_future"], json!({"x":[1]}));
+}
+
+fn newer_hub_assign(task_id: &str, generation: u64) -> Value {
+    json!({"type":"task_assign","task_id":task_id,"description":"d","metadata":{},"generation":generation,
+           "assigned_at":5,"repo":null,"branch":null,"file_hints":[],"success_criteria":[],
+           "verification_steps":[],"complexity":null,"routing_decision":null,"skip_verification":false,
+           "verification_timeout_ms":null,"max_verification_retries":0})
+}
+
+#[test]
+fn on_the_newest_hub_a_task_pushed_while_busy_is_failed_back_once_we_are_free() {
+    let mut h = Harness::new();
+    h.identify();
+    h.frame(newer_hub_assign(TASK, 3));
+    h.frame(newer_hub_assign("task-ffffffffffffffff", 7));
+    assert_eq!(h.steps(), ["record task_refused"], "never while busy: it would free the hub's agent state");
+    h.wake_done(1, WakeStatus::Success);
+    h.files(true, success());
+    assert_eq!(h.sent_types(), ["task_complete"]);
+    h.frame(json!({"type":"task_ack","task_id":TASK,"status":"complete"}));
+    assert_eq!(
+        h.sent(),
+        [json!({"type":"task_failed","task_id":"task-ffffffffffffffff","generation":7,
+                "reason":"busy: the sidecar was working on another task",
+                "error":"busy: the sidecar was working on another task","protocol_version":1})]
+    );
+    h.frame(json!({"type":"task_ack","task_id":"task-ffffffffffffffff","status":"retried"}));
+    h.tick(100);
+    assert!(h.sent().is_empty(), "once");
+    assert!(h.state.held_task_id().is_none());
+}
+
+#[test]
+fn on_the_older_hub_nothing_is_sent_for_a_task_pushed_while_busy() {
+    let mut h = Harness::new();
+    h.identify();
+    h.assign(TASK, 3);
+    h.assign("task-ffffffffffffffff", 7);
+    assert_eq!(h.steps(), ["record task_refused"]);
+    h.wake_done(1, WakeStatus::Success);
+    h.files(true, success());
+    h.frame(json!({"type":"task_ack","task_id":TASK,"status":"complete"}));
+    h.tick(100);
+    assert!(h.sent().is_empty(), "task_failed would crash cbf9c20's queue");
+}
