@@ -426,6 +426,9 @@ impl Soak {
                 }
                 describe(frame).map(|d| format!("conn {conn} -> {d}"))
             }
+            DevHubEvent::Violation { conn, message_type, count } => {
+                Some(format!("conn {conn} violation #{count}: {message_type}"))
+            }
             DevHubEvent::Suppressed { .. } | DevHubEvent::ReceivedText { .. } => None,
         };
         if let Some(text) = text {
