@@ -128,6 +128,8 @@ impl State {
                 if self.held_task_id() == Some(task_id.as_str()) {
                     log::info!("task {task_id} cancelled by hub; stopping it");
                     self.drop_task("cancelled by hub", PastFate::Settled, fx);
+                } else if self.forget_busy_push(&task_id) {
+                    log::info!("task {task_id}, pushed while we were busy, cancelled by hub; forgetting it");
                 } else {
                     log::debug!("task_cancelled for {task_id}, which we do not hold");
                 }

@@ -18,6 +18,7 @@
 //! reported before the hub has said, in answer to `task_recovering`, whether
 //! the task is still ours.
 
+mod busy;
 mod frames;
 mod link;
 mod past;
@@ -229,23 +230,22 @@ pub struct State {
     /// The hub has shown it is the newer kind (4718a58: schema validation,
     /// rate limits, the extra task_assign fields). See [`BUSY_REASON`].
     newer_hub: bool,
-    /// Tasks pushed to us while we were busy, on a newer hub: handed back
-    /// with `task_failed` once we hold no task.
-    busy_refused: Vec<(String, u64)>,
+    /// Tasks pushed to us while we were busy, oldest first: taken or
+    /// handed back once we hold no task (see `busy.rs`).
+    pushed_while_busy: Vec<busy::BusyPush>,
 }
 
 /// A task pushed while another is held is never woken and never answered
 /// with `task_rejected` (unknown to both hubs; a schema violation on the
-/// newer one, ten of which lock the sidecar out). On the older hub nothing
-/// is sent for it (its `task_failed` crashes that hub's queue; the hub's own
-/// sweep returns the task). On the newer hub it is answered with
-/// `task_failed` and this reason as soon as the sidecar holds no task of its
-/// own: sent earlier, it would move the hub's agent state to idle while we
-/// work, drawing more pushes. The hub then queues the task again at once.
+/// newer one, ten of which lock the sidecar out). It is remembered, and once
+/// the sidecar holds no task of its own it is taken if it came on the live
+/// connection (see `busy.rs`). If the connection dropped since, the hub may
+/// have taken it back: on the older hub nothing is sent for it (its
+/// `task_failed` crashes that hub's queue; the hub's own sweep returns the
+/// task); on the newer hub it is answered with `task_failed` and this reason
+/// (never while busy: it would move the hub's agent state to idle while we
+/// work, drawing more pushes). The hub then queues the task again at once.
 pub const BUSY_REASON: &str = "busy: the sidecar was working on another task";
-
-/// At most this many tasks pushed while busy are remembered.
-const BUSY_REFUSED_REMEMBERED: usize = 16;
 
 /// Keys only the newer hub's `task_assign` carries.
 const NEWER_HUB_ASSIGN_KEYS: &[&str] = &[
@@ -326,7 +326,7 @@ impl State {
             next_poll_at: None,
             foreign_files_logged: HashSet::new(),
             newer_hub: false,
-            busy_refused: Vec::new(),
+            pushed_while_busy: Vec::new(),
         }
     }
 
@@ -515,7 +515,7 @@ impl State {
             held.on_tick(now, fx);
         }
         self.on_past_tick(now, fx);
-        self.hand_back_busy_refusals(fx);
+        self.take_up_busy_pushes(now, fx);
         match (self.settings.results_poll, &self.task) {
             (Some(poll), Some(_)) => {
                 if self.next_poll_at.is_some_and(|at| now >= at) {

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use super::link::{Awaiting, ReplyKind};
+use super::link::ReplyKind;
 use super::report::{parse_progress, report_from_result};
 use super::task::{HubSync, Phase, Task, Unparsed};
 use super::{record, Effect, Held, State, TaskFiles, WakeStart};
@@ -47,21 +47,29 @@ impl State {
             self.newer_hub = true;
         }
         if let Some(busy_with) = self.held_task_id() {
-            log::info!("refusing task {task_id}: busy with {busy_with}");
+            log::info!("not taking task {task_id} now: busy with {busy_with}; remembering it");
             self.refuse(Some(&task_id), "busy", fx);
-            if self.newer_hub {
-                self.busy_refused.retain(|(id, _)| *id != task_id);
-                if self.busy_refused.len() < super::BUSY_REFUSED_REMEMBERED {
-                    self.busy_refused.push((task_id, generation));
-                }
-            }
+            self.remember_busy_push(task_id, generation, assign, wall_ms);
             return;
         }
-        self.busy_refused.retain(|(id, _)| *id != task_id);
+        self.forget_busy_push(&task_id);
         if self.shutting_down {
             self.refuse(Some(&task_id), "shutting down", fx);
             return;
         }
+        self.take_task(task_id, generation, assign, now, wall_ms, fx);
+    }
+
+    /// Takes a task while holding none: persisted, acknowledged, woken.
+    pub(super) fn take_task(
+        &mut self,
+        task_id: String,
+        generation: u64,
+        assign: TaskAssign,
+        now: Instant,
+        wall_ms: u64,
+        fx: &mut Vec<Effect>,
+    ) {
         let handed_back = self.take_past(&task_id);
         let mut task = Task::accepted(task_id, generation, assign, wall_ms);
         if let Some(past) = handed_back {
@@ -88,20 +96,6 @@ impl State {
     /// newer one).
     fn refuse(&mut self, task_id: Option<&str>, reason: &str, fx: &mut Vec<Effect>) {
         fx.push(record(LifecycleEvent::TaskRefused, json!({ "task_id": task_id, "reason": reason })));
-    }
-
-    /// Hands the tasks pushed while we were busy back to a newer hub, once we
-    /// hold none (see [`super::BUSY_REASON`]).
-    pub(super) fn hand_back_busy_refusals(&mut self, fx: &mut Vec<Effect>) {
-        if self.task.is_some() || !self.link.is_ready() || self.shutting_down {
-            return;
-        }
-        for (task_id, generation) in std::mem::take(&mut self.busy_refused) {
-            log::info!("handing task {task_id} (generation {generation}) back to the hub: we were busy");
-            let text = protocol::out_task_failed(&task_id, generation, super::BUSY_REASON);
-            let entry = Awaiting { kind: ReplyKind::Failed, task_id, generation };
-            self.link.send("task_failed", text, Some(entry), fx);
-        }
     }
 
     // ----- waking -----------------------------------------------------------

@@ -382,3 +382,72 @@ fn every_task_assign_field_reaches_the_agent() {
     assert_eq!(task["skip_verification"], false);
     assert_eq!(task["max_verification_retries"], 0);
 }
+
+/// The duplicate outcome the 30 % loss test found: after a reconnect the hub
+/// pushes the next task at once, while the sidecar still holds its own and
+/// awaits the answer to task_recovering; the answer lets its own go. The task
+/// pushed meanwhile must be taken then, not failed back ("busy" cost it a
+/// retry and a second outcome on 4718a58; cbf9c20 left it for minutes).
+/// Forced here without packet loss: with repush_on_identify off, the push
+/// after identify is the other queued task, not the one just taken back (the
+/// real hubs push the oldest of the highest priority, which may be either).
+#[test]
+fn a_task_pushed_during_a_reconnects_recovery_completes_with_one_outcome() {
+    for version in HubVersion::ALL {
+        let (hub, dir, cfg) = setup(
+            version,
+            |options| options.repush_on_identify = false,
+            |dir| {
+                format!(
+                    "echo \"$AGENTCOM_TASK_ID\" >> {wakes}; : > \"$AGENTCOM_RESULTS_DIR/$AGENTCOM_TASK_ID.started\"",
+                    wakes = dir.join("woken.txt").display()
+                )
+            },
+        );
+        let sidecar = Sidecar::start(dir.path(), &cfg);
+        expect_identified(&hub);
+        let held = hub.push_task(AGENT, "held across the reconnect", json!({}));
+        wait_until("the agent to confirm", || {
+            sidecar.results_dir().join(format!("{held}.started")).exists().then_some(())
+        });
+        // Queued: the hub's agent is busy.
+        let pushed = hub.push_task(AGENT, "pushed during the recovery", json!({}));
+        hub.events().try_iter().for_each(drop);
+        hub.drop_connection(AGENT);
+        expect_identified(&hub);
+        // Its push follows identified; the answer about the held task comes
+        // after the sidecar's task_recovering, so after the push.
+        assert_eq!(expect_sent(&hub, "task_assign")["task_id"], pushed.as_str(), "{version}");
+        assert_eq!(expect_sent(&hub, "task_reassign")["task_id"], held.as_str(), "{version}");
+        let mut failed = Vec::new();
+        expect_event(&hub, "the pushed task taken", |event| match event {
+            DevHubEvent::Received { frame, .. } if frame["type"] == "task_failed" => {
+                failed.push(frame.clone());
+                false
+            }
+            DevHubEvent::Received { frame, .. } => {
+                frame["type"] == "task_accepted" && frame["task_id"] == pushed.as_str()
+            }
+            _ => false,
+        });
+        assert_eq!(failed, Vec::<Value>::new(), "{version}: nothing failed back");
+        wait_until("the agent to confirm the pushed task", || {
+            sidecar.results_dir().join(format!("{pushed}.started")).exists().then_some(())
+        });
+        write_result(&sidecar, &pushed, &success());
+        wait_all_completed(&hub, std::slice::from_ref(&pushed));
+        let outcomes = hub.task(&pushed).unwrap().outcomes;
+        assert_eq!(outcomes.len(), 1, "{version}: {outcomes:?}");
+        assert_eq!(outcomes[0].generation, 1, "{version}: at the generation it was pushed with");
+        let woken = fs::read_to_string(dir.path().join("woken.txt")).unwrap_or_default();
+        assert_eq!(woken.lines().filter(|line| *line == pushed).count(), 1, "{version}: {woken}");
+        // The held task, taken back, comes back to the idle sidecar: nothing lost.
+        assert_eq!(expect_sent(&hub, "task_assign")["task_id"], held.as_str(), "{version}");
+        wait_until("the agent to confirm the held task again", || {
+            sidecar.results_dir().join(format!("{held}.started")).exists().then_some(())
+        });
+        write_result(&sidecar, &held, &success());
+        wait_all_completed(&hub, std::slice::from_ref(&held));
+        assert_eq!(hub.task(&held).unwrap().outcomes.len(), 1, "{version}");
+    }
+}

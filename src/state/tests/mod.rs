@@ -249,6 +249,7 @@ fn success() -> ReadResult {
     ReadResult::Parsed(json!({"status":"success","output":"done"}))
 }
 
+mod busy;
 mod connection;
 mod files;
 mod intake;
