@@ -329,9 +329,16 @@ pub fn remove_leftover_temp_files(queue_file: &Path, results_dir: &Path) -> Vec<
     };
     let mut removed = Vec::new();
     type IsOurs = fn(&str) -> bool;
-    let places: [(PathBuf, IsOurs); 2] =
-        [(queue_dir, is_queue_temp_name), (results_dir.join(".tasks"), is_task_file_temp_name)];
-    for (dir, is_ours) in places {
+    // (directory, its temporary names, whether it may be a link). `.tasks`
+    // is ours to create; a link in its place (the agent shares results_dir)
+    // is not followed. The queue's directory is the operator's choice.
+    let places: [(PathBuf, IsOurs, bool); 2] =
+        [(queue_dir, is_queue_temp_name, true), (results_dir.join(".tasks"), is_task_file_temp_name, false)];
+    for (dir, is_ours, may_be_link) in places {
+        if !may_be_link && fs::symlink_metadata(&dir).is_ok_and(|m| m.file_type().is_symlink()) {
+            log::warn!("{} is a symbolic link; not cleaning up inside it", dir.display());
+            continue;
+        }
         let entries = match fs::read_dir(&dir) {
             Ok(entries) => entries,
             Err(error) if error.kind() == io::ErrorKind::NotFound => continue,
@@ -727,6 +734,15 @@ mod tests {
             remove_leftover_temp_files(&work.path().join("queue.json"), &work.path().join("r")).is_empty()
         );
         assert_eq!(fs::read_to_string(&victim).unwrap(), "keep");
+        // results_dir/.tasks as a link to another directory: not entered.
+        let elsewhere = work.path().join("elsewhere");
+        fs::create_dir(&elsewhere).unwrap();
+        fs::write(elsewhere.join(".tmpAbCdEf"), "keep").unwrap();
+        let results = work.path().join("results");
+        fs::create_dir(&results).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, results.join(".tasks")).unwrap();
+        assert!(remove_leftover_temp_files(&work.path().join("q/queue.json"), &results).is_empty());
+        assert!(elsewhere.join(".tmpAbCdEf").exists());
     }
 
     #[test]
