@@ -1,5 +1,5 @@
 //! `queue.json`: the crash record. Reads what the Node sidecar writes and what
-//! we write (PROTOCOL.md section 9), adding fields only, and saves atomically
+//! we write (docs/protocol.md section 9), adding fields only, and saves atomically
 //! and durably: temp file in the same directory, write, fsync, rename, fsync
 //! the directory where the platform allows.
 //!
@@ -80,7 +80,7 @@ pub struct TaskRecord {
     pub extra: Map<String, Value>,
 }
 
-/// Where a task stands, as Node's `status` field spells it (PROTOCOL.md
+/// Where a task stands, as Node's `status` field spells it (docs/protocol.md
 /// section 9). The spelling lives here and nowhere else.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]

@@ -5,7 +5,7 @@
 //! The agent writes `RESULTS_DIR/<task_id>.started` (it woke up),
 //! `RESULTS_DIR/<task_id>.progress` (a small JSON object with `progress` and
 //! `message`) and finally `RESULTS_DIR/<task_id>.json` (the result). See
-//! PROTOCOL.md section 8.
+//! docs/protocol.md section 8.4.
 //!
 //! File watching is unreliable (vfs-notify says as much): events can be
 //! coalesced, dropped on queue overflow, or never come on some file systems.
@@ -121,7 +121,7 @@ pub fn classify(file_name: &str) -> Option<(String, FileKind)> {
 }
 
 /// Whether `id` may name files in the results directory: 1 to 128 bytes of
-/// `[A-Za-z0-9._-]` (PROTOCOL.md section 5), and not `.` or `..`.
+/// `[A-Za-z0-9._-]` (docs/protocol.md section 5.1), and not `.` or `..`.
 ///
 /// This is slightly stricter than the protocol's character class: an id
 /// starting with `.` is refused too. Its files would be hidden files, which

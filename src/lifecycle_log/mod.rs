@@ -1,4 +1,4 @@
-//! The task lifecycle log (`log_file` in config.json, PROTOCOL.md section 10):
+//! The task lifecycle log (`log_file` in config.json, docs/protocol.md 10.2):
 //! one JSON object a line, `{"ts":<unix ms>,"event":"...","agent_id":"...",...}`,
 //! kept apart from the process manager's stdout log and rotated by size.
 //!

@@ -11,7 +11,7 @@
 //! means), `task.rs` (the held task, its one state enum, intake, waking
 //! and its files), `report.rs` (outcomes, reports, acks, settling).
 //!
-//! The task slot holds at most one task (PROTOCOL.md section 9). A task the
+//! The task slot holds at most one task (docs/protocol.md section 9). A task the
 //! hub gave us is never lost and never reported twice under one generation:
 //! its outcome (the report) is persisted before it is sent, resent after every
 //! reconnect until the hub settles it, and after any reconnect nothing is
@@ -347,8 +347,8 @@ impl State {
         }
         let now = self.now;
         self.start_past(now, &mut fx);
-        // Results already on disk when we start count (PROTOCOL.md section
-        // 8): the listing reads the held task's files if it has any, and
+        // Results already on disk when we start count (docs/protocol.md
+        // section 8.4): the listing reads the held task's files if it has any, and
         // logs the files of other tasks.
         fx.push(Effect::ListResults);
         self.link.connect(&mut fx);

@@ -160,7 +160,7 @@ impl State {
 
 impl Held<'_> {
     /// `task_assign` for the task we hold: a resend, or the hub handing the
-    /// same work back at a higher generation (PROTOCOL.md section 5), which
+    /// same work back at a higher generation (docs/protocol.md section 5.3), which
     /// is adopted without waking the agent again.
     fn on_assigned_again(&mut self, generation: u64, now: Instant, fx: &mut Vec<Effect>) {
         let task_id = self.task.id.clone();

@@ -50,8 +50,8 @@ pub(crate) enum ReplyKind {
 }
 
 /// A frame sent on the live connection that awaits an answer. Error frames
-/// carry no task id; they answer the oldest entry of their kind (PROTOCOL.md
-/// section 6).
+/// carry no task id; they answer the oldest entry of their kind
+/// (docs/protocol.md section 6.7).
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Awaiting {
     pub kind: ReplyKind,
