@@ -174,7 +174,20 @@ pub fn parse(bytes: &[u8]) -> Result<QueueFile, String> {
         // on file systems that do not order metadata after data.
         return Err("the file is empty".into());
     }
-    serde_json::from_slice(bytes).map_err(|e| e.to_string())
+    let queue: QueueFile = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+    // Task ids name files in results_dir. We never accept an id that is not
+    // a plain file name, so one here is damage or tampering: a `../` would
+    // make us read and write outside results_dir.
+    let ids = [
+        queue.active.as_ref().map(|t| t.task_id.as_str()),
+        queue.recovering.as_ref().map(|t| t.task_id.as_str()),
+        queue.past.as_ref().map(|t| t.task_id.as_str()),
+    ];
+    if let Some(bad) = ids.into_iter().flatten().find(|id| !crate::watcher::is_valid_task_id(id)) {
+        let shown: String = bad.chars().take(64).collect();
+        return Err(format!("invalid task_id {shown:?}"));
+    }
+    Ok(queue)
 }
 
 pub(crate) fn corrupt_path(path: &Path, unix_ms: u64) -> PathBuf {
@@ -283,7 +296,15 @@ mod tests {
     fn a_corrupt_file_is_moved_aside_not_overwritten() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("queue.json");
-        for garbage in ["{\"active\": {", "", "[1,2]"] {
+        let escape = r#"{"active":{"task_id":"../../escape","generation":1,"status":"working"}}"#;
+        let past = r#"{"active":null,"past":{"task_id":"..","generation":1,"fate":"taken_back"}}"#;
+        // Only the id is wrong: the same records with a plain id load.
+        assert!(parse(escape.replace("../../escape", "t1").as_bytes()).is_ok());
+        assert!(parse(past.replace("\"..\"", "\"t1\"").as_bytes()).is_ok());
+        for bad in [escape, past] {
+            assert!(parse(bad.as_bytes()).unwrap_err().contains("invalid task_id"), "{bad}");
+        }
+        for garbage in ["{\"active\": {", "", "[1,2]", escape, past] {
             fs::write(&path, garbage).unwrap();
             let Loaded::Corrupt { moved_to, .. } = load(&path).unwrap() else { panic!("{garbage:?} loaded") };
             assert!(!path.exists());
