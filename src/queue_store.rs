@@ -13,6 +13,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::wake::WakeIdentity;
+
 /// The whole file.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct QueueFile {
@@ -24,8 +26,23 @@ pub struct QueueFile {
     /// may still be in results_dir. Absent in Node files.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub past: Option<PastTask>,
+    /// Added by this sidecar: the wake command started and not yet reported
+    /// ended. After a crash it may still run: it is ended before any new
+    /// wake. Absent in Node files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wake_process: Option<WakeProcess>,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
+}
+
+/// A started wake command, as persisted: the task and attempt it belongs to
+/// and what identifies its process without trusting a pid alone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WakeProcess {
+    pub task_id: String,
+    pub attempt: u32,
+    #[serde(flatten)]
+    pub identity: WakeIdentity,
 }
 
 /// A task we no longer hold, remembered for what its files mean.
@@ -290,6 +307,26 @@ mod tests {
         // Only queue.json is left: the temp file was renamed, not copied.
         let names: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert_eq!(names, ["queue.json"]);
+    }
+
+    #[test]
+    fn the_wake_process_is_a_flat_optional_record() {
+        let mut queue = parse(NODE_FILE.as_bytes()).unwrap();
+        assert_eq!(queue.wake_process, None);
+        assert!(serde_json::to_value(&queue).unwrap().get("wake_process").is_none());
+        queue.wake_process = Some(WakeProcess {
+            task_id: "task-1f2e3d4c5b6a7980".into(),
+            attempt: 2,
+            identity: WakeIdentity { pid: 77, process_group: Some(77), start_time: None },
+        });
+        let written = serde_json::to_value(&queue).unwrap();
+        assert_eq!(
+            written["wake_process"],
+            json!({"task_id":"task-1f2e3d4c5b6a7980","attempt":2,"pid":77,"process_group":77})
+        );
+        let back: QueueFile = serde_json::from_value(written).unwrap();
+        assert_eq!(back, queue);
+        assert!(back.extra.is_empty(), "not also kept as an unknown field: {:?}", back.extra);
     }
 
     #[test]

@@ -317,7 +317,8 @@ pub fn remove_task_files(results_dir: &Path, task_id: &str) -> io::Result<()> {
 /// renames it into place; killed in between, the temporary file stays.
 ///
 /// - `.queue.json.XXXXXX.tmp` next to `queue_file` (queue.json saves),
-/// - `.tmpXXXXXX` in `results_dir/.tasks` (task files for the agent).
+/// - `.task.XXXXXX.tmp` (or `.tmpXXXXXX`, from earlier versions) in
+///   `results_dir/.tasks` (task files for the agent).
 ///
 /// Only regular files are removed (a link of that name is left alone, and
 /// so is everything else). Call it at start-up, before anything saves.
@@ -370,9 +371,12 @@ fn is_queue_temp_name(name: &str) -> bool {
     name.strip_prefix(".queue.json.").and_then(|rest| rest.strip_suffix(".tmp")).is_some_and(is_temp_random)
 }
 
-/// `.tmp` + 6 alphanumerics (tempfile's default, the task file's save).
+/// `.task.` + 6 alphanumerics + `.tmp` (the task file's save), or `.tmp` + 6
+/// alphanumerics (tempfile's default, which earlier versions saved it with).
 fn is_task_file_temp_name(name: &str) -> bool {
-    name.strip_prefix(".tmp").is_some_and(is_temp_random)
+    let current =
+        name.strip_prefix(crate::wake::TASK_FILE_TEMP_PREFIX).and_then(|rest| rest.strip_suffix(".tmp"));
+    current.or_else(|| name.strip_prefix(".tmp")).is_some_and(is_temp_random)
 }
 
 fn is_temp_random(part: &str) -> bool {
@@ -752,10 +756,21 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let queue_temp =
             tempfile::Builder::new().prefix(".queue.json.").suffix(".tmp").tempfile_in(dir.path()).unwrap();
-        let task_temp = tempfile::NamedTempFile::new_in(dir.path()).unwrap();
+        let task_temp = tempfile::Builder::new()
+            .prefix(crate::wake::TASK_FILE_TEMP_PREFIX)
+            .suffix(".tmp")
+            .tempfile_in(dir.path())
+            .unwrap();
+        let earlier_task_temp = tempfile::NamedTempFile::new_in(dir.path()).unwrap();
         let name = |path: &Path| path.file_name().unwrap().to_str().unwrap().to_string();
         assert!(is_queue_temp_name(&name(queue_temp.path())), "{}", name(queue_temp.path()));
         assert!(is_task_file_temp_name(&name(task_temp.path())), "{}", name(task_temp.path()));
+        assert!(
+            is_task_file_temp_name(&name(earlier_task_temp.path())),
+            "{}",
+            name(earlier_task_temp.path())
+        );
+        assert!(!is_task_file_temp_name(".task.a1B2c3.json"));
     }
 
     #[test]

@@ -73,6 +73,9 @@ lifecycle_events! {
     TaskReadopted = "task_readopted",
     TaskContinued = "task_continued",
     TaskDropped = "task_dropped",
+    /// At start: a wake command recorded in queue.json as still running
+    /// (the sidecar died while it ran) was looked for, and ended if found.
+    WakeLeftover = "wake_leftover",
     WakeAttempt = "wake_attempt",
     WakeFinished = "wake_finished",
     /// The agent wrote `<id>.started`.

@@ -255,3 +255,4 @@ mod intake;
 mod readoption;
 mod recovery;
 mod reports;
+mod wake_process;
