@@ -7,6 +7,7 @@ mod hostile;
 mod hub_conn;
 mod pm2;
 mod secrets;
+mod soak_found;
 mod start_script;
 mod status_json;
 mod support;

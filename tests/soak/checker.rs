@@ -99,15 +99,25 @@ pub struct TaskRecord<'a> {
 /// starts counts as waking an agent that had already started.
 pub const NOTICE_MS: f64 = 200.0;
 
-fn nonce_of_outcome(outcome: &Outcome) -> Option<(String, Option<String>)> {
+/// How far apart two stamps of one moment may be (whole-millisecond log
+/// stamps, the driver's forwarding delay).
+const SLACK_MS: f64 = 50.0;
+
+/// The agent's wake nonce, the result variant, and (for a completion) the
+/// task the result names.
+fn provenance(outcome: &Outcome) -> Option<(String, String, Option<String>)> {
     if let Some(result) = &outcome.result {
         let soak = &result["output"]["soak"];
         let nonce = soak["nonce"].as_str()?.to_string();
-        return Some((nonce, soak["task"].as_str().map(str::to_string)));
+        let variant = soak["variant"].as_str().unwrap_or("").to_string();
+        return Some((nonce, variant, soak["task"].as_str().map(str::to_string)));
     }
     let reason = outcome.reason.as_deref()?;
-    let rest = &reason[reason.find("nonce=")? + "nonce=".len()..];
-    Some((rest.split_whitespace().next()?.to_string(), None))
+    let word = |key: &str| -> Option<String> {
+        let rest = &reason[reason.find(key)? + key.len()..];
+        Some(rest.split_whitespace().next()?.to_string())
+    };
+    Some((word("nonce=")?, word("variant=").unwrap_or_default(), None))
 }
 
 /// The checks of one task; each violation is one line.
@@ -152,7 +162,7 @@ pub fn check_task(rec: &TaskRecord<'_>) -> Vec<String> {
     // A hub stopped between recording an outcome and writing its ack leaves
     // fewer acks than outcomes: those outcomes are not paired (not checked).
     for ((_, outcome), ack_t) in rec.outcomes.iter().zip(&acks) {
-        let Some((nonce, result_task)) = nonce_of_outcome(outcome) else {
+        let Some((nonce, variant, result_task)) = provenance(outcome) else {
             continue;
         };
         if let Some(other) = result_task.filter(|t| t != id) {
@@ -167,6 +177,7 @@ pub fn check_task(rec: &TaskRecord<'_>) -> Vec<String> {
             .agent
             .iter()
             .filter(|e| e.nonce == nonce && (e.kind == "result_written" || e.kind == "result_half"))
+            .filter(|e| e.raw["variant"].as_str().unwrap_or("") == variant)
             .map(|e| e.t)
             .fold(f64::INFINITY, f64::min);
         if written.is_infinite() {
@@ -188,8 +199,15 @@ pub fn check_task(rec: &TaskRecord<'_>) -> Vec<String> {
     let wake_start_of =
         |nonce: &str| rec.agent.iter().find(|e| e.kind == "wake_start" && e.nonce == nonce).map(|e| e.t);
     for attempt in rec.wake_attempts {
-        let since =
-            rec.settles.iter().map(|(t, _)| *t).filter(|t| t < attempt).fold(f64::NEG_INFINITY, f64::max);
+        // The sidecar stamps its log in whole milliseconds and the driver stamps
+        // hub events as it forwards them: a settlement up to SLACK_MS after
+        // the attempt's stamp may have come first.
+        let since = rec
+            .settles
+            .iter()
+            .map(|(t, _)| *t)
+            .filter(|t| *t < attempt + SLACK_MS)
+            .fold(f64::NEG_INFINITY, f64::max);
         let started_before = rec.agent.iter().find(|e| {
             e.kind == "started_written"
                 && e.t + NOTICE_MS < *attempt
