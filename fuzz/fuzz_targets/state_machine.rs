@@ -7,7 +7,8 @@
 //! - a deadline is never in the past of the input just handled
 //!   (`next_deadline() > now`), or the shell would spin;
 //! - a report (`task_complete` / `task_failed`) never names a generation older
-//!   than one the hub has since given for that task (a fenced generation);
+//!   than one the hub has given for the task while the state held it (a
+//!   fenced generation);
 //! - a wake starts only for the task held after the batch, and never while
 //!   the previous attempt has not reported (never two wake commands at once);
 //! - queue.json never records two tasks.
@@ -292,6 +293,11 @@ fuzz_target!(|data: &[u8]| {
             *fence = (*fence).max(g);
         }
         check(&state, &mut model, &fx, now, &what);
+        // A fence is what the state was told about the task it holds; once
+        // it holds something else it cannot know (a later push of the same
+        // id is new work to it).
+        let held = state.held_task_id().map(str::to_owned);
+        model.fence.retain(|id, _| held.as_deref() == Some(id.as_str()));
     }
 });
 

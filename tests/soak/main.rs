@@ -217,6 +217,8 @@ struct Soak {
     sidecar: Option<Child>,
     sidecar_started: f64,
     identified: bool,
+    /// `(hub, conn)` of the last identified connection.
+    identified_conn: Option<(u32, u64)>,
     /// `(time of a 1008 "retry in" close)`, until the next connection.
     cooldown_from: Option<f64>,
     /// The current task's status and generation at the hub that was stopped.
@@ -289,6 +291,7 @@ impl Soak {
             sidecar: None,
             sidecar_started: 0.0,
             identified: false,
+            identified_conn: None,
             cooldown_from: None,
             carried: None,
             counts: Counts::default(),
@@ -421,11 +424,14 @@ impl Soak {
             }
             DevHubEvent::Identified { conn, .. } => {
                 self.identified = true;
+                self.identified_conn = Some((hub, *conn));
                 Some(format!("conn {conn} identified"))
             }
-            DevHubEvent::Disconnected { conn, agent_id } => {
+            DevHubEvent::Disconnected { conn, .. } => {
                 self.counts.disconnects += 1;
-                if agent_id.is_some() {
+                // An older connection's end (found late) says nothing about
+                // the one identified since.
+                if self.identified_conn == Some((hub, *conn)) {
                     self.identified = false;
                 }
                 Some(format!("conn {conn} disconnected"))
