@@ -25,7 +25,7 @@ use crate::queue_store::{self, Loaded, QueueFile};
 use crate::retry::Jitter;
 use crate::state::{Effect, Input, Settings, State, TaskFiles, WakeStart};
 use crate::wake::{WakeHandle, WakeRequest};
-use crate::watcher::{self, FileKind, ResultsWatcher};
+use crate::watcher::{self, FileKind, ReadResult, ResultsWatcher};
 
 /// Largest progress file we read.
 const MAX_PROGRESS_BYTES: u64 = 4096;
@@ -269,16 +269,48 @@ impl Shell {
                         .map_err(|e| format!("{}: {e}", self.config.results_dir.display()));
                     follow_ups.push_back(Input::Listing(listing));
                 }
-                Effect::RemoveTaskFiles { task_id } => {
-                    if let Err(e) = watcher::remove_task_files(&self.config.results_dir, &task_id) {
-                        log::warn!("cannot remove the result files of {task_id}: {e}");
+                Effect::RemoveTaskFiles { task_id } => self.remove_task_files(&task_id),
+                Effect::DiscardTaskFiles { task_id } => {
+                    let path = watcher::task_file_path(&self.config.results_dir, &task_id, FileKind::Result);
+                    let result = match watcher::read_json_file(&path, self.config.max_result_bytes) {
+                        ReadResult::Missing => None,
+                        ReadResult::Parsed(value) => Some(value),
+                        other => Some(json!(format!("{other:?}"))),
+                    };
+                    if let Some(result) = result {
+                        log::warn!("discarding the result of task {task_id}, which we will not hold again");
+                        self.lifecycle.record(
+                            LifecycleEvent::ResultDiscarded,
+                            json!({ "task_id": task_id, "result": result }),
+                        );
                     }
-                    let _ = std::fs::remove_file(handoff_file_path(&self.config.results_dir, &task_id));
+                    self.remove_task_files(&task_id);
                 }
                 Effect::Record { event, fields } => self.lifecycle.record(event, fields),
+                Effect::StartUpdate => {
+                    let started = match &self.config.update_command {
+                        Some(command) => crate::update::start_detached(command, &self.config.update_log)
+                            .map_err(|e| format!("{}: {e}", self.config.update_log.display())),
+                        None => Err("no update_command is configured".to_owned()),
+                    };
+                    match started {
+                        Ok(()) => log::info!(
+                            "update_command started; its output goes to {}",
+                            self.config.update_log.display()
+                        ),
+                        Err(error) => follow_ups.push_back(Input::UpdateFailed { error }),
+                    }
+                }
                 Effect::Exit => self.exit = true,
             }
         }
+    }
+
+    fn remove_task_files(&self, task_id: &str) {
+        if let Err(e) = watcher::remove_task_files(&self.config.results_dir, task_id) {
+            log::warn!("cannot remove the result files of {task_id}: {e}");
+        }
+        let _ = std::fs::remove_file(handoff_file_path(&self.config.results_dir, task_id));
     }
 
     fn connect(&mut self, conn_id: u64) {

@@ -1,5 +1,5 @@
 //! `queue.json`: the crash record. Reads what the Node sidecar writes and what
-//! we write (PROTOCOL.md section 9), adding fields only, and saves atomically
+//! we write (docs/protocol.md section 9), adding fields only, and saves atomically
 //! and durably: temp file in the same directory, write, fsync, rename, fsync
 //! the directory where the platform allows.
 //!
@@ -20,8 +20,35 @@ pub struct QueueFile {
     pub active: Option<TaskRecord>,
     #[serde(default)]
     pub recovering: Option<TaskRecord>,
+    /// Added by this sidecar: the last task we stopped holding whose files
+    /// may still be in results_dir. Absent in Node files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub past: Option<PastTask>,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
+}
+
+/// A task we no longer hold, remembered for what its files mean.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PastTask {
+    pub task_id: String,
+    pub generation: u64,
+    pub fate: PastFate,
+    /// Its agent had confirmed it (`.started`).
+    #[serde(default)]
+    pub confirmed: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PastFate {
+    /// The hub settled its outcome (or cancelled it): its files are stale,
+    /// removed as soon as possible, and a new push of the id is new work.
+    Settled,
+    /// The hub took it back unsettled: its files are kept for a while, and
+    /// if the hub hands the same task back, the agent's work is adopted
+    /// without a second wake.
+    TakenBack,
 }
 
 /// One task as persisted. The first seven fields are the Node sidecar's.
@@ -53,7 +80,7 @@ pub struct TaskRecord {
     pub extra: Map<String, Value>,
 }
 
-/// Where a task stands, as Node's `status` field spells it (PROTOCOL.md
+/// Where a task stands, as Node's `status` field spells it (docs/protocol.md
 /// section 9). The spelling lives here and nowhere else.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]

@@ -10,13 +10,12 @@
 //! (a Ctrl-C meant for the sidecar does not reach it). Its output is
 //! appended to `update_log`.
 
-use std::fs::OpenOptions;
 use std::io;
 use std::path::Path;
-use std::process::{Command, Stdio};
 
 /// The variable that carries the command to the detached shell, so the
 /// command text is never spliced into another command line.
+#[cfg(unix)]
 const COMMAND_VAR: &str = "AGENTCOM_UPDATE_COMMAND";
 
 /// Starts `command` through `sh -c`, detached, output appended to `log`.
@@ -24,7 +23,9 @@ const COMMAND_VAR: &str = "AGENTCOM_UPDATE_COMMAND";
 /// shell cannot be started.
 #[cfg(unix)]
 pub fn start_detached(command: &str, log: &Path) -> io::Result<()> {
+    use std::fs::OpenOptions;
     use std::os::unix::process::CommandExt;
+    use std::process::{Command, Stdio};
 
     let log = OpenOptions::new().create(true).append(true).open(log)?;
     let mut outer = Command::new("sh");

@@ -5,7 +5,7 @@
 //! The agent writes `RESULTS_DIR/<task_id>.started` (it woke up),
 //! `RESULTS_DIR/<task_id>.progress` (a small JSON object with `progress` and
 //! `message`) and finally `RESULTS_DIR/<task_id>.json` (the result). See
-//! PROTOCOL.md section 8.
+//! docs/protocol.md section 8.4.
 //!
 //! File watching is unreliable (vfs-notify says as much): events can be
 //! coalesced, dropped on queue overflow, or never come on some file systems.
@@ -121,7 +121,7 @@ pub fn classify(file_name: &str) -> Option<(String, FileKind)> {
 }
 
 /// Whether `id` may name files in the results directory: 1 to 128 bytes of
-/// `[A-Za-z0-9._-]` (PROTOCOL.md section 5), and not `.` or `..`.
+/// `[A-Za-z0-9._-]` (docs/protocol.md section 5.1), and not `.` or `..`.
 ///
 /// This is slightly stricter than the protocol's character class: an id
 /// starting with `.` is refused too. Its files would be hidden files, which
@@ -231,13 +231,20 @@ pub fn read_json_file(path: &Path, max_bytes: u64) -> ReadResult {
         // The file grew past the limit after the metadata check.
         return ReadResult::TooLarge { len: read_len };
     }
-    match serde_json::from_slice::<serde_json::Value>(&bytes) {
+    parse_json_object(&bytes)
+}
+
+/// The content of a task file as [`read_json_file`] judges it, without the
+/// disk: `Parsed` for a JSON object, else `Unparseable` with the length.
+pub fn parse_json_object(bytes: &[u8]) -> ReadResult {
+    let len = bytes.len() as u64;
+    match serde_json::from_slice::<serde_json::Value>(bytes) {
         Ok(value @ serde_json::Value::Object(_)) => ReadResult::Parsed(value),
         Ok(other) => ReadResult::Unparseable {
-            len: read_len,
+            len,
             error: format!("expected a JSON object, found {}", json_type_name(&other)),
         },
-        Err(error) => ReadResult::Unparseable { len: read_len, error: error.to_string() },
+        Err(error) => ReadResult::Unparseable { len, error: error.to_string() },
     }
 }
 
@@ -322,9 +329,16 @@ pub fn remove_leftover_temp_files(queue_file: &Path, results_dir: &Path) -> Vec<
     };
     let mut removed = Vec::new();
     type IsOurs = fn(&str) -> bool;
-    let places: [(PathBuf, IsOurs); 2] =
-        [(queue_dir, is_queue_temp_name), (results_dir.join(".tasks"), is_task_file_temp_name)];
-    for (dir, is_ours) in places {
+    // (directory, its temporary names, whether it may be a link). `.tasks`
+    // is ours to create; a link in its place (the agent shares results_dir)
+    // is not followed. The queue's directory is the operator's choice.
+    let places: [(PathBuf, IsOurs, bool); 2] =
+        [(queue_dir, is_queue_temp_name, true), (results_dir.join(".tasks"), is_task_file_temp_name, false)];
+    for (dir, is_ours, may_be_link) in places {
+        if !may_be_link && fs::symlink_metadata(&dir).is_ok_and(|m| m.file_type().is_symlink()) {
+            log::warn!("{} is a symbolic link; not cleaning up inside it", dir.display());
+            continue;
+        }
         let entries = match fs::read_dir(&dir) {
             Ok(entries) => entries,
             Err(error) if error.kind() == io::ErrorKind::NotFound => continue,
@@ -720,6 +734,15 @@ mod tests {
             remove_leftover_temp_files(&work.path().join("queue.json"), &work.path().join("r")).is_empty()
         );
         assert_eq!(fs::read_to_string(&victim).unwrap(), "keep");
+        // results_dir/.tasks as a link to another directory: not entered.
+        let elsewhere = work.path().join("elsewhere");
+        fs::create_dir(&elsewhere).unwrap();
+        fs::write(elsewhere.join(".tmpAbCdEf"), "keep").unwrap();
+        let results = work.path().join("results");
+        fs::create_dir(&results).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, results.join(".tasks")).unwrap();
+        assert!(remove_leftover_temp_files(&work.path().join("q/queue.json"), &results).is_empty());
+        assert!(elsewhere.join(".tmpAbCdEf").exists());
     }
 
     #[test]

@@ -101,7 +101,7 @@ fn main() -> ExitCode {
         "hub_url": hub.url(),
     });
     println!("agentcom-devhub playing hub {} listening on {}", args.hub_version, hub.url());
-    println!("config.json for the sidecar (PROTOCOL.md section 10 lists the optional keys):");
+    println!("config.json for the sidecar (docs/protocol.md section 10.1 lists the optional keys):");
     println!("{}", serde_json::to_string_pretty(&config).expect("a JSON value serializes"));
     println!(
         "Type a task description and press Enter to push it to {}; /help lists the commands; \

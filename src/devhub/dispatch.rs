@@ -18,7 +18,7 @@ use super::state::{now_ms, AgentFsm, AgentPhase, HubState, Reply};
 
 /// The close of a connection that reached the violation limit
 /// ((4718a58) socket.ex:720-734).
-const TOO_MANY_VIOLATIONS: &str = "too many validation errors";
+pub(super) const TOO_MANY_VIOLATIONS: &str = "too many validation errors";
 
 impl HubState {
     /// Handles one JSON frame from `conn`.
@@ -83,6 +83,11 @@ impl HubState {
             // chat and report handlers would be: the devhub does not model them.
             _ => vec![error_reply("unknown_message_type")],
         });
+        if self.pending_join.remove(&conn).is_some() {
+            // The late push after identify goes through the outbox, after the
+            // replies to this frame.
+            self.schedule(now, Some(&agent_id));
+        }
         replies
     }
 
@@ -106,10 +111,16 @@ impl HubState {
             return vec![validation_failed(message_type, errors), event];
         }
         if let Some(agent_id) = agent_id {
-            let closes = self.backoffs.get(&agent_id).map_or(0, |backoff| backoff.closes);
-            self.backoffs.insert(agent_id, Backoff { closes: closes + 1, last_close: now });
+            self.record_violation_close(&agent_id, now);
         }
         vec![event, Reply::Close { code: 1008, reason: TOO_MANY_VIOLATIONS.to_string() }]
+    }
+
+    /// Records a 1008 close for the agent's cooldown
+    /// ((4718a58) violation_tracker.ex:82-95).
+    pub(super) fn record_violation_close(&mut self, agent_id: &str, now: Instant) {
+        let closes = self.backoffs.get(agent_id).map_or(0, |backoff| backoff.closes);
+        self.backoffs.insert(agent_id.to_string(), Backoff { closes: closes + 1, last_close: now });
     }
 
     /// The rate limiter, for an identified connection: `Ok(Some(warning))`
@@ -200,9 +211,14 @@ impl HubState {
             None => AgentPhase::Idle,
         };
         self.agents.insert(agent_id.to_string(), AgentFsm { conn, phase, current_task: adopted });
-        // agent_joined triggers the scheduler; pushes go through the outbox,
-        // so they follow `identified` on the wire.
-        self.schedule(now, Some(agent_id));
+        // agent_joined triggers the scheduler (scheduler.ex:100 (cbf9c20), 127
+        // (4718a58)); pushes go through the outbox, so they follow
+        // `identified` on the wire.
+        if self.late_join_push {
+            self.pending_join.insert(conn, now);
+        } else {
+            self.schedule(now, Some(agent_id));
+        }
         vec![
             Reply::Frame(json!({"type": "identified", "agent_id": agent_id})),
             Reply::Emit(DevHubEvent::Identified { conn, agent_id: agent_id.to_string() }),

@@ -1,5 +1,5 @@
 //! The development hub: a small stand-in for the AgentCom hub that speaks the
-//! hub side of PROTOCOL.md on a loopback address. The integration tests start
+//! hub side of docs/protocol.md on a loopback address. The integration tests start
 //! one in-process on port 0; `src/bin/agentcom-devhub.rs` wraps it so a person
 //! can try a wake command without the real hub.
 //!
@@ -94,6 +94,14 @@ pub struct DevHubOptions {
     /// agent right after making it busy (each race happens once, at the next
     /// scheduling run that has two queued tasks for an idle agent). Default 0.
     pub second_push_races: u32,
+    /// The scheduler's run after an identify (agent_joined) pushes only once
+    /// the hub has answered that connection's next frame, or at the first
+    /// sweep 100 ms after identify if none comes: the order issue 9 saw on
+    /// the real hubs, where a restarted sidecar's `task_recovering` is
+    /// answered `task_reassign` before the re-push. Default false: the push
+    /// follows `identified` at once (the hubs' push is asynchronous, so both
+    /// orders are real).
+    pub late_join_push: bool,
 }
 
 /// A running development hub. Dropping it stops it, as [`DevHub::stop`] does.
@@ -122,6 +130,7 @@ impl DevHubOptions {
             hub_version: HubVersion::default(),
             limits: HubLimits::default(),
             second_push_races: 0,
+            late_join_push: false,
         }
     }
 
@@ -147,6 +156,7 @@ impl fmt::Debug for DevHubOptions {
             .field("hub_version", &self.hub_version)
             .field("limits", &self.limits)
             .field("second_push_races", &self.second_push_races)
+            .field("late_join_push", &self.late_join_push)
             .finish()
     }
 }
@@ -165,11 +175,13 @@ impl DevHub {
         let (events_tx, events_rx) = crossbeam_channel::unbounded();
         let is_tls = options.tls.is_some();
         // The sweep looks at acceptance windows, stuck tasks and the end of
-        // rate-limit skips: a tenth of the shortest, within 5 ms..1 s.
+        // rate-limit skips and late pushes after identify: a tenth of the shortest, within 5 ms..1 s.
+        let late_join = if options.late_join_push { Duration::from_millis(100) } else { Duration::MAX };
         let shortest = [
             options.accept_timeout,
             options.limits.stuck_after(options.hub_version, false),
             options.limits.rate_limited_for,
+            late_join,
         ]
         .into_iter()
         .min()
@@ -341,6 +353,18 @@ impl DevHub {
     /// restart. False when the agent has no identified connection.
     pub fn restart_sidecar(&self, agent_id: &str, reason: &str) -> bool {
         self.send_raw(agent_id, serde_json::json!({"type": "restart_sidecar", "reason": reason}))
+    }
+
+    /// Closes the agent's connections as 4718a58 does at its tenth violation
+    /// in a minute (1008 "too many validation errors") and records the close,
+    /// so its next identify meets the cooldown.
+    pub fn close_for_violations(&self, agent_id: &str) {
+        let mut state = self.shared.lock();
+        state.record_violation_close(agent_id, Instant::now());
+        for conn in state.conns_of(agent_id) {
+            let reason = dispatch::TOO_MANY_VIOLATIONS.to_string();
+            state.send_to_conn(conn, Outgoing::Close { code: 1008, reason });
+        }
     }
 
     /// Which real hub this one plays.

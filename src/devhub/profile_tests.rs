@@ -311,3 +311,25 @@ fn a_cancel_deletes_the_task_and_idles_its_agent() {
     );
     assert!(!state.cancel("task-1", now));
 }
+
+#[test]
+fn a_late_join_push_follows_the_answer_to_the_first_frame_after_identify() {
+    let mut state = hub(HubVersion::V4718a58, |options| options.late_join_push = true);
+    let now = Instant::now();
+    let conn = working(&mut state, now);
+    state.disconnect(conn.id, now);
+    assert_eq!(state.tasks["task-1"].generation, 2);
+    let (conn, _) = identify(&mut state, now);
+    assert!(pushed(&conn).is_empty(), "no push right after identified");
+    let recovering = json!({"type": "task_recovering", "task_id": "task-1"});
+    let reply = send(&mut state, &conn, recovering, now);
+    assert_eq!(reply, [json!({"type": "task_reassign", "task_id": "task-1"})]);
+    assert_eq!(pushed(&conn), ["task_assign gen=3"], "then the re-push");
+    // With nothing sent after identify, the push comes 100 ms later.
+    state.disconnect(conn.id, now);
+    let (conn, _) = identify(&mut state, now);
+    state.sweep(now + Duration::from_millis(99));
+    assert!(pushed(&conn).is_empty());
+    state.sweep(now + Duration::from_millis(100));
+    assert_eq!(pushed(&conn), ["task_assign gen=5"]);
+}

@@ -109,6 +109,9 @@ pub fn run(hub: &DevHub, agent_id: &str, command: Command) -> String {
             }
         }
         Command::Second(description) => {
+            if hub.agent(agent_id).is_none() {
+                return not_connected();
+            }
             let task_id = hub.new_task_id();
             let generation = hub.push_task_now(agent_id, &task_id, &description, json!({}));
             format!("** task {task_id} pushed now, generation {generation}")

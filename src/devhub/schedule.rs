@@ -3,12 +3,15 @@
 //! sweeps (acceptance window, stuck tasks), and the operator's pushes and
 //! cancels.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Map, Value};
 
 use super::observe::TaskStatus;
 use super::state::{now_ms, AgentPhase, HubState};
+
+/// With `late_join_push`, how long after identify the push waits for a frame.
+const LATE_JOIN_WAIT: Duration = Duration::from_millis(100);
 
 impl HubState {
     /// Hands each idle identified agent its oldest queued task
@@ -116,7 +119,10 @@ impl HubState {
         }
         let before = self.rate_limited_until.len();
         self.rate_limited_until.retain(|_, until| *until > now);
-        if !expired.is_empty() || !stuck.is_empty() || self.rate_limited_until.len() != before {
+        let joins = self.pending_join.len();
+        self.pending_join.retain(|_, identified| now.saturating_duration_since(*identified) < LATE_JOIN_WAIT);
+        let changed = self.rate_limited_until.len() != before || self.pending_join.len() != joins;
+        if !expired.is_empty() || !stuck.is_empty() || changed {
             self.schedule(now, None);
         }
     }

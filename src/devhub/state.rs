@@ -112,6 +112,10 @@ pub(super) struct HubState {
     /// How many more times the scheduler's race pushes a second task to an
     /// agent it has just made busy.
     pub(super) second_push_races: u32,
+    pub(super) late_join_push: bool,
+    /// With `late_join_push`: connections whose scheduling after identify
+    /// waits for their next frame, with the time of the identify.
+    pub(super) pending_join: HashMap<u64, Instant>,
     /// Dead-lettered and cancelled tasks stay here but, as in the real hub
     /// (which moves or deletes them), the protocol no longer finds them.
     pub(super) tasks: HashMap<String, Task>,
@@ -145,6 +149,8 @@ impl HubState {
             repush_on_identify: options.repush_on_identify,
             idle_timeout: options.idle_timeout,
             second_push_races: options.second_push_races,
+            late_join_push: options.late_join_push,
+            pending_join: HashMap::new(),
             tasks: HashMap::new(),
             next_task_seq: 0,
             next_conn: 1,
@@ -301,6 +307,7 @@ impl HubState {
     /// 487-502 (4718a58)). Other tasks assigned to the agent stay assigned.
     pub(super) fn disconnect(&mut self, conn: u64, now: Instant) {
         let agent_id = self.conns.remove(&conn).and_then(|entry| entry.agent_id);
+        self.pending_join.remove(&conn);
         if let Some(agent_id) = &agent_id {
             if self.agents.get(agent_id).is_some_and(|fsm| fsm.conn == conn) {
                 if let Some(task_id) = self.agents.remove(agent_id).and_then(|fsm| fsm.current_task) {

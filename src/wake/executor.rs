@@ -93,7 +93,7 @@ impl Drop for WakeHandle {
         drop(std::mem::replace(&mut self.sender, disconnected));
         if let Some(thread) = self.thread.take() {
             if let Err(panic) = thread.join() {
-                // Re-raise the worker's panic (STYLE.md section 5), unless we
+                // Re-raise the worker's panic, unless we
                 // are already unwinding, where a second panic would abort.
                 if !thread::panicking() {
                     std::panic::resume_unwind(panic);
@@ -424,3 +424,5 @@ fn finished(request: &WakeRequest, status: WakeStatus, started: Instant) -> Wake
 
 #[cfg(all(test, unix))]
 mod tests;
+#[cfg(all(test, windows))]
+mod windows_tests;

@@ -1,7 +1,6 @@
 //! The wake module: runs the operator's `wake_command` for a task, one
 //! attempt at a time, and reports one [`WakeOutcome`] per attempt. It never
-//! retries and keeps no schedule; the event loop decides both (STYLE.md
-//! section 4).
+//! retries and keeps no schedule; the event loop decides both.
 //!
 //! - `render`: how the task reaches the command (placeholders become
 //!   references to environment variables, the task file). The hub's text

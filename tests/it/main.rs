@@ -3,13 +3,18 @@
 
 mod connection;
 mod devhub;
+mod devhub_controls;
+mod devhub_profiles;
 mod hostile;
 mod hub_conn;
+#[cfg(target_os = "linux")]
+mod netfault;
+mod ops;
 mod pm2;
+mod real_hubs;
 mod secrets;
 mod soak_found;
 mod start_script;
-mod status_json;
 mod support;
 mod tasks;
 mod wake;

@@ -10,8 +10,9 @@
 //!
 //! Every wait is on a hub event, a file or pm2's own process list, with a
 //! deadline. A guard runs `pm2 kill` on the private home, even on failure.
+//! Linux only: it reads process states from /proc.
 
-#![cfg(unix)]
+#![cfg(target_os = "linux")]
 
 use std::ffi::OsString;
 use std::fs;
@@ -44,7 +45,7 @@ fn the_real_pm2_runs_stops_and_restarts_the_sidecar() {
     let pm2 = Pm2::new(&fleet);
 
     // Started through the ecosystem file, it identifies at the hub.
-    fleet.write_config(&hub, Some(&hanging_wake(&fleet.agent)));
+    fleet.write_config(&hub, Some(&hanging_wake(&fleet.agent)), false);
     pm2.run_ok(&["start", fleet.ecosystem().to_str().unwrap()]);
     let conn = wait_identified(&hub);
     let pid = pm2.wait_online(None);
@@ -83,8 +84,9 @@ fn the_real_pm2_runs_stops_and_restarts_the_sidecar() {
     assert!(!stopped_log.contains("SIGKILL"), "{stopped_log}");
     assert_eq!(pm2.app()["pm2_env"]["status"], "stopped");
 
-    // Started again with an agent that confirms: the first task is finished.
-    fleet.write_config(&hub, Some(&confirming_wake()));
+    // Started again with an agent that confirms (and an update command for
+    // the end): the first task is finished.
+    fleet.write_config(&hub, Some(&confirming_wake()), true);
     pm2.run_ok(&["start", APP]);
     wait_identified(&hub);
     let pid = pm2.wait_online(None);
@@ -113,12 +115,22 @@ fn the_real_pm2_runs_stops_and_restarts_the_sidecar() {
     assert_eq!(outcomes[0].result, Some(json!({"status": "success", "output": "second"})));
     assert!(fleet.recovered(&second), "the restarted sidecar reported {second} as recovering");
 
-    // The hub's restart_sidecar: pm2 starts the sidecar again.
+    // The hub's restart_sidecar: the sidecar runs update.sh, which finds
+    // the binary for HEAD ready and restarts it through pm2.
     let restarts = pm2.restarts();
     assert!(hub.send_raw(AGENT, json!({"type": "restart_sidecar", "reason": "test"})));
+    hub.wait_for(DEADLINE, |e| matches!(e, DevHubEvent::Disconnected { .. }))
+        .expect("the sidecar's connection closes for the restart");
+    let down = Instant::now();
+    wait_identified(&hub);
+    println!("restart_sidecar under pm2: no sidecar at the hub for {} ms", down.elapsed().as_millis());
     pm2.wait_online(Some(pid));
     assert_eq!(pm2.restarts(), restarts + 1);
-    wait_identified(&hub);
+    let update_log = wait_until("update.sh to finish", || {
+        let log = fs::read_to_string(fleet.agent.join("update.log")).unwrap_or_default();
+        log.contains("update.sh: restarted").then_some(log)
+    });
+    assert!(update_log.contains("is ready; restarting: pm2 restart 0"), "{update_log}");
     assert_eq!(fleet.cargo_calls(), "", "cargo ran although HEAD never moved");
 }
 
@@ -196,10 +208,14 @@ impl PmBox {
         self.agent.join("results")
     }
 
-    fn write_config(&self, hub: &DevHub, wake_command: Option<&str>) {
+    /// With `update`, the hub's restart_sidecar runs the box's update.sh.
+    fn write_config(&self, hub: &DevHub, wake_command: Option<&str>, update: bool) {
         let mut cfg = config(&self.agent, &hub.url());
         if let Some(command) = wake_command {
             cfg["wake_command"] = json!(command);
+        }
+        if update {
+            cfg["update_command"] = json!(self.checkout.join("scripts/update.sh"));
         }
         fs::write(self.config_path(), serde_json::to_vec_pretty(&cfg).unwrap()).unwrap();
     }

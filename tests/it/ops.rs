@@ -1,5 +1,6 @@
-//! `agentcom-sidecar status --json`, run as the binary: one JSON object with
-//! the same facts as `status`, and the same exit codes.
+//! Operations features of the binary: `status --json` (one JSON object with
+//! the same facts as `status`, and the same exit codes) and the hub's
+//! `restart_sidecar` with `update_command`.
 
 use std::fs;
 use std::path::Path;
@@ -7,7 +8,7 @@ use std::process::Command;
 
 use serde_json::{json, Value};
 
-use crate::support::config;
+use crate::support::{config, expect_identified, start_hub, wait_until, Sidecar, AGENT, FAILSAFE};
 
 fn status_json(dir: &Path) -> (i32, Value) {
     let output = Command::new(env!("CARGO_BIN_EXE_agentcom-sidecar"))
@@ -74,4 +75,56 @@ fn json_is_only_for_status() {
         Command::new(env!("CARGO_BIN_EXE_agentcom-sidecar")).args(["check", "--json"]).output().unwrap();
     assert_eq!(output.status.code(), Some(2), "{output:?}");
     assert!(String::from_utf8_lossy(&output.stderr).contains("--json goes with status"), "{output:?}");
+}
+
+/// Unix only: on Windows `update_command` is not supported (the sidecar
+/// exits, as the next test shows for a command that cannot start).
+#[cfg(unix)]
+#[test]
+fn restart_sidecar_with_an_update_command_starts_it_detached_and_stays_connected() {
+    use agentcom_sidecar::devhub::DevHubEvent;
+
+    let hub = start_hub();
+    let dir = tempfile::tempdir().unwrap();
+    let report = dir.path().join("update-parent");
+    let mut cfg = config(dir.path(), &hub.url());
+    // The update reports its parent process, once, atomically.
+    cfg["update_command"] = json!(format!(
+        "echo \"update for $AGENTCOM_UPDATE_COMMAND_TEST\"; ps -o ppid= -p $$ > '{0}.tmp' && mv '{0}.tmp' '{0}'",
+        report.display()
+    ));
+    let mut sidecar =
+        Sidecar::start_with_env(dir.path(), &cfg, &[("AGENTCOM_UPDATE_COMMAND_TEST", "the test")]);
+    expect_identified(&hub);
+    assert!(hub.send_raw(AGENT, json!({"type": "restart_sidecar", "reason": "update"})));
+
+    let parent = wait_until("the update command to run", || fs::read_to_string(&report).ok());
+    assert_ne!(parent.trim(), sidecar.pid().to_string(), "the update runs outside the sidecar's tree");
+    let log = wait_until("the update's output", || {
+        fs::read_to_string(dir.path().join("update.log")).ok().filter(|log| log.ends_with('\n'))
+    });
+    assert_eq!(log, "update for the test\n");
+    assert!(sidecar.lifecycle().contains("\"update_started\""), "{}", sidecar.lifecycle());
+
+    // Still running and connected: a probe reaches it, and the hub has seen
+    // no disconnection.
+    assert!(sidecar.wait_exit(std::time::Duration::ZERO).is_none(), "the sidecar exited");
+    assert!(hub.send_raw(AGENT, json!({"type": "agentcom_test_probe"})));
+    let events: Vec<DevHubEvent> = hub.events().try_iter().collect();
+    assert!(!events.iter().any(|e| matches!(e, DevHubEvent::Disconnected { .. })), "{events:?}");
+}
+
+#[test]
+fn an_update_command_that_cannot_start_falls_back_to_exiting() {
+    let hub = start_hub();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), &hub.url());
+    cfg["update_command"] = json!("true");
+    cfg["update_log"] = json!(dir.path().join("no such dir/update.log"));
+    let mut sidecar = Sidecar::start(dir.path(), &cfg);
+    expect_identified(&hub);
+    assert!(hub.send_raw(AGENT, json!({"type": "restart_sidecar", "reason": "update"})));
+    let status = sidecar.wait_exit(FAILSAFE).expect("the sidecar exits");
+    assert!(status.success(), "{status:?}");
+    assert!(sidecar.output().contains("cannot start update_command"), "{}", sidecar.output());
 }
