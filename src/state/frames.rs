@@ -25,7 +25,7 @@ impl State {
         fx: &mut Vec<Effect>,
     ) {
         // Old hubs crash on task_failed and close with 1011 instead of
-        // answering; they re-queue the task (PROTOCOL.md section 6). Resending
+        // answering; they re-queue the task (docs/protocol.md 6.4). Resending
         // would crash them again, so the report counts as settled ("retried").
         if close_code == Some(1011) {
             if let Some(entry) = self.link.find_awaiting(ReplyKind::Failed).cloned() {

@@ -11,8 +11,8 @@ use super::task::{HubSync, Phase, Task, Unparsed};
 use super::{record, Effect, Held, State, TaskFiles, WakeStart};
 use crate::lifecycle_log::LifecycleEvent;
 use crate::protocol::{self, TaskAssign};
-use crate::queue_store::Report;
-use crate::wake::{WakeOutcome, WakeStatus};
+use crate::queue_store::{Report, WakeProcess};
+use crate::wake::{WakeOutcome, WakeStarted, WakeStatus};
 use crate::watcher::{is_valid_task_id, ReadResult};
 
 impl State {
@@ -100,7 +100,33 @@ impl State {
 
     // ----- waking -----------------------------------------------------------
 
+    /// A wake command is running: persisted at once, so that a crash while
+    /// it runs lets the next start end it before any new wake.
+    pub(super) fn on_wake_started(&mut self, started: WakeStarted, fx: &mut Vec<Effect>) {
+        let WakeStarted { task_id, attempt, identity } = started;
+        log::debug!("wake attempt {attempt} for task {task_id} runs as {identity:?}");
+        self.wake_process = Some(WakeProcess { task_id, attempt, identity });
+        fx.push(Effect::Persist(Box::new(self.queue_file())));
+    }
+
+    /// An attempt ended: it is no longer recorded as running (persisted with
+    /// whatever the outcome changes, or on its own).
     pub(super) fn on_wake_finished(&mut self, outcome: WakeOutcome, now: Instant, fx: &mut Vec<Effect>) {
+        let ended = self
+            .wake_process
+            .as_ref()
+            .is_some_and(|p| p.task_id == outcome.task_id && p.attempt == outcome.attempt);
+        if ended {
+            self.wake_process = None;
+        }
+        let first = fx.len();
+        self.on_wake_outcome(outcome, now, fx);
+        if ended && !fx[first..].iter().any(|effect| matches!(effect, Effect::Persist(_))) {
+            fx.push(Effect::Persist(Box::new(self.queue_file())));
+        }
+    }
+
+    fn on_wake_outcome(&mut self, outcome: WakeOutcome, now: Instant, fx: &mut Vec<Effect>) {
         let was_running = self.wake_running.as_deref() == Some(outcome.task_id.as_str());
         if was_running {
             self.wake_running = None;
@@ -154,7 +180,7 @@ impl State {
 
 impl Held<'_> {
     /// `task_assign` for the task we hold: a resend, or the hub handing the
-    /// same work back at a higher generation (PROTOCOL.md section 5), which
+    /// same work back at a higher generation (docs/protocol.md section 5.3), which
     /// is adopted without waking the agent again.
     fn on_assigned_again(&mut self, generation: u64, now: Instant, fx: &mut Vec<Effect>) {
         let task_id = self.task.id.clone();

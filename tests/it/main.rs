@@ -13,6 +13,7 @@ mod ops;
 mod pm2;
 mod real_hubs;
 mod secrets;
+mod soak_found;
 mod start_script;
 mod support;
 mod tasks;

@@ -256,3 +256,4 @@ mod intake;
 mod readoption;
 mod recovery;
 mod reports;
+mod wake_process;
