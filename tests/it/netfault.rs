@@ -409,6 +409,13 @@ fn run_tasks_exactly_once(setup: &Setup, count: usize, deadline: Duration) -> Du
         duplicated.len(),
         setup.sidecar.output().matches("identified with hub as").count()
     );
+    let output = setup.sidecar.output();
+    println!(
+        "pushed while busy: {}, taken once free: {}, handed back: {}",
+        output.matches("now: busy with").count(),
+        output.matches("pushed while we were busy on this connection").count(),
+        output.matches("back to the hub: it was pushed while we were busy").count()
+    );
     for (id, _) in lost.iter().map(|id| (id, 0)).chain(duplicated.iter().map(|(id, n)| (id, *n))) {
         explain(setup, id, &trace);
     }

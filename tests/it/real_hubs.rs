@@ -441,10 +441,14 @@ fn a_task_pushed_during_a_reconnects_recovery_completes_with_one_outcome() {
         assert_eq!(outcomes[0].generation, 1, "{version}: at the generation it was pushed with");
         let woken = fs::read_to_string(dir.path().join("woken.txt")).unwrap_or_default();
         assert_eq!(woken.lines().filter(|line| *line == pushed).count(), 1, "{version}: {woken}");
-        // The held task, taken back, comes back to the idle sidecar: nothing lost.
+        // The held task, taken back, comes back to the idle sidecar: nothing
+        // lost. It is new work to the sidecar by then (one task let go is
+        // remembered for a hand-back, and that is now the pushed one), so its
+        // agent is woken again; its result is written after that wake.
         assert_eq!(expect_sent(&hub, "task_assign")["task_id"], held.as_str(), "{version}");
-        wait_until("the agent to confirm the held task again", || {
-            sidecar.results_dir().join(format!("{held}.started")).exists().then_some(())
+        wait_until("the held task's second wake", || {
+            let woken = fs::read_to_string(dir.path().join("woken.txt")).unwrap_or_default();
+            (woken.lines().filter(|line| *line == held).count() == 2).then_some(())
         });
         write_result(&sidecar, &held, &success());
         wait_all_completed(&hub, std::slice::from_ref(&held));
