@@ -4,7 +4,9 @@
 //
 // pm2 runs a wrapper script, not the binary: scripts/start.sh (Linux, macOS)
 // or scripts/start.bat (Windows) pulls, rebuilds when HEAD moved, and starts
-// the last good binary. So `pm2 restart agentcom-sidecar` also updates it.
+// the last good binary. So `pm2 restart agentcom-sidecar` also updates it,
+// offline while it builds; scripts/update.sh builds first, while the old
+// sidecar runs, and then restarts it through pm2 (under a second offline).
 //
 // SIDECAR_CONFIG is read from the environment of `pm2 start` (default:
 // config.json in the repository root). pm2 keeps the value it started with;
@@ -42,8 +44,10 @@ function appFor(platform) {
     // and shuts down cleanly in about a second; 5 s leaves room for a busy
     // disk. (On Windows pm2 ends the tree with taskkill /F: no clean stop.)
     kill_timeout: 5000,
-    // Prefix every stdout/stderr line with a timestamp.
-    time: true,
+    // No `time` prefix from pm2: every line the sidecar and the scripts print
+    // already starts with its own UTC timestamp (milliseconds, fixed width),
+    // and a second one only made the lines longer.
+    time: false,
     out_file: path.join(repoRoot, 'logs', 'agentcom-sidecar.out.log'),
     error_file: path.join(repoRoot, 'logs', 'agentcom-sidecar.err.log'),
     merge_logs: true,

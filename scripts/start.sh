@@ -7,9 +7,20 @@
 #      not fatal (no network, diverged history): we start what is checked out.
 #   2. Rebuild with `cargo build --release --locked` only if HEAD differs from
 #      the revision recorded at the last successful build, or if there is no
-#      good binary yet.
+#      good binary yet. A build that failed is remembered (its revision in
+#      .agentcom-failed-rev) and not tried again until HEAD moves, so a
+#      broken commit does not cost a build at every restart; to retry anyway
+#      (e.g. after a full disk was the cause) set AGENTCOM_FORCE_BUILD=1 or
+#      delete that file.
 #   3. exec the last good binary with --config "${SIDECAR_CONFIG:-config.json}"
 #      and any arguments given to this script.
+#
+# scripts/update.sh runs this script with AGENTCOM_BUILD_ONLY=1 (steps 1 and
+# 2 only, while the old sidecar keeps running; exit 0 only if the last good
+# binary is built from HEAD), then restarts the sidecar through the
+# supervisor. It leaves a marker (.agentcom-prepared-rev) so that this
+# restart skips the pull: the binary it needs is ready, and the restart
+# costs well under a second.
 #
 # Why a copy ("last-good") rather than cargo's own output: we never run
 # target/release/agentcom-sidecar itself. After each successful build it is
@@ -19,18 +30,30 @@
 # happens to cargo's output meanwhile (a failed or interrupted build, a
 # crash between cargo removing the old file and linking the new one). If the
 # machine dies between the rename and the stamp, the next start just
-# rebuilds. The sidecar is not running while this script runs (pm2 and
-# systemd stop it first), and on Linux a running binary may be renamed over
-# anyway.
+# rebuilds. A running binary may be renamed over (the running process keeps
+# its file), which is what lets update.sh build while the sidecar runs.
 #
-# Messages go to stderr, so stdout carries only the sidecar's own log.
+# Messages go to stderr, so stdout carries only the sidecar's own log. Each
+# starts with a UTC timestamp like the sidecar's lines (pm2 adds none).
 # Environment: SIDECAR_CONFIG (config path, relative to the repository root),
 # CARGO_TARGET_DIR (honoured like cargo does), AGENTCOM_SKIP_PULL=1 (do not
-# pull, e.g. for a checkout you are editing by hand).
+# pull, e.g. for a checkout you are editing by hand), AGENTCOM_FORCE_BUILD=1
+# (build even if this HEAD failed to build before), AGENTCOM_BUILD_ONLY=1
+# (pull and build, do not start; used by update.sh).
 set -euo pipefail
 
+# GNU date prints milliseconds; where %N is unknown (BSD), whole seconds.
+timestamp() {
+    local now
+    now=$(date -u +%Y-%m-%dT%H:%M:%S.%3NZ 2>/dev/null) || now=""
+    case "$now" in
+    *N* | "") now=$(date -u +%Y-%m-%dT%H:%M:%S.000Z) ;;
+    esac
+    printf '%s' "$now"
+}
+
 log() {
-    printf 'start.sh: %s\n' "$*" >&2
+    printf '%s start.sh: %s\n' "$(timestamp)" "$*" >&2
 }
 
 # Makes the binary cargo just built the last good one; the comment at the
@@ -40,7 +63,8 @@ install_build() {
     cp "$built_binary" "$good_binary.tmp" &&
         mv -f "$good_binary.tmp" "$good_binary" &&
         printf '%s\n' "$head_rev" >"$stamp.tmp" &&
-        mv -f "$stamp.tmp" "$stamp"
+        mv -f "$stamp.tmp" "$stamp" &&
+        rm -f "$failed_stamp"
 }
 
 # Never wait for a password prompt, and where coreutils' timeout exists, do
@@ -56,37 +80,79 @@ pull() {
 repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo_root"
 
-if [[ "${AGENTCOM_SKIP_PULL:-}" == 1 ]]; then
-    log "AGENTCOM_SKIP_PULL=1: not pulling"
-elif ! pull >&2; then
-    log "git pull --ff-only failed; starting the code already checked out"
-fi
-
 release_dir="${CARGO_TARGET_DIR:-target}/release"
 built_binary="$release_dir/agentcom-sidecar"
 good_binary="$release_dir/agentcom-sidecar.last-good"
 stamp="$release_dir/.agentcom-built-rev"
+failed_stamp="$release_dir/.agentcom-failed-rev"
+prepared="$release_dir/.agentcom-prepared-rev"
+build_only="${AGENTCOM_BUILD_ONLY:-}"
+
+# update.sh pulled and built just before restarting us: start what it built.
+prepared_rev=""
+if [[ "$build_only" != 1 && -f "$prepared" ]]; then
+    prepared_rev=$(<"$prepared")
+    rm -f "$prepared"
+fi
+
+if [[ "${AGENTCOM_SKIP_PULL:-}" == 1 ]]; then
+    log "AGENTCOM_SKIP_PULL=1: not pulling"
+elif [[ -n "$prepared_rev" && "$prepared_rev" == "$(git rev-parse HEAD 2>/dev/null)" ]]; then
+    log "update.sh prepared $prepared_rev: not pulling"
+elif ! pull >&2; then
+    log "git pull --ff-only failed; starting the code already checked out"
+fi
 
 head_rev=$(git rev-parse HEAD) || head_rev=""
 built_rev=""
 if [[ -f "$stamp" ]]; then
     built_rev=$(<"$stamp")
 fi
+failed_rev=""
+if [[ -f "$failed_stamp" ]]; then
+    failed_rev=$(<"$failed_stamp")
+fi
 
 if [[ -x "$good_binary" && -n "$head_rev" && "$head_rev" == "$built_rev" ]]; then
     log "binary is up to date with $head_rev; not rebuilding"
 elif [[ -x "$good_binary" && -z "$head_rev" ]]; then
     log "cannot read the checked-out revision; running the last good binary (rev ${built_rev:-unknown})"
+elif [[ -n "$head_rev" && "$head_rev" == "$failed_rev" && "${AGENTCOM_FORCE_BUILD:-}" != 1 ]]; then
+    if [[ -x "$good_binary" ]]; then
+        log "$head_rev failed to build before; not retrying until HEAD moves (AGENTCOM_FORCE_BUILD=1 forces it); keeping the last good binary (rev ${built_rev:-unknown})"
+    else
+        log "$head_rev failed to build before and there is no previous binary to fall back on; not starting (AGENTCOM_FORCE_BUILD=1 retries the build)"
+        exit 1
+    fi
 else
     log "building ${head_rev:-the checkout} (last good build: ${built_rev:-none})"
     if cargo build --release --locked >&2 && install_build; then
         log "built ${head_rev:-the checkout}"
-    elif [[ -x "$good_binary" ]]; then
-        log "build failed; keeping the last good binary (rev ${built_rev:-unknown})"
     else
-        log "build failed and there is no previous binary to fall back on; not starting"
-        exit 1
+        if [[ -n "$head_rev" ]]; then
+            mkdir -p "$release_dir" && printf '%s\n' "$head_rev" >"$failed_stamp" || true
+        fi
+        if [[ -x "$good_binary" ]]; then
+            log "build failed; keeping the last good binary (rev ${built_rev:-unknown})"
+        else
+            log "build failed and there is no previous binary to fall back on; not starting"
+            exit 1
+        fi
     fi
 fi
 
+if [[ "$build_only" == 1 ]]; then
+    # Success means: the binary start.sh would run is built from HEAD.
+    built_rev=""
+    if [[ -f "$stamp" ]]; then
+        built_rev=$(<"$stamp")
+    fi
+    [[ -x "$good_binary" && -n "$head_rev" && "$head_rev" == "$built_rev" ]]
+    exit
+fi
+
+# For `update.sh --if-changed`: the revision of the binary started last.
+if [[ -f "$stamp" ]]; then
+    cp -f "$stamp" "$release_dir/.agentcom-started-rev" 2>/dev/null || true
+fi
 exec "$good_binary" --config "${SIDECAR_CONFIG:-config.json}" "$@"

@@ -27,6 +27,12 @@ pub struct Config {
     pub token: Secret,
     pub hub_url: String,
     pub wake_command: Option<String>,
+    /// Run on the hub's `restart_sidecar`, detached, instead of exiting at
+    /// once (normally `scripts/update.sh`: build, then restart through the
+    /// supervisor). `None`: exit, and let the supervisor restart us.
+    pub update_command: Option<String>,
+    /// Where the update command's output is appended.
+    pub update_log: PathBuf,
     pub capabilities: Vec<String>,
     pub confirmation_timeout: Duration,
     pub results_dir: PathBuf,
@@ -119,13 +125,37 @@ impl HubFeature {
     }
 }
 
+/// The config holds the token: warn when other users may read it (any group
+/// or other permission bit set). Unix only: Windows ACLs need another check.
+fn permission_warning(path: &Path) -> Option<String> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path).ok()?.permissions().mode();
+        (mode & 0o077 != 0).then(|| {
+            format!(
+                "{}: the config file holds the token but other users may read it (mode {:o}); run chmod 600 on it",
+                path.display(),
+                mode & 0o777
+            )
+        })
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        None
+    }
+}
+
 impl Config {
     /// Reads and validates `path`. Returns the config and warnings (unknown
     /// keys) for the caller to log once logging is set up.
     pub fn load(path: &Path) -> Result<(Config, Vec<String>), Error> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| Error::Config(format!("{}: cannot read the config file: {e}", path.display())))?;
-        Config::from_json_str(&text, path)
+        let (config, mut warnings) = Config::from_json_str(&text, path)?;
+        warnings.extend(permission_warning(path));
+        Ok((config, warnings))
     }
 
     /// Parses config text as if it had been read from `path` (relative paths
@@ -136,10 +166,7 @@ impl Config {
         let Value::Object(object) = value else {
             return Err(Error::Config(format!("{}: the top level must be a JSON object", path.display())));
         };
-        let base_dir = match path.parent() {
-            Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
+        let base_dir = base_dir_of(path);
         let keys = Keys { object: &object, path, effective: RefCell::new(Map::new()) };
 
         let agent_id = keys.required_string("agent_id")?;
@@ -156,13 +183,17 @@ impl Config {
             if p.is_absolute() {
                 p
             } else {
-                base_dir.join(p)
+                join_without_dots(&base_dir, &p)
             }
         };
 
         let show_path = |key: &str, p: &Path| keys.show(key, Value::from(p.display().to_string()));
         let wake_command = keys.string("wake_command")?.filter(|c| !c.trim().is_empty());
         keys.show("wake_command", wake_command.clone().map_or(Value::Null, Value::from));
+        let update_command = keys.string("update_command")?.filter(|c| !c.trim().is_empty());
+        keys.show("update_command", update_command.clone().map_or(Value::Null, Value::from));
+        let update_log = resolve(keys.string("update_log")?.unwrap_or_else(|| "./update.log".into()));
+        show_path("update_log", &update_log);
         let results_dir = resolve(keys.string("results_dir")?.unwrap_or_else(|| "./results".into()));
         show_path("results_dir", &results_dir);
         let log_file = resolve(keys.string("log_file")?.unwrap_or_else(|| "./sidecar.log".into()));
@@ -242,6 +273,8 @@ impl Config {
             token,
             hub_url,
             wake_command,
+            update_command,
+            update_log,
             capabilities: keys.string_list("capabilities")?.unwrap_or_default(),
             confirmation_timeout: keys.millis("confirmation_timeout_ms", 30_000, 1)?,
             results_dir,
@@ -307,6 +340,12 @@ impl Config {
         config
     }
 
+    /// config.json's directory: every relative path of the config is
+    /// relative to it, and the wake command runs in it.
+    pub fn base_dir(&self) -> PathBuf {
+        base_dir_of(&self.config_path)
+    }
+
     pub fn has_hub_feature(&self, feature: HubFeature) -> bool {
         self.hub_features.contains(&feature)
     }
@@ -316,6 +355,19 @@ impl Config {
     pub fn to_redacted_json(&self) -> Value {
         Value::Object(self.effective.clone())
     }
+}
+
+/// `base` joined with the relative `path`, leaving out `.` components, so
+/// the default `./sidecar.log` next to `./config.json` reads `./sidecar.log`
+/// rather than `././sidecar.log`. The result is never empty.
+fn join_without_dots(base: &Path, path: &Path) -> PathBuf {
+    let mut joined = base.to_path_buf();
+    for component in path.components() {
+        if component != std::path::Component::CurDir {
+            joined.push(component);
+        }
+    }
+    joined
 }
 
 /// Returns `url` with any user info (`user:pass@`) and query string replaced,
@@ -340,6 +392,13 @@ pub fn redact_url(url: &str) -> String {
     match scheme {
         Some(scheme) => format!("{scheme}://{authority}{path}"),
         None => format!("{authority}{path}"),
+    }
+}
+
+fn base_dir_of(config_path: &Path) -> PathBuf {
+    match config_path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
+        _ => PathBuf::from("."),
     }
 }
 
@@ -507,6 +566,24 @@ mod tests {
     }
 
     #[test]
+    fn resolved_paths_display_without_dot_components() {
+        let shown = |config_path: &str, log_file: &str| {
+            let text = MINIMAL.replace('}', &format!(r#","log_file":"{log_file}"}}"#));
+            let (config, _) = Config::from_json_str(&text, Path::new(config_path)).unwrap();
+            // Written with `/` whatever the platform's separator.
+            config.log_file.display().to_string().replace(std::path::MAIN_SEPARATOR, "/")
+        };
+        assert_eq!(shown("config.json", "./sidecar.log"), "./sidecar.log");
+        assert_eq!(shown("./config.json", "./logs/./sidecar.log"), "./logs/sidecar.log");
+        assert_eq!(shown("/etc/sidecar/config.json", "./sidecar.log"), "/etc/sidecar/sidecar.log");
+        assert_eq!(
+            shown("/etc/sidecar/config.json", "../var/sidecar.log"),
+            "/etc/sidecar/../var/sidecar.log"
+        );
+        assert_eq!(shown("/etc/sidecar/config.json", "/var/log/s.log"), "/var/log/s.log");
+    }
+
+    #[test]
     fn node_example_config_is_accepted() {
         let text = r#"{
             "agent_id": "my-agent", "token": "tok", "hub_url": "wss://hub.example/ws",
@@ -606,12 +683,12 @@ mod tests {
         let Value::Object(mut shown) = shown else { panic!("not an object") };
         assert_eq!(shown["token"], "<redacted>");
         // Joined with the platform's separator (`\` on Windows).
-        let results_dir = std::path::Path::new("/etc/sidecar").join("./results");
+        let results_dir = std::path::Path::new("/etc/sidecar").join("results");
         assert_eq!(shown["results_dir"], results_dir.display().to_string());
         assert_eq!(shown["heartbeat_interval_ms"], 30_000);
         assert_eq!(shown["wake_retry_delays_ms"], serde_json::json!([5_000, 15_000, 30_000]));
         assert_eq!(shown["log_level"], "info");
-        assert_eq!(shown.len(), 31, "the 30 keys and config_path: {shown:?}");
+        assert_eq!(shown.len(), 33, "the 32 keys and config_path: {shown:?}");
         // Every key `check` shows is one the parser knows: fed back in (with
         // the real token and URL), nothing is warned about.
         shown.remove("config_path");

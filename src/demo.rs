@@ -7,10 +7,10 @@
 use std::io::Write;
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde_json::json;
 
 use crate::config::Config;
-use crate::devhub::{DevHub, DevHubEvent, DevHubOptions};
+use crate::devhub::{redact_token, DevHub, DevHubEvent, DevHubOptions};
 use crate::event::Event;
 
 #[cfg(not(windows))]
@@ -62,7 +62,9 @@ pub fn run_demo(out: &mut dyn Write) -> Result<(), String> {
     while std::time::Instant::now() < deadline {
         let Some(event) = hub.wait_for(deadline - std::time::Instant::now(), |_| true) else { break };
         match &event {
-            DevHubEvent::Received { frame, .. } => say(out, format!("  hub <- sidecar  {}", redact(frame))),
+            DevHubEvent::Received { frame, .. } => {
+                say(out, format!("  hub <- sidecar  {}", redact_token(frame)))
+            }
             DevHubEvent::Sent { frame, .. } => say(out, format!("  hub -> sidecar  {frame}")),
             other => say(out, format!("  hub: {other:?}")),
         }
@@ -91,12 +93,4 @@ pub fn run_demo(out: &mut dyn Write) -> Result<(), String> {
         say(out, "demo: the task went hub -> sidecar -> agent -> hub and was acknowledged".into());
     }
     outcome
-}
-
-fn redact(frame: &Value) -> Value {
-    let mut frame = frame.clone();
-    if frame.get("token").is_some() {
-        frame["token"] = json!("<redacted>");
-    }
-    frame
 }

@@ -19,6 +19,7 @@ pub mod queue_store;
 pub mod retry;
 pub mod state;
 pub mod status;
+pub mod update;
 pub mod wake;
 pub mod watcher;
 

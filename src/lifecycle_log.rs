@@ -61,6 +61,8 @@ lifecycle_events! {
     Disconnected = "disconnected",
     AuthFailed = "auth_failed",
     Shutdown = "shutdown",
+    /// The hub's `restart_sidecar` started `update_command` (detached).
+    UpdateStarted = "update_started",
     /// A task was found in queue.json at start.
     TaskRecoveredFromDisk = "task_recovered_from_disk",
     RecoveringSent = "recovering_sent",

@@ -14,7 +14,9 @@ agentcom-sidecar: relays AgentCom hub tasks to a local agent
 USAGE:
     agentcom-sidecar [--config PATH]           run the sidecar
     agentcom-sidecar check [--config PATH]     validate the config and print it (token redacted)
-    agentcom-sidecar status [--config PATH]    show the held task, pending reports and recent events;
+    agentcom-sidecar status [--json] [--config PATH]
+                                               show the held task, pending reports and recent events
+                                               (--json: as one JSON object on one line);
                                                exit 0 when idle with nothing pending, 1 otherwise
     agentcom-sidecar --help | --version
 
@@ -30,6 +32,7 @@ enum Command {
 fn main() -> ExitCode {
     let mut command = Command::Run;
     let mut config_path: Option<PathBuf> = None;
+    let mut json = false;
     let mut args = std::env::args_os().skip(1);
     while let Some(arg) = args.next() {
         let Some(arg_str) = arg.to_str() else {
@@ -48,6 +51,7 @@ fn main() -> ExitCode {
                 Some(path) => config_path = Some(PathBuf::from(path)),
                 None => return usage_error("--config needs a path"),
             },
+            "--json" => json = true,
             "check" => command = Command::Check,
             "status" => command = Command::Status,
             "run" => command = Command::Run,
@@ -56,6 +60,9 @@ fn main() -> ExitCode {
                 None => return usage_error(&format!("unexpected argument {other:?}")),
             },
         }
+    }
+    if json && !matches!(command, Command::Status) {
+        return usage_error("--json goes with status");
     }
     let config_path = config_path
         .or_else(|| std::env::var_os("SIDECAR_CONFIG").filter(|v| !v.is_empty()).map(PathBuf::from))
@@ -81,7 +88,13 @@ fn main() -> ExitCode {
         }
         Command::Status => {
             let mut stdout = std::io::stdout().lock();
-            match agentcom_sidecar::status::report(&config, agentcom_sidecar::clock::unix_ms(), &mut stdout) {
+            let now_ms = agentcom_sidecar::clock::unix_ms();
+            let written = if json {
+                agentcom_sidecar::status::report_json(&config, now_ms, &mut stdout)
+            } else {
+                agentcom_sidecar::status::report(&config, now_ms, &mut stdout)
+            };
+            match written {
                 Ok(agentcom_sidecar::status::Verdict::Idle) => ExitCode::SUCCESS,
                 Ok(agentcom_sidecar::status::Verdict::Busy) => ExitCode::FAILURE,
                 Err(e) => {
@@ -134,13 +147,19 @@ fn run(config: Config, warnings: &[String]) -> ExitCode {
 /// Levelled lines on stderr/stdout for pm2. Only this crate's records pass:
 /// dependencies (tungstenite at trace level) could otherwise print frame
 /// payloads, and the identify frame carries the token.
+///
+/// Every line starts with the one timestamp it carries (pm2's own `time`
+/// prefix is off in scripts/ecosystem.config.js), in UTC with milliseconds,
+/// always 24 characters: `2026-12-01T21:16:24.180Z [INFO] ...`.
 fn init_logging(level: log::LevelFilter) {
     let config = simplelog::ConfigBuilder::new()
         .add_filter_allow_str("agentcom_sidecar")
         .set_thread_mode(simplelog::ThreadLogMode::Names)
         .set_thread_level(log::LevelFilter::Error)
         .set_target_level(log::LevelFilter::Off)
-        .set_time_format_rfc3339()
+        .set_time_format_custom(simplelog::format_description!(
+            "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+        ))
         .build();
     let _ = simplelog::SimpleLogger::init(level, config);
 }

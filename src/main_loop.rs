@@ -77,6 +77,9 @@ impl Shell {
             LifecycleLog::open(&config.log_file, &config.agent_id, config.log_max_bytes, config.log_keep)
                 .map_err(|e| Error::io(format!("cannot open log_file {}", config.log_file.display()), e))?;
 
+        for path in watcher::remove_leftover_temp_files(&config.queue_file, &config.results_dir) {
+            log::info!("removed {}, left behind by an interrupted save", path.display());
+        }
         let queue = match queue_store::load(&config.queue_file) {
             Ok(Loaded::Missing) => QueueFile::default(),
             Ok(Loaded::Ok(queue)) => *queue,
@@ -213,7 +216,7 @@ impl Shell {
         let dir = &self.config.results_dir;
         TaskFiles {
             task_id: task_id.to_owned(),
-            started: watcher::task_file_path(dir, task_id, FileKind::Started).exists(),
+            started: watcher::is_regular_file(&watcher::task_file_path(dir, task_id, FileKind::Started)),
             result: watcher::read_json_file(
                 &watcher::task_file_path(dir, task_id, FileKind::Result),
                 self.config.max_result_bytes,
@@ -273,6 +276,20 @@ impl Shell {
                     let _ = std::fs::remove_file(handoff_file_path(&self.config.results_dir, &task_id));
                 }
                 Effect::Record { event, fields } => self.lifecycle.record(event, fields),
+                Effect::StartUpdate => {
+                    let started = match &self.config.update_command {
+                        Some(command) => crate::update::start_detached(command, &self.config.update_log)
+                            .map_err(|e| format!("{}: {e}", self.config.update_log.display())),
+                        None => Err("no update_command is configured".to_owned()),
+                    };
+                    match started {
+                        Ok(()) => log::info!(
+                            "update_command started; its output goes to {}",
+                            self.config.update_log.display()
+                        ),
+                        Err(error) => follow_ups.push_back(Input::UpdateFailed { error }),
+                    }
+                }
                 Effect::Exit => self.exit = true,
             }
         }
@@ -339,6 +356,7 @@ impl Shell {
             task_json: start.task_json,
             task_file,
             results_dir: self.config.results_dir.clone(),
+            work_dir: self.config.base_dir(),
             timeout: self.config.wake_timeout,
         });
     }

@@ -128,11 +128,28 @@ pub fn classify(file_name: &str) -> Option<(String, FileKind)> {
 /// [`classify`] ignores, so such a task could never be confirmed or finish;
 /// refusing it up front fails it visibly instead. `.` and `..` are covered by
 /// the same rule. Real hub ids are `task-` plus hex digits.
+///
+/// Windows device names (`CON`, `NUL`, `COM1`, ... also with an extension,
+/// as in `nul.txt`, in any case) are refused on every platform: on Windows
+/// `CON.json` opens the console, not a file, and a task must behave the same
+/// on every machine of a fleet.
 pub fn is_valid_task_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= MAX_TASK_ID_LEN
         && !id.starts_with('.')
         && id.bytes().all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'.' | b'_' | b'-'))
+        && !is_windows_device_name(id)
+}
+
+/// Whether Windows would take a file named `id.<ext>` for a device: the part
+/// before the first dot is CON, PRN, AUX, NUL, COM0-9 or LPT0-9.
+fn is_windows_device_name(id: &str) -> bool {
+    let stem = id.split('.').next().unwrap_or(id).to_ascii_uppercase();
+    match stem.as_bytes() {
+        b"CON" | b"PRN" | b"AUX" | b"NUL" => true,
+        [b'C', b'O', b'M', digit] | [b'L', b'P', b'T', digit] => digit.is_ascii_digit(),
+        _ => false,
+    }
 }
 
 /// `results_dir/<task_id>.<extension>`. The caller must have checked the id
@@ -174,10 +191,20 @@ pub fn scan(dir: &Path) -> io::Result<Vec<(String, FileKind)>> {
 ///
 /// A file being written without a rename is caught mid-write as
 /// `Unparseable`; the caller decides how long to wait for it to settle.
+///
+/// Only a regular file is read. A symbolic link is never followed (it could
+/// point anywhere outside the results directory), and a FIFO or device is
+/// never opened in a way that can block the loop: see [`open_no_follow`].
 pub fn read_json_file(path: &Path, max_bytes: u64) -> ReadResult {
-    let file = match fs::File::open(path) {
+    let file = match open_no_follow(path) {
         Ok(file) => file,
         Err(error) if error.kind() == io::ErrorKind::NotFound => return ReadResult::Missing,
+        Err(error) if is_symlink(path) => {
+            return ReadResult::Unparseable {
+                len: 0,
+                error: format!("is a symbolic link; only regular files are read ({error})"),
+            }
+        }
         Err(error) => return ReadResult::Unparseable { len: 0, error: format!("cannot open: {error}") },
     };
     // Metadata of the open file, not of the path, so it describes the same
@@ -204,14 +231,57 @@ pub fn read_json_file(path: &Path, max_bytes: u64) -> ReadResult {
         // The file grew past the limit after the metadata check.
         return ReadResult::TooLarge { len: read_len };
     }
-    match serde_json::from_slice::<serde_json::Value>(&bytes) {
+    parse_json_object(&bytes)
+}
+
+/// The content of a task file as [`read_json_file`] judges it, without the
+/// disk: `Parsed` for a JSON object, else `Unparseable` with the length.
+pub fn parse_json_object(bytes: &[u8]) -> ReadResult {
+    let len = bytes.len() as u64;
+    match serde_json::from_slice::<serde_json::Value>(bytes) {
         Ok(value @ serde_json::Value::Object(_)) => ReadResult::Parsed(value),
         Ok(other) => ReadResult::Unparseable {
-            len: read_len,
+            len,
             error: format!("expected a JSON object, found {}", json_type_name(&other)),
         },
-        Err(error) => ReadResult::Unparseable { len: read_len, error: error.to_string() },
+        Err(error) => ReadResult::Unparseable { len, error: error.to_string() },
     }
+}
+
+/// Whether `path` is a regular file itself, not a symbolic link (to anything),
+/// a directory, a FIFO or a device. Used for `.started`, whose content does
+/// not matter: a link named like it does not confirm anything.
+pub fn is_regular_file(path: &Path) -> bool {
+    fs::symlink_metadata(path).is_ok_and(|metadata| metadata.file_type().is_file())
+}
+
+fn is_symlink(path: &Path) -> bool {
+    fs::symlink_metadata(path).is_ok_and(|metadata| metadata.file_type().is_symlink())
+}
+
+/// Opens `path` for reading such that neither a symbolic link in its last
+/// component is followed nor the open can block. On Unix: `O_NOFOLLOW` (a
+/// link fails with `ELOOP`) and `O_NONBLOCK` (opening a FIFO with no writer
+/// returns at once instead of waiting for one; it changes nothing for a
+/// regular file, and the caller refuses anything else after `fstat`). On
+/// Windows: `FILE_FLAG_OPEN_REPARSE_POINT` opens a link itself, which the
+/// caller's metadata check then refuses.
+fn open_no_follow(path: &Path) -> io::Result<fs::File> {
+    let mut options = fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK);
+    }
+    #[cfg(windows)]
+    {
+        use std::os::windows::fs::OpenOptionsExt;
+        /// FILE_FLAG_OPEN_REPARSE_POINT (winbase.h).
+        const OPEN_REPARSE_POINT: u32 = 0x0020_0000;
+        options.custom_flags(OPEN_REPARSE_POINT);
+    }
+    options.open(path)
 }
 
 /// Deletes the `.started`, `.json` and `.progress` files of a task. Missing
@@ -239,6 +309,67 @@ pub fn remove_task_files(results_dir: &Path, task_id: &str) -> io::Result<()> {
         Some(error) => Err(error),
         None => Ok(()),
     }
+}
+
+/// Removes what a killed save leaves behind: temporary files that only this
+/// sidecar creates, and only by their exact name patterns (tempfile's six
+/// random alphanumeric characters). A save writes a temporary file and
+/// renames it into place; killed in between, the temporary file stays.
+///
+/// - `.queue.json.XXXXXX.tmp` next to `queue_file` (queue.json saves),
+/// - `.tmpXXXXXX` in `results_dir/.tasks` (task files for the agent).
+///
+/// Only regular files are removed (a link of that name is left alone, and
+/// so is everything else). Call it at start-up, before anything saves.
+/// Returns the files removed; a failure to list or remove is logged.
+pub fn remove_leftover_temp_files(queue_file: &Path, results_dir: &Path) -> Vec<PathBuf> {
+    let queue_dir = match queue_file.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let mut removed = Vec::new();
+    type IsOurs = fn(&str) -> bool;
+    let places: [(PathBuf, IsOurs); 2] =
+        [(queue_dir, is_queue_temp_name), (results_dir.join(".tasks"), is_task_file_temp_name)];
+    for (dir, is_ours) in places {
+        let entries = match fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => continue,
+            Err(error) => {
+                log::warn!("cannot list {} to remove leftover temporary files: {error}", dir.display());
+                continue;
+            }
+        };
+        for entry in entries.flatten() {
+            if !entry.file_name().to_str().is_some_and(is_ours) {
+                continue;
+            }
+            let path = entry.path();
+            if !is_regular_file(&path) {
+                continue;
+            }
+            match fs::remove_file(&path) {
+                Ok(()) => removed.push(path),
+                Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+                Err(error) => log::warn!("cannot remove leftover {}: {error}", path.display()),
+            }
+        }
+    }
+    removed
+}
+
+/// `.queue.json.` + 6 alphanumerics + `.tmp` (queue_store's save).
+fn is_queue_temp_name(name: &str) -> bool {
+    name.strip_prefix(".queue.json.").and_then(|rest| rest.strip_suffix(".tmp")).is_some_and(is_temp_random)
+}
+
+/// `.tmp` + 6 alphanumerics (tempfile's default, the task file's save).
+fn is_task_file_temp_name(name: &str) -> bool {
+    name.strip_prefix(".tmp").is_some_and(is_temp_random)
+}
+
+fn is_temp_random(part: &str) -> bool {
+    part.len() == 6 && part.bytes().all(|byte| byte.is_ascii_alphanumeric())
 }
 
 /// Maps one notify result to a hint, or `None` for events that cannot mean a
@@ -365,6 +496,22 @@ mod tests {
             ("a\nb".into(), false),
             ("é".into(), false),
             ("$(touch x)".into(), false),
+            ("a:b".into(), false),
+            // Windows device names, with or without an extension, any case.
+            ("CON".into(), false),
+            ("con".into(), false),
+            ("NUL".into(), false),
+            ("nul.txt".into(), false),
+            ("PRN".into(), false),
+            ("AUX.json".into(), false),
+            ("COM1".into(), false),
+            ("com9.x.y".into(), false),
+            ("LPT0".into(), false),
+            ("CONSOLE".into(), true),
+            ("COM10".into(), true),
+            ("xCON".into(), true),
+            ("task-CON".into(), true),
+            ("COM".into(), true),
         ];
         for (id, expected) in cases {
             assert_eq!(is_valid_task_id(&id), expected, "is_valid_task_id({id:?})");
@@ -441,6 +588,159 @@ mod tests {
         );
         // A limit at the top of the range must not overflow `max_bytes + 1`.
         assert!(matches!(read_json_file(&path("ok.json"), u64::MAX), ReadResult::Parsed(_)));
+    }
+
+    /// Runs `read` on another thread and fails the test if it blocks: a
+    /// blocked open() must fail the test, not hang it.
+    #[cfg(unix)]
+    fn read_within_failsafe(path: PathBuf) -> ReadResult {
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        std::thread::spawn(move || {
+            let _ = tx.send(read_json_file(&path, 1 << 20));
+        });
+        rx.recv_timeout(FAILSAFE).expect("read_json_file blocked")
+    }
+
+    #[cfg(unix)]
+    fn mkfifo(path: &Path) {
+        let status = std::process::Command::new("mkfifo").arg(path).status().unwrap();
+        assert!(status.success(), "mkfifo failed");
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_fifo_named_like_a_task_file_is_refused_without_blocking() {
+        // Regression (issue 10 #1): open() of a FIFO with no writer blocked
+        // the loop thread forever.
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["t.json", "t.progress", "t.started"] {
+            let path = dir.path().join(name);
+            mkfifo(&path);
+            match read_within_failsafe(path.clone()) {
+                ReadResult::Unparseable { error, .. } => {
+                    assert!(error.contains("not a regular file"), "{name}: {error}")
+                }
+                other => panic!("{name}: a FIFO was read as {other:?}"),
+            }
+            assert!(!is_regular_file(&path), "{name}: a FIFO counted as a regular file");
+        }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_symlink_out_of_the_results_dir_is_never_followed() {
+        // Regression (issue 10 #7): a result file that was a link to a JSON
+        // file elsewhere was relayed to the hub in full.
+        let parent = tempfile::tempdir().unwrap();
+        let results = parent.path().join("results");
+        fs::create_dir(&results).unwrap();
+        let outside = parent.path().join("secret.json");
+        fs::write(&outside, r#"{"status":"success","output":"outside"}"#).unwrap();
+        for name in ["t.json", "t.progress", "t.started"] {
+            let link = results.join(name);
+            std::os::unix::fs::symlink(&outside, &link).unwrap();
+            match read_json_file(&link, 1 << 20) {
+                ReadResult::Unparseable { len: 0, error } => {
+                    assert!(error.contains("symbolic link"), "{name}: {error}")
+                }
+                other => panic!("{name}: a link was read as {other:?}"),
+            }
+            assert!(!is_regular_file(&link), "{name}: a link counted as a regular file");
+        }
+        // A dangling link is refused the same way, not taken as missing.
+        let dangling = results.join("u.json");
+        std::os::unix::fs::symlink(parent.path().join("nothing-here"), &dangling).unwrap();
+        assert!(matches!(read_json_file(&dangling, 1 << 20), ReadResult::Unparseable { .. }));
+        // A link to a directory, too.
+        let to_dir = results.join("v.json");
+        std::os::unix::fs::symlink(parent.path(), &to_dir).unwrap();
+        assert!(matches!(read_json_file(&to_dir, 1 << 20), ReadResult::Unparseable { .. }));
+        // The regular file itself is read; the check is about links only.
+        assert!(matches!(read_json_file(&outside, 1 << 20), ReadResult::Parsed(_)));
+        assert!(is_regular_file(&outside));
+    }
+
+    #[test]
+    fn a_large_result_is_not_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.json");
+        // Sparse: 100 MB of length without 100 MB of disk or time.
+        fs::File::create(&path).unwrap().set_len(100 << 20).unwrap();
+        assert_eq!(read_json_file(&path, 1 << 20), ReadResult::TooLarge { len: 100 << 20 });
+    }
+
+    #[test]
+    fn leftover_temp_files_of_ours_are_removed_and_nothing_else() {
+        // Regression (issue 10 #4): temporary files of a save killed before
+        // its rename stayed forever.
+        let work = tempfile::tempdir().unwrap();
+        let queue_file = work.path().join("queue.json");
+        let results = work.path().join("results");
+        let tasks = results.join(".tasks");
+        fs::create_dir_all(&tasks).unwrap();
+        let ours = [work.path().join(".queue.json.a1B2c3.tmp"), tasks.join(".tmpZ9y8X7")];
+        let not_ours = [
+            work.path().join("queue.json"),
+            work.path().join(".queue.json.a1B2c.tmp"),
+            work.path().join(".queue.json.a1B2c3d.tmp"),
+            work.path().join(".queue.json.a1-2c3.tmp"),
+            work.path().join("x.queue.json.a1B2c3.tmp"),
+            work.path().join(".tmpZ9y8X7"),
+            work.path().join("notes.txt"),
+            results.join(".tmpZ9y8X7"),
+            results.join("t.json"),
+            tasks.join("t.json"),
+            tasks.join(".tmpZ9y8X"),
+            tasks.join(".tmpZ9y8X7.json"),
+        ];
+        for path in ours.iter().chain(&not_ours) {
+            fs::write(path, "{}").unwrap();
+        }
+        // A directory with our pattern is not ours either.
+        fs::create_dir(tasks.join(".tmpDIR123")).unwrap();
+        let mut removed = remove_leftover_temp_files(&queue_file, &results);
+        removed.sort();
+        let mut expected = ours.to_vec();
+        expected.sort();
+        assert_eq!(removed, expected);
+        for path in &ours {
+            assert!(!path.exists(), "{} is still there", path.display());
+        }
+        for path in &not_ours {
+            assert!(path.exists(), "{} was removed", path.display());
+        }
+        assert!(tasks.join(".tmpDIR123").is_dir());
+        // Missing directories are fine.
+        assert!(
+            remove_leftover_temp_files(&work.path().join("q/queue.json"), &work.path().join("r")).is_empty()
+        );
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn leftover_clean_up_does_not_follow_links() {
+        let work = tempfile::tempdir().unwrap();
+        let victim = work.path().join("victim");
+        fs::write(&victim, "keep").unwrap();
+        let link = work.path().join(".queue.json.a1B2c3.tmp");
+        std::os::unix::fs::symlink(&victim, &link).unwrap();
+        assert!(
+            remove_leftover_temp_files(&work.path().join("queue.json"), &work.path().join("r")).is_empty()
+        );
+        assert_eq!(fs::read_to_string(&victim).unwrap(), "keep");
+    }
+
+    #[test]
+    fn the_temp_name_patterns_match_what_our_saves_create() {
+        // Kill a save "between write and rename" by keeping the temp file:
+        // the same builders the savers use must produce names we clean up.
+        let dir = tempfile::tempdir().unwrap();
+        let queue_temp =
+            tempfile::Builder::new().prefix(".queue.json.").suffix(".tmp").tempfile_in(dir.path()).unwrap();
+        let task_temp = tempfile::NamedTempFile::new_in(dir.path()).unwrap();
+        let name = |path: &Path| path.file_name().unwrap().to_str().unwrap().to_string();
+        assert!(is_queue_temp_name(&name(queue_temp.path())), "{}", name(queue_temp.path()));
+        assert!(is_task_file_temp_name(&name(task_temp.path())), "{}", name(task_temp.path()));
     }
 
     #[test]

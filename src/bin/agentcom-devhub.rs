@@ -1,7 +1,8 @@
 //! `agentcom-devhub`: the development hub (`agentcom_sidecar::devhub`) for
-//! people. It listens on 127.0.0.1, prints a config.json a sidecar can use,
-//! pushes each line typed on stdin as a task, and prints every frame in and out
-//! with tokens redacted. End of input stops it cleanly; there is no Ctrl-C
+//! people. It listens on 127.0.0.1, plays one real hub version, prints a
+//! config.json a sidecar can use, pushes each line typed on stdin as a task
+//! (or carries out a `/` command, `devhub::prompt`), and prints every frame in
+//! and out with tokens redacted. End of input stops it cleanly; there is no Ctrl-C
 //! handler, because the hub keeps nothing on disk and a kill loses nothing.
 
 use std::io::{self, BufRead};
@@ -10,7 +11,7 @@ use std::process::ExitCode;
 use std::thread;
 use std::time::Duration;
 
-use agentcom_sidecar::devhub::{redact_token, DevHub, DevHubEvent, DevHubOptions, TaskStatus};
+use agentcom_sidecar::devhub::{prompt, redact_token, DevHub, DevHubEvent, DevHubOptions, HubVersion};
 use serde_json::json;
 
 const USAGE: &str = "\
@@ -18,6 +19,7 @@ agentcom-devhub: a development AgentCom hub on 127.0.0.1, to try a sidecar and
 its wake command without the real hub.
 
 Usage: agentcom-devhub [--port N] [--agent-id A] [--token T] [--accept-timeout-ms N]
+                       [--hub-version cbf9c20|4718a58] [--second-push-races N]
        agentcom-devhub --demo
 
   --demo                 run a complete loop in this process and exit: the hub on a
@@ -30,9 +32,16 @@ Options:
   --token T              its token (default \"dev-token\")
   --accept-timeout-ms N  how long an assigned task waits for task_accepted before
                          the hub takes it back and pushes it again (default 60000)
+  --hub-version V        the real hub to play: cbf9c20 (old: no validation, 1011
+                         close on task_failed) or 4718a58 (newest, the default:
+                         schema validation, violations and 1008 cooldowns, rate limits)
+  --second-push-races N  let the scheduler push a second task to a busy agent N times
+                         (the real hubs' race; default 0)
   -h, --help             print this help and exit
 
-Each non-empty line typed on stdin is pushed to the agent as a task description.
+Each non-empty line typed on stdin is pushed to the agent as a task description;
+a line starting with / is a command (/help lists them: cancel, restart, rate
+limits, a second task while busy, any raw frame).
 Every frame is printed on one line: \"<-\" received from the sidecar, \"->\" sent
 to it, tokens redacted; \"**\" lines are connection and task events.
 End the input (Ctrl-D; Ctrl-Z then Enter on Windows) to stop the hub cleanly.
@@ -45,6 +54,8 @@ struct Args {
     agent_id: String,
     token: String,
     accept_timeout: Option<Duration>,
+    hub_version: HubVersion,
+    second_push_races: u32,
 }
 
 #[derive(Debug, PartialEq)]
@@ -68,7 +79,8 @@ fn main() -> ExitCode {
         }
     };
 
-    let mut options = DevHubOptions::new(&args.agent_id, &args.token);
+    let mut options = DevHubOptions::for_version(&args.agent_id, &args.token, args.hub_version);
+    options.second_push_races = args.second_push_races;
     options.bind = SocketAddr::from(([127, 0, 0, 1], args.port));
     if let Some(accept_timeout) = args.accept_timeout {
         options.accept_timeout = accept_timeout;
@@ -88,11 +100,12 @@ fn main() -> ExitCode {
         "token": args.token,
         "hub_url": hub.url(),
     });
-    println!("agentcom-devhub listening on {}", hub.url());
+    println!("agentcom-devhub playing hub {} listening on {}", args.hub_version, hub.url());
     println!("config.json for the sidecar (PROTOCOL.md section 10 lists the optional keys):");
     println!("{}", serde_json::to_string_pretty(&config).expect("a JSON value serializes"));
     println!(
-        "Type a task description and press Enter to push it to {}; end the input (Ctrl-D) to stop.",
+        "Type a task description and press Enter to push it to {}; /help lists the commands; \
+         end the input (Ctrl-D) to stop.",
         args.agent_id
     );
 
@@ -111,18 +124,11 @@ fn main() -> ExitCode {
                 break;
             }
         };
-        let description = line.trim();
-        if description.is_empty() {
-            continue;
+        match prompt::parse(&line) {
+            Ok(Some(command)) => println!("{}", prompt::run(&hub, &args.agent_id, command)),
+            Ok(None) => {}
+            Err(message) => println!("** {message}"),
         }
-        let task_id = hub.push_task(&args.agent_id, description, json!({}));
-        let where_it_is = match hub.task(&task_id) {
-            Some(task) if task.status == TaskStatus::Assigned => {
-                format!("assigned, generation {}", task.generation)
-            }
-            _ => format!("queued until {} is identified and idle", args.agent_id),
-        };
-        println!("** task {task_id} {where_it_is}");
     }
 
     println!("** end of input: stopping");
@@ -158,6 +164,8 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, String>
         agent_id: "dev-agent".to_string(),
         token: "dev-token".to_string(),
         accept_timeout: None,
+        hub_version: HubVersion::default(),
+        second_push_races: 0,
     };
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
@@ -172,7 +180,15 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, String>
         if flag == "--demo" {
             return Ok(Command::Demo);
         }
-        if !matches!(flag.as_str(), "--port" | "--agent-id" | "--token" | "--accept-timeout-ms") {
+        if !matches!(
+            flag.as_str(),
+            "--port"
+                | "--agent-id"
+                | "--token"
+                | "--accept-timeout-ms"
+                | "--hub-version"
+                | "--second-push-races"
+        ) {
             return Err(format!("unknown argument {arg:?}"));
         }
         let value = match inline_value.or_else(|| args.next()) {
@@ -193,6 +209,14 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, String>
                     .parse()
                     .map_err(|_| format!("--accept-timeout-ms wants milliseconds, not {value:?}"))?;
                 parsed.accept_timeout = Some(Duration::from_millis(ms));
+            }
+            "--hub-version" => {
+                parsed.hub_version = HubVersion::parse(&value)
+                    .ok_or_else(|| format!("--hub-version wants cbf9c20 or 4718a58, not {value:?}"))?;
+            }
+            "--second-push-races" => {
+                parsed.second_push_races =
+                    value.parse().map_err(|_| format!("--second-push-races wants a count, not {value:?}"))?;
             }
             _ => unreachable!("flags are checked above"),
         }
@@ -225,6 +249,9 @@ fn describe(event: &DevHubEvent) -> String {
         DevHubEvent::TaskTakenBack { task_id, generation, reason } => {
             format!("** task {task_id} taken back ({reason}), now generation {generation}")
         }
+        DevHubEvent::Violation { conn, message_type, count } => {
+            format!("** [{conn}] violation {count} ({message_type})")
+        }
         DevHubEvent::Disconnected { conn, agent_id } => match agent_id {
             Some(agent_id) => format!("** [{conn}] disconnected ({agent_id})"),
             None => format!("** [{conn}] disconnected"),
@@ -249,6 +276,8 @@ mod tests {
                 agent_id: "dev-agent".to_string(),
                 token: "dev-token".to_string(),
                 accept_timeout: None,
+                hub_version: HubVersion::V4718a58,
+                second_push_races: 0,
             }))
         );
     }
@@ -260,10 +289,32 @@ mod tests {
             agent_id: "a1".to_string(),
             token: "t1".to_string(),
             accept_timeout: Some(Duration::from_millis(500)),
+            hub_version: HubVersion::Cbf9c20,
+            second_push_races: 2,
         }));
-        let spaced = ["--port", "4100", "--agent-id", "a1", "--token", "t1", "--accept-timeout-ms", "500"];
+        let spaced = [
+            "--port",
+            "4100",
+            "--agent-id",
+            "a1",
+            "--token",
+            "t1",
+            "--accept-timeout-ms",
+            "500",
+            "--hub-version",
+            "cbf9c20",
+            "--second-push-races",
+            "2",
+        ];
         assert_eq!(parse(&spaced), expected);
-        let inline = ["--port=4100", "--agent-id=a1", "--token=t1", "--accept-timeout-ms=500"];
+        let inline = [
+            "--port=4100",
+            "--agent-id=a1",
+            "--token=t1",
+            "--accept-timeout-ms=500",
+            "--hub-version=cbf9c20",
+            "--second-push-races=2",
+        ];
         assert_eq!(parse(&inline), expected);
     }
 
@@ -286,6 +337,8 @@ mod tests {
         assert!(parse(&["--bogus"]).unwrap_err().contains("unknown argument"));
         assert!(parse(&["--token", ""]).unwrap_err().contains("empty"));
         assert!(parse(&["--accept-timeout-ms", "-1"]).is_err());
+        assert!(parse(&["--hub-version", "1234567"]).unwrap_err().contains("cbf9c20 or 4718a58"));
+        assert!(parse(&["--second-push-races", "x"]).unwrap_err().contains("a count"));
     }
 
     #[test]

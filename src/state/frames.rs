@@ -98,6 +98,12 @@ impl State {
                     log::debug!("task_cancelled for {task_id}, which we do not hold");
                 }
             }
+            Incoming::RestartSidecar { reason } if self.settings.has_update_command => {
+                // Stay connected while the update builds; it restarts us.
+                log::info!("hub asked us to restart: {reason}; starting update_command, which restarts us once the new binary is ready");
+                fx.push(record(LifecycleEvent::UpdateStarted, json!({ "reason": reason })));
+                fx.push(Effect::StartUpdate);
+            }
             Incoming::RestartSidecar { reason } => {
                 log::info!("hub asked us to restart: {reason}");
                 self.shut_down("restart requested by hub", fx);

@@ -50,6 +50,8 @@ pub struct Settings {
     pub token: Secret,
     pub capabilities: Vec<String>,
     pub has_wake_command: bool,
+    /// `restart_sidecar` starts the update command instead of exiting.
+    pub has_update_command: bool,
     pub heartbeat_interval: Duration,
     pub pong_timeout: Duration,
     pub identify_timeout: Duration,
@@ -76,6 +78,7 @@ impl Settings {
             token: config.token.clone(),
             capabilities: config.capabilities.clone(),
             has_wake_command: config.wake_command.is_some(),
+            has_update_command: config.update_command.is_some(),
             heartbeat_interval: config.heartbeat_interval,
             pong_timeout: config.pong_timeout,
             identify_timeout: config.connect_timeout,
@@ -106,6 +109,10 @@ pub enum Input {
     PersistFailed {
         error: String,
         withheld: Vec<Effect>,
+    },
+    /// `StartUpdate` failed: the update command could not be started.
+    UpdateFailed {
+        error: String,
     },
     /// A deadline may be due.
     Tick,
@@ -157,6 +164,10 @@ pub enum Effect {
         event: LifecycleEvent,
         fields: Value,
     },
+    /// Start the update command, detached (`restart_sidecar` with
+    /// `update_command`); it restarts us through the supervisor once a new
+    /// binary is ready. On failure: [`Input::UpdateFailed`].
+    StartUpdate,
     /// Leave the loop (shutdown or `restart_sidecar`).
     Exit,
 }
@@ -310,6 +321,13 @@ impl State {
                         other => fx.push(other),
                     }
                 }
+            }
+            Input::UpdateFailed { error } => {
+                // The hub still wants a restart: the old way, by exiting.
+                log::error!(
+                    "cannot start update_command ({error}); exiting so that the supervisor restarts us"
+                );
+                self.shut_down("restart requested by hub (update_command failed to start)", &mut fx);
             }
             Input::Tick => {}
         }

@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{after, at, bounded, never, select, Receiver, Sender};
 
 use super::capture::{spawn_reader, Chunk, Output, Stream};
-use super::render::{render_command, task_environment, write_task_file};
-use super::{sys, WakeOutcome, WakeRequest, WakeStatus};
+use super::render::{absolute, render_command, task_environment, write_task_file};
+use super::{sys, WakeOutcome, WakeRequest, WakeStarted, WakeStatus};
 
 /// How long, after the child exited, the outcome waits for the output
 /// readers to reach end of file. A grandchild that inherited the pipes can
@@ -45,10 +45,20 @@ impl WakeHandle {
     /// Starts the executor thread ("wake-executor"). `on_outcome` runs on it
     /// and should only forward the outcome (e.g. `let _ = tx.send(..)`).
     pub fn spawn(on_outcome: Box<dyn Fn(WakeOutcome) + Send>) -> io::Result<WakeHandle> {
+        WakeHandle::spawn_with_started(Box::new(|_| {}), on_outcome)
+    }
+
+    /// Like [`spawn`](WakeHandle::spawn), and `on_started` gets a
+    /// [`WakeStarted`] as soon as an attempt's command is running (before
+    /// its outcome, on the same thread), for the core to persist.
+    pub fn spawn_with_started(
+        on_started: Box<dyn Fn(WakeStarted) + Send>,
+        on_outcome: Box<dyn Fn(WakeOutcome) + Send>,
+    ) -> io::Result<WakeHandle> {
         let (sender, receiver) = crossbeam_channel::unbounded();
         let thread = thread::Builder::new()
             .name("wake-executor".to_string())
-            .spawn(move || Executor { commands: receiver, on_outcome }.run())?;
+            .spawn(move || Executor { commands: receiver, on_started, on_outcome }.run())?;
         Ok(WakeHandle { sender, thread: Some(thread) })
     }
 
@@ -99,9 +109,10 @@ enum WakeCommand {
     Cancel(String),
 }
 
-/// The executor thread's state: its inbox and the outcome callback.
+/// The executor thread's state: its inbox and the callbacks.
 struct Executor {
     commands: Receiver<WakeCommand>,
+    on_started: Box<dyn Fn(WakeStarted) + Send>,
     on_outcome: Box<dyn Fn(WakeOutcome) + Send>,
 }
 
@@ -124,6 +135,7 @@ impl Executor {
             match command {
                 WakeCommand::Run(request) => {
                     let outcome = self.run_attempt(*request);
+                    warn_if_failed(&outcome);
                     (self.on_outcome)(outcome);
                 }
                 WakeCommand::Cancel(task_id) => {
@@ -140,7 +152,12 @@ impl Executor {
             Ok(running) => running,
             Err(text) => return finished(&request, WakeStatus::SpawnFailed(text), started),
         };
-        let Running { pid, exit_rx, mut output } = running;
+        let Running { pid, tree, identity, exit_rx, mut output } = running;
+        (self.on_started)(WakeStarted {
+            task_id: request.task_id.clone(),
+            attempt: request.attempt,
+            identity,
+        });
         let deadline = match started.checked_add(request.timeout) {
             Some(deadline) => at(deadline),
             None => never(),
@@ -156,9 +173,14 @@ impl Executor {
             exited => exited,
         };
         let status = match stop {
-            Stop::Exited((mut child, wait_result)) => exit_status(&request, &mut child, wait_result),
+            Stop::Exited((mut child, wait_result)) => {
+                // Whatever the command left running goes on (the agent,
+                // after a successful wake), as on Unix.
+                tree.release();
+                exit_status(&request, &mut child, wait_result)
+            }
             Stop::Kill(status) => {
-                kill_and_reap(&request, pid, &exit_rx, &mut output);
+                kill_and_reap(&request, pid, &tree, &exit_rx, &mut output);
                 status
             }
         };
@@ -230,10 +252,12 @@ impl Executor {
     }
 }
 
-/// A started child: the pid (which is also its process group id on Unix),
-/// the waiter's channel and the output readers' channel.
+/// A started child: its pid, process tree and identity, the waiter's
+/// channel and the output readers' channel.
 struct Running {
     pid: u32,
+    tree: sys::ProcessTree,
+    identity: super::WakeIdentity,
     exit_rx: Receiver<ChildExited>,
     output: Output,
 }
@@ -249,9 +273,27 @@ fn start_child(request: &WakeRequest) -> Result<Running, String> {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .envs(task_environment(request));
+    // An empty path means the sidecar's own working directory.
+    if !request.work_dir.as_os_str().is_empty() {
+        if !request.work_dir.is_dir() {
+            return Err(format!("the working directory {} is not a directory", request.work_dir.display()));
+        }
+        command.current_dir(absolute(&request.work_dir));
+    }
     sys::isolate(&mut command);
     let mut child = command.spawn().map_err(|error| error.to_string())?;
     let pid = child.id();
+    // At once, before the command can start much: on Windows this puts it
+    // in its job object.
+    let tree = match sys::ProcessTree::track(&child) {
+        Ok(tree) => tree,
+        Err(error) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!("cannot track the wake command's processes: {error}"));
+        }
+    };
+    let identity = sys::identity(&child);
 
     // Output readers first: while we still hold the child, a failure here
     // can kill and reap it cleanly.
@@ -264,7 +306,7 @@ fn start_child(request: &WakeRequest) -> Result<Running, String> {
     // when both have reached end of file.
     drop(output_tx);
     if let Some(Err(error)) = readers.into_iter().flatten().find(Result::is_err) {
-        kill_tree(pid);
+        kill_tree(pid, &tree);
         let _ = child.wait();
         return Err(format!("cannot start a wake output reader thread: {error}"));
     }
@@ -282,18 +324,24 @@ fn start_child(request: &WakeRequest) -> Result<Running, String> {
         })
         .map_err(|error| {
             // The child went down with the closure; we can still kill its
-            // tree by pid, but not reap it.
-            kill_tree(pid);
+            // tree, but not reap it.
+            kill_tree(pid, &tree);
             format!("cannot start the wake waiter thread: {error}")
         })?;
-    Ok(Running { pid, exit_rx, output: Output::new(output_rx) })
+    Ok(Running { pid, tree, identity, exit_rx, output: Output::new(output_rx) })
 }
 
 /// Kills the child's whole tree, then reaps the child once the waiter sees
 /// it exit. Gives up after [`KILL_FAILSAFE`] so the outcome is never held
 /// hostage by a process stuck in the kernel.
-fn kill_and_reap(request: &WakeRequest, pid: u32, exit_rx: &Receiver<ChildExited>, output: &mut Output) {
-    kill_tree(pid);
+fn kill_and_reap(
+    request: &WakeRequest,
+    pid: u32,
+    tree: &sys::ProcessTree,
+    exit_rx: &Receiver<ChildExited>,
+    output: &mut Output,
+) {
+    kill_tree(pid, tree);
     let failsafe = after(KILL_FAILSAFE);
     loop {
         select! {
@@ -334,8 +382,26 @@ fn exit_status(request: &WakeRequest, child: &mut Child, wait_result: io::Result
     }
 }
 
-fn kill_tree(pid: u32) {
-    if let Err(error) = sys::kill_tree(pid) {
+/// A failed attempt's warning names the likely reason: the last line of its
+/// stderr (the full tail goes to the lifecycle log with the outcome).
+fn warn_if_failed(outcome: &WakeOutcome) {
+    if matches!(outcome.status, WakeStatus::Success | WakeStatus::Cancelled) {
+        return;
+    }
+    let stderr = match outcome.stderr_last_line() {
+        Some(line) => format!("last line of stderr: {line}"),
+        None => "no stderr".to_string(),
+    };
+    log::warn!(
+        "wake attempt {} for task {} failed ({}); {stderr}",
+        outcome.attempt,
+        outcome.task_id,
+        outcome.status
+    );
+}
+
+fn kill_tree(pid: u32, tree: &sys::ProcessTree) {
+    if let Err(error) = tree.kill() {
         log::warn!("cannot end the process tree of wake command pid {pid}: {error}");
     }
 }

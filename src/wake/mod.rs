@@ -15,6 +15,8 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
+
 mod capture;
 mod executor;
 mod render;
@@ -32,7 +34,7 @@ pub use capture::TAIL_LIMIT_BYTES;
 pub use executor::{WakeHandle, OUTPUT_GRACE};
 pub use render::{
     render_command, write_task_file, ENV_GENERATION, ENV_RESULTS_DIR, ENV_TASK_DESCRIPTION, ENV_TASK_FILE,
-    ENV_TASK_ID, ENV_TASK_JSON,
+    ENV_TASK_ID, ENV_TASK_JSON, ENV_TASK_TRUNCATED, ENV_VALUE_LIMIT_BYTES, TRUNCATION_MARKER,
 };
 
 /// One wake attempt, as the event loop asks for it.
@@ -50,6 +52,12 @@ pub struct WakeRequest {
     pub task_json: String,
     pub task_file: PathBuf,
     pub results_dir: PathBuf,
+    /// The directory the command runs in: config.json's directory, which
+    /// every relative path of the config is relative to
+    /// ([`Config::base_dir`](crate::config::Config::base_dir)). Relative
+    /// paths here and in `task_file`/`results_dir` are relative to the
+    /// sidecar's working directory; the command gets them absolute.
+    pub work_dir: PathBuf,
     /// Kill the command's process tree if it has not exited by then.
     pub timeout: Duration,
 }
@@ -84,6 +92,97 @@ pub struct WakeOutcome {
     pub elapsed: Duration,
 }
 
+/// Reported (see [`WakeHandle::spawn_with_started`]) as soon as an attempt's
+/// command has started, before its outcome: what the core persists so that
+/// after a crash it can find the command again ([`end_leftover`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WakeStarted {
+    pub task_id: String,
+    pub attempt: u32,
+    pub identity: WakeIdentity,
+}
+
+/// What identifies a started wake command without trusting a pid alone (pids
+/// are reused). Serializable for queue.json.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WakeIdentity {
+    pub pid: u32,
+    /// Unix: the process group the command leads (its pid). Windows: none
+    /// (a job object holds the tree, and dies with the sidecar).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process_group: Option<u32>,
+    /// When the process started: Linux, clock ticks after boot
+    /// (`/proc/<pid>/stat` field 22); Windows, its creation time (100 ns
+    /// units since 1601). `None` where the platform gives none: such a
+    /// leftover is never ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<u64>,
+}
+
+/// What [`end_leftover`] found and did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Leftover {
+    /// No process with that pid and start time is running: nothing to end
+    /// (it exited, or its pid now names another process, left alone).
+    Gone,
+    /// It was still running; it (Unix: its whole process group) was ended
+    /// and is gone.
+    Ended,
+    /// It was told to end but had not gone within the wait.
+    StillExiting,
+    /// The identity has no start time to check the pid against: nothing was
+    /// done.
+    Unverifiable,
+    /// Checking or ending it failed; the text says why.
+    Failed(String),
+}
+
+/// How long [`end_leftover`] waits for an ended leftover to go.
+pub const LEFTOVER_WAIT: Duration = Duration::from_secs(2);
+
+/// Ends a wake command still running from before a crash, so that a new
+/// wake never runs next to it. Only when its pid still names the very
+/// process that was started (same start time); a reused pid is never
+/// touched. Blocks up to [`LEFTOVER_WAIT`]: call it at start, before the
+/// first wake, with the identity persisted from [`WakeStarted`].
+///
+/// Unix: the command's whole process group is killed. Windows: the job
+/// object already ended the tree when the sidecar died; if the command was
+/// not in one, only the command itself is ended.
+pub fn end_leftover(identity: &WakeIdentity) -> Leftover {
+    sys::end_leftover(identity, LEFTOVER_WAIT)
+}
+
+/// How many characters of a failed attempt's stderr line the warning shows.
+pub const STDERR_LINE_LIMIT_CHARS: usize = 300;
+
+impl WakeOutcome {
+    /// The last non-blank line of the command's stderr, trimmed and cut to
+    /// [`STDERR_LINE_LIMIT_CHARS`] (with `...` when cut): the likely reason
+    /// of a failure, short enough for a log line.
+    pub fn stderr_last_line(&self) -> Option<String> {
+        let line = self.stderr_tail.lines().map(str::trim).rfind(|line| !line.is_empty())?;
+        match line.char_indices().nth(STDERR_LINE_LIMIT_CHARS) {
+            Some((cut, _)) => Some(format!("{}...", &line[..cut])),
+            None => Some(line.to_string()),
+        }
+    }
+}
+
+impl fmt::Display for WakeStatus {
+    /// Short words for a log line: `exit code 127`, `timed out`...
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WakeStatus::Success => f.write_str("succeeded"),
+            WakeStatus::Failed { exit_code: Some(code) } => write!(f, "exit code {code}"),
+            WakeStatus::Failed { exit_code: None } => f.write_str("ended without an exit code"),
+            WakeStatus::TimedOut => f.write_str("timed out"),
+            WakeStatus::SpawnFailed(text) => write!(f, "could not start: {text}"),
+            WakeStatus::Cancelled => f.write_str("cancelled"),
+        }
+    }
+}
+
 impl fmt::Debug for WakeRequest {
     /// Leaves out the description and JSON, which can be large and are the
     /// hub's text; their sizes are enough to debug with.
@@ -97,6 +196,7 @@ impl fmt::Debug for WakeRequest {
             .field("task_json_len", &self.task_json.len())
             .field("task_file", &self.task_file)
             .field("results_dir", &self.results_dir)
+            .field("work_dir", &self.work_dir)
             .field("timeout", &self.timeout)
             .finish()
     }

@@ -1,8 +1,17 @@
-//! Unix: `sh -c`, a process group per wake command, `killpg`.
+//! Unix: `sh -c`, a process group per wake command, `killpg`, and the
+//! identity of a wake command that outlived a crashed sidecar.
 
 use std::io;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command};
+
+use super::{Leftover, WakeIdentity};
+
+/// Half of Linux's `MAX_ARG_STRLEN` (128 KiB per environment or argument
+/// string): a command line that expands both the description and the JSON,
+/// with the environment holding them too, stays far below the shared total
+/// (`ARG_MAX`, a quarter of the stack limit: 2 MiB by default).
+pub(super) const ENV_VALUE_LIMIT_BYTES: usize = 64 * 1024;
 
 pub(super) fn shell_command(rendered: &str) -> Command {
     let mut command = Command::new("sh");
@@ -42,10 +51,30 @@ pub(super) fn wait_until_exited(child: &mut Child) -> io::Result<()> {
     }
 }
 
-/// SIGKILL to the child's whole process group. The group id is the
-/// child's pid (`process_group(0)`).
-pub(super) fn kill_tree(pid: u32) -> io::Result<()> {
-    let pgid = libc::pid_t::try_from(pid).map_err(io::Error::other)?;
+/// The wake command's process tree: its process group, which it leads.
+pub(super) struct ProcessTree {
+    pgid: u32,
+}
+
+impl ProcessTree {
+    /// Never fails on Unix: the group exists from the spawn on (`isolate`).
+    pub(super) fn track(child: &Child) -> io::Result<ProcessTree> {
+        Ok(ProcessTree { pgid: child.id() })
+    }
+
+    /// SIGKILL to the whole process group. Safe while the leader is not
+    /// reaped (see `wait_until_exited`).
+    pub(super) fn kill(&self) -> io::Result<()> {
+        kill_group(self.pgid)
+    }
+
+    /// The command exited: whatever it left running goes on. Nothing to do
+    /// on Unix.
+    pub(super) fn release(self) {}
+}
+
+fn kill_group(pgid: u32) -> io::Result<()> {
+    let pgid = libc::pid_t::try_from(pgid).map_err(io::Error::other)?;
     // SAFETY: killpg has no memory-safety preconditions.
     if unsafe { libc::killpg(pgid, libc::SIGKILL) } == 0 {
         return Ok(());
@@ -56,4 +85,125 @@ pub(super) fn kill_tree(pid: u32) -> io::Result<()> {
         return Ok(());
     }
     Err(error)
+}
+
+/// The started command's pid, its process group (the same number) and, on
+/// Linux, its start time. Read right after the spawn, while the child cannot
+/// have been reaped, so the start time is the child's.
+pub(super) fn identity(child: &Child) -> WakeIdentity {
+    let pid = child.id();
+    WakeIdentity { pid, process_group: Some(pid), start_time: proc_stat::start_time(pid) }
+}
+
+/// Kills the leftover's process group only if its pid still names the same
+/// process (same start time): a reused pid is never touched. Then waits up
+/// to `wait` for it to go.
+pub(super) fn end_leftover(identity: &WakeIdentity, wait: std::time::Duration) -> Leftover {
+    let Some(expected) = identity.start_time else {
+        return Leftover::Unverifiable;
+    };
+    let group = match still_running(identity.pid, expected) {
+        Ok(Some(group)) => group,
+        Ok(None) => return Leftover::Gone,
+        Err(error) => return Leftover::Failed(format!("cannot read /proc/{}/stat: {error}", identity.pid)),
+    };
+    // Still in the group it led: end the group. Otherwise (it moved itself
+    // elsewhere) only the process itself is known to be ours.
+    let ended =
+        if Some(group) == identity.process_group { kill_group(group) } else { kill_process(identity.pid) };
+    if let Err(error) = ended {
+        return Leftover::Failed(error.to_string());
+    }
+    let deadline = std::time::Instant::now() + wait;
+    loop {
+        if !matches!(still_running(identity.pid, expected), Ok(Some(_))) {
+            return Leftover::Ended;
+        }
+        if std::time::Instant::now() >= deadline {
+            return Leftover::StillExiting;
+        }
+        // Not ours to wait on (its parent is init now): a short bounded poll.
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// The process group of `pid` if it is still the process started at
+/// `start_time` and has not exited (a zombie has: only its reaping is
+/// missing).
+fn still_running(pid: u32, start_time: u64) -> io::Result<Option<u32>> {
+    Ok(proc_stat::read(pid)?
+        .filter(|stat| stat.start_time == start_time && !matches!(stat.state, 'Z' | 'X'))
+        .map(|stat| stat.process_group))
+}
+
+fn kill_process(pid: u32) -> io::Result<()> {
+    let pid = libc::pid_t::try_from(pid).map_err(io::Error::other)?;
+    // SAFETY: kill has no memory-safety preconditions.
+    if unsafe { libc::kill(pid, libc::SIGKILL) } == 0 {
+        return Ok(());
+    }
+    let error = io::Error::last_os_error();
+    if error.raw_os_error() == Some(libc::ESRCH) {
+        return Ok(());
+    }
+    Err(error)
+}
+
+/// `/proc/<pid>/stat` (Linux; elsewhere there is no start time, and a
+/// leftover cannot be verified).
+mod proc_stat {
+    use std::io;
+
+    pub(super) struct Stat {
+        /// Field 3: R, S, D, Z (zombie), X (dead)...
+        pub(super) state: char,
+        /// Field 5.
+        pub(super) process_group: u32,
+        /// Field 22: clock ticks after boot.
+        pub(super) start_time: u64,
+    }
+
+    pub(super) fn start_time(pid: u32) -> Option<u64> {
+        read(pid).ok().flatten().map(|stat| stat.start_time)
+    }
+
+    /// `None` when there is no such process.
+    #[cfg(target_os = "linux")]
+    pub(super) fn read(pid: u32) -> io::Result<Option<Stat>> {
+        let text = match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            Ok(text) => text,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(error) => return Err(error),
+        };
+        parse(&text).map(Some).ok_or_else(|| io::Error::other(format!("unexpected /proc/{pid}/stat")))
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    pub(super) fn read(_pid: u32) -> io::Result<Option<Stat>> {
+        Err(io::Error::other("no /proc on this system"))
+    }
+
+    /// The command name (field 2) is in parentheses and may itself hold
+    /// `)` and spaces: the fields that follow start after the last `)`.
+    pub(super) fn parse(text: &str) -> Option<Stat> {
+        let (_, rest) = text.rsplit_once(')')?;
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        // fields[0] is field 3.
+        Some(Stat {
+            state: fields.first()?.chars().next()?,
+            process_group: fields.get(5 - 3)?.parse().ok()?,
+            start_time: fields.get(22 - 3)?.parse().ok()?,
+        })
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[test]
+        fn fields_after_a_command_name_with_parentheses_and_spaces() {
+            let text = "42 (a) b (c) S 1 42 42 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 987654 1000 10";
+            let stat = super::parse(text).unwrap();
+            assert_eq!((stat.state, stat.process_group, stat.start_time), ('S', 42, 987654));
+            assert!(super::parse("42 (x) S 1").is_none());
+        }
+    }
 }

@@ -1,9 +1,56 @@
-//! Windows: `cmd /V:ON`, `taskkill /T`. Not built or tested here (the
-//! development machines run Linux); kept small so it can be checked by eye.
+//! Windows: `cmd /V:ON`, a job object per wake command, and the identity of
+//! a wake command that outlived a crashed sidecar. Cross-compiled on Linux;
+//! see the README's Windows section for what is tested under Wine.
+//!
+//! # The job object
+//!
+//! Each wake command is put in a job object of its own right after it is
+//! spawned, with `JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE`. A timeout, a cancel or
+//! a shutdown ends the whole job: every process the command started,
+//! including one whose parent has already exited (which `taskkill /T`
+//! misses). Only the sidecar holds the job's handle, so a sidecar that dies
+//! closes it and the kernel ends the command's processes with it.
+//!
+//! When the command exits by itself (successfully or not) the limit is
+//! cleared before the handle is closed: what it started (the agent, after a
+//! successful wake) keeps running, as on Unix. If the limit cannot be
+//! cleared, the handle is deliberately leaked so closing it cannot end the
+//! agent.
+//!
+//! If the job cannot be created or the command cannot be put in it (for
+//! instance inside a job that forbids nesting), the command runs without
+//! one and a timeout or cancel ends only the command itself; the log says
+//! so. A process the command starts in the microseconds between its spawn
+//! and its assignment to the job is not in the job (std cannot spawn it
+//! suspended); `cmd.exe` takes far longer than that to start anything.
 
+use std::ffi::c_void;
 use std::io;
+use std::os::windows::io::{AsRawHandle, FromRawHandle, OwnedHandle, RawHandle};
 use std::os::windows::process::CommandExt;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
+use std::time::Duration;
+
+use windows_sys::Win32::Foundation::{ERROR_INVALID_PARAMETER, FILETIME, WAIT_OBJECT_0};
+use windows_sys::Win32::System::JobObjects::{
+    AssignProcessToJobObject, CreateJobObjectW, JobObjectExtendedLimitInformation, SetInformationJobObject,
+    TerminateJobObject, JOBOBJECT_EXTENDED_LIMIT_INFORMATION, JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE,
+};
+use windows_sys::Win32::System::Threading::{
+    GetProcessTimes, OpenProcess, TerminateProcess, WaitForSingleObject, PROCESS_QUERY_LIMITED_INFORMATION,
+    PROCESS_SYNCHRONIZE, PROCESS_TERMINATE,
+};
+
+use super::{Leftover, WakeIdentity};
+
+/// The exit code a process ended by the sidecar gets.
+const ENDED_EXIT_CODE: u32 = 1;
+
+/// Windows allows 32,767 characters per environment variable and per command
+/// line; a template that expands the description and the JSON into one
+/// command line must stay within it. Bytes of UTF-8 are never fewer than
+/// UTF-16 units, so a byte limit bounds the characters too.
+pub(super) const ENV_VALUE_LIMIT_BYTES: usize = 12 * 1024;
 
 /// `cmd /D /V:ON /S /C "<rendered>"`. `/V:ON` turns on delayed
 /// expansion: `!VAR!` is expanded after cmd has parsed `& | < > ^` and
@@ -23,7 +70,8 @@ pub(super) fn shell_command(rendered: &str) -> Command {
     command
 }
 
-/// Nothing to do: `taskkill /T` finds the tree through parent pids.
+/// Nothing to do before the spawn: the job object is made right after it
+/// ([`ProcessTree::track`]).
 pub(super) fn isolate(_command: &mut Command) {}
 
 pub(super) fn env_reference(variable: &str) -> String {
@@ -31,27 +79,194 @@ pub(super) fn env_reference(variable: &str) -> String {
 }
 
 /// `Child::wait` leaves the process handle open (it closes when the
-/// `Child` is dropped), which keeps the pid from being reused while
-/// `kill_tree` may still use it.
+/// `Child` is dropped), which keeps the pid from being reused while the
+/// fallback of [`ProcessTree::kill`] may still use it.
 pub(super) fn wait_until_exited(child: &mut Child) -> io::Result<()> {
     child.wait().map(drop)
 }
 
-/// `taskkill /T /F /PID <pid>`: the process and its descendants. A
-/// descendant whose parent already exited is no longer linked to the tree
-/// and survives; a job object would catch it, at the cost of the
-/// windows-sys crate.
-pub(super) fn kill_tree(pid: u32) -> io::Result<()> {
-    let status = Command::new("taskkill")
-        .args(["/T", "/F", "/PID"])
-        .arg(pid.to_string())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(io::Error::other(format!("taskkill exited with {status}")))
+/// The wake command's process tree: its job object, or only the command
+/// itself when it could not be put in one.
+pub(super) struct ProcessTree {
+    pid: u32,
+    /// Dropping it closes the job, which ends its processes unless
+    /// [`release`](ProcessTree::release) cleared the limit first.
+    job: Option<OwnedHandle>,
+}
+
+impl ProcessTree {
+    /// Puts the command in a new job object; on failure, logs it and goes on
+    /// without one (never an error: the command still runs).
+    pub(super) fn track(child: &Child) -> io::Result<ProcessTree> {
+        let pid = child.id();
+        let job = new_job().and_then(|job| {
+            // SAFETY: both handles are valid and open for the call.
+            let assigned = unsafe { AssignProcessToJobObject(raw(&job), child.as_raw_handle()) };
+            if assigned == 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(job)
+        });
+        match job {
+            Ok(job) => Ok(ProcessTree { pid, job: Some(job) }),
+            Err(error) => {
+                log::warn!(
+                    "cannot put the wake command (pid {pid}) in a job object ({error}); \
+                     a timeout or cancel will end only the command itself, not what it started"
+                );
+                Ok(ProcessTree { pid, job: None })
+            }
+        }
     }
+
+    /// Ends every process in the job; without a job, only the command.
+    pub(super) fn kill(&self) -> io::Result<()> {
+        let Some(job) = &self.job else {
+            log::warn!("ending only the wake command (pid {}): it is in no job object", self.pid);
+            return terminate_pid(self.pid);
+        };
+        // SAFETY: the job handle is valid and open.
+        if unsafe { TerminateJobObject(raw(job), ENDED_EXIT_CODE) } == 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// The command exited: clears kill-on-close, then closes the job, so
+    /// whatever the command started keeps running.
+    pub(super) fn release(mut self) {
+        let Some(job) = self.job.take() else { return };
+        if let Err(error) = set_kill_on_close(&job, false) {
+            log::warn!(
+                "cannot release the wake command's job object ({error}); keeping it open so that \
+                 what the command started keeps running"
+            );
+            std::mem::forget(job);
+        }
+    }
+}
+
+/// A new job object that ends its processes when its last handle closes.
+fn new_job() -> io::Result<OwnedHandle> {
+    // SAFETY: null attributes and name are allowed (an unnamed job, default
+    // security, a handle children do not inherit).
+    let handle = unsafe { CreateJobObjectW(std::ptr::null(), std::ptr::null()) };
+    if handle.is_null() {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh handle that nothing else owns.
+    let job = unsafe { OwnedHandle::from_raw_handle(handle as RawHandle) };
+    set_kill_on_close(&job, true)?;
+    Ok(job)
+}
+
+fn set_kill_on_close(job: &OwnedHandle, kill_on_close: bool) -> io::Result<()> {
+    // SAFETY: the struct holds only integers, for which zero is valid (no
+    // limits at all).
+    let mut info: JOBOBJECT_EXTENDED_LIMIT_INFORMATION = unsafe { std::mem::zeroed() };
+    if kill_on_close {
+        info.BasicLimitInformation.LimitFlags = JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE;
+    }
+    // SAFETY: `info` is valid for reads of the size given; the handle is open.
+    let set = unsafe {
+        SetInformationJobObject(
+            raw(job),
+            JobObjectExtendedLimitInformation,
+            (&info as *const JOBOBJECT_EXTENDED_LIMIT_INFORMATION).cast::<c_void>(),
+            std::mem::size_of::<JOBOBJECT_EXTENDED_LIMIT_INFORMATION>() as u32,
+        )
+    };
+    if set == 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Ends one process by pid. Used only while the waiter still holds the
+/// command's `Child` (whose open handle keeps the pid from being reused).
+fn terminate_pid(pid: u32) -> io::Result<()> {
+    // SAFETY: OpenProcess has no memory-safety preconditions.
+    let handle = unsafe { OpenProcess(PROCESS_TERMINATE, 0, pid) };
+    if handle.is_null() {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh handle that nothing else owns.
+    let process = unsafe { OwnedHandle::from_raw_handle(handle as RawHandle) };
+    // SAFETY: the handle is open with PROCESS_TERMINATE.
+    if unsafe { TerminateProcess(raw(&process), ENDED_EXIT_CODE) } == 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The started command's pid and creation time (no process group).
+pub(super) fn identity(child: &Child) -> WakeIdentity {
+    WakeIdentity {
+        pid: child.id(),
+        process_group: None,
+        start_time: creation_time(child.as_raw_handle()).ok(),
+    }
+}
+
+fn creation_time(process: RawHandle) -> io::Result<u64> {
+    let zero = FILETIME { dwLowDateTime: 0, dwHighDateTime: 0 };
+    let (mut created, mut exited, mut kernel, mut user) = (zero, zero, zero, zero);
+    // SAFETY: the handle is open; the four out-pointers are valid FILETIMEs.
+    if unsafe { GetProcessTimes(process, &mut created, &mut exited, &mut kernel, &mut user) } == 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((u64::from(created.dwHighDateTime) << 32) | u64::from(created.dwLowDateTime))
+}
+
+/// Ends the leftover only if its pid still names the process created at
+/// the recorded time; then waits up to `wait` for it to exit. Its tree
+/// normally went with the sidecar's job handle; only the process itself is
+/// ended here.
+pub(super) fn end_leftover(identity: &WakeIdentity, wait: Duration) -> Leftover {
+    let Some(expected) = identity.start_time else {
+        return Leftover::Unverifiable;
+    };
+    let access = PROCESS_QUERY_LIMITED_INFORMATION | PROCESS_TERMINATE | PROCESS_SYNCHRONIZE;
+    // SAFETY: OpenProcess has no memory-safety preconditions.
+    let handle = unsafe { OpenProcess(access, 0, identity.pid) };
+    if handle.is_null() {
+        let error = io::Error::last_os_error();
+        if error.raw_os_error() == Some(ERROR_INVALID_PARAMETER as i32) {
+            // No process has that pid.
+            return Leftover::Gone;
+        }
+        return Leftover::Failed(format!("cannot open process {}: {error}", identity.pid));
+    }
+    // SAFETY: a fresh handle that nothing else owns.
+    let process = unsafe { OwnedHandle::from_raw_handle(handle as RawHandle) };
+    match creation_time(raw(&process)) {
+        Ok(created) if created == expected => {}
+        Ok(_) => return Leftover::Gone,
+        Err(error) => {
+            return Leftover::Failed(format!("cannot read the times of process {}: {error}", identity.pid))
+        }
+    }
+    // SAFETY: the handle is open with PROCESS_SYNCHRONIZE.
+    if unsafe { WaitForSingleObject(raw(&process), 0) } == WAIT_OBJECT_0 {
+        // It has exited; only a handle somewhere keeps its pid.
+        return Leftover::Gone;
+    }
+    // SAFETY: the handle is open with PROCESS_TERMINATE.
+    if unsafe { TerminateProcess(raw(&process), ENDED_EXIT_CODE) } == 0 {
+        return Leftover::Failed(format!(
+            "cannot end process {}: {}",
+            identity.pid,
+            io::Error::last_os_error()
+        ));
+    }
+    let millis = u32::try_from(wait.as_millis()).unwrap_or(u32::MAX - 1);
+    // SAFETY: the handle is open with PROCESS_SYNCHRONIZE.
+    match unsafe { WaitForSingleObject(raw(&process), millis) } {
+        WAIT_OBJECT_0 => Leftover::Ended,
+        _ => Leftover::StillExiting,
+    }
+}
+
+fn raw(handle: &OwnedHandle) -> RawHandle {
+    handle.as_raw_handle()
 }

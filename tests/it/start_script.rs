@@ -12,9 +12,11 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use agentcom_sidecar::devhub::DevHubEvent;
+use serde_json::{json, Value};
 use tempfile::TempDir;
 
 const REPO_ROOT: &str = env!("CARGO_MANIFEST_DIR");
@@ -89,12 +91,155 @@ mod unix_scripts {
         assert_eq!(fleet.box_head(), broken, "the broken commit was pulled");
         assert_eq!(fleet.built_rev(), v2);
 
-        // The next start tries again, and a fix is picked up.
+        // The failed revision is remembered: the next start does not build
+        // it again, unless told to.
+        assert_eq!(fleet.cargo_invocations(), 3);
+        let run = fleet.start(&[], &[]);
+        run.assert_success();
+        assert!(run.stdout.contains("toy version 2 "), "{run}");
+        assert!(run.stderr.contains(&format!("{broken} failed to build before; not retrying")), "{run}");
+        assert_eq!(fleet.cargo_invocations(), 3, "a failed revision was built again");
+        let run = fleet.start(&[], &[("AGENTCOM_FORCE_BUILD", "1")]);
+        run.assert_success();
+        assert!(run.stderr.contains("build failed; keeping the last good binary"), "{run}");
+        assert_eq!(fleet.cargo_invocations(), 4);
+
+        // Once HEAD moves, a fix is picked up.
         let v3 = fleet.publish(&toy_main("3"), "version 3");
         let run = fleet.start(&[], &[]);
         run.assert_success();
         assert!(run.stdout.contains("toy version 3 "), "{run}");
         assert_eq!(fleet.built_rev(), v3);
+        assert!(!fleet.release_dir().join(".agentcom-failed-rev").exists());
+    }
+
+    #[test]
+    fn update_builds_then_restarts_only_with_a_binary_for_head() {
+        let fleet = Fleet::new(&toy_main("1"));
+        fleet.start(&[], &[]).assert_success();
+        let marker = fleet.dir.path().join("restarted");
+        let restart = format!("echo restart >> {}", shell_quote(&marker));
+        let restarts = || fs::read_to_string(&marker).unwrap_or_default().lines().count();
+        let restart_env = [("AGENTCOM_RESTART_COMMAND", restart.as_str())];
+
+        // Nothing new, --if-changed: the sidecar already runs HEAD.
+        let run = fleet.update(&["--if-changed"], &restart_env);
+        run.assert_success();
+        assert!(run.stderr.contains("already runs"), "{run}");
+        assert_eq!(restarts(), 0);
+
+        // A new revision: built first (the old binary is still the one that
+        // would start), then restarted, and the next start neither pulls
+        // nor builds.
+        let v2 = fleet.publish(&toy_main("2"), "version 2");
+        let run = fleet.update(&["--if-changed"], &restart_env);
+        run.assert_success();
+        assert_eq!(run.stdout, "", "update.sh does not start the sidecar itself: {run}");
+        assert!(run.stderr.contains(&format!("binary for {v2} is ready; restarting")), "{run}");
+        assert_eq!((restarts(), fleet.built_rev(), fleet.cargo_invocations()), (1, v2.clone(), 2));
+        let run = fleet.start(&[], &[]);
+        run.assert_success();
+        assert!(run.stderr.contains(&format!("update.sh prepared {v2}: not pulling")), "{run}");
+        assert!(run.stdout.contains("toy version 2 "), "{run}");
+        assert_eq!(fleet.cargo_invocations(), 2);
+
+        // A broken revision: no restart, the last good binary stays.
+        let broken = fleet.publish("fn main() { this is not rust }\n", "broken");
+        let run = fleet.update(&[], &restart_env);
+        assert_eq!(run.output.status.code(), Some(1), "{run}");
+        assert!(run.stderr.contains("not restarting: the running sidecar stays"), "{run}");
+        assert_eq!((restarts(), fleet.built_rev()), (1, v2.clone()));
+        // ... and is not built again by the next update.
+        let run = fleet.update(&[], &restart_env);
+        assert_eq!(run.output.status.code(), Some(1), "{run}");
+        assert!(run.stderr.contains(&format!("{broken} failed to build before")), "{run}");
+        assert_eq!((restarts(), fleet.cargo_invocations()), (1, 3));
+
+        // The restart command failing is reported.
+        fleet.publish(&toy_main("3"), "version 3");
+        let run = fleet.update(&["--restart-command", "exit 7"], &[]);
+        assert_eq!(run.output.status.code(), Some(3), "{run}");
+        assert!(!fleet.release_dir().join(".agentcom-prepared-rev").exists());
+    }
+
+    /// The upgrade that issue 12 measured as a 21.5 s outage: the new
+    /// revision is built while the old sidecar stays connected to the hub,
+    /// and the switch costs only a stop and a start. The sidecar binary is
+    /// the real one; the toy crate in the fleet is a launcher that execs it,
+    /// so builds stay quick. The supervisor is a shell loop that starts
+    /// start.sh again as soon as it exits (what pm2 does, without its
+    /// restart delay); update.sh restarts through it with SIGTERM.
+    #[test]
+    fn an_update_is_built_while_the_old_sidecar_stays_connected() {
+        let hub = crate::support::start_hub();
+        let fleet = Fleet::new(&launcher_main("1"));
+        let agent_dir = fleet.dir.path().join("agent");
+        fs::create_dir_all(&agent_dir).unwrap();
+        let config = crate::support::config(&agent_dir, &hub.url());
+        let config_path = agent_dir.join("config.json");
+        fs::write(&config_path, config.to_string()).unwrap();
+        let supervisor = Supervisor::start(&fleet, &config_path);
+
+        // Events, timestamped as the hub emits them.
+        let (tx, events) = crossbeam_channel::unbounded();
+        let source = hub.events();
+        std::thread::spawn(move || {
+            for event in source.iter() {
+                if tx.send((Instant::now(), event)).is_err() {
+                    break;
+                }
+            }
+        });
+        let next = |what: &str, pred: &dyn Fn(&DevHubEvent) -> bool| -> (Instant, DevHubEvent) {
+            let deadline = Instant::now() + BUILD_DEADLINE;
+            loop {
+                let left = deadline.saturating_duration_since(Instant::now());
+                match events.recv_timeout(left) {
+                    Ok((at, event)) if pred(&event) => return (at, event),
+                    Ok(_) => {}
+                    Err(_) => {
+                        panic!("timed out waiting for {what}; supervisor output:\n{}", supervisor.output())
+                    }
+                }
+            }
+        };
+        let identified = |e: &DevHubEvent| matches!(e, DevHubEvent::Identified { .. });
+        let (_, first) = next("the first sidecar to identify", &identified);
+        let DevHubEvent::Identified { conn: old_conn, .. } = first else { unreachable!() };
+        assert!(supervisor.output().contains("toy version 1 "));
+
+        let v2 = fleet.publish(&launcher_main("2"), "version 2");
+        fleet.close_gate();
+        let mut update = fleet.script_command("update.sh");
+        let restart = format!("kill -TERM \"$(cat {})\"", shell_quote(&supervisor.pid_file()));
+        update.env("AGENTCOM_RESTART_COMMAND", restart);
+        let update = update.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        wait_deadline("update.sh to start building", || fleet.build_started().then_some(()));
+
+        // The build is under way (held in the cargo shim): the old sidecar
+        // is still connected and identified.
+        assert!(hub.send_raw(crate::support::AGENT, json!({"type": "agentcom_test_probe"})));
+        while let Ok((_, event)) = events.try_recv() {
+            assert!(
+                !matches!(event, DevHubEvent::Disconnected { .. } | DevHubEvent::Connected { .. }),
+                "the connection changed during the build: {event:?}"
+            );
+        }
+        fleet.open_gate();
+        let output = update.wait_with_output().unwrap();
+        assert!(output.status.success(), "update.sh failed: {output:?}");
+
+        let (down_at, _) = next(
+            "the old connection to close",
+            &|e| matches!(e, DevHubEvent::Disconnected { conn, .. } if *conn == old_conn),
+        );
+        let (up_at, _) = next("the new sidecar to identify", &identified);
+        let gap = up_at.duration_since(down_at);
+        println!("upgrade: the devhub had no identified sidecar for {} ms", gap.as_millis());
+        let out = supervisor.output();
+        assert!(out.contains("toy version 2 "), "{out}");
+        assert!(out.contains(&format!("update.sh prepared {v2}: not pulling")), "{out}");
+        assert_eq!(fleet.cargo_invocations(), 2, "the restart built again");
     }
 
     #[test]
@@ -203,11 +348,17 @@ mod unix_scripts {
 
             fs::create_dir(&tools_dir).unwrap();
             let shim = tools_dir.join("cargo");
+            // While the fifo `gate` exists, a build announces itself in
+            // `build-started` and waits until the test writes a line to it.
             fs::write(
                 &shim,
                 format!(
-                    "#!/bin/sh\nprintf '%s\\n' \"$*\" >>{log}\nexec {cargo} \"$@\"\n",
+                    "#!/bin/sh\nprintf '%s\\n' \"$*\" >>{log}\n\
+                     if [ \"$1\" = build ] && [ -p {gate} ]; then : >{started}; read -r _ <{gate}; fi\n\
+                     exec {cargo} \"$@\"\n",
                     log = shell_quote(&cargo_log),
+                    gate = shell_quote(&root.join("gate")),
+                    started = shell_quote(&root.join("build-started")),
                     cargo = shell_quote(Path::new(env!("CARGO"))),
                 ),
             )
@@ -226,9 +377,11 @@ mod unix_scripts {
             fs::write(dev.join(".gitignore"), "/target\n").unwrap();
             fs::write(dev.join("NOTES.txt"), "notes\n").unwrap();
             fs::write(dev.join("src/main.rs"), main_rs).unwrap();
-            let start_sh = dev.join("scripts/start.sh");
-            fs::copy(Path::new(REPO_ROOT).join("scripts/start.sh"), &start_sh).unwrap();
-            make_executable(&start_sh);
+            for script in ["start.sh", "update.sh"] {
+                let copy = dev.join("scripts").join(script);
+                fs::copy(Path::new(REPO_ROOT).join("scripts").join(script), &copy).unwrap();
+                make_executable(&copy);
+            }
             let mut lockfile = Command::new(env!("CARGO"));
             lockfile.args(["generate-lockfile", "--offline"]).current_dir(&dev);
             sanitize_env(&mut lockfile, root);
@@ -255,20 +408,55 @@ mod unix_scripts {
         /// Runs the box's start.sh to completion, from outside the checkout
         /// (the script must find its repository by itself).
         fn start(&self, args: &[&str], envs: &[(&str, &str)]) -> Run {
-            let mut command = Command::new("bash");
-            command.arg(self.box_dir.join("scripts/start.sh")).args(args).current_dir(self.dir.path());
-            sanitize_env(&mut command, self.dir.path());
-            let path = std::env::var_os("PATH").unwrap_or_default();
-            let mut paths = vec![self.tools_dir.clone()];
-            paths.extend(std::env::split_paths(&path));
-            command.env("PATH", std::env::join_paths(paths).unwrap());
-            command.envs(envs.iter().copied());
-            let output = command.output().expect("bash is required to run scripts/start.sh");
+            self.run_script("start.sh", args, envs)
+        }
+
+        fn update(&self, args: &[&str], envs: &[(&str, &str)]) -> Run {
+            self.run_script("update.sh", args, envs)
+        }
+
+        fn run_script(&self, script: &str, args: &[&str], envs: &[(&str, &str)]) -> Run {
+            let mut command = self.script_command(script);
+            command.args(args).envs(envs.iter().copied());
+            let output = command.output().expect("bash is required to run the scripts");
             Run {
                 stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
                 stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
                 output,
             }
+        }
+
+        /// `bash box/scripts/<script>`, run from outside the checkout (the
+        /// scripts must find their repository by themselves), with the
+        /// cargo shim first on PATH.
+        fn script_command(&self, script: &str) -> Command {
+            let mut command = Command::new("bash");
+            command.arg(self.box_dir.join("scripts").join(script)).current_dir(self.dir.path());
+            sanitize_env(&mut command, self.dir.path());
+            command.env_remove("pm_id").env_remove("AGENTCOM_RESTART_COMMAND");
+            let path = std::env::var_os("PATH").unwrap_or_default();
+            let mut paths = vec![self.tools_dir.clone()];
+            paths.extend(std::env::split_paths(&path));
+            command.env("PATH", std::env::join_paths(paths).unwrap());
+            command
+        }
+
+        /// From now on every build waits in the cargo shim until
+        /// [`Fleet::open_gate`].
+        fn close_gate(&self) {
+            run_ok(Command::new("mkfifo").arg(self.dir.path().join("gate")));
+        }
+
+        fn build_started(&self) -> bool {
+            self.dir.path().join("build-started").exists()
+        }
+
+        /// Lets the waiting build go on; later builds no longer wait.
+        fn open_gate(&self) {
+            let gate = self.dir.path().join("gate");
+            // Opening a fifo for writing waits for its reader, the shim.
+            fs::write(&gate, "go\n").unwrap();
+            fs::remove_file(&gate).unwrap();
         }
 
         fn cargo_invocations(&self) -> usize {
@@ -319,6 +507,92 @@ mod unix_scripts {
         }
     }
 
+    /// Bounds waits that include a cargo build on a loaded machine.
+    const BUILD_DEADLINE: Duration = Duration::from_secs(180);
+
+    fn wait_deadline<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+        let deadline = Instant::now() + BUILD_DEADLINE;
+        loop {
+            if let Some(value) = check() {
+                return value;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::park_timeout(Duration::from_millis(10));
+        }
+    }
+
+    /// A minimal supervisor: runs the box's start.sh again as soon as it
+    /// exits, until dropped. start.sh execs the sidecar, so the pid it
+    /// records is the sidecar's.
+    struct Supervisor {
+        child: std::process::Child,
+        dir: PathBuf,
+    }
+
+    impl Supervisor {
+        fn start(fleet: &Fleet, config_path: &Path) -> Supervisor {
+            let dir = fleet.dir.path().join("supervisor");
+            fs::create_dir_all(&dir).unwrap();
+            let script = dir.join("supervise.sh");
+            fs::write(
+                &script,
+                "while [ ! -e \"$1/stop\" ]; do bash \"$2\" & echo $! >\"$1/sidecar.pid\"; wait $!; done\n",
+            )
+            .unwrap();
+            let mut command = fleet.script_command("start.sh");
+            command.env("SIDECAR_CONFIG", config_path);
+            // Reuse the environment, run the loop instead of start.sh.
+            let start_sh = fleet.box_dir.join("scripts/start.sh");
+            let mut supervise = Command::new("bash");
+            supervise.arg(&script).arg(&dir).arg(&start_sh).current_dir(fleet.dir.path());
+            for (key, value) in command.get_envs() {
+                match value {
+                    Some(value) => supervise.env(key, value),
+                    None => supervise.env_remove(key),
+                };
+            }
+            let open = |name: &str| fs::File::create(dir.join(name)).unwrap();
+            let child =
+                supervise.stdin(Stdio::null()).stdout(open("out")).stderr(open("err")).spawn().unwrap();
+            Supervisor { child, dir }
+        }
+
+        fn pid_file(&self) -> PathBuf {
+            self.dir.join("sidecar.pid")
+        }
+
+        fn output(&self) -> String {
+            let read = |name: &str| fs::read_to_string(self.dir.join(name)).unwrap_or_default();
+            format!("{}{}", read("out"), read("err"))
+        }
+    }
+
+    impl Drop for Supervisor {
+        fn drop(&mut self) {
+            let _ = fs::write(self.dir.join("stop"), "");
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            if let Ok(pid) = fs::read_to_string(self.pid_file()) {
+                let _ = Command::new("kill").arg("-KILL").arg(pid.trim()).status();
+            }
+        }
+    }
+
+    /// A toy `agentcom-sidecar` that execs the real sidecar binary.
+    fn launcher_main(version: &str) -> String {
+        format!(
+            "use std::os::unix::process::CommandExt;\n\
+             const VERSION: &str = {version:?};\n\
+             fn main() {{\n    \
+                 eprintln!(\"toy version {{VERSION}} execs the sidecar\");\n    \
+                 let error = std::process::Command::new({sidecar:?}).args(std::env::args_os().skip(1)).exec();\n    \
+                 eprintln!(\"cannot exec the sidecar: {{error}}\");\n    \
+                 std::process::exit(1);\n\
+             }}\n",
+            sidecar = env!("CARGO_BIN_EXE_agentcom-sidecar"),
+        )
+    }
+
     fn toy_main(version: &str) -> String {
         format!(
             "const VERSION: &str = {version:?};\n\
@@ -352,6 +626,8 @@ mod unix_scripts {
             "MFLAGS",
             "SIDECAR_CONFIG",
             "AGENTCOM_SKIP_PULL",
+            "AGENTCOM_BUILD_ONLY",
+            "AGENTCOM_FORCE_BUILD",
         ] {
             command.env_remove(name);
         }
@@ -471,7 +747,7 @@ fn the_pm2_file_names_start_sh_on_unix_and_start_bat_on_windows() {
     assert_eq!(app["autorestart"], true);
     assert_eq!(app["restart_delay"], 5000);
     assert!(app["kill_timeout"].as_u64().unwrap() > 1000, "longer than the sidecar's own shutdown");
-    assert_eq!(app["time"], true);
+    assert_eq!(app["time"], false, "one timestamp per line: the sidecar's own");
     assert_eq!(app["max_memory_restart"], "100M");
     assert_eq!(
         PathBuf::from(app["env"]["SIDECAR_CONFIG"].as_str().unwrap()),

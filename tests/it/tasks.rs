@@ -250,12 +250,14 @@ fn hostile_text_never_runs_as_shell_code_and_reaches_the_agent_exactly() {
     );
     let metadata = json!({"cmd": format!("$(touch {d}/Z)'; touch {d}/Z2; '")});
     let task_id = hub.push_task(AGENT, &hostile, metadata.clone());
-    wait_until("the agent's copy of the task file", || fs::read(dir.path().join("task-file")).ok());
+    // Wait for the whole copy: `cp` may still be writing when the file appears.
+    let task: Value = wait_until("the agent's copy of the task file", || {
+        fs::read(dir.path().join("task-file")).ok().and_then(|b| serde_json::from_slice(&b).ok())
+    });
     for name in ["X", "X2", "Y", "Z", "Z2"] {
         assert!(!dir.path().join(name).exists(), "hub text ran as shell code: {name} exists");
     }
     assert_eq!(fs::read_to_string(dir.path().join("env-desc")).unwrap(), hostile);
-    let task: Value = serde_json::from_slice(&fs::read(dir.path().join("task-file")).unwrap()).unwrap();
     assert_eq!(task["description"], hostile.as_str());
     assert_eq!(task["metadata"], metadata);
     assert_eq!(task["task_id"], task_id.as_str());
@@ -340,9 +342,9 @@ fn busy_invalid_and_duplicate_assigns_leave_the_first_task_unharmed() {
     let generation = hub.task(&first).unwrap().generation;
     hub.send_raw(AGENT, json!({"type":"task_assign","task_id":first,"description":"first","metadata":{},"generation":generation}));
     expect_received(&hub, "task_accepted");
-    // The wake has run (wakes.txt exists) once the agent has confirmed.
-    wait_until("the agent to confirm", || started_file(&sidecar, &first).exists().then_some(()));
-    // Nothing was created outside the results directory.
+    // Nothing was created outside the results directory (once the wake,
+    // which writes wakes.txt, has run: it races with the frames above).
+    wait_until("the wake", || (wakes(dir.path()) == 1).then_some(()));
     assert!(!dir.path().join("x").exists() && !dir.path().join("x.json").exists());
     let mut names: Vec<String> =
         fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();

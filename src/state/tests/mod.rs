@@ -17,6 +17,7 @@ fn settings() -> Settings {
         token: Secret::new("s3cret-token"),
         capabilities: vec!["code".into()],
         has_wake_command: true,
+        has_update_command: false,
         // Long, so pings stay out of the tests that are not about them.
         heartbeat_interval: ms(60_000),
         pong_timeout: ms(500),
@@ -208,6 +209,7 @@ fn describe(effect: &Effect) -> String {
         Effect::ListResults => "list results".into(),
         Effect::RemoveTaskFiles { .. } => "remove files".into(),
         Effect::Record { event, .. } => format!("record {event}"),
+        Effect::StartUpdate => "start update".into(),
         Effect::Exit => "exit".into(),
     }
 }

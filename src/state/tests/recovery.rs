@@ -97,6 +97,19 @@ fn restart_sidecar_persists_and_exits() {
 }
 
 #[test]
+fn restart_sidecar_with_an_update_command_starts_it_and_stays() {
+    let mut h = Harness::with(Settings { has_update_command: true, ..settings() }, QueueFile::default());
+    h.working(3);
+    h.frame(json!({"type":"restart_sidecar","reason":"update"}));
+    assert_eq!(h.steps(), ["record update_started", "start update"]);
+    assert!(h.state.next_deadline().is_some(), "still running: the heartbeat is due");
+
+    // If the command cannot start, the hub's restart happens the old way.
+    h.input(Input::UpdateFailed { error: "sh: not found".into() });
+    assert_eq!(h.steps(), ["record shutdown", "persist active working gen=3", "close", "exit"]);
+}
+
+#[test]
 fn shutdown_cancels_a_running_wake_and_persists_it_for_the_next_start() {
     let mut h = Harness::new();
     h.identify();

@@ -13,7 +13,9 @@ use serde_json::json;
 use std::path::Path;
 
 use super::*;
-use crate::wake::TAIL_LIMIT_BYTES;
+use crate::wake::{
+    end_leftover, Leftover, WakeIdentity, ENV_VALUE_LIMIT_BYTES, TAIL_LIMIT_BYTES, TRUNCATION_MARKER,
+};
 
 const FAILSAFE: Duration = Duration::from_secs(10);
 
@@ -21,16 +23,23 @@ struct Fixture {
     dir: tempfile::TempDir,
     handle: Option<WakeHandle>,
     outcomes: Receiver<WakeOutcome>,
+    started: Receiver<WakeStarted>,
 }
 
 impl Fixture {
     fn new() -> Fixture {
         let (tx, outcomes) = unbounded();
-        let handle = WakeHandle::spawn(Box::new(move |outcome| {
-            let _ = tx.send(outcome);
-        }))
+        let (started_tx, started) = unbounded();
+        let handle = WakeHandle::spawn_with_started(
+            Box::new(move |started| {
+                let _ = started_tx.send(started);
+            }),
+            Box::new(move |outcome| {
+                let _ = tx.send(outcome);
+            }),
+        )
         .unwrap();
-        Fixture { dir: tempfile::tempdir().unwrap(), handle: Some(handle), outcomes }
+        Fixture { dir: tempfile::tempdir().unwrap(), handle: Some(handle), outcomes, started }
     }
 
     fn dir(&self) -> &Path {
@@ -51,6 +60,7 @@ impl Fixture {
             task_json: "{\"task_id\":\"task-00000000000000ff\"}".to_string(),
             task_file: self.dir().join("task.json"),
             results_dir: self.dir().to_path_buf(),
+            work_dir: self.dir().to_path_buf(),
             timeout: FAILSAFE,
         }
     }
@@ -379,4 +389,168 @@ fn requests_run_one_after_another() {
     assert_eq!((first.attempt, first.status), (1, WakeStatus::Success));
     assert_eq!((second.attempt, second.status), (2, WakeStatus::Failed { exit_code: Some(1) }));
     assert_eq!(second.stdout_tail, "two\n");
+}
+
+#[test]
+fn a_megabyte_description_still_wakes_with_bounded_values_and_the_whole_task_file() {
+    let fixture = Fixture::new();
+    let description = "é1234567".repeat(1 << 17);
+    let task_json = serde_json::to_string(&json!({
+        "task_id": "task-00000000000000ff",
+        "description": description,
+        "metadata": { "kept": "yes" },
+    }))
+    .unwrap();
+    // /bin/echo is a program, not a builtin: both values expand into the
+    // argument list of a real exec, next to the environment holding them.
+    let mut request = fixture.request(
+        r#"/bin/echo "${TASK_DESCRIPTION}" "${TASK_JSON}" > /dev/null &&
+           printf '%s' "${TASK_DESCRIPTION}" > "$AGENTCOM_RESULTS_DIR/desc" &&
+           printf '%s' "${TASK_JSON}" > "$AGENTCOM_RESULTS_DIR/json" &&
+           printf '%s' "$AGENTCOM_TASK_TRUNCATED" > "$AGENTCOM_RESULTS_DIR/flag" &&
+           cat "${TASK_FILE}" > "$AGENTCOM_RESULTS_DIR/task-file.copy""#,
+    );
+    request.description = description.clone();
+    request.task_json = task_json.clone();
+    fixture.handle().run(request);
+    let outcome = fixture.outcome();
+    assert_eq!(outcome.status, WakeStatus::Success, "{outcome:?}");
+
+    let read = |name: &str| fs::read_to_string(fixture.dir().join(name)).unwrap();
+    let desc = read("desc");
+    assert!(desc.len() <= ENV_VALUE_LIMIT_BYTES, "{}", desc.len());
+    assert!(desc.starts_with("é1234567é") && desc.ends_with(TRUNCATION_MARKER));
+    let json: serde_json::Value = serde_json::from_str(&read("json")).expect("TASK_JSON is still JSON");
+    assert!(read("json").len() <= ENV_VALUE_LIMIT_BYTES);
+    assert_eq!(json["metadata"]["kept"], "yes");
+    assert_eq!(read("flag"), "1");
+    assert_eq!(read("task-file.copy"), task_json, "the task file holds the whole task");
+
+    // A short task is not flagged.
+    fixture
+        .handle()
+        .run(fixture.request(r#"printf '%s' "$AGENTCOM_TASK_TRUNCATED" > "$AGENTCOM_RESULTS_DIR/flag""#));
+    assert_eq!(fixture.outcome().status, WakeStatus::Success);
+    assert_eq!(read("flag"), "0");
+}
+
+#[test]
+fn the_command_runs_in_its_work_dir_and_gets_absolute_paths() {
+    let fixture = Fixture::new();
+    let work_dir = fixture.dir().join("config-dir");
+    fs::create_dir(&work_dir).unwrap();
+    fs::write(
+        work_dir.join("agent.sh"),
+        "pwd -P > \"$AGENTCOM_RESULTS_DIR/pwd\"; printf '%s' \"$AGENTCOM_TASK_FILE\" > \"$AGENTCOM_RESULTS_DIR/task-file\"",
+    )
+    .unwrap();
+    let mut request = fixture.request("sh agent.sh");
+    request.work_dir = work_dir.clone();
+    fixture.handle().run(request);
+    let outcome = fixture.outcome();
+    assert_eq!(outcome.status, WakeStatus::Success, "{outcome:?}");
+    let pwd = fs::read_to_string(fixture.dir().join("pwd")).unwrap();
+    assert_eq!(Path::new(pwd.trim()), work_dir.canonicalize().unwrap());
+
+    // Relative paths are relative to the sidecar's directory, and the
+    // command, running elsewhere, gets them absolute.
+    let cwd = std::env::current_dir().unwrap();
+    let relative_results = pathdiff(fixture.dir(), &cwd);
+    let mut request = fixture.request("sh agent.sh");
+    request.work_dir = work_dir.clone();
+    request.results_dir = relative_results.clone();
+    request.task_file = relative_results.join("task.json");
+    fixture.handle().run(request);
+    assert_eq!(fixture.outcome().status, WakeStatus::Success);
+    let task_file = fs::read_to_string(fixture.dir().join("task-file")).unwrap();
+    assert!(Path::new(&task_file).is_absolute(), "{task_file}");
+    assert_eq!(
+        Path::new(&task_file).canonicalize().unwrap(),
+        fixture.dir().join("task.json").canonicalize().unwrap()
+    );
+
+    // A working directory that is gone is a clear start failure.
+    let mut request = fixture.request("true");
+    request.work_dir = fixture.dir().join("missing");
+    fixture.handle().run(request);
+    let outcome = fixture.outcome();
+    assert!(
+        matches!(&outcome.status, WakeStatus::SpawnFailed(text) if text.contains("is not a directory")),
+        "{outcome:?}"
+    );
+}
+
+/// `path` relative to `base` (both absolute), with `..` steps.
+fn pathdiff(path: &Path, base: &Path) -> std::path::PathBuf {
+    let path: Vec<_> = path.components().collect();
+    let base: Vec<_> = base.components().collect();
+    let common = path.iter().zip(&base).take_while(|(a, b)| a == b).count();
+    let mut relative = std::path::PathBuf::new();
+    for _ in common..base.len() {
+        relative.push("..");
+    }
+    for component in &path[common..] {
+        relative.push(component);
+    }
+    relative
+}
+
+#[test]
+fn stderr_last_line_is_the_last_non_blank_line_bounded() {
+    let fixture = Fixture::new();
+    let outcome = fixture.run("echo first >&2; echo '  the reason  ' >&2; echo >&2; exit 3");
+    assert_eq!(outcome.stderr_last_line().as_deref(), Some("the reason"));
+    let outcome = fixture.run("exit 3");
+    assert_eq!(outcome.stderr_last_line(), None);
+    let outcome = fixture.run("printf 'x%.0s' $(seq 1000) >&2; exit 3");
+    let line = outcome.stderr_last_line().unwrap();
+    assert_eq!(line, format!("{}...", "x".repeat(crate::wake::STDERR_LINE_LIMIT_CHARS)));
+}
+
+#[test]
+fn each_attempt_reports_its_identity_when_it_starts() {
+    let fixture = Fixture::new();
+    let mut request = fixture.request("echo $$ > \"$AGENTCOM_RESULTS_DIR/pid\"");
+    request.attempt = 2;
+    fixture.handle().run(request);
+    let started = fixture.started.recv_timeout(FAILSAFE).expect("no start report");
+    assert_eq!(fixture.outcome().status, WakeStatus::Success);
+    let pid: u32 = fs::read_to_string(fixture.dir().join("pid")).unwrap().trim().parse().unwrap();
+    assert_eq!((started.task_id.as_str(), started.attempt), ("task-00000000000000ff", 2));
+    assert_eq!(started.identity.pid, pid);
+    assert_eq!(started.identity.process_group, Some(pid));
+    assert!(started.identity.start_time.is_some(), "{started:?}");
+    // The core persists it as JSON.
+    let json = serde_json::to_string(&started.identity).unwrap();
+    assert_eq!(serde_json::from_str::<WakeIdentity>(&json).unwrap(), started.identity);
+    // A command that cannot start reports no start.
+    fixture.handle().run(fixture.request("echo a\0b"));
+    assert!(matches!(fixture.outcome().status, WakeStatus::SpawnFailed(_)));
+    assert!(fixture.started.try_recv().is_err());
+}
+
+#[test]
+fn a_leftover_is_ended_with_its_group_only_when_its_start_time_matches() {
+    let fixture = Fixture::new();
+    let pids = fixture.pid_fifo("pid.fifo");
+    fixture
+        .handle()
+        .run(fixture.request(r#"sleep 30 & echo $! > "$AGENTCOM_RESULTS_DIR/pid.fifo"; sleep 30; wait"#));
+    let identity = fixture.started.recv_timeout(FAILSAFE).expect("no start report").identity;
+    let grandchild = pids.recv_timeout(FAILSAFE).expect("no grandchild pid");
+
+    // The same pid with another start time is another process: left alone.
+    let reused = WakeIdentity { start_time: identity.start_time.map(|time| time + 1), ..identity.clone() };
+    assert_eq!(end_leftover(&reused), Leftover::Gone);
+    let unverifiable = WakeIdentity { start_time: None, ..identity.clone() };
+    assert_eq!(end_leftover(&unverifiable), Leftover::Unverifiable);
+    assert!(is_alive(identity.pid) && is_alive(grandchild), "a mismatched identity ended something");
+
+    // The real one: the command and everything in its group end.
+    assert_eq!(end_leftover(&identity), Leftover::Ended);
+    assert_eq!(fixture.outcome().status, WakeStatus::Failed { exit_code: None });
+    let gone = wait_until_gone(grandchild);
+    kill_leftover_sleep(grandchild);
+    assert!(gone, "grandchild {grandchild} survived end_leftover");
+    assert_eq!(end_leftover(&identity), Leftover::Gone);
 }
