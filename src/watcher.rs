@@ -603,6 +603,7 @@ mod tests {
 
     /// Runs `read` on another thread and fails the test if it blocks: a
     /// blocked open() must fail the test, not hang it.
+    #[cfg(unix)]
     fn read_within_failsafe(path: PathBuf) -> ReadResult {
         let (tx, rx) = crossbeam_channel::bounded(1);
         std::thread::spawn(move || {
