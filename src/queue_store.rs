@@ -234,9 +234,38 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8], prefix: &str) -> io::Resul
     let mut temp = tempfile::Builder::new().prefix(prefix).suffix(".tmp").tempfile_in(dir)?;
     temp.write_all(bytes)?;
     temp.as_file().sync_all()?;
-    temp.persist(path).map_err(|e| e.error)?;
+    persist(temp, path)?;
     sync_dir(dir);
     Ok(())
+}
+
+#[cfg(not(windows))]
+fn persist(temp: tempfile::NamedTempFile, path: &Path) -> io::Result<()> {
+    temp.persist(path).map(drop).map_err(|e| e.error)
+}
+
+/// On Windows a rename over a file that another process has open (the
+/// `status` command, an editor, a virus scanner) fails with "access denied"
+/// or a sharing violation until that process closes it. Such opens are
+/// brief, so a few short retries (155 ms in all) ride them out; a lasting
+/// failure is returned as before.
+#[cfg(windows)]
+fn persist(mut temp: tempfile::NamedTempFile, path: &Path) -> io::Result<()> {
+    const ERROR_ACCESS_DENIED: i32 = 5;
+    const ERROR_SHARING_VIOLATION: i32 = 32;
+    for delay_ms in [5, 10, 20, 40, 80] {
+        match temp.persist(path) {
+            Ok(_) => return Ok(()),
+            Err(e)
+                if matches!(e.error.raw_os_error(), Some(ERROR_ACCESS_DENIED | ERROR_SHARING_VIOLATION)) =>
+            {
+                temp = e.file;
+                std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+            }
+            Err(e) => return Err(e.error),
+        }
+    }
+    temp.persist(path).map(drop).map_err(|e| e.error)
 }
 
 /// Makes the rename itself durable. Unix only: Windows has no directory

@@ -65,6 +65,7 @@ use net::{accept_loop, join_logged, sweep_loop, Shared};
 use state::{HubState, Outgoing, Task};
 
 /// How to start a [`DevHub`].
+#[derive(Clone)]
 pub struct DevHubOptions {
     /// Where to listen. Default `127.0.0.1:0`; a non-loopback address is refused.
     pub bind: SocketAddr,

@@ -1,5 +1,5 @@
 //! Defects the chaos soak (tests/soak) found, each as a minimal test. They
-//! fail on today's sidecar and are ignored until their fix lands.
+//! failed on the sidecar the soak first ran against, and pass since their fixes.
 
 use std::fs;
 use std::time::Duration;
@@ -34,7 +34,6 @@ impl Drop for KillGroup {
 /// group) survives, and the restarted sidecar wakes the agent again while it
 /// still runs: two wake commands at once, and an orphan.
 #[test]
-#[ignore = "soak finding: a killed sidecar's wake command outlives it (not fixed yet)"]
 fn the_wake_command_of_a_killed_sidecar_is_gone_before_the_next_wake() {
     let hub = start_hub();
     let dir = tempfile::tempdir().unwrap();
@@ -49,6 +48,12 @@ fn the_wake_command_of_a_killed_sidecar_is_gone_before_the_next_wake() {
     let first: i32 =
         wait_until("the first wake", || fs::read_to_string(&pids).ok()?.lines().next()?.trim().parse().ok());
     let _cleanup = KillGroup(first);
+    // The sidecar records the command in queue.json as soon as it has
+    // started (a kill before that is the one gap left: docs/protocol.md 9).
+    let queue = dir.path().join("queue.json");
+    wait_until("the wake command recorded", || {
+        fs::read_to_string(&queue).ok().filter(|q| q.contains("\"wake_process\"")).map(|_| ())
+    });
     sidecar.kill9();
     let _sidecar = Sidecar::start(dir.path(), &cfg);
     expect_identified(&hub);
@@ -66,7 +71,6 @@ fn the_wake_command_of_a_killed_sidecar_is_gone_before_the_next_wake() {
 /// `task_accepted`, and waits for the answer to `task_recovering` forever: the
 /// agent's result is never reported, and every later task is refused as busy.
 #[test]
-#[ignore = "soak finding: rate_limited is pinned on the last frame sent (src/state/link.rs)"]
 fn a_rate_limited_task_recovering_is_resent_and_the_result_reported() {
     let hub = start_hub();
     let dir = tempfile::tempdir().unwrap();
@@ -94,7 +98,6 @@ fn a_rate_limited_task_recovering_is_resent_and_the_result_reported() {
 /// moves the agent's state machine to `working` for a task nobody works on:
 /// no more pushes until the stuck sweep (10-20 min).
 #[test]
-#[ignore = "soak finding: a rate-limited frame is resent after its task settled (src/state/link.rs)"]
 fn a_rate_limited_task_accepted_is_not_resent_after_its_task_settled() {
     let mut options = DevHubOptions::new(AGENT, TOKEN);
     // The first failure dead-letters the task: it never comes back.

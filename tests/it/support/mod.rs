@@ -1,6 +1,8 @@
 //! Shared helpers for the integration tests: the real sidecar binary as a
 //! child process, the development hub in-process, and waits with deadlines.
 
+// Mints its CA with OpenSSL, a Unix-only dev-dependency.
+#[cfg(unix)]
 pub mod tls;
 
 use std::fs;
@@ -85,6 +87,7 @@ impl Sidecar {
         self.child.as_ref().expect("running").id()
     }
 
+    #[cfg(unix)]
     pub fn signal(&self, signal: &str) {
         let status =
             Command::new("kill").arg(format!("-{signal}")).arg(self.pid().to_string()).status().unwrap();
