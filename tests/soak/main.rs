@@ -921,6 +921,15 @@ impl Soak {
             .filter(|(_, k)| *k == SettleKind::Ack)
             .map(|(t, _)| *t)
             .fold(0.0, f64::max);
+        // File times come from a coarse kernel clock: the agent's own log says
+        // better whether it wrote after the settlement.
+        let last_agent_write = self
+            .agent_events
+            .iter()
+            .filter(|e| e.task == task_id)
+            .filter(|e| matches!(e.kind.as_str(), "started_written" | "result_written" | "result_half"))
+            .map(|e| e.t)
+            .fold(0.0, f64::max);
         let files = [
             self.results.join(format!("{task_id}.started")),
             self.results.join(format!("{task_id}.json")),
@@ -929,7 +938,7 @@ impl Soak {
         ];
         for file in files {
             let Some(mtime) = checker::mtime_ms(&file) else { continue };
-            if mtime > settled_at + 5.0 {
+            if mtime > settled_at + 5.0 || last_agent_write > settled_at - 20.0 {
                 self.note(format!(
                     "{task_id}: the agent wrote {} after the settlement; removed by the soak",
                     file.display()
