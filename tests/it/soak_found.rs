@@ -1,5 +1,5 @@
-//! Defects the chaos soak (tests/soak) found, each as a minimal test. They
-//! fail on today's sidecar and are ignored until their fix lands.
+//! Defects the chaos soak (tests/soak) found, each as a minimal test that
+//! failed before its fix; one not fixed yet is ignored.
 
 use std::fs;
 use std::time::Duration;
@@ -65,8 +65,8 @@ fn the_wake_command_of_a_killed_sidecar_is_gone_before_the_next_wake() {
 /// last frame it sent (`Link::on_rate_limited`, src/state/link.rs), resends
 /// `task_accepted`, and waits for the answer to `task_recovering` forever: the
 /// agent's result is never reported, and every later task is refused as busy.
+/// (Fixed on main by the resend queue: rate_limited answers frames in order.)
 #[test]
-#[ignore = "soak finding: rate_limited is pinned on the last frame sent (src/state/link.rs)"]
 fn a_rate_limited_task_recovering_is_resent_and_the_result_reported() {
     let hub = start_hub();
     let dir = tempfile::tempdir().unwrap();
@@ -92,9 +92,8 @@ fn a_rate_limited_task_recovering_is_resent_and_the_result_reported() {
 /// its resend is due the wake fails for good and the sidecar reports
 /// `task_failed`; then it resends the stale `task_accepted`. On 4718a58 that
 /// moves the agent's state machine to `working` for a task nobody works on:
-/// no more pushes until the stuck sweep (10-20 min).
+/// no more pushes until the stuck sweep (10-20 min). (Fixed on main.)
 #[test]
-#[ignore = "soak finding: a rate-limited frame is resent after its task settled (src/state/link.rs)"]
 fn a_rate_limited_task_accepted_is_not_resent_after_its_task_settled() {
     let mut options = DevHubOptions::new(AGENT, TOKEN);
     // The first failure dead-letters the task: it never comes back.
