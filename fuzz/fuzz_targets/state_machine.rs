@@ -66,6 +66,7 @@ fn settings(b: &mut Bytes<'_>) -> Settings {
         token: Secret::new("fuzz-token"),
         capabilities: vec![],
         has_wake_command: b.u8() % 4 != 0,
+        has_update_command: b.u8() % 2 == 0,
         heartbeat_interval: ms(1 + u64::from(b.u8()) * 20),
         pong_timeout: ms(1 + u64::from(b.u8()) * 10),
         identify_timeout: ms(1 + u64::from(b.u8()) * 10),
@@ -75,6 +76,10 @@ fn settings(b: &mut Bytes<'_>) -> Settings {
         task_timeout: (b.u8() % 2 == 0).then(|| ms(u64::from(b.u16()))),
         result_settle: ms(u64::from(b.u8()) * 5),
         progress_interval: ms(u64::from(b.u8()) * 5),
+        reply_timeout: ms(1 + u64::from(b.u8()) * 20),
+        readopt_window: ms(u64::from(b.u16())),
+        adopted_silence: ms(u64::from(b.u8()) * 20),
+        keepalive_interval: (b.u8() % 2 == 0).then(|| ms(1 + u64::from(b.u8()) * 20)),
         send_wake_result: b.u8() % 2 == 0,
         send_state_report: b.u8() % 2 == 0,
         results_poll: (b.u8() % 3 == 0).then(|| ms(1 + u64::from(b.u8()))),
@@ -277,6 +282,7 @@ fuzz_target!(|data: &[u8]| {
                     ))]))),
                 }
             }
+            10 if b.u8() % 4 == 0 => Input::UpdateFailed { error: "no such command".into() },
             10 => Input::PersistFailed { error: "disk full".into(), withheld: Vec::new() },
             _ => {
                 if b.u8() % 8 == 0 {

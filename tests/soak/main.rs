@@ -491,11 +491,18 @@ impl Soak {
     fn run(&mut self, options: &Options) -> Result<bool, String> {
         let began = Instant::now();
         self.start_sidecar()?;
+        let mut interrupted = false;
         for index in 0..options.lifecycles {
-            if self.interrupted.load(Ordering::SeqCst) {
-                return Err(format!("interrupted after {index} lifecycles"));
+            match self.lifecycle(index, options.seed) {
+                Ok(()) => {}
+                Err(error) if self.interrupted.load(Ordering::SeqCst) => {
+                    // Summarise what ran (an interrupted lifecycle is not checked).
+                    println!("soak: interrupted during lifecycle {index} ({error})");
+                    interrupted = true;
+                    break;
+                }
+                Err(error) => return Err(error),
             }
-            self.lifecycle(index, options.seed)?;
             if (index + 1) % 50 == 0 {
                 println!(
                     "soak: {} lifecycles, {} kills, {} violations, {:.0} s",
@@ -506,8 +513,11 @@ impl Soak {
                 );
             }
         }
-        self.finish();
+        self.finish(!interrupted);
         self.summary(began.elapsed());
+        if interrupted {
+            return Err("interrupted: the summary covers the lifecycles completed".to_string());
+        }
         let ok = self.violations.is_empty();
         if options.keep || !ok {
             let path = self.dir.path().to_path_buf();
@@ -911,6 +921,15 @@ impl Soak {
             .filter(|(_, k)| *k == SettleKind::Ack)
             .map(|(t, _)| *t)
             .fold(0.0, f64::max);
+        // File times come from a coarse kernel clock: the agent's own log says
+        // better whether it wrote after the settlement.
+        let last_agent_write = self
+            .agent_events
+            .iter()
+            .filter(|e| e.task == task_id)
+            .filter(|e| matches!(e.kind.as_str(), "started_written" | "result_written" | "result_half"))
+            .map(|e| e.t)
+            .fold(0.0, f64::max);
         let files = [
             self.results.join(format!("{task_id}.started")),
             self.results.join(format!("{task_id}.json")),
@@ -919,7 +938,7 @@ impl Soak {
         ];
         for file in files {
             let Some(mtime) = checker::mtime_ms(&file) else { continue };
-            if mtime > settled_at + 5.0 {
+            if mtime > settled_at + 5.0 || last_agent_write > settled_at - 20.0 {
                 self.note(format!(
                     "{task_id}: the agent wrote {} after the settlement; removed by the soak",
                     file.display()
@@ -1035,7 +1054,8 @@ impl Soak {
         }
     }
 
-    fn finish(&mut self) {
+    /// `settled`: every lifecycle ran to its end, so nothing may be pending.
+    fn finish(&mut self, settled: bool) {
         // A clean stop, as pm2 or systemd would do it.
         if let Some(mut child) = self.sidecar.take() {
             // SAFETY: a signal to our own child, which we have not reaped yet.
@@ -1084,6 +1104,9 @@ impl Soak {
             }
         }
         // Nothing pending, nothing left.
+        if !settled {
+            return;
+        }
         match fs::read(self.dir.path().join("queue.json")).map(|b| queue_store::parse(&b)) {
             Ok(Ok(queue)) if queue.active.is_none() && queue.recovering.is_none() => {}
             Ok(Ok(_)) => self.violation("queue.json still holds a task at the end".to_string()),
