@@ -12,15 +12,22 @@ rem leave us without a complete binary. The copy also keeps cargo free to
 rem replace agentcom-sidecar.exe while the sidecar runs.
 rem cmd cannot exec, so this script waits for the sidecar and passes on its
 rem exit code. Messages go to stderr.
+rem
+rem Plain constructs only (goto and "if errorlevel", no "||", no redirection
+rem before a command, no redirection of a "( ... )" block): Wine's cmd, where
+rem the tests run this script, gets those wrong. "call" runs git and cargo so
+rem that a .cmd or .bat shim returns here instead of ending this script.
 setlocal EnableExtensions
 cd /d "%~dp0.."
 
-if "%AGENTCOM_SKIP_PULL%"=="1" (
-    echo start.bat: AGENTCOM_SKIP_PULL=1: not pulling 1>&2
-) else (
-    set GIT_TERMINAL_PROMPT=0
-    git pull --ff-only 1>&2 || echo start.bat: git pull --ff-only failed; starting the code already checked out 1>&2
-)
+if "%AGENTCOM_SKIP_PULL%"=="1" goto no_pull
+set GIT_TERMINAL_PROMPT=0
+call git pull --ff-only 1>&2
+if errorlevel 1 echo start.bat: git pull --ff-only failed; starting the code already checked out 1>&2
+goto pulled
+:no_pull
+echo start.bat: AGENTCOM_SKIP_PULL=1: not pulling 1>&2
+:pulled
 
 set "RELEASE_DIR=target\release"
 if defined CARGO_TARGET_DIR set "RELEASE_DIR=%CARGO_TARGET_DIR%\release"
@@ -33,32 +40,49 @@ set "HEAD_REV="
 for /f "delims=" %%r in ('git rev-parse HEAD') do set "HEAD_REV=%%r"
 set "BUILT_REV="
 if exist "%STAMP%" set /p BUILT_REV=<"%STAMP%"
+set "BUILT_SHOWN=%BUILT_REV%"
+if not defined BUILT_REV set "BUILT_SHOWN=unknown"
 
 if not exist "%GOOD_BINARY%" goto build
-if not defined HEAD_REV goto run
-if "%HEAD_REV%"=="%BUILT_REV%" (
-    echo start.bat: binary is up to date with %HEAD_REV%; not rebuilding 1>&2
-    goto run
-)
+if not defined HEAD_REV goto no_head
+if "%HEAD_REV%"=="%BUILT_REV%" goto up_to_date
+goto build
+
+:no_head
+echo start.bat: cannot read the checked-out revision; running the last good binary (rev %BUILT_SHOWN%) 1>&2
+goto run
+
+:up_to_date
+echo start.bat: binary is up to date with %HEAD_REV%; not rebuilding 1>&2
+goto run
 
 :build
-echo start.bat: building %HEAD_REV% (last good build: %BUILT_REV%) 1>&2
-cargo build --release --locked 1>&2
+set "HEAD_SHOWN=%HEAD_REV%"
+if not defined HEAD_REV set "HEAD_SHOWN=the checkout"
+set "LAST_SHOWN=%BUILT_REV%"
+if not defined BUILT_REV set "LAST_SHOWN=none"
+echo start.bat: building %HEAD_SHOWN% (last good build: %LAST_SHOWN%) 1>&2
+call cargo build --release --locked 1>&2
 if errorlevel 1 goto build_failed
-copy /y "%BUILT_BINARY%" "%GOOD_BINARY%.tmp" >nul || goto build_failed
-move /y "%GOOD_BINARY%.tmp" "%GOOD_BINARY%" >nul || goto build_failed
-rem Redirection first, because in "echo %HEAD_REV%>file" a trailing digit
-rem would be read as a handle number; "echo(" stays quiet if HEAD_REV is empty.
->"%STAMP%" echo(%HEAD_REV%
-echo start.bat: built %HEAD_REV% 1>&2
+copy /y "%BUILT_BINARY%" "%GOOD_BINARY%.tmp" >nul
+if errorlevel 1 goto build_failed
+move /y "%GOOD_BINARY%.tmp" "%GOOD_BINARY%" >nul
+if errorlevel 1 goto build_failed
+rem A revision is 40 (or 64) hex digits, so "echo <rev>>file" never reads
+rem its last digit as a handle number.
+if defined HEAD_REV echo %HEAD_REV%>"%STAMP%.tmp"
+if not defined HEAD_REV type nul>"%STAMP%.tmp"
+move /y "%STAMP%.tmp" "%STAMP%" >nul
+if errorlevel 1 goto build_failed
+echo start.bat: built %HEAD_SHOWN% 1>&2
 goto run
 
 :build_failed
-if not exist "%GOOD_BINARY%" (
-    echo start.bat: build failed and there is no previous binary to fall back on; not starting 1>&2
-    exit /b 1
-)
-echo start.bat: build failed; keeping the last good binary (rev %BUILT_REV%) 1>&2
+if exist "%GOOD_BINARY%" goto keep_good
+echo start.bat: build failed and there is no previous binary to fall back on; not starting 1>&2
+exit /b 1
+:keep_good
+echo start.bat: build failed; keeping the last good binary (rev %BUILT_SHOWN%) 1>&2
 
 :run
 "%GOOD_BINARY%" --config "%SIDECAR_CONFIG%" %*

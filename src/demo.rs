@@ -1,7 +1,8 @@
 //! `agentcom-devhub --demo`: one task from hub to sidecar to an example agent
 //! and back, on loopback, with nothing else installed. The development hub and
 //! the sidecar's loop run in this process; the agent is
-//! `scripts/example-agent.sh`, compiled in and written to a temp directory.
+//! `scripts/example-agent.sh` (`scripts/example-agent.cmd` on Windows),
+//! compiled in and written to a temp directory.
 
 use std::io::Write;
 use std::time::Duration;
@@ -12,7 +13,10 @@ use crate::config::Config;
 use crate::devhub::{redact_token, DevHub, DevHubEvent, DevHubOptions};
 use crate::event::Event;
 
-const AGENT_SCRIPT: &str = include_str!("../scripts/example-agent.sh");
+#[cfg(not(windows))]
+const AGENT_SCRIPT: (&str, &str) = ("example-agent.sh", include_str!("../scripts/example-agent.sh"));
+#[cfg(windows)]
+const AGENT_SCRIPT: (&str, &str) = ("example-agent.cmd", include_str!("../scripts/example-agent.cmd"));
 const AGENT_ID: &str = "demo-agent";
 const TOKEN: &str = "demo-token";
 /// The whole demo normally takes well under a second; this bounds a broken one.
@@ -22,13 +26,17 @@ pub fn run_demo(out: &mut dyn Write) -> Result<(), String> {
     let hub = DevHub::start(DevHubOptions::new(AGENT_ID, TOKEN))
         .map_err(|e| format!("cannot start the hub: {e}"))?;
     let dir = tempfile::tempdir().map_err(|e| format!("cannot create a temp dir: {e}"))?;
-    let agent = dir.path().join("example-agent.sh");
-    std::fs::write(&agent, AGENT_SCRIPT).map_err(|e| format!("cannot write the example agent: {e}"))?;
+    let (agent_name, agent_text) = AGENT_SCRIPT;
+    let agent = dir.path().join(agent_name);
+    std::fs::write(&agent, agent_text).map_err(|e| format!("cannot write the example agent: {e}"))?;
+    // sh on Unix; on Windows the sidecar runs the command through cmd.
+    let wake_command =
+        if cfg!(windows) { format!("\"{}\"", agent.display()) } else { format!("sh '{}'", agent.display()) };
     let config_text = json!({
         "agent_id": AGENT_ID,
         "token": TOKEN,
         "hub_url": hub.url(),
-        "wake_command": format!("sh '{}'", agent.display()),
+        "wake_command": wake_command,
         "capabilities": ["demo"],
         "heartbeat_interval_ms": 5_000,
         "reconnect_initial_ms": 200,

@@ -114,8 +114,8 @@ impl fmt::Display for Secret {
     }
 }
 
-/// An optional protocol extension the hub understands (PROTOCOL.md
-/// section 7), named in `hub_features`.
+/// An optional protocol extension the hub understands (docs/protocol.md
+/// sections 7.3 and 7.4), named in `hub_features`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HubFeature {
     /// Send `wake_result` after each wake attempt.

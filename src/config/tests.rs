@@ -35,7 +35,8 @@ fn resolved_paths_display_without_dot_components() {
     let shown = |config_path: &str, log_file: &str| {
         let text = MINIMAL.replace('}', &format!(r#","log_file":"{log_file}"}}"#));
         let (config, _) = Config::from_json_str(&text, Path::new(config_path)).unwrap();
-        config.log_file.display().to_string()
+        // Written with `/` whatever the platform's separator.
+        config.log_file.display().to_string().replace(std::path::MAIN_SEPARATOR, "/")
     };
     assert_eq!(shown("config.json", "./sidecar.log"), "./sidecar.log");
     assert_eq!(shown("./config.json", "./logs/./sidecar.log"), "./logs/sidecar.log");
@@ -155,7 +156,9 @@ fn check_shows_every_known_key_and_accepts_its_own_output() {
     let shown = config.to_redacted_json();
     let Value::Object(mut shown) = shown else { panic!("not an object") };
     assert_eq!(shown["token"], "<redacted>");
-    assert_eq!(shown["results_dir"], "/etc/sidecar/results");
+    // Joined with the platform's separator (`\` on Windows).
+    let results_dir = std::path::Path::new("/etc/sidecar").join("results");
+    assert_eq!(shown["results_dir"], results_dir.display().to_string());
     assert_eq!(shown["heartbeat_interval_ms"], 30_000);
     assert_eq!(shown["wake_retry_delays_ms"], serde_json::json!([5_000, 15_000, 30_000]));
     assert_eq!(shown["log_level"], "info");

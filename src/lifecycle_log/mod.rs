@@ -1,4 +1,4 @@
-//! The task lifecycle log (`log_file` in config.json, PROTOCOL.md section 10):
+//! The task lifecycle log (`log_file` in config.json, docs/protocol.md 10.2):
 //! one JSON object a line, `{"ts":<unix ms>,"event":"...","agent_id":"...",...}`,
 //! kept apart from the process manager's stdout log and rotated by size.
 //!
@@ -73,6 +73,9 @@ lifecycle_events! {
     TaskReadopted = "task_readopted",
     TaskContinued = "task_continued",
     TaskDropped = "task_dropped",
+    /// At start: a wake command recorded in queue.json as still running
+    /// (the sidecar died while it ran) was looked for, and ended if found.
+    WakeLeftover = "wake_leftover",
     WakeAttempt = "wake_attempt",
     WakeFinished = "wake_finished",
     /// The agent wrote `<id>.started`.

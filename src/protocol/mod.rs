@@ -1,4 +1,4 @@
-//! The wire format of PROTOCOL.md: frames the hub sends us, parsed leniently
+//! The wire format of docs/protocol.md: frames the hub sends us, parsed leniently
 //! into [`Incoming`], and the frames we send, built by the `out_*` functions.
 //!
 //! Parsing is by hand rather than with a derived `Deserialize` because a
@@ -62,7 +62,7 @@ pub enum Incoming {
     },
 }
 
-/// The `status` of a `task_ack` (PROTOCOL.md section 6).
+/// The `status` of a `task_ack` (docs/protocol.md section 6).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AckStatus {
     /// Answers `task_accepted`.
@@ -354,7 +354,7 @@ pub(crate) fn out_task_complete(task_id: &str, generation: u64, result: &Value) 
 }
 
 /// `reason` and `error` carry the same text: older hubs read one, newer the
-/// other (PROTOCOL.md section 6).
+/// other (docs/protocol.md section 6.4).
 pub(crate) fn out_task_failed(task_id: &str, generation: u64, reason: &str) -> String {
     frame(
         "task_failed",
@@ -401,7 +401,7 @@ pub(crate) fn out_wake_result(task_id: &str, status: &str, attempt: u32, error: 
     frame("wake_result", fields)
 }
 
-/// The frame types PROTOCOL.md lets a sidecar send. Tests check every frame
+/// The frame types docs/protocol.md lets a sidecar send (6.6). Tests check every frame
 /// we send against this list.
 pub const SENDABLE_TYPES: &[&str] = &[
     "identify",

@@ -25,7 +25,7 @@ impl State {
         fx: &mut Vec<Effect>,
     ) {
         // Old hubs crash on task_failed and close with 1011 instead of
-        // answering; they re-queue the task (PROTOCOL.md section 6). Resending
+        // answering; they re-queue the task (docs/protocol.md 6.4). Resending
         // would crash them again, so the report counts as settled ("retried").
         if close_code == Some(1011) {
             if let Some(entry) = self.link.find_awaiting(ReplyKind::Failed).cloned() {
@@ -128,6 +128,8 @@ impl State {
                 if self.held_task_id() == Some(task_id.as_str()) {
                     log::info!("task {task_id} cancelled by hub; stopping it");
                     self.drop_task("cancelled by hub", PastFate::Settled, fx);
+                } else if self.forget_busy_push(&task_id) {
+                    log::info!("task {task_id}, pushed while we were busy, cancelled by hub; forgetting it");
                 } else {
                     log::debug!("task_cancelled for {task_id}, which we do not hold");
                 }

@@ -11,13 +11,14 @@
 //! means), `task.rs` (the held task, its one state enum, intake, waking
 //! and its files), `report.rs` (outcomes, reports, acks, settling).
 //!
-//! The task slot holds at most one task (PROTOCOL.md section 9). A task the
+//! The task slot holds at most one task (docs/protocol.md section 9). A task the
 //! hub gave us is never lost and never reported twice under one generation:
 //! its outcome (the report) is persisted before it is sent, resent after every
 //! reconnect until the hub settles it, and after any reconnect nothing is
 //! reported before the hub has said, in answer to `task_recovering`, whether
 //! the task is still ours.
 
+mod busy;
 mod frames;
 mod link;
 mod past;
@@ -37,7 +38,7 @@ use crate::event::Event;
 use crate::hub::HubEvent;
 use crate::lifecycle_log::LifecycleEvent;
 use crate::protocol;
-use crate::queue_store::QueueFile;
+use crate::queue_store::{QueueFile, WakeProcess};
 use crate::retry::BackoffPolicy;
 use crate::watcher::{FileKind, ReadResult, ResultsEvent};
 
@@ -223,6 +224,9 @@ pub struct State {
     /// be a task we dropped, whose attempt is being cancelled). The executor
     /// runs one attempt at a time, whichever task it belongs to.
     wake_running: Option<String>,
+    /// The started wake command not yet reported ended, as persisted (so
+    /// that after a crash the next start can end it first).
+    wake_process: Option<WakeProcess>,
     /// Top-level queue.json fields we do not know, kept on every save.
     queue_extra: Map<String, Value>,
     shutting_down: bool,
@@ -233,23 +237,22 @@ pub struct State {
     /// The hub has shown it is the newer kind (4718a58: schema validation,
     /// rate limits, the extra task_assign fields). See [`BUSY_REASON`].
     newer_hub: bool,
-    /// Tasks pushed to us while we were busy, on a newer hub: handed back
-    /// with `task_failed` once we hold no task.
-    busy_refused: Vec<(String, u64)>,
+    /// Tasks pushed to us while we were busy, oldest first: taken or
+    /// handed back once we hold no task (see `busy.rs`).
+    pushed_while_busy: Vec<busy::BusyPush>,
 }
 
 /// A task pushed while another is held is never woken and never answered
 /// with `task_rejected` (unknown to both hubs; a schema violation on the
-/// newer one, ten of which lock the sidecar out). On the older hub nothing
-/// is sent for it (its `task_failed` crashes that hub's queue; the hub's own
-/// sweep returns the task). On the newer hub it is answered with
-/// `task_failed` and this reason as soon as the sidecar holds no task of its
-/// own: sent earlier, it would move the hub's agent state to idle while we
-/// work, drawing more pushes. The hub then queues the task again at once.
+/// newer one, ten of which lock the sidecar out). It is remembered, and once
+/// the sidecar holds no task of its own it is taken if it came on the live
+/// connection (see `busy.rs`). If the connection dropped since, the hub may
+/// have taken it back: on the older hub nothing is sent for it (its
+/// `task_failed` crashes that hub's queue; the hub's own sweep returns the
+/// task); on the newer hub it is answered with `task_failed` and this reason
+/// (never while busy: it would move the hub's agent state to idle while we
+/// work, drawing more pushes). The hub then queues the task again at once.
 pub const BUSY_REASON: &str = "busy: the sidecar was working on another task";
-
-/// At most this many tasks pushed while busy are remembered.
-const BUSY_REFUSED_REMEMBERED: usize = 16;
 
 /// Keys only the newer hub's `task_assign` carries.
 const NEWER_HUB_ASSIGN_KEYS: &[&str] = &[
@@ -275,18 +278,26 @@ struct Held<'a> {
     past: &'a Option<Past>,
     queue_extra: &'a Map<String, Value>,
     wake_running: &'a mut Option<String>,
+    wake_process: &'a Option<WakeProcess>,
 }
 
 impl Held<'_> {
     /// Persists queue.json as it is now.
     fn persist(&self, fx: &mut Vec<Effect>) {
-        fx.push(Effect::Persist(Box::new(queue_file(Some(self.task), self.past, self.queue_extra))));
+        let queue = queue_file(Some(self.task), self.past, self.wake_process, self.queue_extra);
+        fx.push(Effect::Persist(Box::new(queue)));
     }
 }
 
-fn queue_file(task: Option<&Task>, past: &Option<Past>, extra: &Map<String, Value>) -> QueueFile {
+fn queue_file(
+    task: Option<&Task>,
+    past: &Option<Past>,
+    wake_process: &Option<WakeProcess>,
+    extra: &Map<String, Value>,
+) -> QueueFile {
     let past = past.as_ref().map(|p| p.task.clone());
-    let mut queue = QueueFile { active: None, recovering: None, past, extra: extra.clone() };
+    let wake_process = wake_process.clone();
+    let mut queue = QueueFile { active: None, recovering: None, past, wake_process, extra: extra.clone() };
     if let Some(task) = task {
         if task.sync == HubSync::Recovered {
             queue.recovering = Some(task.to_record());
@@ -298,8 +309,11 @@ fn queue_file(task: Option<&Task>, past: &Option<Past>, extra: &Map<String, Valu
 }
 
 impl State {
+    /// A `wake_process` in `queue` is a wake command that may have outlived
+    /// the previous run: the shell must have ended it (or found it gone)
+    /// before this, as [`start`](State::start) forgets it.
     pub fn new(settings: Settings, queue: QueueFile, jitter_seed: u64, now: Instant) -> State {
-        let QueueFile { active, recovering, past, extra } = queue;
+        let QueueFile { active, recovering, past, wake_process, extra } = queue;
         // A task that was active when we died is recovering now; one that was
         // already recovering stays so. If a file somehow holds both, the
         // recovering one is older news: keep the active one, which is the
@@ -325,12 +339,13 @@ impl State {
             past: past.map(|task| Past { task, keep_until: None }),
             now,
             wake_running: None,
+            wake_process,
             queue_extra: extra,
             shutting_down: false,
             next_poll_at: None,
             foreign_files_logged: HashSet::new(),
             newer_hub: false,
-            busy_refused: Vec::new(),
+            pushed_while_busy: Vec::new(),
         }
     }
 
@@ -338,6 +353,11 @@ impl State {
     /// the results directory, and connect.
     pub fn start(&mut self) -> Vec<Effect> {
         let mut fx = Vec::new();
+        // Ended by the shell before the state was built (see `new`).
+        let leftover_forgotten = self.wake_process.take().is_some();
+        if leftover_forgotten && self.task.is_none() {
+            fx.push(Effect::Persist(Box::new(self.queue_file())));
+        }
         if let Some(held) = self.held() {
             let t = &held.task;
             log::info!(
@@ -351,8 +371,8 @@ impl State {
         }
         let now = self.now;
         self.start_past(now, &mut fx);
-        // Results already on disk when we start count (PROTOCOL.md section
-        // 8): the listing reads the held task's files if it has any, and
+        // Results already on disk when we start count (docs/protocol.md
+        // section 8.4): the listing reads the held task's files if it has any, and
         // logs the files of other tasks.
         fx.push(Effect::ListResults);
         self.link.connect(&mut fx);
@@ -441,7 +461,7 @@ impl State {
 
     /// queue.json as it should be on disk now.
     pub fn queue_file(&self) -> QueueFile {
-        queue_file(self.task.as_ref(), &self.past, &self.queue_extra)
+        queue_file(self.task.as_ref(), &self.past, &self.wake_process, &self.queue_extra)
     }
 
     fn held(&mut self) -> Option<Held<'_>> {
@@ -452,6 +472,7 @@ impl State {
             past: &self.past,
             queue_extra: &self.queue_extra,
             wake_running: &mut self.wake_running,
+            wake_process: &self.wake_process,
         })
     }
 
@@ -482,6 +503,7 @@ impl State {
                     self.on_connection_lost(&reason, close_code, close_reason.as_deref(), now, fx);
                 }
             }
+            Event::WakeStarted(started) => self.on_wake_started(started, fx),
             Event::Wake(outcome) => self.on_wake_finished(outcome, now, fx),
             Event::Results(ResultsEvent::Changed(paths)) => {
                 let names =
@@ -519,7 +541,7 @@ impl State {
             held.on_tick(now, fx);
         }
         self.on_past_tick(now, fx);
-        self.hand_back_busy_refusals(fx);
+        self.take_up_busy_pushes(now, fx);
         match (self.settings.results_poll, &self.task) {
             (Some(poll), Some(_)) => {
                 if self.next_poll_at.is_some_and(|at| now >= at) {

@@ -246,7 +246,7 @@ impl State {
     }
 }
 
-/// A result file's object as the report the hub gets (PROTOCOL.md section 8):
+/// A result file's object as the report the hub gets (docs/protocol.md section 8.5):
 /// `status: success` is a completion carrying the whole object; anything else
 /// is a failure with its `reason` or `error`.
 pub(super) fn report_from_result(result: Value) -> Report {

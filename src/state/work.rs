@@ -5,14 +5,14 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use super::link::{Awaiting, ReplyKind};
+use super::link::ReplyKind;
 use super::report::{parse_progress, report_from_result};
 use super::task::{HubSync, Phase, Task, Unparsed};
 use super::{record, Effect, Held, State, TaskFiles, WakeStart};
 use crate::lifecycle_log::LifecycleEvent;
 use crate::protocol::{self, TaskAssign};
-use crate::queue_store::Report;
-use crate::wake::{WakeOutcome, WakeStatus};
+use crate::queue_store::{Report, WakeProcess};
+use crate::wake::{WakeOutcome, WakeStarted, WakeStatus};
 use crate::watcher::{is_valid_task_id, ReadResult};
 
 impl State {
@@ -47,21 +47,29 @@ impl State {
             self.newer_hub = true;
         }
         if let Some(busy_with) = self.held_task_id() {
-            log::info!("refusing task {task_id}: busy with {busy_with}");
+            log::info!("not taking task {task_id} now: busy with {busy_with}; remembering it");
             self.refuse(Some(&task_id), "busy", fx);
-            if self.newer_hub {
-                self.busy_refused.retain(|(id, _)| *id != task_id);
-                if self.busy_refused.len() < super::BUSY_REFUSED_REMEMBERED {
-                    self.busy_refused.push((task_id, generation));
-                }
-            }
+            self.remember_busy_push(task_id, generation, assign, wall_ms);
             return;
         }
-        self.busy_refused.retain(|(id, _)| *id != task_id);
+        self.forget_busy_push(&task_id);
         if self.shutting_down {
             self.refuse(Some(&task_id), "shutting down", fx);
             return;
         }
+        self.take_task(task_id, generation, assign, now, wall_ms, fx);
+    }
+
+    /// Takes a task while holding none: persisted, acknowledged, woken.
+    pub(super) fn take_task(
+        &mut self,
+        task_id: String,
+        generation: u64,
+        assign: TaskAssign,
+        now: Instant,
+        wall_ms: u64,
+        fx: &mut Vec<Effect>,
+    ) {
         let handed_back = self.take_past(&task_id);
         let mut task = Task::accepted(task_id, generation, assign, wall_ms);
         if let Some(past) = handed_back {
@@ -90,23 +98,35 @@ impl State {
         fx.push(record(LifecycleEvent::TaskRefused, json!({ "task_id": task_id, "reason": reason })));
     }
 
-    /// Hands the tasks pushed while we were busy back to a newer hub, once we
-    /// hold none (see [`super::BUSY_REASON`]).
-    pub(super) fn hand_back_busy_refusals(&mut self, fx: &mut Vec<Effect>) {
-        if self.task.is_some() || !self.link.is_ready() || self.shutting_down {
-            return;
+    // ----- waking -----------------------------------------------------------
+
+    /// A wake command is running: persisted at once, so that a crash while
+    /// it runs lets the next start end it before any new wake.
+    pub(super) fn on_wake_started(&mut self, started: WakeStarted, fx: &mut Vec<Effect>) {
+        let WakeStarted { task_id, attempt, identity } = started;
+        log::debug!("wake attempt {attempt} for task {task_id} runs as {identity:?}");
+        self.wake_process = Some(WakeProcess { task_id, attempt, identity });
+        fx.push(Effect::Persist(Box::new(self.queue_file())));
+    }
+
+    /// An attempt ended: it is no longer recorded as running (persisted with
+    /// whatever the outcome changes, or on its own).
+    pub(super) fn on_wake_finished(&mut self, outcome: WakeOutcome, now: Instant, fx: &mut Vec<Effect>) {
+        let ended = self
+            .wake_process
+            .as_ref()
+            .is_some_and(|p| p.task_id == outcome.task_id && p.attempt == outcome.attempt);
+        if ended {
+            self.wake_process = None;
         }
-        for (task_id, generation) in std::mem::take(&mut self.busy_refused) {
-            log::info!("handing task {task_id} (generation {generation}) back to the hub: we were busy");
-            let text = protocol::out_task_failed(&task_id, generation, super::BUSY_REASON);
-            let entry = Awaiting { kind: ReplyKind::Failed, task_id, generation };
-            self.link.send("task_failed", text, Some(entry), fx);
+        let first = fx.len();
+        self.on_wake_outcome(outcome, now, fx);
+        if ended && !fx[first..].iter().any(|effect| matches!(effect, Effect::Persist(_))) {
+            fx.push(Effect::Persist(Box::new(self.queue_file())));
         }
     }
 
-    // ----- waking -----------------------------------------------------------
-
-    pub(super) fn on_wake_finished(&mut self, outcome: WakeOutcome, now: Instant, fx: &mut Vec<Effect>) {
+    fn on_wake_outcome(&mut self, outcome: WakeOutcome, now: Instant, fx: &mut Vec<Effect>) {
         let was_running = self.wake_running.as_deref() == Some(outcome.task_id.as_str());
         if was_running {
             self.wake_running = None;
@@ -160,7 +180,7 @@ impl State {
 
 impl Held<'_> {
     /// `task_assign` for the task we hold: a resend, or the hub handing the
-    /// same work back at a higher generation (PROTOCOL.md section 5), which
+    /// same work back at a higher generation (docs/protocol.md section 5.3), which
     /// is adopted without waking the agent again.
     fn on_assigned_again(&mut self, generation: u64, now: Instant, fx: &mut Vec<Effect>) {
         let task_id = self.task.id.clone();

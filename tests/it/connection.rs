@@ -40,7 +40,9 @@ fn a_restarted_hub_is_reconnected_within_the_backoff() {
 
     let mut options = DevHubOptions::new(AGENT, TOKEN);
     options.bind = addr;
-    let restarted = DevHub::start(options).expect("the hub restarts on the same port");
+    // The port is free again once the old hub's listener is closed, but on
+    // a busy machine another test's socket may hold it for a moment.
+    let restarted = wait_until("the hub to restart on the same port", || DevHub::start(options.clone()).ok());
     let started = Instant::now();
     expect_identified(&restarted);
     // reconnect_max_ms is 400: any retry lands within one capped step of
@@ -99,6 +101,7 @@ fn a_wrong_token_is_retried_with_backoff_not_in_a_hot_loop() {
     assert!(!out.contains("wrong-token-value"), "the token leaked into the log");
 }
 
+#[cfg(unix)]
 fn assert_quick_clean_exit(sidecar: &mut Sidecar, signal: &str) {
     let sent = Instant::now();
     sidecar.signal(signal);
@@ -108,6 +111,7 @@ fn assert_quick_clean_exit(sidecar: &mut Sidecar, signal: &str) {
     assert!(took < Duration::from_secs(1), "shutdown took {took:?}");
 }
 
+#[cfg(unix)]
 #[test]
 fn sigterm_while_connected_exits_zero_within_a_second() {
     let hub = start_hub();
@@ -118,6 +122,7 @@ fn sigterm_while_connected_exits_zero_within_a_second() {
     assert!(sidecar.lifecycle().contains("\"event\":\"stopped\""));
 }
 
+#[cfg(unix)]
 #[test]
 fn sigint_while_backing_off_exits_zero_within_a_second() {
     // A port with nothing listening: the sidecar fails and backs off.
@@ -133,6 +138,7 @@ fn sigint_while_backing_off_exits_zero_within_a_second() {
     assert_quick_clean_exit(&mut sidecar, "INT");
 }
 
+#[cfg(unix)]
 #[test]
 fn sigterm_while_connecting_exits_zero_within_a_second() {
     // A listener that never accepts: the TCP handshake completes in the
@@ -146,6 +152,7 @@ fn sigterm_while_connecting_exits_zero_within_a_second() {
     assert_quick_clean_exit(&mut sidecar, "TERM");
 }
 
+#[cfg(unix)]
 #[test]
 fn wss_with_the_private_ca_connects_and_without_it_is_refused_clearly() {
     let pki_dir = tempfile::tempdir().unwrap();
@@ -170,6 +177,16 @@ fn wss_with_the_private_ca_connects_and_without_it_is_refused_clearly() {
         .wait_for(Duration::from_millis(300), |e| matches!(e, DevHubEvent::Identified { .. }))
         .is_none());
 }
+
+#[cfg(windows)]
+#[test]
+#[ignore = "skipped on Windows: these send Unix signals with kill(1)"]
+fn signal_tests_are_unix_only() {}
+
+#[cfg(windows)]
+#[test]
+#[ignore = "skipped on Windows: the TLS tests mint their CA with OpenSSL, a Unix-only dev-dependency"]
+fn wss_test_is_unix_only() {}
 
 fn run_binary(args: &[&str], config_text: Option<&str>) -> (i32, String, String) {
     let dir = tempfile::tempdir().unwrap();

@@ -3,6 +3,7 @@
 //! address, closes (1002 idle, 1011 crash), malformed frames, TLS and a wrong
 //! path.
 
+#[cfg(unix)]
 use std::net::TcpStream;
 use std::time::Duration;
 
@@ -228,6 +229,12 @@ fn a_wrong_path_is_a_404() {
         .expect("the hub reports the failed handshake");
 }
 
+#[cfg(windows)]
+#[test]
+#[ignore = "skipped on Windows: the TLS test mints its certificate with OpenSSL, a Unix-only dev-dependency"]
+fn wss_test_is_unix_only() {}
+
+#[cfg(unix)]
 #[test]
 fn wss_with_a_test_certificate() {
     let (acceptor, connector) = test_tls();
@@ -255,6 +262,7 @@ fn wss_with_a_test_certificate() {
 
 /// A self-signed certificate for `localhost`: the hub's acceptor and a client
 /// connector that trusts it.
+#[cfg(unix)]
 fn test_tls() -> (native_tls::TlsAcceptor, native_tls::TlsConnector) {
     use openssl::asn1::Asn1Time;
     use openssl::bn::BigNum;

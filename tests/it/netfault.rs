@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use agentcom_sidecar::devhub::{DevHub, DevHubEvent, DevHubOptions, OutcomeKind};
+use agentcom_sidecar::devhub::{redact_token, DevHub, DevHubEvent, DevHubOptions, OutcomeKind};
 use crossbeam_channel::{select, unbounded};
 use serde_json::json;
 
@@ -373,12 +373,15 @@ fn run_tasks_exactly_once(setup: &Setup, count: usize, deadline: Duration) -> Du
     let events = setup.hub.events();
     let end = crossbeam_channel::at(started + deadline);
     let all_settled = || ids.iter().all(|id| setup.hub.task(id).is_some_and(|t| !t.outcomes.is_empty()));
+    // What the hub saw, for the explanation of a failure.
+    let mut trace = Vec::new();
     while !all_settled() {
         select! {
-            recv(events) -> _ => {}
+            recv(events) -> event => trace.extend(event.ok()),
             recv(end) -> _ => break,
         }
     }
+    trace.extend(events.try_iter());
     let took = started.elapsed();
     let mut lost = Vec::new();
     let mut duplicated = Vec::new();
@@ -406,9 +409,55 @@ fn run_tasks_exactly_once(setup: &Setup, count: usize, deadline: Duration) -> Du
         duplicated.len(),
         setup.sidecar.output().matches("identified with hub as").count()
     );
+    let output = setup.sidecar.output();
+    println!(
+        "pushed while busy: {}, taken once free: {}, handed back: {}",
+        output.matches("now: busy with").count(),
+        output.matches("pushed while we were busy on this connection").count(),
+        output.matches("back to the hub: it was pushed while we were busy").count()
+    );
+    for (id, _) in lost.iter().map(|id| (id, 0)).chain(duplicated.iter().map(|(id, n)| (id, *n))) {
+        explain(setup, id, &trace);
+    }
     assert!(lost.is_empty(), "outcomes lost: {lost:?}");
     assert!(duplicated.is_empty(), "outcomes duplicated: {duplicated:?}");
     took
+}
+
+/// Prints what happened to a task that was lost or settled more than once:
+/// its outcomes at the hub, the hub's events about it (and every connection
+/// event, for the order), and the sidecar's log lines naming it.
+fn explain(setup: &Setup, id: &str, trace: &[DevHubEvent]) {
+    println!("--- {id}");
+    for outcome in setup.hub.task(id).map(|t| t.outcomes).unwrap_or_default() {
+        println!(
+            "outcome: {:?} at generation {}, reason {:?}",
+            outcome.kind, outcome.generation, outcome.reason
+        );
+    }
+    for event in trace {
+        let line = match event {
+            DevHubEvent::Received { conn, frame } if frame["task_id"] == id => {
+                format!("hub conn {conn} <- {}", redact_token(frame))
+            }
+            // Error frames name no task: all of them, for the order.
+            DevHubEvent::Sent { conn, frame } if frame["task_id"] == id || frame["type"] == "error" => {
+                format!("hub conn {conn} -> {frame}")
+            }
+            DevHubEvent::TaskTakenBack { task_id, .. } if task_id == id => format!("hub: {event:?}"),
+            DevHubEvent::Identified { .. }
+            | DevHubEvent::Disconnected { .. }
+            | DevHubEvent::ClosedByHub { .. } => {
+                format!("hub: {event:?}")
+            }
+            _ => continue,
+        };
+        println!("{line}");
+    }
+    let output = setup.sidecar.output();
+    for line in output.lines().filter(|l| l.contains(id) || l.contains("disconnected from hub")) {
+        println!("sidecar: {line}");
+    }
 }
 
 fn outage_seconds() -> u64 {

@@ -8,7 +8,9 @@ use std::process::Command;
 
 use serde_json::{json, Value};
 
-use crate::support::{config, expect_identified, start_hub, wait_until, Sidecar, AGENT, FAILSAFE};
+#[cfg(unix)]
+use crate::support::wait_until;
+use crate::support::{config, expect_identified, start_hub, Sidecar, AGENT, FAILSAFE};
 
 fn status_json(dir: &Path) -> (i32, Value) {
     let output = Command::new(env!("CARGO_BIN_EXE_agentcom-sidecar"))

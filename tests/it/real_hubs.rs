@@ -16,6 +16,7 @@ use crate::support::*;
 
 /// An agent that confirms, counts its wakes and, with `result`, writes that
 /// result at once (temp file, then rename).
+#[cfg(unix)]
 fn agent(dir: &Path, result: Option<&Value>) -> String {
     let mut command = format!(
         ": > \"$AGENTCOM_RESULTS_DIR/$AGENTCOM_TASK_ID.started\"; echo woken >> {wakes}",
@@ -27,6 +28,25 @@ fn agent(dir: &Path, result: Option<&Value>) -> String {
         command.push_str(&format!(
             "; cp {file} \"$AGENTCOM_RESULTS_DIR/.$AGENTCOM_TASK_ID.tmp\" \
              && mv \"$AGENTCOM_RESULTS_DIR/.$AGENTCOM_TASK_ID.tmp\" \"$AGENTCOM_RESULTS_DIR/$AGENTCOM_TASK_ID.json\"",
+            file = file.display()
+        ));
+    }
+    command
+}
+
+/// The same for `cmd /V:ON /C`.
+#[cfg(windows)]
+fn agent(dir: &Path, result: Option<&Value>) -> String {
+    let mut command = format!(
+        "type nul>\"!AGENTCOM_RESULTS_DIR!\\!AGENTCOM_TASK_ID!.started\"& echo woken>>\"{wakes}\"",
+        wakes = dir.join("wakes.txt").display()
+    );
+    if let Some(result) = result {
+        let file = dir.join("result.json");
+        fs::write(&file, result.to_string()).unwrap();
+        command.push_str(&format!(
+            "& copy /y \"{file}\" \"!AGENTCOM_RESULTS_DIR!\\.!AGENTCOM_TASK_ID!.tmp\" >nul\
+             & move /y \"!AGENTCOM_RESULTS_DIR!\\.!AGENTCOM_TASK_ID!.tmp\" \"!AGENTCOM_RESULTS_DIR!\\!AGENTCOM_TASK_ID!.json\" >nul",
             file = file.display()
         ));
     }
@@ -122,16 +142,28 @@ fn burst(version: HubVersion, races: u32) {
 }
 
 #[test]
+#[cfg_attr(
+    windows,
+    ignore = "skipped on Windows: under Wine each cmd wake takes about a second, and ten do not fit the failsafe on a loaded machine"
+)]
 fn a_burst_of_ten_completes_on_the_old_hub() {
     burst(HubVersion::Cbf9c20, 0);
 }
 
 #[test]
+#[cfg_attr(
+    windows,
+    ignore = "skipped on Windows: under Wine each cmd wake takes about a second, and ten do not fit the failsafe on a loaded machine"
+)]
 fn a_burst_of_ten_completes_on_the_newest_hub() {
     burst(HubVersion::V4718a58, 0);
 }
 
 #[test]
+#[cfg_attr(
+    windows,
+    ignore = "skipped on Windows: under Wine each cmd wake takes about a second, and ten do not fit the failsafe on a loaded machine"
+)]
 fn a_burst_of_ten_with_the_second_push_race_completes_on_the_old_hub() {
     burst(HubVersion::Cbf9c20, 2);
 }
@@ -366,7 +398,18 @@ fn every_task_assign_field_reaches_the_agent() {
     let (hub, dir, cfg) = setup(
         HubVersion::V4718a58,
         |_| {},
-        |dir| format!("cp \"$AGENTCOM_TASK_FILE\" {}; {}", dir.join("task-file").display(), agent(dir, None)),
+        |dir| {
+            let copy = if cfg!(windows) {
+                "copy /y \"!AGENTCOM_TASK_FILE!\" \"{}\" >nul&"
+            } else {
+                "cp \"$AGENTCOM_TASK_FILE\" {};"
+            };
+            format!(
+                "{} {}",
+                copy.replace("{}", &dir.join("task-file").display().to_string()),
+                agent(dir, None)
+            )
+        },
     );
     let _sidecar = Sidecar::start(dir.path(), &cfg);
     expect_identified(&hub);
@@ -381,4 +424,77 @@ fn every_task_assign_field_reaches_the_agent() {
     assert_eq!(task["future_field"], json!({"x": 1}));
     assert_eq!(task["skip_verification"], false);
     assert_eq!(task["max_verification_retries"], 0);
+}
+
+/// The duplicate outcome the 30 % loss test found: after a reconnect the hub
+/// pushes the next task at once, while the sidecar still holds its own and
+/// awaits the answer to task_recovering; the answer lets its own go. The task
+/// pushed meanwhile must be taken then, not failed back ("busy" cost it a
+/// retry and a second outcome on 4718a58; cbf9c20 left it for minutes).
+/// Forced here without packet loss: with repush_on_identify off, the push
+/// after identify is the other queued task, not the one just taken back (the
+/// real hubs push the oldest of the highest priority, which may be either).
+#[test]
+fn a_task_pushed_during_a_reconnects_recovery_completes_with_one_outcome() {
+    for version in HubVersion::ALL {
+        let (hub, dir, cfg) = setup(
+            version,
+            |options| options.repush_on_identify = false,
+            |dir| {
+                format!(
+                    "echo \"$AGENTCOM_TASK_ID\" >> {wakes}; : > \"$AGENTCOM_RESULTS_DIR/$AGENTCOM_TASK_ID.started\"",
+                    wakes = dir.join("woken.txt").display()
+                )
+            },
+        );
+        let sidecar = Sidecar::start(dir.path(), &cfg);
+        expect_identified(&hub);
+        let held = hub.push_task(AGENT, "held across the reconnect", json!({}));
+        wait_until("the agent to confirm", || {
+            sidecar.results_dir().join(format!("{held}.started")).exists().then_some(())
+        });
+        // Queued: the hub's agent is busy.
+        let pushed = hub.push_task(AGENT, "pushed during the recovery", json!({}));
+        hub.events().try_iter().for_each(drop);
+        hub.drop_connection(AGENT);
+        expect_identified(&hub);
+        // Its push follows identified; the answer about the held task comes
+        // after the sidecar's task_recovering, so after the push.
+        assert_eq!(expect_sent(&hub, "task_assign")["task_id"], pushed.as_str(), "{version}");
+        assert_eq!(expect_sent(&hub, "task_reassign")["task_id"], held.as_str(), "{version}");
+        let mut failed = Vec::new();
+        expect_event(&hub, "the pushed task taken", |event| match event {
+            DevHubEvent::Received { frame, .. } if frame["type"] == "task_failed" => {
+                failed.push(frame.clone());
+                false
+            }
+            DevHubEvent::Received { frame, .. } => {
+                frame["type"] == "task_accepted" && frame["task_id"] == pushed.as_str()
+            }
+            _ => false,
+        });
+        assert_eq!(failed, Vec::<Value>::new(), "{version}: nothing failed back");
+        wait_until("the agent to confirm the pushed task", || {
+            sidecar.results_dir().join(format!("{pushed}.started")).exists().then_some(())
+        });
+        write_result(&sidecar, &pushed, &success());
+        wait_all_completed(&hub, std::slice::from_ref(&pushed));
+        let outcomes = hub.task(&pushed).unwrap().outcomes;
+        assert_eq!(outcomes.len(), 1, "{version}: {outcomes:?}");
+        assert_eq!(outcomes[0].generation, 1, "{version}: at the generation it was pushed with");
+        let woken = fs::read_to_string(dir.path().join("woken.txt")).unwrap_or_default();
+        assert_eq!(woken.lines().filter(|line| *line == pushed).count(), 1, "{version}: {woken}");
+        // The held task, taken back, comes back to the idle sidecar: nothing
+        // lost. It is new work to the sidecar by then (one task let go is
+        // remembered for a hand-back, and that is now the pushed one), so its
+        // agent is woken again; its result is written after that wake.
+        assert_eq!(expect_sent(&hub, "task_assign")["task_id"], held.as_str(), "{version}");
+        wait_until("the held task's second wake", || {
+            let woken = fs::read_to_string(dir.path().join("woken.txt")).unwrap_or_default();
+            (woken.lines().filter(|line| *line == held).count() == 2).then_some(())
+        });
+        write_result(&sidecar, &held, &success());
+        wait_all_completed(&hub, std::slice::from_ref(&held));
+        assert_eq!(hub.task(&held).unwrap().outcomes.len(), 1, "{version}");
+    }
 }

@@ -34,10 +34,12 @@ fn the_token_never_leaves_the_config_file() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(dir.path(), &hub.url());
     // The agent records its whole environment, then does the task.
-    cfg["wake_command"] = json!(
+    cfg["wake_command"] = json!(if cfg!(windows) {
+        r#"set>"!AGENTCOM_RESULTS_DIR!\wake-env.txt"& type nul>"!AGENTCOM_RESULTS_DIR!\!AGENTCOM_TASK_ID!.started"& echo {"status":"success","output":"done"}>"!AGENTCOM_RESULTS_DIR!\.!AGENTCOM_TASK_ID!.tmp"& move /y "!AGENTCOM_RESULTS_DIR!\.!AGENTCOM_TASK_ID!.tmp" "!AGENTCOM_RESULTS_DIR!\!AGENTCOM_TASK_ID!.json" >nul"#
+    } else {
         r#"R="$AGENTCOM_RESULTS_DIR"; I="$AGENTCOM_TASK_ID"; env > "$R/wake-env.txt"; : > "$R/$I.started"
 printf '{"status":"success","output":"done"}' > "$R/.$I.tmp"; mv "$R/.$I.tmp" "$R/$I.json""#
-    );
+    });
     // Every debug line too.
     cfg["log_level"] = json!("trace");
     let sidecar = Sidecar::start(dir.path(), &cfg);

@@ -21,8 +21,8 @@ use tempfile::TempDir;
 
 const REPO_ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
-// The bash and sh scripts, run where they are meant to run. No test runs
-// start.bat: these machines have no cmd.exe.
+// The bash and sh scripts, run where they are meant to run. start.bat runs
+// under Wine's cmd in the Windows test run (windows_scripts.rs).
 #[cfg(unix)]
 mod unix_scripts {
     use super::*;

@@ -13,11 +13,45 @@ use crate::support::*;
 
 /// A wake command that counts wakes and confirms at once (the test then
 /// plays the agent and writes the result).
+#[cfg(unix)]
 fn confirming_wake(dir: &Path) -> String {
     format!(
         "echo woken >> {wakes}; : > \"$AGENTCOM_RESULTS_DIR/$AGENTCOM_TASK_ID.started\"",
         wakes = dir.join("wakes.txt").display()
     )
+}
+
+/// The same for `cmd /V:ON /C`.
+#[cfg(windows)]
+fn confirming_wake(dir: &Path) -> String {
+    format!(
+        "echo woken>>\"{wakes}\"& type nul>\"!AGENTCOM_RESULTS_DIR!\\!AGENTCOM_TASK_ID!.started\"",
+        wakes = dir.join("wakes.txt").display()
+    )
+}
+
+/// A wake command that counts wakes, says "nope" on stderr and exits 1.
+#[cfg(unix)]
+fn failing_wake(dir: &Path) -> String {
+    format!("echo try >> {}; echo nope >&2; exit 1", dir.join("wakes.txt").display())
+}
+
+#[cfg(windows)]
+fn failing_wake(dir: &Path) -> String {
+    format!("echo try>>\"{}\"& echo nope 1>&2& exit 1", dir.join("wakes.txt").display())
+}
+
+/// A wake command that exits 0 and does nothing else.
+const IDLE_WAKE: &str = if cfg!(windows) { "exit 0" } else { "true" };
+
+/// The example agent, as a wake command.
+fn example_agent_wake() -> String {
+    let scripts = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts");
+    if cfg!(windows) {
+        format!("\"{}\"", scripts.join("example-agent.cmd").display())
+    } else {
+        format!("sh {}", scripts.join("example-agent.sh").display())
+    }
 }
 
 fn wakes(dir: &Path) -> usize {
@@ -83,8 +117,7 @@ fn happy_path_wake_confirm_result_complete_then_files_removed() {
     let hub = start_hub();
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(dir.path(), &hub.url());
-    let agent = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/example-agent.sh");
-    cfg["wake_command"] = json!(format!("sh {}", agent.display()));
+    cfg["wake_command"] = json!(example_agent_wake());
     let sidecar = Sidecar::start(dir.path(), &cfg);
     expect_identified(&hub);
     let task_id = hub.push_task(AGENT, "reverse me", json!({"repo": "x"}));
@@ -107,8 +140,7 @@ fn happy_path_wake_confirm_result_complete_then_files_removed() {
 #[test]
 fn a_failing_wake_is_retried_at_the_delays_then_fails_the_task() {
     let (hub, dir, mut cfg) = setup(None);
-    cfg["wake_command"] =
-        json!(format!("echo try >> {}; echo nope >&2; exit 1", dir.path().join("wakes.txt").display()));
+    cfg["wake_command"] = json!(failing_wake(dir.path()));
     let sidecar = Sidecar::start(dir.path(), &cfg);
     expect_identified(&hub);
     let task_id = hub.push_task(AGENT, "d", json!({}));
@@ -122,12 +154,16 @@ fn a_failing_wake_is_retried_at_the_delays_then_fails_the_task() {
 }
 
 #[test]
+#[cfg_attr(
+    windows,
+    ignore = "skipped on Windows until the wake tree is a Job Object: Wine's taskkill refuses /T"
+)]
 fn a_hanging_wake_is_killed_with_its_children_at_the_timeout() {
     let (hub, dir, mut cfg) = setup(None);
     cfg["wake_command"] = json!(hanging_wake(dir.path()));
     cfg["wake_timeout_ms"] = json!(300);
     cfg["wake_retry_delays_ms"] = json!([]);
-    let _sidecar = Sidecar::start(dir.path(), &cfg);
+    let _sidecar = start_hanging(dir.path(), &cfg);
     expect_identified(&hub);
     hub.push_task(AGENT, "d", json!({}));
     let failed = expect_received(&hub, "task_failed");
@@ -137,7 +173,7 @@ fn a_hanging_wake_is_killed_with_its_children_at_the_timeout() {
 
 #[test]
 fn no_confirmation_fails_with_confirmation_timeout() {
-    let (hub, dir, mut cfg) = setup(Some("true".into()));
+    let (hub, dir, mut cfg) = setup(Some(IDLE_WAKE.into()));
     cfg["confirmation_timeout_ms"] = json!(300);
     let _sidecar = Sidecar::start(dir.path(), &cfg);
     expect_identified(&hub);
@@ -193,6 +229,7 @@ fn empty_and_garbage_results_fail_with_result_parse_error() {
     }
 }
 
+#[cfg(unix)]
 #[test]
 fn hostile_text_never_runs_as_shell_code_and_reaches_the_agent_exactly() {
     let (hub, dir, mut cfg) = setup(None);
@@ -221,6 +258,43 @@ fn hostile_text_never_runs_as_shell_code_and_reaches_the_agent_exactly() {
         assert!(!dir.path().join(name).exists(), "hub text ran as shell code: {name} exists");
     }
     assert_eq!(fs::read_to_string(dir.path().join("env-desc")).unwrap(), hostile);
+    assert_eq!(task["description"], hostile.as_str());
+    assert_eq!(task["metadata"], metadata);
+    assert_eq!(task["task_id"], task_id.as_str());
+}
+
+/// The same for `cmd /V:ON /C`: cmd's own metacharacters, `%VAR%` and `!VAR!`
+/// in the hub's text stay data.
+#[cfg(windows)]
+#[test]
+fn hostile_text_never_runs_as_shell_code_and_reaches_the_agent_exactly() {
+    let (hub, dir, mut cfg) = setup(None);
+    let d = dir.path().display();
+    // Every placeholder bare and in double quotes; the task file is copied
+    // last, so once it is there every other command has run.
+    let template = format!(
+        "set AGENTCOM_TASK_DESCRIPTION>\"{d}\\env-desc\"& \
+         echo ${{TASK_ID}} ${{TASK_DESCRIPTION}} ${{TASK_JSON}} ${{TASK_FILE}}>nul& \
+         echo \"${{TASK_ID}} ${{TASK_DESCRIPTION}} ${{TASK_JSON}} ${{TASK_FILE}}\">nul& \
+         type nul>\"!AGENTCOM_RESULTS_DIR!\\!AGENTCOM_TASK_ID!.started\"& \
+         copy /y \"!AGENTCOM_TASK_FILE!\" \"{d}\\task-file\">nul"
+    );
+    cfg["wake_command"] = json!(template);
+    let _sidecar = Sidecar::start(dir.path(), &cfg);
+    expect_identified(&hub);
+    let hostile = format!(
+        "\"& type nul>\"{d}\\X\" & echo \" ^& type nul>{d}\\Y | type nul>{d}\\Y2 \
+         (it's)\nnew line %PATH% !AGENTCOM_TASK_ID! %%x"
+    );
+    let metadata = json!({"cmd": format!("\"& type nul>\"{d}\\Z\" & \"")});
+    let task_id = hub.push_task(AGENT, &hostile, metadata.clone());
+    wait_until("the agent's copy of the task file", || fs::read(dir.path().join("task-file")).ok());
+    for name in ["X", "Y", "Y2", "Z"] {
+        assert!(!dir.path().join(name).exists(), "hub text ran as shell code: {name} exists");
+    }
+    let env_desc = fs::read_to_string(dir.path().join("env-desc")).unwrap();
+    assert_eq!(env_desc, format!("AGENTCOM_TASK_DESCRIPTION={hostile}\r\n"));
+    let task: Value = serde_json::from_slice(&fs::read(dir.path().join("task-file")).unwrap()).unwrap();
     assert_eq!(task["description"], hostile.as_str());
     assert_eq!(task["metadata"], metadata);
     assert_eq!(task["task_id"], task_id.as_str());
@@ -272,8 +346,12 @@ fn busy_invalid_and_duplicate_assigns_leave_the_first_task_unharmed() {
     // which writes wakes.txt, has run: it races with the frames above).
     wait_until("the wake", || (wakes(dir.path()) == 1).then_some(()));
     assert!(!dir.path().join("x").exists() && !dir.path().join("x.json").exists());
-    let mut names: Vec<String> =
-        fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    let mut names: Vec<String> = fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        // A queue.json save in progress.
+        .filter(|name| !(name.starts_with(".queue.json.") && name.ends_with(".tmp")))
+        .collect();
     names.sort();
     assert_eq!(
         names,
@@ -528,10 +606,12 @@ fn killed_after_the_result_is_sent_before_its_ack() {
 // ----- newer hub frames, shutdown, status -------------------------------------
 
 /// A wake command that records its background child's pid and hangs.
+#[cfg(unix)]
 fn hanging_wake(dir: &Path) -> String {
     format!("sleep 30 & echo $! > {}; wait", dir.join("grandchild.pid").display())
 }
 
+#[cfg(unix)]
 fn wait_gone(dir: &Path) {
     let pid_file = dir.join("grandchild.pid");
     let pid = wait_until("the wake command to start", || {
@@ -544,11 +624,143 @@ fn wait_gone(dir: &Path) {
     });
 }
 
+/// Windows has no `sleep` and Wine no `tasklist`: the stand-in is this test
+/// binary run as [`wake_helper_holds_its_file`], which creates
+/// `grandchild.pid` (its pid inside) and holds it open, unshared, for
+/// `AGENTCOM_TEST_HOLD_SECS`. While it lives, nobody else can open the file.
+/// With `AGENTCOM_TEST_HOLD_DETACH=1` it starts another copy of itself to do
+/// that and exits 0 at once, like a wake command that starts an agent in the
+/// background. The settings reach it through the sidecar's environment, which
+/// the wake command inherits.
+#[cfg(windows)]
+const HELPER_COMMAND: &str = "--ignored --exact tasks::wake_helper_holds_its_file --quiet";
+#[cfg(windows)]
+const HOLD_FILE_ENV: &str = "AGENTCOM_TEST_HOLD_FILE";
+#[cfg(windows)]
+const HOLD_SECS_ENV: &str = "AGENTCOM_TEST_HOLD_SECS";
+#[cfg(windows)]
+const HOLD_DETACH_ENV: &str = "AGENTCOM_TEST_HOLD_DETACH";
+
+#[cfg(windows)]
+fn helper_command() -> String {
+    format!("\"{}\" {HELPER_COMMAND}", std::env::current_exe().unwrap().display())
+}
+
+#[cfg(windows)]
 #[test]
+#[ignore = "not a test: the long-running process the Windows wake tests start"]
+fn wake_helper_holds_its_file() {
+    use std::io::Write;
+    use std::os::windows::fs::OpenOptionsExt;
+    let Some(path) = std::env::var_os(HOLD_FILE_ENV) else { return };
+    if std::env::var_os(HOLD_DETACH_ENV).is_some() {
+        std::process::Command::new(std::env::current_exe().unwrap())
+            .args(HELPER_COMMAND.split(' '))
+            .env_remove(HOLD_DETACH_ENV)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        return;
+    }
+    let secs = std::env::var(HOLD_SECS_ENV).ok().and_then(|s| s.parse().ok()).unwrap_or(30);
+    let mut file = fs::OpenOptions::new().write(true).create_new(true).share_mode(0).open(path).unwrap();
+    write!(file, "{}", std::process::id()).unwrap();
+    // Stands in for an agent at work (`sleep 30`); nothing to wait for.
+    std::thread::sleep(Duration::from_secs(secs));
+}
+
+/// Starts a sidecar whose wake commands can find the helper's file.
+#[cfg(windows)]
+fn start_with_helper(dir: &Path, cfg: &Value, hold_secs: u32, detach: bool) -> Sidecar {
+    let file = dir.join("grandchild.pid").display().to_string();
+    let secs = hold_secs.to_string();
+    let mut env = vec![(HOLD_FILE_ENV, file.as_str()), (HOLD_SECS_ENV, secs.as_str())];
+    if detach {
+        env.push((HOLD_DETACH_ENV, "1"));
+    }
+    Sidecar::start_with_env(dir, cfg, &env)
+}
+
+/// A sidecar for a hanging wake command (below).
+#[cfg(unix)]
+fn start_hanging(dir: &Path, cfg: &Value) -> Sidecar {
+    Sidecar::start(dir, cfg)
+}
+
+#[cfg(windows)]
+fn start_hanging(dir: &Path, cfg: &Value) -> Sidecar {
+    start_with_helper(dir, cfg, 30, false)
+}
+
+/// A wake command whose child (the helper) hangs.
+#[cfg(windows)]
+fn hanging_wake(_dir: &Path) -> String {
+    helper_command()
+}
+
+/// Whether some process still holds the helper's file.
+#[cfg(windows)]
+fn helper_alive(dir: &Path) -> bool {
+    use std::os::windows::fs::OpenOptionsExt;
+    fs::OpenOptions::new().write(true).share_mode(0).open(dir.join("grandchild.pid")).is_err()
+}
+
+#[cfg(windows)]
+fn wait_gone(dir: &Path) {
+    let file = dir.join("grandchild.pid");
+    wait_until("the wake command to start", || file.exists().then_some(()));
+    wait_until("the wake command's child to be gone", || (!helper_alive(dir)).then_some(()));
+}
+
+#[cfg(windows)]
+#[test]
+#[ignore = "skipped on Windows until the wake tree is a Job Object that dies with the sidecar"]
+fn a_sidecar_killed_during_a_wake_leaves_no_wake_process_behind() {
+    let (hub, dir, mut cfg) = setup(None);
+    cfg["wake_command"] = json!(hanging_wake(dir.path()));
+    let mut sidecar = start_hanging(dir.path(), &cfg);
+    expect_identified(&hub);
+    hub.push_task(AGENT, "d", json!({}));
+    wait_until("the wake to start", || dir.path().join("grandchild.pid").exists().then_some(()));
+    let status = std::process::Command::new("taskkill")
+        .args(["/F", "/PID", &sidecar.pid().to_string()])
+        .status()
+        .expect("taskkill runs");
+    assert!(status.success(), "taskkill /F: {status:?}");
+    sidecar.wait_exit(FAILSAFE).expect("the sidecar is gone");
+    wait_gone(dir.path());
+}
+
+#[cfg(windows)]
+#[test]
+fn a_successful_wakes_background_agent_survives() {
+    let (hub, dir, mut cfg) = setup(None);
+    // The helper starts a copy of itself and exits 0; the copy runs on.
+    cfg["wake_command"] = json!(helper_command());
+    cfg["confirmation_timeout_ms"] = json!(500);
+    cfg["wake_retry_delays_ms"] = json!([]);
+    let sidecar = start_with_helper(dir.path(), &cfg, 20, true);
+    expect_identified(&hub);
+    hub.push_task(AGENT, "d", json!({}));
+    wait_until("the agent to start", || dir.path().join("grandchild.pid").exists().then_some(()));
+    // Long after the wake command's exit has been handled: the agent never
+    // confirms, so the task fails.
+    assert_eq!(expect_received(&hub, "task_failed")["reason"], "confirmation_timeout");
+    assert!(sidecar.output().contains("Success"), "the wake succeeded: {}", sidecar.output());
+    assert!(helper_alive(dir.path()), "the background agent was killed");
+}
+
+#[test]
+#[cfg_attr(
+    windows,
+    ignore = "skipped on Windows until the wake tree is a Job Object: Wine's taskkill refuses /T"
+)]
 fn task_cancelled_kills_the_wake_and_reports_nothing() {
     let (hub, dir, mut cfg) = setup(None);
     cfg["wake_command"] = json!(hanging_wake(dir.path()));
-    let sidecar = Sidecar::start(dir.path(), &cfg);
+    let sidecar = start_hanging(dir.path(), &cfg);
     expect_identified(&hub);
     let task_id = hub.push_task(AGENT, "d", json!({}));
     expect_received(&hub, "task_accepted");
@@ -571,11 +783,12 @@ fn restart_sidecar_persists_and_exits_cleanly() {
     assert_eq!(sidecar.queue()["active"]["task_id"], task_id.as_str(), "the task survives the restart");
 }
 
+#[cfg(unix)]
 #[test]
 fn a_stop_leaves_no_orphaned_wake_command() {
     let (hub, dir, mut cfg) = setup(None);
     cfg["wake_command"] = json!(hanging_wake(dir.path()));
-    let mut sidecar = Sidecar::start(dir.path(), &cfg);
+    let mut sidecar = start_hanging(dir.path(), &cfg);
     expect_identified(&hub);
     hub.push_task(AGENT, "d", json!({}));
     wait_until("the wake to start", || dir.path().join("grandchild.pid").exists().then_some(()));

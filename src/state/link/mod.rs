@@ -14,6 +14,9 @@ use crate::lifecycle_log::LifecycleEvent;
 use crate::protocol;
 use crate::retry::{backoff, BackoffPolicy, Jitter};
 
+/// The longest `retry_after_ms` of a `rate_limited` frame we honour.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
+
 /// The link's timers, from the config.
 #[derive(Debug, Clone)]
 pub(crate) struct LinkTimers {
@@ -50,8 +53,8 @@ pub(crate) enum ReplyKind {
 }
 
 /// A frame sent on the live connection that awaits an answer. Error frames
-/// carry no task id; they answer the oldest entry of their kind (PROTOCOL.md
-/// section 6).
+/// carry no task id; they answer the oldest entry of their kind
+/// (docs/protocol.md section 6.7).
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Awaiting {
     pub kind: ReplyKind,
@@ -359,6 +362,10 @@ impl Link {
     /// progress update is harmless, losing a frame is not. A dropped ping is
     /// not resent; the next ping moves instead.
     pub fn on_rate_limited(&mut self, retry_after: Duration, now: Instant) {
+        // The hub's own value is about a second; a huge one (a bug, or a
+        // hostile hub) must not postpone pings, and with them the detection
+        // of a dead link, or a report, for ages.
+        let retry_after = retry_after.min(MAX_RETRY_AFTER);
         let retry_after_ms = retry_after.as_millis();
         let count = match self.in_flight.iter().position(|s| !s.silent_on_rate_limiting_hubs()) {
             Some(index) => index + 1,

@@ -198,3 +198,27 @@ fn a_rate_limited_ping_is_dropped_while_the_frames_before_it_are_resent() {
     assert!(frames.contains(&"p1"));
     assert!(frames.iter().any(|f| f.contains("ping")), "one ping, the dropped one is not resent");
 }
+
+#[test]
+fn a_huge_retry_after_is_capped_so_pings_and_resends_go_on() {
+    let t0 = Instant::now();
+    let mut link = ready(t0);
+    let mut fx = Vec::new();
+    link.send("task_complete", "report".into(), Some(entry(ReplyKind::Complete, 3)), &mut fx);
+    link.on_rate_limited(Duration::from_millis(u64::MAX), t0);
+    let resend_at = t0 + MAX_RETRY_AFTER;
+    // Pings continue meanwhile; the resend is due at the cap, not in 584 million years.
+    let mut at = t0;
+    let mut resent = false;
+    while at <= resend_at {
+        fx.clear();
+        assert_eq!(link.tick(at, &mut fx), None, "a timeout at {:?}", at - t0);
+        resent |= sent(&fx).contains(&"report");
+        // Answer every ping so the link stays up.
+        if sent(&fx).iter().any(|t| t.contains("ping")) {
+            link.on_pong();
+        }
+        at = link.deadline().expect("a deadline").max(at + ms(1));
+    }
+    assert!(resent, "the denied frame was resent by the cap");
+}

@@ -250,9 +250,11 @@ fn success() -> ReadResult {
     ReadResult::Parsed(json!({"status":"success","output":"done"}))
 }
 
+mod busy;
 mod connection;
 mod files;
 mod intake;
 mod readoption;
 mod recovery;
 mod reports;
+mod wake_process;

@@ -235,6 +235,26 @@ fn drop_kills_the_running_attempt() {
     assert!(gone, "grandchild {grandchild} survived dropping the handle");
 }
 
+/// `pm2 stop` signals the whole tree: the wake shell dies of SIGINT, and the
+/// child it put in the background, started with SIGINT ignored, would
+/// outlive it.
+#[test]
+fn a_command_ended_by_a_signal_takes_its_background_children_with_it() {
+    let fixture = Fixture::new();
+    let pids = fixture.pid_fifo("pid.fifo");
+    fixture.handle().run(fixture.request(r#"sleep 30 & echo $! > "$AGENTCOM_RESULTS_DIR/pid.fifo"; wait"#));
+    let started = fixture.started.recv_timeout(FAILSAFE).expect("no WakeStarted");
+    let grandchild = pids.recv_timeout(FAILSAFE).expect("no grandchild pid");
+    let group = started.identity.process_group.expect("a process group") as libc::pid_t;
+    // SAFETY: killpg has no memory-safety preconditions.
+    assert_eq!(unsafe { libc::killpg(group, libc::SIGINT) }, 0);
+    let outcome = fixture.outcome();
+    let gone = wait_until_gone(grandchild);
+    kill_leftover_sleep(grandchild);
+    assert_eq!(outcome.status, WakeStatus::Failed { exit_code: None });
+    assert!(gone, "background child {grandchild} survived its wake command's SIGINT");
+}
+
 #[test]
 fn background_agent_keeps_running_and_does_not_delay_success() {
     let fixture = Fixture::new();

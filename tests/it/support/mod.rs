@@ -1,6 +1,8 @@
 //! Shared helpers for the integration tests: the real sidecar binary as a
 //! child process, the development hub in-process, and waits with deadlines.
 
+// Mints its CA with OpenSSL, a Unix-only dev-dependency.
+#[cfg(unix)]
 pub mod tls;
 
 use std::fs;
@@ -85,6 +87,7 @@ impl Sidecar {
         self.child.as_ref().expect("running").id()
     }
 
+    #[cfg(unix)]
     pub fn signal(&self, signal: &str) {
         let status =
             Command::new("kill").arg(format!("-{signal}")).arg(self.pid().to_string()).status().unwrap();
@@ -223,12 +226,12 @@ pub fn expect_identified(hub: &DevHub) {
 }
 
 /// Every frame the sidecar sends carries `protocol_version: 1` and a type
-/// PROTOCOL.md lets a sidecar send.
+/// docs/protocol.md lets a sidecar send.
 pub fn check_sidecar_frame(frame: &Value) {
     assert_eq!(frame["protocol_version"], 1, "frame without protocol_version: {frame}");
     let frame_type = frame["type"].as_str().unwrap_or_default();
     assert!(
         agentcom_sidecar::protocol::SENDABLE_TYPES.contains(&frame_type),
-        "the sidecar sent a frame type PROTOCOL.md does not list: {frame}"
+        "the sidecar sent a frame type docs/protocol.md does not list: {frame}"
     );
 }

@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# CI, Windows stage: cross-builds both binaries and the tests for
+# x86_64-pc-windows-gnu with Debian's Rust (rustc-web, cargo-web, with std
+# rebuilt from rust-web-src) and mingw, then runs the unit and integration
+# tests and `agentcom-devhub --demo` under Wine. Everything comes from Debian
+# packages; nothing is downloaded from elsewhere.
+#
+# Wine 8 lacks ProcessPrng (bcryptprimitives.dll), which Rust's std imports:
+# tests/wine/bcryptprimitives.c provides it. That DLL is test support, built
+# here into a scratch directory and found through WINEPATH; it is never
+# shipped. The Wine prefix is a scratch directory too, and no wineserver is
+# left running at the end.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+started=$(date +%s)
+
+missing=()
+for pkg in rustc-web cargo-web rust-web-src gcc-mingw-w64-x86-64 wine wine64; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "installing: ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+# Debian's toolchain, not rustup's (which has no Windows std here).
+export PATH="/usr/bin:/bin:$PATH"
+export RUSTC=/usr/bin/rustc RUSTDOC=/usr/bin/rustdoc
+export RUSTC_BOOTSTRAP=1 # -Zbuild-std on a stable toolchain
+export CARGO_TARGET_DIR="$PWD/target/windows"
+export CARGO_TARGET_X86_64_PC_WINDOWS_GNU_LINKER=x86_64-w64-mingw32-gcc
+export CARGO_TARGET_X86_64_PC_WINDOWS_GNU_RUNNER=wine
+target=x86_64-pc-windows-gnu
+cross=(--locked --target "$target" -Zbuild-std=std,panic_unwind)
+
+scratch=$(mktemp -d)
+export WINEPREFIX="$scratch/prefix" WINEDEBUG=-all WINEDLLOVERRIDES="mscoree,mshtml="
+export WINEPATH="Z:${scratch//\//\\}\\dll"
+cleanup() {
+  wineserver -k >/dev/null 2>&1 || true
+  wineserver -w >/dev/null 2>&1 || true
+  rm -rf "$scratch"
+}
+trap cleanup EXIT
+
+echo "== windows: $(cargo --version), $(x86_64-w64-mingw32-gcc --version | head -n1), $(wine --version 2>/dev/null)"
+mkdir -p "$scratch/dll"
+x86_64-w64-mingw32-gcc -shared -s -O2 -o "$scratch/dll/bcryptprimitives.dll" \
+  tests/wine/bcryptprimitives.c tests/wine/bcryptprimitives.def -ladvapi32
+
+echo "== windows: cargo build (both binaries)"
+cargo build "${cross[@]}" --bins
+echo "== windows: cargo test --no-run"
+cargo test "${cross[@]}" --no-run
+built=$(date +%s)
+echo "windows: build took $((built - started)) s"
+
+wine cmd /c exit 0 >/dev/null 2>&1 || true # creates the prefix
+
+echo "== windows: cargo test under Wine"
+log="$scratch/test.log"
+set +e
+cargo test "${cross[@]}" --no-fail-fast 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+awk '/^test result:/ { passed += $4; failed += $6; ignored += $8 }
+     END { printf "windows: %d passed, %d failed, %d skipped\n", passed, failed, ignored }' "$log"
+echo "windows: skipped under Wine, with reasons:"
+grep -E '^test .* \.\.\. ignored, ' "$log" | sed 's/^test /  /' || true
+echo "== windows: agentcom-devhub.exe --demo under Wine"
+if wine "$CARGO_TARGET_DIR/$target/debug/agentcom-devhub.exe" --demo; then
+  echo "windows: the demo exited 0"
+else
+  demo_status=$?
+  echo "windows: the demo FAILED (exit $demo_status)"
+  [ "$status" -ne 0 ] || status=$demo_status
+fi
+echo "windows: stage took $(($(date +%s) - started)) s (tests $(($(date +%s) - built)) s)"
+exit "$status"
