@@ -3,7 +3,7 @@
 # wake_command at it, e.g. "wake_command": "scripts/example-agent.sh".
 #
 # It takes the task from the environment the sidecar sets for the wake
-# command (PROTOCOL.md section 8):
+# command (docs/protocol.md section 8):
 #   AGENTCOM_TASK_ID           used as a file name in the results directory
 #   AGENTCOM_RESULTS_DIR       where .started, .progress and .json go
 #   AGENTCOM_TASK_DESCRIPTION  the task text; untrusted, so it is only ever

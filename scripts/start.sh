@@ -60,10 +60,10 @@ log() {
 # top explains the order. Chained with && because `set -e` does not apply
 # inside a function called as an `if` condition.
 install_build() {
-    cp "$built_binary" "$good_binary.tmp" &&
-        mv -f "$good_binary.tmp" "$good_binary" &&
-        printf '%s\n' "$head_rev" >"$stamp.tmp" &&
-        mv -f "$stamp.tmp" "$stamp" &&
+    cp "$built_binary" "$good_binary.tmp.$$" &&
+        mv -f "$good_binary.tmp.$$" "$good_binary" &&
+        printf '%s\n' "$head_rev" >"$stamp.tmp.$$" &&
+        mv -f "$stamp.tmp.$$" "$stamp" &&
         rm -f "$failed_stamp"
 }
 

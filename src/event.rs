@@ -2,13 +2,15 @@
 //! source. The loop hands each to the core as `state::Input::Event`.
 
 use crate::hub::HubEvent;
-use crate::wake::WakeOutcome;
+use crate::wake::{WakeOutcome, WakeStarted};
 use crate::watcher::ResultsEvent;
 
 #[derive(Debug)]
 pub enum Event {
     /// From a hub socket thread.
     Hub(HubEvent),
+    /// From the wake executor: an attempt's command is running.
+    WakeStarted(WakeStarted),
     /// From the wake executor.
     Wake(WakeOutcome),
     /// From the results-directory watcher (a hint: rescan).

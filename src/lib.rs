@@ -1,5 +1,5 @@
 //! agentcom-sidecar: a dumb, reliable relay between the AgentCom hub and a
-//! local agent runtime. See README.md for the shape and PROTOCOL.md (shared)
+//! local agent runtime. See README.md for the shape and docs/protocol.md
 //! for the contract.
 //!
 //! The crate is a library so the integration tests, the development hub
@@ -9,6 +9,8 @@ pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod devhub;
+#[cfg(test)]
+mod doc_tests;
 pub mod error;
 pub mod event;
 pub mod hub;

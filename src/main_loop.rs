@@ -21,11 +21,11 @@ use crate::error::Error;
 use crate::event::Event;
 use crate::hub::{HubEvent, HubHandle, HubParams};
 use crate::lifecycle_log::{LifecycleEvent, LifecycleLog};
-use crate::queue_store::{self, Loaded, QueueFile};
+use crate::queue_store::{self, Loaded, QueueFile, WakeProcess};
 use crate::retry::Jitter;
 use crate::state::{Effect, Input, Settings, State, TaskFiles, WakeStart};
-use crate::wake::{WakeHandle, WakeRequest};
-use crate::watcher::{self, FileKind, ResultsWatcher};
+use crate::wake::{self, Leftover, WakeHandle, WakeRequest};
+use crate::watcher::{self, FileKind, ReadResult, ResultsWatcher};
 
 /// Largest progress file we read.
 const MAX_PROGRESS_BYTES: u64 = 4096;
@@ -97,12 +97,22 @@ impl Shell {
             }
             Err(e) => return Err(Error::io(format!("cannot read {}", config.queue_file.display()), e)),
         };
+        // Before any new wake (the state forgets the record at start).
+        if let Some(leftover) = &queue.wake_process {
+            end_wake_leftover(leftover, &mut lifecycle);
+        }
 
         let wake_events = events.clone();
-        let wake = WakeHandle::spawn(Box::new(move |outcome| {
-            // A failed send means the loop is gone: we are shutting down.
-            let _ = wake_events.send(Event::Wake(outcome));
-        }))
+        let started_events = events.clone();
+        let wake = WakeHandle::spawn_with_started(
+            Box::new(move |started| {
+                let _ = started_events.send(Event::WakeStarted(started));
+            }),
+            Box::new(move |outcome| {
+                // A failed send means the loop is gone: we are shutting down.
+                let _ = wake_events.send(Event::Wake(outcome));
+            }),
+        )
         .map_err(|e| Error::io("cannot start the wake executor thread", e))?;
 
         let watcher = if config.watch_results {
@@ -269,11 +279,22 @@ impl Shell {
                         .map_err(|e| format!("{}: {e}", self.config.results_dir.display()));
                     follow_ups.push_back(Input::Listing(listing));
                 }
-                Effect::RemoveTaskFiles { task_id } => {
-                    if let Err(e) = watcher::remove_task_files(&self.config.results_dir, &task_id) {
-                        log::warn!("cannot remove the result files of {task_id}: {e}");
+                Effect::RemoveTaskFiles { task_id } => self.remove_task_files(&task_id),
+                Effect::DiscardTaskFiles { task_id } => {
+                    let path = watcher::task_file_path(&self.config.results_dir, &task_id, FileKind::Result);
+                    let result = match watcher::read_json_file(&path, self.config.max_result_bytes) {
+                        ReadResult::Missing => None,
+                        ReadResult::Parsed(value) => Some(value),
+                        other => Some(json!(format!("{other:?}"))),
+                    };
+                    if let Some(result) = result {
+                        log::warn!("discarding the result of task {task_id}, which we will not hold again");
+                        self.lifecycle.record(
+                            LifecycleEvent::ResultDiscarded,
+                            json!({ "task_id": task_id, "result": result }),
+                        );
                     }
-                    let _ = std::fs::remove_file(handoff_file_path(&self.config.results_dir, &task_id));
+                    self.remove_task_files(&task_id);
                 }
                 Effect::Record { event, fields } => self.lifecycle.record(event, fields),
                 Effect::StartUpdate => {
@@ -293,6 +314,13 @@ impl Shell {
                 Effect::Exit => self.exit = true,
             }
         }
+    }
+
+    fn remove_task_files(&self, task_id: &str) {
+        if let Err(e) = watcher::remove_task_files(&self.config.results_dir, task_id) {
+            log::warn!("cannot remove the result files of {task_id}: {e}");
+        }
+        let _ = std::fs::remove_file(handoff_file_path(&self.config.results_dir, task_id));
     }
 
     fn connect(&mut self, conn_id: u64) {
@@ -394,6 +422,38 @@ impl Shell {
         self.lifecycle.record(LifecycleEvent::Stopped, json!({}));
         log::info!("stopped");
     }
+}
+
+/// Ends a wake command the previous run started and did not see end (it
+/// died while the command ran), so that it never runs next to a new one.
+/// Blocks up to [`wake::LEFTOVER_WAIT`](crate::wake::LEFTOVER_WAIT), once, at
+/// start.
+fn end_wake_leftover(leftover: &WakeProcess, lifecycle: &mut LifecycleLog) {
+    let WakeProcess { task_id, attempt, identity } = leftover;
+    let (found, error) = match wake::end_leftover(identity) {
+        Leftover::Gone => ("gone", None),
+        Leftover::Ended => ("ended", None),
+        Leftover::StillExiting => ("still_exiting", None),
+        Leftover::Unverifiable => ("unverifiable", None),
+        Leftover::Failed(error) => ("failed", Some(error)),
+    };
+    let what = format!("the wake command of task {task_id} (attempt {attempt}, pid {})", identity.pid);
+    match found {
+        "gone" => log::info!("{what}, left from before, is no longer running"),
+        "ended" => log::warn!("{what} was still running from before; ended it and its process group"),
+        "unverifiable" => {
+            log::warn!("{what} may still be running from before: without its start time it is left alone")
+        }
+        _ => log::error!(
+            "{what} was still running from before and could not be ended ({})",
+            error.as_deref().unwrap_or("it had not exited in time")
+        ),
+    }
+    lifecycle.record(
+        LifecycleEvent::WakeLeftover,
+        json!({ "task_id": task_id, "attempt": attempt, "pid": identity.pid,
+                "process_group": identity.process_group, "found": found, "error": error }),
+    );
 }
 
 /// Where the full task is handed to the agent (`AGENTCOM_TASK_FILE`): a

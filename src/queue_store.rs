@@ -1,5 +1,5 @@
 //! `queue.json`: the crash record. Reads what the Node sidecar writes and what
-//! we write (PROTOCOL.md section 9), adding fields only, and saves atomically
+//! we write (docs/protocol.md section 9), adding fields only, and saves atomically
 //! and durably: temp file in the same directory, write, fsync, rename, fsync
 //! the directory where the platform allows.
 //!
@@ -13,6 +13,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::wake::WakeIdentity;
+
 /// The whole file.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct QueueFile {
@@ -20,8 +22,50 @@ pub struct QueueFile {
     pub active: Option<TaskRecord>,
     #[serde(default)]
     pub recovering: Option<TaskRecord>,
+    /// Added by this sidecar: the last task we stopped holding whose files
+    /// may still be in results_dir. Absent in Node files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub past: Option<PastTask>,
+    /// Added by this sidecar: the wake command started and not yet reported
+    /// ended. After a crash it may still run: it is ended before any new
+    /// wake. Absent in Node files.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wake_process: Option<WakeProcess>,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
+}
+
+/// A started wake command, as persisted: the task and attempt it belongs to
+/// and what identifies its process without trusting a pid alone.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WakeProcess {
+    pub task_id: String,
+    pub attempt: u32,
+    #[serde(flatten)]
+    pub identity: WakeIdentity,
+}
+
+/// A task we no longer hold, remembered for what its files mean.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PastTask {
+    pub task_id: String,
+    pub generation: u64,
+    pub fate: PastFate,
+    /// Its agent had confirmed it (`.started`).
+    #[serde(default)]
+    pub confirmed: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PastFate {
+    /// The hub settled its outcome (or cancelled it): its files are stale,
+    /// removed as soon as possible, and a new push of the id is new work.
+    Settled,
+    /// The hub took it back unsettled: its files are kept for a while, and
+    /// if the hub hands the same task back, the agent's work is adopted
+    /// without a second wake.
+    TakenBack,
 }
 
 /// One task as persisted. The first seven fields are the Node sidecar's.
@@ -53,7 +97,7 @@ pub struct TaskRecord {
     pub extra: Map<String, Value>,
 }
 
-/// Where a task stands, as Node's `status` field spells it (PROTOCOL.md
+/// Where a task stands, as Node's `status` field spells it (docs/protocol.md
 /// section 9). The spelling lives here and nowhere else.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -147,7 +191,20 @@ pub fn parse(bytes: &[u8]) -> Result<QueueFile, String> {
         // on file systems that do not order metadata after data.
         return Err("the file is empty".into());
     }
-    serde_json::from_slice(bytes).map_err(|e| e.to_string())
+    let queue: QueueFile = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+    // Task ids name files in results_dir. We never accept an id that is not
+    // a plain file name, so one here is damage or tampering: a `../` would
+    // make us read and write outside results_dir.
+    let ids = [
+        queue.active.as_ref().map(|t| t.task_id.as_str()),
+        queue.recovering.as_ref().map(|t| t.task_id.as_str()),
+        queue.past.as_ref().map(|t| t.task_id.as_str()),
+    ];
+    if let Some(bad) = ids.into_iter().flatten().find(|id| !crate::watcher::is_valid_task_id(id)) {
+        let shown: String = bad.chars().take(64).collect();
+        return Err(format!("invalid task_id {shown:?}"));
+    }
+    Ok(queue)
 }
 
 pub(crate) fn corrupt_path(path: &Path, unix_ms: u64) -> PathBuf {
@@ -283,10 +340,38 @@ mod tests {
     }
 
     #[test]
+    fn the_wake_process_is_a_flat_optional_record() {
+        let mut queue = parse(NODE_FILE.as_bytes()).unwrap();
+        assert_eq!(queue.wake_process, None);
+        assert!(serde_json::to_value(&queue).unwrap().get("wake_process").is_none());
+        queue.wake_process = Some(WakeProcess {
+            task_id: "task-1f2e3d4c5b6a7980".into(),
+            attempt: 2,
+            identity: WakeIdentity { pid: 77, process_group: Some(77), start_time: None },
+        });
+        let written = serde_json::to_value(&queue).unwrap();
+        assert_eq!(
+            written["wake_process"],
+            json!({"task_id":"task-1f2e3d4c5b6a7980","attempt":2,"pid":77,"process_group":77})
+        );
+        let back: QueueFile = serde_json::from_value(written).unwrap();
+        assert_eq!(back, queue);
+        assert!(back.extra.is_empty(), "not also kept as an unknown field: {:?}", back.extra);
+    }
+
+    #[test]
     fn a_corrupt_file_is_moved_aside_not_overwritten() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("queue.json");
-        for garbage in ["{\"active\": {", "", "[1,2]"] {
+        let escape = r#"{"active":{"task_id":"../../escape","generation":1,"status":"working"}}"#;
+        let past = r#"{"active":null,"past":{"task_id":"..","generation":1,"fate":"taken_back"}}"#;
+        // Only the id is wrong: the same records with a plain id load.
+        assert!(parse(escape.replace("../../escape", "t1").as_bytes()).is_ok());
+        assert!(parse(past.replace("\"..\"", "\"t1\"").as_bytes()).is_ok());
+        for bad in [escape, past] {
+            assert!(parse(bad.as_bytes()).unwrap_err().contains("invalid task_id"), "{bad}");
+        }
+        for garbage in ["{\"active\": {", "", "[1,2]", escape, past] {
             fs::write(&path, garbage).unwrap();
             let Loaded::Corrupt { moved_to, .. } = load(&path).unwrap() else { panic!("{garbage:?} loaded") };
             assert!(!path.exists());

@@ -10,19 +10,19 @@ use std::io::{self, Write};
 use serde_json::{json, Value};
 
 use crate::config::Config;
-use crate::lifecycle_log;
+use crate::lifecycle_log::{self, LifecycleEvent};
 use crate::queue_store::{self, QueueFile, Report, TaskRecord};
 
 /// Events that describe the connection, for "last connection event".
-const CONNECTION_EVENTS: &[&str] = &[
-    "connecting",
-    "connected",
-    "identified",
-    "disconnected",
-    "auth_failed",
-    "started",
-    "stopped",
-    "shutdown",
+const CONNECTION_EVENTS: &[LifecycleEvent] = &[
+    LifecycleEvent::Connecting,
+    LifecycleEvent::Connected,
+    LifecycleEvent::Identified,
+    LifecycleEvent::Disconnected,
+    LifecycleEvent::AuthFailed,
+    LifecycleEvent::Started,
+    LifecycleEvent::Stopped,
+    LifecycleEvent::Shutdown,
 ];
 /// How many recent lifecycle records to read and how many task events to show.
 const RECENT_RECORDS: usize = 200;
@@ -93,7 +93,9 @@ pub fn collect(config: &Config, now_ms: u64) -> Status {
         Err(e) => LogState::Unreadable(e.to_string()),
         Ok(records) => {
             let is_connection = |r: &Value| {
-                r.get("event").and_then(Value::as_str).is_some_and(|e| CONNECTION_EVENTS.contains(&e))
+                r.get("event")
+                    .and_then(Value::as_str)
+                    .is_some_and(|e| CONNECTION_EVENTS.iter().any(|c| c.name() == e))
             };
             let last_connection = records.iter().rev().find(|r| is_connection(r)).cloned();
             let task_events =

@@ -5,7 +5,7 @@
 //! The agent writes `RESULTS_DIR/<task_id>.started` (it woke up),
 //! `RESULTS_DIR/<task_id>.progress` (a small JSON object with `progress` and
 //! `message`) and finally `RESULTS_DIR/<task_id>.json` (the result). See
-//! PROTOCOL.md section 8.
+//! docs/protocol.md section 8.4.
 //!
 //! File watching is unreliable (vfs-notify says as much): events can be
 //! coalesced, dropped on queue overflow, or never come on some file systems.
@@ -121,7 +121,7 @@ pub fn classify(file_name: &str) -> Option<(String, FileKind)> {
 }
 
 /// Whether `id` may name files in the results directory: 1 to 128 bytes of
-/// `[A-Za-z0-9._-]` (PROTOCOL.md section 5), and not `.` or `..`.
+/// `[A-Za-z0-9._-]` (docs/protocol.md section 5.1), and not `.` or `..`.
 ///
 /// This is slightly stricter than the protocol's character class: an id
 /// starting with `.` is refused too. Its files would be hidden files, which
@@ -317,7 +317,8 @@ pub fn remove_task_files(results_dir: &Path, task_id: &str) -> io::Result<()> {
 /// renames it into place; killed in between, the temporary file stays.
 ///
 /// - `.queue.json.XXXXXX.tmp` next to `queue_file` (queue.json saves),
-/// - `.tmpXXXXXX` in `results_dir/.tasks` (task files for the agent).
+/// - `.task.XXXXXX.tmp` (or `.tmpXXXXXX`, from earlier versions) in
+///   `results_dir/.tasks` (task files for the agent).
 ///
 /// Only regular files are removed (a link of that name is left alone, and
 /// so is everything else). Call it at start-up, before anything saves.
@@ -329,9 +330,16 @@ pub fn remove_leftover_temp_files(queue_file: &Path, results_dir: &Path) -> Vec<
     };
     let mut removed = Vec::new();
     type IsOurs = fn(&str) -> bool;
-    let places: [(PathBuf, IsOurs); 2] =
-        [(queue_dir, is_queue_temp_name), (results_dir.join(".tasks"), is_task_file_temp_name)];
-    for (dir, is_ours) in places {
+    // (directory, its temporary names, whether it may be a link). `.tasks`
+    // is ours to create; a link in its place (the agent shares results_dir)
+    // is not followed. The queue's directory is the operator's choice.
+    let places: [(PathBuf, IsOurs, bool); 2] =
+        [(queue_dir, is_queue_temp_name, true), (results_dir.join(".tasks"), is_task_file_temp_name, false)];
+    for (dir, is_ours, may_be_link) in places {
+        if !may_be_link && fs::symlink_metadata(&dir).is_ok_and(|m| m.file_type().is_symlink()) {
+            log::warn!("{} is a symbolic link; not cleaning up inside it", dir.display());
+            continue;
+        }
         let entries = match fs::read_dir(&dir) {
             Ok(entries) => entries,
             Err(error) if error.kind() == io::ErrorKind::NotFound => continue,
@@ -363,9 +371,12 @@ fn is_queue_temp_name(name: &str) -> bool {
     name.strip_prefix(".queue.json.").and_then(|rest| rest.strip_suffix(".tmp")).is_some_and(is_temp_random)
 }
 
-/// `.tmp` + 6 alphanumerics (tempfile's default, the task file's save).
+/// `.task.` + 6 alphanumerics + `.tmp` (the task file's save), or `.tmp` + 6
+/// alphanumerics (tempfile's default, which earlier versions saved it with).
 fn is_task_file_temp_name(name: &str) -> bool {
-    name.strip_prefix(".tmp").is_some_and(is_temp_random)
+    let current =
+        name.strip_prefix(crate::wake::TASK_FILE_TEMP_PREFIX).and_then(|rest| rest.strip_suffix(".tmp"));
+    current.or_else(|| name.strip_prefix(".tmp")).is_some_and(is_temp_random)
 }
 
 fn is_temp_random(part: &str) -> bool {
@@ -728,6 +739,15 @@ mod tests {
             remove_leftover_temp_files(&work.path().join("queue.json"), &work.path().join("r")).is_empty()
         );
         assert_eq!(fs::read_to_string(&victim).unwrap(), "keep");
+        // results_dir/.tasks as a link to another directory: not entered.
+        let elsewhere = work.path().join("elsewhere");
+        fs::create_dir(&elsewhere).unwrap();
+        fs::write(elsewhere.join(".tmpAbCdEf"), "keep").unwrap();
+        let results = work.path().join("results");
+        fs::create_dir(&results).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, results.join(".tasks")).unwrap();
+        assert!(remove_leftover_temp_files(&work.path().join("q/queue.json"), &results).is_empty());
+        assert!(elsewhere.join(".tmpAbCdEf").exists());
     }
 
     #[test]
@@ -737,10 +757,21 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let queue_temp =
             tempfile::Builder::new().prefix(".queue.json.").suffix(".tmp").tempfile_in(dir.path()).unwrap();
-        let task_temp = tempfile::NamedTempFile::new_in(dir.path()).unwrap();
+        let task_temp = tempfile::Builder::new()
+            .prefix(crate::wake::TASK_FILE_TEMP_PREFIX)
+            .suffix(".tmp")
+            .tempfile_in(dir.path())
+            .unwrap();
+        let earlier_task_temp = tempfile::NamedTempFile::new_in(dir.path()).unwrap();
         let name = |path: &Path| path.file_name().unwrap().to_str().unwrap().to_string();
         assert!(is_queue_temp_name(&name(queue_temp.path())), "{}", name(queue_temp.path()));
         assert!(is_task_file_temp_name(&name(task_temp.path())), "{}", name(task_temp.path()));
+        assert!(
+            is_task_file_temp_name(&name(earlier_task_temp.path())),
+            "{}",
+            name(earlier_task_temp.path())
+        );
+        assert!(!is_task_file_temp_name(".task.a1B2c3.json"));
     }
 
     #[test]

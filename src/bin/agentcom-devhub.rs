@@ -7,6 +7,7 @@
 
 use std::io::{self, BufRead};
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::thread;
 use std::time::Duration;
@@ -27,7 +28,8 @@ Usage: agentcom-devhub [--port N] [--agent-id A] [--token T] [--accept-timeout-m
                          as the agent; one task goes out and its result comes back
 
 Options:
-  --port N               port on 127.0.0.1 (default 4000; 0 picks a free one)
+  --port N               port on 127.0.0.1 (default 4400, clear of the real hub's 4000;
+                         0 picks a free one)
   --agent-id A           the agent allowed to identify (default \"dev-agent\")
   --token T              its token (default \"dev-token\")
   --accept-timeout-ms N  how long an assigned task waits for task_accepted before
@@ -95,14 +97,25 @@ fn main() -> ExitCode {
 
     // The token is printed here on purpose: the person chose it on the command
     // line and the sidecar needs it in its config. Frames never show it.
-    let config = json!({
+    let mut config = json!({
         "agent_id": args.agent_id,
         "token": args.token,
         "hub_url": hub.url(),
     });
+    let agent = example_agent();
+    if let Some(agent) = &agent {
+        config["wake_command"] = json!(wake_command_for(agent));
+    }
     println!("agentcom-devhub playing hub {} listening on {}", args.hub_version, hub.url());
-    println!("config.json for the sidecar (PROTOCOL.md section 10 lists the optional keys):");
+    println!("config.json for the sidecar (docs/protocol.md section 10.1 lists the optional keys):");
     println!("{}", serde_json::to_string_pretty(&config).expect("a JSON value serializes"));
+    match &agent {
+        Some(agent) => println!(
+            "Its wake_command runs the example agent ({}): replace it with the command that wakes your agent.",
+            agent.display()
+        ),
+        None => println!("Add a wake_command: the command that wakes your agent."),
+    }
     println!(
         "Type a task description and press Enter to push it to {}; /help lists the commands; \
          end the input (Ctrl-D) to stop.",
@@ -158,9 +171,34 @@ fn demo() -> ExitCode {
     }
 }
 
+/// The example agent of this checkout, for the printed config: looked for
+/// next to the executable's ancestors (`target/debug/..` under `cargo run`),
+/// then in the source tree it was built from. `None` if there is none (on
+/// Windows, `scripts/example-agent.cmd`).
+fn example_agent() -> Option<PathBuf> {
+    let name = if cfg!(windows) { "example-agent.cmd" } else { "example-agent.sh" };
+    let beside_exe = std::env::current_exe().ok().and_then(|exe| {
+        exe.ancestors().skip(1).map(|dir| dir.join("scripts").join(name)).find(|p| p.is_file())
+    });
+    beside_exe.or_else(|| {
+        Some(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts").join(name)).filter(|p| p.is_file())
+    })
+}
+
+/// The agent's path as a wake command, quoted for the platform's shell.
+fn wake_command_for(agent: &Path) -> String {
+    let path = agent.display().to_string();
+    if cfg!(windows) {
+        format!("\"{path}\"")
+    } else {
+        // Inside single quotes only a single quote needs care.
+        format!("sh '{}'", path.replace('\'', "'\\''"))
+    }
+}
+
 fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, String> {
     let mut parsed = Args {
-        port: 4000,
+        port: 4400,
         agent_id: "dev-agent".to_string(),
         token: "dev-token".to_string(),
         accept_timeout: None,
@@ -268,11 +306,26 @@ mod tests {
     }
 
     #[test]
+    fn the_printed_config_wakes_this_checkouts_example_agent() {
+        let agent = example_agent();
+        if let Some(agent) = &agent {
+            assert!(agent.is_file(), "{}", agent.display());
+        }
+        #[cfg(unix)]
+        {
+            let agent = agent.expect("the example agent of this checkout");
+            assert!(agent.ends_with("scripts/example-agent.sh"), "{}", agent.display());
+            assert_eq!(wake_command_for(&agent), format!("sh '{}'", agent.display()));
+            assert_eq!(wake_command_for(Path::new("/a b/it's.sh")), r"sh '/a b/it'\''s.sh'");
+        }
+    }
+
+    #[test]
     fn defaults() {
         assert_eq!(
             parse(&[]),
             Ok(Command::Run(Args {
-                port: 4000,
+                port: 4400,
                 agent_id: "dev-agent".to_string(),
                 token: "dev-token".to_string(),
                 accept_timeout: None,

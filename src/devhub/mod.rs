@@ -1,5 +1,5 @@
 //! The development hub: a small stand-in for the AgentCom hub that speaks the
-//! hub side of PROTOCOL.md on a loopback address. The integration tests start
+//! hub side of docs/protocol.md on a loopback address. The integration tests start
 //! one in-process on port 0; `src/bin/agentcom-devhub.rs` wraps it so a person
 //! can try a wake command without the real hub.
 //!

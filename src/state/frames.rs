@@ -10,6 +10,7 @@ use super::link::ReplyKind;
 use super::{record, Effect, State};
 use crate::lifecycle_log::LifecycleEvent;
 use crate::protocol::{self, ErrorKind, Incoming, ReportAction};
+use crate::queue_store::PastFate;
 
 impl State {
     // ----- connection -------------------------------------------------------
@@ -24,7 +25,7 @@ impl State {
         fx: &mut Vec<Effect>,
     ) {
         // Old hubs crash on task_failed and close with 1011 instead of
-        // answering; they re-queue the task (PROTOCOL.md section 6). Resending
+        // answering; they re-queue the task (docs/protocol.md 6.4). Resending
         // would crash them again, so the report counts as settled ("retried").
         if close_code == Some(1011) {
             if let Some(entry) = self.link.find_awaiting(ReplyKind::Failed).cloned() {
@@ -68,6 +69,20 @@ impl State {
         match incoming {
             Incoming::Identified => self.on_identified(now, fx),
             Incoming::Error(error) => self.on_error(&error, now, fx),
+            Incoming::ValidationFailed { message_type, unknown_type, errors } => {
+                self.newer_hub = true;
+                log::warn!("the hub refused our {message_type} (validation_failed): {errors}");
+                let answered = self.link.refused(&message_type, unknown_type);
+                if let Some(entry) =
+                    answered.filter(|a| matches!(a.kind, ReplyKind::Complete | ReplyKind::Failed))
+                {
+                    // Everything we send is cut to the hub's limits, so this
+                    // report can never pass: settle it, keeping it whole in
+                    // the lifecycle log, rather than wait for an answer that
+                    // will not come.
+                    self.on_report_invalid(&entry, &errors, fx);
+                }
+            }
             Incoming::Pong => self.link.on_pong(),
             Incoming::TaskAssign(assign) => self.on_assign(assign, now, wall_ms, fx),
             Incoming::TaskAck { task_id, status } => self.on_ack(&task_id, &status, fx),
@@ -84,16 +99,35 @@ impl State {
                 self.on_reassign(&task_id, fx);
             }
             Incoming::StateReportAck { task_id, action } => {
-                self.link.take_awaiting(&[ReplyKind::StateReport]);
-                if action == ReportAction::Abort && self.held_task_id() == Some(task_id.as_str()) {
+                self.newer_hub = true;
+                // The ack names no generation: it answers the oldest report
+                // in flight, and applies only if that report was of the
+                // generation we hold now.
+                let Some(entry) = self.link.take_awaiting(&[ReplyKind::StateReport]) else {
+                    log::debug!("state_report_ack for {task_id} answers no state_report we sent");
+                    return;
+                };
+                let current = self
+                    .task
+                    .as_ref()
+                    .is_some_and(|t| t.id == entry.task_id && t.generation == entry.generation);
+                if action != ReportAction::Abort || entry.task_id != task_id {
+                    return;
+                }
+                if current {
                     log::info!("hub answered state_report with abort for {task_id}; dropping it");
-                    self.drop_task("aborted by hub (state_report_ack)", fx);
+                    self.drop_task("aborted by hub (state_report_ack)", PastFate::TakenBack, fx);
+                } else {
+                    log::info!(
+                        "ignoring state_report_ack abort for {task_id}: it answers generation {}, we hold a newer one",
+                        entry.generation
+                    );
                 }
             }
             Incoming::TaskCancelled { task_id } => {
                 if self.held_task_id() == Some(task_id.as_str()) {
                     log::info!("task {task_id} cancelled by hub; stopping it");
-                    self.drop_task("cancelled by hub", fx);
+                    self.drop_task("cancelled by hub", PastFate::Settled, fx);
                 } else {
                     log::debug!("task_cancelled for {task_id}, which we do not hold");
                 }
@@ -109,9 +143,13 @@ impl State {
                 self.shut_down("restart requested by hub", fx);
             }
             Incoming::RateLimited { retry_after_ms } => {
+                self.newer_hub = true;
                 self.link.on_rate_limited(Duration::from_millis(retry_after_ms), now)
             }
-            Incoming::RateLimitWarning => log::info!("hub warns that we approach its rate limit"),
+            Incoming::RateLimitWarning => {
+                self.newer_hub = true;
+                log::info!("hub warns that we approach its rate limit");
+            }
             Incoming::Ignored { kind } => log::debug!("ignoring hub frame of type {kind}"),
         }
     }
@@ -151,8 +189,8 @@ impl State {
                 None => log::warn!("hub error {error:?} answers no task_failed we sent"),
             },
             ErrorKind::UnknownMessageType => {
-                let answered = self.link.take_awaiting(&[ReplyKind::Unhandled, ReplyKind::StateReport]);
-                log::debug!("hub has no handler for a frame we sent ({answered:?})");
+                let refused = self.link.unknown_type(&[ReplyKind::Unhandled, ReplyKind::StateReport]);
+                log::debug!("hub has no handler for a frame we sent ({refused:?})");
             }
             ErrorKind::NotIdentified => log::warn!("hub says we are not identified"),
             ErrorKind::Other => log::warn!("hub error: {error}"),

@@ -11,7 +11,7 @@
 //! means), `task.rs` (the held task, its one state enum, intake, waking
 //! and its files), `report.rs` (outcomes, reports, acks, settling).
 //!
-//! The task slot holds at most one task (PROTOCOL.md section 9). A task the
+//! The task slot holds at most one task (docs/protocol.md section 9). A task the
 //! hub gave us is never lost and never reported twice under one generation:
 //! its outcome (the report) is persisted before it is sent, resent after every
 //! reconnect until the hub settles it, and after any reconnect nothing is
@@ -20,10 +20,12 @@
 
 mod frames;
 mod link;
+mod past;
 mod report;
 mod task;
 #[cfg(test)]
 mod tests;
+mod work;
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -35,11 +37,12 @@ use crate::event::Event;
 use crate::hub::HubEvent;
 use crate::lifecycle_log::LifecycleEvent;
 use crate::protocol;
-use crate::queue_store::QueueFile;
+use crate::queue_store::{QueueFile, WakeProcess};
 use crate::retry::BackoffPolicy;
-use crate::watcher::{self, FileKind, ReadResult, ResultsEvent};
+use crate::watcher::{FileKind, ReadResult, ResultsEvent};
 
 use link::{Link, LinkTimers, Timeout};
+use past::Past;
 use task::{HubSync, Phase, Task};
 
 /// The part of [`Config`] the core needs, as plain values.
@@ -61,6 +64,19 @@ pub struct Settings {
     pub task_timeout: Option<Duration>,
     pub result_settle: Duration,
     pub progress_interval: Duration,
+    /// How long a report or `task_recovering` waits for the hub's answer
+    /// before the connection is dropped and the question asked again.
+    pub reply_timeout: Duration,
+    /// How long the files of a task the hub took back are kept for it to
+    /// hand the task back (see `past.rs`).
+    pub readopt_window: Duration,
+    /// How long a task adopted without a wake may show no life before it is
+    /// failed (see `past.rs`).
+    pub adopted_silence: Duration,
+    /// Send a `task_progress` for the held task when the hub has heard
+    /// nothing about it for this long (cbf9c20 takes a task back after 5 min
+    /// without one). `None`: never.
+    pub keepalive_interval: Option<Duration>,
     pub send_wake_result: bool,
     pub send_state_report: bool,
     /// Rescan the results directory this often while a task is held: set
@@ -88,6 +104,10 @@ impl Settings {
             task_timeout: config.task_timeout,
             result_settle: config.result_settle,
             progress_interval: config.progress_interval,
+            reply_timeout: config.reply_timeout,
+            readopt_window: config.readopt_window,
+            adopted_silence: config.adopted_silence,
+            keepalive_interval: config.keepalive_interval,
             send_wake_result: config.has_hub_feature(HubFeature::WakeResult),
             send_state_report: config.has_hub_feature(HubFeature::StateReport),
             results_poll: None,
@@ -159,6 +179,11 @@ pub enum Effect {
     RemoveTaskFiles {
         task_id: String,
     },
+    /// The task will not be held again: record its result file's content
+    /// (if there is one) in the lifecycle log, then remove its files.
+    DiscardTaskFiles {
+        task_id: String,
+    },
     /// A lifecycle-log record.
     Record {
         event: LifecycleEvent,
@@ -181,19 +206,22 @@ pub struct WakeStart {
     pub task_json: String,
 }
 
-/// At most this many foreign result-file names are remembered (each is
-/// logged once).
-const FOREIGN_FILES_REMEMBERED: usize = 10_000;
-
 #[derive(Debug)]
 pub struct State {
     settings: Settings,
     link: Link,
     task: Option<Task>,
+    /// The last task let go of, while its files may matter.
+    past: Option<Past>,
+    /// The time of the input being handled.
+    now: Instant,
     /// The task whose wake attempt the executor is running, if any (it may
     /// be a task we dropped, whose attempt is being cancelled). The executor
     /// runs one attempt at a time, whichever task it belongs to.
     wake_running: Option<String>,
+    /// The started wake command not yet reported ended, as persisted (so
+    /// that after a crash the next start can end it first).
+    wake_process: Option<WakeProcess>,
     /// Top-level queue.json fields we do not know, kept on every save.
     queue_extra: Map<String, Value>,
     shutting_down: bool,
@@ -201,7 +229,40 @@ pub struct State {
     next_poll_at: Option<Instant>,
     /// Result-file names of tasks we do not hold, already logged once.
     foreign_files_logged: HashSet<String>,
+    /// The hub has shown it is the newer kind (4718a58: schema validation,
+    /// rate limits, the extra task_assign fields). See [`BUSY_REASON`].
+    newer_hub: bool,
+    /// Tasks pushed to us while we were busy, on a newer hub: handed back
+    /// with `task_failed` once we hold no task.
+    busy_refused: Vec<(String, u64)>,
 }
+
+/// A task pushed while another is held is never woken and never answered
+/// with `task_rejected` (unknown to both hubs; a schema violation on the
+/// newer one, ten of which lock the sidecar out). On the older hub nothing
+/// is sent for it (its `task_failed` crashes that hub's queue; the hub's own
+/// sweep returns the task). On the newer hub it is answered with
+/// `task_failed` and this reason as soon as the sidecar holds no task of its
+/// own: sent earlier, it would move the hub's agent state to idle while we
+/// work, drawing more pushes. The hub then queues the task again at once.
+pub const BUSY_REASON: &str = "busy: the sidecar was working on another task";
+
+/// At most this many tasks pushed while busy are remembered.
+const BUSY_REFUSED_REMEMBERED: usize = 16;
+
+/// Keys only the newer hub's `task_assign` carries.
+const NEWER_HUB_ASSIGN_KEYS: &[&str] = &[
+    "repo",
+    "branch",
+    "file_hints",
+    "success_criteria",
+    "verification_steps",
+    "complexity",
+    "routing_decision",
+    "skip_verification",
+    "verification_timeout_ms",
+    "max_verification_retries",
+];
 
 /// The held task with the parts of [`State`] its transitions use, borrowed
 /// side by side, so a transition can change the task, send and persist
@@ -210,19 +271,29 @@ struct Held<'a> {
     task: &'a mut Task,
     link: &'a mut Link,
     settings: &'a Settings,
+    past: &'a Option<Past>,
     queue_extra: &'a Map<String, Value>,
     wake_running: &'a mut Option<String>,
+    wake_process: &'a Option<WakeProcess>,
 }
 
 impl Held<'_> {
     /// Persists queue.json as it is now.
     fn persist(&self, fx: &mut Vec<Effect>) {
-        fx.push(Effect::Persist(Box::new(queue_file(Some(self.task), self.queue_extra))));
+        let queue = queue_file(Some(self.task), self.past, self.wake_process, self.queue_extra);
+        fx.push(Effect::Persist(Box::new(queue)));
     }
 }
 
-fn queue_file(task: Option<&Task>, extra: &Map<String, Value>) -> QueueFile {
-    let mut queue = QueueFile { active: None, recovering: None, extra: extra.clone() };
+fn queue_file(
+    task: Option<&Task>,
+    past: &Option<Past>,
+    wake_process: &Option<WakeProcess>,
+    extra: &Map<String, Value>,
+) -> QueueFile {
+    let past = past.as_ref().map(|p| p.task.clone());
+    let wake_process = wake_process.clone();
+    let mut queue = QueueFile { active: None, recovering: None, past, wake_process, extra: extra.clone() };
     if let Some(task) = task {
         if task.sync == HubSync::Recovered {
             queue.recovering = Some(task.to_record());
@@ -234,8 +305,11 @@ fn queue_file(task: Option<&Task>, extra: &Map<String, Value>) -> QueueFile {
 }
 
 impl State {
+    /// A `wake_process` in `queue` is a wake command that may have outlived
+    /// the previous run: the shell must have ended it (or found it gone)
+    /// before this, as [`start`](State::start) forgets it.
     pub fn new(settings: Settings, queue: QueueFile, jitter_seed: u64, now: Instant) -> State {
-        let QueueFile { active, recovering, extra } = queue;
+        let QueueFile { active, recovering, past, wake_process, extra } = queue;
         // A task that was active when we died is recovering now; one that was
         // already recovering stays so. If a file somehow holds both, the
         // recovering one is older news: keep the active one, which is the
@@ -252,16 +326,22 @@ impl State {
             pong_timeout: settings.pong_timeout,
             identify_timeout: settings.identify_timeout,
             backoff: settings.backoff,
+            reply_timeout: settings.reply_timeout,
         };
         State {
             link: Link::new(timers, jitter_seed, now),
             settings,
             task: active.or(recovering).map(Task::recovered),
+            past: past.map(|task| Past { task, keep_until: None }),
+            now,
             wake_running: None,
+            wake_process,
             queue_extra: extra,
             shutting_down: false,
             next_poll_at: None,
             foreign_files_logged: HashSet::new(),
+            newer_hub: false,
+            busy_refused: Vec::new(),
         }
     }
 
@@ -269,6 +349,11 @@ impl State {
     /// the results directory, and connect.
     pub fn start(&mut self) -> Vec<Effect> {
         let mut fx = Vec::new();
+        // Ended by the shell before the state was built (see `new`).
+        let leftover_forgotten = self.wake_process.take().is_some();
+        if leftover_forgotten && self.task.is_none() {
+            fx.push(Effect::Persist(Box::new(self.queue_file())));
+        }
         if let Some(held) = self.held() {
             let t = &held.task;
             log::info!(
@@ -280,8 +365,10 @@ impl State {
             fx.push(record(LifecycleEvent::TaskRecoveredFromDisk, t.fields()));
             held.persist(&mut fx);
         }
-        // Results already on disk when we start count (PROTOCOL.md section
-        // 8): the listing reads the held task's files if it has any, and
+        let now = self.now;
+        self.start_past(now, &mut fx);
+        // Results already on disk when we start count (docs/protocol.md
+        // section 8.4): the listing reads the held task's files if it has any, and
         // logs the files of other tasks.
         fx.push(Effect::ListResults);
         self.link.connect(&mut fx);
@@ -290,6 +377,8 @@ impl State {
 
     pub fn handle(&mut self, input: Input, now: Instant, wall_ms: u64) -> Vec<Effect> {
         let mut fx = Vec::new();
+        self.now = now;
+        self.link.set_now(now);
         match input {
             Input::Event(event) => self.on_event(event, now, wall_ms, &mut fx),
             Input::Files(files) => {
@@ -299,7 +388,7 @@ impl State {
             }
             Input::Listing(Ok(entries)) => {
                 let names = entries.into_iter().map(|(id, kind)| format!("{id}.{}", kind.extension()));
-                self.on_result_names(names, &mut fx);
+                self.on_result_names(names, true, &mut fx);
             }
             Input::Listing(Err(error)) => {
                 log::warn!("cannot list the results directory: {error}");
@@ -310,13 +399,18 @@ impl State {
             }
             Input::PersistFailed { error, withheld } => {
                 // The sends after a failed persist would acknowledge something
-                // the disk does not record: withhold them, do the rest.
+                // the disk does not record, and a settled task's files may
+                // only go once the disk records it settled: withhold those,
+                // do the rest (the next start removes the files).
                 log::error!("cannot write queue.json: {error}");
                 fx.push(record(LifecycleEvent::PersistFailed, json!({ "error": error })));
                 for effect in withheld {
                     match effect {
                         Effect::Send { .. } => {
                             log::error!("not sending a frame: queue.json could not be written")
+                        }
+                        Effect::RemoveTaskFiles { task_id } | Effect::DiscardTaskFiles { task_id } => {
+                            log::error!("keeping the files of {task_id}: queue.json could not be written")
                         }
                         other => fx.push(other),
                     }
@@ -344,9 +438,16 @@ impl State {
         }
         let task = self.task.as_ref().and_then(|t| {
             let may_send_progress = self.link.is_ready() && t.sync == HubSync::Confirmed;
-            t.deadline(self.wake_running.is_none(), may_send_progress, self.settings.progress_interval)
+            let s = &self.settings;
+            t.deadline(
+                self.wake_running.is_none(),
+                may_send_progress,
+                s.progress_interval,
+                s.keepalive_interval,
+            )
         });
-        [self.link.deadline(), task, self.next_poll_at].into_iter().flatten().min()
+        let past = self.past.as_ref().and_then(|p| p.keep_until);
+        [self.link.deadline(), task, self.next_poll_at, past].into_iter().flatten().min()
     }
 
     /// The task whose result files we care about.
@@ -356,7 +457,7 @@ impl State {
 
     /// queue.json as it should be on disk now.
     pub fn queue_file(&self) -> QueueFile {
-        queue_file(self.task.as_ref(), &self.queue_extra)
+        queue_file(self.task.as_ref(), &self.past, &self.wake_process, &self.queue_extra)
     }
 
     fn held(&mut self) -> Option<Held<'_>> {
@@ -364,8 +465,10 @@ impl State {
             task: self.task.as_mut()?,
             link: &mut self.link,
             settings: &self.settings,
+            past: &self.past,
             queue_extra: &self.queue_extra,
             wake_running: &mut self.wake_running,
+            wake_process: &self.wake_process,
         })
     }
 
@@ -396,35 +499,15 @@ impl State {
                     self.on_connection_lost(&reason, close_code, close_reason.as_deref(), now, fx);
                 }
             }
+            Event::WakeStarted(started) => self.on_wake_started(started, fx),
             Event::Wake(outcome) => self.on_wake_finished(outcome, now, fx),
             Event::Results(ResultsEvent::Changed(paths)) => {
                 let names =
                     paths.iter().filter_map(|p| p.file_name().and_then(|n| n.to_str()).map(str::to_owned));
-                self.on_result_names(names.collect::<Vec<_>>(), fx);
+                self.on_result_names(names.collect::<Vec<_>>(), false, fx);
             }
             Event::Results(ResultsEvent::Rescan) => fx.push(Effect::ListResults),
             Event::Shutdown => self.shut_down("shutdown requested", fx),
-        }
-    }
-
-    /// Names of result files that exist or changed: read the held task's
-    /// files if they are among them; log the others once.
-    fn on_result_names(&mut self, names: impl IntoIterator<Item = String>, fx: &mut Vec<Effect>) {
-        let mut touches_held = false;
-        for name in names {
-            let Some((task_id, _)) = watcher::classify(&name) else {
-                continue;
-            };
-            if self.held_task_id() == Some(task_id.as_str()) {
-                touches_held = true;
-            } else if self.foreign_files_logged.len() < FOREIGN_FILES_REMEMBERED
-                && self.foreign_files_logged.insert(name.clone())
-            {
-                log::info!("results_dir has {name}, which belongs to no task we hold; leaving it alone");
-            }
-        }
-        if let Some(task_id) = self.held_task_id().filter(|_| touches_held) {
-            fx.push(Effect::ReadTaskFiles { task_id: task_id.to_owned() });
         }
     }
 
@@ -435,6 +518,10 @@ impl State {
             Some(Timeout::Identify) => {
                 let ms = self.link.identify_timeout().as_millis();
                 self.drop_connection(&format!("the hub did not answer identify within {ms} ms"), now, fx);
+            }
+            Some(Timeout::Reply(frame_type)) => {
+                let ms = self.settings.reply_timeout.as_millis();
+                self.drop_connection(&format!("the hub did not answer {frame_type} within {ms} ms"), now, fx);
             }
             Some(Timeout::Pong) => {
                 let ms = self.link.pong_timeout().as_millis();
@@ -449,6 +536,8 @@ impl State {
         if let Some(mut held) = self.held() {
             held.on_tick(now, fx);
         }
+        self.on_past_tick(now, fx);
+        self.hand_back_busy_refusals(fx);
         match (self.settings.results_poll, &self.task) {
             (Some(poll), Some(_)) => {
                 if self.next_poll_at.is_some_and(|at| now >= at) {

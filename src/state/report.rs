@@ -12,19 +12,21 @@ use super::task::{HubSync, Phase};
 use super::{record, Effect, Held, State};
 use crate::lifecycle_log::LifecycleEvent;
 use crate::protocol::{self, AckStatus};
-use crate::queue_store::Report;
+use crate::queue_store::{PastFate, Report};
 
 impl Held<'_> {
-    /// Sends `text`, awaiting an answer of `kind` about this task.
+    /// Sends a frame of `frame_type`, awaiting an answer of `kind` about this
+    /// task.
     pub(super) fn send_expecting(
         &mut self,
+        frame_type: &'static str,
         text: String,
         kind: ReplyKind,
         generation: u64,
         fx: &mut Vec<Effect>,
     ) {
         let entry = Awaiting { kind, task_id: self.task.id.clone(), generation };
-        self.link.send(text, Some(entry), fx);
+        self.link.send(frame_type, text, Some(entry), fx);
     }
 
     /// After a (re)connect the hub may have taken the task back: ask before
@@ -42,9 +44,9 @@ impl Held<'_> {
             .send_state_report
             .then(|| protocol::out_state_report(&t.id, t.generation, t.status(), t.assigned_at));
         let generation = t.generation;
-        self.send_expecting(recovering, ReplyKind::Recovering, generation, fx);
+        self.send_expecting("task_recovering", recovering, ReplyKind::Recovering, generation, fx);
         if let Some(text) = state_report {
-            self.send_expecting(text, ReplyKind::StateReport, generation, fx);
+            self.send_expecting("state_report", text, ReplyKind::StateReport, generation, fx);
         }
     }
 
@@ -58,6 +60,10 @@ impl Held<'_> {
         let resume = self.task.sync == HubSync::Recovered;
         self.task.sync = HubSync::Confirmed;
         self.persist(fx);
+        // The hub's agent state restarts in `assigned` after a reconnect
+        // (4718a58) and takes the task back 60 s later unless it hears
+        // task_accepted; on both hubs it is answered task_ack and harmless.
+        self.accept(fx);
         if resume {
             self.resume_work(now, fx);
         }
@@ -79,6 +85,7 @@ impl Held<'_> {
         fx.push(record(event, json!({ "task_id": t.id, "generation": t.generation, "outcome": detail })));
         t.phase = Phase::Reporting { report, status: t.status(), sent: None };
         t.timeout_at = None;
+        t.silent_until = None;
         t.unparsed = None;
         // Progress after the outcome means nothing to the hub.
         t.progress.pending = None;
@@ -110,7 +117,7 @@ impl Held<'_> {
             LifecycleEvent::ReportSent,
             json!({ "task_id": task_id, "generation": generation, "type": frame_type }),
         ));
-        self.send_expecting(text, kind, generation, fx);
+        self.send_expecting(frame_type, text, kind, generation, fx);
     }
 
     pub(super) fn flush_progress(&mut self, now: Instant, fx: &mut Vec<Effect>) {
@@ -121,13 +128,23 @@ impl Held<'_> {
         if progress.last_sent_at.is_some_and(|last| now < last + self.settings.progress_interval) {
             return;
         }
-        let Some((value, message)) = progress.pending.take() else {
+        let keepalive_due = match (self.settings.keepalive_interval, progress.touched_at) {
+            (Some(every), Some(touched)) => now >= touched + every,
+            _ => false,
+        };
+        // A keep-alive repeats the last value sent (0 before any).
+        let Some((value, message)) = progress
+            .pending
+            .take()
+            .or_else(|| keepalive_due.then(|| progress.last_value.clone().unwrap_or((0, None))))
+        else {
             return;
         };
         progress.last_sent_at = Some(now);
+        progress.touched_at = Some(now);
         progress.last_value = Some((value, message.clone()));
         let text = protocol::out_task_progress(&self.task.id, value, message.as_deref());
-        self.link.send(text, None, fx);
+        self.link.send("task_progress", text, None, fx);
     }
 }
 
@@ -180,6 +197,18 @@ impl State {
         }
     }
 
+    /// The hub's schema refused the report in `entry`: it can never pass.
+    pub(super) fn on_report_invalid(&mut self, entry: &Awaiting, errors: &str, fx: &mut Vec<Effect>) {
+        if let Some(report) = self.task.as_ref().filter(|t| t.id == entry.task_id).and_then(|t| t.report()) {
+            log::error!("the hub cannot accept the report of task {}: {errors}; giving it up", entry.task_id);
+            fx.push(record(
+                LifecycleEvent::ReportRefused,
+                json!({ "task_id": entry.task_id, "generation": entry.generation, "errors": errors, "report": report }),
+            ));
+        }
+        self.settle(entry, "refused: validation_failed", fx);
+    }
+
     /// The hub has answered the report in `entry` for good: forget the task.
     pub(super) fn settle(&mut self, entry: &Awaiting, how: &str, fx: &mut Vec<Effect>) {
         let reporting = self.task.as_ref().is_some_and(|t| t.id == entry.task_id && t.report().is_some());
@@ -192,7 +221,7 @@ impl State {
             LifecycleEvent::ReportSettled,
             json!({ "task_id": entry.task_id, "generation": entry.generation, "how": how }),
         ));
-        self.forget_task(fx);
+        self.let_go(PastFate::Settled, fx);
     }
 
     pub(super) fn on_reassign(&mut self, task_id: &str, fx: &mut Vec<Effect>) {
@@ -213,29 +242,11 @@ impl State {
                 json!({ "task_id": task_id, "generation": held.task.generation, "report": report }),
             ));
         }
-        self.drop_task("taken back by hub (task_reassign)", fx);
-    }
-
-    /// Stops working on the held task without reporting anything.
-    pub(super) fn drop_task(&mut self, why: &str, fx: &mut Vec<Effect>) {
-        if let Some(task_id) = self.held_task_id() {
-            log::info!("dropping task {task_id}: {why}");
-            fx.push(record(LifecycleEvent::TaskDropped, json!({ "task_id": task_id, "why": why })));
-            self.forget_task(fx);
-        }
-    }
-
-    fn forget_task(&mut self, fx: &mut Vec<Effect>) {
-        let Some(task) = self.task.take() else { return };
-        if self.wake_running.as_deref() == Some(task.id.as_str()) {
-            fx.push(Effect::CancelWake { task_id: task.id.clone() });
-        }
-        fx.push(Effect::Persist(Box::new(self.queue_file())));
-        fx.push(Effect::RemoveTaskFiles { task_id: task.id });
+        self.drop_task("taken back by hub (task_reassign)", PastFate::TakenBack, fx);
     }
 }
 
-/// A result file's object as the report the hub gets (PROTOCOL.md section 8):
+/// A result file's object as the report the hub gets (docs/protocol.md section 8.5):
 /// `status: success` is a completion carrying the whole object; anything else
 /// is a failure with its `reason` or `error`.
 pub(super) fn report_from_result(result: Value) -> Report {

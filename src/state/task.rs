@@ -1,25 +1,23 @@
-//! The held task: one [`Phase`] enum says how far its work has come (it is
-//! what `status` in queue.json is derived from, so the two cannot disagree),
-//! [`HubSync`] what the hub is known to think of it. Here are its intake
-//! (`task_assign`), its waking, its files and its deadlines; its outcome and
-//! report are in `report.rs`.
+//! The held task as a type: one [`Phase`] enum says how far its work has
+//! come (it is what `status` in queue.json is derived from, so the two cannot
+//! disagree), [`HubSync`] what the hub is known to think of it, and
+//! [`Task::deadline`] when it next needs a tick. Its transitions are in
+//! `work.rs` (intake, waking, files) and `report.rs` (outcome and report).
 
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Map, Value};
 
-use super::link::ReplyKind;
-use super::report::{parse_progress, report_from_result};
-use super::{record, Effect, Held, State, TaskFiles, WakeStart};
-use crate::lifecycle_log::LifecycleEvent;
-use crate::protocol::{self, TaskAssign};
+use crate::protocol::TaskAssign;
 use crate::queue_store::{Report, TaskRecord, TaskStatus};
-use crate::wake::{WakeOutcome, WakeStatus};
-use crate::watcher::{is_valid_task_id, ReadResult};
 
 /// How far the work on a task has come.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Phase {
+    /// The hub handed back a task it had taken from us: its files are read
+    /// before anything else, and its agent is woken only if it never
+    /// confirmed (see `past.rs`).
+    Adopting,
     /// Not woken in this run. `interrupted`: an attempt was started before
     /// (by an earlier run, or cut short by shutdown), so queue.json says
     /// `waking`.
@@ -63,6 +61,9 @@ pub(crate) struct Unparsed {
 
 #[derive(Debug, Default)]
 pub(crate) struct Progress {
+    /// When the hub last heard about the task from us (`task_accepted` or
+    /// `task_progress`): the keep-alive counts from here.
+    pub touched_at: Option<Instant>,
     pub last_sent_at: Option<Instant>,
     pub last_value: Option<(u64, Option<String>)>,
     pub pending: Option<(u64, Option<String>)>,
@@ -86,12 +87,15 @@ pub(crate) struct Task {
     pub confirmed: bool,
     /// `task_timeout_ms` ends the task here (until it has an outcome).
     pub timeout_at: Option<Instant>,
+    /// Taken over without a wake: unless its agent shows life (a new
+    /// progress value, its result) by then, it fails (see `past.rs`).
+    pub silent_until: Option<Instant>,
     pub unparsed: Option<Unparsed>,
     pub progress: Progress,
 }
 
 impl Task {
-    fn accepted(task_id: String, generation: u64, assign: TaskAssign, wall_ms: u64) -> Task {
+    pub(super) fn accepted(task_id: String, generation: u64, assign: TaskAssign, wall_ms: u64) -> Task {
         let mut assignment = assign.fields;
         for own in ["task_id", "description", "metadata", "generation", "assigned_at"] {
             assignment.remove(own);
@@ -109,6 +113,7 @@ impl Task {
             sync: HubSync::Confirmed,
             confirmed: false,
             timeout_at: None,
+            silent_until: None,
             unparsed: None,
             progress: Progress::default(),
         }
@@ -136,6 +141,7 @@ impl Task {
             sync: HubSync::Recovered,
             confirmed: false,
             timeout_at: None,
+            silent_until: None,
             unparsed: None,
             progress: Progress::default(),
         }
@@ -144,7 +150,7 @@ impl Task {
     /// The `status` queue.json and the hub get.
     pub fn status(&self) -> TaskStatus {
         match &self.phase {
-            Phase::ToWake { interrupted: false } => TaskStatus::Accepted,
+            Phase::ToWake { interrupted: false } | Phase::Adopting => TaskStatus::Accepted,
             Phase::ToWake { interrupted: true } | Phase::Waking { .. } | Phase::WakeRetry { .. } => {
                 TaskStatus::Waking
             }
@@ -205,6 +211,7 @@ impl Task {
         executor_idle: bool,
         may_send_progress: bool,
         progress_interval: Duration,
+        keepalive: Option<Duration>,
     ) -> Option<Instant> {
         if let Phase::Reporting { .. } = self.phase {
             return None;
@@ -212,6 +219,7 @@ impl Task {
         let phase = match self.phase {
             Phase::WakeRetry { at, .. } if executor_idle => Some(at),
             Phase::Confirming { deadline } => deadline,
+            Phase::Working => self.silent_until,
             _ => None,
         };
         let progress = match (&self.progress.pending, self.progress.last_sent_at) {
@@ -219,323 +227,10 @@ impl Task {
             _ => None,
         };
         let rescan = self.unparsed.and_then(|u| u.rescan_at);
-        [phase, self.timeout_at, rescan, progress].into_iter().flatten().min()
-    }
-}
-
-impl State {
-    // ----- intake -----------------------------------------------------------
-
-    pub(super) fn on_assign(&mut self, assign: TaskAssign, now: Instant, wall_ms: u64, fx: &mut Vec<Effect>) {
-        let Some(task_id) = assign.task_id.clone() else {
-            log::warn!("refusing a task_assign without a task_id");
-            self.refuse(None, "invalid task_assign: missing task_id", fx);
-            return;
+        let keepalive = match (keepalive, self.progress.touched_at) {
+            (Some(every), Some(touched)) if may_send_progress => Some(touched + every),
+            _ => None,
         };
-        if !is_valid_task_id(&task_id) {
-            let shown: String = task_id.chars().take(64).collect();
-            log::warn!("refusing task_assign with an invalid task_id {shown:?}");
-            self.refuse(Some(&shown), "invalid task_id", fx);
-            return;
-        }
-        let generation = match &assign.generation {
-            Ok(generation) => *generation,
-            Err(value) => {
-                let shown: String = value.chars().take(64).collect();
-                log::warn!("refusing task {task_id}: its generation {shown} is not an integer in 0..2^64");
-                self.refuse(Some(&task_id), &format!("invalid generation {shown}"), fx);
-                return;
-            }
-        };
-        if let Some(mut held) = self.held_as(&task_id) {
-            held.on_assigned_again(generation, now, fx);
-            return;
-        }
-        if let Some(busy_with) = self.held_task_id() {
-            log::info!("refusing task {task_id}: busy with {busy_with}");
-            self.refuse(Some(&task_id), "busy", fx);
-            return;
-        }
-        if self.shutting_down {
-            self.refuse(Some(&task_id), "shutting down", fx);
-            return;
-        }
-        let task = Task::accepted(task_id, generation, assign, wall_ms);
-        log::info!("accepted task {} (generation {})", task.id, task.generation);
-        fx.push(record(LifecycleEvent::TaskAccepted, task.fields()));
-        self.task = Some(task);
-        if let Some(mut held) = self.held() {
-            // Persist before acknowledging: the ack promises we hold it.
-            held.persist(fx);
-            held.accept(fx);
-            held.resume_work(now, fx);
-        }
-    }
-
-    /// A task we do not take. Nothing is sent: neither hub has a frame for
-    /// it (`task_rejected` is unknown to both, and a schema violation on the
-    /// newer one).
-    fn refuse(&mut self, task_id: Option<&str>, reason: &str, fx: &mut Vec<Effect>) {
-        fx.push(record(LifecycleEvent::TaskRefused, json!({ "task_id": task_id, "reason": reason })));
-    }
-
-    // ----- waking -----------------------------------------------------------
-
-    pub(super) fn on_wake_finished(&mut self, outcome: WakeOutcome, now: Instant, fx: &mut Vec<Effect>) {
-        let was_running = self.wake_running.as_deref() == Some(outcome.task_id.as_str());
-        if was_running {
-            self.wake_running = None;
-        }
-        let (status_word, error) = match &outcome.status {
-            WakeStatus::Success => ("success", None),
-            WakeStatus::Failed { exit_code: Some(code) } => ("failed", Some(format!("exit code {code}"))),
-            WakeStatus::Failed { exit_code: None } => ("failed", Some("killed by a signal".to_string())),
-            WakeStatus::TimedOut => ("timeout", Some("timed out".to_string())),
-            WakeStatus::SpawnFailed(e) => ("failed", Some(format!("could not start: {e}"))),
-            WakeStatus::Cancelled => ("cancelled", None),
-        };
-        fx.push(record(
-            LifecycleEvent::WakeFinished,
-            json!({
-                "task_id": outcome.task_id,
-                "attempt": outcome.attempt,
-                "status": status_word,
-                "error": error,
-                "elapsed_ms": outcome.elapsed.as_millis() as u64,
-                "stdout": outcome.stdout_tail,
-                "stderr": outcome.stderr_tail,
-            }),
-        ));
-        if outcome.status == WakeStatus::Cancelled {
-            return;
-        }
-        let Some(mut held) = self.held_as(&outcome.task_id) else {
-            return;
-        };
-        // The attempt of the held task that was running: still waking, or
-        // the task's outcome came while the command ran.
-        let current = match held.task.phase {
-            Phase::Waking { attempt } => attempt == outcome.attempt,
-            Phase::Reporting { .. } => was_running && held.task.wake_attempts == outcome.attempt,
-            _ => false,
-        };
-        if !current {
-            return;
-        }
-        if held.settings.send_wake_result {
-            let text =
-                protocol::out_wake_result(&outcome.task_id, status_word, outcome.attempt, error.as_deref());
-            held.send_expecting(text, ReplyKind::Unhandled, 0, fx);
-        }
-        if let Phase::Waking { attempt } = held.task.phase {
-            held.after_attempt(attempt, outcome.status == WakeStatus::Success, error, now, fx);
-        }
-    }
-}
-
-impl Held<'_> {
-    /// `task_assign` for the task we hold: a resend, or the hub handing the
-    /// same work back at a higher generation (PROTOCOL.md section 5), which
-    /// is adopted without waking the agent again.
-    fn on_assigned_again(&mut self, generation: u64, now: Instant, fx: &mut Vec<Effect>) {
-        let task_id = self.task.id.clone();
-        if generation <= self.task.generation {
-            log::debug!("task {task_id} assigned again at generation {generation}: a resend");
-            self.send_expecting(protocol::out_task_accepted(&task_id), ReplyKind::Accepted, generation, fx);
-            return;
-        }
-        log::info!(
-            "task {task_id} handed back at generation {generation} (was {}); adopting it",
-            self.task.generation
-        );
-        self.task.generation = generation;
-        let resume = self.task.sync == HubSync::Recovered;
-        if self.task.needs_reconcile() {
-            self.task.sync = HubSync::Unconfirmed { readopted: true };
-        }
-        fx.push(record(LifecycleEvent::TaskReadopted, self.task.fields()));
-        self.persist(fx);
-        self.accept(fx);
-        if resume {
-            self.resume_work(now, fx);
-        }
-        self.try_send_report(fx);
-    }
-
-    fn accept(&mut self, fx: &mut Vec<Effect>) {
-        let text = protocol::out_task_accepted(&self.task.id);
-        self.send_expecting(text, ReplyKind::Accepted, self.task.generation, fx);
-    }
-
-    /// Starts or resumes work on the task according to its phase: wake it if
-    /// it was never woken, otherwise wait for its files.
-    pub(super) fn resume_work(&mut self, now: Instant, fx: &mut Vec<Effect>) {
-        if self.task.timeout_at.is_none() {
-            self.task.timeout_at = self.settings.task_timeout.map(|t| now + t);
-        }
-        match &mut self.task.phase {
-            Phase::Reporting { .. } => return,
-            Phase::ToWake { .. } => {
-                if self.settings.has_wake_command {
-                    self.start_wake_attempt(1, now, fx);
-                } else {
-                    log::info!("no wake_command configured: task {} goes straight to working", self.task.id);
-                    self.task.phase = Phase::Working;
-                    self.persist(fx);
-                }
-            }
-            Phase::Confirming { deadline } => *deadline = Some(now + self.settings.confirmation_timeout),
-            Phase::Waking { .. } | Phase::WakeRetry { .. } | Phase::Working => {}
-        }
-        fx.push(Effect::ReadTaskFiles { task_id: self.task.id.clone() });
-    }
-
-    fn start_wake_attempt(&mut self, attempt: u32, now: Instant, fx: &mut Vec<Effect>) {
-        if self.wake_running.is_some() {
-            // The executor is still finishing another attempt (one being
-            // cancelled); start as soon as it reports.
-            self.task.phase = Phase::WakeRetry { attempt, at: now };
-            return;
-        }
-        let t = &mut *self.task;
-        t.phase = Phase::Waking { attempt };
-        t.wake_attempts = attempt;
-        // Everything the hub sent, with our view of the five core fields
-        // (the generation may have moved on since the push).
-        let mut task_json = t.assignment.clone();
-        task_json.insert("task_id".into(), Value::from(t.id.as_str()));
-        task_json.insert("description".into(), Value::from(t.description.as_str()));
-        task_json.insert("metadata".into(), t.metadata.clone());
-        task_json.insert("generation".into(), Value::from(t.generation));
-        task_json.insert("assigned_at".into(), Value::from(t.assigned_at));
-        let task_json = Value::Object(task_json).to_string();
-        let start = WakeStart {
-            task_id: t.id.clone(),
-            generation: t.generation,
-            attempt,
-            description: t.description.clone(),
-            task_json,
-        };
-        log::info!("waking the agent for task {} (attempt {attempt})", t.id);
-        fx.push(record(LifecycleEvent::WakeAttempt, json!({ "task_id": t.id, "attempt": attempt })));
-        *self.wake_running = Some(t.id.clone());
-        self.persist(fx);
-        fx.push(Effect::StartWake(start));
-    }
-
-    /// Wake attempt `attempt` ended (not cancelled).
-    fn after_attempt(
-        &mut self,
-        attempt: u32,
-        success: bool,
-        error: Option<String>,
-        now: Instant,
-        fx: &mut Vec<Effect>,
-    ) {
-        let task_id = self.task.id.clone();
-        if success {
-            self.task.phase = if self.task.confirmed {
-                Phase::Working
-            } else {
-                Phase::Confirming { deadline: Some(now + self.settings.confirmation_timeout) }
-            };
-            log::info!("agent woken for task {task_id} (now {})", self.task.status());
-            self.persist(fx);
-            fx.push(Effect::ReadTaskFiles { task_id });
-            return;
-        }
-        let error = error.unwrap_or_default();
-        if let Some(delay) = self.settings.wake_retry_delays.get(attempt as usize - 1) {
-            log::warn!(
-                "wake attempt {attempt} for task {task_id} failed ({error}); retrying in {} ms",
-                delay.as_millis()
-            );
-            self.task.phase = Phase::WakeRetry { attempt: attempt + 1, at: now + *delay };
-        } else {
-            log::error!("wake command failed {attempt} times for task {task_id}; giving up");
-            let reason = format!("wake_failed: wake command failed after {attempt} attempts (last: {error})");
-            self.set_outcome(Report::Failed { reason }, fx);
-        }
-    }
-
-    // ----- files ------------------------------------------------------------
-
-    pub(super) fn on_files(&mut self, files: TaskFiles, now: Instant, fx: &mut Vec<Effect>) {
-        if self.task.report().is_some() {
-            return;
-        }
-        let task_id = files.task_id;
-        if files.started && !self.task.confirmed {
-            self.task.confirmed = true;
-            log::info!("agent confirmed task {task_id}");
-            fx.push(record(LifecycleEvent::Confirmed, json!({ "task_id": task_id })));
-            if let Phase::Confirming { .. } = self.task.phase {
-                self.task.phase = Phase::Working;
-                self.persist(fx);
-            }
-        }
-        if let ReadResult::Parsed(value) = &files.progress {
-            match parse_progress(value) {
-                Some(progress) => {
-                    if self.task.progress.last_value.as_ref() != Some(&progress) {
-                        self.task.progress.pending = Some(progress);
-                    }
-                }
-                None => log::debug!("ignoring a progress file for {task_id} without a 0..100 `progress`"),
-            }
-        }
-        match files.result {
-            ReadResult::Missing => self.task.unparsed = None,
-            ReadResult::Parsed(result) => self.set_outcome(report_from_result(result), fx),
-            ReadResult::TooLarge { len } => {
-                log::warn!("result file of task {task_id} is too large ({len} bytes)");
-                self.set_outcome(Report::Failed { reason: "result_too_large".into() }, fx);
-            }
-            ReadResult::Unparseable { len, error } => {
-                // It may be caught mid-write. Look again shortly (a watcher
-                // event usually comes first); give up once it has not
-                // parsed for `result_settle`.
-                let settle = self.settings.result_settle;
-                let since = self.task.unparsed.map_or(now, |u| u.since);
-                if now.duration_since(since) >= settle {
-                    log::warn!("result file of task {task_id} does not parse ({len} bytes): {error}");
-                    self.set_outcome(Report::Failed { reason: "result_parse_error".into() }, fx);
-                } else {
-                    let step = (settle / 8).max(Duration::from_millis(10));
-                    let rescan_at = Some((now + step).min(since + settle));
-                    self.task.unparsed = Some(Unparsed { since, rescan_at });
-                }
-            }
-        }
-    }
-
-    // ----- time -------------------------------------------------------------
-
-    pub(super) fn on_tick(&mut self, now: Instant, fx: &mut Vec<Effect>) {
-        if let Phase::WakeRetry { attempt, at } = self.task.phase {
-            if now >= at && self.wake_running.is_none() {
-                self.start_wake_attempt(attempt, now, fx);
-            }
-        }
-        if let Some(unparsed) = &mut self.task.unparsed {
-            if unparsed.rescan_at.is_some_and(|at| now >= at) {
-                unparsed.rescan_at = None;
-                fx.push(Effect::ReadTaskFiles { task_id: self.task.id.clone() });
-            }
-        }
-        if let Phase::Confirming { deadline: Some(at) } = self.task.phase {
-            if now >= at {
-                log::warn!("the agent did not confirm task {} in time", self.task.id);
-                self.set_outcome(Report::Failed { reason: "confirmation_timeout".into() }, fx);
-            }
-        }
-        if self.task.timeout_at.is_some_and(|at| now >= at) {
-            log::warn!("task {} produced no result in time", self.task.id);
-            if self.wake_running.as_deref() == Some(self.task.id.as_str()) {
-                fx.push(Effect::CancelWake { task_id: self.task.id.clone() });
-            }
-            self.set_outcome(Report::Failed { reason: "task_timeout".into() }, fx);
-        }
-        self.flush_progress(now, fx);
+        [phase, self.timeout_at, rescan, progress, keepalive].into_iter().flatten().min()
     }
 }

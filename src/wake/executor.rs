@@ -93,7 +93,7 @@ impl Drop for WakeHandle {
         drop(std::mem::replace(&mut self.sender, disconnected));
         if let Some(thread) = self.thread.take() {
             if let Err(panic) = thread.join() {
-                // Re-raise the worker's panic (STYLE.md section 5), unless we
+                // Re-raise the worker's panic, unless we
                 // are already unwinding, where a second panic would abort.
                 if !thread::panicking() {
                     std::panic::resume_unwind(panic);
@@ -125,7 +125,8 @@ enum Stop {
 /// Sent by the waiter thread once the child has exited. On Unix the child is
 /// not reaped yet: its pid, and so its process group id, stay reserved until
 /// the executor reaps it, so a `killpg` never hits a recycled group.
-type ChildExited = (Child, io::Result<()>);
+/// The result is the exit code, `None` when a signal ended the child.
+type ChildExited = (Child, io::Result<Option<i32>>);
 
 impl Executor {
     fn run(self) {
@@ -164,20 +165,39 @@ impl Executor {
         };
         let stop = self.wait_for_stop(&request, &exit_rx, &deadline, &mut output);
         // A kill decided at the same instant as the child exited must not
-        // kill the group: after a successful wake it holds the agent.
+        // kill the group if the wake succeeded: then it holds the agent.
+        let mut stop_pending = false;
         let stop = match stop {
             Stop::Kill(status) => match exit_rx.try_recv() {
-                Ok(exited) => Stop::Exited(exited),
+                Ok(exited) => {
+                    stop_pending = true;
+                    Stop::Exited(exited)
+                }
                 Err(_) => Stop::Kill(status),
             },
             exited => exited,
         };
         let status = match stop {
             Stop::Exited((mut child, wait_result)) => {
-                // Whatever the command left running goes on (the agent,
-                // after a successful wake), as on Unix.
-                tree.release();
-                exit_status(&request, &mut child, wait_result)
+                // A command ended by a signal (a supervisor signalling the
+                // whole tree: `pm2 stop`), or one that failed while we were
+                // ending it, leaves nothing we want: what it put in the
+                // background (with SIGINT ignored, as non-interactive shells
+                // start them) goes with it. Killed before the reap, while the
+                // group id is still ours. Whatever a command that exited 0
+                // (or failed on its own) left running goes on: the agent.
+                let signalled = matches!(wait_result, Ok(None));
+                let failed = !matches!(wait_result, Ok(Some(0)));
+                if signalled || (stop_pending && failed) {
+                    log::debug!(
+                        "wake command for task {} ended by a signal or while being stopped: ending its group",
+                        request.task_id
+                    );
+                    kill_tree(pid, &tree);
+                } else {
+                    tree.release();
+                }
+                exit_status(&request, &mut child, wait_result.map(drop))
             }
             Stop::Kill(status) => {
                 kill_and_reap(&request, pid, &tree, &exit_rx, &mut output);
@@ -424,3 +444,5 @@ fn finished(request: &WakeRequest, status: WakeStatus, started: Instant) -> Wake
 
 #[cfg(all(test, unix))]
 mod tests;
+#[cfg(all(test, windows))]
+mod windows_tests;

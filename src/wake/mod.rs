@@ -1,7 +1,6 @@
 //! The wake module: runs the operator's `wake_command` for a task, one
 //! attempt at a time, and reports one [`WakeOutcome`] per attempt. It never
-//! retries and keeps no schedule; the event loop decides both (STYLE.md
-//! section 4).
+//! retries and keeps no schedule; the event loop decides both.
 //!
 //! - `render`: how the task reaches the command (placeholders become
 //!   references to environment variables, the task file). The hub's text
@@ -32,6 +31,7 @@ use self::windows as sys;
 
 pub use capture::TAIL_LIMIT_BYTES;
 pub use executor::{WakeHandle, OUTPUT_GRACE};
+pub(crate) use render::TASK_FILE_TEMP_PREFIX;
 pub use render::{
     render_command, write_task_file, ENV_GENERATION, ENV_RESULTS_DIR, ENV_TASK_DESCRIPTION, ENV_TASK_FILE,
     ENV_TASK_ID, ENV_TASK_JSON, ENV_TASK_TRUNCATED, ENV_VALUE_LIMIT_BYTES, TRUNCATION_MARKER,

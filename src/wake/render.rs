@@ -39,7 +39,7 @@
 //! the whole task.
 
 use std::ffi::OsString;
-use std::io::{self, Write};
+use std::io;
 use std::path::Path;
 
 use super::{sys, WakeRequest};
@@ -100,20 +100,17 @@ pub fn render_command(template: &str) -> String {
     rendered
 }
 
-/// Writes the task file atomically: a temporary file in the same directory,
+/// Writes the task file atomically (the crate's one atomic write,
+/// `queue_store::write_atomic`): a temporary file in the same directory,
 /// written and synced, then renamed over `path`. The agent never sees a
 /// half-written file.
 pub fn write_task_file(path: &Path, task_json: &str) -> io::Result<()> {
-    let dir = match path.parent() {
-        Some(parent) if !parent.as_os_str().is_empty() => parent,
-        _ => Path::new("."),
-    };
-    let mut file = tempfile::NamedTempFile::new_in(dir)?;
-    file.write_all(task_json.as_bytes())?;
-    file.as_file().sync_all()?;
-    file.persist(path).map_err(|error| error.error)?;
-    Ok(())
+    crate::queue_store::write_atomic(path, task_json.as_bytes(), TASK_FILE_TEMP_PREFIX)
 }
+
+/// The task file's temporary name: `.task.XXXXXX.tmp` (what the clean-up at
+/// start recognises: `watcher::remove_leftover_temp_files`).
+pub(crate) const TASK_FILE_TEMP_PREFIX: &str = ".task.";
 
 /// The variables the wake command gets, with their values: the task's text
 /// as data, never as code (see the module documentation).

@@ -32,8 +32,9 @@ pub(super) fn env_reference(variable: &str) -> String {
 
 /// Blocks until the child has exited, without reaping it (`WNOWAIT`).
 /// Until it is reaped its pid cannot be reused, and neither can its
-/// process group id, so `kill_tree` stays safe to call.
-pub(super) fn wait_until_exited(child: &mut Child) -> io::Result<()> {
+/// process group id, so `kill_tree` stays safe to call. The exit code, or
+/// `None` when a signal ended it.
+pub(super) fn wait_until_exited(child: &mut Child) -> io::Result<Option<i32>> {
     let pid = child.id() as libc::id_t;
     loop {
         // SAFETY: siginfo_t is a plain C struct for which all zeroes is a
@@ -42,7 +43,11 @@ pub(super) fn wait_until_exited(child: &mut Child) -> io::Result<()> {
         // SAFETY: `info` is a valid, exclusively borrowed siginfo_t.
         let rc = unsafe { libc::waitid(libc::P_PID, pid, &mut info, libc::WEXITED | libc::WNOWAIT) };
         if rc == 0 {
-            return Ok(());
+            if info.si_code == libc::CLD_EXITED {
+                // SAFETY: for a CLD_EXITED child, waitid filled in si_status.
+                return Ok(Some(unsafe { info.si_status() }));
+            }
+            return Ok(None);
         }
         let error = io::Error::last_os_error();
         if error.kind() != io::ErrorKind::Interrupted {

@@ -80,9 +80,10 @@ pub(super) fn env_reference(variable: &str) -> String {
 
 /// `Child::wait` leaves the process handle open (it closes when the
 /// `Child` is dropped), which keeps the pid from being reused while the
-/// fallback of [`ProcessTree::kill`] may still use it.
-pub(super) fn wait_until_exited(child: &mut Child) -> io::Result<()> {
-    child.wait().map(drop)
+/// fallback of [`ProcessTree::kill`] may still use it. The exit code
+/// (Windows always has one).
+pub(super) fn wait_until_exited(child: &mut Child) -> io::Result<Option<i32>> {
+    child.wait().map(|status| status.code())
 }
 
 /// The wake command's process tree: its job object, or only the command

@@ -1,5 +1,5 @@
 //! The development hub on its own, driven by a raw tungstenite client: the hub
-//! side of PROTOCOL.md as the sidecar's integration tests rely on it. Every
+//! side of docs/protocol.md as the sidecar's integration tests rely on it. Every
 //! wait is on a frame or a hub event with a 10 s failsafe, never on a sleep.
 
 use std::net::TcpStream;

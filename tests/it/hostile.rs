@@ -568,3 +568,19 @@ fn leftover_temporary_files_of_a_killed_save_are_removed_at_start() {
     }
     assert!(sidecar.output().contains("left behind by an interrupted save"), "{}", sidecar.output());
 }
+
+// ----- found by fuzzing -----------------------------------------------------
+
+#[test]
+fn queue_json_round_trip_keeps_numbers_exactly() {
+    // Found by the queue_json fuzz target: an integer beyond u64 (kept as a
+    // float, here in an unknown field) was parsed a few ULPs off, so every
+    // load and save of queue.json changed it.
+    let text =
+        r#"{"active":null,"future":{"generation":184467440737095051615,"x":0.1,"y":1e-310,"z":-2.5e300}}"#;
+    let queue = agentcom_sidecar::queue_store::parse(text.as_bytes()).unwrap();
+    let saved = serde_json::to_vec_pretty(&queue).unwrap();
+    let again = agentcom_sidecar::queue_store::parse(&saved).unwrap();
+    assert_eq!(again, queue, "{}", String::from_utf8_lossy(&saved));
+    assert_eq!(queue.extra["future"]["generation"].as_f64(), Some(184467440737095051615.0));
+}

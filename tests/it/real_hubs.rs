@@ -169,7 +169,6 @@ fn a_burst_of_ten_with_the_second_push_race_completes_on_the_old_hub() {
 }
 
 #[test]
-#[ignore = "issue 9 #5: fixed on branch carve-state"]
 fn a_burst_of_ten_with_the_second_push_race_completes_on_the_newest_hub_without_a_violation() {
     burst(HubVersion::V4718a58, 2);
 }
@@ -216,7 +215,6 @@ fn the_newest_hub_rate_limits_a_report_and_the_sidecar_resends_it() {
 }
 
 #[test]
-#[ignore = "issue 9 #3: fixed on branch carve-state"]
 fn every_denied_frame_is_resent_in_order() {
     let (hub, dir, mut cfg) = setup(HubVersion::V4718a58, |_| {}, |dir| agent(dir, Some(&success())));
     cfg["hub_features"] = json!(["wake_result"]);
@@ -232,7 +230,6 @@ fn every_denied_frame_is_resent_in_order() {
 }
 
 #[test]
-#[ignore = "issue 9 #4: fixed on branch carve-state"]
 fn a_long_failure_reason_is_cut_and_settled_on_the_newest_hub() {
     let failure = json!({"status": "failure", "reason": "x".repeat(3000)});
     let (hub, dir, cfg) = setup(HubVersion::V4718a58, |_| {}, |dir| agent(dir, Some(&failure)));
@@ -250,7 +247,6 @@ fn a_long_failure_reason_is_cut_and_settled_on_the_newest_hub() {
 }
 
 #[test]
-#[ignore = "issue 9 #5: fixed on branch carve-state"]
 fn a_busy_sidecar_is_never_banned_by_the_newest_hub() {
     let (hub, dir, cfg) = setup(HubVersion::V4718a58, |_| {}, |dir| agent(dir, None));
     let sidecar = Sidecar::start(dir.path(), &cfg);
@@ -321,7 +317,6 @@ fn a_1008_cooldown_is_waited_out_and_the_sidecar_comes_back() {
 }
 
 #[test]
-#[ignore = "issue 9 #1: fixed on branch carve-state"]
 fn a_sidecar_crash_while_the_agent_works_wakes_it_once() {
     for version in HubVersion::ALL {
         // As issue 9 saw it: task_recovering is answered task_reassign, then
@@ -353,7 +348,6 @@ fn a_sidecar_crash_while_the_agent_works_wakes_it_once() {
 }
 
 #[test]
-#[ignore = "issue 9 #6: fixed on branch carve-state"]
 fn a_stale_state_report_ack_does_not_drop_the_readopted_task() {
     let (hub, dir, mut cfg) = setup(HubVersion::V4718a58, |_| {}, |dir| agent(dir, None));
     cfg["hub_features"] = json!(["state_report"]);
@@ -375,7 +369,6 @@ fn a_stale_state_report_ack_does_not_drop_the_readopted_task() {
 }
 
 #[test]
-#[ignore = "issue 9 #7: fixed on branch carve-state"]
 fn after_task_continue_the_hub_sees_the_agent_working() {
     for version in HubVersion::ALL {
         let (hub, dir, cfg) = setup(version, |_| {}, |dir| agent(dir, None));
@@ -401,7 +394,6 @@ fn after_task_continue_the_hub_sees_the_agent_working() {
 }
 
 #[test]
-#[ignore = "issue 9 #8: fixed on branch carve-state"]
 fn every_task_assign_field_reaches_the_agent() {
     let (hub, dir, cfg) = setup(
         HubVersion::V4718a58,

@@ -94,3 +94,85 @@ fn a_description_over_128_kib_still_wakes_the_agent() {
     assert_eq!(flag, "1");
     assert!(task_file_bytes.trim().parse::<usize>().unwrap() > description.len(), "{output}");
 }
+
+/// Whether `pid` names a live process (a zombie, whose reaping alone is
+/// missing, is not: the test container's init may not reap orphans).
+#[cfg(target_os = "linux")]
+fn is_alive(pid: u32) -> bool {
+    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next());
+    !matches!(state, Some('Z' | 'X') | None)
+}
+
+/// Issue 9 #9: the sidecar is SIGKILLed while a wake command runs (with a
+/// child of its own); the restarted sidecar ends that command's group before
+/// it wakes the agent again, so two wake commands never run at once.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_wake_command_left_by_a_killed_sidecar_is_ended_before_the_next_wake() {
+    let hub = start_hub();
+    let dir = tempfile::tempdir().unwrap();
+    // Every wake logs its start and end, and at its start whether a wake
+    // command (or its child) from before still runs. The first one hangs
+    // with a child; later ones confirm and exit.
+    fs::write(
+        dir.path().join("wake.sh"),
+        "for p in $(cat pids 2>/dev/null); do\n\
+         \x20 s=$(cut -d' ' -f3 \"/proc/$p/stat\" 2>/dev/null)\n\
+         \x20 case \"$s\" in ''|Z|X) ;; *) echo \"overlap $p\" >> wakes.log ;; esac\n\
+         done\n\
+         n=$(grep -c '^start' wakes.log 2>/dev/null)\n\
+         echo \"start $$\" >> wakes.log\n\
+         if [ \"${n:-0}\" -eq 0 ]; then\n\
+         \x20 sleep 60 &\n\
+         \x20 echo \"$$ $!\" >> pids\n\
+         \x20 wait\n\
+         else\n\
+         \x20 : > \"$AGENTCOM_RESULTS_DIR/$AGENTCOM_TASK_ID.started\"\n\
+         fi\n\
+         echo \"end $$\" >> wakes.log\n",
+    )
+    .unwrap();
+    let mut cfg = config(dir.path(), &hub.url());
+    cfg["wake_command"] = json!("sh wake.sh");
+    cfg["wake_timeout_ms"] = json!(60_000);
+    let mut sidecar = Sidecar::start(dir.path(), &cfg);
+    expect_identified(&hub);
+    let task_id = hub.push_task(AGENT, "d", json!({}));
+    let first: Vec<u32> = wait_until("the first wake command and its child", || {
+        let pids = fs::read_to_string(dir.path().join("pids")).ok()?;
+        let pids: Vec<u32> = pids.split_whitespace().filter_map(|p| p.parse().ok()).collect();
+        (pids.len() == 2).then_some(pids)
+    });
+    wait_until("the running wake command in queue.json", || {
+        (sidecar.queue()["wake_process"]["task_id"] == task_id.as_str()).then_some(())
+    });
+    sidecar.kill9();
+    let survived_the_crash = first.iter().all(|&pid| is_alive(pid));
+
+    let sidecar = Sidecar::start(dir.path(), &cfg);
+    let log = wait_until("the second wake", || {
+        let log = fs::read_to_string(dir.path().join("wakes.log")).ok()?;
+        (log.lines().filter(|l| l.starts_with("start")).count() == 2).then_some(log)
+    });
+    let still_alive: Vec<u32> = first.iter().copied().filter(|&pid| is_alive(pid)).collect();
+    for pid in &still_alive {
+        let _ = std::process::Command::new("kill").arg("-9").arg(pid.to_string()).status();
+    }
+    assert!(survived_the_crash, "the wake command died with the sidecar: the test shows nothing");
+    assert!(!log.contains("overlap"), "two wake commands ran at once:\n{log}");
+    assert!(still_alive.is_empty(), "left running: {still_alive:?}\n{log}");
+    let lifecycle = sidecar.lifecycle();
+    let leftover = lifecycle
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .find(|record| record["event"] == "wake_leftover")
+        .unwrap_or_else(|| panic!("no wake_leftover record:\n{lifecycle}"));
+    assert_eq!(leftover["found"], "ended", "{leftover}");
+    assert_eq!(leftover["task_id"], task_id.as_str());
+    wait_until("the wake command's record cleared", || {
+        sidecar.queue().get("wake_process").is_none().then_some(())
+    });
+}

@@ -100,6 +100,19 @@ impl TaskPlan {
 }
 
 impl WakePlan {
+    /// Wakes at once, works normally, succeeds.
+    pub fn reliable() -> WakePlan {
+        WakePlan {
+            wake: WakeMode::Ok,
+            slow_ms: 0,
+            hang_ms: 0,
+            worker: WorkerMode::Normal,
+            d1: 50,
+            d2: 100,
+            failure: false,
+        }
+    }
+
     fn random(rng: &mut Rng) -> WakePlan {
         let wake = rng.weighted(&[
             (60, WakeMode::Ok),

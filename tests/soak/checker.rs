@@ -99,15 +99,24 @@ pub struct TaskRecord<'a> {
 /// starts counts as waking an agent that had already started.
 pub const NOTICE_MS: f64 = 200.0;
 
-fn nonce_of_outcome(outcome: &Outcome) -> Option<(String, Option<String>)> {
+/// How late the driver may stamp a hub event it forwards (a loaded machine).
+const REASSIGN_SLACK_MS: f64 = 500.0;
+
+/// The agent's wake nonce, the result variant, and (for a completion) the
+/// task the result names.
+fn provenance(outcome: &Outcome) -> Option<(String, String, Option<String>)> {
     if let Some(result) = &outcome.result {
         let soak = &result["output"]["soak"];
         let nonce = soak["nonce"].as_str()?.to_string();
-        return Some((nonce, soak["task"].as_str().map(str::to_string)));
+        let variant = soak["variant"].as_str().unwrap_or("").to_string();
+        return Some((nonce, variant, soak["task"].as_str().map(str::to_string)));
     }
     let reason = outcome.reason.as_deref()?;
-    let rest = &reason[reason.find("nonce=")? + "nonce=".len()..];
-    Some((rest.split_whitespace().next()?.to_string(), None))
+    let word = |key: &str| -> Option<String> {
+        let rest = &reason[reason.find(key)? + key.len()..];
+        Some(rest.split_whitespace().next()?.to_string())
+    };
+    Some((word("nonce=")?, word("variant=").unwrap_or_default(), None))
 }
 
 /// The checks of one task; each violation is one line.
@@ -152,7 +161,7 @@ pub fn check_task(rec: &TaskRecord<'_>) -> Vec<String> {
     // A hub stopped between recording an outcome and writing its ack leaves
     // fewer acks than outcomes: those outcomes are not paired (not checked).
     for ((_, outcome), ack_t) in rec.outcomes.iter().zip(&acks) {
-        let Some((nonce, result_task)) = nonce_of_outcome(outcome) else {
+        let Some((nonce, variant, result_task)) = provenance(outcome) else {
             continue;
         };
         if let Some(other) = result_task.filter(|t| t != id) {
@@ -167,6 +176,7 @@ pub fn check_task(rec: &TaskRecord<'_>) -> Vec<String> {
             .agent
             .iter()
             .filter(|e| e.nonce == nonce && (e.kind == "result_written" || e.kind == "result_half"))
+            .filter(|e| e.raw["variant"].as_str().unwrap_or("") == variant)
             .map(|e| e.t)
             .fold(f64::INFINITY, f64::min);
         if written.is_infinite() {
@@ -183,25 +193,43 @@ pub fn check_task(rec: &TaskRecord<'_>) -> Vec<String> {
         }
     }
 
-    // No wake for work the agent had already started (since the last
-    // settlement or explicit take-back).
-    let wake_start_of =
-        |nonce: &str| rec.agent.iter().find(|e| e.kind == "wake_start" && e.nonce == nonce).map(|e| e.t);
-    for attempt in rec.wake_attempts {
-        let since =
-            rec.settles.iter().map(|(t, _)| *t).filter(|t| t < attempt).fold(f64::NEG_INFINITY, f64::max);
-        let started_before = rec.agent.iter().find(|e| {
-            e.kind == "started_written"
-                && e.t + NOTICE_MS < *attempt
-                && e.t > since
-                && wake_start_of(&e.nonce).is_some_and(|w| w > since)
-        });
-        if let Some(started) = started_before {
-            violations.push(format!(
-                "{id}: woke the agent again {:.0} ms after it had written .started (wake {}) with no settlement between",
-                attempt - started.t,
-                started.nonce
-            ));
+    // No wake for work the agent had already started, unless the hub settled
+    // that work in between. Times: the sidecar's decision (its lifecycle log)
+    // against the agent's `.started` (both stamped from the system clock by
+    // the process concerned); "in between" by generation (the hub's outcomes)
+    // or, for explicit take-backs, by the driver's stamp with REASSIGN_SLACK_MS.
+    let wakes: Vec<&AgentEvent> = rec.agent.iter().filter(|e| e.kind == "wake_start").collect();
+    let generation_of = |e: &AgentEvent| e.raw["gen"].as_str().and_then(|g| g.parse::<u64>().ok());
+    for (i, attempt) in rec.wake_attempts.iter().enumerate() {
+        let next = rec.wake_attempts.get(i + 1).copied().unwrap_or(f64::INFINITY);
+        // The wake command this decision started (if it got as far as running).
+        let Some(wake) = wakes.iter().find(|w| w.t >= attempt - 1.0 && w.t < next) else {
+            continue;
+        };
+        let Some(generation) = generation_of(wake) else {
+            continue;
+        };
+        for started in rec.agent.iter().filter(|e| e.kind == "started_written" && e.t + NOTICE_MS < *attempt)
+        {
+            let Some(started_gen) =
+                wakes.iter().find(|w| w.nonce == started.nonce).and_then(|w| generation_of(w))
+            else {
+                continue;
+            };
+            let settled =
+                rec.outcomes.iter().any(|(_, o)| started_gen <= o.generation && o.generation < generation)
+                    || rec.settles.iter().any(|(t, kind)| {
+                        *kind == SettleKind::Reassign && *t > started.t && *t < attempt + REASSIGN_SLACK_MS
+                    });
+            if !settled {
+                violations.push(format!(
+                    "{id}: woke the agent (generation {generation}) {:.0} ms after it had written .started \
+                     (wake {}, generation {started_gen}) with no settlement between",
+                    attempt - started.t,
+                    started.nonce
+                ));
+                break;
+            }
         }
     }
 

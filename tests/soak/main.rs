@@ -35,10 +35,14 @@ use std::fs::{self, OpenOptions};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use agentcom_sidecar::devhub::{DevHub, DevHubEvent, DevHubOptions, Outcome, OutcomeKind, TaskStatus};
+use agentcom_sidecar::devhub::{
+    Bucket, DevHub, DevHubEvent, DevHubOptions, HubVersion, Outcome, OutcomeKind, TaskStatus,
+};
 use agentcom_sidecar::queue_store;
 use crossbeam_channel::{Receiver, Sender};
 use serde_json::{json, Value};
@@ -71,7 +75,7 @@ fn main() -> ExitCode {
     let options = match Options::parse(&args) {
         Ok(options) => options,
         Err(message) => {
-            eprintln!("{message}\nusage: soak [--seed N] [--lifecycles M] [--keep]");
+            eprintln!("{message}\nusage: soak [--seed N] [--lifecycles M] [--hub cbf9c20|4718a58] [--keep]");
             return ExitCode::from(2);
         }
     };
@@ -79,12 +83,18 @@ fn main() -> ExitCode {
         eprintln!("soak: the PRNG is not splitmix64");
         return ExitCode::from(2);
     }
-    println!("soak: seed {} lifecycles {}", options.seed, options.lifecycles);
+    let hub = if options.hub == HubVersion::Cbf9c20 { "cbf9c20" } else { "4718a58" };
+    println!("soak: seed {} lifecycles {} hub {hub}", options.seed, options.lifecycles);
     println!(
-        "soak: replay with: cargo test --release --test soak -- --seed {} --lifecycles {}",
+        "soak: replay with: cargo test --release --test soak -- --seed {} --lifecycles {} --hub {hub}",
         options.seed, options.lifecycles
     );
-    match Soak::new(&options).and_then(|mut soak| soak.run(&options)) {
+    let interrupted = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&interrupted);
+    if let Err(error) = ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst)) {
+        eprintln!("soak: no Ctrl-C handler ({error}); an interrupted run leaves its sidecar running");
+    }
+    match Soak::new(&options, interrupted).and_then(|mut soak| soak.run(&options)) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),
         Err(error) => {
@@ -98,11 +108,17 @@ struct Options {
     seed: u64,
     lifecycles: u64,
     keep: bool,
+    hub: HubVersion,
 }
 
 impl Options {
     fn parse(args: &[String]) -> Result<Options, String> {
-        let mut options = Options { seed: (now_ms() as u64) % 1_000_000, lifecycles: 60, keep: false };
+        let mut options = Options {
+            seed: (now_ms() as u64) % 1_000_000,
+            lifecycles: 60,
+            keep: false,
+            hub: HubVersion::V4718a58,
+        };
         let mut args = args.iter();
         while let Some(arg) = args.next() {
             let mut number = |name: &str| -> Result<u64, String> {
@@ -113,6 +129,13 @@ impl Options {
                 "--seed" => options.seed = number("--seed")?,
                 "--lifecycles" => options.lifecycles = number("--lifecycles")?,
                 "--keep" => options.keep = true,
+                "--hub" => {
+                    options.hub = match args.next().map(String::as_str) {
+                        Some("cbf9c20") => HubVersion::Cbf9c20,
+                        Some("4718a58") => HubVersion::V4718a58,
+                        other => return Err(format!("--hub: cbf9c20 or 4718a58, not {other:?}")),
+                    }
+                }
                 other => return Err(format!("unknown argument {other}")),
             }
         }
@@ -175,6 +198,12 @@ struct TaskLedger {
 
 struct Soak {
     seed: u64,
+    /// Ctrl-C or SIGTERM: stop, killing the sidecar (see `Drop`).
+    interrupted: Arc<AtomicBool>,
+    /// When each stopped hub began stopping: its own take-backs after that
+    /// are the stop, not a protocol event (the next hub carries the task on).
+    hub_stopped_at: BTreeMap<u32, f64>,
+    hub_version: HubVersion,
     rng: Rng,
     dir: tempfile::TempDir,
     agent_dir: PathBuf,
@@ -188,6 +217,8 @@ struct Soak {
     sidecar: Option<Child>,
     sidecar_started: f64,
     identified: bool,
+    /// `(hub, conn)` of the last identified connection.
+    identified_conn: Option<(u32, u64)>,
     /// `(time of a 1008 "retry in" close)`, until the next connection.
     cooldown_from: Option<f64>,
     /// The current task's status and generation at the hub that was stopped.
@@ -204,7 +235,7 @@ struct Soak {
 }
 
 impl Soak {
-    fn new(options: &Options) -> Result<Soak, String> {
+    fn new(options: &Options, interrupted: Arc<AtomicBool>) -> Result<Soak, String> {
         let dir = tempfile::Builder::new().prefix("agentcom-soak-").tempdir().map_err(|e| e.to_string())?;
         let agent_dir = dir.path().join("agent");
         let results = dir.path().join("results");
@@ -212,7 +243,7 @@ impl Soak {
         fs::create_dir_all(&results).map_err(|e| e.to_string())?;
         let (events_tx, events_rx) = crossbeam_channel::unbounded();
         let exe = std::env::current_exe().map_err(|e| e.to_string())?;
-        let hub = start_hub(SocketAddr::from(([127, 0, 0, 1], 0)))?;
+        let hub = start_hub(SocketAddr::from(([127, 0, 0, 1], 0)), options.hub)?;
         let addr = hub.addr();
         let config = json!({
             "agent_id": AGENT,
@@ -244,6 +275,9 @@ impl Soak {
         let sidecar_log = Tail::new(dir.path().join("sidecar.log"));
         let mut soak = Soak {
             seed: options.seed,
+            interrupted,
+            hub_stopped_at: BTreeMap::new(),
+            hub_version: options.hub,
             rng: Rng::new(options.seed),
             dir,
             agent_dir,
@@ -257,6 +291,7 @@ impl Soak {
             sidecar: None,
             sidecar_started: 0.0,
             identified: false,
+            identified_conn: None,
             cooldown_from: None,
             carried: None,
             counts: Counts::default(),
@@ -337,6 +372,9 @@ impl Soak {
     fn pump(&mut self, until: Instant) {
         self.guard_output();
         loop {
+            if self.interrupted.load(Ordering::SeqCst) {
+                return;
+            }
             let now = Instant::now();
             if now >= until {
                 return;
@@ -386,11 +424,14 @@ impl Soak {
             }
             DevHubEvent::Identified { conn, .. } => {
                 self.identified = true;
+                self.identified_conn = Some((hub, *conn));
                 Some(format!("conn {conn} identified"))
             }
-            DevHubEvent::Disconnected { conn, agent_id } => {
+            DevHubEvent::Disconnected { conn, .. } => {
                 self.counts.disconnects += 1;
-                if agent_id.is_some() {
+                // An older connection's end (found late) says nothing about
+                // the one identified since.
+                if self.identified_conn == Some((hub, *conn)) {
                     self.identified = false;
                 }
                 Some(format!("conn {conn} disconnected"))
@@ -402,9 +443,15 @@ impl Soak {
                 Some(format!("conn {conn} closed by hub {code} {reason:?}"))
             }
             DevHubEvent::TaskTakenBack { task_id, generation, reason } => {
-                if *task_id == task {
+                let stopping = self.hub_stopped_at.get(&hub).is_some_and(|stop| t >= *stop);
+                if *task_id == task && !stopping {
                     self.counts.taken_back += 1;
                     self.ledger.taken_back.push(*generation);
+                    // cbf9c20's crash on task_failed: the failure is the answer
+                    // (the re-push is new work).
+                    if reason == "hub_crash" {
+                        self.ledger.settles.push((t, SettleKind::Reassign));
+                    }
                 }
                 Some(format!("{task_id} taken back to gen {generation} ({reason})"))
             }
@@ -418,13 +465,21 @@ impl Soak {
                         (Some("task_reassign"), _) => self.ledger.settles.push((t, SettleKind::Reassign)),
                         (Some("task_assign" | "task_continue"), _) => {
                             if let Some(generation) = frame["generation"].as_u64() {
-                                self.ledger.opened.push(generation);
+                                if !self.ledger.opened.contains(&generation) {
+                                    self.ledger.opened.push(generation);
+                                }
                             }
                         }
                         _ => {}
                     }
                 }
                 describe(frame).map(|d| format!("conn {conn} -> {d}"))
+            }
+            DevHubEvent::Violation { conn, message_type, count } => {
+                self.violation(format!(
+                    "{task}: the hub counted a protocol violation ({message_type}, {count} on conn {conn})"
+                ));
+                None
             }
             DevHubEvent::Suppressed { .. } | DevHubEvent::ReceivedText { .. } => None,
         };
@@ -437,6 +492,9 @@ impl Soak {
         let began = Instant::now();
         self.start_sidecar()?;
         for index in 0..options.lifecycles {
+            if self.interrupted.load(Ordering::SeqCst) {
+                return Err(format!("interrupted after {index} lifecycles"));
+            }
             self.lifecycle(index, options.seed)?;
             if (index + 1) % 50 == 0 {
                 println!(
@@ -502,7 +560,12 @@ impl Soak {
 
     fn lifecycle(&mut self, index: u64, seed: u64) -> Result<(), String> {
         let task_id = format!("soak-{seed}-{index}");
-        let plan = TaskPlan::random(&mut self.rng);
+        let mut plan = TaskPlan::random(&mut self.rng);
+        if self.hub_version == HubVersion::Cbf9c20 {
+            // cbf9c20 never dead-letters (its crash skips the retry count):
+            // the agent eventually does its job.
+            plan.wakes.push(agent::WakePlan::reliable());
+        }
         for wake in &plan.wakes {
             *self.counts.wake_modes.entry(format!("{:?}", wake.wake)).or_default() += 1;
             *self.counts.worker_modes.entry(format!("{:?}", wake.worker)).or_default() += 1;
@@ -540,6 +603,9 @@ impl Soak {
         loop {
             if pending.is_empty() && self.final_outcome_seen(&task_id) {
                 break;
+            }
+            if self.interrupted.load(Ordering::SeqCst) {
+                return Err("interrupted".to_string());
             }
             if Instant::now() >= settle_deadline {
                 self.violation(format!("{task_id}: not settled {SETTLE_DEADLINE:?} after its last fault"));
@@ -613,12 +679,13 @@ impl Soak {
                 let task_id = self.ledger.task_id.clone();
                 self.collect_outcomes(&hub, &task_id);
                 self.note(format!("hub#{} stops; back in {down_ms} ms", self.hub_no));
+                self.hub_stopped_at.insert(self.hub_no, now_ms());
                 hub.stop();
                 self.identified = false;
                 Ok(Some((after(down_ms), Action::StartHub)))
             }
             Action::StartHub => {
-                let hub = start_hub(self.addr)?;
+                let hub = start_hub(self.addr, self.hub_version)?;
                 let task_id = self.ledger.task_id.clone();
                 // The hub keeps its tasks across a restart (the real one stores
                 // them on disk): carry the current task over at its generation.
@@ -658,14 +725,21 @@ impl Soak {
     }
 }
 
-fn start_hub(bind: SocketAddr) -> Result<DevHub, String> {
+fn start_hub(bind: SocketAddr, version: HubVersion) -> Result<DevHub, String> {
     // The old port can take a moment to be free again after a stop.
     let deadline = Instant::now() + WAIT;
     loop {
-        let mut options = DevHubOptions::new(AGENT, TOKEN);
+        let mut options = DevHubOptions::for_version(AGENT, TOKEN, version);
         options.bind = bind;
         options.accept_timeout = Duration::from_secs(4);
         options.idle_timeout = None;
+        // The soak's heartbeat and lifecycles are ~30 times faster than real
+        // life: scale the rate limits and cooldowns so they bite as rarely as
+        // they would (rate limiting is injected by the schedule instead).
+        options.limits.normal = Bucket { capacity: 600, refill_every: Duration::from_millis(50) };
+        options.limits.light = Bucket { capacity: 600, refill_every: Duration::from_millis(50) };
+        options.limits.rate_limited_for = Duration::from_secs(1);
+        options.limits.cooldowns = [Duration::from_secs(1); 3];
         match DevHub::start(options) {
             Ok(hub) => return Ok(hub),
             Err(error) if Instant::now() < deadline && error.kind() == std::io::ErrorKind::AddrInUse => {
@@ -730,10 +804,11 @@ impl Soak {
         }
         // A fresh hub too, or it would hand the lost task to the next sidecar.
         if let Some(hub) = self.hub.take() {
+            self.hub_stopped_at.insert(self.hub_no, now_ms());
             hub.stop();
         }
         self.carried = None;
-        let hub = start_hub(self.addr)?;
+        let hub = start_hub(self.addr, self.hub_version)?;
         self.adopt_hub(hub);
         self.start_sidecar()
     }
@@ -1052,6 +1127,16 @@ impl Soak {
         println!("violations: {}", self.violations.len());
         for violation in &self.violations {
             println!("  {violation}");
+        }
+    }
+}
+
+impl Drop for Soak {
+    /// An interrupted or failed run leaves no sidecar behind.
+    fn drop(&mut self) {
+        if let Some(mut child) = self.sidecar.take() {
+            let _ = child.kill();
+            let _ = child.wait();
         }
     }
 }

@@ -30,17 +30,21 @@ fn watcher_hints_read_the_held_tasks_files_and_a_lost_track_lists_the_directory(
     h.input(Input::Event(Event::Results(ResultsEvent::Changed(vec![PathBuf::from(format!(
         "/r/{TASK}.json"
     ))]))));
-    assert!(h.steps().is_empty(), "no task held");
+    assert_eq!(h.steps(), ["list results"], "not ours: listed (does it exist?) before any warning");
     h.assign(TASK, 3);
     let changed = |names: &[&str]| {
         Input::Event(Event::Results(ResultsEvent::Changed(
             names.iter().map(|n| PathBuf::from("/r").join(n)).collect(),
         )))
     };
-    h.input(changed(&["task-other.json", ".tmp123", "notes.txt"]));
-    assert!(h.steps().is_empty());
+    h.input(changed(&[".tmp123", "notes.txt"]));
+    assert!(h.steps().is_empty(), "not task files");
     h.input(changed(&["task-other.json", &format!("{TASK}.progress")]));
-    assert_eq!(h.steps(), ["read files"]);
+    assert_eq!(h.steps(), ["read files", "list results"]);
+    // Once listed (it exists), it is logged once and never listed for again.
+    h.input(listing(&[("task-other", FileKind::Result)]));
+    h.input(changed(&["task-other.json"]));
+    assert!(h.steps().is_empty());
     h.input(Input::Event(Event::Results(ResultsEvent::Rescan)));
     assert_eq!(h.steps(), ["list results"]);
 }
@@ -81,4 +85,16 @@ fn a_failed_persist_withholds_the_sends_that_followed_it_and_nothing_else() {
             "read files"
         ]
     );
+}
+
+#[test]
+fn a_settled_tasks_files_stay_when_its_settlement_could_not_be_written() {
+    let mut h = Harness::new();
+    h.working(3);
+    h.files(true, success());
+    h.frame(json!({"type":"task_ack","task_id":TASK,"status":"complete"}));
+    assert_eq!(h.steps(), ["record report_settled", "persist idle past=settled", "remove files"]);
+    let withheld = h.fx[2..].to_vec();
+    h.input(Input::PersistFailed { error: "disk full".into(), withheld });
+    assert_eq!(h.steps(), ["record persist_failed"]);
 }

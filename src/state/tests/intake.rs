@@ -219,3 +219,47 @@ fn every_field_of_the_assignment_reaches_queue_json_and_the_agent() {
     assert_eq!(task_json["file_hints"], json!([{"path":"a.rs"}]));
     assert_eq!(task_json["from_the_future"], json!({"x":[1]}));
 }
+
+fn newer_hub_assign(task_id: &str, generation: u64) -> Value {
+    json!({"type":"task_assign","task_id":task_id,"description":"d","metadata":{},"generation":generation,
+           "assigned_at":5,"repo":null,"branch":null,"file_hints":[],"success_criteria":[],
+           "verification_steps":[],"complexity":null,"routing_decision":null,"skip_verification":false,
+           "verification_timeout_ms":null,"max_verification_retries":0})
+}
+
+#[test]
+fn on_the_newest_hub_a_task_pushed_while_busy_is_failed_back_once_we_are_free() {
+    let mut h = Harness::new();
+    h.identify();
+    h.frame(newer_hub_assign(TASK, 3));
+    h.frame(newer_hub_assign("task-ffffffffffffffff", 7));
+    assert_eq!(h.steps(), ["record task_refused"], "never while busy: it would free the hub's agent state");
+    h.wake_done(1, WakeStatus::Success);
+    h.files(true, success());
+    assert_eq!(h.sent_types(), ["task_complete"]);
+    h.frame(json!({"type":"task_ack","task_id":TASK,"status":"complete"}));
+    assert_eq!(
+        h.sent(),
+        [json!({"type":"task_failed","task_id":"task-ffffffffffffffff","generation":7,
+                "reason":"busy: the sidecar was working on another task",
+                "error":"busy: the sidecar was working on another task","protocol_version":1})]
+    );
+    h.frame(json!({"type":"task_ack","task_id":"task-ffffffffffffffff","status":"retried"}));
+    h.tick(100);
+    assert!(h.sent().is_empty(), "once");
+    assert!(h.state.held_task_id().is_none());
+}
+
+#[test]
+fn on_the_older_hub_nothing_is_sent_for_a_task_pushed_while_busy() {
+    let mut h = Harness::new();
+    h.identify();
+    h.assign(TASK, 3);
+    h.assign("task-ffffffffffffffff", 7);
+    assert_eq!(h.steps(), ["record task_refused"]);
+    h.wake_done(1, WakeStatus::Success);
+    h.files(true, success());
+    h.frame(json!({"type":"task_ack","task_id":TASK,"status":"complete"}));
+    h.tick(100);
+    assert!(h.sent().is_empty(), "task_failed would crash cbf9c20's queue");
+}

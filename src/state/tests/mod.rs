@@ -28,6 +28,10 @@ fn settings() -> Settings {
         task_timeout: None,
         result_settle: ms(400),
         progress_interval: ms(1_000),
+        reply_timeout: ms(30_000),
+        readopt_window: ms(10_000),
+        adopted_silence: ms(20_000),
+        keepalive_interval: None,
         send_wake_result: false,
         send_state_report: false,
         results_poll: None,
@@ -198,16 +202,26 @@ fn describe(effect: &Effect) -> String {
             format!("send {}", frame["type"].as_str().unwrap_or("?"))
         }
         Effect::Close { .. } => "close".into(),
-        Effect::Persist(q) => match (&q.active, &q.recovering) {
-            (Some(t), _) => task("active", t),
-            (None, Some(t)) => task("recovering", t),
-            (None, None) => "persist idle".into(),
-        },
+        Effect::Persist(q) => {
+            let held = match (&q.active, &q.recovering) {
+                (Some(t), _) => task("active", t),
+                (None, Some(t)) => task("recovering", t),
+                (None, None) => "persist idle".into(),
+            };
+            match &q.past {
+                None => held,
+                Some(past) => {
+                    let fate = serde_json::to_value(past.fate).expect("serializes");
+                    format!("{held} past={}", fate.as_str().unwrap_or("?"))
+                }
+            }
+        }
         Effect::StartWake(w) => format!("start wake {}", w.attempt),
         Effect::CancelWake { .. } => "cancel wake".into(),
         Effect::ReadTaskFiles { .. } => "read files".into(),
         Effect::ListResults => "list results".into(),
         Effect::RemoveTaskFiles { .. } => "remove files".into(),
+        Effect::DiscardTaskFiles { .. } => "discard files".into(),
         Effect::Record { event, .. } => format!("record {event}"),
         Effect::StartUpdate => "start update".into(),
         Effect::Exit => "exit".into(),
@@ -238,5 +252,7 @@ fn success() -> ReadResult {
 mod connection;
 mod files;
 mod intake;
+mod readoption;
 mod recovery;
 mod reports;
+mod wake_process;

@@ -24,7 +24,10 @@ fn a_task_found_at_start_is_recovering_until_the_hub_answers() {
     assert_eq!(h.sent()[0]["type"], "task_recovering");
     assert_eq!(h.sent()[0]["task_id"], TASK);
     h.frame(json!({"type":"task_continue","task_id":TASK,"generation":4}));
-    assert_eq!(h.steps(), ["record task_continued", "persist active working gen=4", "read files"]);
+    assert_eq!(
+        h.steps(),
+        ["record task_continued", "persist active working gen=4", "send task_accepted", "read files"]
+    );
     let queue = h.persisted().unwrap();
     assert_eq!(queue.active.unwrap().generation, 4);
     assert!(h.wake_starts().is_empty(), "a working agent is not woken again");
@@ -49,7 +52,8 @@ fn a_recovered_task_the_hub_reassigned_is_dropped() {
     h.identify();
     h.frame(json!({"type":"task_reassign","task_id":TASK}));
     assert!(h.state.held_task_id().is_none());
-    assert_eq!(h.persisted().unwrap(), QueueFile::default());
+    // Its files stay for a hand-back; queue.json remembers it.
+    assert_eq!(h.steps(), ["record task_dropped", "persist idle past=taken_back"]);
 }
 
 // ----- newer hub frames ----------------------------------------------------
@@ -60,7 +64,10 @@ fn a_cancelled_task_is_stopped_and_nothing_is_reported() {
     h.identify();
     h.assign(TASK, 3);
     h.frame(json!({"type":"task_cancelled","task_id":TASK,"timestamp":1}));
-    assert_eq!(h.steps(), ["record task_dropped", "cancel wake", "persist idle", "remove files"]);
+    assert_eq!(
+        h.steps(),
+        ["record task_dropped", "cancel wake", "persist idle past=settled", "remove files"]
+    );
     assert!(h.has(|e| matches!(e, Effect::CancelWake { .. })));
     assert!(h.has(|e| matches!(e, Effect::RemoveTaskFiles { .. })));
     assert!(h.sent().is_empty());
@@ -73,6 +80,7 @@ fn a_cancelled_task_is_stopped_and_nothing_is_reported() {
 fn a_rate_limited_report_is_resent_after_the_delay() {
     let mut h = Harness::new();
     h.working(3);
+    h.frame(json!({"type":"task_ack","task_id":TASK,"status":"accepted"}));
     h.at(100).files(true, success());
     h.frame(json!({"type":"rate_limited","retry_after_ms":250,"tier":"t"}));
     assert_eq!(h.deadline_ms(), Some(350));
@@ -217,9 +225,40 @@ fn state_report_is_sent_with_the_feature_and_an_abort_drops_the_task() {
     assert_eq!(h.sent()[1]["generation"], 3);
     h.frame(json!({"type":"state_report_ack","task_id":TASK,"action":"continue"}));
     assert_eq!(h.state.held_task_id(), Some(TASK));
+    // The next connection's report is answered abort.
+    h.disconnect(None, None);
+    h.tick(1_000);
+    h.identify();
+    assert_eq!(h.sent_types(), ["task_recovering", "state_report"]);
     h.frame(json!({"type":"state_report_ack","task_id":TASK,"action":"abort"}));
     assert!(h.state.held_task_id().is_none());
     assert!(h.sent().is_empty(), "nothing is reported for an aborted task");
+}
+
+#[test]
+fn a_state_report_ack_applies_to_the_generation_it_answers() {
+    let mut h = Harness::with(Settings { send_state_report: true, ..settings() }, node_queue("working"));
+    h.identify();
+    assert_eq!(h.sent()[1]["generation"], 3);
+    // The hub hands the task back at generation 5 before it answers the
+    // report of generation 3: the abort is about generation 3.
+    h.assign(TASK, 5);
+    h.frame(json!({"type":"state_report_ack","task_id":TASK,"action":"abort"}));
+    assert_eq!(h.state.held_task_id(), Some(TASK), "a stale abort changes nothing");
+    assert!(h.steps().is_empty(), "{:?}", h.steps());
+    // An ack that answers no report we sent changes nothing either.
+    h.frame(json!({"type":"state_report_ack","task_id":TASK,"action":"abort"}));
+    assert_eq!(h.state.held_task_id(), Some(TASK));
+    // The agent's result is reported under generation 5.
+    h.frame(json!({"type":"task_continue","task_id":TASK,"generation":5}));
+    h.files(true, success());
+    assert_eq!(h.sent()[0]["type"], "task_complete");
+    assert_eq!(h.sent()[0]["generation"], 5);
+    // A report of the current generation answered abort drops it.
+    let mut h = Harness::with(Settings { send_state_report: true, ..settings() }, node_queue("working"));
+    h.identify();
+    h.frame(json!({"type":"state_report_ack","task_id":TASK,"action":"abort"}));
+    assert!(h.state.held_task_id().is_none());
 }
 
 #[test]
@@ -227,4 +266,56 @@ fn without_the_feature_no_state_report_is_sent() {
     let mut h = Harness::with(settings(), node_queue("working"));
     h.identify();
     assert_eq!(h.sent_types(), ["task_recovering"]);
+}
+
+#[test]
+fn accepted_wake_result_and_complete_denied_in_a_row_all_reach_the_hub_in_order() {
+    let mut h = Harness::with(Settings { send_wake_result: true, ..settings() }, QueueFile::default());
+    h.identify();
+    h.assign(TASK, 3);
+    h.files(true, ReadResult::Missing);
+    h.wake_done(1, WakeStatus::Success);
+    h.files(true, success());
+    for _ in 0..3 {
+        h.at(10).frame(json!({"type":"rate_limited","retry_after_ms":1000,"tier":"normal"}));
+        assert!(h.sent().is_empty());
+    }
+    h.tick(1_009);
+    assert!(h.sent().is_empty());
+    h.tick(1_010);
+    assert_eq!(h.sent_types(), ["task_accepted", "wake_result", "task_complete"]);
+    h.frame(json!({"type":"task_ack","task_id":TASK,"status":"accepted"}));
+    h.frame(json!({"type":"task_ack","task_id":TASK,"status":"complete"}));
+    assert!(h.state.held_task_id().is_none(), "settled");
+}
+
+#[test]
+fn a_frame_type_the_hub_does_not_know_is_not_sent_again_on_that_connection() {
+    // The older hub answers wake_result with unknown_message_type.
+    let mut h = Harness::with(Settings { send_wake_result: true, ..settings() }, QueueFile::default());
+    h.identify();
+    h.assign(TASK, 3);
+    h.wake_done(1, WakeStatus::Failed { exit_code: Some(1) });
+    assert_eq!(h.sent_types(), ["wake_result"]);
+    h.frame(json!({"type":"error","error":"unknown_message_type"}));
+    h.tick(100);
+    h.wake_done(2, WakeStatus::Failed { exit_code: Some(1) });
+    assert!(h.sent().is_empty(), "not again on this connection");
+    // A new connection may be another hub: it is tried again there.
+    h.disconnect(None, None);
+    h.tick(1_000);
+    h.identify();
+    h.frame(json!({"type":"task_continue","task_id":TASK,"generation":3}));
+    h.tick(1_300);
+    h.wake_done(3, WakeStatus::Failed { exit_code: Some(1) });
+    assert_eq!(h.sent_types(), ["wake_result"]);
+
+    // The newest hub names the type it does not know.
+    let mut h = Harness::with(Settings { send_state_report: true, ..settings() }, node_queue("working"));
+    h.identify();
+    assert_eq!(h.sent_types(), ["task_recovering", "state_report"]);
+    h.frame(json!({"type":"error","error":"validation_failed","message_type":"state_report",
+                   "errors":[{"field":"type","error":"unknown_message_type"}]}));
+    h.frame(json!({"type":"task_reassign","task_id":"task-other"}));
+    assert_eq!(h.state.held_task_id(), Some(TASK), "the refusal settles nothing");
 }

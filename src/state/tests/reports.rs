@@ -27,9 +27,11 @@ fn a_result_is_persisted_then_reported_then_settled_by_the_ack() {
                "result":{"status":"success","output":"done"},"protocol_version":1})
     );
     h.frame(json!({"type":"task_ack","task_id":TASK,"status":"complete"}));
-    assert_eq!(h.steps(), ["record report_settled", "persist idle", "remove files"]);
+    assert_eq!(h.steps(), ["record report_settled", "persist idle past=settled", "remove files"]);
     assert!(h.has(|e| matches!(e, Effect::RemoveTaskFiles { task_id } if task_id == TASK)));
-    assert_eq!(h.persisted().unwrap(), QueueFile::default());
+    let queue = h.persisted().unwrap();
+    assert!(queue.active.is_none() && queue.recovering.is_none());
+    assert_eq!(queue.past.map(|p| (p.task_id, p.generation)), Some((TASK.to_string(), 3)));
     assert!(h.state.held_task_id().is_none());
 }
 
@@ -109,7 +111,7 @@ fn a_passing_refusal_keeps_the_report_for_the_next_connection() {
     h.tick(1_000);
     h.identify();
     h.frame(json!({"type":"task_continue","task_id":TASK,"generation":3}));
-    assert_eq!(h.sent_types(), ["task_complete"]);
+    assert_eq!(h.sent_types(), ["task_accepted", "task_complete"]);
 }
 
 #[test]
@@ -126,8 +128,10 @@ fn after_a_reconnect_nothing_is_reported_before_the_hub_answers_recovering() {
     assert_eq!(h.sent_types(), ["task_recovering"]);
     assert_eq!(h.sent()[0]["last_status"], "working");
     h.frame(json!({"type":"task_continue","task_id":TASK,"generation":4}));
-    assert_eq!(h.sent()[0]["type"], "task_complete");
-    assert_eq!(h.sent()[0]["generation"], 4);
+    // task_accepted moves the hub's agent state back to working (issue 9 #7).
+    assert_eq!(h.sent()[0], json!({"type":"task_accepted","task_id":TASK,"protocol_version":1}));
+    assert_eq!(h.sent()[1]["type"], "task_complete");
+    assert_eq!(h.sent()[1]["generation"], 4);
 }
 
 #[test]
@@ -143,7 +147,7 @@ fn a_result_for_a_task_the_hub_took_back_is_withheld() {
     assert!(h.sent().is_empty());
     assert!(h.has(|e| matches!(e, Effect::Record { event: LifecycleEvent::ResultWithheld, .. })));
     assert!(h.state.held_task_id().is_none());
-    assert_eq!(h.persisted().unwrap(), QueueFile::default());
+    assert_eq!(h.steps(), ["record result_withheld", "record task_dropped", "persist idle past=taken_back"]);
 }
 
 #[test]
@@ -167,12 +171,13 @@ fn the_same_task_handed_back_after_a_reconnect_is_adopted_without_a_second_wake(
         [
             "record task_continued",
             "persist active working gen=5 report=complete",
+            "send task_accepted",
             "record report_sent",
             "send task_complete"
         ]
     );
-    assert_eq!(h.sent()[0]["type"], "task_complete");
-    assert_eq!(h.sent()[0]["generation"], 5);
+    assert_eq!(h.sent()[1]["type"], "task_complete");
+    assert_eq!(h.sent()[1]["generation"], 5);
 }
 
 #[test]
@@ -197,4 +202,98 @@ fn a_hub_closing_with_1011_after_task_failed_settles_the_report() {
     h.disconnect(Some(1011), Some("internal error"));
     assert!(h.state.held_task_id().is_none());
     assert!(h.has(|e| matches!(e, Effect::RemoveTaskFiles { .. })));
+}
+
+#[test]
+fn a_long_failure_reason_is_cut_to_the_hubs_limit_and_kept_whole_in_the_log() {
+    let mut h = Harness::new();
+    h.working(3);
+    let reason = "x".repeat(3_000);
+    h.files(true, ReadResult::Parsed(json!({"status":"failure","reason":reason})));
+    let failed = &h.sent()[0];
+    assert_eq!(failed["reason"].as_str().unwrap().chars().count(), 2_000);
+    assert_eq!(failed["reason"], failed["error"]);
+    assert!(failed["reason"].as_str().unwrap().contains("lifecycle log"));
+    let whole = h.fx.iter().find_map(|e| match e {
+        Effect::Record { event: LifecycleEvent::TaskFailedHere, fields } => Some(fields["outcome"].clone()),
+        _ => None,
+    });
+    assert_eq!(whole, Some(json!(reason)));
+}
+
+#[test]
+fn a_report_the_hubs_schema_refuses_is_settled_not_left_waiting() {
+    let mut h = Harness::new();
+    h.working(3);
+    h.frame(json!({"type":"task_ack","task_id":TASK,"status":"accepted"}));
+    h.files(true, ReadResult::Parsed(json!({"status":"failure","reason":"no"})));
+    assert_eq!(h.sent_types(), ["task_failed"]);
+    h.frame(json!({"type":"error","error":"validation_failed","message_type":"task_failed",
+                   "errors":[{"field":"reason","error":"too_long","detail":"exceeds maximum length"}]}));
+    assert_eq!(
+        h.steps(),
+        ["record report_refused", "record report_settled", "persist idle past=settled", "remove files"]
+    );
+    assert!(h.state.held_task_id().is_none());
+}
+
+#[test]
+fn a_validation_failure_of_another_frame_does_not_settle_the_report() {
+    let mut h = Harness::new();
+    h.working(3);
+    h.files(true, success());
+    assert_eq!(h.sent_types(), ["task_complete"]);
+    h.frame(json!({"type":"error","error":"validation_failed","message_type":"task_accepted","errors":[]}));
+    assert_eq!(h.state.held_task_id(), Some(TASK));
+    h.frame(json!({"type":"task_ack","task_id":TASK,"status":"complete"}));
+    assert!(h.state.held_task_id().is_none());
+}
+
+#[test]
+fn a_report_without_an_answer_is_asked_about_again_on_a_new_connection() {
+    let mut h = Harness::new();
+    h.working(3);
+    h.at(100).files(true, success());
+    assert_eq!(h.sent_types(), ["task_complete"]);
+    assert!(h.deadline_ms().unwrap() <= 30_100);
+    h.tick(30_099);
+    assert!(!h.has(|e| matches!(e, Effect::Close { .. })));
+    h.tick(30_100);
+    assert!(h.has(|e| matches!(e, Effect::Close { .. })), "{:?}", h.steps());
+    h.tick(31_000);
+    h.identify();
+    assert_eq!(h.sent_types(), ["task_recovering"]);
+    h.frame(json!({"type":"task_continue","task_id":TASK,"generation":3}));
+    assert_eq!(h.sent_types(), ["task_accepted", "task_complete"]);
+}
+
+#[test]
+fn a_keepalive_progress_goes_out_when_the_hub_heard_nothing_for_the_interval() {
+    let mut h =
+        Harness::with(Settings { keepalive_interval: Some(ms(5_000)), ..settings() }, QueueFile::default());
+    h.identify();
+    h.at(100).assign(TASK, 3);
+    h.wake_done(1, WakeStatus::Success);
+    h.files(true, ReadResult::Missing);
+    assert_eq!(h.deadline_ms(), Some(5_100));
+    h.tick(5_099);
+    assert!(h.sent().is_empty());
+    h.tick(5_100);
+    assert_eq!(h.sent(), [json!({"type":"task_progress","task_id":TASK,"progress":0,"protocol_version":1})]);
+    // A real update resets it; the keep-alive repeats its value.
+    h.at(6_200).input(Input::Files(TaskFiles {
+        task_id: TASK.into(),
+        started: true,
+        result: ReadResult::Missing,
+        progress: ReadResult::Parsed(json!({"progress": 40})),
+    }));
+    assert_eq!(h.sent()[0]["progress"], 40);
+    h.tick(11_199);
+    assert!(h.sent().is_empty());
+    h.tick(11_200);
+    assert_eq!(h.sent()[0]["progress"], 40);
+    // Not once the outcome is known.
+    h.files(true, success());
+    h.tick(30_000);
+    assert!(!h.sent_types().contains(&"task_progress".to_string()));
 }

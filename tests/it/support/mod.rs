@@ -226,12 +226,12 @@ pub fn expect_identified(hub: &DevHub) {
 }
 
 /// Every frame the sidecar sends carries `protocol_version: 1` and a type
-/// PROTOCOL.md lets a sidecar send.
+/// docs/protocol.md lets a sidecar send.
 pub fn check_sidecar_frame(frame: &Value) {
     assert_eq!(frame["protocol_version"], 1, "frame without protocol_version: {frame}");
     let frame_type = frame["type"].as_str().unwrap_or_default();
     assert!(
         agentcom_sidecar::protocol::SENDABLE_TYPES.contains(&frame_type),
-        "the sidecar sent a frame type PROTOCOL.md does not list: {frame}"
+        "the sidecar sent a frame type docs/protocol.md does not list: {frame}"
     );
 }

@@ -56,6 +56,18 @@ pub struct Config {
     pub result_settle: Duration,
     /// Minimum time between two `task_progress` frames for one task.
     pub progress_interval: Duration,
+    /// How long a report or `task_recovering` waits for the hub's answer
+    /// before the sidecar reconnects and asks again.
+    pub reply_timeout: Duration,
+    /// How long the files of a task the hub took back (unsettled) are kept
+    /// for the hub to hand the same task back.
+    pub readopt_window: Duration,
+    /// How long a task adopted without a wake (its agent had confirmed it)
+    /// may show no progress and no result before it is failed.
+    pub adopted_silence: Duration,
+    /// Send a keep-alive `task_progress` for the held task after this long
+    /// without one (`keepalive_interval_ms`, 0: never).
+    pub keepalive_interval: Option<Duration>,
     /// How long shutdown waits for a close handshake or a running wake.
     pub shutdown_grace: Duration,
     /// Watch `results_dir` with the platform's file notifications. Off
@@ -99,8 +111,8 @@ impl fmt::Display for Secret {
     }
 }
 
-/// An optional protocol extension the hub understands (PROTOCOL.md
-/// section 7), named in `hub_features`.
+/// An optional protocol extension the hub understands (docs/protocol.md
+/// sections 7.3 and 7.4), named in `hub_features`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HubFeature {
     /// Send `wake_result` after each wake attempt.
@@ -147,6 +159,10 @@ fn permission_warning(path: &Path) -> Option<String> {
     }
 }
 
+/// The newest hub's limits for identify (4718a58 validation/schemas.ex).
+const MAX_AGENT_ID_CHARS: usize = 128;
+const MAX_TOKEN_CHARS: usize = 256;
+
 impl Config {
     /// Reads and validates `path`. Returns the config and warnings (unknown
     /// keys) for the caller to log once logging is set up.
@@ -169,9 +185,18 @@ impl Config {
         let base_dir = base_dir_of(path);
         let keys = Keys { object: &object, path, effective: RefCell::new(Map::new()) };
 
+        // The newest hub refuses longer ones (a schema violation on every
+        // identify); unlike free text they cannot be cut.
         let agent_id = keys.required_string("agent_id")?;
-        let token = Secret::new(keys.required_string("token")?);
+        if agent_id.chars().count() > MAX_AGENT_ID_CHARS {
+            return Err(keys.error("agent_id", &format!("must be at most {MAX_AGENT_ID_CHARS} characters")));
+        }
+        let token = keys.required_string("token")?;
         keys.show("token", Value::from("<redacted>"));
+        if token.chars().count() > MAX_TOKEN_CHARS {
+            return Err(keys.error("token", &format!("must be at most {MAX_TOKEN_CHARS} characters")));
+        }
+        let token = Secret::new(token);
         let hub_url = keys.required_string("hub_url")?;
         validate_hub_url(&hub_url).map_err(|why| keys.error("hub_url", &why))?;
         keys.show("hub_url", Value::from(redact_url(&hub_url)));
@@ -295,6 +320,11 @@ impl Config {
             result_settle: keys.millis("result_settle_ms", 2_000, 0)?,
             progress_interval: keys.millis("progress_interval_ms", 1_000, 0)?,
             shutdown_grace: keys.millis("shutdown_grace_ms", 500, 0)?,
+            reply_timeout: keys.millis("reply_timeout_ms", 30_000, 1)?,
+            readopt_window: keys.millis("readopt_window_ms", 600_000, 0)?,
+            adopted_silence: keys.millis("adopted_silence_ms", 1_800_000, 1)?,
+            keepalive_interval: Some(keys.millis("keepalive_interval_ms", 60_000, 0)?)
+                .filter(|d| !d.is_zero()),
             watch_results: keys.boolean("watch_results", true)?,
             results_poll: keys.millis("results_poll_ms", 1_000, 10)?,
             log_max_bytes: keys.integer("log_max_bytes", 10 << 20, 1024)?,
@@ -537,172 +567,4 @@ fn kind(value: &Value) -> &'static str {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn parse(text: &str) -> Result<(Config, Vec<String>), Error> {
-        Config::from_json_str(text, Path::new("/etc/sidecar/config.json"))
-    }
-
-    fn error_of(text: &str) -> String {
-        parse(text).expect_err("config should be refused").to_string()
-    }
-
-    const MINIMAL: &str = r#"{"agent_id":"a1","token":"s3cret","hub_url":"ws://127.0.0.1:4000/ws"}"#;
-
-    #[test]
-    fn node_defaults_apply_and_paths_resolve_against_the_config_dir() {
-        let (config, warnings) = parse(MINIMAL).unwrap();
-        assert!(warnings.is_empty());
-        assert_eq!(config.name, "a1");
-        assert_eq!(config.confirmation_timeout, Duration::from_secs(30));
-        assert_eq!(config.results_dir, Path::new("/etc/sidecar/./results"));
-        assert_eq!(config.log_file, Path::new("/etc/sidecar/./sidecar.log"));
-        assert_eq!(config.queue_file, Path::new("/etc/sidecar/./queue.json"));
-        assert_eq!(config.heartbeat_interval, Duration::from_secs(30));
-        assert_eq!(config.pong_timeout, Duration::from_secs(10));
-        assert_eq!(config.wake_retry_delays.len(), 3);
-        assert!(config.wake_command.is_none());
-    }
-
-    #[test]
-    fn resolved_paths_display_without_dot_components() {
-        let shown = |config_path: &str, log_file: &str| {
-            let text = MINIMAL.replace('}', &format!(r#","log_file":"{log_file}"}}"#));
-            let (config, _) = Config::from_json_str(&text, Path::new(config_path)).unwrap();
-            // Written with `/` whatever the platform's separator.
-            config.log_file.display().to_string().replace(std::path::MAIN_SEPARATOR, "/")
-        };
-        assert_eq!(shown("config.json", "./sidecar.log"), "./sidecar.log");
-        assert_eq!(shown("./config.json", "./logs/./sidecar.log"), "./logs/sidecar.log");
-        assert_eq!(shown("/etc/sidecar/config.json", "./sidecar.log"), "/etc/sidecar/sidecar.log");
-        assert_eq!(
-            shown("/etc/sidecar/config.json", "../var/sidecar.log"),
-            "/etc/sidecar/../var/sidecar.log"
-        );
-        assert_eq!(shown("/etc/sidecar/config.json", "/var/log/s.log"), "/var/log/s.log");
-    }
-
-    #[test]
-    fn node_example_config_is_accepted() {
-        let text = r#"{
-            "agent_id": "my-agent", "token": "tok", "hub_url": "wss://hub.example/ws",
-            "wake_command": "openclaw agent --message \"Task: ${TASK_JSON}\"",
-            "capabilities": ["code", "review"], "confirmation_timeout_ms": 30000,
-            "results_dir": "/var/results", "log_file": "sidecar.log"
-        }"#;
-        let (config, warnings) = parse(text).unwrap();
-        assert!(warnings.is_empty(), "{warnings:?}");
-        assert_eq!(config.capabilities, ["code", "review"]);
-        assert_eq!(config.results_dir, Path::new("/var/results"));
-    }
-
-    #[test]
-    fn every_bad_input_names_the_file_and_the_key() {
-        let cases = [
-            (r#"{"token":"t","hub_url":"ws://h/ws"}"#, "`agent_id`: missing"),
-            (r#"{"agent_id":"a","hub_url":"ws://h/ws"}"#, "`token`: missing"),
-            (r#"{"agent_id":"a","token":"t"}"#, "`hub_url`: missing"),
-            (r#"{"agent_id":7,"token":"t","hub_url":"ws://h/ws"}"#, "`agent_id`: expected a string"),
-            (r#"{"agent_id":"a","token":"t","hub_url":"http://h/ws"}"#, "`hub_url`: scheme"),
-            (r#"{"agent_id":"a","token":"t","hub_url":"ws:///ws"}"#, "`hub_url`: the URL has no host"),
-            (
-                r#"{"agent_id":"a","token":"t","hub_url":"ws://h/ws","heartbeat_interval_ms":"30"}"#,
-                "`heartbeat_interval_ms`: expected a non-negative integer, found a string",
-            ),
-            (
-                r#"{"agent_id":"a","token":"t","hub_url":"ws://h/ws","heartbeat_interval_ms":0}"#,
-                "`heartbeat_interval_ms`: must be at least 1",
-            ),
-            (
-                r#"{"agent_id":"a","token":"t","hub_url":"ws://h/ws","pong_timeout_ms":-5}"#,
-                "`pong_timeout_ms`: expected a non-negative integer, found a negative number",
-            ),
-            (
-                r#"{"agent_id":"a","token":"t","hub_url":"ws://h/ws","capabilities":"code"}"#,
-                "`capabilities`: expected an array of strings",
-            ),
-            (
-                r#"{"agent_id":"a","token":"t","hub_url":"ws://h/ws","reconnect_initial_ms":500,"reconnect_max_ms":100}"#,
-                "`reconnect_max_ms`",
-            ),
-            (
-                r#"{"agent_id":"a","token":"t","hub_url":"ws://h/ws","tls_ca_file":"/nonexistent/ca.pem"}"#,
-                "`tls_ca_file`",
-            ),
-            (
-                r#"{"agent_id":"a","token":"t","hub_url":"ws://h/ws","wake_retry_delays_ms":[1,"x"]}"#,
-                "`wake_retry_delays_ms`",
-            ),
-            (
-                r#"{"agent_id":"a","token":"t","hub_url":"ws://h/ws","hub_features":["teleport"]}"#,
-                "`hub_features`",
-            ),
-            (
-                r#"{"agent_id":"a","token":"t","hub_url":"ws://h/ws","log_keep":4294967297}"#,
-                "`log_keep`: must be at most 1000",
-            ),
-            (
-                r#"{"agent_id":"a","token":"t","hub_url":"ws://h/ws","watch_results":"no"}"#,
-                "`watch_results`: expected true or false",
-            ),
-        ];
-        for (text, expected) in cases {
-            let message = error_of(text);
-            assert!(message.contains("/etc/sidecar/config.json"), "{message}");
-            assert!(message.contains(expected), "{message:?} should contain {expected:?}");
-        }
-    }
-
-    #[test]
-    fn bad_json_and_non_objects_are_refused() {
-        assert!(error_of("{").contains("not valid JSON"));
-        assert!(error_of("[]").contains("top level must be a JSON object"));
-    }
-
-    #[test]
-    fn unknown_keys_warn_but_do_not_fail() {
-        let text = r#"{"agent_id":"a","token":"t","hub_url":"ws://h/ws","hub_api_url":"x"}"#;
-        let (_, warnings) = parse(text).unwrap();
-        assert_eq!(warnings.len(), 1);
-        assert!(warnings[0].contains("`hub_api_url`"));
-    }
-
-    #[test]
-    fn the_token_never_shows_in_debug_or_redacted_json() {
-        let (config, _) = parse(MINIMAL).unwrap();
-        assert!(!format!("{config:?}").contains("s3cret"));
-        assert!(!config.to_redacted_json().to_string().contains("s3cret"));
-        assert_eq!(config.token.expose(), "s3cret");
-    }
-
-    #[test]
-    fn check_shows_every_known_key_and_accepts_its_own_output() {
-        let (config, _) = parse(MINIMAL).unwrap();
-        let shown = config.to_redacted_json();
-        let Value::Object(mut shown) = shown else { panic!("not an object") };
-        assert_eq!(shown["token"], "<redacted>");
-        // Joined with the platform's separator (`\` on Windows).
-        let results_dir = std::path::Path::new("/etc/sidecar").join("results");
-        assert_eq!(shown["results_dir"], results_dir.display().to_string());
-        assert_eq!(shown["heartbeat_interval_ms"], 30_000);
-        assert_eq!(shown["wake_retry_delays_ms"], serde_json::json!([5_000, 15_000, 30_000]));
-        assert_eq!(shown["log_level"], "info");
-        assert_eq!(shown.len(), 33, "the 32 keys and config_path: {shown:?}");
-        // Every key `check` shows is one the parser knows: fed back in (with
-        // the real token and URL), nothing is warned about.
-        shown.remove("config_path");
-        shown.insert("token".into(), Value::from("t"));
-        shown.insert("hub_url".into(), Value::from("ws://h/ws"));
-        shown.retain(|_, v| !v.is_null());
-        let (_, warnings) = parse(&Value::Object(shown).to_string()).unwrap();
-        assert!(warnings.is_empty(), "{warnings:?}");
-    }
-
-    #[test]
-    fn urls_lose_credentials_and_queries() {
-        assert_eq!(redact_url("wss://u:p@hub:4000/ws?token=x"), "wss://<redacted>@hub:4000/ws?<redacted>");
-        assert_eq!(redact_url("ws://127.0.0.1:4000/ws"), "ws://127.0.0.1:4000/ws");
-        assert_eq!(redact_url("ws://host"), "ws://host");
-    }
-}
+mod tests;

@@ -1,4 +1,4 @@
-//! The wire format of PROTOCOL.md: frames the hub sends us, parsed leniently
+//! The wire format of docs/protocol.md: frames the hub sends us, parsed leniently
 //! into [`Incoming`], and the frames we send, built by the `out_*` functions.
 //!
 //! Parsing is by hand rather than with a derived `Deserialize` because a
@@ -21,6 +21,15 @@ pub enum Incoming {
     /// [`ErrorKind::of`].
     Error(String),
     Pong,
+    /// `{"type":"error","error":"validation_failed","message_type":T,"errors":[...]}`
+    /// (4718a58): our frame of type `message_type` was refused by the hub's
+    /// schema and dropped. `unknown_type`: the hub does not know that type
+    /// at all. `errors` is the list as text, for the log.
+    ValidationFailed {
+        message_type: String,
+        unknown_type: bool,
+        errors: String,
+    },
     TaskAssign(TaskAssign),
     TaskAck {
         task_id: String,
@@ -53,7 +62,7 @@ pub enum Incoming {
     },
 }
 
-/// The `status` of a `task_ack` (PROTOCOL.md section 6).
+/// The `status` of a `task_ack` (docs/protocol.md section 6).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AckStatus {
     /// Answers `task_accepted`.
@@ -174,6 +183,17 @@ pub fn parse(text: &str) -> Result<Incoming, ParseError> {
     };
     Ok(match kind {
         "identified" => Incoming::Identified,
+        "error" if string("error").as_deref() == Some("validation_failed") => {
+            let errors = object.get("errors").cloned().unwrap_or(Value::Null);
+            let unknown_type = errors.as_array().is_some_and(|list| {
+                list.iter().any(|e| e.get("error").and_then(Value::as_str) == Some("unknown_message_type"))
+            });
+            Incoming::ValidationFailed {
+                message_type: string("message_type").unwrap_or_default(),
+                unknown_type,
+                errors: errors.to_string(),
+            }
+        }
         "error" => Incoming::Error(string("error").or_else(|| string("message")).unwrap_or_default()),
         "pong" => Incoming::Pong,
         "task_assign" => Incoming::TaskAssign(TaskAssign {
@@ -261,6 +281,33 @@ pub(crate) fn is_final_refusal(why: &str) -> bool {
     matches!(why, "stale_generation" | "invalid_state" | "not_found")
 }
 
+/// The newest hub's length limits (characters; it counts graphemes, which
+/// are never more than characters) for the fields we send.
+pub(crate) const MAX_REASON_CHARS: usize = 2_000;
+pub(crate) const MAX_NAME_CHARS: usize = 256;
+pub(crate) const MAX_STATUS_CHARS: usize = 256;
+pub(crate) const MAX_DESCRIPTION_CHARS: usize = 10_000;
+
+/// What replaces the end of a text cut to a limit. The full text is in the
+/// lifecycle log (the record of the outcome or wake that produced it).
+const CUT_MARKER: &str = " [...cut; full text in the sidecar's lifecycle log]";
+
+/// `text` if it has at most `max_chars` characters, else its start and
+/// [`CUT_MARKER`], `max_chars` characters in all.
+pub(crate) fn cut_text(text: &str, max_chars: usize) -> std::borrow::Cow<'_, str> {
+    if text.chars().count() <= max_chars {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let marker_chars = CUT_MARKER.chars().count();
+    let keep: String = text.chars().take(max_chars.saturating_sub(marker_chars)).collect();
+    let mut cut = keep + CUT_MARKER;
+    if cut.chars().count() > max_chars {
+        // A limit shorter than the marker: the bare start.
+        cut = text.chars().take(max_chars).collect();
+    }
+    std::borrow::Cow::Owned(cut)
+}
+
 fn frame(kind: &str, fields: Value) -> String {
     let mut object = Map::new();
     object.insert("type".into(), Value::from(kind));
@@ -278,7 +325,7 @@ pub(crate) fn out_identify(agent_id: &str, token: &str, name: &str, capabilities
         json!({
             "agent_id": agent_id,
             "token": token,
-            "name": name,
+            "name": cut_text(name, MAX_NAME_CHARS),
             "status": "idle",
             "capabilities": capabilities,
             "client_type": "sidecar",
@@ -307,11 +354,12 @@ pub(crate) fn out_task_complete(task_id: &str, generation: u64, result: &Value) 
 }
 
 /// `reason` and `error` carry the same text: older hubs read one, newer the
-/// other (PROTOCOL.md section 6).
+/// other (docs/protocol.md section 6.4).
 pub(crate) fn out_task_failed(task_id: &str, generation: u64, reason: &str) -> String {
     frame(
         "task_failed",
-        json!({ "task_id": task_id, "generation": generation, "reason": reason, "error": reason }),
+        json!({ "task_id": task_id, "generation": generation, "reason": cut_text(reason, MAX_REASON_CHARS),
+                "error": cut_text(reason, MAX_REASON_CHARS) }),
     )
 }
 
@@ -325,7 +373,7 @@ pub(crate) fn out_task_recovering(
         "task_recovering",
         json!({
             "task_id": task_id,
-            "description": description,
+            "description": cut_text(description, MAX_DESCRIPTION_CHARS),
             "metadata": metadata,
             "last_status": last_status.as_str(),
         }),
@@ -345,14 +393,15 @@ pub(crate) fn out_state_report(
 }
 
 pub(crate) fn out_wake_result(task_id: &str, status: &str, attempt: u32, error: Option<&str>) -> String {
-    let mut fields = json!({ "task_id": task_id, "status": status, "attempt": attempt });
+    let mut fields =
+        json!({ "task_id": task_id, "status": cut_text(status, MAX_STATUS_CHARS), "attempt": attempt });
     if let Some(error) = error {
-        fields["error"] = Value::from(error);
+        fields["error"] = Value::from(cut_text(error, MAX_REASON_CHARS));
     }
     frame("wake_result", fields)
 }
 
-/// The frame types PROTOCOL.md lets a sidecar send. Tests check every frame
+/// The frame types docs/protocol.md lets a sidecar send (6.6). Tests check every frame
 /// we send against this list.
 pub const SENDABLE_TYPES: &[&str] = &[
     "identify",
@@ -367,142 +416,4 @@ pub const SENDABLE_TYPES: &[&str] = &[
 ];
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn object(text: &str) -> Map<String, Value> {
-        match serde_json::from_str(text).unwrap() {
-            Value::Object(o) => o,
-            other => panic!("not an object: {other}"),
-        }
-    }
-
-    #[test]
-    fn identify_has_exactly_the_protocol_fields() {
-        let o = object(&out_identify("a1", "tok", "a1", &["code".to_string()]));
-        let mut keys: Vec<_> = o.keys().map(String::as_str).collect();
-        keys.sort_unstable();
-        assert_eq!(
-            keys,
-            [
-                "agent_id",
-                "capabilities",
-                "client_type",
-                "name",
-                "protocol_version",
-                "status",
-                "token",
-                "type"
-            ]
-        );
-        assert_eq!(o["type"], "identify");
-        assert_eq!(o["client_type"], "sidecar");
-        assert_eq!(o["protocol_version"], 1);
-        assert_eq!(o["capabilities"], json!(["code"]));
-    }
-
-    #[test]
-    fn every_outgoing_frame_carries_protocol_version_and_a_sendable_type() {
-        let frames = [
-            out_identify("a", "t", "a", &[]),
-            out_ping(),
-            out_task_accepted("t1"),
-            out_task_progress("t1", 5, Some("m")),
-            out_task_complete("t1", 3, &json!({"status":"success"})),
-            out_task_failed("t1", 3, "boom"),
-            out_task_recovering("t1", "d", &json!({}), TaskStatus::Working),
-            out_state_report("t1", 3, TaskStatus::Working, 1),
-            out_wake_result("t1", "failed", 2, Some("exit 1")),
-        ];
-        for text in frames {
-            let o = object(&text);
-            assert_eq!(o["protocol_version"], 1, "{text}");
-            assert!(SENDABLE_TYPES.contains(&o["type"].as_str().unwrap()), "{text}");
-        }
-    }
-
-    #[test]
-    fn task_failed_carries_reason_and_error_alike() {
-        let o = object(&out_task_failed("t1", 4, "confirmation_timeout"));
-        assert_eq!(o["reason"], "confirmation_timeout");
-        assert_eq!(o["error"], "confirmation_timeout");
-        assert_eq!(o["generation"], 4);
-    }
-
-    #[test]
-    fn parses_hub_frames() {
-        let cases = [
-            (r#"{"type":"identified","agent_id":"a1"}"#, Incoming::Identified),
-            (r#"{"type":"pong","timestamp":1}"#, Incoming::Pong),
-            (r#"{"type":"error","error":"invalid_token"}"#, Incoming::Error("invalid_token".into())),
-            (
-                r#"{"type":"task_ack","task_id":"t","status":"complete"}"#,
-                Incoming::TaskAck { task_id: "t".into(), status: AckStatus::Complete },
-            ),
-            (
-                r#"{"type":"task_continue","task_id":"t","generation":7}"#,
-                Incoming::TaskContinue { task_id: "t".into(), generation: Some(7) },
-            ),
-            (r#"{"type":"task_reassign","task_id":"t"}"#, Incoming::TaskReassign { task_id: "t".into() }),
-            (
-                r#"{"type":"task_cancelled","task_id":"t","timestamp":1}"#,
-                Incoming::TaskCancelled { task_id: "t".into() },
-            ),
-            (
-                r#"{"type":"restart_sidecar","reason":"update"}"#,
-                Incoming::RestartSidecar { reason: "update".into() },
-            ),
-            (
-                r#"{"type":"rate_limited","retry_after_ms":250,"tier":"x"}"#,
-                Incoming::RateLimited { retry_after_ms: 250 },
-            ),
-            (r#"{"type":"agent_joined","agent_id":"b"}"#, Incoming::Ignored { kind: "agent_joined".into() }),
-            (
-                r#"{"type":"task_ack","status":"complete"}"#,
-                Incoming::Ignored { kind: "task_ack (no task_id)".into() },
-            ),
-        ];
-        for (text, expected) in cases {
-            assert_eq!(parse(text).unwrap(), expected, "{text}");
-        }
-    }
-
-    #[test]
-    fn task_assign_is_parsed_leniently() {
-        let Incoming::TaskAssign(assign) = parse(
-            r#"{"type":"task_assign","task_id":"task-00","description":"d","metadata":{"k":1},"generation":3,"assigned_at":9}"#,
-        )
-        .unwrap() else {
-            panic!("not an assign")
-        };
-        assert_eq!(assign.task_id.as_deref(), Some("task-00"));
-        assert_eq!(assign.generation, Ok(3));
-        assert_eq!(assign.metadata, json!({"k":1}));
-        let Incoming::TaskAssign(assign) = parse(r#"{"type":"task_assign","task_id":5}"#).unwrap() else {
-            panic!("not an assign")
-        };
-        assert_eq!(assign.task_id, None);
-        assert_eq!(assign.metadata, json!({}));
-    }
-
-    #[test]
-    fn malformed_frames_are_errors_not_panics() {
-        assert!(matches!(parse("nope"), Err(ParseError::NotJson(_))));
-        assert_eq!(parse("[1]"), Err(ParseError::NotAnObject));
-        assert_eq!(parse(r#"{"type":5}"#), Err(ParseError::NoType));
-    }
-
-    #[test]
-    fn error_kinds() {
-        assert_eq!(ErrorKind::of("token_agent_mismatch"), ErrorKind::Auth);
-        assert_eq!(
-            ErrorKind::of("task_complete_failed: stale_generation"),
-            ErrorKind::CompleteFailed("stale_generation".into())
-        );
-        assert_eq!(ErrorKind::of("task_fail_failed: not_found"), ErrorKind::FailFailed("not_found".into()));
-        assert_eq!(ErrorKind::of("unknown_message_type"), ErrorKind::UnknownMessageType);
-        assert_eq!(ErrorKind::of("whatever"), ErrorKind::Other);
-        assert!(is_final_refusal("invalid_state"));
-        assert!(!is_final_refusal("timeout"));
-    }
-}
+mod tests;

@@ -1,0 +1,348 @@
+//! The pure state machine under arbitrary sequences of inputs at arbitrary
+//! (monotonic) times: hub frames (valid, odd and garbage), connection events,
+//! wake outcomes, results files, listings, failed persists, shutdown.
+//!
+//! After every step:
+//! - no panic;
+//! - a deadline is never in the past of the input just handled
+//!   (`next_deadline() > now`), or the shell would spin;
+//! - a report (`task_complete` / `task_failed`) never names a generation older
+//!   than one the hub has given for the task while the state held it (a
+//!   fenced generation);
+//! - a wake starts only for the task held after the batch, and never while
+//!   the previous attempt has not reported (never two wake commands at once);
+//! - queue.json never records two tasks.
+#![no_main]
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use agentcom_sidecar::config::Secret;
+use agentcom_sidecar::event::Event;
+use agentcom_sidecar::hub::HubEvent;
+use agentcom_sidecar::queue_store::{self, QueueFile};
+use agentcom_sidecar::retry::BackoffPolicy;
+use agentcom_sidecar::state::{Effect, Input, Settings, State, TaskFiles};
+use agentcom_sidecar::wake::{WakeOutcome, WakeStatus};
+use agentcom_sidecar::watcher::{FileKind, ReadResult, ResultsEvent};
+use libfuzzer_sys::fuzz_target;
+use serde_json::{json, Value};
+
+/// Reads the fuzzer's bytes as choices; zeros once they run out.
+struct Bytes<'a>(&'a [u8]);
+
+impl Bytes<'_> {
+    fn u8(&mut self) -> u8 {
+        match self.0.split_first() {
+            Some((first, rest)) => {
+                self.0 = rest;
+                *first
+            }
+            None => 0,
+        }
+    }
+    fn u16(&mut self) -> u16 {
+        u16::from(self.u8()) << 8 | u16::from(self.u8())
+    }
+    fn pick<'t, T>(&mut self, items: &'t [T]) -> &'t T {
+        &items[usize::from(self.u8()) % items.len()]
+    }
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+const TASKS: [&str; 3] = ["task-a", "task-b", "task-0123456789abcdef"];
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+fn settings(b: &mut Bytes<'_>) -> Settings {
+    Settings {
+        agent_id: "fuzz-agent".into(),
+        name: "fuzz-agent".into(),
+        token: Secret::new("fuzz-token"),
+        capabilities: vec![],
+        has_wake_command: b.u8() % 4 != 0,
+        heartbeat_interval: ms(1 + u64::from(b.u8()) * 20),
+        pong_timeout: ms(1 + u64::from(b.u8()) * 10),
+        identify_timeout: ms(1 + u64::from(b.u8()) * 10),
+        backoff: BackoffPolicy { initial: ms(1 + u64::from(b.u8())), max: ms(1 + u64::from(b.u16())) },
+        confirmation_timeout: ms(u64::from(b.u8()) * 10),
+        wake_retry_delays: (0..b.u8() % 4).map(|_| ms(u64::from(b.u8()))).collect(),
+        task_timeout: (b.u8() % 2 == 0).then(|| ms(u64::from(b.u16()))),
+        result_settle: ms(u64::from(b.u8()) * 5),
+        progress_interval: ms(u64::from(b.u8()) * 5),
+        send_wake_result: b.u8() % 2 == 0,
+        send_state_report: b.u8() % 2 == 0,
+        results_poll: (b.u8() % 3 == 0).then(|| ms(1 + u64::from(b.u8()))),
+    }
+}
+
+/// queue.json at start: empty, or one task in one of its states.
+fn queue(b: &mut Bytes<'_>) -> QueueFile {
+    if b.u8() % 2 == 0 {
+        return QueueFile::default();
+    }
+    let status = *b.pick(&["accepted", "waking", "waking_confirmation", "working", "bogus"]);
+    let mut record = json!({
+        "task_id": *b.pick(&TASKS),
+        "description": "d",
+        "metadata": {},
+        "status": status,
+        "assigned_at": 1,
+        "generation": u64::from(b.u8() % 8),
+        "wake_attempts": u32::from(b.u8() % 4),
+    });
+    match b.u8() % 3 {
+        0 => record["report"] = json!({"type": "complete", "result": {"status": "success"}}),
+        1 => record["report"] = json!({"type": "failed", "reason": "r"}),
+        _ => {}
+    }
+    let key = if b.u8() % 2 == 0 { "active" } else { "recovering" };
+    let text = json!({ key: record }).to_string();
+    queue_store::parse(text.as_bytes()).unwrap_or_default()
+}
+
+/// A frame from the hub: mostly well-formed, sometimes odd, sometimes junk.
+fn frame(b: &mut Bytes<'_>) -> String {
+    let task = *b.pick(&TASKS);
+    let generation = json!(b.u8() % 10);
+    let value = match b.u8() % 16 {
+        0 => json!({"type": "identified", "agent_id": "fuzz-agent"}),
+        1 => json!({"type": "pong"}),
+        2 | 3 => json!({"type": "task_assign", "task_id": task, "description": "d", "metadata": {}, "generation": generation, "assigned_at": 5}),
+        4 => {
+            let status = *b.pick(&["accepted", "complete", "retried", "dead_letter", "odd"]);
+            json!({"type": "task_ack", "task_id": task, "status": status})
+        }
+        5 => json!({"type": "task_continue", "task_id": task, "generation": generation}),
+        6 => json!({"type": "task_reassign", "task_id": task}),
+        7 => {
+            let error = *b.pick(&[
+                "task_complete_failed: stale_generation",
+                "task_complete_failed: not_found",
+                "task_fail_failed: invalid_state",
+                "unknown_message_type",
+                "invalid_token",
+                "not_identified",
+            ]);
+            json!({"type": "error", "error": error})
+        }
+        8 => json!({"type": "rate_limited", "retry_after_ms": u64::from(b.u16()), "tier": "normal"}),
+        9 => {
+            let action = *b.pick(&["continue", "abort", "odd"]);
+            json!({"type": "state_report_ack", "task_id": task, "action": action})
+        }
+        10 => json!({"type": "task_cancelled", "task_id": task}),
+        11 => {
+            let message_type = *b.pick(&["task_complete", "task_failed", "wake_result", "state_report", "ping"]);
+            json!({"type": "error", "error": "validation_failed", "message_type": message_type, "errors": []})
+        }
+        12 => json!({"type": "restart_sidecar", "reason": "r"}),
+        13 => json!({"type": "task_assign", "task_id": task, "generation": *b.pick(&[json!("7"), json!(-1), json!(1e30), Value::Null])}),
+        14 => json!({"type": "rate_limit_warning", "tier": "normal", "remaining": 1, "capacity": 60}),
+        _ => {
+            let len = usize::from(b.u8() % 16);
+            let raw: Vec<u8> = (0..len).map(|_| b.u8()).collect();
+            return String::from_utf8_lossy(&raw).into_owned();
+        }
+    };
+    value.to_string()
+}
+
+fn read_result(b: &mut Bytes<'_>, progress: bool) -> ReadResult {
+    match b.u8() % 5 {
+        0 | 1 => ReadResult::Missing,
+        2 if progress => ReadResult::Parsed(json!({"progress": b.u8(), "message": "m"})),
+        2 => ReadResult::Parsed(json!({"status": *b.pick(&["success", "failure", "odd"]), "reason": "r"})),
+        3 => ReadResult::Unparseable { len: 3, error: "eof".into() },
+        _ => ReadResult::TooLarge { len: 1 << 30 },
+    }
+}
+
+/// Which task each running wake attempt belongs to, and the fences.
+#[derive(Default)]
+struct Model {
+    /// The attempt the executor is running (started, not yet reported).
+    running: Option<(String, u32)>,
+    /// Per task, the highest generation the hub has given for it.
+    fence: HashMap<String, u64>,
+    /// The last connection the state asked for.
+    conn: u64,
+    /// A generation the frame being handled gives; a fence once handled.
+    fence_pending: Option<(String, u64)>,
+}
+
+fuzz_target!(|data: &[u8]| {
+    let mut b = Bytes(data);
+    let t0 = Instant::now();
+    let mut now = t0;
+    let mut wall = 1_700_000_000_000u64;
+    let mut state = State::new(settings(&mut b), queue(&mut b), u64::from(b.u8()), t0);
+    let mut model = Model::default();
+    let fx = state.start();
+    check(&state, &mut model, &fx, now, "start");
+    let mut steps = 0;
+    while !b.is_empty() && steps < 2_000 {
+        steps += 1;
+        // Time only moves forward; sometimes straight to the next deadline.
+        match b.u8() % 4 {
+            0 => {}
+            1 => now += ms(u64::from(b.u8())),
+            2 => now += ms(u64::from(b.u16())),
+            _ => {
+                if let Some(deadline) = state.next_deadline() {
+                    now = now.max(deadline);
+                }
+            }
+        }
+        wall += 1;
+        let held = state.held_task_id().map(str::to_owned);
+        let some_task = |b: &mut Bytes<'_>| match (&held, b.u8() % 3) {
+            (Some(id), 0 | 1) => id.clone(),
+            _ => b.pick(&TASKS).to_string(),
+        };
+        let conn = if b.u8() % 8 == 0 { u64::from(b.u8() % 4) } else { model.conn };
+        let input = match b.u8() % 12 {
+            0 | 1 => Input::Tick,
+            2 => Input::Event(Event::Hub(HubEvent::Connected { conn_id: conn })),
+            3 | 4 | 5 => {
+                let text = frame(&mut b);
+                // The hub fences older generations of a task it (re)assigns.
+                if let Ok(v) = serde_json::from_str::<Value>(&text) {
+                    if matches!(v["type"].as_str(), Some("task_assign" | "task_continue")) {
+                        if let (Some(id), Some(g)) = (v["task_id"].as_str(), v["generation"].as_u64()) {
+                            model.fence_pending = Some((id.to_owned(), g));
+                        }
+                    }
+                }
+                Input::Event(Event::Hub(HubEvent::Frame { conn_id: conn, text }))
+            }
+            6 => {
+                let code = *b.pick(&[None, Some(1000), Some(1002), Some(1008), Some(1011)]);
+                let reason = *b.pick(&[None, Some("cooldown active: retry in 2s"), Some("x")]);
+                Input::Event(Event::Hub(HubEvent::Disconnected {
+                    conn_id: conn,
+                    reason: "gone".into(),
+                    close_code: code,
+                    close_reason: reason.map(str::to_owned),
+                }))
+            }
+            7 => {
+                // The outcome of the running attempt, or a stray one.
+                let (task_id, attempt) = match (&model.running, b.u8() % 4) {
+                    (Some((task, attempt)), 0..=2) => (task.clone(), *attempt),
+                    _ => ("task-stray".to_string(), 1),
+                };
+                let status = match b.u8() % 6 {
+                    0 | 1 => WakeStatus::Success,
+                    2 => WakeStatus::Failed { exit_code: Some(1) },
+                    3 => WakeStatus::TimedOut,
+                    4 => WakeStatus::SpawnFailed("no".into()),
+                    _ => WakeStatus::Cancelled,
+                };
+                if model.running.as_ref().is_some_and(|(t, _)| *t == task_id) {
+                    model.running = None;
+                }
+                Input::Event(Event::Wake(WakeOutcome {
+                    task_id,
+                    attempt,
+                    status,
+                    stdout_tail: String::new(),
+                    stderr_tail: String::new(),
+                    elapsed: ms(1),
+                }))
+            }
+            8 => {
+                let task_id = some_task(&mut b);
+                Input::Files(TaskFiles {
+                    task_id,
+                    started: b.u8() % 2 == 0,
+                    result: read_result(&mut b, false),
+                    progress: read_result(&mut b, true),
+                })
+            }
+            9 => {
+                let task_id = some_task(&mut b);
+                let kind = *b.pick(&[FileKind::Started, FileKind::Result, FileKind::Progress]);
+                match b.u8() % 3 {
+                    0 => Input::Listing(Ok(vec![(task_id, kind)])),
+                    1 => Input::Listing(Err("denied".into())),
+                    _ => Input::Event(Event::Results(ResultsEvent::Changed(vec![PathBuf::from(format!(
+                        "/r/{task_id}.{}",
+                        kind.extension()
+                    ))]))),
+                }
+            }
+            10 => Input::PersistFailed { error: "disk full".into(), withheld: Vec::new() },
+            _ => {
+                if b.u8() % 8 == 0 {
+                    Input::Event(Event::Shutdown)
+                } else {
+                    Input::Event(Event::Results(ResultsEvent::Rescan))
+                }
+            }
+        };
+        let what = format!("{input:?}");
+        let fx = state.handle(input, now, wall);
+        if let Some((id, g)) = model.fence_pending.take() {
+            let fence = model.fence.entry(id).or_insert(0);
+            *fence = (*fence).max(g);
+        }
+        check(&state, &mut model, &fx, now, &what);
+        // A fence is what the state was told about the task it holds; once
+        // it holds something else it cannot know (a later push of the same
+        // id is new work to it).
+        let held = state.held_task_id().map(str::to_owned);
+        model.fence.retain(|id, _| held.as_deref() == Some(id.as_str()));
+    }
+});
+
+fn check(state: &State, model: &mut Model, fx: &[Effect], now: Instant, input: &str) {
+    for effect in fx {
+        match effect {
+            Effect::Connect { conn_id } => model.conn = *conn_id,
+            Effect::Send { text, .. } => {
+                let Ok(frame) = serde_json::from_str::<Value>(text) else {
+                    panic!("the sidecar sent invalid JSON {text:?} after {input}");
+                };
+                if matches!(frame["type"].as_str(), Some("task_complete" | "task_failed")) {
+                    let task = frame["task_id"].as_str().unwrap_or_default();
+                    let generation = frame["generation"].as_u64();
+                    let fence = model.fence.get(task).copied().unwrap_or(0);
+                    assert!(
+                        generation.is_some_and(|g| g >= fence),
+                        "report {frame} for a fenced generation (the hub has given {fence}) after {input}"
+                    );
+                }
+            }
+            Effect::StartWake(start) => {
+                assert!(
+                    model.running.is_none(),
+                    "wake for {} started while attempt {:?} runs, after {input}",
+                    start.task_id,
+                    model.running
+                );
+                assert_eq!(
+                    state.held_task_id(),
+                    Some(start.task_id.as_str()),
+                    "wake for a task not held, after {input}"
+                );
+                model.running = Some((start.task_id.clone(), start.attempt));
+            }
+            Effect::Persist(queue) => {
+                assert!(
+                    queue.active.is_none() || queue.recovering.is_none(),
+                    "queue.json with two tasks after {input}"
+                );
+            }
+            _ => {}
+        }
+    }
+    if let Some(deadline) = state.next_deadline() {
+        assert!(deadline > now, "a deadline {:?} not after the input's time, after {input}", now - deadline);
+    }
+}

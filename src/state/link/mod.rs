@@ -1,0 +1,451 @@
+//! The connection to the hub as the core sees it: which connection is live,
+//! the identify and heartbeat deadlines, the reconnect backoff, which frames
+//! await an answer (the reply-correlation queue) and which must be resent
+//! after a `rate_limited`. A small owned type with no knowledge of tasks:
+//! [`State`](super::State) asks it to send and tells it what the hub said.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use super::{record, Effect};
+use crate::lifecycle_log::LifecycleEvent;
+use crate::protocol;
+use crate::retry::{backoff, BackoffPolicy, Jitter};
+
+/// The longest `retry_after_ms` of a `rate_limited` frame we honour.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
+
+/// The link's timers, from the config.
+#[derive(Debug, Clone)]
+pub(crate) struct LinkTimers {
+    pub heartbeat_interval: Duration,
+    pub pong_timeout: Duration,
+    pub identify_timeout: Duration,
+    pub backoff: BackoffPolicy,
+    /// How long a report or `task_recovering` may wait for its answer
+    /// before the connection is given up (and the question asked again on
+    /// the next one).
+    pub reply_timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Conn {
+    Backoff { retry_at: Instant },
+    Connecting { conn_id: u64 },
+    Identifying { conn_id: u64, deadline: Instant },
+    Ready { conn_id: u64, next_ping_at: Instant, pong_deadline: Option<Instant> },
+    Stopped,
+}
+
+/// What a frame we sent waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ReplyKind {
+    Accepted,
+    Complete,
+    Failed,
+    Recovering,
+    StateReport,
+    /// `wake_result`: older hubs answer `unknown_message_type`, newer ones
+    /// nothing.
+    Unhandled,
+}
+
+/// A frame sent on the live connection that awaits an answer. Error frames
+/// carry no task id; they answer the oldest entry of their kind
+/// (docs/protocol.md section 6.7).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Awaiting {
+    pub kind: ReplyKind,
+    pub task_id: String,
+    pub generation: u64,
+}
+
+/// A frame sent on the live connection whose fate is not known yet.
+#[derive(Debug, Clone, PartialEq)]
+struct Sent {
+    frame_type: &'static str,
+    text: String,
+    awaiting: Option<Awaiting>,
+    sent_at: Instant,
+}
+
+impl Sent {
+    /// No answer is expected: handled silently (or dropped).
+    fn expects_no_answer(&self) -> bool {
+        self.awaiting.is_none() && self.frame_type != "ping"
+    }
+
+    /// Frames the newer hub (the only one that rate-limits) never answers
+    /// when it handles them.
+    fn silent_on_rate_limiting_hubs(&self) -> bool {
+        matches!(self.frame_type, "task_progress" | "wake_result")
+    }
+}
+
+/// At most this many frames are remembered as in flight; older ones are
+/// forgotten (a hub that answers nothing would otherwise grow the list).
+const MAX_IN_FLIGHT: usize = 256;
+
+/// Why the link gave up on the live connection in [`Link::tick`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Timeout {
+    Identify,
+    Pong,
+    /// A frame of this type got no answer within `reply_timeout`.
+    Reply(&'static str),
+}
+
+#[derive(Debug)]
+pub(crate) struct Link {
+    timers: LinkTimers,
+    jitter: Jitter,
+    conn: Conn,
+    last_conn_id: u64,
+    /// Failed connection attempts since the last `identified`.
+    reconnect_attempt: u32,
+    /// The time of the input being handled (see [`Link::set_now`]).
+    now: Instant,
+    /// Frames sent on the live connection whose answer (or silent handling)
+    /// is not known yet, oldest first. The hub handles frames in order and
+    /// answers in that order, so an answer also says that the silent frames
+    /// sent before its frame were handled.
+    in_flight: VecDeque<Sent>,
+    /// Frames the hub dropped with `rate_limited`, in their original order:
+    /// they go out again at `resend_at`...
+    denied: VecDeque<Sent>,
+    /// ...followed by the frames sent while they waited.
+    held_back: VecDeque<Sent>,
+    resend_at: Option<Instant>,
+    /// Frame types the hub refused as unknown on this connection: never
+    /// sent on it again.
+    refused_types: Vec<&'static str>,
+}
+
+impl Link {
+    /// A link that connects at once (its first deadline is `now`).
+    pub fn new(timers: LinkTimers, jitter_seed: u64, now: Instant) -> Link {
+        Link {
+            timers,
+            jitter: Jitter::new(jitter_seed),
+            conn: Conn::Backoff { retry_at: now },
+            last_conn_id: 0,
+            reconnect_attempt: 0,
+            now,
+            in_flight: VecDeque::new(),
+            denied: VecDeque::new(),
+            held_back: VecDeque::new(),
+            resend_at: None,
+            refused_types: Vec::new(),
+        }
+    }
+
+    /// The time of the input being handled: frames sent now are stamped
+    /// with it.
+    pub fn set_now(&mut self, now: Instant) {
+        self.now = now;
+    }
+
+    pub fn now(&self) -> Instant {
+        self.now
+    }
+
+    /// The connection whose events count, if any.
+    pub fn live_conn_id(&self) -> Option<u64> {
+        match self.conn {
+            Conn::Connecting { conn_id }
+            | Conn::Identifying { conn_id, .. }
+            | Conn::Ready { conn_id, .. } => Some(conn_id),
+            Conn::Backoff { .. } | Conn::Stopped => None,
+        }
+    }
+
+    /// Identified: frames about tasks may flow.
+    pub fn is_ready(&self) -> bool {
+        matches!(self.conn, Conn::Ready { .. })
+    }
+
+    pub fn is_identifying(&self) -> bool {
+        matches!(self.conn, Conn::Identifying { .. })
+    }
+
+    /// Opens a new connection.
+    pub fn connect(&mut self, fx: &mut Vec<Effect>) {
+        self.last_conn_id += 1;
+        let conn_id = self.last_conn_id;
+        self.conn = Conn::Connecting { conn_id };
+        fx.push(Effect::Connect { conn_id });
+        fx.push(record(LifecycleEvent::Connecting, json!({ "attempt": self.reconnect_attempt + 1 })));
+    }
+
+    /// The socket of `conn_id` is open: the caller sends `identify` (not
+    /// correlated, never resent) and the link waits for the answer. False for
+    /// a connection that is not the one being opened.
+    pub fn on_connected(&mut self, conn_id: u64, now: Instant) -> bool {
+        if self.conn != (Conn::Connecting { conn_id }) {
+            return false;
+        }
+        self.refused_types.clear();
+        self.conn = Conn::Identifying { conn_id, deadline: now + self.timers.identify_timeout };
+        true
+    }
+
+    /// The hub answered `identified`. False if we were not identifying.
+    pub fn on_identified(&mut self, now: Instant) -> bool {
+        let Conn::Identifying { conn_id, .. } = self.conn else {
+            return false;
+        };
+        self.conn =
+            Conn::Ready { conn_id, next_ping_at: now + self.timers.heartbeat_interval, pong_deadline: None };
+        self.reconnect_attempt = 0;
+        true
+    }
+
+    pub fn on_pong(&mut self) {
+        if let Conn::Ready { pong_deadline, .. } = &mut self.conn {
+            *pong_deadline = None;
+        }
+        if let Some(index) = self.in_flight.iter().position(|s| s.frame_type == "ping") {
+            self.answered(index);
+        }
+    }
+
+    /// The connection is gone: forget what it awaited and schedule the next
+    /// attempt (at least `cooldown` away). Returns the delay.
+    pub fn on_lost(&mut self, cooldown: Option<Duration>, now: Instant) -> Duration {
+        self.in_flight.clear();
+        self.denied.clear();
+        self.held_back.clear();
+        self.resend_at = None;
+        let mut delay = backoff(self.reconnect_attempt, &self.timers.backoff, self.jitter.next_unit());
+        if let Some(cooldown) = cooldown {
+            delay = delay.max(cooldown);
+        }
+        self.reconnect_attempt = self.reconnect_attempt.saturating_add(1);
+        self.conn = Conn::Backoff { retry_at: now + delay };
+        delay
+    }
+
+    /// No more connections (shutdown).
+    pub fn stop(&mut self) {
+        self.conn = Conn::Stopped;
+    }
+
+    /// Sends a frame of `frame_type` on the live connection (nothing without
+    /// one), noting what it awaits. While frames wait to be resent after a
+    /// `rate_limited`, it queues behind them, so the hub sees the original
+    /// order.
+    pub fn send(
+        &mut self,
+        frame_type: &'static str,
+        text: String,
+        awaiting: Option<Awaiting>,
+        fx: &mut Vec<Effect>,
+    ) {
+        let frame = Sent { frame_type, text, awaiting, sent_at: self.now };
+        if self.resend_at.is_some() {
+            self.held_back.push_back(frame);
+            return;
+        }
+        self.transmit(frame, fx);
+    }
+
+    fn transmit(&mut self, frame: Sent, fx: &mut Vec<Effect>) {
+        let Some(conn_id) = self.live_conn_id() else {
+            return;
+        };
+        if self.refused_types.contains(&frame.frame_type) {
+            log::debug!("not sending {}: the hub refused that type on this connection", frame.frame_type);
+            return;
+        }
+        fx.push(Effect::Send { conn_id, text: frame.text.clone() });
+        if self.in_flight.len() == MAX_IN_FLIGHT {
+            self.in_flight.pop_front();
+        }
+        self.in_flight.push_back(frame);
+    }
+
+    /// The frame at `index` of `in_flight` was answered: it and the silent
+    /// frames sent before it are done.
+    fn answered(&mut self, index: usize) -> Option<Sent> {
+        let mut kept = VecDeque::with_capacity(self.in_flight.len());
+        let mut answered = None;
+        for (i, frame) in std::mem::take(&mut self.in_flight).into_iter().enumerate() {
+            match i.cmp(&index) {
+                std::cmp::Ordering::Less if frame.expects_no_answer() => {}
+                std::cmp::Ordering::Equal => answered = Some(frame),
+                _ => kept.push_back(frame),
+            }
+        }
+        self.in_flight = kept;
+        answered
+    }
+
+    /// Removes and returns the oldest awaiting entry of one of `kinds`. A
+    /// frame taken for resending whose answer comes after all (the hub had
+    /// handled it) leaves the resend queue.
+    pub fn take_awaiting(&mut self, kinds: &[ReplyKind]) -> Option<Awaiting> {
+        self.take_sent(|s| s.awaiting.as_ref().is_some_and(|a| kinds.contains(&a.kind)))?.awaiting
+    }
+
+    fn take_sent(&mut self, is_of: impl Fn(&Sent) -> bool) -> Option<Sent> {
+        if let Some(index) = self.in_flight.iter().position(&is_of) {
+            return self.answered(index);
+        }
+        if let Some(index) = self.denied.iter().position(&is_of) {
+            return self.denied.remove(index);
+        }
+        let index = self.held_back.iter().position(&is_of)?;
+        self.held_back.remove(index)
+    }
+
+    /// The hub refused the oldest frame of `frame_type` we sent
+    /// (`validation_failed` names the type). Returns what it awaited.
+    /// `unknown_type`: the hub has no such type; none is sent again on this
+    /// connection.
+    pub fn refused(&mut self, frame_type: &str, unknown_type: bool) -> Option<Awaiting> {
+        let sent = self.take_sent(|s| s.frame_type == frame_type);
+        if unknown_type {
+            if let Some(sent) = &sent {
+                self.refuse_type(sent.frame_type);
+            }
+        }
+        sent.and_then(|s| s.awaiting)
+    }
+
+    /// `unknown_message_type` (the older hub): it answers the oldest frame
+    /// awaiting one of `kinds`; that type is not sent again on this
+    /// connection.
+    pub fn unknown_type(&mut self, kinds: &[ReplyKind]) -> Option<&'static str> {
+        let sent = self.take_sent(|s| s.awaiting.as_ref().is_some_and(|a| kinds.contains(&a.kind)))?;
+        self.refuse_type(sent.frame_type);
+        Some(sent.frame_type)
+    }
+
+    fn refuse_type(&mut self, frame_type: &'static str) {
+        if !self.refused_types.contains(&frame_type) {
+            log::info!("the hub does not know {frame_type}; not sending it again on this connection");
+            self.refused_types.push(frame_type);
+        }
+    }
+
+    /// When the oldest question that must be answered times out.
+    fn reply_deadline(&self) -> Option<(Instant, &'static str)> {
+        self.in_flight
+            .iter()
+            .filter(|s| {
+                s.awaiting.as_ref().is_some_and(|a| {
+                    matches!(a.kind, ReplyKind::Complete | ReplyKind::Failed | ReplyKind::Recovering)
+                })
+            })
+            .map(|s| (s.sent_at + self.timers.reply_timeout, s.frame_type))
+            .min_by_key(|(at, _)| *at)
+    }
+
+    /// The oldest awaiting entry of `kind`, left in place.
+    pub fn find_awaiting(&self, kind: ReplyKind) -> Option<&Awaiting> {
+        self.in_flight.iter().filter_map(|s| s.awaiting.as_ref()).find(|a| a.kind == kind)
+    }
+
+    /// `rate_limited`: the hub dropped a frame, the oldest whose fate we do
+    /// not know. Silent frames before the first answered one are ambiguous
+    /// (handled, or the dropped one), so they are resent too: resending a
+    /// progress update is harmless, losing a frame is not. A dropped ping is
+    /// not resent; the next ping moves instead.
+    pub fn on_rate_limited(&mut self, retry_after: Duration, now: Instant) {
+        // The hub's own value is about a second; a huge one (a bug, or a
+        // hostile hub) must not postpone pings, and with them the detection
+        // of a dead link, or a report, for ages.
+        let retry_after = retry_after.min(MAX_RETRY_AFTER);
+        let retry_after_ms = retry_after.as_millis();
+        let count = match self.in_flight.iter().position(|s| !s.silent_on_rate_limiting_hubs()) {
+            Some(index) => index + 1,
+            None => self.in_flight.len(),
+        };
+        if count == 0 {
+            log::warn!("hub rate-limited us, but we sent nothing that could be resent");
+            return;
+        }
+        let dropped: Vec<Sent> = self.in_flight.drain(..count).collect();
+        for frame in dropped {
+            if frame.frame_type == "ping" {
+                // A dropped ping gets no pong: that is not a dead connection.
+                if let Conn::Ready { next_ping_at, pong_deadline, .. } = &mut self.conn {
+                    log::warn!("hub rate-limited our ping; pinging again in {retry_after_ms} ms");
+                    *pong_deadline = None;
+                    *next_ping_at = now + retry_after;
+                }
+                continue;
+            }
+            log::warn!("hub rate-limited our {}; resending in {retry_after_ms} ms", frame.frame_type);
+            self.denied.push_back(frame);
+        }
+        if !self.denied.is_empty() {
+            let at = now + retry_after;
+            self.resend_at = Some(self.resend_at.map_or(at, |earlier| earlier.max(at)));
+        }
+    }
+
+    /// Reconnects, pings and resends when due. Returns the timeout that ends
+    /// the live connection, if one passed (the caller drops it).
+    pub fn tick(&mut self, now: Instant, fx: &mut Vec<Effect>) -> Option<Timeout> {
+        match self.conn.clone() {
+            Conn::Backoff { retry_at } if now >= retry_at => self.connect(fx),
+            Conn::Identifying { deadline, .. } if now >= deadline => return Some(Timeout::Identify),
+            Conn::Ready { pong_deadline: Some(deadline), .. } if now >= deadline => {
+                return Some(Timeout::Pong)
+            }
+            Conn::Ready { conn_id, next_ping_at, pong_deadline: None } if now >= next_ping_at => {
+                self.conn = Conn::Ready {
+                    conn_id,
+                    next_ping_at: now + self.timers.heartbeat_interval,
+                    pong_deadline: Some(now + self.timers.pong_timeout),
+                };
+                // Pings never wait behind resends: they only keep the link.
+                let ping =
+                    Sent { frame_type: "ping", text: protocol::out_ping(), awaiting: None, sent_at: now };
+                self.transmit(ping, fx);
+            }
+            _ => {}
+        }
+        if let Some((at, frame_type)) = self.reply_deadline().filter(|_| self.is_ready()) {
+            if now >= at {
+                return Some(Timeout::Reply(frame_type));
+            }
+        }
+        if self.is_ready() && self.resend_at.is_some_and(|at| now >= at) {
+            self.resend_at = None;
+            let denied = std::mem::take(&mut self.denied);
+            for frame in denied.into_iter().chain(std::mem::take(&mut self.held_back)) {
+                self.transmit(Sent { sent_at: now, ..frame }, fx);
+            }
+        }
+        None
+    }
+
+    /// When the link next needs a tick.
+    pub fn deadline(&self) -> Option<Instant> {
+        match &self.conn {
+            Conn::Backoff { retry_at } => Some(*retry_at),
+            Conn::Identifying { deadline, .. } => Some(*deadline),
+            Conn::Ready { next_ping_at, pong_deadline, .. } => {
+                let heartbeat = pong_deadline.unwrap_or(*next_ping_at);
+                let reply = self.reply_deadline().map(|(at, _)| at);
+                [Some(heartbeat), self.resend_at, reply].into_iter().flatten().min()
+            }
+            Conn::Connecting { .. } | Conn::Stopped => None,
+        }
+    }
+
+    pub fn identify_timeout(&self) -> Duration {
+        self.timers.identify_timeout
+    }
+
+    pub fn pong_timeout(&self) -> Duration {
+        self.timers.pong_timeout
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,170 @@
+//! Letting go of a task, and which files in results_dir are ours.
+//!
+//! When the hub **settles** a task (its report is answered, or it cancels
+//! the task), queue.json first records it as settled, then its files are
+//! removed: killed in between, the next start removes them. A later push of
+//! the same id is new work, never answered with the old result.
+//!
+//! When the hub **takes a task back** unsettled (`task_reassign`, or a
+//! `state_report_ack` abort of the generation we hold), the agent may still
+//! be working on it, and both real hubs hand the same task back moments
+//! later at a higher generation. So its files stay, queue.json remembers it
+//! (id, generation, whether its agent had confirmed), and a push of that id
+//! is adopted without waking the agent again if its `.started` is there;
+//! its result, if already written, is reported at the new generation. If
+//! the hub does not hand it back within `readopt_window`, its result (if
+//! any) goes to the lifecycle log and its files are removed.
+//!
+//! The rule for an adopted task whose agent then produces nothing (see
+//! `Task::silent_until`): a task taken over without a wake (handed back, or
+//! found in queue.json after our own crash, with its agent confirmed) must
+//! show life, a new progress value or its result, within `adopted_silence`
+//! of the adoption or of its last progress; otherwise it is failed with
+//! `adopted_task_silent`. The hub then retries it as new work (its files are
+//! removed when that failure settles), which wakes an agent afresh: bounded
+//! time, no second agent on the same work while the first may still run.
+
+use std::time::Instant;
+
+use serde_json::json;
+
+use super::{record, Effect, State};
+use crate::lifecycle_log::LifecycleEvent;
+use crate::queue_store::{PastFate, PastTask};
+use crate::watcher;
+
+/// The last task we let go of, while its files may matter.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Past {
+    pub task: PastTask,
+    /// Taken back: when its files stop being kept for a hand-back.
+    pub keep_until: Option<Instant>,
+}
+
+/// At most this many foreign result-file names are remembered (each is
+/// logged once).
+const FOREIGN_FILES_REMEMBERED: usize = 10_000;
+
+impl State {
+    /// The first effects about a remembered task, at start.
+    pub(super) fn start_past(&mut self, now: Instant, fx: &mut Vec<Effect>) {
+        let Some(past) = &mut self.past else { return };
+        if self.task.as_ref().is_some_and(|t| t.id == past.task.task_id) {
+            // Held again: its files are the held task's.
+            self.past = None;
+            return;
+        }
+        match past.task.fate {
+            // A settled task's files may be left by a kill mid-settle.
+            PastFate::Settled => fx.push(Effect::RemoveTaskFiles { task_id: past.task.task_id.clone() }),
+            PastFate::TakenBack => past.keep_until = Some(now + self.settings.readopt_window),
+        }
+    }
+
+    /// Stops holding the task. `Settled`: the hub settled or cancelled it,
+    /// its files go; `TakenBack`: its files stay for a hand-back.
+    pub(super) fn let_go(&mut self, fate: PastFate, fx: &mut Vec<Effect>) {
+        let now = self.now;
+        let Some(task) = self.task.take() else { return };
+        if self.wake_running.as_deref() == Some(task.id.as_str()) {
+            fx.push(Effect::CancelWake { task_id: task.id.clone() });
+        }
+        // One past task is remembered: the files of an earlier one taken
+        // back go now.
+        if let Some(earlier) = self.past.take() {
+            if earlier.task.fate == PastFate::TakenBack && earlier.task.task_id != task.id {
+                fx.push(Effect::DiscardTaskFiles { task_id: earlier.task.task_id });
+            }
+        }
+        let keep_until = (fate == PastFate::TakenBack).then(|| now + self.settings.readopt_window);
+        self.past = Some(Past {
+            task: PastTask {
+                task_id: task.id.clone(),
+                generation: task.generation,
+                fate,
+                confirmed: task.confirmed,
+            },
+            keep_until,
+        });
+        // Recorded before the files go, so a kill in between cannot leave
+        // them to be taken for a later push's result.
+        fx.push(Effect::Persist(Box::new(self.queue_file())));
+        if fate == PastFate::Settled {
+            fx.push(Effect::RemoveTaskFiles { task_id: task.id });
+        }
+    }
+
+    /// The remembered task, if it is `task_id` and was taken back (so a push
+    /// of it is adopted); forgotten either way once the id is pushed again.
+    pub(super) fn take_past(&mut self, task_id: &str) -> Option<PastTask> {
+        if self.past.as_ref().is_some_and(|p| p.task.task_id == task_id) {
+            return self.past.take().map(|p| p.task).filter(|t| t.fate == PastFate::TakenBack);
+        }
+        None
+    }
+
+    /// A taken-back task was not handed back in time: its result goes to the
+    /// lifecycle log, its files away.
+    pub(super) fn on_past_tick(&mut self, now: Instant, fx: &mut Vec<Effect>) {
+        let Some(past) = &self.past else { return };
+        if past.keep_until.is_some_and(|at| now >= at) {
+            let task_id = past.task.task_id.clone();
+            log::info!("task {task_id} was not handed back; discarding its files");
+            self.past = None;
+            fx.push(Effect::Persist(Box::new(self.queue_file())));
+            fx.push(Effect::DiscardTaskFiles { task_id });
+        }
+    }
+
+    /// Names of result files that exist or changed: read the held task's
+    /// files if they are among them; discard late files of a settled task;
+    /// have the directory listed before warning about files of other tasks
+    /// (a change may be a removal, ours).
+    pub(super) fn on_result_names(
+        &mut self,
+        names: impl IntoIterator<Item = String>,
+        listed: bool,
+        fx: &mut Vec<Effect>,
+    ) {
+        let mut touches_held = false;
+        let mut late_settled = false;
+        let mut unknown = false;
+        for name in names {
+            let Some((task_id, _)) = watcher::classify(&name) else {
+                continue;
+            };
+            if self.held_task_id() == Some(task_id.as_str()) {
+                touches_held = true;
+            } else if let Some(past) = self.past.as_ref().filter(|p| p.task.task_id == task_id) {
+                late_settled |= past.task.fate == PastFate::Settled;
+            } else if self.foreign_files_logged.contains(&name)
+                || self.foreign_files_logged.len() >= FOREIGN_FILES_REMEMBERED
+            {
+                // Logged already, or too many to keep listing for.
+            } else if !listed {
+                unknown = true;
+            } else {
+                log::info!("results_dir has {name}, which belongs to no task we hold; leaving it alone");
+                self.foreign_files_logged.insert(name);
+            }
+        }
+        if let Some(task_id) = self.held_task_id().filter(|_| touches_held) {
+            fx.push(Effect::ReadTaskFiles { task_id: task_id.to_owned() });
+        }
+        if let Some(past) = self.past.as_ref().filter(|_| late_settled) {
+            fx.push(Effect::DiscardTaskFiles { task_id: past.task.task_id.clone() });
+        }
+        if unknown {
+            fx.push(Effect::ListResults);
+        }
+    }
+
+    /// The hub cancelled the held task, settled it, or took it back.
+    pub(super) fn drop_task(&mut self, why: &str, fate: PastFate, fx: &mut Vec<Effect>) {
+        if let Some(task_id) = self.held_task_id() {
+            log::info!("dropping task {task_id}: {why}");
+            fx.push(record(LifecycleEvent::TaskDropped, json!({ "task_id": task_id, "why": why })));
+            self.let_go(fate, fx);
+        }
+    }
+}

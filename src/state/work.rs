@@ -1,0 +1,430 @@
+//! The held task's work: taking a `task_assign`, waking the agent (with
+//! retries), reading its files, and its deadlines.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use super::link::{Awaiting, ReplyKind};
+use super::report::{parse_progress, report_from_result};
+use super::task::{HubSync, Phase, Task, Unparsed};
+use super::{record, Effect, Held, State, TaskFiles, WakeStart};
+use crate::lifecycle_log::LifecycleEvent;
+use crate::protocol::{self, TaskAssign};
+use crate::queue_store::{Report, WakeProcess};
+use crate::wake::{WakeOutcome, WakeStarted, WakeStatus};
+use crate::watcher::{is_valid_task_id, ReadResult};
+
+impl State {
+    // ----- intake -----------------------------------------------------------
+
+    pub(super) fn on_assign(&mut self, assign: TaskAssign, now: Instant, wall_ms: u64, fx: &mut Vec<Effect>) {
+        let Some(task_id) = assign.task_id.clone() else {
+            log::warn!("refusing a task_assign without a task_id");
+            self.refuse(None, "invalid task_assign: missing task_id", fx);
+            return;
+        };
+        if !is_valid_task_id(&task_id) {
+            let shown: String = task_id.chars().take(64).collect();
+            log::warn!("refusing task_assign with an invalid task_id {shown:?}");
+            self.refuse(Some(&shown), "invalid task_id", fx);
+            return;
+        }
+        let generation = match &assign.generation {
+            Ok(generation) => *generation,
+            Err(value) => {
+                let shown: String = value.chars().take(64).collect();
+                log::warn!("refusing task {task_id}: its generation {shown} is not an integer in 0..2^64");
+                self.refuse(Some(&task_id), &format!("invalid generation {shown}"), fx);
+                return;
+            }
+        };
+        if let Some(mut held) = self.held_as(&task_id) {
+            held.on_assigned_again(generation, now, fx);
+            return;
+        }
+        if assign.fields.keys().any(|k| super::NEWER_HUB_ASSIGN_KEYS.contains(&k.as_str())) {
+            self.newer_hub = true;
+        }
+        if let Some(busy_with) = self.held_task_id() {
+            log::info!("refusing task {task_id}: busy with {busy_with}");
+            self.refuse(Some(&task_id), "busy", fx);
+            if self.newer_hub {
+                self.busy_refused.retain(|(id, _)| *id != task_id);
+                if self.busy_refused.len() < super::BUSY_REFUSED_REMEMBERED {
+                    self.busy_refused.push((task_id, generation));
+                }
+            }
+            return;
+        }
+        self.busy_refused.retain(|(id, _)| *id != task_id);
+        if self.shutting_down {
+            self.refuse(Some(&task_id), "shutting down", fx);
+            return;
+        }
+        let handed_back = self.take_past(&task_id);
+        let mut task = Task::accepted(task_id, generation, assign, wall_ms);
+        if let Some(past) = handed_back {
+            log::info!(
+                "task {} handed back at generation {generation} (taken back at {}); looking at its files before waking",
+                task.id,
+                past.generation
+            );
+            task.phase = Phase::Adopting;
+        }
+        log::info!("accepted task {} (generation {})", task.id, task.generation);
+        fx.push(record(LifecycleEvent::TaskAccepted, task.fields()));
+        self.task = Some(task);
+        if let Some(mut held) = self.held() {
+            // Persist before acknowledging: the ack promises we hold it.
+            held.persist(fx);
+            held.accept(fx);
+            held.resume_work(now, fx);
+        }
+    }
+
+    /// A task we do not take. Nothing is sent: neither hub has a frame for
+    /// it (`task_rejected` is unknown to both, and a schema violation on the
+    /// newer one).
+    fn refuse(&mut self, task_id: Option<&str>, reason: &str, fx: &mut Vec<Effect>) {
+        fx.push(record(LifecycleEvent::TaskRefused, json!({ "task_id": task_id, "reason": reason })));
+    }
+
+    /// Hands the tasks pushed while we were busy back to a newer hub, once we
+    /// hold none (see [`super::BUSY_REASON`]).
+    pub(super) fn hand_back_busy_refusals(&mut self, fx: &mut Vec<Effect>) {
+        if self.task.is_some() || !self.link.is_ready() || self.shutting_down {
+            return;
+        }
+        for (task_id, generation) in std::mem::take(&mut self.busy_refused) {
+            log::info!("handing task {task_id} (generation {generation}) back to the hub: we were busy");
+            let text = protocol::out_task_failed(&task_id, generation, super::BUSY_REASON);
+            let entry = Awaiting { kind: ReplyKind::Failed, task_id, generation };
+            self.link.send("task_failed", text, Some(entry), fx);
+        }
+    }
+
+    // ----- waking -----------------------------------------------------------
+
+    /// A wake command is running: persisted at once, so that a crash while
+    /// it runs lets the next start end it before any new wake.
+    pub(super) fn on_wake_started(&mut self, started: WakeStarted, fx: &mut Vec<Effect>) {
+        let WakeStarted { task_id, attempt, identity } = started;
+        log::debug!("wake attempt {attempt} for task {task_id} runs as {identity:?}");
+        self.wake_process = Some(WakeProcess { task_id, attempt, identity });
+        fx.push(Effect::Persist(Box::new(self.queue_file())));
+    }
+
+    /// An attempt ended: it is no longer recorded as running (persisted with
+    /// whatever the outcome changes, or on its own).
+    pub(super) fn on_wake_finished(&mut self, outcome: WakeOutcome, now: Instant, fx: &mut Vec<Effect>) {
+        let ended = self
+            .wake_process
+            .as_ref()
+            .is_some_and(|p| p.task_id == outcome.task_id && p.attempt == outcome.attempt);
+        if ended {
+            self.wake_process = None;
+        }
+        let first = fx.len();
+        self.on_wake_outcome(outcome, now, fx);
+        if ended && !fx[first..].iter().any(|effect| matches!(effect, Effect::Persist(_))) {
+            fx.push(Effect::Persist(Box::new(self.queue_file())));
+        }
+    }
+
+    fn on_wake_outcome(&mut self, outcome: WakeOutcome, now: Instant, fx: &mut Vec<Effect>) {
+        let was_running = self.wake_running.as_deref() == Some(outcome.task_id.as_str());
+        if was_running {
+            self.wake_running = None;
+        }
+        let (status_word, error) = match &outcome.status {
+            WakeStatus::Success => ("success", None),
+            WakeStatus::Failed { exit_code: Some(code) } => ("failed", Some(format!("exit code {code}"))),
+            WakeStatus::Failed { exit_code: None } => ("failed", Some("killed by a signal".to_string())),
+            WakeStatus::TimedOut => ("timeout", Some("timed out".to_string())),
+            WakeStatus::SpawnFailed(e) => ("failed", Some(format!("could not start: {e}"))),
+            WakeStatus::Cancelled => ("cancelled", None),
+        };
+        fx.push(record(
+            LifecycleEvent::WakeFinished,
+            json!({
+                "task_id": outcome.task_id,
+                "attempt": outcome.attempt,
+                "status": status_word,
+                "error": error,
+                "elapsed_ms": outcome.elapsed.as_millis() as u64,
+                "stdout": outcome.stdout_tail,
+                "stderr": outcome.stderr_tail,
+            }),
+        ));
+        if outcome.status == WakeStatus::Cancelled {
+            return;
+        }
+        let Some(mut held) = self.held_as(&outcome.task_id) else {
+            return;
+        };
+        // The attempt of the held task that was running: still waking, or
+        // the task's outcome came while the command ran.
+        let current = match held.task.phase {
+            Phase::Waking { attempt } => attempt == outcome.attempt,
+            Phase::Reporting { .. } => was_running && held.task.wake_attempts == outcome.attempt,
+            _ => false,
+        };
+        if !current {
+            return;
+        }
+        if held.settings.send_wake_result {
+            let text =
+                protocol::out_wake_result(&outcome.task_id, status_word, outcome.attempt, error.as_deref());
+            held.send_expecting("wake_result", text, ReplyKind::Unhandled, 0, fx);
+        }
+        if let Phase::Waking { attempt } = held.task.phase {
+            held.after_attempt(attempt, outcome.status == WakeStatus::Success, error, now, fx);
+        }
+    }
+}
+
+impl Held<'_> {
+    /// `task_assign` for the task we hold: a resend, or the hub handing the
+    /// same work back at a higher generation (docs/protocol.md section 5.3), which
+    /// is adopted without waking the agent again.
+    fn on_assigned_again(&mut self, generation: u64, now: Instant, fx: &mut Vec<Effect>) {
+        let task_id = self.task.id.clone();
+        if generation <= self.task.generation {
+            log::debug!("task {task_id} assigned again at generation {generation}: a resend");
+            let text = protocol::out_task_accepted(&task_id);
+            self.send_expecting("task_accepted", text, ReplyKind::Accepted, generation, fx);
+            return;
+        }
+        log::info!(
+            "task {task_id} handed back at generation {generation} (was {}); adopting it",
+            self.task.generation
+        );
+        self.task.generation = generation;
+        let resume = self.task.sync == HubSync::Recovered;
+        if self.task.needs_reconcile() {
+            self.task.sync = HubSync::Unconfirmed { readopted: true };
+        }
+        fx.push(record(LifecycleEvent::TaskReadopted, self.task.fields()));
+        self.persist(fx);
+        self.accept(fx);
+        if resume {
+            self.resume_work(now, fx);
+        }
+        self.try_send_report(fx);
+    }
+
+    pub(super) fn accept(&mut self, fx: &mut Vec<Effect>) {
+        self.task.progress.touched_at = Some(self.link.now());
+        let text = protocol::out_task_accepted(&self.task.id);
+        self.send_expecting("task_accepted", text, ReplyKind::Accepted, self.task.generation, fx);
+    }
+
+    /// Starts or resumes work on the task according to its phase: wake it if
+    /// it was never woken, otherwise wait for its files.
+    pub(super) fn resume_work(&mut self, now: Instant, fx: &mut Vec<Effect>) {
+        if self.task.timeout_at.is_none() {
+            self.task.timeout_at = self.settings.task_timeout.map(|t| now + t);
+        }
+        match &mut self.task.phase {
+            Phase::Reporting { .. } => return,
+            Phase::ToWake { .. } => self.begin_work(now, fx),
+            Phase::Confirming { deadline } => *deadline = Some(now + self.settings.confirmation_timeout),
+            Phase::Working => {
+                // Taken over after our crash without a wake.
+                let silence = self.settings.adopted_silence;
+                self.task.silent_until.get_or_insert(now + silence);
+            }
+            Phase::Adopting | Phase::Waking { .. } | Phase::WakeRetry { .. } => {}
+        }
+        fx.push(Effect::ReadTaskFiles { task_id: self.task.id.clone() });
+    }
+
+    /// A task not woken in this run: a task whose `.started` is there is
+    /// being worked on and is never woken again; others are woken (or go
+    /// straight to working without a wake command).
+    fn begin_work(&mut self, now: Instant, fx: &mut Vec<Effect>) {
+        if self.task.confirmed {
+            log::info!("task {} was confirmed by its agent before: adopting it without a wake", self.task.id);
+            self.task.phase = Phase::Working;
+            self.task.silent_until = Some(now + self.settings.adopted_silence);
+            self.persist(fx);
+        } else if self.settings.has_wake_command {
+            self.start_wake_attempt(1, now, fx);
+        } else {
+            log::info!("no wake_command configured: task {} goes straight to working", self.task.id);
+            self.task.phase = Phase::Working;
+            self.persist(fx);
+        }
+    }
+
+    fn start_wake_attempt(&mut self, attempt: u32, now: Instant, fx: &mut Vec<Effect>) {
+        if self.wake_running.is_some() {
+            // The executor is still finishing another attempt (one being
+            // cancelled); start as soon as it reports.
+            self.task.phase = Phase::WakeRetry { attempt, at: now };
+            return;
+        }
+        let t = &mut *self.task;
+        t.phase = Phase::Waking { attempt };
+        t.wake_attempts = attempt;
+        // Everything the hub sent, with our view of the five core fields
+        // (the generation may have moved on since the push).
+        let mut task_json = t.assignment.clone();
+        task_json.insert("task_id".into(), Value::from(t.id.as_str()));
+        task_json.insert("description".into(), Value::from(t.description.as_str()));
+        task_json.insert("metadata".into(), t.metadata.clone());
+        task_json.insert("generation".into(), Value::from(t.generation));
+        task_json.insert("assigned_at".into(), Value::from(t.assigned_at));
+        let task_json = Value::Object(task_json).to_string();
+        let start = WakeStart {
+            task_id: t.id.clone(),
+            generation: t.generation,
+            attempt,
+            description: t.description.clone(),
+            task_json,
+        };
+        log::info!("waking the agent for task {} (attempt {attempt})", t.id);
+        fx.push(record(LifecycleEvent::WakeAttempt, json!({ "task_id": t.id, "attempt": attempt })));
+        *self.wake_running = Some(t.id.clone());
+        self.persist(fx);
+        fx.push(Effect::StartWake(start));
+    }
+
+    /// Wake attempt `attempt` ended (not cancelled).
+    fn after_attempt(
+        &mut self,
+        attempt: u32,
+        success: bool,
+        error: Option<String>,
+        now: Instant,
+        fx: &mut Vec<Effect>,
+    ) {
+        let task_id = self.task.id.clone();
+        if success {
+            self.task.phase = if self.task.confirmed {
+                Phase::Working
+            } else {
+                Phase::Confirming { deadline: Some(now + self.settings.confirmation_timeout) }
+            };
+            log::info!("agent woken for task {task_id} (now {})", self.task.status());
+            self.persist(fx);
+            fx.push(Effect::ReadTaskFiles { task_id });
+            return;
+        }
+        let error = error.unwrap_or_default();
+        if let Some(delay) = self.settings.wake_retry_delays.get(attempt as usize - 1) {
+            log::warn!(
+                "wake attempt {attempt} for task {task_id} failed ({error}); retrying in {} ms",
+                delay.as_millis()
+            );
+            self.task.phase = Phase::WakeRetry { attempt: attempt + 1, at: now + *delay };
+        } else {
+            log::error!("wake command failed {attempt} times for task {task_id}; giving up");
+            let reason = format!("wake_failed: wake command failed after {attempt} attempts (last: {error})");
+            self.set_outcome(Report::Failed { reason }, fx);
+        }
+    }
+
+    // ----- files ------------------------------------------------------------
+
+    pub(super) fn on_files(&mut self, files: TaskFiles, now: Instant, fx: &mut Vec<Effect>) {
+        if self.task.report().is_some() {
+            return;
+        }
+        let task_id = files.task_id;
+        if files.started && !self.task.confirmed {
+            self.task.confirmed = true;
+            log::info!("agent confirmed task {task_id}");
+            fx.push(record(LifecycleEvent::Confirmed, json!({ "task_id": task_id })));
+            if let Phase::Confirming { .. } = self.task.phase {
+                self.task.phase = Phase::Working;
+                self.persist(fx);
+            }
+        }
+        if let ReadResult::Parsed(value) = &files.progress {
+            match parse_progress(value) {
+                Some(progress) => {
+                    let new = self.task.progress.last_value.as_ref() != Some(&progress)
+                        && self.task.progress.pending.as_ref() != Some(&progress);
+                    if new {
+                        self.task.progress.pending = Some(progress);
+                        if let Some(until) = &mut self.task.silent_until {
+                            // Life: the silence starts over.
+                            *until = now + self.settings.adopted_silence;
+                        }
+                    }
+                }
+                None => log::debug!("ignoring a progress file for {task_id} without a 0..100 `progress`"),
+            }
+        }
+        match files.result {
+            ReadResult::Missing => self.task.unparsed = None,
+            ReadResult::Parsed(result) => self.set_outcome(report_from_result(result), fx),
+            ReadResult::TooLarge { len } => {
+                log::warn!("result file of task {task_id} is too large ({len} bytes)");
+                self.set_outcome(Report::Failed { reason: "result_too_large".into() }, fx);
+            }
+            ReadResult::Unparseable { len, error } => {
+                // It may be caught mid-write. Look again shortly (a watcher
+                // event usually comes first); give up once it has not
+                // parsed for `result_settle`.
+                let settle = self.settings.result_settle;
+                let since = self.task.unparsed.map_or(now, |u| u.since);
+                if now.duration_since(since) >= settle {
+                    log::warn!("result file of task {task_id} does not parse ({len} bytes): {error}");
+                    self.set_outcome(Report::Failed { reason: "result_parse_error".into() }, fx);
+                } else {
+                    let step = (settle / 8).max(Duration::from_millis(10));
+                    let rescan_at = Some((now + step).min(since + settle));
+                    self.task.unparsed = Some(Unparsed { since, rescan_at });
+                }
+            }
+        }
+        // A handed-back task whose files were just read, with no outcome in
+        // them (and none being written): go on from where its agent was.
+        if self.task.phase == Phase::Adopting && self.task.unparsed.is_none() {
+            self.begin_work(now, fx);
+        }
+    }
+
+    // ----- time -------------------------------------------------------------
+
+    pub(super) fn on_tick(&mut self, now: Instant, fx: &mut Vec<Effect>) {
+        if let Phase::WakeRetry { attempt, at } = self.task.phase {
+            if now >= at && self.wake_running.is_none() {
+                self.start_wake_attempt(attempt, now, fx);
+            }
+        }
+        if let Some(unparsed) = &mut self.task.unparsed {
+            if unparsed.rescan_at.is_some_and(|at| now >= at) {
+                unparsed.rescan_at = None;
+                fx.push(Effect::ReadTaskFiles { task_id: self.task.id.clone() });
+            }
+        }
+        if let Phase::Confirming { deadline: Some(at) } = self.task.phase {
+            if now >= at {
+                log::warn!("the agent did not confirm task {} in time", self.task.id);
+                self.set_outcome(Report::Failed { reason: "confirmation_timeout".into() }, fx);
+            }
+        }
+        if self.task.phase == Phase::Working && self.task.silent_until.is_some_and(|at| now >= at) {
+            let ms = self.settings.adopted_silence.as_millis();
+            log::warn!(
+                "task {} was adopted without a wake and its agent wrote nothing for {ms} ms",
+                self.task.id
+            );
+            let reason =
+                format!("adopted_task_silent: taken over without a wake, no progress or result for {ms} ms");
+            self.set_outcome(Report::Failed { reason }, fx);
+        }
+        if self.task.timeout_at.is_some_and(|at| now >= at) {
+            log::warn!("task {} produced no result in time", self.task.id);
+            if self.wake_running.as_deref() == Some(self.task.id.as_str()) {
+                fx.push(Effect::CancelWake { task_id: self.task.id.clone() });
+            }
+            self.set_outcome(Report::Failed { reason: "task_timeout".into() }, fx);
+        }
+        self.flush_progress(now, fx);
+    }
+}
