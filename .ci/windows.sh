@@ -56,20 +56,28 @@ cargo test "${cross[@]}" --no-run
 built=$(date +%s)
 echo "windows: build took $((built - started)) s"
 
-wine cmd /c exit 0 >/dev/null 2>&1 || true # creates the prefix
+# One persistent wineserver for the whole stage, started with its output to
+# /dev/null, and the prefix's services started the same way: a wineserver
+# that a test run starts itself keeps that run's output pipe open, and
+# whatever reads the pipe (tee) then never sees its end.
+mkdir -p "$WINEPREFIX"
+wineserver -p </dev/null >/dev/null 2>&1
+wine cmd /c exit 0 </dev/null >/dev/null 2>&1 || true # creates the prefix
 
 echo "== windows: cargo test under Wine"
 log="$scratch/test.log"
 set +e
-cargo test "${cross[@]}" --no-fail-fast 2>&1 | tee "$log"
-status=${PIPESTATUS[0]}
+# To a file, not through a pipe, so no process left by Wine can hold it open.
+cargo test "${cross[@]}" --no-fail-fast >"$log" 2>&1
+status=$?
 set -e
+cat "$log"
 awk '/^test result:/ { passed += $4; failed += $6; ignored += $8 }
      END { printf "windows: %d passed, %d failed, %d skipped\n", passed, failed, ignored }' "$log"
 echo "windows: skipped under Wine, with reasons:"
 grep -E '^test .* \.\.\. ignored, ' "$log" | sed 's/^test /  /' || true
 echo "== windows: agentcom-devhub.exe --demo under Wine"
-if wine "$CARGO_TARGET_DIR/$target/debug/agentcom-devhub.exe" --demo; then
+if wine "$CARGO_TARGET_DIR/$target/debug/agentcom-devhub.exe" --demo </dev/null; then
   echo "windows: the demo exited 0"
 else
   demo_status=$?

@@ -262,13 +262,14 @@ fn persist(temp: tempfile::NamedTempFile, path: &Path) -> io::Result<()> {
 /// On Windows a rename over a file that another process has open (the
 /// `status` command, an editor, a virus scanner) fails with "access denied"
 /// or a sharing violation until that process closes it. Such opens are
-/// brief, so a few short retries (155 ms in all) ride them out; a lasting
-/// failure is returned as before.
+/// brief, so retries with doubling delays (635 ms in all, seen needed under
+/// Wine on a loaded machine with a reader polling the file) ride them out; a
+/// lasting failure is returned as before.
 #[cfg(windows)]
 fn persist(mut temp: tempfile::NamedTempFile, path: &Path) -> io::Result<()> {
     const ERROR_ACCESS_DENIED: i32 = 5;
     const ERROR_SHARING_VIOLATION: i32 = 32;
-    for delay_ms in [5, 10, 20, 40, 80] {
+    for delay_ms in [5, 10, 20, 40, 80, 160, 320] {
         match temp.persist(path) {
             Ok(_) => return Ok(()),
             Err(e)

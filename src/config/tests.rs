@@ -157,7 +157,7 @@ fn check_shows_every_known_key_and_accepts_its_own_output() {
     let Value::Object(mut shown) = shown else { panic!("not an object") };
     assert_eq!(shown["token"], "<redacted>");
     // Joined with the platform's separator (`\` on Windows).
-    let results_dir = std::path::Path::new("/etc/sidecar").join("results");
+    let results_dir = Path::new("/etc/sidecar").join("results");
     assert_eq!(shown["results_dir"], results_dir.display().to_string());
     assert_eq!(shown["heartbeat_interval_ms"], 30_000);
     assert_eq!(shown["wake_retry_delays_ms"], serde_json::json!([5_000, 15_000, 30_000]));
