@@ -118,7 +118,9 @@ fn frame(b: &mut Bytes<'_>) -> String {
     let value = match b.u8() % 16 {
         0 => json!({"type": "identified", "agent_id": "fuzz-agent"}),
         1 => json!({"type": "pong"}),
-        2 | 3 => json!({"type": "task_assign", "task_id": task, "description": "d", "metadata": {}, "generation": generation, "assigned_at": 5}),
+        2 | 3 => {
+            json!({"type": "task_assign", "task_id": task, "description": "d", "metadata": {}, "generation": generation, "assigned_at": 5})
+        }
         4 => {
             let status = *b.pick(&["accepted", "complete", "retried", "dead_letter", "odd"]);
             json!({"type": "task_ack", "task_id": task, "status": status})
@@ -143,11 +145,14 @@ fn frame(b: &mut Bytes<'_>) -> String {
         }
         10 => json!({"type": "task_cancelled", "task_id": task}),
         11 => {
-            let message_type = *b.pick(&["task_complete", "task_failed", "wake_result", "state_report", "ping"]);
+            let message_type =
+                *b.pick(&["task_complete", "task_failed", "wake_result", "state_report", "ping"]);
             json!({"type": "error", "error": "validation_failed", "message_type": message_type, "errors": []})
         }
         12 => json!({"type": "restart_sidecar", "reason": "r"}),
-        13 => json!({"type": "task_assign", "task_id": task, "generation": *b.pick(&[json!("7"), json!(-1), json!(1e30), Value::Null])}),
+        13 => {
+            json!({"type": "task_assign", "task_id": task, "generation": *b.pick(&[json!("7"), json!(-1), json!(1e30), Value::Null])})
+        }
         14 => json!({"type": "rate_limit_warning", "tier": "normal", "remaining": 1, "capacity": 60}),
         _ => {
             let len = usize::from(b.u8() % 16);
