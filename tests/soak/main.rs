@@ -687,6 +687,10 @@ impl Soak {
                 };
                 self.counts.hub_restarts += 1;
                 let task_id = self.ledger.task_id.clone();
+                // Handle nothing more (as a hub that went down), then read its
+                // state: a frame handled between the snapshot and the stop
+                // would otherwise be lost from the ledger.
+                hub.set_silent(true);
                 self.collect_outcomes(&hub, &task_id);
                 self.note(format!("hub#{} stops; back in {down_ms} ms", self.hub_no));
                 self.hub_stopped_at.insert(self.hub_no, now_ms());
