@@ -687,6 +687,10 @@ impl Soak {
                 };
                 self.counts.hub_restarts += 1;
                 let task_id = self.ledger.task_id.clone();
+                // Handle nothing more (as a hub that went down), then read its
+                // state: a frame handled between the snapshot and the stop
+                // would otherwise be lost from the ledger.
+                hub.set_silent(true);
                 self.collect_outcomes(&hub, &task_id);
                 self.note(format!("hub#{} stops; back in {down_ms} ms", self.hub_no));
                 self.hub_stopped_at.insert(self.hub_no, now_ms());
@@ -823,6 +827,11 @@ impl Soak {
         self.start_sidecar()
     }
 
+    /// What only this run's agent processes have on their command line.
+    fn agent_marker(&self) -> String {
+        self.agent_dir.display().to_string()
+    }
+
     /// `(pid, CPU seconds)` of the running sidecar.
     fn sidecar_cpu(&self) -> Option<(u32, f64)> {
         let pid = self.sidecar.as_ref()?.id();
@@ -907,7 +916,9 @@ impl Soak {
         let workers_done = self.wait_until(|soak| {
             soak.read_logs();
             !soak.agent_events.iter().any(|e| {
-                e.task == task_id && e.kind == "worker_start" && checker::alive_with(e.pid, "--soak-worker")
+                e.task == task_id
+                    && e.kind == "worker_start"
+                    && checker::alive_with(e.pid, &soak.agent_marker())
             })
         });
         if !workers_done {
@@ -1090,12 +1101,14 @@ impl Soak {
             .map(|e| (e.pid, e.kind.clone(), e.task.clone()))
             .collect();
         let deadline = Instant::now() + Duration::from_secs(2);
-        while Instant::now() < deadline && ours.iter().any(|(pid, _, _)| checker::alive_with(*pid, "--soak-"))
-        {
+        // The run's own agent directory is on every agent's command line: a
+        // reused pid, or another soak's agent, is not ours.
+        let marker = self.agent_marker();
+        while Instant::now() < deadline && ours.iter().any(|(pid, _, _)| checker::alive_with(*pid, &marker)) {
             thread::park_timeout(Duration::from_millis(20));
         }
         for (pid, kind, task) in ours {
-            if checker::alive_with(pid, "--soak-") {
+            if checker::alive_with(pid, &marker) {
                 self.violation(format!(
                     "orphan process {pid} ({kind} of {task}) still running after the sidecar stopped"
                 ));
