@@ -227,8 +227,13 @@ impl Task {
             _ => None,
         };
         let rescan = self.unparsed.and_then(|u| u.rescan_at);
+        // Never before the progress throttle lets a frame out: a keep-alive
+        // due earlier could not be sent, and the deadline would stay due.
         let keepalive = match (keepalive, self.progress.touched_at) {
-            (Some(every), Some(touched)) if may_send_progress => Some(touched + every),
+            (Some(every), Some(touched)) if may_send_progress => {
+                let throttle = self.progress.last_sent_at.map(|last| last + progress_interval);
+                Some(throttle.map_or(touched + every, |open| open.max(touched + every)))
+            }
             _ => None,
         };
         [phase, self.timeout_at, rescan, progress, keepalive].into_iter().flatten().min()
