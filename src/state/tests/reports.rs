@@ -298,3 +298,20 @@ fn a_keepalive_progress_goes_out_when_the_hub_heard_nothing_for_the_interval() {
     h.tick(30_000);
     assert!(!h.sent_types().contains(&"task_progress".to_string()));
 }
+
+#[test]
+fn a_keepalive_shorter_than_the_progress_throttle_waits_for_it_instead_of_spinning() {
+    let settings = Settings { keepalive_interval: Some(ms(100)), progress_interval: ms(1_000), ..settings() };
+    let mut h = Harness::with(settings, QueueFile::default());
+    h.identify();
+    h.at(100).assign(TASK, 3);
+    h.wake_done(1, WakeStatus::Success);
+    h.files(true, ReadResult::Missing);
+    h.tick(200);
+    assert_eq!(h.sent_types(), ["task_progress"], "the first keep-alive");
+    // The next may only go out once the throttle opens (1,200), not at 300:
+    // a deadline that is due but cannot send would spin the loop.
+    assert_eq!(h.deadline_ms(), Some(1_200));
+    h.tick(1_200);
+    assert_eq!(h.sent_types(), ["task_progress"]);
+}
