@@ -22,7 +22,7 @@ use agentcom_sidecar::config::Secret;
 use agentcom_sidecar::event::Event;
 use agentcom_sidecar::hub::HubEvent;
 use agentcom_sidecar::queue_store::{self, QueueFile};
-use agentcom_sidecar::retry::BackoffPolicy;
+use agentcom_sidecar::retry::{BackoffPolicy, JitterStrategy};
 use agentcom_sidecar::state::{Effect, Input, Settings, State, TaskFiles};
 use agentcom_sidecar::wake::{WakeOutcome, WakeStatus};
 use agentcom_sidecar::watcher::{FileKind, ReadResult, ResultsEvent};
@@ -70,7 +70,11 @@ fn settings(b: &mut Bytes<'_>) -> Settings {
         heartbeat_interval: ms(1 + u64::from(b.u8()) * 20),
         pong_timeout: ms(1 + u64::from(b.u8()) * 10),
         identify_timeout: ms(1 + u64::from(b.u8()) * 10),
-        backoff: BackoffPolicy { initial: ms(1 + u64::from(b.u8())), max: ms(1 + u64::from(b.u16())) },
+        backoff: BackoffPolicy {
+            initial: ms(1 + u64::from(b.u8())),
+            max: ms(1 + u64::from(b.u16())),
+            jitter: *b.pick(&[JitterStrategy::Equal, JitterStrategy::Full, JitterStrategy::Decorrelated]),
+        },
         confirmation_timeout: ms(u64::from(b.u8()) * 10),
         wake_retry_delays: (0..b.u8() % 4).map(|_| ms(u64::from(b.u8()))).collect(),
         task_timeout: (b.u8() % 2 == 0).then(|| ms(u64::from(b.u16()))),
