@@ -226,8 +226,17 @@ fuzz_target!(|data: &[u8]| {
             2 => Input::Event(Event::Hub(HubEvent::Connected { conn_id: conn })),
             3 | 4 | 5 => {
                 let text = frame(&mut b);
-                // The hub fences older generations of a task it (re)assigns.
-                if let Ok(v) = serde_json::from_str::<Value>(&text) {
+                // The hub fences older generations of a task it (re)assigns,
+                // as far as the sidecar can know: a frame from a connection
+                // it no longer considers live is ignored by it, rightly.
+                let live = conn == model.conn;
+                if let Ok(v) = serde_json::from_str::<Value>(&text).map_err(|_| ()).and_then(|v| {
+                    if live {
+                        Ok(v)
+                    } else {
+                        Err(())
+                    }
+                }) {
                     if matches!(v["type"].as_str(), Some("task_assign" | "task_continue")) {
                         if let (Some(id), Some(g)) = (v["task_id"].as_str(), v["generation"].as_u64()) {
                             model.fence_pending = Some((id.to_owned(), g));
