@@ -229,15 +229,9 @@ fuzz_target!(|data: &[u8]| {
                 // The hub fences older generations of a task it (re)assigns,
                 // as far as the sidecar can know: a frame from a connection
                 // it no longer considers live is ignored by it, rightly.
-                let live = conn == model.conn;
-                if let Ok(v) = serde_json::from_str::<Value>(&text).map_err(|_| ()).and_then(|v| {
-                    if live {
-                        Ok(v)
-                    } else {
-                        Err(())
-                    }
-                }) {
-                    if matches!(v["type"].as_str(), Some("task_assign" | "task_continue")) {
+                let live = state.live_conn_id() == Some(conn);
+                if let Ok(v) = serde_json::from_str::<Value>(&text) {
+                    if live && matches!(v["type"].as_str(), Some("task_assign" | "task_continue")) {
                         if let (Some(id), Some(g)) = (v["task_id"].as_str(), v["generation"].as_u64()) {
                             model.fence_pending = Some((id.to_owned(), g));
                         }

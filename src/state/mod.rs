@@ -454,6 +454,12 @@ impl State {
         [self.link.deadline(), task, self.next_poll_at, past].into_iter().flatten().min()
     }
 
+    /// The connection whose frames the core acts on, if any (frames of any
+    /// other connection are ignored). For tests and the fuzz harness.
+    pub fn live_conn_id(&self) -> Option<u64> {
+        self.link.live_conn_id()
+    }
+
     /// The task whose result files we care about.
     pub fn held_task_id(&self) -> Option<&str> {
         self.task.as_ref().map(|t| t.id.as_str())

@@ -445,10 +445,18 @@ fn a_task_pushed_during_a_reconnects_recovery_completes_with_one_outcome() {
             version,
             |options| options.repush_on_identify = false,
             |dir| {
-                format!(
-                    "echo \"$AGENTCOM_TASK_ID\" >> {wakes}; : > \"$AGENTCOM_RESULTS_DIR/$AGENTCOM_TASK_ID.started\"",
-                    wakes = dir.join("woken.txt").display()
-                )
+                let wakes = dir.join("woken.txt");
+                if cfg!(windows) {
+                    format!(
+                        "echo !AGENTCOM_TASK_ID!>>\"{}\"& type nul>\"!AGENTCOM_RESULTS_DIR!\\!AGENTCOM_TASK_ID!.started\"",
+                        wakes.display()
+                    )
+                } else {
+                    format!(
+                        "echo \"$AGENTCOM_TASK_ID\" >> {}; : > \"$AGENTCOM_RESULTS_DIR/$AGENTCOM_TASK_ID.started\"",
+                        wakes.display()
+                    )
+                }
             },
         );
         let sidecar = Sidecar::start(dir.path(), &cfg);
