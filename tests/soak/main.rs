@@ -262,6 +262,11 @@ impl Soak {
             "wake_timeout_ms": 2_000,
             "wake_retry_delays_ms": [100, 250],
             "task_timeout_ms": 8_000,
+            // Compressed like every other interval here: a task the hub takes
+            // back is handed back within a few seconds or not at all (it may
+            // have been our own completion, answered task_reassign after a
+            // kill), and the checker waits 15 s for a settled task's files.
+            "readopt_window_ms": 8_000,
             "result_settle_ms": 600,
             "progress_interval_ms": 100,
             "shutdown_grace_ms": 200,
