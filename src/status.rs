@@ -322,6 +322,15 @@ mod tests {
     use serde_json::json;
     use std::fs;
 
+    /// A lifecycle log that says: identified, then the report of task-1 sent.
+    fn write_connected_log(config: &Config) {
+        let records = [
+            json!({"ts":1_700_000_090_000u64,"event":"identified","agent_id":"a"}),
+            json!({"ts":1_700_000_095_000u64,"event":"report_sent","agent_id":"a","task_id":"task-1"}),
+        ];
+        fs::write(&config.log_file, records.iter().map(|v| format!("{v}\n")).collect::<String>()).unwrap();
+    }
+
     fn config(dir: &std::path::Path) -> Config {
         Config::for_tests(dir, "ws://127.0.0.1:9/ws", "tok")
     }
@@ -353,17 +362,7 @@ mod tests {
             .to_string(),
         )
         .unwrap();
-        fs::write(
-            &config.log_file,
-            [
-                json!({"ts":1_700_000_090_000u64,"event":"identified","agent_id":"a"}),
-                json!({"ts":1_700_000_095_000u64,"event":"report_sent","agent_id":"a","task_id":"task-1"}),
-            ]
-            .iter()
-            .map(|v| format!("{v}\n"))
-            .collect::<String>(),
-        )
-        .unwrap();
+        write_connected_log(&config);
         let (verdict, text) = run(&config);
         assert_eq!(verdict, Verdict::Busy);
         assert!(text.contains("active: task-1 generation 3 status working (100 s ago"), "{text}");
@@ -417,17 +416,7 @@ mod tests {
             .to_string(),
         )
         .unwrap();
-        fs::write(
-            &config.log_file,
-            [
-                json!({"ts":1_700_000_090_000u64,"event":"identified","agent_id":"a"}),
-                json!({"ts":1_700_000_095_000u64,"event":"report_sent","agent_id":"a","task_id":"task-1"}),
-            ]
-            .iter()
-            .map(|v| format!("{v}\n"))
-            .collect::<String>(),
-        )
-        .unwrap();
+        write_connected_log(&config);
         let (verdict, status) = run_json(&config);
         assert_eq!(verdict, Verdict::Busy);
         assert_eq!(status["verdict"], "busy");
