@@ -11,7 +11,9 @@
 //!   fenced generation);
 //! - a wake starts only for the task held after the batch, and never while
 //!   the previous attempt has not reported (never two wake commands at once);
-//! - queue.json never records two tasks.
+//! - queue.json never records two tasks;
+//! - a wake command is released only after a write of queue.json that
+//!   records it.
 #![no_main]
 
 use std::collections::HashMap;
@@ -24,7 +26,7 @@ use agentcom_sidecar::hub::HubEvent;
 use agentcom_sidecar::queue_store::{self, QueueFile};
 use agentcom_sidecar::retry::{BackoffPolicy, JitterStrategy};
 use agentcom_sidecar::state::{Effect, Input, Settings, State, TaskFiles};
-use agentcom_sidecar::wake::{WakeOutcome, WakeStatus};
+use agentcom_sidecar::wake::{WakeIdentity, WakeOutcome, WakeStarted, WakeStatus};
 use agentcom_sidecar::watcher::{FileKind, ReadResult, ResultsEvent};
 use libfuzzer_sys::fuzz_target;
 use serde_json::{json, Value};
@@ -249,6 +251,15 @@ fuzz_target!(|data: &[u8]| {
                     close_reason: reason.map(str::to_owned),
                 }))
             }
+            7 if model.running.is_some() && b.u8() % 3 == 0 => {
+                // The running attempt's command has started (at its gate).
+                let (task_id, attempt) = model.running.clone().expect("checked");
+                Input::Event(Event::WakeStarted(WakeStarted {
+                    task_id,
+                    attempt,
+                    identity: WakeIdentity { pid: 4242, process_group: Some(4242), start_time: Some(1) },
+                }))
+            }
             7 => {
                 // The outcome of the running attempt, or a stray one.
                 let (task_id, attempt) = match (&model.running, b.u8() % 4) {
@@ -322,8 +333,17 @@ fuzz_target!(|data: &[u8]| {
 });
 
 fn check(state: &State, model: &mut Model, fx: &[Effect], input: &str) {
+    // The wake command the last queue.json write of this batch records.
+    let mut recorded = None;
     for effect in fx {
         match effect {
+            Effect::ReleaseWake { task_id, attempt } => {
+                assert_eq!(
+                    recorded,
+                    Some((task_id.as_str(), *attempt)),
+                    "wake command released before queue.json records it, after {input}"
+                );
+            }
             Effect::Connect { conn_id } => model.conn = *conn_id,
             Effect::Send { text, .. } => {
                 let Ok(frame) = serde_json::from_str::<Value>(text) else {
@@ -354,6 +374,7 @@ fn check(state: &State, model: &mut Model, fx: &[Effect], input: &str) {
                 model.running = Some((start.task_id.clone(), start.attempt));
             }
             Effect::Persist(queue) => {
+                recorded = queue.wake_process.as_ref().map(|p| (p.task_id.as_str(), p.attempt));
                 assert!(
                     queue.active.is_none() || queue.recovering.is_none(),
                     "queue.json with two tasks after {input}"

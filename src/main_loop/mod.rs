@@ -104,7 +104,9 @@ impl Shell {
 
         let wake_events = events.clone();
         let started_events = events.clone();
-        let wake = WakeHandle::spawn_with_started(
+        // Gated: a command runs only once queue.json records it, so a crash
+        // right after its spawn never leaves one running unseen.
+        let wake = WakeHandle::spawn_gated(
             Box::new(move |started| {
                 let _ = started_events.send(Event::WakeStarted(started));
             }),
@@ -182,6 +184,10 @@ impl Shell {
             };
             if let Input::Event(Event::Hub(HubEvent::Disconnected { conn_id, .. })) = &input {
                 self.reap_connection(*conn_id);
+            }
+            #[cfg(feature = "failpoints")]
+            if let Input::Event(Event::WakeStarted(_)) = &input {
+                self.check_failpoint_at("after_wake_spawn");
             }
             let started = Instant::now();
             let effects = self.state.handle(input, started, unix_ms());
@@ -274,6 +280,7 @@ impl Shell {
                     }
                 }
                 Effect::StartWake(start) => self.start_wake(start),
+                Effect::ReleaseWake { task_id, attempt } => self.wake.release(&task_id, attempt),
                 Effect::CancelWake { task_id } => self.wake.cancel(&task_id),
                 Effect::ReadTaskFiles { task_id } => {
                     follow_ups.push_back(Input::Files(self.read_task_files(&task_id)))
@@ -393,11 +400,20 @@ impl Shell {
         });
     }
 
-    /// Test hook, compiled only with the `failpoints` feature (the test build
-    /// enables it): `AGENTCOM_FAILPOINT=before_send:<frame type>` kills the
-    /// process, without any clean-up, just before the first frame of that
-    /// type goes to the hub. The crash-safety tests use it to die at exact
-    /// points.
+    /// Test hooks, compiled only with the `failpoints` feature (the test
+    /// build enables it): `AGENTCOM_FAILPOINT=before_send:<frame type>` kills
+    /// the process, without any clean-up, just before the first frame of that
+    /// type goes to the hub; `after_wake_spawn` as soon as a wake command has
+    /// started, before anything records it. The crash-safety tests use them
+    /// to die at exact points.
+    #[cfg(feature = "failpoints")]
+    fn check_failpoint_at(&self, point: &str) {
+        if self.failpoint.as_deref() == Some(point) {
+            log::error!("failpoint {point} reached: aborting");
+            std::process::abort();
+        }
+    }
+
     #[cfg(feature = "failpoints")]
     fn check_failpoint(&self, text: &str) {
         let Some(failpoint) = &self.failpoint else {

@@ -171,6 +171,12 @@ pub enum Effect {
     /// returns the rest as [`Input::PersistFailed`].
     Persist(Box<QueueFile>),
     StartWake(WakeStart),
+    /// Let a started wake command run, now that queue.json records it (the
+    /// `Persist` before this one): see `WakeHandle::spawn_gated`.
+    ReleaseWake {
+        task_id: String,
+        attempt: u32,
+    },
     CancelWake {
         task_id: String,
     },
@@ -416,6 +422,11 @@ impl State {
                         Effect::RemoveTaskFiles { task_id } | Effect::DiscardTaskFiles { task_id } => {
                             log::error!("keeping the files of {task_id}: queue.json could not be written")
                         }
+                        // A wake command's release goes ahead, as a
+                        // wake's start does: neither tells the hub anything.
+                        // (Unrecorded, a crash now could leave it running
+                        // unseen; a disk that refuses queue.json has already
+                        // voided that promise for everything else.)
                         other => fx.push(other),
                     }
                 }

@@ -100,13 +100,16 @@ impl State {
 
     // ----- waking -----------------------------------------------------------
 
-    /// A wake command is running: persisted at once, so that a crash while
-    /// it runs lets the next start end it before any new wake.
+    /// A wake command has started and waits at its gate: persisted, then
+    /// released. A crash before the persist leaves a command that never
+    /// runs; one after it, a command the next start finds and ends before
+    /// any new wake.
     pub(super) fn on_wake_started(&mut self, started: WakeStarted, fx: &mut Vec<Effect>) {
         let WakeStarted { task_id, attempt, identity } = started;
         log::debug!("wake attempt {attempt} for task {task_id} runs as {identity:?}");
-        self.wake_process = Some(WakeProcess { task_id, attempt, identity });
+        self.wake_process = Some(WakeProcess { task_id: task_id.clone(), attempt, identity });
         fx.push(Effect::Persist(Box::new(self.queue_file())));
+        fx.push(Effect::ReleaseWake { task_id, attempt });
     }
 
     /// An attempt ended: it is no longer recorded as running (persisted with

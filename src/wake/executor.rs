@@ -7,7 +7,7 @@
 //! never killed, nor is anything it left running: wake commands commonly
 //! start the agent in the background and exit.
 
-use std::io;
+use std::io::{self, PipeWriter, Write};
 use std::process::{Child, Stdio};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -55,10 +55,31 @@ impl WakeHandle {
         on_started: Box<dyn Fn(WakeStarted) + Send>,
         on_outcome: Box<dyn Fn(WakeOutcome) + Send>,
     ) -> io::Result<WakeHandle> {
+        WakeHandle::start(on_started, on_outcome, false)
+    }
+
+    /// Like [`spawn_with_started`](WakeHandle::spawn_with_started), and each
+    /// command, once started, waits to be [released](WakeHandle::release)
+    /// before it runs anything (Unix; on Windows the job object makes this
+    /// unnecessary and commands run at once). The caller records the
+    /// [`WakeStarted`] first: a wake command never runs unrecorded, even if
+    /// the sidecar is killed right after the spawn.
+    pub fn spawn_gated(
+        on_started: Box<dyn Fn(WakeStarted) + Send>,
+        on_outcome: Box<dyn Fn(WakeOutcome) + Send>,
+    ) -> io::Result<WakeHandle> {
+        WakeHandle::start(on_started, on_outcome, true)
+    }
+
+    fn start(
+        on_started: Box<dyn Fn(WakeStarted) + Send>,
+        on_outcome: Box<dyn Fn(WakeOutcome) + Send>,
+        gated: bool,
+    ) -> io::Result<WakeHandle> {
         let (sender, receiver) = crossbeam_channel::unbounded();
         let thread = thread::Builder::new()
             .name("wake-executor".to_string())
-            .spawn(move || Executor { commands: receiver, on_started, on_outcome }.run())?;
+            .spawn(move || Executor { commands: receiver, on_started, on_outcome, gated }.run())?;
         Ok(WakeHandle { sender, thread: Some(thread) })
     }
 
@@ -69,6 +90,15 @@ impl WakeHandle {
         if self.sender.send(WakeCommand::Run(Box::new(request))).is_err() {
             // Only possible if the executor panicked; Drop re-raises that.
             log::error!("wake executor is gone; wake request dropped");
+        }
+    }
+
+    /// Lets attempt `attempt` of `task_id` run its command (handles made by
+    /// [`spawn_gated`](WakeHandle::spawn_gated)). Nothing happens if that
+    /// attempt is no longer running or was never gated.
+    pub fn release(&self, task_id: &str, attempt: u32) {
+        if self.sender.send(WakeCommand::Release(task_id.to_string(), attempt)).is_err() {
+            log::error!("wake executor is gone; release of {task_id} dropped");
         }
     }
 
@@ -107,6 +137,7 @@ impl Drop for WakeHandle {
 enum WakeCommand {
     Run(Box<WakeRequest>),
     Cancel(String),
+    Release(String, u32),
 }
 
 /// The executor thread's state: its inbox and the callbacks.
@@ -114,6 +145,8 @@ struct Executor {
     commands: Receiver<WakeCommand>,
     on_started: Box<dyn Fn(WakeStarted) + Send>,
     on_outcome: Box<dyn Fn(WakeOutcome) + Send>,
+    /// Commands wait for [`WakeHandle::release`] before they run.
+    gated: bool,
 }
 
 /// Why an attempt stops waiting for its child.
@@ -142,6 +175,9 @@ impl Executor {
                 WakeCommand::Cancel(task_id) => {
                     log::debug!("cancel for task {task_id}: no wake attempt running");
                 }
+                WakeCommand::Release(task_id, attempt) => {
+                    log::debug!("release of task {task_id} attempt {attempt}: no wake attempt running");
+                }
             }
         }
     }
@@ -149,11 +185,11 @@ impl Executor {
     fn run_attempt(&self, request: WakeRequest) -> WakeOutcome {
         let started = Instant::now();
         log::debug!("wake attempt {} for task {}: starting", request.attempt, request.task_id);
-        let running = match start_child(&request) {
+        let running = match start_child(&request, self.gated) {
             Ok(running) => running,
             Err(text) => return finished(&request, WakeStatus::SpawnFailed(text), started),
         };
-        let Running { pid, tree, identity, exit_rx, mut output } = running;
+        let Running { pid, tree, identity, exit_rx, mut output, mut gate } = running;
         (self.on_started)(WakeStarted {
             task_id: request.task_id.clone(),
             attempt: request.attempt,
@@ -163,7 +199,7 @@ impl Executor {
             Some(deadline) => at(deadline),
             None => never(),
         };
-        let stop = self.wait_for_stop(&request, &exit_rx, &deadline, &mut output);
+        let stop = self.wait_for_stop(&request, &exit_rx, &deadline, &mut output, &mut gate);
         // A kill decided at the same instant as the child exited must not
         // kill the group if the wake succeeded: then it holds the agent.
         let mut stop_pending = false;
@@ -232,6 +268,7 @@ impl Executor {
         exit_rx: &Receiver<ChildExited>,
         deadline: &Receiver<Instant>,
         output: &mut Output,
+        gate: &mut Option<PipeWriter>,
     ) -> Stop {
         loop {
             select! {
@@ -263,6 +300,11 @@ impl Executor {
                             request.task_id
                         );
                     }
+                    Ok(WakeCommand::Release(task_id, attempt)) => {
+                        if task_id == request.task_id && attempt == request.attempt {
+                            open_gate(gate, request);
+                        }
+                    }
                     Err(_) => return Stop::Kill(WakeStatus::Cancelled),
                 },
                 recv(deadline) -> _ => return Stop::Kill(WakeStatus::TimedOut),
@@ -280,19 +322,18 @@ struct Running {
     identity: super::WakeIdentity,
     exit_rx: Receiver<ChildExited>,
     output: Output,
+    /// The write end of a gated command's gate, until it is opened.
+    gate: Option<PipeWriter>,
 }
 
 /// Writes the task file and starts the wake command with its output readers
 /// and exit waiter. An error is the text for [`WakeStatus::SpawnFailed`].
-fn start_child(request: &WakeRequest) -> Result<Running, String> {
+fn start_child(request: &WakeRequest, gated: bool) -> Result<Running, String> {
     write_task_file(&request.task_file, &request.task_json)
         .map_err(|error| format!("cannot write task file {}: {error}", request.task_file.display()))?;
-    let mut command = sys::shell_command(&render_command(&request.command_template));
-    command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .envs(task_environment(request));
+    let (mut command, gate) = sys::shell_command(&render_command(&request.command_template), gated)
+        .map_err(|error| format!("cannot make the wake command's gate: {error}"))?;
+    command.stdout(Stdio::piped()).stderr(Stdio::piped()).envs(task_environment(request));
     // An empty path means the sidecar's own working directory.
     if !request.work_dir.as_os_str().is_empty() {
         if !request.work_dir.is_dir() {
@@ -348,7 +389,20 @@ fn start_child(request: &WakeRequest) -> Result<Running, String> {
             kill_tree(pid, &tree);
             format!("cannot start the wake waiter thread: {error}")
         })?;
-    Ok(Running { pid, tree, identity, exit_rx, output: Output::new(output_rx) })
+    // Our copy of the gate's read end went with `command`.
+    drop(command);
+    Ok(Running { pid, tree, identity, exit_rx, output: Output::new(output_rx), gate })
+}
+
+/// Lets a gated command run: one line on its gate, then the pipe closes. A
+/// command that has already exited (a write error) is reported by its
+/// waiter as usual.
+fn open_gate(gate: &mut Option<PipeWriter>, request: &WakeRequest) {
+    if let Some(mut writer) = gate.take() {
+        if let Err(error) = writer.write_all(b"go\n") {
+            log::debug!("cannot release the wake command of task {}: {error}", request.task_id);
+        }
+    }
 }
 
 /// Kills the child's whole tree, then reaps the child once the waiter sees

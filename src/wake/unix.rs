@@ -1,9 +1,9 @@
 //! Unix: `sh -c`, a process group per wake command, `killpg`, and the
 //! identity of a wake command that outlived a crashed sidecar.
 
-use std::io;
+use std::io::{self, PipeWriter};
 use std::os::unix::process::CommandExt;
-use std::process::{Child, Command};
+use std::process::{Child, Command, Stdio};
 
 use super::{Leftover, WakeIdentity};
 
@@ -13,10 +13,31 @@ use super::{Leftover, WakeIdentity};
 /// (`ARG_MAX`, a quarter of the stack limit: 2 MiB by default).
 pub(super) const ENV_VALUE_LIMIT_BYTES: usize = 64 * 1024;
 
-pub(super) fn shell_command(rendered: &str) -> Command {
+/// What a gated wake command's shell runs before the operator's command. It
+/// waits for one line on its stdin, a pipe only the sidecar writes to, and
+/// the sidecar writes it only once queue.json records the command's identity
+/// ([`WakeHandle::release`](super::WakeHandle::release)). A sidecar killed
+/// before that closes the pipe with its death: `read` meets end of file and
+/// the shell exits without running anything, so no wake command ever runs
+/// that a restarted sidecar could not find and end. Released, the shell
+/// becomes exactly what an ungated command is: `exec` keeps the pid, the
+/// process group and the start time that were recorded, stdin is /dev/null
+/// again and `$0` is `sh`. The operator's command is an argument (`$1`),
+/// never part of this script.
+const GATE_SCRIPT: &str = "read -r gate || exit 75; exec sh -c \"$1\" sh </dev/null";
+
+/// `sh -c <rendered>`, with stdin from /dev/null. Gated, the command waits
+/// for a line on the returned pipe first (see [`GATE_SCRIPT`]).
+pub(super) fn shell_command(rendered: &str, gated: bool) -> io::Result<(Command, Option<PipeWriter>)> {
     let mut command = Command::new("sh");
-    command.arg("-c").arg(rendered);
-    command
+    if !gated {
+        command.arg("-c").arg(rendered).stdin(Stdio::null());
+        return Ok((command, None));
+    }
+    // Both ends close on exec: the write end stays with the sidecar alone.
+    let (reader, writer) = std::io::pipe()?;
+    command.arg("-c").arg(GATE_SCRIPT).arg("agentcom-wake-gate").arg(rendered).stdin(reader);
+    Ok((command, Some(writer)))
 }
 
 /// A new process group led by the child, so `killpg` reaches everything

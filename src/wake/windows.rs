@@ -25,10 +25,10 @@
 //! suspended); `cmd.exe` takes far longer than that to start anything.
 
 use std::ffi::c_void;
-use std::io;
+use std::io::{self, PipeWriter};
 use std::os::windows::io::{AsRawHandle, FromRawHandle, OwnedHandle, RawHandle};
 use std::os::windows::process::CommandExt;
-use std::process::{Child, Command};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use windows_sys::Win32::Foundation::{ERROR_INVALID_PARAMETER, FILETIME, WAIT_OBJECT_0};
@@ -64,10 +64,13 @@ pub(super) const ENV_VALUE_LIMIT_BYTES: usize = 12 * 1024;
 /// `/V:ON`; and the program cmd starts parses its own command line, so a
 /// `"` in a value can change how that program splits its arguments
 /// (argument splitting, not command execution).
-pub(super) fn shell_command(rendered: &str) -> Command {
+/// `cmd.exe /C <rendered>`, with stdin from NUL. Never gated: a wake
+/// command needs no gate here, as the job object ends it when a killed
+/// sidecar's handle closes (see the module comment).
+pub(super) fn shell_command(rendered: &str, _gated: bool) -> io::Result<(Command, Option<PipeWriter>)> {
     let mut command = Command::new("cmd.exe");
-    command.args(["/D", "/V:ON", "/S", "/C"]).raw_arg(format!("\"{rendered}\""));
-    command
+    command.args(["/D", "/V:ON", "/S", "/C"]).raw_arg(format!("\"{rendered}\"")).stdin(Stdio::null());
+    Ok((command, None))
 }
 
 /// Nothing to do before the spawn: the job object is made right after it

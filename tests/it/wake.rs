@@ -176,3 +176,95 @@ fn a_wake_command_left_by_a_killed_sidecar_is_ended_before_the_next_wake() {
         sidecar.queue().get("wake_process").is_none().then_some(())
     });
 }
+
+/// The pids of live processes whose environment holds `marker`
+/// (`NAME=value`): how a test finds a wake command nothing recorded.
+#[cfg(target_os = "linux")]
+fn processes_with_env(marker: &str) -> Vec<u32> {
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| is_alive(pid))
+        .filter(|pid| {
+            fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|environ| environ.split(|&b| b == 0).any(|var| var == marker.as_bytes()))
+        })
+        .collect()
+}
+
+/// Issue 10 (the soak's last finding, seed 4101 lifecycle 166): the sidecar
+/// dies right after spawning a wake command, before queue.json records it,
+/// so a restarted sidecar cannot find it. The command must then never run:
+/// it waits at a gate until the record is written, and a dead sidecar's gate
+/// never opens.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_wake_command_spawned_just_before_a_crash_never_runs_unrecorded() {
+    let hub = start_hub();
+    let dir = tempfile::tempdir().unwrap();
+    // The first sidecar's wake (FIRST=1 in its environment) would hang with
+    // a child; the second's does the task. Each checks for a live one from
+    // before.
+    fs::write(
+        dir.path().join("wake.sh"),
+        format!(
+            "for p in $(cat pids 2>/dev/null); do\n\
+             \x20 s=$(cut -d' ' -f3 \"/proc/$p/stat\" 2>/dev/null)\n\
+             \x20 case \"$s\" in ''|Z|X) ;; *) echo \"overlap $p\" >> wakes.log ;; esac\n\
+             done\n\
+             echo \"start $$ first=${{FIRST:-0}}\" >> wakes.log\n\
+             if [ \"${{FIRST:-0}}\" = 1 ]; then\n\
+             \x20 sleep 60 &\n\
+             \x20 echo \"$$ $!\" >> pids\n\
+             \x20 wait\n\
+             else\n\
+             {}\
+             fi\n",
+            agent_script("second")
+        ),
+    )
+    .unwrap();
+    let mut cfg = config(dir.path(), &hub.url());
+    cfg["wake_command"] = json!("sh wake.sh");
+    cfg["wake_timeout_ms"] = json!(60_000);
+    let mark = dir.path().display().to_string();
+    let env = [("AGENTCOM_FAILPOINT", "after_wake_spawn"), ("FIRST", "1"), ("WAKE_TEST_MARK", &mark)];
+    let mut sidecar = Sidecar::start_with_env(dir.path(), &cfg, &env);
+    expect_identified(&hub);
+    let task_id = hub.push_task(AGENT, "d", json!({}));
+    let status = sidecar.wait_exit(FAILSAFE).expect("the failpoint kills the sidecar");
+    assert!(!status.success());
+    assert!(sidecar.queue().get("wake_process").is_none(), "the failpoint fires before the record");
+
+    let sidecar = Sidecar::start(dir.path(), &cfg);
+    let complete = expect_received(&hub, "task_complete");
+    assert_eq!(complete["task_id"], task_id.as_str(), "{}", sidecar.output());
+    assert_eq!(complete["result"]["output"], "second");
+    // Had the first command run, it would still be there: it hangs.
+    let marker = format!("WAKE_TEST_MARK={mark}");
+    let left = gone_within_failsafe(|| processes_with_env(&marker));
+    for pid in &left {
+        let _ = std::process::Command::new("kill").arg("-9").arg(pid.to_string()).status();
+    }
+    let log = fs::read_to_string(dir.path().join("wakes.log")).unwrap();
+    assert!(!log.contains("first=1"), "the unrecorded wake command ran:\n{log}");
+    assert!(!log.contains("overlap"), "two wake commands ran at once:\n{log}");
+    assert!(left.is_empty(), "the first wake command is still there: {left:?}\n{log}");
+}
+
+/// Waits (on a ticker, bounded by the failsafe) until `find` finds nothing;
+/// what it still finds then.
+#[cfg(target_os = "linux")]
+fn gone_within_failsafe(find: impl Fn() -> Vec<u32>) -> Vec<u32> {
+    let deadline = std::time::Instant::now() + FAILSAFE;
+    let ticker = crossbeam_channel::tick(std::time::Duration::from_millis(20));
+    loop {
+        let found = find();
+        if found.is_empty() || std::time::Instant::now() >= deadline {
+            return found;
+        }
+        let _ = ticker.recv();
+    }
+}

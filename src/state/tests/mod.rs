@@ -218,6 +218,7 @@ fn describe(effect: &Effect) -> String {
             }
         }
         Effect::StartWake(w) => format!("start wake {}", w.attempt),
+        Effect::ReleaseWake { attempt, .. } => format!("release wake {attempt}"),
         Effect::CancelWake { .. } => "cancel wake".into(),
         Effect::ReadTaskFiles { .. } => "read files".into(),
         Effect::ListResults => "list results".into(),

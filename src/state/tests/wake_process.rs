@@ -30,7 +30,7 @@ fn a_started_wake_is_persisted_at_once_and_cleared_by_its_outcome() {
     assert_eq!(h.persisted().unwrap().wake_process, None, "not known before it starts");
 
     started(&mut h, 1);
-    assert_eq!(h.steps(), ["persist active waking gen=1"]);
+    assert_eq!(h.steps(), ["persist active waking gen=1", "release wake 1"], "recorded before it runs");
     let expected = WakeProcess { task_id: TASK.into(), attempt: 1, identity: identity() };
     assert_eq!(h.persisted().unwrap().wake_process, Some(expected.clone()));
     assert_eq!(h.state.queue_file().wake_process, Some(expected));

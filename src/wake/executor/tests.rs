@@ -18,6 +18,7 @@ use crate::wake::{
 };
 
 mod environment;
+mod gate;
 mod leftover;
 
 const FAILSAFE: Duration = Duration::from_secs(10);
@@ -31,9 +32,20 @@ struct Fixture {
 
 impl Fixture {
     fn new() -> Fixture {
+        Fixture::with(WakeHandle::spawn_with_started)
+    }
+
+    /// Each command waits at its gate for [`WakeHandle::release`].
+    fn gated() -> Fixture {
+        Fixture::with(WakeHandle::spawn_gated)
+    }
+
+    fn with(
+        spawn: fn(Box<dyn Fn(WakeStarted) + Send>, Box<dyn Fn(WakeOutcome) + Send>) -> io::Result<WakeHandle>,
+    ) -> Fixture {
         let (tx, outcomes) = unbounded();
         let (started_tx, started) = unbounded();
-        let handle = WakeHandle::spawn_with_started(
+        let handle = spawn(
             Box::new(move |started| {
                 let _ = started_tx.send(started);
             }),
