@@ -26,6 +26,11 @@ pub struct QueueFile {
     /// may still be in results_dir. Absent in Node files.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub past: Option<PastTask>,
+    /// Added by this sidecar: earlier tasks we stopped holding whose files
+    /// may still matter, oldest first (`past` is the newest). Absent when
+    /// there are none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub past_earlier: Vec<PastTask>,
     /// Added by this sidecar: the wake command started and not yet reported
     /// ended. After a crash it may still run: it is ended before any new
     /// wake. Absent in Node files.
@@ -200,7 +205,10 @@ pub fn parse(bytes: &[u8]) -> Result<QueueFile, String> {
         queue.recovering.as_ref().map(|t| t.task_id.as_str()),
         queue.past.as_ref().map(|t| t.task_id.as_str()),
     ];
-    if let Some(bad) = ids.into_iter().flatten().find(|id| !crate::watcher::is_valid_task_id(id)) {
+    let earlier = queue.past_earlier.iter().map(|t| t.task_id.as_str());
+    if let Some(bad) =
+        ids.into_iter().flatten().chain(earlier).find(|id| !crate::watcher::is_valid_task_id(id))
+    {
         let shown: String = bad.chars().take(64).collect();
         return Err(format!("invalid task_id {shown:?}"));
     }
@@ -380,10 +388,13 @@ mod tests {
         let path = dir.path().join("queue.json");
         let escape = r#"{"active":{"task_id":"../../escape","generation":1,"status":"working"}}"#;
         let past = r#"{"active":null,"past":{"task_id":"..","generation":1,"fate":"taken_back"}}"#;
+        let earlier = r#"{"past_earlier":[{"task_id":"t0","generation":1,"fate":"settled"},
+                                           {"task_id":"a/b","generation":1,"fate":"taken_back"}]}"#;
         // Only the id is wrong: the same records with a plain id load.
         assert!(parse(escape.replace("../../escape", "t1").as_bytes()).is_ok());
         assert!(parse(past.replace("\"..\"", "\"t1\"").as_bytes()).is_ok());
-        for bad in [escape, past] {
+        assert_eq!(parse(earlier.replace("a/b", "t1").as_bytes()).unwrap().past_earlier.len(), 2);
+        for bad in [escape, past, earlier] {
             assert!(parse(bad.as_bytes()).unwrap_err().contains("invalid task_id"), "{bad}");
         }
         for garbage in ["{\"active\": {", "", "[1,2]", escape, past] {

@@ -43,7 +43,7 @@ use crate::retry::BackoffPolicy;
 use crate::watcher::{FileKind, ReadResult, ResultsEvent};
 
 use link::{Link, LinkTimers, Timeout};
-use past::Past;
+use past::PastTasks;
 use task::{HubSync, Phase, Task};
 
 /// The part of [`Config`] the core needs, as plain values.
@@ -223,7 +223,7 @@ pub struct State {
     link: Link,
     task: Option<Task>,
     /// The last task let go of, while its files may matter.
-    past: Option<Past>,
+    past: PastTasks,
     /// The time of the input being handled.
     now: Instant,
     /// The task whose wake attempt the executor is running, if any (it may
@@ -281,7 +281,7 @@ struct Held<'a> {
     task: &'a mut Task,
     link: &'a mut Link,
     settings: &'a Settings,
-    past: &'a Option<Past>,
+    past: &'a PastTasks,
     queue_extra: &'a Map<String, Value>,
     wake_running: &'a mut Option<String>,
     wake_process: &'a Option<WakeProcess>,
@@ -297,13 +297,14 @@ impl Held<'_> {
 
 fn queue_file(
     task: Option<&Task>,
-    past: &Option<Past>,
+    past: &PastTasks,
     wake_process: &Option<WakeProcess>,
     extra: &Map<String, Value>,
 ) -> QueueFile {
-    let past = past.as_ref().map(|p| p.task.clone());
+    let (past, past_earlier) = past.to_queue();
     let wake_process = wake_process.clone();
-    let mut queue = QueueFile { active: None, recovering: None, past, wake_process, extra: extra.clone() };
+    let mut queue =
+        QueueFile { active: None, recovering: None, past, past_earlier, wake_process, extra: extra.clone() };
     if let Some(task) = task {
         if task.sync == HubSync::Recovered {
             queue.recovering = Some(task.to_record());
@@ -319,7 +320,7 @@ impl State {
     /// the previous run: the shell must have ended it (or found it gone)
     /// before this, as [`start`](State::start) forgets it.
     pub fn new(settings: Settings, queue: QueueFile, jitter_seed: u64, now: Instant) -> State {
-        let QueueFile { active, recovering, past, wake_process, extra } = queue;
+        let QueueFile { active, recovering, past, past_earlier, wake_process, extra } = queue;
         // A task that was active when we died is recovering now; one that was
         // already recovering stays so. If a file somehow holds both, the
         // recovering one is older news: keep the active one, which is the
@@ -342,7 +343,7 @@ impl State {
             link: Link::new(timers, jitter_seed, now),
             settings,
             task: active.or(recovering).map(Task::recovered),
-            past: past.map(|task| Past { task, keep_until: None }),
+            past: PastTasks::from_queue(past, past_earlier),
             now,
             wake_running: None,
             wake_process,
@@ -461,7 +462,7 @@ impl State {
                 s.keepalive_interval,
             )
         });
-        let past = self.past.as_ref().and_then(|p| p.keep_until);
+        let past = self.past.next_due();
         [self.link.deadline(), task, self.next_poll_at, past].into_iter().flatten().min()
     }
 

@@ -33,7 +33,7 @@ use crate::lifecycle_log::LifecycleEvent;
 use crate::queue_store::{PastFate, PastTask};
 use crate::watcher;
 
-/// The last task we let go of, while its files may matter.
+/// A task we let go of, while its files may matter.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Past {
     pub task: PastTask,
@@ -41,23 +41,77 @@ pub(crate) struct Past {
     pub keep_until: Option<Instant>,
 }
 
+/// How many let-go tasks are remembered. More than one: a reconnect often
+/// has the hub take the held task back and push another queued task first,
+/// and the first one handed back after that must still be adopted. Each
+/// taken-back one keeps its files for at most `readopt_window`.
+pub(crate) const PAST_REMEMBERED: usize = 8;
+
+/// The tasks we let go of, oldest first, one entry per id, at most
+/// [`PAST_REMEMBERED`]. In queue.json the newest is `past`, the others
+/// `past_earlier`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct PastTasks(Vec<Past>);
+
+impl PastTasks {
+    pub(crate) fn from_queue(past: Option<PastTask>, earlier: Vec<PastTask>) -> PastTasks {
+        let mut tasks = PastTasks::default();
+        for task in earlier.into_iter().chain(past) {
+            // Evicted ones were over the limit when written: nothing to do
+            // for them here (start removes settled files; see `start_past`).
+            let _ = tasks.push(Past { task, keep_until: None });
+        }
+        tasks
+    }
+
+    /// (`past`, `past_earlier`) for queue.json.
+    pub(crate) fn to_queue(&self) -> (Option<PastTask>, Vec<PastTask>) {
+        let mut tasks: Vec<PastTask> = self.0.iter().map(|p| p.task.clone()).collect();
+        let newest = tasks.pop();
+        (newest, tasks)
+    }
+
+    pub(crate) fn get(&self, task_id: &str) -> Option<&Past> {
+        self.0.iter().find(|p| p.task.task_id == task_id)
+    }
+
+    pub(crate) fn remove(&mut self, task_id: &str) -> Option<Past> {
+        let at = self.0.iter().position(|p| p.task.task_id == task_id)?;
+        Some(self.0.remove(at))
+    }
+
+    /// Remembers `past` as the newest (replacing an entry of the same id);
+    /// the oldest beyond the limit is returned.
+    #[must_use]
+    pub(crate) fn push(&mut self, past: Past) -> Option<Past> {
+        self.remove(&past.task.task_id);
+        self.0.push(past);
+        (self.0.len() > PAST_REMEMBERED).then(|| self.0.remove(0))
+    }
+
+    /// The earliest end of a taken-back task's keep.
+    pub(crate) fn next_due(&self) -> Option<Instant> {
+        self.0.iter().filter_map(|p| p.keep_until).min()
+    }
+}
+
 /// At most this many foreign result-file names are remembered (each is
 /// logged once).
 const FOREIGN_FILES_REMEMBERED: usize = 10_000;
 
 impl State {
-    /// The first effects about a remembered task, at start.
+    /// The first effects about the remembered tasks, at start.
     pub(super) fn start_past(&mut self, now: Instant, fx: &mut Vec<Effect>) {
-        let Some(past) = &mut self.past else { return };
-        if self.task.as_ref().is_some_and(|t| t.id == past.task.task_id) {
+        if let Some(held) = self.task.as_ref().map(|t| t.id.clone()) {
             // Held again: its files are the held task's.
-            self.past = None;
-            return;
+            self.past.remove(&held);
         }
-        match past.task.fate {
-            // A settled task's files may be left by a kill mid-settle.
-            PastFate::Settled => fx.push(Effect::RemoveTaskFiles { task_id: past.task.task_id.clone() }),
-            PastFate::TakenBack => past.keep_until = Some(now + self.settings.readopt_window),
+        for past in &mut self.past.0 {
+            match past.task.fate {
+                // A settled task's files may be left by a kill mid-settle.
+                PastFate::Settled => fx.push(Effect::RemoveTaskFiles { task_id: past.task.task_id.clone() }),
+                PastFate::TakenBack => past.keep_until = Some(now + self.settings.readopt_window),
+            }
         }
     }
 
@@ -69,49 +123,47 @@ impl State {
         if self.wake_running.as_deref() == Some(task.id.as_str()) {
             fx.push(Effect::CancelWake { task_id: task.id.clone() });
         }
-        // One past task is remembered: the files of an earlier one taken
-        // back go now.
-        if let Some(earlier) = self.past.take() {
-            if earlier.task.fate == PastFate::TakenBack && earlier.task.task_id != task.id {
-                fx.push(Effect::DiscardTaskFiles { task_id: earlier.task.task_id });
-            }
-        }
         let keep_until = (fate == PastFate::TakenBack).then(|| now + self.settings.readopt_window);
-        self.past = Some(Past {
-            task: PastTask {
-                task_id: task.id.clone(),
-                generation: task.generation,
-                fate,
-                confirmed: task.confirmed,
-            },
-            keep_until,
-        });
+        let past = PastTask {
+            task_id: task.id.clone(),
+            generation: task.generation,
+            fate,
+            confirmed: task.confirmed,
+        };
+        // Beyond the limit, the oldest is forgotten: a taken-back one's
+        // files go with it (after the write that forgets it).
+        let evicted = self.past.push(Past { task: past, keep_until });
         // Recorded before the files go, so a kill in between cannot leave
         // them to be taken for a later push's result.
         fx.push(Effect::Persist(Box::new(self.queue_file())));
+        if let Some(evicted) = evicted.filter(|e| e.task.fate == PastFate::TakenBack) {
+            fx.push(Effect::DiscardTaskFiles { task_id: evicted.task.task_id });
+        }
         if fate == PastFate::Settled {
             fx.push(Effect::RemoveTaskFiles { task_id: task.id });
         }
     }
 
-    /// The remembered task, if it is `task_id` and was taken back (so a push
-    /// of it is adopted); forgotten either way once the id is pushed again.
+    /// The remembered task `task_id`, if it was taken back (so a push of it
+    /// is adopted); forgotten either way once the id is pushed again.
     pub(super) fn take_past(&mut self, task_id: &str) -> Option<PastTask> {
-        if self.past.as_ref().is_some_and(|p| p.task.task_id == task_id) {
-            return self.past.take().map(|p| p.task).filter(|t| t.fate == PastFate::TakenBack);
-        }
-        None
+        self.past.remove(task_id).map(|p| p.task).filter(|t| t.fate == PastFate::TakenBack)
     }
 
-    /// A taken-back task was not handed back in time: its result goes to the
-    /// lifecycle log, its files away.
+    /// Taken-back tasks not handed back in time: their results go to the
+    /// lifecycle log, their files away.
     pub(super) fn on_past_tick(&mut self, now: Instant, fx: &mut Vec<Effect>) {
-        let Some(past) = &self.past else { return };
-        if past.keep_until.is_some_and(|at| now >= at) {
-            let task_id = past.task.task_id.clone();
+        let (due, kept): (Vec<Past>, Vec<Past>) = std::mem::take(&mut self.past.0)
+            .into_iter()
+            .partition(|p| p.keep_until.is_some_and(|at| now >= at));
+        self.past.0 = kept;
+        if due.is_empty() {
+            return;
+        }
+        fx.push(Effect::Persist(Box::new(self.queue_file())));
+        for past in due {
+            let task_id = past.task.task_id;
             log::info!("task {task_id} was not handed back; discarding its files");
-            self.past = None;
-            fx.push(Effect::Persist(Box::new(self.queue_file())));
             fx.push(Effect::DiscardTaskFiles { task_id });
         }
     }
@@ -127,7 +179,7 @@ impl State {
         fx: &mut Vec<Effect>,
     ) {
         let mut touches_held = false;
-        let mut late_settled = false;
+        let mut late_settled = Vec::new();
         let mut unknown = false;
         for name in names {
             let Some((task_id, _)) = watcher::classify(&name) else {
@@ -135,8 +187,10 @@ impl State {
             };
             if self.held_task_id() == Some(task_id.as_str()) {
                 touches_held = true;
-            } else if let Some(past) = self.past.as_ref().filter(|p| p.task.task_id == task_id) {
-                late_settled |= past.task.fate == PastFate::Settled;
+            } else if let Some(past) = self.past.get(&task_id) {
+                if past.task.fate == PastFate::Settled && !late_settled.contains(&task_id) {
+                    late_settled.push(task_id);
+                }
             } else if self.foreign_files_logged.contains(&name)
                 || self.foreign_files_logged.len() >= FOREIGN_FILES_REMEMBERED
             {
@@ -151,8 +205,8 @@ impl State {
         if let Some(task_id) = self.held_task_id().filter(|_| touches_held) {
             fx.push(Effect::ReadTaskFiles { task_id: task_id.to_owned() });
         }
-        if let Some(past) = self.past.as_ref().filter(|_| late_settled) {
-            fx.push(Effect::DiscardTaskFiles { task_id: past.task.task_id.clone() });
+        for task_id in late_settled {
+            fx.push(Effect::DiscardTaskFiles { task_id });
         }
         if unknown {
             fx.push(Effect::ListResults);

@@ -160,3 +160,97 @@ fn a_kill_between_settling_and_removing_the_files_is_finished_at_the_next_start(
     h.assign(TASK, 4);
     assert_eq!(h.wake_starts(), [1], "the retry is new work");
 }
+
+/// A task taken back, another task done meanwhile, then the first handed
+/// back: still adopted without a second wake (its agent had confirmed). A
+/// reconnect makes this order common: the hub takes the task back and its
+/// scheduler may push another queued task first.
+#[test]
+fn a_task_handed_back_after_another_task_was_done_meanwhile_is_not_woken_again() {
+    const OTHER: &str = "task-ffffffffffffffff";
+    let mut h = taken_back_after_a_crash();
+    h.at(100).assign(OTHER, 1);
+    let wake = h.fx.iter().find_map(|e| match e {
+        Effect::StartWake(start) => Some(start.clone()),
+        _ => None,
+    });
+    assert_eq!(wake.map(|w| w.task_id), Some(OTHER.to_string()));
+    h.input(Input::Event(Event::Wake(WakeOutcome {
+        task_id: OTHER.into(),
+        attempt: 1,
+        status: WakeStatus::Success,
+        stdout_tail: String::new(),
+        stderr_tail: String::new(),
+        elapsed: ms(3),
+    })));
+    h.input(Input::Files(TaskFiles {
+        task_id: OTHER.into(),
+        started: true,
+        result: success(),
+        progress: ReadResult::Missing,
+    }));
+    assert_eq!(h.sent_types(), ["task_complete"]);
+    h.frame(json!({"type":"task_ack","task_id":OTHER,"status":"complete"}));
+    assert!(h.has(|e| matches!(e, Effect::RemoveTaskFiles { task_id } if task_id == OTHER)));
+    assert!(
+        !h.has(|e| matches!(e, Effect::DiscardTaskFiles { task_id } | Effect::RemoveTaskFiles { task_id }
+            if task_id == TASK)),
+        "the taken-back task's files stay: {:?}",
+        h.steps()
+    );
+    let queue = h.persisted().unwrap();
+    let remembered: Vec<_> =
+        queue.past_earlier.iter().chain(&queue.past).map(|p| p.task_id.as_str()).collect();
+    assert_eq!(remembered, [TASK, OTHER], "both remembered in queue.json");
+
+    h.at(200).assign(TASK, 5);
+    assert!(h.steps().contains(&"read files".to_string()), "{:?}", h.steps());
+    h.files(true, ReadResult::Missing);
+    assert!(h.wake_starts().is_empty(), "{:?}", h.steps());
+    h.files(true, success());
+    assert_eq!(h.sent()[0]["type"], "task_complete");
+    assert_eq!(h.sent()[0]["generation"], 5);
+}
+
+/// Taken back, one after another: each is remembered (its files kept) up to
+/// the limit; beyond it the oldest one's files go, after the write that
+/// forgets it. At their deadlines the rest go, in one write.
+#[test]
+fn taken_back_tasks_are_remembered_up_to_a_limit_and_each_discarded_at_its_deadline() {
+    use crate::state::past::PAST_REMEMBERED;
+    let mut h = Harness::new();
+    h.identify();
+    let id = |n: usize| format!("task-{n:016x}");
+    for n in 0..=PAST_REMEMBERED {
+        h.at(n as u64).assign(&id(n), 1);
+        h.frame(json!({"type":"task_reassign","task_id":id(n)}));
+        if n < PAST_REMEMBERED {
+            assert!(!h.has(|e| matches!(e, Effect::DiscardTaskFiles { .. })), "{n}: {:?}", h.steps());
+        }
+    }
+    // The limit was passed by one: the oldest goes.
+    let steps = h.steps();
+    let persist = steps.iter().position(|s| s.starts_with("persist idle")).unwrap();
+    let discard = steps.iter().position(|s| s == "discard files").unwrap();
+    assert!(persist < discard, "{steps:?}");
+    assert!(h.has(|e| matches!(e, Effect::DiscardTaskFiles { task_id } if *task_id == id(0))));
+    let queue = h.persisted().unwrap();
+    assert_eq!(queue.past.as_ref().map(|p| p.task_id.clone()), Some(id(PAST_REMEMBERED)));
+    assert_eq!(queue.past_earlier.len(), PAST_REMEMBERED - 1);
+    assert_eq!(queue.past_earlier[0].task_id, id(1));
+
+    // readopt_window is 10 s: tasks 1..=limit are due at 10_001..; one
+    // tick past them all discards every one in one batch.
+    h.tick(10_000 + PAST_REMEMBERED as u64);
+    let discarded: Vec<String> =
+        h.fx.iter()
+            .filter_map(|e| match e {
+                Effect::DiscardTaskFiles { task_id } => Some(task_id.clone()),
+                _ => None,
+            })
+            .collect();
+    assert_eq!(discarded, (1..=PAST_REMEMBERED).map(id).collect::<Vec<_>>());
+    assert_eq!(h.steps().iter().filter(|s| s.starts_with("persist")).count(), 1, "{:?}", h.steps());
+    let queue = h.persisted().unwrap();
+    assert!(queue.past.is_none() && queue.past_earlier.is_empty());
+}

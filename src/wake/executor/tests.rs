@@ -23,6 +23,10 @@ mod leftover;
 
 const FAILSAFE: Duration = Duration::from_secs(10);
 
+/// `WakeHandle::spawn_with_started` or `WakeHandle::spawn_gated`.
+type SpawnHandle =
+    fn(Box<dyn Fn(WakeStarted) + Send>, Box<dyn Fn(WakeOutcome) + Send>) -> io::Result<WakeHandle>;
+
 struct Fixture {
     dir: tempfile::TempDir,
     handle: Option<WakeHandle>,
@@ -40,9 +44,7 @@ impl Fixture {
         Fixture::with(WakeHandle::spawn_gated)
     }
 
-    fn with(
-        spawn: fn(Box<dyn Fn(WakeStarted) + Send>, Box<dyn Fn(WakeOutcome) + Send>) -> io::Result<WakeHandle>,
-    ) -> Fixture {
+    fn with(spawn: SpawnHandle) -> Fixture {
         let (tx, outcomes) = unbounded();
         let (started_tx, started) = unbounded();
         let handle = spawn(
