@@ -4,6 +4,10 @@ rem scripts/start.sh (read its header for the reasons):
 rem   1. git pull --ff-only; a failure is logged and not fatal.
 rem   2. cargo build --release --locked, only when HEAD differs from the
 rem      revision of the last successful build or there is no good binary.
+rem      A failed build is remembered (its revision in .agentcom-failed-rev)
+rem      and not tried again until HEAD moves, so a broken commit does not
+rem      cost a build at every restart; AGENTCOM_FORCE_BUILD=1 (or deleting
+rem      that file) retries it.
 rem   3. Run the last good binary with --config "%SIDECAR_CONFIG%" (default
 rem      config.json) plus this script's arguments.
 rem We run a copy, agentcom-sidecar.last-good.exe, replaced only after a build
@@ -34,6 +38,7 @@ if defined CARGO_TARGET_DIR set "RELEASE_DIR=%CARGO_TARGET_DIR%\release"
 set "BUILT_BINARY=%RELEASE_DIR%\agentcom-sidecar.exe"
 set "GOOD_BINARY=%RELEASE_DIR%\agentcom-sidecar.last-good.exe"
 set "STAMP=%RELEASE_DIR%\.agentcom-built-rev"
+set "FAILED_STAMP=%RELEASE_DIR%\.agentcom-failed-rev"
 if not defined SIDECAR_CONFIG set "SIDECAR_CONFIG=config.json"
 
 set "HEAD_REV="
@@ -42,11 +47,26 @@ set "BUILT_REV="
 if exist "%STAMP%" set /p BUILT_REV=<"%STAMP%"
 set "BUILT_SHOWN=%BUILT_REV%"
 if not defined BUILT_REV set "BUILT_SHOWN=unknown"
+set "FAILED_REV="
+if exist "%FAILED_STAMP%" set /p FAILED_REV=<"%FAILED_STAMP%"
 
-if not exist "%GOOD_BINARY%" goto build
-if not defined HEAD_REV goto no_head
-if "%HEAD_REV%"=="%BUILT_REV%" goto up_to_date
+if not defined HEAD_REV goto head_unknown
+if exist "%GOOD_BINARY%" if "%HEAD_REV%"=="%BUILT_REV%" goto up_to_date
+if "%AGENTCOM_FORCE_BUILD%"=="1" goto build
+if "%HEAD_REV%"=="%FAILED_REV%" goto failed_before
 goto build
+
+:head_unknown
+if exist "%GOOD_BINARY%" goto no_head
+goto build
+
+:failed_before
+if exist "%GOOD_BINARY%" goto failed_before_keep_good
+echo start.bat: %HEAD_REV% failed to build before and there is no previous binary to fall back on; not starting (AGENTCOM_FORCE_BUILD=1 retries the build) 1>&2
+exit /b 1
+:failed_before_keep_good
+echo start.bat: %HEAD_REV% failed to build before; not retrying until HEAD moves (AGENTCOM_FORCE_BUILD=1 forces it); keeping the last good binary (rev %BUILT_SHOWN%) 1>&2
+goto run
 
 :no_head
 echo start.bat: cannot read the checked-out revision; running the last good binary (rev %BUILT_SHOWN%) 1>&2
@@ -74,10 +94,15 @@ if defined HEAD_REV echo %HEAD_REV%>"%STAMP%.tmp"
 if not defined HEAD_REV type nul>"%STAMP%.tmp"
 move /y "%STAMP%.tmp" "%STAMP%" >nul
 if errorlevel 1 goto build_failed
+if exist "%FAILED_STAMP%" del "%FAILED_STAMP%"
 echo start.bat: built %HEAD_SHOWN% 1>&2
 goto run
 
 :build_failed
+if not defined HEAD_REV goto failed_unrecorded
+if not exist "%RELEASE_DIR%" mkdir "%RELEASE_DIR%"
+echo %HEAD_REV%>"%FAILED_STAMP%"
+:failed_unrecorded
 if exist "%GOOD_BINARY%" goto keep_good
 echo start.bat: build failed and there is no previous binary to fall back on; not starting 1>&2
 exit /b 1

@@ -192,6 +192,57 @@ fn start_bat_refuses_to_start_without_any_good_binary() {
     assert!(!b.good_binary().exists());
 }
 
+/// A failed build is remembered: the next start does not build the same
+/// revision again (a pm2 restart loop would rebuild every time), until HEAD
+/// moves or AGENTCOM_FORCE_BUILD=1.
+#[test]
+fn start_bat_does_not_retry_a_failed_build_until_head_moves() {
+    let b = Checkout::new();
+    b.start(REV_1, 0, 0, &[]).assert_sidecar_checked();
+    b.start(REV_2, 0, 101, &[]).assert_sidecar_checked();
+    assert_eq!(b.cargo_runs(), 2);
+
+    let run = b.start(REV_2, 0, 101, &[]);
+    run.assert_sidecar_checked();
+    assert!(
+        run.stderr.contains(&format!(
+            "{REV_2} failed to build before; not retrying until HEAD moves (AGENTCOM_FORCE_BUILD=1 forces it); \
+             keeping the last good binary (rev {REV_1})"
+        )),
+        "{run}"
+    );
+    assert_eq!(b.cargo_runs(), 2, "not built again");
+
+    let run = b.start(REV_2, 0, 0, &[("AGENTCOM_FORCE_BUILD", "1")]);
+    run.assert_sidecar_checked();
+    assert!(run.stderr.contains(&format!("start.bat: built {REV_2}")), "{run}");
+    assert_eq!((b.cargo_runs(), b.built_rev()), (3, REV_2.to_owned()));
+
+    // A new HEAD is built even though an older one failed.
+    b.start(REV_1, 0, 101, &[]).assert_sidecar_checked();
+    let run = b.start(REV_2, 0, 0, &[]);
+    run.assert_sidecar_checked();
+    assert!(run.stderr.contains("binary is up to date"), "{run}");
+    assert_eq!(b.cargo_runs(), 4);
+}
+
+#[test]
+fn start_bat_without_a_good_binary_does_not_retry_a_failed_build_either() {
+    let b = Checkout::new();
+    assert_eq!(b.start(REV_1, 0, 101, &[]).output.status.code(), Some(1));
+    let run = b.start(REV_1, 0, 0, &[]);
+    assert_eq!(run.output.status.code(), Some(1), "{run}");
+    assert!(
+        run.stderr.contains(&format!(
+            "{REV_1} failed to build before and there is no previous binary to fall back on; not starting"
+        )),
+        "{run}"
+    );
+    assert_eq!(b.cargo_runs(), 1, "not built again");
+    b.start(REV_1, 0, 0, &[("AGENTCOM_FORCE_BUILD", "1")]).assert_sidecar_checked();
+    assert_eq!(b.cargo_runs(), 2);
+}
+
 #[test]
 fn example_agent_cmd_writes_started_progress_and_a_result_and_runs_no_task_text() {
     let dir = TempDir::new().unwrap();
