@@ -202,6 +202,9 @@ fuzz_target!(|data: &[u8]| {
     let fx = state.start();
     check(&state, &mut model, &fx, "start");
     no_spin(&mut state, &mut model, now, wall, "start");
+    // STATE_FUZZ_TRACE=1 prints every input and its effects (to replay a
+    // finding: `cargo fuzz run state_machine <input>`).
+    let trace = std::env::var_os("STATE_FUZZ_TRACE").is_some();
     let mut steps = 0;
     while !b.is_empty() && steps < 2_000 {
         steps += 1;
@@ -318,6 +321,9 @@ fuzz_target!(|data: &[u8]| {
         };
         let what = format!("{input:?}");
         let fx = state.handle(input, now, wall);
+        if trace {
+            eprintln!("{what}\n  -> {fx:?}");
+        }
         if let Some((id, g)) = model.fence_pending.take() {
             let fence = model.fence.entry(id).or_insert(0);
             *fence = (*fence).max(g);

@@ -386,8 +386,15 @@ impl State {
         fx
     }
 
+    /// What to do about `input`. Once the core has said `Exit`, nothing: the
+    /// shell leaves the loop then, and an input it still hands over (the
+    /// files of a read, a wake's outcome) must not start new work.
     pub fn handle(&mut self, input: Input, now: Instant, wall_ms: u64) -> Vec<Effect> {
         let mut fx = Vec::new();
+        if self.shutting_down {
+            log::debug!("shutting down: ignoring {input:?}");
+            return fx;
+        }
         self.now = now;
         self.link.set_now(now);
         match input {

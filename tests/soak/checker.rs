@@ -216,10 +216,20 @@ pub fn check_task(rec: &TaskRecord<'_>) -> Vec<String> {
             else {
                 continue;
             };
+            // The agent began that work with its first file: `.started`, or
+            // its result when it wrote that first (a settlement in between
+            // ends the work even if `.started` comes after it).
+            let began = rec
+                .agent
+                .iter()
+                .filter(|e| e.nonce == started.nonce)
+                .filter(|e| matches!(e.kind.as_str(), "started_written" | "result_written" | "result_half"))
+                .map(|e| e.t)
+                .fold(started.t, f64::min);
             let settled =
                 rec.outcomes.iter().any(|(_, o)| started_gen <= o.generation && o.generation < generation)
                     || rec.settles.iter().any(|(t, kind)| {
-                        *kind == SettleKind::Reassign && *t > started.t && *t < attempt + REASSIGN_SLACK_MS
+                        *kind == SettleKind::Reassign && *t > began && *t < attempt + REASSIGN_SLACK_MS
                     });
             if !settled {
                 violations.push(format!(

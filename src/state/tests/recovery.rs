@@ -128,6 +128,36 @@ fn shutdown_cancels_a_running_wake_and_persists_it_for_the_next_start() {
     assert!(matches!(h.fx.last(), Some(Effect::Exit)));
 }
 
+/// Found by the state fuzzer: after `Exit`, the files of a read still in
+/// flight started a wake next to the cancelled one (whose outcome had not
+/// come). After `Exit` the core does nothing.
+#[test]
+fn after_exit_no_input_starts_anything() {
+    let mut h = Harness::new();
+    h.identify();
+    h.frame(json!({"type":"task_reassign","task_id":TASK}));
+    h.assign(TASK, 3);
+    h.frame(json!({"type":"task_reassign","task_id":TASK}));
+    h.assign(TASK, 4);
+    assert!(h.wake_starts().is_empty(), "files first: {:?}", h.steps());
+    h.input(Input::Event(Event::Shutdown));
+    assert!(matches!(h.fx.last(), Some(Effect::Exit)));
+    for input in [
+        Input::Files(TaskFiles {
+            task_id: TASK.into(),
+            started: false,
+            result: ReadResult::Missing,
+            progress: ReadResult::Missing,
+        }),
+        Input::Event(Event::Hub(HubEvent::Connected { conn_id: 9 })),
+        Input::Tick,
+    ] {
+        let what = format!("{input:?}");
+        assert!(h.input(input).is_empty(), "{what}: {:?}", h.steps());
+    }
+    assert_eq!(h.state.next_deadline(), None);
+}
+
 #[test]
 fn progress_is_relayed_at_most_once_per_interval() {
     let mut h = Harness::new();
