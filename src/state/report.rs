@@ -53,7 +53,7 @@ impl Held<'_> {
     /// `task_continue`: the task is still ours.
     pub(super) fn on_continue(&mut self, generation: Option<u64>, now: Instant, fx: &mut Vec<Effect>) {
         if let Some(generation) = generation {
-            self.task.generation = self.task.generation.max(generation);
+            self.raise_generation(generation);
         }
         log::info!("hub says task {} is still ours (generation {})", self.task.id, self.task.generation);
         fx.push(record(LifecycleEvent::TaskContinued, self.task.fields()));
@@ -69,6 +69,29 @@ impl Held<'_> {
         }
         self.try_send_report(fx);
         self.flush_progress(now, fx);
+    }
+
+    /// The hub gave the task a newer generation. A report under an older one
+    /// that has not gone out yet (held back by `rate_limited`) is withdrawn,
+    /// to go out under the new one: the hub would refuse it as stale. One
+    /// already sent is refused and then sent again (`on_report_refused`).
+    pub(super) fn raise_generation(&mut self, generation: u64) {
+        if generation <= self.task.generation {
+            return;
+        }
+        self.task.generation = generation;
+        let task_id = &self.task.id;
+        let withdrawn = self.link.withdraw_unsent(|a| {
+            a.task_id == *task_id
+                && matches!(a.kind, ReplyKind::Complete | ReplyKind::Failed)
+                && a.generation < generation
+        });
+        if withdrawn > 0 {
+            log::info!("report of task {task_id} not sent yet: it goes out under generation {generation}");
+            if let Phase::Reporting { sent, .. } = &mut self.task.phase {
+                *sent = None;
+            }
+        }
     }
 
     /// Records the outcome durably, then reports it when allowed.

@@ -197,7 +197,7 @@ impl Held<'_> {
             "task {task_id} handed back at generation {generation} (was {}); adopting it",
             self.task.generation
         );
-        self.task.generation = generation;
+        self.raise_generation(generation);
         let resume = self.task.sync == HubSync::Recovered;
         if self.task.needs_reconcile() {
             self.task.sync = HubSync::Unconfirmed { readopted: true };

@@ -308,6 +308,16 @@ impl Link {
         self.held_back.remove(index)
     }
 
+    /// Takes back the frames not yet transmitted (held back by a
+    /// `rate_limited`) whose awaited answer matches `is_of`; how many.
+    pub fn withdraw_unsent(&mut self, is_of: impl Fn(&Awaiting) -> bool) -> usize {
+        let before = self.denied.len() + self.held_back.len();
+        let keep = |s: &Sent| !s.awaiting.as_ref().is_some_and(&is_of);
+        self.denied.retain(keep);
+        self.held_back.retain(keep);
+        before - self.denied.len() - self.held_back.len()
+    }
+
     /// The hub refused the oldest frame of `frame_type` we sent
     /// (`validation_failed` names the type). Returns what it awaited.
     /// `unknown_type`: the hub has no such type; none is sent again on this

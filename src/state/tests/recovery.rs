@@ -92,6 +92,34 @@ fn a_rate_limited_report_is_resent_after_the_delay() {
     assert!(h.state.held_task_id().is_none(), "the resent report is settled by its ack");
 }
 
+/// Found by the state fuzzer: a report held back by `rate_limited` went out
+/// under its old generation after the hub had handed the task back under a
+/// newer one (the hub refuses such a report as stale). Held back, it is
+/// withdrawn and goes out once, under the newest generation; the same for
+/// `task_continue` with a newer generation.
+#[test]
+fn a_report_held_back_by_rate_limiting_goes_out_under_the_newest_generation() {
+    for newer in [
+        json!({"type":"task_assign","task_id":TASK,"description":"do it","metadata":{"k":1},
+               "generation":9,"assigned_at":5}),
+        json!({"type":"task_continue","task_id":TASK,"generation":9}),
+    ] {
+        let mut h = Harness::new();
+        h.working(3);
+        h.frame(json!({"type":"task_ack","task_id":TASK,"status":"accepted"}));
+        h.at(100).files(true, success());
+        h.frame(json!({"type":"rate_limited","retry_after_ms":250,"tier":"t"}));
+        h.at(200).frame(newer.clone());
+        assert!(h.sent().is_empty(), "{newer}: still held back");
+        h.tick(350);
+        let reports: Vec<Value> = h.sent().into_iter().filter(|f| f["type"] == "task_complete").collect();
+        assert_eq!(reports.len(), 1, "{newer}: {:?}", h.sent());
+        assert_eq!(reports[0]["generation"], 9, "{newer}");
+        h.frame(json!({"type":"task_ack","task_id":TASK,"status":"complete"}));
+        assert!(h.state.held_task_id().is_none(), "{newer}: settled by its ack");
+    }
+}
+
 #[test]
 fn restart_sidecar_persists_and_exits() {
     let mut h = Harness::new();
