@@ -172,7 +172,9 @@ pub fn run() {
     let exec_floor = Summary::of(&floor.exec);
     let rtt_half = Summary { p50: ws_floor.p50 / 2, p95: ws_floor.p95 / 2, max: ws_floor.max / 2, count: 0 };
     let accept_floor = add(&[ws_floor, write_floor]);
-    let wake_floor = add(&[rtt_half, write_floor, exec_floor]);
+    // Two writes: `waking` before the spawn, and the wake command's identity
+    // before it may run (the gate, docs/protocol.md 8.1).
+    let wake_floor = add(&[rtt_half, write_floor, write_floor, exec_floor]);
     let complete_floor = add(&[write_floor, rtt_half]);
 
     println!();
@@ -211,7 +213,12 @@ pub fn run() {
             accept_floor,
             "rtt+write",
         );
-        row(&format!("push -> wake started{label}"), Summary::of(&set.wake), wake_floor, "rtt/2+write+exec");
+        row(
+            &format!("push -> wake started{label}"),
+            Summary::of(&set.wake),
+            wake_floor,
+            "rtt/2+2 writes+exec",
+        );
         row(
             &format!("result renamed -> task_complete read{label}"),
             Summary::of(&set.complete),
