@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use agentcom_sidecar::config::Config;
 use agentcom_sidecar::event::Event;
+use crossbeam_channel::{Receiver, Sender};
 
 const USAGE: &str = "\
 agentcom-sidecar: relays AgentCom hub tasks to a local agent
@@ -68,6 +69,22 @@ fn main() -> ExitCode {
         .or_else(|| std::env::var_os("SIDECAR_CONFIG").filter(|v| !v.is_empty()).map(PathBuf::from))
         .unwrap_or_else(|| PathBuf::from("config.json"));
 
+    // The service's signal handler goes in before anything else it does, so
+    // that a stop asked for during its start (pm2 or systemd stopping a
+    // sidecar just restarted) is a clean one: the request waits in the
+    // channel for the loop. Only the first moments of the process, before
+    // `main`, are left to the default action.
+    let signals = match command {
+        Command::Run => match install_signal_handler() {
+            Ok(signals) => Some(signals),
+            Err(e) => {
+                eprintln!("agentcom-sidecar: cannot install the signal handler: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        Command::Check | Command::Status => None,
+    };
+
     let (config, warnings) = match Config::load(&config_path) {
         Ok(loaded) => loaded,
         Err(e) => {
@@ -103,11 +120,33 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Run => run(config, &warnings),
+        Command::Run => {
+            let (events, inbox) = signals.expect("installed for Run");
+            run(config, &warnings, events, inbox)
+        }
     }
 }
 
-fn run(config: Config, warnings: &[String]) -> ExitCode {
+/// The channel the service's events go through, with ctrlc's handler
+/// already feeding it. ctrlc's handler can be installed once per process,
+/// so it lives here and never in `agentcom_sidecar::run`, which tests call
+/// repeatedly. The first signal asks for a clean shutdown; a second one
+/// exits at once.
+fn install_signal_handler() -> Result<(Sender<Event>, Receiver<Event>), ctrlc::Error> {
+    let (events, inbox) = crossbeam_channel::unbounded();
+    let signals = AtomicUsize::new(0);
+    let shutdown = events.clone();
+    ctrlc::set_handler(move || {
+        if signals.fetch_add(1, Ordering::SeqCst) == 0 {
+            let _ = shutdown.send(Event::Shutdown);
+        } else {
+            std::process::exit(130);
+        }
+    })?;
+    Ok((events, inbox))
+}
+
+fn run(config: Config, warnings: &[String], events: Sender<Event>, inbox: Receiver<Event>) -> ExitCode {
     init_logging(config.log_level);
     for warning in warnings {
         log::warn!("{warning}");
@@ -117,23 +156,6 @@ fn run(config: Config, warnings: &[String]) -> ExitCode {
         env!("CARGO_PKG_VERSION"),
         config.config_path.display()
     );
-
-    let (events, inbox) = crossbeam_channel::unbounded();
-    // ctrlc's handler can be installed once per process, so it lives here and
-    // never in `run`, which tests call repeatedly. The first signal asks for
-    // a clean shutdown; a second one exits at once.
-    let signals = AtomicUsize::new(0);
-    let shutdown = events.clone();
-    if let Err(e) = ctrlc::set_handler(move || {
-        if signals.fetch_add(1, Ordering::SeqCst) == 0 {
-            let _ = shutdown.send(Event::Shutdown);
-        } else {
-            std::process::exit(130);
-        }
-    }) {
-        log::error!("cannot install the signal handler: {e}");
-        return ExitCode::FAILURE;
-    }
 
     match agentcom_sidecar::run(config, events, inbox) {
         Ok(()) => ExitCode::SUCCESS,

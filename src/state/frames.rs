@@ -146,7 +146,16 @@ impl State {
             }
             Incoming::RateLimited { retry_after_ms } => {
                 self.newer_hub = true;
-                self.link.on_rate_limited(Duration::from_millis(retry_after_ms), now)
+                self.link.on_rate_limited(Duration::from_millis(retry_after_ms), now);
+                // The frame taken back may be a report sent before the task
+                // was let go of or handed back under a newer generation.
+                let held = self.task.as_ref().map(|t| (t.id.as_str(), t.generation));
+                if super::report::withdraw_stale_reports(&mut self.link, held) {
+                    if let Some(mut held) = self.held() {
+                        held.task.report_withdrawn();
+                        held.try_send_report(fx);
+                    }
+                }
             }
             Incoming::RateLimitWarning => {
                 self.newer_hub = true;

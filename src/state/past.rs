@@ -123,6 +123,10 @@ impl State {
         if self.wake_running.as_deref() == Some(task.id.as_str()) {
             fx.push(Effect::CancelWake { task_id: task.id.clone() });
         }
+        // A report of it still waiting to go out would speak for a hold that
+        // has ended; if the hub hands the task back, its result is reported
+        // again from its files.
+        super::report::withdraw_stale_reports(&mut self.link, None);
         let keep_until = (fate == PastFate::TakenBack).then(|| now + self.settings.readopt_window);
         let past = PastTask {
             task_id: task.id.clone(),

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use serde_json::{json, Value};
 
-use super::link::{Awaiting, ReplyKind};
+use super::link::{Awaiting, Link, ReplyKind};
 use super::task::{HubSync, Phase};
 use super::{record, Effect, Held, State};
 use crate::lifecycle_log::LifecycleEvent;
@@ -73,24 +73,16 @@ impl Held<'_> {
 
     /// The hub gave the task a newer generation. A report under an older one
     /// that has not gone out yet (held back by `rate_limited`) is withdrawn,
-    /// to go out under the new one: the hub would refuse it as stale. One
-    /// already sent is refused and then sent again (`on_report_refused`).
+    /// to go out under the new one when the caller next tries to report. One
+    /// already sent is refused as stale and sent again then
+    /// (`on_report_refused`).
     pub(super) fn raise_generation(&mut self, generation: u64) {
         if generation <= self.task.generation {
             return;
         }
         self.task.generation = generation;
-        let task_id = &self.task.id;
-        let withdrawn = self.link.withdraw_unsent(|a| {
-            a.task_id == *task_id
-                && matches!(a.kind, ReplyKind::Complete | ReplyKind::Failed)
-                && a.generation < generation
-        });
-        if withdrawn > 0 {
-            log::info!("report of task {task_id} not sent yet: it goes out under generation {generation}");
-            if let Phase::Reporting { sent, .. } = &mut self.task.phase {
-                *sent = None;
-            }
+        if withdraw_stale_reports(self.link, Some((&self.task.id, generation))) {
+            self.task.report_withdrawn();
         }
     }
 
@@ -298,4 +290,25 @@ pub(super) fn parse_progress(value: &Value) -> Option<(u64, Option<String>)> {
         m[..end].to_owned()
     });
     Some((progress.round() as u64, message))
+}
+
+/// Takes back the reports waiting to go out (held back by `rate_limited`)
+/// that no longer speak for `held` (the task we hold and its generation):
+/// those of a task let go of, or of an older generation; the hub would
+/// refuse them as stale, or take a let-go hold's result for the current
+/// one. Whether one of `held`'s own was among them: it must be sent again
+/// under the current generation.
+pub(super) fn withdraw_stale_reports(link: &mut Link, held: Option<(&str, u64)>) -> bool {
+    let withdrawn = link.withdraw_unsent(|a| {
+        matches!(a.kind, ReplyKind::Complete | ReplyKind::Failed)
+            && held.is_none_or(|(id, generation)| a.task_id != id || a.generation < generation)
+    });
+    for stale in &withdrawn {
+        log::info!(
+            "not sending the held-back report of task {} under generation {}: it is out of date",
+            stale.task_id,
+            stale.generation
+        );
+    }
+    withdrawn.iter().any(|a| held.is_some_and(|(id, _)| a.task_id == id))
 }

@@ -192,6 +192,14 @@ impl Task {
         self.sync != HubSync::Confirmed
     }
 
+    /// Its report, if one was on its way, was taken back before it went out:
+    /// it is to be sent again.
+    pub fn report_withdrawn(&mut self) {
+        if let Phase::Reporting { sent, .. } = &mut self.phase {
+            *sent = None;
+        }
+    }
+
     /// The connection dropped: the hub may take the task back.
     pub fn on_link_lost(&mut self) {
         self.sync = match self.sync {

@@ -1072,8 +1072,15 @@ impl Soak {
 
     /// `settled`: every lifecycle ran to its end, so nothing may be pending.
     fn finish(&mut self, settled: bool) {
-        // A clean stop, as pm2 or systemd would do it.
+        // A clean stop, as pm2 or systemd would do it, of a sidecar that is
+        // up: one restarted by the last fault may not have reached its
+        // signal handler yet (a stop that early is a kill, which the soak
+        // covers already).
         if let Some(mut child) = self.sidecar.take() {
+            let deadline = Instant::now() + WAIT;
+            while !catches_sigterm(child.id()) && Instant::now() < deadline {
+                thread::park_timeout(Duration::from_millis(5));
+            }
             // SAFETY: a signal to our own child, which we have not reaped yet.
             unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
             let deadline = Instant::now() + WAIT;
@@ -1180,4 +1187,17 @@ impl Drop for Soak {
             let _ = child.wait();
         }
     }
+}
+
+/// Whether process `pid` has a handler for SIGTERM (`SigCgt` in
+/// /proc/<pid>/status, a hex mask where signal n is bit n-1).
+fn catches_sigterm(pid: u32) -> bool {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return false;
+    };
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("SigCgt:"))
+        .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+        .is_some_and(|mask| mask & (1 << (libc::SIGTERM - 1)) != 0)
 }

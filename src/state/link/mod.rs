@@ -309,13 +309,20 @@ impl Link {
     }
 
     /// Takes back the frames not yet transmitted (held back by a
-    /// `rate_limited`) whose awaited answer matches `is_of`; how many.
-    pub fn withdraw_unsent(&mut self, is_of: impl Fn(&Awaiting) -> bool) -> usize {
-        let before = self.denied.len() + self.held_back.len();
-        let keep = |s: &Sent| !s.awaiting.as_ref().is_some_and(&is_of);
-        self.denied.retain(keep);
-        self.held_back.retain(keep);
-        before - self.denied.len() - self.held_back.len()
+    /// `rate_limited`) whose awaited answer matches `is_of`; what they
+    /// awaited.
+    pub fn withdraw_unsent(&mut self, is_of: impl Fn(&Awaiting) -> bool) -> Vec<Awaiting> {
+        let mut withdrawn = Vec::new();
+        for queue in [&mut self.denied, &mut self.held_back] {
+            queue.retain(|s| match &s.awaiting {
+                Some(awaiting) if is_of(awaiting) => {
+                    withdrawn.push(awaiting.clone());
+                    false
+                }
+                _ => true,
+            });
+        }
+        withdrawn
     }
 
     /// The hub refused the oldest frame of `frame_type` we sent

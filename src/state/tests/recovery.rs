@@ -120,6 +120,48 @@ fn a_report_held_back_by_rate_limiting_goes_out_under_the_newest_generation() {
     }
 }
 
+/// Found by the state fuzzer: the hub took the task back while its report
+/// was in flight, then rate-limited that report; once the hub handed the
+/// task back under a newer generation, the held-back report went out under
+/// the old one. A let-go task's held-back report is dropped; handed back,
+/// its result is read and reported under the new generation.
+#[test]
+fn a_held_back_report_of_a_task_let_go_is_not_sent() {
+    let mut h = Harness::new();
+    h.working(3);
+    h.frame(json!({"type":"task_ack","task_id":TASK,"status":"accepted"}));
+    h.at(100).files(true, success());
+    assert_eq!(h.sent_types(), ["task_complete"]);
+    h.frame(json!({"type":"task_reassign","task_id":TASK}));
+    h.frame(json!({"type":"rate_limited","retry_after_ms":250,"tier":"t"}));
+    h.at(200).assign(TASK, 9);
+    h.files(true, success());
+    h.tick(350);
+    let reports: Vec<Value> = h.sent().into_iter().filter(|f| f["type"] == "task_complete").collect();
+    assert_eq!(reports.len(), 1, "{:?}", h.sent());
+    assert_eq!(reports[0]["generation"], 9);
+}
+
+/// A report in flight under generation 3 when the hub hands the task back
+/// under 9, then rate-limited: it goes out again once, under 9.
+#[test]
+fn a_rate_limited_report_of_an_older_generation_is_resent_under_the_newest() {
+    let mut h = Harness::new();
+    h.working(3);
+    h.frame(json!({"type":"task_ack","task_id":TASK,"status":"accepted"}));
+    h.at(100).files(true, success());
+    assert_eq!(h.sent()[0]["generation"], 3);
+    h.frame(json!({"type":"task_assign","task_id":TASK,"description":"do it","metadata":{"k":1},
+                   "generation":9,"assigned_at":5}));
+    h.frame(json!({"type":"rate_limited","retry_after_ms":250,"tier":"t"}));
+    h.tick(350);
+    let reports: Vec<Value> = h.sent().into_iter().filter(|f| f["type"] == "task_complete").collect();
+    assert_eq!(reports.len(), 1, "{:?}", h.sent());
+    assert_eq!(reports[0]["generation"], 9);
+    h.frame(json!({"type":"task_ack","task_id":TASK,"status":"complete"}));
+    assert!(h.state.held_task_id().is_none());
+}
+
 #[test]
 fn restart_sidecar_persists_and_exits() {
     let mut h = Harness::new();
