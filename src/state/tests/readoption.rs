@@ -254,3 +254,78 @@ fn taken_back_tasks_are_remembered_up_to_a_limit_and_each_discarded_at_its_deadl
     let queue = h.persisted().unwrap();
     assert!(queue.past.is_none() && queue.past_earlier.is_empty());
 }
+
+fn failure() -> ReadResult {
+    ReadResult::Parsed(json!({"status":"failure","error":"it broke"}))
+}
+
+/// Soak seed 10202 lifecycle 271 (4718a58): the hub answered our failure
+/// report `retried`, but the connection and then the sidecar died before we
+/// heard it; the hub pushed the retry under a newer generation and we
+/// reported the old failure under it, so the hub counted a failure the agent
+/// never produced for that attempt. A failure handed back under a newer
+/// generation is a new attempt: its files go first, then the agent is woken.
+#[test]
+fn a_failure_handed_back_under_a_newer_generation_is_a_new_attempt() {
+    // After a reconnect (task_assign), and after our own crash (the
+    // recorded failure, then task_continue).
+    for crashed in [false, true] {
+        let mut h = if crashed {
+            let mut queue = node_queue("working");
+            queue.active.as_mut().unwrap().report =
+                Some(crate::queue_store::Report::Failed { reason: "it broke".into() });
+            let mut h = Harness::with(settings(), queue);
+            h.identify();
+            assert_eq!(h.sent_types(), ["task_recovering"]);
+            h.frame(json!({"type":"task_continue","task_id":TASK,"generation":5}));
+            h
+        } else {
+            let mut h = Harness::new();
+            h.working(3);
+            h.files(true, failure());
+            assert_eq!(h.sent_types(), ["task_failed"]);
+            h.disconnect(None, None);
+            h.tick(1_000);
+            h.identify();
+            h.assign(TASK, 5);
+            h
+        };
+        let steps = h.steps();
+        let remove = steps.iter().position(|s| s == "remove files").unwrap_or_else(|| panic!("{steps:?}"));
+        let forget = steps
+            .iter()
+            .position(|s| s == "persist active accepted gen=5")
+            .unwrap_or_else(|| panic!("{steps:?}"));
+        assert!(remove < forget, "files before the record: {steps:?}");
+        assert_eq!(h.wake_starts(), [1], "crashed {crashed}: {steps:?}");
+        assert!(!h.sent_types().contains(&"task_failed".to_string()), "crashed {crashed}: {steps:?}");
+        // The new attempt's own outcome is reported under 5.
+        h.wake_done(1, WakeStatus::Success);
+        h.files(true, success());
+        if !crashed {
+            // The answer to task_recovering: reports wait for it.
+            h.frame(json!({"type":"task_continue","task_id":TASK,"generation":5}));
+        }
+        let reports: Vec<Value> = h.sent().into_iter().filter(|f| f["type"] == "task_complete").collect();
+        assert_eq!(reports.len(), 1, "crashed {crashed}");
+        assert_eq!(reports[0]["generation"], 5);
+    }
+}
+
+/// A result, unlike a failure, is reported under the newer generation: a
+/// task whose success the hub recorded is never handed back.
+#[test]
+fn a_result_handed_back_under_a_newer_generation_is_reported_under_it() {
+    let mut h = Harness::new();
+    h.working(3);
+    h.files(true, success());
+    h.disconnect(None, None);
+    h.tick(1_000);
+    h.identify();
+    h.assign(TASK, 5);
+    assert!(h.wake_starts().is_empty());
+    h.frame(json!({"type":"task_continue","task_id":TASK,"generation":5}));
+    let reports: Vec<Value> = h.sent().into_iter().filter(|f| f["type"] == "task_complete").collect();
+    assert_eq!(reports.len(), 1, "{:?}", h.steps());
+    assert_eq!(reports[0]["generation"], 5);
+}
