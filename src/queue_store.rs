@@ -98,11 +98,6 @@ pub struct TaskRecord {
     /// settles it. Absent in Node files.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub report: Option<Report>,
-    /// Added by this sidecar: `report` has been sent to a hub at least once
-    /// (recorded before it goes out), so the hub may have settled it.
-    /// Absent when false.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub report_sent: bool,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }

@@ -75,17 +75,15 @@ impl Held<'_> {
     /// already sent is refused as stale and sent again then
     /// (`on_report_refused`).
     ///
-    /// A failure owed under the older generation that has gone to a hub
-    /// before is not reported under the new one: the task starts over as a
-    /// new attempt (true is returned: the caller resumes the work). The hub
-    /// hands a task back after our failure report when it settled that
-    /// report as `retried` and we did not hear it (the connection or the
-    /// sidecar died first); reporting the old failure again would count
-    /// against the new attempt without the agent ever running it. If the hub
-    /// had not received it after all (lost with the connection), an attempt
-    /// more is the cost. A failure never sent, and any result, are reported
-    /// under the new generation: the hub cannot have settled them (a task
-    /// whose success it recorded is never handed back).
+    /// A failure owed under the older generation is not reported under the
+    /// new one: the task starts over as a new attempt (true is returned: the
+    /// caller resumes the work). The hub hands a task back after our failure
+    /// report when it settled that report as `retried` and we did not hear it
+    /// (the connection or the sidecar died first); reporting the old failure
+    /// again would count against the new attempt's retries without the agent
+    /// ever running it. When the hub had not heard the failure, an attempt
+    /// more is the cost. A result is still reported under the new generation:
+    /// a task whose success the hub recorded is never handed back.
     pub(super) fn raise_generation(&mut self, generation: u64, fx: &mut Vec<Effect>) -> bool {
         if generation <= self.task.generation {
             return false;
@@ -95,8 +93,7 @@ impl Held<'_> {
         if withdraw_stale_reports(self.link, Some((&self.task.id, generation))) {
             self.task.report_withdrawn();
         }
-        let Phase::Reporting { report: Report::Failed { reason }, ever_sent: true, .. } = &self.task.phase
-        else {
+        let Phase::Reporting { report: Report::Failed { reason }, .. } = &self.task.phase else {
             return false;
         };
         log::info!(
@@ -123,7 +120,7 @@ impl Held<'_> {
         let t = &mut *self.task;
         log::info!("task {} finished: {}", t.id, detail);
         fx.push(record(event, json!({ "task_id": t.id, "generation": t.generation, "outcome": detail })));
-        t.phase = Phase::Reporting { report, status: t.status(), sent: None, ever_sent: false };
+        t.phase = Phase::Reporting { report, status: t.status(), sent: None };
         t.timeout_at = None;
         t.silent_until = None;
         t.unparsed = None;
@@ -138,14 +135,9 @@ impl Held<'_> {
             return;
         }
         let (task_id, generation) = (self.task.id.clone(), self.task.generation);
-        let Phase::Reporting { report, sent: sent @ None, ever_sent, .. } = &mut self.task.phase else {
+        let Phase::Reporting { report, sent: sent @ None, .. } = &mut self.task.phase else {
             return;
         };
-        // A failure is recorded as sent before it first goes out: once a hub
-        // may have it, the task handed back later is a new attempt
-        // (`raise_generation`). A result needs no such record.
-        let first_time = !*ever_sent && matches!(report, Report::Failed { .. });
-        *ever_sent = true;
         let (text, kind, frame_type) = match report {
             Report::Complete { result } => (
                 protocol::out_task_complete(&task_id, generation, result),
@@ -157,9 +149,6 @@ impl Held<'_> {
             }
         };
         *sent = Some(generation);
-        if first_time {
-            self.persist(fx);
-        }
         log::info!("reporting task {task_id} (generation {generation})");
         fx.push(record(
             LifecycleEvent::ReportSent,

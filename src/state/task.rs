@@ -34,10 +34,8 @@ pub(crate) enum Phase {
     Working,
     /// The outcome is known and persisted: it is owed to the hub. `status` is
     /// where the task stood when it ended (kept in queue.json); `sent` is the
-    /// generation of the report in flight on the live connection;
-    /// `ever_sent`: it went to a hub at least once, in this run or an
-    /// earlier one (persisted before it first goes out).
-    Reporting { report: Report, status: TaskStatus, sent: Option<u64>, ever_sent: bool },
+    /// generation of the report in flight on the live connection.
+    Reporting { report: Report, status: TaskStatus, sent: Option<u64> },
 }
 
 /// What the hub is known to think of the task.
@@ -124,9 +122,7 @@ impl Task {
     /// A task found in queue.json at start.
     pub fn recovered(record: TaskRecord) -> Task {
         let phase = match (record.report, record.status) {
-            (Some(report), status) => {
-                Phase::Reporting { report, status, sent: None, ever_sent: record.report_sent }
-            }
+            (Some(report), status) => Phase::Reporting { report, status, sent: None },
             (None, TaskStatus::Accepted) => Phase::ToWake { interrupted: false },
             (None, TaskStatus::Waking) => Phase::ToWake { interrupted: true },
             (None, TaskStatus::WakingConfirmation) => Phase::Confirming { deadline: None },
@@ -182,7 +178,6 @@ impl Task {
             wake_attempts: self.wake_attempts,
             assignment: self.assignment.clone(),
             report: self.report().cloned(),
-            report_sent: matches!(self.phase, Phase::Reporting { ever_sent: true, .. }),
             extra: self.extra.clone(),
         }
     }
