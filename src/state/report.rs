@@ -52,10 +52,12 @@ impl Held<'_> {
 
     /// `task_continue`: the task is still ours.
     pub(super) fn on_continue(&mut self, generation: Option<u64>, now: Instant, fx: &mut Vec<Effect>) {
-        let restarted = generation.is_some_and(|generation| self.raise_generation(generation, fx));
+        if let Some(generation) = generation {
+            self.raise_generation(generation);
+        }
         log::info!("hub says task {} is still ours (generation {})", self.task.id, self.task.generation);
         fx.push(record(LifecycleEvent::TaskContinued, self.task.fields()));
-        let resume = self.task.sync == HubSync::Recovered || restarted;
+        let resume = self.task.sync == HubSync::Recovered;
         self.task.sync = HubSync::Confirmed;
         self.persist(fx);
         // The hub's agent state restarts in `assigned` after a reconnect
@@ -74,38 +76,14 @@ impl Held<'_> {
     /// to go out under the new one when the caller next tries to report. One
     /// already sent is refused as stale and sent again then
     /// (`on_report_refused`).
-    ///
-    /// A failure owed under the older generation is not reported under the
-    /// new one: the task starts over as a new attempt (true is returned: the
-    /// caller resumes the work). The hub hands a task back after our failure
-    /// report when it settled that report as `retried` and we did not hear it
-    /// (the connection or the sidecar died first); reporting the old failure
-    /// again would count against the new attempt's retries without the agent
-    /// ever running it. When the hub had not heard the failure, an attempt
-    /// more is the cost. A result is still reported under the new generation:
-    /// a task whose success the hub recorded is never handed back.
-    pub(super) fn raise_generation(&mut self, generation: u64, fx: &mut Vec<Effect>) -> bool {
+    pub(super) fn raise_generation(&mut self, generation: u64) {
         if generation <= self.task.generation {
-            return false;
+            return;
         }
-        let previous = self.task.generation;
         self.task.generation = generation;
         if withdraw_stale_reports(self.link, Some((&self.task.id, generation))) {
             self.task.report_withdrawn();
         }
-        let Phase::Reporting { report: Report::Failed { reason }, .. } = &self.task.phase else {
-            return false;
-        };
-        log::info!(
-            "task {} failed under generation {previous} ({reason}); the hub gives it generation {generation}: \
-             a new attempt",
-            self.task.id
-        );
-        // Its files go before the record forgets the failure: killed in
-        // between, the failure is still owed and is handled the same way.
-        fx.push(Effect::RemoveTaskFiles { task_id: self.task.id.clone() });
-        self.task.start_over();
-        true
     }
 
     /// Records the outcome durably, then reports it when allowed.

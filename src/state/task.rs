@@ -192,18 +192,6 @@ impl Task {
         self.sync != HubSync::Confirmed
     }
 
-    /// Back to the start of the work: not woken, nothing seen of its agent,
-    /// no outcome. Its timers start again with the work.
-    pub fn start_over(&mut self) {
-        self.phase = Phase::ToWake { interrupted: false };
-        self.wake_attempts = 0;
-        self.confirmed = false;
-        self.timeout_at = None;
-        self.silent_until = None;
-        self.unparsed = None;
-        self.progress = Progress::default();
-    }
-
     /// Its report, if one was on its way, was taken back before it went out:
     /// it is to be sent again.
     pub fn report_withdrawn(&mut self) {

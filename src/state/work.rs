@@ -197,8 +197,8 @@ impl Held<'_> {
             "task {task_id} handed back at generation {generation} (was {}); adopting it",
             self.task.generation
         );
-        let restarted = self.raise_generation(generation, fx);
-        let resume = self.task.sync == HubSync::Recovered || restarted;
+        self.raise_generation(generation);
+        let resume = self.task.sync == HubSync::Recovered;
         if self.task.needs_reconcile() {
             self.task.sync = HubSync::Unconfirmed { readopted: true };
         }
