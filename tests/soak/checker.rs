@@ -93,6 +93,8 @@ pub struct TaskRecord<'a> {
     pub agent: &'a [AgentEvent],
     /// The sidecar's `wake_attempt` records for this task.
     pub wake_attempts: &'a [f64],
+    /// The sidecar's `report_settled` records for this task.
+    pub settled_seen: &'a [f64],
 }
 
 /// How long the sidecar may take to notice a `.started` before a wake it
@@ -119,9 +121,21 @@ fn provenance(outcome: &Outcome) -> Option<(String, String, Option<String>)> {
     Some((word("nonce=")?, word("variant=").unwrap_or_default(), None))
 }
 
-/// The checks of one task; each violation is one line.
-pub fn check_task(rec: &TaskRecord<'_>) -> Vec<String> {
+/// What the checks of one task found, one line each.
+#[derive(Default)]
+pub struct Findings {
+    pub violations: Vec<String>,
+    /// A failure reported again under a newer generation after the hub had
+    /// settled it, where the hub's answer never reached the sidecar (it
+    /// recorded no settlement): the one case no frame of the protocol
+    /// resolves (docs/protocol.md 5.3). Counted and shown, not a violation.
+    pub lost_answers: Vec<String>,
+}
+
+/// The checks of one task.
+pub fn check_task(rec: &TaskRecord<'_>) -> Findings {
     let mut violations = Vec::new();
+    let mut lost_answers = Vec::new();
     let id = rec.task_id;
 
     // Exactly one final outcome: completed or dead-lettered, once.
@@ -185,11 +199,19 @@ pub fn check_task(rec: &TaskRecord<'_>) -> Vec<String> {
                 outcome.generation
             ));
         } else if written < previous_settle {
-            violations.push(format!(
+            let text = format!(
                 "{id}: generation {} reported a stale result (written by wake {nonce} {:.0} ms before the previous settlement)",
                 outcome.generation,
                 previous_settle - written
-            ));
+            );
+            // Did the sidecar hear that settlement? (Clocks: both stamps are
+            // the system clock, of the sidecar and of the driver.)
+            let heard = rec.settled_seen.iter().any(|t| *t >= previous_settle - 1.0 && *t <= *ack_t);
+            if outcome.reason.is_some() && !heard {
+                lost_answers.push(format!("{text}; the hub's answer to it never reached the sidecar"));
+            } else {
+                violations.push(text);
+            }
         }
     }
 
@@ -247,7 +269,7 @@ pub fn check_task(rec: &TaskRecord<'_>) -> Vec<String> {
     for event in rec.agent.iter().filter(|e| e.kind == "wake_overlap") {
         violations.push(format!("{id}: wake {} started while another wake command was running", event.nonce));
     }
-    violations
+    Findings { violations, lost_answers }
 }
 
 fn kinds(outcomes: &[(u32, Outcome)]) -> Vec<String> {

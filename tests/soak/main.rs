@@ -230,6 +230,10 @@ struct Soak {
     sidecar_log: Tail,
     agent_events: Vec<AgentEvent>,
     wake_attempts: Vec<(f64, String)>,
+    /// The sidecar's `report_settled` records: (time, task).
+    settled_seen: Vec<(f64, String)>,
+    /// See `checker::Findings::lost_answers`.
+    lost_answers: Vec<String>,
     reported_files: HashSet<String>,
     violations: Vec<String>,
 }
@@ -306,6 +310,8 @@ impl Soak {
             sidecar_log,
             agent_events: Vec::new(),
             wake_attempts: Vec::new(),
+            settled_seen: Vec::new(),
+            lost_answers: Vec::new(),
             reported_files: HashSet::new(),
             violations: Vec::new(),
         };
@@ -893,9 +899,11 @@ impl Soak {
             }
         }
         for value in self.sidecar_log.read_new() {
-            if value["event"] == "wake_attempt" {
-                if let (Some(t), Some(task)) = (value["ts"].as_f64(), value["task_id"].as_str()) {
+            if let (Some(t), Some(task)) = (value["ts"].as_f64(), value["task_id"].as_str()) {
+                if value["event"] == "wake_attempt" {
                     self.wake_attempts.push((t, task.to_string()));
+                } else if value["event"] == "report_settled" {
+                    self.settled_seen.push((t, task.to_string()));
                 }
             }
         }
@@ -1028,6 +1036,8 @@ impl Soak {
             self.agent_events.iter().filter(|e| e.task == task_id).cloned().collect();
         let attempts: Vec<f64> =
             self.wake_attempts.iter().filter(|(_, t)| t == task_id).map(|(t, _)| *t).collect();
+        let settled_seen: Vec<f64> =
+            self.settled_seen.iter().filter(|(_, t)| t == task_id).map(|(t, _)| *t).collect();
         let found = checker::check_task(&checker::TaskRecord {
             task_id,
             outcomes: &self.ledger.outcomes,
@@ -1036,8 +1046,13 @@ impl Soak {
             taken_back: &self.ledger.taken_back,
             agent: &agent,
             wake_attempts: &attempts,
+            settled_seen: &settled_seen,
         });
-        for violation in found {
+        for lost in found.lost_answers {
+            println!("soak: lost answer (not a violation): {lost}");
+            self.lost_answers.push(lost);
+        }
+        for violation in found.violations {
             self.violation(violation);
         }
         if self.violations.len() == violations_before {
@@ -1172,6 +1187,13 @@ impl Soak {
         println!("agent: {} wake commands, {} workers", c.wakes, c.workers);
         println!("planned wake modes {:?}", c.wake_modes);
         println!("planned worker modes {:?}", c.worker_modes);
+        println!(
+            "failures reported again after a lost answer (docs/protocol.md 5.3, not violations): {}",
+            self.lost_answers.len()
+        );
+        for lost in &self.lost_answers {
+            println!("  {lost}");
+        }
         println!("violations: {}", self.violations.len());
         for violation in &self.violations {
             println!("  {violation}");

@@ -254,3 +254,40 @@ fn taken_back_tasks_are_remembered_up_to_a_limit_and_each_discarded_at_its_deadl
     let queue = h.persisted().unwrap();
     assert!(queue.past.is_none() && queue.past_earlier.is_empty());
 }
+
+fn failure() -> ReadResult {
+    ReadResult::Parsed(json!({"status":"failure","error":"it broke"}))
+}
+
+/// A failure the hub hands back under a newer generation (task_assign or
+/// task_continue) is reported under it and its agent, which started and
+/// finished that work, is not woken again: whether the failure was sent
+/// before or not (soak seed 11101 lifecycle 16 and the silent-hub cases of
+/// its seeds 10202, 11202 and 11303, where starting over woke finished
+/// agents). If the hub had in fact settled the failure and its answer was
+/// lost, the hub counts it twice: docs/protocol.md 5.3 says why that is the
+/// lesser harm.
+#[test]
+fn a_failure_handed_back_under_a_newer_generation_is_reported_under_it() {
+    for sent_before in [true, false] {
+        let mut h = Harness::new();
+        h.working(3);
+        if sent_before {
+            h.files(true, failure());
+            assert_eq!(h.sent_types(), ["task_failed"]);
+            h.disconnect(None, None);
+        } else {
+            h.disconnect(None, None);
+            h.files(true, failure());
+            assert!(h.sent().is_empty());
+        }
+        h.tick(1_000);
+        h.identify();
+        h.assign(TASK, 5);
+        h.frame(json!({"type":"task_continue","task_id":TASK,"generation":5}));
+        assert!(h.wake_starts().is_empty(), "sent before {sent_before}: {:?}", h.steps());
+        let failed: Vec<Value> = h.sent().into_iter().filter(|f| f["type"] == "task_failed").collect();
+        assert_eq!(failed.len(), 1, "sent before {sent_before}: {:?}", h.steps());
+        assert_eq!(failed[0]["generation"], 5);
+    }
+}
