@@ -147,11 +147,15 @@ impl State {
             Incoming::RateLimited { retry_after_ms } => {
                 self.newer_hub = true;
                 self.link.on_rate_limited(Duration::from_millis(retry_after_ms), now);
-                // The frame taken back may be a report sent before the task
-                // was let go of or handed back under a newer generation.
-                let held = self.task.as_ref().map(|t| (t.id.as_str(), t.generation));
-                if super::report::withdraw_stale_reports(&mut self.link, held) {
-                    if let Some(mut held) = self.held() {
+                // The frames taken back may hold a report sent before its task
+                // was let go of, or before the hub gave the held task a newer
+                // generation.
+                for task_id in self.past.ids().map(str::to_owned).collect::<Vec<_>>() {
+                    super::report::withdraw_stale_reports(&mut self.link, &task_id, None);
+                }
+                if let Some(mut held) = self.held() {
+                    let below = Some(held.task.generation);
+                    if super::report::withdraw_stale_reports(held.link, &held.task.id, below) {
                         held.task.report_withdrawn();
                         held.try_send_report(fx);
                     }

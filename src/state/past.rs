@@ -89,6 +89,10 @@ impl PastTasks {
         (self.0.len() > PAST_REMEMBERED).then(|| self.0.remove(0))
     }
 
+    pub(crate) fn ids(&self) -> impl Iterator<Item = &str> {
+        self.0.iter().map(|p| p.task.task_id.as_str())
+    }
+
     /// The earliest end of a taken-back task's keep.
     pub(crate) fn next_due(&self) -> Option<Instant> {
         self.0.iter().filter_map(|p| p.keep_until).min()
@@ -126,7 +130,7 @@ impl State {
         // A report of it still waiting to go out would speak for a hold that
         // has ended; if the hub hands the task back, its result is reported
         // again from its files.
-        super::report::withdraw_stale_reports(&mut self.link, None);
+        super::report::withdraw_stale_reports(&mut self.link, &task.id, None);
         let keep_until = (fate == PastFate::TakenBack).then(|| now + self.settings.readopt_window);
         let past = PastTask {
             task_id: task.id.clone(),

@@ -81,7 +81,7 @@ impl Held<'_> {
             return;
         }
         self.task.generation = generation;
-        if withdraw_stale_reports(self.link, Some((&self.task.id, generation))) {
+        if withdraw_stale_reports(self.link, &self.task.id, Some(generation)) {
             self.task.report_withdrawn();
         }
     }
@@ -292,16 +292,16 @@ pub(super) fn parse_progress(value: &Value) -> Option<(u64, Option<String>)> {
     Some((progress.round() as u64, message))
 }
 
-/// Takes back the reports waiting to go out (held back by `rate_limited`)
-/// that no longer speak for `held` (the task we hold and its generation):
-/// those of a task let go of, or of an older generation; the hub would
-/// refuse them as stale, or take a let-go hold's result for the current
-/// one. Whether one of `held`'s own was among them: it must be sent again
-/// under the current generation.
-pub(super) fn withdraw_stale_reports(link: &mut Link, held: Option<(&str, u64)>) -> bool {
+/// Takes back the reports of `task_id` waiting to go out (held back by
+/// `rate_limited`): all of them, or those under a generation below `below`.
+/// They no longer speak for the task (it was let go of, or the hub has
+/// given it a newer generation): the hub would refuse them as stale, or
+/// take a let-go hold's result for a later one. Whether any was taken.
+pub(super) fn withdraw_stale_reports(link: &mut Link, task_id: &str, below: Option<u64>) -> bool {
     let withdrawn = link.withdraw_unsent(|a| {
         matches!(a.kind, ReplyKind::Complete | ReplyKind::Failed)
-            && held.is_none_or(|(id, generation)| a.task_id != id || a.generation < generation)
+            && a.task_id == task_id
+            && below.is_none_or(|generation| a.generation < generation)
     });
     for stale in &withdrawn {
         log::info!(
@@ -310,5 +310,5 @@ pub(super) fn withdraw_stale_reports(link: &mut Link, held: Option<(&str, u64)>)
             stale.generation
         );
     }
-    withdrawn.iter().any(|a| held.is_some_and(|(id, _)| a.task_id == id))
+    !withdrawn.is_empty()
 }

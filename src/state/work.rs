@@ -43,6 +43,9 @@ impl State {
             held.on_assigned_again(generation, now, fx);
             return;
         }
+        // A report of an earlier hold of it, or a busy hand-back, still
+        // waiting to go out under an older generation is out of date now.
+        super::report::withdraw_stale_reports(&mut self.link, &task_id, Some(generation));
         if assign.fields.keys().any(|k| super::NEWER_HUB_ASSIGN_KEYS.contains(&k.as_str())) {
             self.newer_hub = true;
         }

@@ -224,3 +224,36 @@ fn a_task_pushed_while_busy_then_cancelled_is_not_taken() {
     assert_eq!(h.steps(), ["record report_settled", "persist idle past=settled", "remove files"]);
     assert!(h.state.held_task_id().is_none());
 }
+
+/// A busy hand-back that the hub rate-limits is sent again after the delay
+/// (the withdrawal of out-of-date reports touches only let-go tasks and
+/// older generations); once the hub pushes that task again under a newer
+/// generation, the held-back hand-back is out of date and never sent (the
+/// state fuzzer's finding).
+#[test]
+fn a_rate_limited_busy_hand_back_is_resent_unless_the_task_is_pushed_again() {
+    for pushed_again in [false, true] {
+        let mut h = busy_with_a_push(newer_hub_assign(OTHER, 7));
+        reconnect_and_settle(&mut h);
+        assert_eq!(h.sent_types(), ["task_failed"]);
+        // The held task's task_accepted answered: the hand-back is the
+        // oldest frame in flight, the one the hub drops.
+        h.frame(json!({"type":"task_ack","task_id":TASK,"status":"accepted"}));
+        h.at(2_000).frame(json!({"type":"rate_limited","retry_after_ms":250,"tier":"t"}));
+        if pushed_again {
+            h.at(2_100).frame(newer_hub_assign(OTHER, 9));
+            assert_eq!(h.state.held_task_id(), Some(OTHER));
+        }
+        h.tick(2_250);
+        let failed: Vec<Value> = h.sent().into_iter().filter(|f| f["type"] == "task_failed").collect();
+        if pushed_again {
+            assert!(failed.is_empty(), "{failed:?}");
+        } else {
+            assert_eq!(failed.len(), 1, "{:?}", h.sent());
+            assert_eq!(
+                (failed[0]["task_id"].as_str(), failed[0]["generation"].as_u64()),
+                (Some(OTHER), Some(7))
+            );
+        }
+    }
+}
