@@ -106,6 +106,16 @@ fn is_alive(pid: u32) -> bool {
     !matches!(state, Some('Z' | 'X') | None)
 }
 
+/// The start of a wake script in the leftover-wake tests: logs `overlap
+/// <pid>` to wakes.log for every pid in `pids` (the earlier wake commands
+/// and their children) that is still running.
+#[cfg(target_os = "linux")]
+const OVERLAP_CHECK: &str = "for p in $(cat pids 2>/dev/null); do
+  s=$(cut -d' ' -f3 \"/proc/$p/stat\" 2>/dev/null)
+  case \"$s\" in ''|Z|X) ;; *) echo \"overlap $p\" >> wakes.log ;; esac
+done
+";
+
 /// Issue 9 #9: the sidecar is SIGKILLed while a wake command runs (with a
 /// child of its own); the restarted sidecar ends that command's group before
 /// it wakes the agent again, so two wake commands never run at once.
@@ -119,20 +129,18 @@ fn a_wake_command_left_by_a_killed_sidecar_is_ended_before_the_next_wake() {
     // with a child; later ones confirm and exit.
     fs::write(
         dir.path().join("wake.sh"),
-        "for p in $(cat pids 2>/dev/null); do\n\
-         \x20 s=$(cut -d' ' -f3 \"/proc/$p/stat\" 2>/dev/null)\n\
-         \x20 case \"$s\" in ''|Z|X) ;; *) echo \"overlap $p\" >> wakes.log ;; esac\n\
-         done\n\
-         n=$(grep -c '^start' wakes.log 2>/dev/null)\n\
+        format!(
+            "{OVERLAP_CHECK}n=$(grep -c '^start' wakes.log 2>/dev/null)\n\
          echo \"start $$\" >> wakes.log\n\
-         if [ \"${n:-0}\" -eq 0 ]; then\n\
+         if [ \"${{n:-0}}\" -eq 0 ]; then\n\
          \x20 sleep 60 &\n\
          \x20 echo \"$$ $!\" >> pids\n\
          \x20 wait\n\
          else\n\
          \x20 : > \"$AGENTCOM_RESULTS_DIR/$AGENTCOM_TASK_ID.started\"\n\
          fi\n\
-         echo \"end $$\" >> wakes.log\n",
+         echo \"end $$\" >> wakes.log\n"
+        ),
     )
     .unwrap();
     let mut cfg = config(dir.path(), &hub.url());
@@ -210,10 +218,7 @@ fn a_wake_command_spawned_just_before_a_crash_never_runs_unrecorded() {
     fs::write(
         dir.path().join("wake.sh"),
         format!(
-            "for p in $(cat pids 2>/dev/null); do\n\
-             \x20 s=$(cut -d' ' -f3 \"/proc/$p/stat\" 2>/dev/null)\n\
-             \x20 case \"$s\" in ''|Z|X) ;; *) echo \"overlap $p\" >> wakes.log ;; esac\n\
-             done\n\
+            "{OVERLAP_CHECK}\
              echo \"start $$ first=${{FIRST:-0}}\" >> wakes.log\n\
              if [ \"${{FIRST:-0}}\" = 1 ]; then\n\
              \x20 sleep 60 &\n\
