@@ -21,8 +21,9 @@ pub mod queue_store;
 pub mod retry;
 pub mod state;
 pub mod status;
+pub mod supervisor;
 pub mod update;
 pub mod wake;
 pub mod watcher;
 
-pub use main_loop::run;
+pub use main_loop::{run, run_supervised};

@@ -24,6 +24,7 @@ use crate::lifecycle_log::{LifecycleEvent, LifecycleLog};
 use crate::queue_store::{self, Loaded, QueueFile, WakeProcess};
 use crate::retry::Jitter;
 use crate::state::{Effect, Input, Settings, State, TaskFiles, WakeStart};
+use crate::supervisor::Supervisor;
 use crate::wake::{self, Leftover, WakeHandle, WakeRequest};
 use crate::watcher::{self, FileKind, ReadResult, ResultsWatcher};
 
@@ -36,7 +37,19 @@ const SLOW_TURN: Duration = Duration::from_millis(100);
 /// `restart_sidecar`). `events` is the sender side of `inbox`; worker threads
 /// get clones of it.
 pub fn run(config: Config, events: Sender<Event>, inbox: Receiver<Event>) -> Result<(), Error> {
-    let mut shell = Shell::new(config, events)?;
+    run_supervised(config, events, inbox, crate::supervisor::from_env())
+}
+
+/// [`run`], telling `supervisor` when the sidecar is ready, what it is
+/// doing, that its loop is alive, and when it stops (see
+/// [`crate::supervisor`]).
+pub fn run_supervised(
+    config: Config,
+    events: Sender<Event>,
+    inbox: Receiver<Event>,
+    supervisor: Box<dyn Supervisor>,
+) -> Result<(), Error> {
+    let mut shell = Shell::new(config, events, supervisor)?;
     shell.run(&inbox);
     shell.teardown();
     Ok(())
@@ -61,10 +74,15 @@ struct Shell {
     #[cfg(feature = "failpoints")]
     failpoint: Option<String>,
     exit: bool,
+    supervisor: Box<dyn Supervisor>,
+    /// The last status line the supervisor was given, and the watchdog
+    /// pings sent (see `supervise.rs`).
+    supervisor_status: String,
+    beats: u64,
 }
 
 impl Shell {
-    fn new(config: Config, events: Sender<Event>) -> Result<Shell, Error> {
+    fn new(config: Config, events: Sender<Event>, supervisor: Box<dyn Supervisor>) -> Result<Shell, Error> {
         std::fs::create_dir_all(&config.results_dir).map_err(|e| {
             Error::io(format!("cannot create results_dir {}", config.results_dir.display()), e)
         })?;
@@ -165,6 +183,9 @@ impl Shell {
             _watcher: watcher,
             wake,
             exit: false,
+            supervisor,
+            supervisor_status: String::new(),
+            beats: 0,
         })
     }
 
@@ -174,7 +195,9 @@ impl Shell {
         let mut follow_ups = VecDeque::new();
         let effects = self.state.start();
         self.execute(effects, &mut follow_ups);
+        self.supervisor.ready();
         while !self.exit {
+            self.supervise(Instant::now());
             let input = match follow_ups.pop_front() {
                 Some(input) => input,
                 None => self.next_event(inbox).unwrap_or_else(|| {
@@ -182,6 +205,9 @@ impl Shell {
                     Input::Event(Event::Shutdown)
                 }),
             };
+            if let Input::Event(Event::Shutdown) = &input {
+                self.supervisor.stopping();
+            }
             if let Input::Event(Event::Hub(HubEvent::Disconnected { conn_id, .. })) = &input {
                 self.reap_connection(*conn_id);
             }
@@ -201,14 +227,22 @@ impl Shell {
 
     /// Blocks until something happens: an event from a worker, or the state
     /// machine's next deadline. `None` when every sender is gone.
-    fn next_event(&self, inbox: &Receiver<Event>) -> Option<Input> {
-        let timer = match self.state.next_deadline() {
-            Some(at) => crossbeam_channel::at(at),
-            None => crossbeam_channel::never(),
-        };
-        let event = select! {
-            recv(inbox) -> event => event.ok()?,
-            recv(timer) -> _ => return Some(Input::Tick),
+    /// Wakes for the supervisor's watchdog too, and beats then.
+    fn next_event(&mut self, inbox: &Receiver<Event>) -> Option<Input> {
+        let event = loop {
+            let deadline = self.state.next_deadline();
+            let beat = self.supervisor.next_beat().filter(|b| deadline.is_none_or(|d| *b < d));
+            let timer = match beat.or(deadline) {
+                Some(at) => crossbeam_channel::at(at),
+                None => crossbeam_channel::never(),
+            };
+            select! {
+                recv(inbox) -> event => break event.ok()?,
+                recv(timer) -> _ => match beat {
+                    Some(_) => self.supervise(Instant::now()),
+                    None => return Some(Input::Tick),
+                },
+            }
         };
         match &event {
             // Frames can be large; their content is logged once parsed.
@@ -429,6 +463,7 @@ impl Shell {
     }
 
     fn teardown(mut self) {
+        self.supervisor.stopping();
         // Close every connection first so their close handshakes run in
         // parallel, then join them (each bounded by shutdown_grace).
         if let Some(hub) = self.hub.take() {
@@ -521,6 +556,8 @@ fn coalesce_persists(effects: Vec<Effect>) -> Vec<(Effect, bool)> {
     }
     out
 }
+
+mod supervise;
 
 #[cfg(test)]
 mod coalesce_tests;

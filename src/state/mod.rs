@@ -479,6 +479,15 @@ impl State {
         self.link.live_conn_id()
     }
 
+    /// Identified on a live connection.
+    pub fn hub_ready(&self) -> bool {
+        self.link.is_ready()
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down
+    }
+
     /// The task whose result files we care about.
     pub fn held_task_id(&self) -> Option<&str> {
         self.task.as_ref().map(|t| t.id.as_str())

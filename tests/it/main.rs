@@ -25,6 +25,9 @@ mod soak_found;
 #[cfg(unix)]
 mod start_script;
 mod support;
+// A Unix datagram socket as systemd's NOTIFY_SOCKET.
+#[cfg(unix)]
+mod systemd;
 mod tasks;
 mod wake;
 #[cfg(windows)]
