@@ -19,6 +19,8 @@ USAGE:
                                                show the held task, pending reports and recent events
                                                (--json: as one JSON object on one line);
                                                exit 0 when idle with nothing pending, 1 otherwise
+    agentcom-sidecar service ...               install and control the Windows service
+                                               (`agentcom-sidecar service --help`)
     agentcom-sidecar --help | --version
 
 The config path defaults to $SIDECAR_CONFIG, then ./config.json.
@@ -56,6 +58,8 @@ fn main() -> ExitCode {
             "check" => command = Command::Check,
             "status" => command = Command::Status,
             "run" => command = Command::Run,
+            // Its own command line, in its own module.
+            "service" => return agentcom_sidecar::service::main(config_path, &args.collect::<Vec<_>>()),
             other => match other.strip_prefix("--config=") {
                 Some(path) => config_path = Some(PathBuf::from(path)),
                 None => return usage_error(&format!("unexpected argument {other:?}")),
@@ -166,24 +170,9 @@ fn run(config: Config, warnings: &[String], events: Sender<Event>, inbox: Receiv
     }
 }
 
-/// Levelled lines on stderr/stdout for pm2. Only this crate's records pass:
-/// dependencies (tungstenite at trace level) could otherwise print frame
-/// payloads, and the identify frame carries the token.
-///
-/// Every line starts with the one timestamp it carries (pm2's own `time`
-/// prefix is off in scripts/ecosystem.config.js), in UTC with milliseconds,
-/// always 24 characters: `2026-12-01T21:16:24.180Z [INFO] ...`.
+/// Levelled lines on stderr/stdout (the format: `agentcom_sidecar::logging`).
 fn init_logging(level: log::LevelFilter) {
-    let config = simplelog::ConfigBuilder::new()
-        .add_filter_allow_str("agentcom_sidecar")
-        .set_thread_mode(simplelog::ThreadLogMode::Names)
-        .set_thread_level(log::LevelFilter::Error)
-        .set_target_level(log::LevelFilter::Off)
-        .set_time_format_custom(simplelog::format_description!(
-            "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
-        ))
-        .build();
-    let _ = simplelog::SimpleLogger::init(level, config);
+    let _ = simplelog::SimpleLogger::init(level, agentcom_sidecar::logging::config());
 }
 
 fn usage_error(message: &str) -> ExitCode {
