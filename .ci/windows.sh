@@ -63,6 +63,10 @@ echo "windows: build took $((built - started)) s"
 mkdir -p "$WINEPREFIX"
 wineserver -p </dev/null >/dev/null 2>&1
 wine cmd /c exit 0 </dev/null >/dev/null 2>&1 || true # creates the prefix
+# Services (tests/it/windows_service.rs) start from Wine's service manager,
+# whose environment has no WINEPATH: they find the DLL in the scratch
+# prefix's system32.
+cp "$scratch/dll/bcryptprimitives.dll" "$WINEPREFIX/drive_c/windows/system32/"
 
 echo "== windows: cargo test under Wine"
 log="$scratch/test.log"

@@ -21,6 +21,8 @@ use crate::config::Config;
 use crate::event::Event;
 use crate::supervisor::Supervisor;
 
+/// What a service manager answers for a setting it does not know.
+const ERROR_INVALID_LEVEL: i32 = 124;
 /// How long `start`, `stop` and `uninstall` wait for the service to get there.
 const WAIT: Duration = Duration::from_secs(60);
 /// How often they ask the service manager meanwhile.
@@ -78,7 +80,10 @@ fn install(config: &Path, name: &str, account: Option<String>) -> Result<(), Str
         account_password: password,
     };
     let manager = manager(ServiceManagerAccess::CONNECT | ServiceManagerAccess::CREATE_SERVICE)?;
-    let access = ServiceAccess::QUERY_CONFIG | ServiceAccess::CHANGE_CONFIG | ServiceAccess::QUERY_STATUS;
+    let access = ServiceAccess::QUERY_CONFIG
+        | ServiceAccess::CHANGE_CONFIG
+        | ServiceAccess::QUERY_STATUS
+        | ServiceAccess::DELETE;
     let service = manager
         .create_service(&info, access)
         .map_err(|e| format!("cannot install service {name}: {}", why(&e)))?;
@@ -96,8 +101,16 @@ fn install(config: &Path, name: &str, account: Option<String>) -> Result<(), Str
             ),
         })?;
         // A non-zero exit (a failed start, a lost disk) counts as a failure
-        // too, not only a crash.
-        service.set_failure_actions_on_non_crash_failures(true)?;
+        // too, not only a crash. Wine's service manager lacks this setting
+        // (and acts on no recovery action at all).
+        if let Err(e) = service.set_failure_actions_on_non_crash_failures(true) {
+            match &e {
+                windows_service::Error::Winapi(io) if io.raw_os_error() == Some(ERROR_INVALID_LEVEL) => {
+                    eprintln!("warning: this service manager cannot restart the service after a failed exit, only after a crash: {io}")
+                }
+                _ => return Err(e),
+            }
+        }
         service.set_preshutdown_timeout(super::stop_wait_hint(loaded.shutdown_grace))
     };
     if let Err(e) = configure() {

@@ -32,6 +32,9 @@ mod tasks;
 mod wake;
 #[cfg(windows)]
 mod windows_scripts;
+// Through the service manager (Wine's in CI).
+#[cfg(windows)]
+mod windows_service;
 
 #[cfg(windows)]
 #[test]
