@@ -8,7 +8,9 @@
 //! - `table` (default): one sidecar; see `single.rs`;
 //! - `fleet`: N sidecars through a hub restart, per jitter strategy; see
 //!   `fleet.rs`;
-//! - `all`: both.
+//! - `supervisors`: the memory a supervisor adds (none, systemd, pm2, a
+//!   Windows service under Wine); see `supervisors.rs`;
+//! - `all`: `table` and `fleet`.
 //!
 //! Every knob is an environment variable, listed in README.md (section
 //! "Footprint and speed") and at the top of `single.rs` / `fleet.rs`.
@@ -20,6 +22,7 @@ mod fleet;
 mod floors;
 mod procfs;
 mod single;
+mod supervisors;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -33,12 +36,13 @@ fn main() {
     match mode {
         "table" => single::run(),
         "fleet" => fleet::run(),
+        "supervisors" => supervisors::run(),
         "all" => {
             single::run();
             fleet::run();
         }
         other => {
-            eprintln!("unknown mode {other:?}: expected table, fleet or all");
+            eprintln!("unknown mode {other:?}: expected table, fleet, supervisors or all");
             std::process::exit(2);
         }
     }

@@ -148,12 +148,19 @@ pub fn stop_wait_hint(shutdown_grace: Duration) -> Duration {
     shutdown_grace * 2 + Duration::from_secs(10)
 }
 
-/// The service's exit code for the loop's outcome: 0, or the process exit
-/// code the console run would have had, as a service-specific code (non-zero,
-/// so the recovery actions restart it).
-pub fn exit_code(outcome: &Result<(), crate::error::Error>) -> u32 {
+/// The service-specific exit code of a sidecar that stopped without being
+/// asked to (the hub's `restart_sidecar`): non-zero, so the recovery actions
+/// start it again, as pm2 and systemd do after any exit.
+pub const RESTART_EXIT_CODE: u32 = 3;
+
+/// The service's exit code for the loop's outcome: 0 after a stop the
+/// service manager asked for; the console run's exit code after a failure
+/// (service-specific, non-zero, so the recovery actions restart it); and
+/// [`RESTART_EXIT_CODE`] when the loop ended by itself.
+pub fn exit_code(outcome: &Result<(), crate::error::Error>, stop_requested: bool) -> u32 {
     match outcome {
-        Ok(()) => 0,
+        Ok(()) if stop_requested => 0,
+        Ok(()) => RESTART_EXIT_CODE,
         Err(e) => u32::from(e.exit_code()),
     }
 }

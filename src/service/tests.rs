@@ -82,9 +82,10 @@ fn the_service_log_is_rotated_once_it_is_large() {
 #[test]
 fn failures_exit_non_zero_so_recovery_restarts_and_stops_have_time() {
     use crate::error::Error;
-    assert_eq!(exit_code(&Ok(())), 0);
-    assert_eq!(exit_code(&Err(Error::Config("x".into()))), 2);
-    assert_eq!(exit_code(&Err(Error::io("x", std::io::Error::other("y")))), 1);
+    assert_eq!(exit_code(&Ok(()), true), 0);
+    assert_eq!(exit_code(&Ok(()), false), RESTART_EXIT_CODE, "restart_sidecar: restarted by recovery");
+    assert_eq!(exit_code(&Err(Error::Config("x".into())), true), 2);
+    assert_eq!(exit_code(&Err(Error::io("x", std::io::Error::other("y"))), false), 1);
     assert_eq!(stop_wait_hint(Duration::from_secs(2)), Duration::from_secs(14));
     assert!(RECOVERY_DELAYS.windows(2).all(|w| w[0] < w[1]), "growing delays");
     assert!(RECOVERY_DELAYS.iter().all(|d| *d > Duration::ZERO), "a restart never at once");

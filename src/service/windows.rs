@@ -4,7 +4,8 @@
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use windows_service::service::{
@@ -250,9 +251,12 @@ fn service_main(_: Vec<OsString>) {
     let Some((config_path, name)) = RUN_ARGS.get() else { return };
     let (events, inbox) = crossbeam_channel::unbounded();
     let stop_events = events.clone();
+    let stop_requested = Arc::new(AtomicBool::new(false));
+    let stop_flag = Arc::clone(&stop_requested);
     let handler = move |control| match control {
         ServiceControl::Stop | ServiceControl::Shutdown | ServiceControl::Preshutdown => {
             log::info!("the service manager asks us to stop ({control:?})");
+            stop_flag.store(true, Ordering::SeqCst);
             // The loop's Ctrl-C: the same orderly shutdown. A failed send
             // means the loop is already gone.
             let _ = stop_events.send(Event::Shutdown);
@@ -290,7 +294,12 @@ fn service_main(_: Vec<OsString>) {
     if let Err(e) = &outcome {
         log::error!("{e}");
     }
-    let code = super::exit_code(&outcome);
+    let code = super::exit_code(&outcome, stop_requested.load(Ordering::SeqCst));
+    if code == super::RESTART_EXIT_CODE && outcome.is_ok() {
+        log::info!(
+            "stopped without a stop request (restart_sidecar): the recovery action restarts the service"
+        );
+    }
     log::info!("service {name} stopped (exit code {code})");
     let exit_code =
         if code == 0 { ServiceExitCode::NO_ERROR } else { ServiceExitCode::ServiceSpecific(code) };

@@ -99,14 +99,11 @@ mod unix {
                     SocketAddr::from_pathname(std::ffi::OsStr::from_bytes(socket))?
                 }
             };
-            Ok(Notifier {
-                socket: UnixDatagram::unbound()?,
-                addr,
-                beat_every,
-                next_beat: None,
-                stopping: false,
-                warned: false,
-            })
+            let socket = UnixDatagram::unbound()?;
+            // A full queue at systemd's end drops the message (logged once)
+            // rather than blocking the loop.
+            socket.set_nonblocking(true)?;
+            Ok(Notifier { socket, addr, beat_every, next_beat: None, stopping: false, warned: false })
         }
 
         fn send(&mut self, message: &str) {

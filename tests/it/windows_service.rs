@@ -166,6 +166,19 @@ fn the_service_installs_works_stops_during_a_wake_survives_a_crash_and_uninstall
     let restarted = service_pid(&name).expect("the restarted service has a pid");
     assert_ne!(restarted, pid, "the same process after the crash");
 
+    // The hub's restart_sidecar: the sidecar exits by itself, with the
+    // service-specific code 3, a failure for the recovery actions, which
+    // restart it on Windows (Wine leaves it stopped).
+    assert!(hub.restart_sidecar(AGENT, "update"));
+    if under_wine() {
+        wait_until("the service to stop with code 3", || {
+            let status = service(&["status", "--name", &name]);
+            (status.status.code() == Some(1) && text(&status).contains("last exit code: 3")).then_some(())
+        });
+    } else {
+        expect_identified(&hub);
+    }
+
     let out = ok(&["uninstall", "--name", &name]);
     assert!(out.contains(&format!("removed service {name}")), "{out}");
     let gone = service(&["status", "--name", &name]);
