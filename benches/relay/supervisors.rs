@@ -52,9 +52,19 @@ pub fn run() {
         json!({"agent_id": "bench", "token": "bench-token", "hub_url": hub.url(), "log_level": "warn"});
     fs::write(&config, body.to_string()).unwrap();
     fs::set_permissions(&config, fs::Permissions::from_mode(0o600)).unwrap();
+    // Each setup's sidecar identifies on a connection newer than the last
+    // one seen: an older connection's event is not its.
+    let last_conn = std::cell::Cell::new(0);
     let identified = || {
-        hub.wait_for(FAILSAFE, |e| matches!(e, DevHubEvent::Identified { .. }))
-            .expect("the sidecar identifies");
+        let seen = hub.wait_for(
+            FAILSAFE,
+            |e| matches!(e, DevHubEvent::Identified { conn, .. } if *conn > last_conn.get()),
+        );
+        if let Some(DevHubEvent::Identified { conn, .. }) = seen {
+            last_conn.set(conn);
+        } else {
+            panic!("the sidecar did not identify");
+        }
         std::thread::sleep(idle); // the benchmark idles on purpose
     };
     println!("agentcom-sidecar under its supervisors: memory after {} s idle, connected", idle.as_secs());
@@ -196,7 +206,11 @@ fn pids_with(needle: &str) -> Vec<u32> {
 fn wine_service(hub_url: &str, dir: &Path, identified: &dyn Fn()) -> Result<Row, String> {
     let exe = std::env::var("BENCH_WINDOWS_EXE")
         .map_err(|_| "set BENCH_WINDOWS_EXE and WINEPREFIX to measure it")?;
-    std::env::var_os("WINEPREFIX").ok_or("set WINEPREFIX too")?;
+    let prefix = std::env::var("WINEPREFIX").map_err(|_| "set WINEPREFIX too")?;
+    // A wineserver that outlives the last console process by a minute:
+    // Wine otherwise ends the services (its "system" processes) 3 s after.
+    // Does nothing when one already runs (.ci/windows.sh starts it with -p).
+    let _ = Command::new("wineserver").arg("-p60").stdout(Stdio::null()).stderr(Stdio::null()).status();
     let box_dir = dir.join("wine");
     fs::create_dir_all(&box_dir).unwrap();
     let body = json!({"agent_id": "bench", "token": "bench-token", "hub_url": hub_url, "log_level": "warn"});
@@ -219,12 +233,32 @@ fn wine_service(hub_url: &str, dir: &Path, identified: &dyn Fn()) -> Result<Row,
     let started = service(&["start", "--name", "bench-sidecar"]);
     let row = if started.is_ok_and(|s| s.success()) {
         identified();
-        let sidecar = pids_with("service\0run").into_iter().chain(pids_with("--name\0bench-sidecar")).next();
-        let scm = pids_with("services.exe").first().copied();
+        // This prefix's: other Wine prefixes may run their own.
+        // Wine shows the Windows command line; looked for a while, as the
+        // process is sometimes not listed yet when the hub sees it.
+        let deadline = std::time::Instant::now() + FAILSAFE;
+        let sidecar = loop {
+            let found = pids_with("service\0run\0--config").into_iter().find(|pid| {
+                fs::read(format!("/proc/{pid}/cmdline"))
+                    .is_ok_and(|c| String::from_utf8_lossy(&c).contains("bench-sidecar"))
+            });
+            if found.is_some() || std::time::Instant::now() >= deadline {
+                break found;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let scm = pids_with("services.exe").into_iter().find(|pid| {
+            fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|e| e.split(|b| *b == 0).any(|v| v == format!("WINEPREFIX={prefix}").as_bytes()))
+        });
+        let Some(sidecar) = sidecar else {
+            let _ = service(&["uninstall", "--name", "bench-sidecar"]);
+            return Err("cannot find the service's process under Wine".into());
+        };
         Ok(Row {
             setup: "Windows service (under Wine)".into(),
             supervisor: scm.map(|pid| ("Wine's services.exe".to_owned(), kb(pid))).into_iter().collect(),
-            sidecar: sidecar.map(kb).unwrap_or_default(),
+            sidecar: kb(sidecar),
             note: "Wine's numbers, not Windows': its services.exe (on Windows the service manager runs anyway), \
                    the .exe with Wine's DLLs; wineserver not counted"
                 .into(),
