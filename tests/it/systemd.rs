@@ -135,3 +135,20 @@ fn the_example_unit_passes_systemd_analyze_verify() {
         format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
     assert!(output.status.success() && said.trim().is_empty(), "systemd-analyze verify: {said}");
 }
+
+/// Off Windows, `service` says where to look instead, and its help works.
+#[test]
+fn service_commands_point_to_systemd_off_windows() {
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_agentcom-sidecar")).args(args).output().unwrap()
+    };
+    let out = run(&["service", "status"]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("scripts/agentcom-sidecar.service"), "{stderr}");
+    let help = run(&["service", "--help"]);
+    assert!(help.status.success() && String::from_utf8_lossy(&help.stdout).contains("service install"));
+    let bad = run(&["service", "install", "--name"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--name needs a value"));
+}
