@@ -17,6 +17,7 @@ pub mod hub;
 pub mod lifecycle_log;
 pub(crate) mod main_loop;
 pub mod protocol;
+pub mod queue_lock;
 pub mod queue_store;
 pub mod retry;
 pub mod state;

@@ -21,6 +21,7 @@ use crate::error::Error;
 use crate::event::Event;
 use crate::hub::{HubEvent, HubHandle, HubParams};
 use crate::lifecycle_log::{LifecycleEvent, LifecycleLog};
+use crate::queue_lock::QueueLock;
 use crate::queue_store::{self, Loaded, QueueFile, WakeProcess};
 use crate::retry::Jitter;
 use crate::state::{Effect, Input, Settings, State, TaskFiles, WakeStart};
@@ -36,6 +37,13 @@ const SLOW_TURN: Duration = Duration::from_millis(100);
 /// `restart_sidecar`). `events` is the sender side of `inbox`; worker threads
 /// get clones of it.
 pub fn run(config: Config, events: Sender<Event>, inbox: Receiver<Event>) -> Result<(), Error> {
+    // One sidecar per queue, before anything is read or sent.
+    if let Some(dir) = config.queue_file.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            Error::io(format!("cannot create the directory of {}", config.queue_file.display()), e)
+        })?;
+    }
+    let _lock = QueueLock::acquire(&config.queue_file)?;
     let mut shell = Shell::new(config, events)?;
     shell.run(&inbox);
     shell.teardown();

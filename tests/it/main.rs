@@ -10,6 +10,7 @@ mod devhub_profiles;
 #[cfg(unix)]
 mod hostile;
 mod hub_conn;
+mod loud;
 #[cfg(target_os = "linux")]
 mod netfault;
 mod ops;

@@ -1,0 +1,56 @@
+//! Operator mistakes that must be caught at once, loudly (issue 19): a
+//! second sidecar on the same queue, a worker thread that dies.
+
+use std::time::Duration;
+
+use agentcom_sidecar::devhub::DevHubEvent;
+
+use crate::support::{config, expect_identified, start_hub, Sidecar, FAILSAFE};
+
+#[test]
+fn a_second_sidecar_on_the_same_queue_exits_1_naming_the_lock_and_the_holder() {
+    let hub = start_hub();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &hub.url());
+    let mut first = Sidecar::start(dir.path(), &cfg);
+    expect_identified(&hub);
+
+    // Same queue_file, its own config.json and output files.
+    let mut second = Sidecar::start(&dir.path().join("second"), &cfg);
+    let status = second.wait_exit(FAILSAFE).expect("the second sidecar exits at once");
+    assert_eq!(status.code(), Some(1), "{}", second.output());
+    let out = second.output();
+    let lock = dir.path().join("queue.json.lock");
+    assert!(out.contains(&lock.display().to_string()), "names the lock file: {out}");
+    assert!(out.contains(&format!("pid {}", first.pid())), "names the holder's pid: {out}");
+    assert!(!out.contains("connecting to"), "it sent nothing: {out}");
+
+    // The first is untouched: still running, still the only identify.
+    assert!(first.wait_exit(Duration::from_millis(200)).is_none(), "{}", first.output());
+    assert!(
+        hub.wait_for(Duration::from_millis(300), |e| matches!(e, DevHubEvent::Identified { .. })).is_none(),
+        "the second sidecar identified"
+    );
+    // `status` and `check` only read: they run while it holds the lock.
+    for args in [&["status"][..], &["check"][..]] {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_agentcom-sidecar"))
+            .args(args)
+            .arg("--config")
+            .arg(dir.path().join("config.json"))
+            .output()
+            .unwrap();
+        assert!(output.status.code() == Some(0), "{args:?}: {output:?}");
+    }
+}
+
+#[test]
+fn a_sidecar_killed_with_sigkill_leaves_no_lock_behind() {
+    let hub = start_hub();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(dir.path(), &hub.url());
+    let mut first = Sidecar::start(dir.path(), &cfg);
+    expect_identified(&hub);
+    first.kill9();
+    let _second = Sidecar::start(dir.path(), &cfg);
+    expect_identified(&hub);
+}
