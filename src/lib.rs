@@ -22,6 +22,9 @@ pub mod queue_store;
 pub mod retry;
 pub mod state;
 pub mod status;
+#[cfg(all(unix, any(test, feature = "failpoints")))]
+#[doc(hidden)]
+pub mod test_support;
 pub mod update;
 pub mod wake;
 pub mod watcher;

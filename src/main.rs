@@ -98,6 +98,13 @@ fn main() -> ExitCode {
             for warning in &warnings {
                 eprintln!("warning: {warning}");
             }
+            let problems = config.directory_problems();
+            for problem in &problems {
+                eprintln!("agentcom-sidecar: {problem}");
+            }
+            if !problems.is_empty() {
+                return ExitCode::from(2);
+            }
             let text =
                 serde_json::to_string_pretty(&config.to_redacted_json()).expect("a JSON value serializes");
             println!("{text}");

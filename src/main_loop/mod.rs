@@ -37,6 +37,10 @@ const SLOW_TURN: Duration = Duration::from_millis(100);
 /// `restart_sidecar`). `events` is the sender side of `inbox`; worker threads
 /// get clones of it.
 pub fn run(config: Config, events: Sender<Event>, inbox: Receiver<Event>) -> Result<(), Error> {
+    let problems = config.directory_problems();
+    if !problems.is_empty() {
+        return Err(Error::Runtime(format!("cannot start: {}", problems.join("; "))));
+    }
     // One sidecar per queue, before anything is read or sent.
     if let Some(dir) = config.queue_file.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| {

@@ -54,3 +54,52 @@ fn a_sidecar_killed_with_sigkill_leaves_no_lock_behind() {
     let _second = Sidecar::start(dir.path(), &cfg);
     expect_identified(&hub);
 }
+
+fn check(dir: &std::path::Path, cfg: &serde_json::Value) -> (Option<i32>, String) {
+    std::fs::write(dir.join("config.json"), cfg.to_string()).unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_agentcom-sidecar"))
+        .args(["check", "--config"])
+        .arg(dir.join("config.json"))
+        .output()
+        .unwrap();
+    (output.status.code(), String::from_utf8_lossy(&output.stderr).into_owned())
+}
+
+#[test]
+fn check_refuses_bad_ports_and_near_miss_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    for url in [
+        "ws://127.0.0.1:99999/ws",
+        "ws://127.0.0.1:65536/ws",
+        "ws://127.0.0.1:4400abc/ws",
+        "ws://127.0.0.1:/ws",
+    ] {
+        let (code, err) = check(dir.path(), &config(dir.path(), url));
+        assert_eq!(code, Some(2), "{url}: {err}");
+        assert!(err.contains("`hub_url`"), "{url}: {err}");
+    }
+    let mut cfg = config(dir.path(), "ws://127.0.0.1:4000/ws");
+    cfg["wake_comand"] = "echo".into();
+    let (code, err) = check(dir.path(), &cfg);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("did you mean wake_command?"), "{err}");
+}
+
+#[cfg(unix)]
+#[test]
+fn an_unwritable_results_dir_fails_check_with_2_and_start_with_1_naming_it() {
+    use agentcom_sidecar::test_support::ReadOnlyDir;
+    let dir = tempfile::tempdir().unwrap();
+    let results = ReadOnlyDir::new(&dir.path().join("results"));
+    let cfg = config(dir.path(), "ws://127.0.0.1:9/ws");
+    let (code, err) = check(dir.path(), &cfg);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains(&results.path().display().to_string()) && err.contains("not writable"), "{err}");
+
+    let mut sidecar = Sidecar::start(dir.path(), &cfg);
+    let status = sidecar.wait_exit(FAILSAFE).expect("exits at once");
+    assert_eq!(status.code(), Some(1), "{}", sidecar.output());
+    let out = sidecar.output();
+    assert!(out.contains(&results.path().display().to_string()) && out.contains("os error"), "{out}");
+    assert!(!out.contains("connecting to"), "{out}");
+}
