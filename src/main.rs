@@ -18,7 +18,8 @@ USAGE:
     agentcom-sidecar status [--json] [--config PATH]
                                                show the held task, pending reports and recent events
                                                (--json: as one JSON object on one line);
-                                               exit 0 when idle with nothing pending, 1 otherwise
+                                               exit 0 when idle with nothing pending, 1 when busy,
+                                               2 when queue.json is corrupt or unreadable
     agentcom-sidecar --help | --version
 
 The config path defaults to $SIDECAR_CONFIG, then ./config.json.
@@ -119,8 +120,7 @@ fn main() -> ExitCode {
                 agentcom_sidecar::status::report(&config, now_ms, &mut stdout)
             };
             match written {
-                Ok(agentcom_sidecar::status::Verdict::Idle) => ExitCode::SUCCESS,
-                Ok(agentcom_sidecar::status::Verdict::Busy) => ExitCode::FAILURE,
+                Ok(verdict) => ExitCode::from(verdict.exit_code()),
                 Err(e) => {
                     eprintln!("agentcom-sidecar: cannot write the status: {e}");
                     ExitCode::FAILURE
