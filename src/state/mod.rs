@@ -544,6 +544,10 @@ impl State {
 
     fn on_tick(&mut self, now: Instant, fx: &mut Vec<Effect>) {
         match self.link.tick(now, fx) {
+            Some(Timeout::Connect) => {
+                let ms = (self.link.identify_timeout() * 2).as_millis();
+                self.drop_connection(&format!("the connection attempt reported nothing within {ms} ms"), now, fx);
+            }
             Some(Timeout::Identify) => {
                 let ms = self.link.identify_timeout().as_millis();
                 self.drop_connection(&format!("the hub did not answer identify within {ms} ms"), now, fx);
