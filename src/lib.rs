@@ -13,6 +13,7 @@ pub mod devhub;
 mod doc_tests;
 pub mod error;
 pub mod event;
+mod failpoint;
 pub mod hub;
 pub mod lifecycle_log;
 pub(crate) mod main_loop;

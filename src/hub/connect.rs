@@ -63,6 +63,7 @@ impl Connector {
 
         let addrs = self.resolve(&host, port, deadline)?;
         let tcp = self.connect_tcp(&addrs, deadline)?;
+        crate::failpoint::panic_at("hub_connecting");
 
         let stream = match tls_connector {
             None => MaybeTlsStream::Plain(tcp),

@@ -27,6 +27,7 @@ use crate::retry::Jitter;
 use crate::state::{Effect, Input, Settings, State, TaskFiles, WakeStart};
 use crate::wake::{self, Leftover, WakeHandle, WakeRequest};
 use crate::watcher::{self, FileKind, ReadResult, ResultsWatcher};
+use deaths::Deaths;
 
 /// Largest progress file we read.
 const MAX_PROGRESS_BYTES: u64 = 4096;
@@ -50,6 +51,15 @@ pub fn run(config: Config, events: Sender<Event>, inbox: Receiver<Event>) -> Res
     let _lock = QueueLock::acquire(&config.queue_file)?;
     let mut shell = Shell::new(config, events)?;
     shell.run(&inbox);
+    if let Some(death) = shell.died.take() {
+        // Crash-only: no teardown, whose joins could wait on the broken
+        // worker; the process exits, as after a kill, and its supervisor
+        // restarts it.
+        std::mem::forget(shell);
+        return Err(Error::Runtime(format!(
+            "{death}; exiting so that the supervisor restarts the sidecar (queue.json makes that safe)"
+        )));
+    }
     shell.teardown();
     Ok(())
 }
@@ -73,6 +83,9 @@ struct Shell {
     #[cfg(feature = "failpoints")]
     failpoint: Option<String>,
     exit: bool,
+    deaths: Deaths,
+    /// A worker thread died: the loop ends and so does the process.
+    died: Option<String>,
 }
 
 impl Shell {
@@ -114,8 +127,10 @@ impl Shell {
             end_wake_leftover(leftover, &mut lifecycle);
         }
 
+        let deaths = Deaths::new();
         let wake_events = events.clone();
         let started_events = events.clone();
+        let wake_watch = deaths.watch("wake-executor");
         // Gated: a command runs only once queue.json records it, so a crash
         // right after its spawn never leaves one running unseen.
         let wake = WakeHandle::spawn_gated(
@@ -123,6 +138,7 @@ impl Shell {
                 let _ = started_events.send(Event::WakeStarted(started));
             }),
             Box::new(move |outcome| {
+                wake_watch.keep();
                 // A failed send means the loop is gone: we are shutting down.
                 let _ = wake_events.send(Event::Wake(outcome));
             }),
@@ -131,9 +147,11 @@ impl Shell {
 
         let watcher = if config.watch_results {
             let watch_events = events.clone();
+            let watch = deaths.watch("results-watcher");
             match ResultsWatcher::start(
                 &config.results_dir,
                 Box::new(move |event| {
+                    watch.keep();
                     let _ = watch_events.send(Event::Results(event));
                 }),
             ) {
@@ -177,6 +195,8 @@ impl Shell {
             _watcher: watcher,
             wake,
             exit: false,
+            deaths,
+            died: None,
         })
     }
 
@@ -186,7 +206,7 @@ impl Shell {
         let mut follow_ups = VecDeque::new();
         let effects = self.state.start();
         self.execute(effects, &mut follow_ups);
-        while !self.exit {
+        while !self.exit && self.died.is_none() {
             let input = match follow_ups.pop_front() {
                 Some(input) => input,
                 None => self.next_event(inbox).unwrap_or_else(|| {
@@ -194,6 +214,9 @@ impl Shell {
                     Input::Event(Event::Shutdown)
                 }),
             };
+            if self.died.is_some() {
+                break;
+            }
             if let Input::Event(Event::Hub(HubEvent::Disconnected { conn_id, .. })) = &input {
                 self.reap_connection(*conn_id);
             }
@@ -213,7 +236,7 @@ impl Shell {
 
     /// Blocks until something happens: an event from a worker, or the state
     /// machine's next deadline. `None` when every sender is gone.
-    fn next_event(&self, inbox: &Receiver<Event>) -> Option<Input> {
+    fn next_event(&mut self, inbox: &Receiver<Event>) -> Option<Input> {
         let timer = match self.state.next_deadline() {
             Some(at) => crossbeam_channel::at(at),
             None => crossbeam_channel::never(),
@@ -221,6 +244,10 @@ impl Shell {
         let event = select! {
             recv(inbox) -> event => event.ok()?,
             recv(timer) -> _ => return Some(Input::Tick),
+            recv(self.deaths.rx) -> death => {
+                self.died = death.ok();
+                return Some(Input::Tick);
+            }
         };
         match &event {
             // Frames can be large; their content is logged once parsed.
@@ -361,9 +388,13 @@ impl Shell {
             close_timeout: self.config.shutdown_grace,
         };
         let events = self.events.clone();
+        let watch = self.deaths.watch(format!("hub-conn-{conn_id}"));
         match HubHandle::spawn(
             params,
             Box::new(move |event| {
+                if let HubEvent::Disconnected { .. } = event {
+                    watch.done();
+                }
                 let _ = events.send(Event::Hub(event));
             }),
         ) {
@@ -441,6 +472,7 @@ impl Shell {
     }
 
     fn teardown(mut self) {
+        self.deaths.stopping();
         // Close every connection first so their close handshakes run in
         // parallel, then join them (each bounded by shutdown_grace).
         if let Some(hub) = self.hub.take() {
@@ -536,3 +568,4 @@ fn coalesce_persists(effects: Vec<Effect>) -> Vec<(Effect, bool)> {
 
 #[cfg(test)]
 mod coalesce_tests;
+mod deaths;

@@ -546,7 +546,11 @@ impl State {
         match self.link.tick(now, fx) {
             Some(Timeout::Connect) => {
                 let ms = (self.link.identify_timeout() * 2).as_millis();
-                self.drop_connection(&format!("the connection attempt reported nothing within {ms} ms"), now, fx);
+                self.drop_connection(
+                    &format!("the connection attempt reported nothing within {ms} ms"),
+                    now,
+                    fx,
+                );
             }
             Some(Timeout::Identify) => {
                 let ms = self.link.identify_timeout().as_millis();

@@ -195,6 +195,7 @@ impl Executor {
             attempt: request.attempt,
             identity,
         });
+        crate::failpoint::panic_at("wake_running");
         let deadline = match started.checked_add(request.timeout) {
             Some(deadline) => at(deadline),
             None => never(),

@@ -103,3 +103,56 @@ fn an_unwritable_results_dir_fails_check_with_2_and_start_with_1_naming_it() {
     assert!(out.contains(&results.path().display().to_string()) && out.contains("os error"), "{out}");
     assert!(!out.contains("connecting to"), "{out}");
 }
+
+/// Starts a sidecar whose worker `point` panics there
+/// (`AGENTCOM_FAILPOINT=panic:<point>`), brings the moment about with
+/// `provoke`, and expects a logged death and exit 1 (crash-only: the
+/// supervisor restarts it), not a process that lives on relaying nothing.
+fn dies_loudly(
+    point: &str,
+    worker: &str,
+    provoke: impl FnOnce(&agentcom_sidecar::devhub::DevHub, &std::path::Path),
+) {
+    let hub = start_hub();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), &hub.url());
+    cfg["wake_command"] = "sleep 30".into();
+    let failpoint = format!("panic:{point}");
+    let mut sidecar = Sidecar::start_with_env(dir.path(), &cfg, &[("AGENTCOM_FAILPOINT", &failpoint)]);
+    provoke(&hub, dir.path());
+    let status =
+        sidecar.wait_exit(FAILSAFE).unwrap_or_else(|| panic!("{point}: still running: {}", sidecar.output()));
+    let out = sidecar.output();
+    assert_eq!(status.code(), Some(1), "{point}: {out}");
+    assert!(out.contains(&format!("failpoint {failpoint}")), "{point}: the panic is in the output: {out}");
+    let logged =
+        out.lines().any(|l| l.contains(" [ERROR] ") && l.contains(&format!("worker thread {worker}")));
+    assert!(logged, "{point}: the death is logged: {out}");
+}
+
+#[test]
+fn a_hub_connection_that_panics_while_connecting_ends_the_sidecar_with_1() {
+    dies_loudly("hub_connecting", "hub-conn-1 panicked", |_, _| {});
+}
+
+#[test]
+fn a_hub_connection_that_panics_once_connected_ends_the_sidecar_with_1() {
+    dies_loudly("hub_connected", "hub-conn-1 panicked", |_, _| {});
+}
+
+#[cfg(unix)]
+#[test]
+fn a_wake_executor_that_panics_while_a_command_runs_ends_the_sidecar_with_1() {
+    dies_loudly("wake_running", "wake-executor panicked", |hub, _| {
+        expect_identified(hub);
+        hub.push_task(crate::support::AGENT, "d", serde_json::json!({}));
+    });
+}
+
+#[test]
+fn a_results_watcher_that_panics_on_an_event_ends_the_sidecar_with_1() {
+    dies_loudly("watcher_event", "results-watcher panicked", |hub, dir| {
+        expect_identified(hub);
+        std::fs::write(dir.join("results").join("stray.txt"), "x").unwrap();
+    });
+}

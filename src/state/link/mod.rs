@@ -30,11 +30,11 @@ pub(crate) struct LinkTimers {
     pub reply_timeout: Duration,
 }
 
+// `Connecting`'s deadline: the socket thread reports within
+// connect_timeout; one silent for twice that is hung or dead.
 #[derive(Debug, Clone, PartialEq)]
 enum Conn {
     Backoff { retry_at: Instant },
-    /// `deadline`: the socket thread reports within connect_timeout; one
-    /// silent for twice that is hung or dead.
     Connecting { conn_id: u64, deadline: Instant },
     Identifying { conn_id: u64, deadline: Instant },
     Ready { conn_id: u64, next_ping_at: Instant, pong_deadline: Option<Instant> },
