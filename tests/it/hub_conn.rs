@@ -228,9 +228,30 @@ fn wss_without_tls_ca_file_rejects_the_private_ca() {
     let (_handle, events) = spawn(params(format!("wss://localhost:{}/ws", hub.port)));
     let ending = expect_disconnected(&events);
     assert!(ending.reason.starts_with("TLS handshake failed"), "{}", ending.reason);
-    assert!(ending.reason.contains("certificate"), "{}", ending.reason);
+    assert!(ending.reason.contains("the server's certificate is not trusted"), "{}", ending.reason);
     assert!(ending.reason.contains("set tls_ca_file"), "{}", ending.reason);
+    assert!(!ending.reason.contains("does not speak TLS"), "{}", ending.reason);
     assert!(matches!(hub.next(), Seen::Ended(_)));
+}
+
+#[test]
+fn wss_to_a_server_that_does_not_speak_tls_says_so_and_not_to_set_tls_ca_file() {
+    // A plain web server answers the TLS ClientHello as a bad HTTP request.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        let mut buf = [0u8; 512];
+        let _ = stream.read(&mut buf);
+        let _ =
+            stream.write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+    });
+    let (_handle, events) = spawn(params(format!("wss://127.0.0.1:{port}/ws")));
+    let ending = expect_disconnected(&events);
+    assert!(ending.reason.contains("the server does not speak TLS"), "{}", ending.reason);
+    assert!(ending.reason.contains("ws://"), "suggests a ws:// hub_url: {}", ending.reason);
+    assert!(!ending.reason.contains("tls_ca_file"), "{}", ending.reason);
+    server.join().unwrap();
 }
 
 #[cfg(unix)]
