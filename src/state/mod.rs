@@ -22,6 +22,7 @@ mod busy;
 mod frames;
 mod link;
 mod past;
+mod public;
 mod report;
 mod task;
 #[cfg(test)]

@@ -156,3 +156,31 @@ fn a_results_watcher_that_panics_on_an_event_ends_the_sidecar_with_1() {
         std::fs::write(dir.join("results").join("stray.txt"), "x").unwrap();
     });
 }
+
+#[cfg(unix)]
+#[test]
+fn a_failing_wake_is_warned_once_per_attempt_and_its_reason_carries_no_local_path() {
+    use agentcom_sidecar::test_support::ReadOnlyDir;
+    let hub = start_hub();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), &hub.url());
+    cfg["wake_command"] = "echo started".into();
+    // The hand-off directory cannot take the task file: every attempt fails
+    // with an error that names the local path.
+    let _tasks = ReadOnlyDir::new(&dir.path().join("results").join(".tasks"));
+    let sidecar = Sidecar::start(dir.path(), &cfg);
+    expect_identified(&hub);
+    hub.push_task(crate::support::AGENT, "d", serde_json::json!({}));
+    let failed = crate::support::expect_received(&hub, "task_failed");
+    let reason = failed["reason"].as_str().unwrap();
+    assert!(reason.starts_with("wake_failed") && reason.contains("after 4 attempts"), "{reason}");
+    assert!(reason.contains("cannot write task file"), "says what failed: {reason}");
+    let root = dir.path().display().to_string();
+    assert!(!reason.contains(&root) && !reason.contains("/tmp"), "a local path went to the hub: {reason}");
+
+    let out = sidecar.output();
+    let warned: Vec<&str> =
+        out.lines().filter(|l| l.contains("wake attempt") && l.contains("failed")).collect();
+    assert_eq!(warned.len(), 4, "one line per failed attempt: {warned:#?}");
+    assert!(warned.iter().all(|l| l.contains(&root)), "the log keeps the path: {warned:#?}");
+}
