@@ -150,6 +150,10 @@ fn a_wake_executor_that_panics_while_a_command_runs_ends_the_sidecar_with_1() {
 }
 
 #[test]
+#[cfg_attr(
+    windows,
+    ignore = "skipped on Windows: notify calls the handler from a completion routine, where a panic aborts the process (it dies, but not with exit 1)"
+)]
 fn a_results_watcher_that_panics_on_an_event_ends_the_sidecar_with_1() {
     dies_loudly("watcher_event", "results-watcher panicked", |hub, dir| {
         expect_identified(hub);
