@@ -91,10 +91,14 @@ impl Sidecar {
     /// Sends a Unix signal with kill(1). The signal tests are ignored on
     /// Windows; run anyway, they fail here.
     pub fn signal(&self, signal: &str) {
-        assert!(cfg!(unix), "Unix signals (kill -{signal}) do not exist on Windows");
-        let status =
-            Command::new("kill").arg(format!("-{signal}")).arg(self.pid().to_string()).status().unwrap();
-        assert!(status.success(), "kill -{signal} failed");
+        #[cfg(windows)]
+        panic!("Unix signals (kill -{signal}) do not exist on Windows");
+        #[cfg(unix)]
+        {
+            let status =
+                Command::new("kill").arg(format!("-{signal}")).arg(self.pid().to_string()).status().unwrap();
+            assert!(status.success(), "kill -{signal} failed");
+        }
     }
 
     /// Waits up to `timeout` for the process to exit.
