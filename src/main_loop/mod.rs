@@ -349,8 +349,12 @@ impl Shell {
                 Effect::Record { event, fields } => self.lifecycle.record(event, fields),
                 Effect::StartUpdate => {
                     let started = match &self.config.update_command {
-                        Some(command) => crate::update::start_detached(command, &self.config.update_log)
-                            .map_err(|e| format!("{}: {e}", self.config.update_log.display())),
+                        Some(command) => crate::update::start_detached(
+                            command,
+                            &self.config.base_dir(),
+                            &self.config.update_log,
+                        )
+                        .map_err(|e| format!("{}: {e}", self.config.update_log.display())),
                         None => Err("no update_command is configured".to_owned()),
                     };
                     match started {
