@@ -12,6 +12,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
 
@@ -43,6 +44,13 @@ impl Deaths {
     pub(super) fn stopping(&self) {
         self.stopping.store(true, Ordering::SeqCst);
     }
+}
+
+/// How long a wake attempt may go without its outcome before the executor
+/// is judged hung: twice its own bound (the wake timeout, then up to 5 s for
+/// a kill the kernel is slow to carry out). Derived from `wake_timeout_ms`.
+pub(super) fn wake_overdue_after(wake_timeout: Duration) -> Duration {
+    (wake_timeout + Duration::from_secs(5)) * 2
 }
 
 /// Lives in a worker's callback; reports the worker's death when dropped.

@@ -86,6 +86,9 @@ struct Shell {
     deaths: Deaths,
     /// A worker thread died: the loop ends and so does the process.
     died: Option<String>,
+    /// The wake attempt the executor owes an outcome for, and when it is
+    /// overdue (a hung executor is a dead one).
+    wake_due: Option<(Instant, String)>,
 }
 
 impl Shell {
@@ -197,6 +200,7 @@ impl Shell {
             exit: false,
             deaths,
             died: None,
+            wake_due: None,
         })
     }
 
@@ -216,6 +220,9 @@ impl Shell {
             };
             if self.died.is_some() {
                 break;
+            }
+            if let Input::Event(Event::Wake(_)) = &input {
+                self.wake_due = None;
             }
             if let Input::Event(Event::Hub(HubEvent::Disconnected { conn_id, .. })) = &input {
                 self.reap_connection(*conn_id);
@@ -241,11 +248,20 @@ impl Shell {
             Some(at) => crossbeam_channel::at(at),
             None => crossbeam_channel::never(),
         };
+        let overdue = match &self.wake_due {
+            Some((at, _)) => crossbeam_channel::at(*at),
+            None => crossbeam_channel::never(),
+        };
         let event = select! {
             recv(inbox) -> event => event.ok()?,
             recv(timer) -> _ => return Some(Input::Tick),
             recv(self.deaths.rx) -> death => {
                 self.died = death.ok();
+                return Some(Input::Tick);
+            }
+            recv(overdue) -> _ => {
+                let what = self.wake_due.take().map(|(_, what)| what).unwrap_or_default();
+                self.died = Some(format!("worker thread wake-executor is hung: no outcome for {what}"));
                 return Some(Input::Tick);
             }
         };
@@ -433,6 +449,10 @@ impl Shell {
                 log::warn!("cannot create {}: {e}", dir.display());
             }
         }
+        let overdue = deaths::wake_overdue_after(self.config.wake_timeout);
+        let what =
+            format!("attempt {} of task {} within {} ms", start.attempt, start.task_id, overdue.as_millis());
+        self.wake_due = Some((Instant::now() + overdue, what));
         self.wake.run(WakeRequest {
             task_id: start.task_id,
             generation: start.generation,

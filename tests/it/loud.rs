@@ -188,3 +188,22 @@ fn a_failing_wake_is_warned_once_per_attempt_and_its_reason_carries_no_local_pat
     assert_eq!(warned.len(), 4, "one line per failed attempt: {warned:#?}");
     assert!(warned.iter().all(|l| l.contains(&root)), "the log keeps the path: {warned:#?}");
 }
+
+#[cfg(unix)]
+#[test]
+fn a_wake_executor_that_hangs_ends_the_sidecar_with_1_once_the_attempt_is_overdue() {
+    let hub = start_hub();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), &hub.url());
+    cfg["wake_command"] = "sleep 30".into();
+    // Overdue after (200 ms + 5 s) x 2.
+    cfg["wake_timeout_ms"] = 200.into();
+    let mut sidecar =
+        Sidecar::start_with_env(dir.path(), &cfg, &[("AGENTCOM_FAILPOINT", "hang:wake_running")]);
+    expect_identified(&hub);
+    hub.push_task(crate::support::AGENT, "d", serde_json::json!({}));
+    let status = sidecar.wait_exit(FAILSAFE).unwrap_or_else(|| panic!("still running: {}", sidecar.output()));
+    let out = sidecar.output();
+    assert_eq!(status.code(), Some(1), "{out}");
+    assert!(out.contains("worker thread wake-executor is hung: no outcome for attempt 1 of task"), "{out}");
+}
