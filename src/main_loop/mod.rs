@@ -29,6 +29,8 @@ use crate::wake::{self, Leftover, WakeHandle, WakeRequest};
 use crate::watcher::{self, FileKind, ReadResult, ResultsWatcher};
 use deaths::Deaths;
 
+mod deaths;
+
 /// Largest progress file we read.
 const MAX_PROGRESS_BYTES: u64 = 4096;
 /// A loop turn slower than this is worth a warning.
@@ -592,4 +594,3 @@ fn coalesce_persists(effects: Vec<Effect>) -> Vec<(Effect, bool)> {
 
 #[cfg(test)]
 mod coalesce_tests;
-mod deaths;
