@@ -319,6 +319,12 @@ fn describe_tls_failure(err: &native_tls::Error, has_ca_file: bool) -> String {
             "TLS handshake failed: the server does not speak TLS ({text}); a hub served without TLS needs a ws:// hub_url"
         );
     }
+    if lower.contains("eof") {
+        // Could be either: say what is known, and the likely cause.
+        return format!(
+            "TLS handshake failed: the server closed the connection during the handshake ({text}); if it does not speak TLS, a hub served without TLS needs a ws:// hub_url"
+        );
+    }
     if ["certificate", "verify", "trust"].iter().any(|words| lower.contains(words)) {
         let hint = if has_ca_file {
             "the hub's certificate must be signed by the CA in tls_ca_file and name the host in hub_url"

@@ -253,8 +253,11 @@ fn wss_to_a_server_that_does_not_speak_tls_says_so_and_not_to_set_tls_ca_file() 
     });
     let (_handle, events) = spawn(params(format!("wss://127.0.0.1:{port}/ws")));
     let ending = expect_disconnected(&events);
-    assert!(ending.reason.contains("the server does not speak TLS"), "{}", ending.reason);
-    assert!(ending.reason.contains("ws://"), "suggests a ws:// hub_url: {}", ending.reason);
+    // OpenSSL reads the answer and knows it is not TLS; SChannel (under
+    // Wine at least) only sees the connection end.
+    let known = if cfg!(unix) { "the server does not speak TLS" } else { "TLS handshake failed: the server" };
+    assert!(ending.reason.contains(known), "{}", ending.reason);
+    assert!(ending.reason.contains("needs a ws:// hub_url"), "{}", ending.reason);
     assert!(!ending.reason.contains("tls_ca_file"), "{}", ending.reason);
     server.join().unwrap();
 }
