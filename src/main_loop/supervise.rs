@@ -13,13 +13,14 @@ impl Shell {
     pub(super) fn supervise(&mut self, now: Instant) {
         if self.supervisor.beat(now) {
             self.beats += 1;
-            // Test hook: `AGENTCOM_FAILPOINT=stall_loop` hangs the loop for
-            // good after its third watchdog ping (the process lives on),
-            // saying so in the status line first.
+            // Test hook, like `crate::failpoint`'s `hang:` points:
+            // `AGENTCOM_FAILPOINT=hang:main_loop` hangs the loop for good
+            // after its third watchdog ping (the process lives on), saying
+            // so in the status line first.
             #[cfg(feature = "failpoints")]
-            if self.beats == 3 && self.failpoint.as_deref() == Some("stall_loop") {
-                log::error!("failpoint stall_loop reached: the loop hangs");
-                self.supervisor.status("failpoint stall_loop: the loop hangs");
+            if self.beats == 3 && self.failpoint.as_deref() == Some("hang:main_loop") {
+                log::error!("failpoint hang:main_loop reached: the loop hangs");
+                self.supervisor.status("failpoint hang:main_loop: the loop hangs");
                 loop {
                     std::thread::park();
                 }

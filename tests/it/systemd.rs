@@ -100,9 +100,9 @@ fn a_stalled_loop_stops_the_watchdog_pings() {
     let hub = start_hub();
     let dir = tempfile::tempdir().unwrap();
     let socket = listen(dir.path());
-    let mut sidecar = start(dir.path(), &hub.url(), Some("stall_loop"));
+    let mut sidecar = start(dir.path(), &hub.url(), Some("hang:main_loop"));
 
-    let got = read_until(&socket, |m| m == "STATUS=failpoint stall_loop: the loop hangs");
+    let got = read_until(&socket, |m| m == "STATUS=failpoint hang:main_loop: the loop hangs");
     assert_eq!(got.first().map(String::as_str), Some("READY=1"), "{got:?}");
     assert_eq!(got.iter().filter(|m| *m == "WATCHDOG=1").count(), 3, "{got:?}");
     // The process lives on, and its loop says nothing more: no ping within
