@@ -5,6 +5,7 @@
 //! The crate is a library so the integration tests, the development hub
 //! binary and `main.rs` share one implementation.
 
+pub mod agent_cli;
 pub mod clock;
 pub mod config;
 pub mod demo;
@@ -21,6 +22,7 @@ pub mod queue_store;
 pub mod retry;
 pub mod state;
 pub mod status;
+pub mod try_wake;
 pub mod update;
 pub mod wake;
 pub mod watcher;
