@@ -166,7 +166,9 @@ fn parse(args: Vec<OsString>) -> Result<(Action, Flags), Failure> {
                     _ => Source::Json(Some(PathBuf::from(given))),
                 });
             }
-            flag if flag.starts_with("--") => return Err(usage(format!("unknown option {flag:?} for {verb}"))),
+            flag if flag.starts_with("--") => {
+                return Err(usage(format!("unknown option {flag:?} for {verb}")))
+            }
             _ => positional.push(arg),
         }
     }
@@ -221,7 +223,9 @@ fn target(flags: Flags, env: &dyn Fn(&str) -> Option<OsString>) -> Result<Target
     };
     if !is_valid_task_id(&task_id) {
         let shown: String = task_id.chars().take(64).collect();
-        return Err(refused(format!("invalid task id {shown:?}: 1 to 128 of A-Z a-z 0-9 . _ - not starting with .")));
+        return Err(refused(format!(
+            "invalid task id {shown:?}: 1 to 128 of A-Z a-z 0-9 . _ - not starting with ."
+        )));
     }
     let results_dir = match flags.results_dir.or_else(|| from_env(ENV_RESULTS_DIR).map(PathBuf::from)) {
         Some(dir) => dir,
@@ -233,21 +237,29 @@ fn target(flags: Flags, env: &dyn Fn(&str) -> Option<OsString>) -> Result<Target
     };
     match std::fs::metadata(&results_dir) {
         Ok(metadata) if metadata.is_dir() => {}
-        Ok(_) => return Err(refused(format!("results directory {} is not a directory", results_dir.display()))),
+        Ok(_) => {
+            return Err(refused(format!("results directory {} is not a directory", results_dir.display())))
+        }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             return Err(refused(format!("results directory {} does not exist", results_dir.display())))
         }
-        Err(e) => return Err(refused(format!("cannot use results directory {}: {e}", results_dir.display()))),
+        Err(e) => {
+            return Err(refused(format!("cannot use results directory {}: {e}", results_dir.display())))
+        }
     }
     let max = match flags.max_result_bytes {
         Some(text) => Some(("--max-result-bytes", text)),
-        None => from_env(ENV_MAX_RESULT_BYTES).map(|v| (ENV_MAX_RESULT_BYTES, v.to_string_lossy().into_owned())),
+        None => {
+            from_env(ENV_MAX_RESULT_BYTES).map(|v| (ENV_MAX_RESULT_BYTES, v.to_string_lossy().into_owned()))
+        }
     };
     let max_result_bytes = match max {
         None => DEFAULT_MAX_RESULT_BYTES,
         Some((name, text)) => match text.trim().parse::<u64>() {
             Ok(n) if n > 0 => n,
-            _ => return Err(refused(format!("{name} must be a positive whole number of bytes, got {text:?}"))),
+            _ => {
+                return Err(refused(format!("{name} must be a positive whole number of bytes, got {text:?}")))
+            }
         },
     };
     Ok(Target { results_dir, task_id, max_result_bytes })
@@ -282,9 +294,7 @@ fn act(target: &Target, action: Action) -> Result<(), Failure> {
         Action::Done(source) => {
             let result = match source {
                 Source::Text(text) => success(text),
-                Source::File(path) => {
-                    success(read_bounded(target, Some(&path), "output file")?)
-                }
+                Source::File(path) => success(read_bounded(target, Some(&path), "output file")?),
                 Source::Stdin => {
                     if io::stdin().is_terminal() {
                         return Err(Failure::Usage(
@@ -322,7 +332,9 @@ fn whole_result(target: &Target, path: Option<&Path>) -> Result<Map<String, Valu
     let value: Value = serde_json::from_str(&text)
         .map_err(|e| Failure::Refused(format!("{named} is not valid JSON: {e}")))?;
     let Value::Object(result) = value else {
-        return Err(Failure::Refused(format!("{named} must hold a JSON object, like {{\"status\":\"success\",\"output\":\"...\"}}")));
+        return Err(Failure::Refused(format!(
+            "{named} must hold a JSON object, like {{\"status\":\"success\",\"output\":\"...\"}}"
+        )));
     };
     match result.get("status") {
         Some(Value::String(status)) if status == "success" => {}
@@ -338,7 +350,8 @@ fn whole_result(target: &Target, path: Option<&Path>) -> Result<Map<String, Valu
         }
         _ => {
             return Err(Failure::Refused(
-                "the result needs a \"status\" string: \"success\", or \"failure\" with a \"reason\"".to_string(),
+                "the result needs a \"status\" string: \"success\", or \"failure\" with a \"reason\""
+                    .to_string(),
             ))
         }
     }

@@ -44,8 +44,10 @@ impl Env {
 
     /// Every name in the directory: nothing half-written is left.
     fn names(&self) -> Vec<String> {
-        let mut names: Vec<String> =
-            fs::read_dir(self.dir.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        let mut names: Vec<String> = fs::read_dir(self.dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
         names.sort();
         names
     }
@@ -165,7 +167,9 @@ fn a_whole_result_must_be_a_json_object_with_a_status() {
     }
     let long = json!({"status": "failure", "error": "e".repeat(2001)}).to_string();
     fs::write(&path, long).unwrap();
-    assert!(env.refused(&["done", "--json", path.to_str().unwrap()]).contains("over the hub's limit of 2000"));
+    assert!(env
+        .refused(&["done", "--json", path.to_str().unwrap()])
+        .contains("over the hub's limit of 2000"));
     assert_eq!(env.names(), [".input"]);
     let whole = json!({"status": "success", "output": {"files": ["a.rs"]}, "tokens_used": 12});
     fs::write(&path, whole.to_string()).unwrap();
@@ -184,7 +188,10 @@ fn output_over_the_result_limit_is_refused() {
     // Fits as a file, not once escaped and wrapped in the result object.
     fs::write(&path, "\"".repeat(60)).unwrap();
     let refused = env.refused(&["done", "--output-file", path.to_str().unwrap()]);
-    assert!(refused.starts_with("the result would be 152 bytes, over the sidecar's limit of 100"), "{refused}");
+    assert!(
+        refused.starts_with("the result would be 152 bytes, over the sidecar's limit of 100"),
+        "{refused}"
+    );
     assert_eq!(env.names(), [".output"]);
     // A flag overrides the environment; a bad value is refused.
     env.run(&["done", "--max-result-bytes", "1000", "--output-file", path.to_str().unwrap()]).unwrap();
@@ -192,7 +199,9 @@ fn output_over_the_result_limit_is_refused() {
     assert!(env.refused(&["started"]).contains("must be a positive whole number of bytes, got \"lots\""));
     let missing = env.dir.path().join("missing.txt");
     env.vars.remove(ENV_MAX_RESULT_BYTES);
-    assert!(env.refused(&["done", "--output-file", missing.to_str().unwrap()]).starts_with("cannot read output file"));
+    assert!(env
+        .refused(&["done", "--output-file", missing.to_str().unwrap()])
+        .starts_with("cannot read output file"));
 }
 
 #[test]

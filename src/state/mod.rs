@@ -23,6 +23,7 @@ mod frames;
 mod link;
 mod past;
 mod report;
+pub(crate) use report::{parse_progress, report_from_result};
 mod task;
 #[cfg(test)]
 mod tests;
