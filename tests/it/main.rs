@@ -1,6 +1,7 @@
 //! The single integration-test binary: the real sidecar binary and library
 //! pieces driven against real WebSocket hubs on 127.0.0.1.
 
+mod agent_kit;
 mod connection;
 mod devhub;
 mod devhub_controls;
