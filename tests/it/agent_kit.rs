@@ -381,3 +381,35 @@ mod unix {
         );
     }
 }
+
+#[cfg(windows)]
+mod windows {
+    use super::*;
+
+    /// The launcher of docs/agents.md: launch.cmd starts worker.cmd with
+    /// `start /b` and returns; the worker reports through the helpers.
+    #[test]
+    fn a_launcher_passes() {
+        let scripts = TempDir::new().unwrap();
+        let worker = scripts.path().join("worker.cmd");
+        let launcher = scripts.path().join("launch.cmd");
+        let worker_text = "@echo off\r\nsetlocal EnableDelayedExpansion\r\n\
+            \"!AGENTCOM_SIDECAR!\" agent started || exit /b 1\r\n\
+            \"!AGENTCOM_SIDECAR!\" agent progress 10 cloning\r\n\
+            set \"OUT=!AGENTCOM_RESULTS_DIR!\\.!AGENTCOM_TASK_ID!.out\"\r\n\
+            type \"!AGENTCOM_TASK_FILE!\" >\"!OUT!\"\r\n\
+            \"!AGENTCOM_SIDECAR!\" agent done --output-file \"!OUT!\"\r\n";
+        fs::write(&worker, worker_text).unwrap();
+        let launcher_text =
+            format!("@echo off\r\nstart \"\" /b cmd /d /v:on /c \"{}\" >nul 2>&1\r\n", worker.display());
+        fs::write(&launcher, launcher_text).unwrap();
+        let (_dir, out, stdout) = try_wake(&format!("\"{}\"", launcher.display()), json!({}));
+        assert_verdict(&out, &stdout, true, &["\"progress\":10", "REHEARSAL by agentcom-sidecar try-wake"]);
+    }
+
+    #[test]
+    fn a_command_that_does_not_exist() {
+        let (_dir, out, stdout) = try_wake("no-such-agent.exe --go", json!({}));
+        assert_verdict(&out, &stdout, false, &["wake_failed"]);
+    }
+}
