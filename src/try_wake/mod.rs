@@ -47,6 +47,9 @@ const POLL: Duration = Duration::from_millis(20);
 const DEFAULT_RESULT_WAIT: Duration = Duration::from_secs(600);
 /// The sidecar reads a `.progress` file of at most this many bytes.
 const MAX_PROGRESS_BYTES: u64 = 4096;
+/// How long past `wake_timeout_ms` a command may still run before the
+/// rehearsal ends it itself.
+const KILL_MARGIN: Duration = Duration::from_secs(1);
 /// The rehearsal task's description starts with this.
 pub const REHEARSAL_NOTE: &str = "REHEARSAL by agentcom-sidecar try-wake: no hub is connected and nothing \
 here is real work. Confirm the task, report progress and finish with a short success result, as quickly as you can.";
@@ -73,8 +76,10 @@ pub struct Observed {
 pub enum GaveUp {
     /// The command exited 0 and `.started` did not come in time.
     Confirmation,
-    /// Confirmed, but no result within the wait.
+    /// No result within the wait (the command may have been ended for it).
     Result(Duration),
+    /// Ctrl-C: the command was ended.
+    Interrupted,
 }
 
 struct Options {
@@ -244,71 +249,45 @@ fn watch(config: &Config, request: WakeRequest, dir: &Path, wait: Duration) -> R
     handle.run(request);
     seen.timeline.push((Duration::ZERO, "command started".to_string()));
     let ticks = tick(POLL);
+    // Ctrl-C (or SIGTERM) ends the command with its process tree, which
+    // runs in a group of its own and would not get the signal.
+    let (interrupt_tx, interrupts) = crossbeam_channel::bounded(1);
+    if let Err(e) = ctrlc::set_handler(move || {
+        let _ = interrupt_tx.try_send(());
+    }) {
+        seen.timeline.push((Duration::ZERO, format!("(cannot catch Ctrl-C: {e})")));
+    }
+    let mut cancelled = false;
     let mut unparsed_since: Option<Instant> = None;
     let mut result_final = false;
     let mut ended: Option<(Duration, WakeOutcome)> = None;
     loop {
         let now = Instant::now();
         let at = now - start;
-        if seen.started_at.is_none()
-            && crate::watcher::is_regular_file(&task_file_path(dir, &task_id, FileKind::Started))
-        {
-            seen.started_at = Some(at);
-            seen.timeline.push((at, ".started appeared".to_string()));
-        }
-        let progress = read_json_file(&task_file_path(dir, &task_id, FileKind::Progress), MAX_PROGRESS_BYTES);
-        let progress = match progress {
-            ReadResult::Parsed(value) => Some(value),
-            ReadResult::Missing => None,
-            other => Some(Value::String(format!("(unreadable: {other:?})"))),
-        };
-        if progress.is_some() && progress != seen.progress {
-            let text = progress.as_ref().map(Value::to_string).unwrap_or_default();
-            seen.timeline.push((at, format!(".progress: {}", shorten(&text, 200))));
-            seen.progress = progress;
-        }
-        if !result_final {
-            let read =
-                read_json_file(&task_file_path(dir, &task_id, FileKind::Result), config.max_result_bytes);
-            match read {
-                ReadResult::Missing => {}
-                ReadResult::Unparseable { .. } => {
-                    let since = *unparsed_since.get_or_insert_with(|| {
-                        seen.timeline.push((at, "result file appeared; it does not parse (yet)".to_string()));
-                        now
-                    });
-                    if now.duration_since(since) >= config.result_settle {
-                        seen.timeline.push((
-                            at,
-                            format!(
-                                "result file still does not parse after result_settle_ms ({} ms)",
-                                config.result_settle.as_millis()
-                            ),
-                        ));
-                        seen.result = Some(read);
-                        result_final = true;
-                    }
-                }
-                ReadResult::Parsed(_) | ReadResult::TooLarge { .. } => {
-                    let what = match &read {
-                        ReadResult::TooLarge { len } => {
-                            format!("result file appeared: {len} bytes, over max_result_bytes")
-                        }
-                        _ => "result file appeared".to_string(),
-                    };
-                    seen.timeline.push((at, what));
-                    seen.result = Some(read);
-                    result_final = true;
-                }
-            }
-        }
+        look_at_files(&mut seen, dir, config, at, now, &mut unparsed_since, &mut result_final);
         // Listed after the files, which the command wrote before it ended.
         if let Some((at, outcome)) = ended.take() {
             seen.timeline.push((at, format!("command ended: {}", outcome.status)));
             seen.command_ended_at = Some(at);
             seen.command = Some(outcome);
         }
+        // A command still running when the sidecar would have given up on
+        // the result is ended (after the executor's own end at
+        // wake_timeout_ms, with a margin so that the two do not race).
+        if seen.command.is_none()
+            && !cancelled
+            && !result_final
+            && at >= wait.max(config.wake_timeout + KILL_MARGIN)
+        {
+            seen.gave_up = Some(GaveUp::Result(wait));
+            seen.timeline.push((at, format!("no result after {} ms; ending the command", wait.as_millis())));
+            handle.cancel(&task_id);
+            cancelled = true;
+        }
         if let Some(outcome) = &seen.command {
+            if cancelled {
+                break;
+            }
             let ended = seen.command_ended_at.unwrap_or_default();
             let success = outcome.status == crate::wake::WakeStatus::Success;
             if result_final || !success {
@@ -337,11 +316,85 @@ fn watch(config: &Config, request: WakeRequest, dir: &Path, wait: Duration) -> R
                 ended = Some((start.elapsed(), outcome));
             }
             recv(ticks) -> _ => {}
+            recv(interrupts) -> _ => {
+                if !cancelled {
+                    seen.timeline.push((start.elapsed(), "interrupted: ending the command".to_string()));
+                    seen.gave_up = Some(GaveUp::Interrupted);
+                    handle.cancel(&task_id);
+                    cancelled = true;
+                }
+            }
         }
     }
     // Dropping the handle kills nothing here: the command has ended.
     drop(handle);
     Ok(seen)
+}
+
+/// Notes what is new in the results directory: `.started`, a changed
+/// `.progress`, and the result once it is final (parsed, too large, or not
+/// parsing for `result_settle_ms`, as the sidecar judges it).
+fn look_at_files(
+    seen: &mut Observed,
+    dir: &Path,
+    config: &Config,
+    at: Duration,
+    now: Instant,
+    unparsed_since: &mut Option<Instant>,
+    result_final: &mut bool,
+) {
+    let task_id = seen.task_id.clone();
+    if seen.started_at.is_none()
+        && crate::watcher::is_regular_file(&task_file_path(dir, &task_id, FileKind::Started))
+    {
+        seen.started_at = Some(at);
+        seen.timeline.push((at, ".started appeared".to_string()));
+    }
+    let progress = read_json_file(&task_file_path(dir, &task_id, FileKind::Progress), MAX_PROGRESS_BYTES);
+    let progress = match progress {
+        ReadResult::Parsed(value) => Some(value),
+        ReadResult::Missing => None,
+        other => Some(Value::String(format!("(unreadable: {other:?})"))),
+    };
+    if progress.is_some() && progress != seen.progress {
+        let text = progress.as_ref().map(Value::to_string).unwrap_or_default();
+        seen.timeline.push((at, format!(".progress: {}", shorten(&text, 200))));
+        seen.progress = progress;
+    }
+    if !*result_final {
+        let read = read_json_file(&task_file_path(dir, &task_id, FileKind::Result), config.max_result_bytes);
+        match read {
+            ReadResult::Missing => {}
+            ReadResult::Unparseable { .. } => {
+                let since = *unparsed_since.get_or_insert_with(|| {
+                    seen.timeline.push((at, "result file appeared; it does not parse (yet)".to_string()));
+                    now
+                });
+                if now.duration_since(since) >= config.result_settle {
+                    seen.timeline.push((
+                        at,
+                        format!(
+                            "result file still does not parse after result_settle_ms ({} ms)",
+                            config.result_settle.as_millis()
+                        ),
+                    ));
+                    seen.result = Some(read);
+                    *result_final = true;
+                }
+            }
+            ReadResult::Parsed(_) | ReadResult::TooLarge { .. } => {
+                let what = match &read {
+                    ReadResult::TooLarge { len } => {
+                        format!("result file appeared: {len} bytes, over max_result_bytes")
+                    }
+                    _ => "result file appeared".to_string(),
+                };
+                seen.timeline.push((at, what));
+                seen.result = Some(read);
+                *result_final = true;
+            }
+        }
+    }
 }
 
 fn print(out: &mut dyn Write, seen: &Observed, verdict: &Verdict) {

@@ -144,9 +144,36 @@ fn no_result(config: &Config, seen: &Observed, verdict: &mut Verdict) {
     let ms = |d: Duration| d.as_millis();
     let wake_timeout = ms(config.wake_timeout);
     let stderr = stderr_hint(outcome);
+    match seen.gave_up {
+        Some(GaveUp::Interrupted) => {
+            verdict.problem(
+                "the rehearsal was interrupted before the task ended".to_string(),
+                "run it again to the end",
+            );
+            return;
+        }
+        Some(GaveUp::Result(waited)) => {
+            let real = match config.task_timeout {
+                Some(timeout) => {
+                    format!("fails it with task_timeout after task_timeout_ms ({} ms)", ms(timeout))
+                }
+                None => "would wait for ever (task_timeout_ms is not set)".to_string(),
+            };
+            verdict.problem(
+                format!("no result within {} ms; the sidecar {real}", ms(waited)),
+                "finish with `agentcom-sidecar agent done` or `agentcom-sidecar agent fail REASON` (or write \
+                 <task_id>.json); a slow agent: try again with a larger --wait-ms",
+            );
+            if config.task_timeout.is_some() {
+                verdict.report = Some(Report::Failed { reason: "task_timeout".into() });
+            }
+            return;
+        }
+        Some(GaveUp::Confirmation) | None => {}
+    }
     match &outcome.status {
-        WakeStatus::Success => match seen.gave_up {
-            Some(GaveUp::Confirmation) => {
+        WakeStatus::Success => {
+            if seen.gave_up == Some(GaveUp::Confirmation) {
                 verdict.problem(
                     format!(
                         "the command exited 0 but .started never appeared within confirmation_timeout_ms ({} ms): \
@@ -158,22 +185,7 @@ fn no_result(config: &Config, seen: &Observed, verdict: &mut Verdict) {
                 );
                 verdict.report = Some(Report::Failed { reason: "confirmation_timeout".into() });
             }
-            Some(GaveUp::Result(waited)) => {
-                let real = match config.task_timeout {
-                    Some(timeout) => format!("fails it with task_timeout after task_timeout_ms ({} ms)", ms(timeout)),
-                    None => "would wait for ever (task_timeout_ms is not set)".to_string(),
-                };
-                verdict.problem(
-                    format!("the agent confirmed but wrote no result within {} ms; the sidecar {real}", ms(waited)),
-                    "finish with `agentcom-sidecar agent done` or `agentcom-sidecar agent fail REASON` (or write \
-                     <task_id>.json); a slow agent: try again with a larger --wait-ms",
-                );
-                if config.task_timeout.is_some() {
-                    verdict.report = Some(Report::Failed { reason: "task_timeout".into() });
-                }
-            }
-            None => {}
-        },
+        }
         WakeStatus::SpawnFailed(text) => verdict.problem(
             format!("the command could not be started: {text}"),
             format!("check wake_command and that its directory {} exists", config.base_dir().display()),

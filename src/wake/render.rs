@@ -126,7 +126,7 @@ pub(crate) const TASK_FILE_TEMP_PREFIX: &str = ".task.";
 /// The variables the wake command gets, with their values: the task's text
 /// as data, never as code (see the module documentation).
 /// Paths are made absolute, since the command runs in `work_dir`.
-pub(super) fn task_environment(request: &WakeRequest) -> Vec<(&'static str, OsString)> {
+pub(crate) fn task_environment(request: &WakeRequest) -> Vec<(&'static str, OsString)> {
     let limit = ENV_VALUE_LIMIT_BYTES;
     let (task_id, id_cut) = bounded_text(&request.task_id, limit);
     let (description, description_cut) = bounded_text(&request.description, limit);
