@@ -31,14 +31,14 @@ use self::windows as sys;
 
 pub use capture::TAIL_LIMIT_BYTES;
 pub use executor::{WakeHandle, OUTPUT_GRACE};
+#[cfg(test)]
+pub(crate) use render::task_environment;
+pub(crate) use render::TASK_FILE_TEMP_PREFIX;
 pub use render::{
     render_command, write_task_file, ENV_GENERATION, ENV_MAX_RESULT_BYTES, ENV_RESULTS_DIR, ENV_SIDECAR,
     ENV_TASK_DESCRIPTION, ENV_TASK_FILE, ENV_TASK_ID, ENV_TASK_JSON, ENV_TASK_TRUNCATED,
     ENV_VALUE_LIMIT_BYTES, TRUNCATION_MARKER,
 };
-pub(crate) use render::TASK_FILE_TEMP_PREFIX;
-#[cfg(test)]
-pub(crate) use render::task_environment;
 
 /// One wake attempt, as the event loop asks for it.
 #[derive(Clone)]

@@ -188,6 +188,8 @@ fn try_wake(wake_command: &str, extra: Value) -> (TempDir, Output, String) {
         "wake_command": wake_command,
         "wake_timeout_ms": 10_000,
         "confirmation_timeout_ms": 2_000,
+        // Bounds the wait for a result if an agent goes wrong.
+        "task_timeout_ms": 60_000,
     });
     config.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
     let path = dir.path().join("config.json");
@@ -393,11 +395,17 @@ mod windows {
         let scripts = TempDir::new().unwrap();
         let worker = scripts.path().join("worker.cmd");
         let launcher = scripts.path().join("launch.cmd");
+        // docs/agents.md's worker.cmd, with `type` as the agent.
         let worker_text = "@echo off\r\nsetlocal EnableDelayedExpansion\r\n\
-            \"!AGENTCOM_SIDECAR!\" agent started || exit /b 1\r\n\
+            \"!AGENTCOM_SIDECAR!\" agent started\r\n\
+            if errorlevel 1 exit /b 1\r\n\
             \"!AGENTCOM_SIDECAR!\" agent progress 10 cloning\r\n\
             set \"OUT=!AGENTCOM_RESULTS_DIR!\\.!AGENTCOM_TASK_ID!.out\"\r\n\
             type \"!AGENTCOM_TASK_FILE!\" >\"!OUT!\"\r\n\
+            if errorlevel 1 (\r\n\
+                \"!AGENTCOM_SIDECAR!\" agent fail my-agent failed\r\n\
+                exit /b 0\r\n\
+            )\r\n\
             \"!AGENTCOM_SIDECAR!\" agent done --output-file \"!OUT!\"\r\n";
         fs::write(&worker, worker_text).unwrap();
         let launcher_text =
