@@ -10,8 +10,8 @@
 //!   `fleet.rs`;
 //! - `all`: both.
 //!
-//! Every knob is an environment variable, listed in README.md (section
-//! "Footprint and speed") and at the top of `single.rs` / `fleet.rs`.
+//! Every knob is an environment variable, listed in docs/benchmarks.md and
+//! at the top of `single.rs` / `fleet.rs`.
 //!
 //! Linux only: it reads /proc.
 
