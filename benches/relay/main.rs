@@ -18,6 +18,7 @@
 mod agent;
 mod fleet;
 mod floors;
+mod helpers;
 mod procfs;
 mod single;
 
