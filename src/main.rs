@@ -20,6 +20,10 @@ USAGE:
                                                (--json: as one JSON object on one line);
                                                exit 0 when idle with nothing pending, 1 when busy,
                                                2 when queue.json is corrupt or unreadable
+    agentcom-sidecar agent started|progress|done|fail ...
+                                               the agent's reporting helpers (agent --help)
+    agentcom-sidecar try-wake [--config PATH] [--description TEXT]
+                                               rehearse the wake command on a pretend task, no hub
     agentcom-sidecar service ...               install and control the Windows service
                                                (`agentcom-sidecar service --help`)
     agentcom-sidecar --help | --version
@@ -34,6 +38,16 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // The agent's helpers and try-wake have their own arguments, and the
+    // helpers must start fast: no config, no logger.
+    match std::env::args_os().nth(1).as_ref().and_then(|arg| arg.to_str()) {
+        Some("agent") => return agentcom_sidecar::agent_cli::main(std::env::args_os().skip(2).collect()),
+        Some("try-wake") => return agentcom_sidecar::try_wake::main(std::env::args_os().skip(2).collect()),
+        Some("service") => {
+            return agentcom_sidecar::service::main(None, &std::env::args_os().skip(2).collect::<Vec<_>>())
+        }
+        _ => {}
+    }
     let mut command = Command::Run;
     let mut config_path: Option<PathBuf> = None;
     let mut json = false;
@@ -59,8 +73,6 @@ fn main() -> ExitCode {
             "check" => command = Command::Check,
             "status" => command = Command::Status,
             "run" => command = Command::Run,
-            // Its own command line, in its own module.
-            "service" => return agentcom_sidecar::service::main(config_path, &args.collect::<Vec<_>>()),
             other => match other.strip_prefix("--config=") {
                 Some(path) => config_path = Some(PathBuf::from(path)),
                 None => return usage_error(&format!("unexpected argument {other:?}")),

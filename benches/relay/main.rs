@@ -20,6 +20,7 @@
 mod agent;
 mod fleet;
 mod floors;
+mod helpers;
 mod procfs;
 mod single;
 mod supervisors;
