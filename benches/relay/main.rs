@@ -8,7 +8,8 @@
 //! - `table` (default): one sidecar; see `single.rs`;
 //! - `fleet`: N sidecars through a hub restart, per jitter strategy; see
 //!   `fleet.rs`;
-//! - `all`: both.
+//! - `rate`: one sidecar within 4718a58's real rate budget; see `rate.rs`;
+//! - `all`: table and fleet.
 //!
 //! Every knob is an environment variable, listed in README.md (section
 //! "Footprint and speed") and at the top of `single.rs` / `fleet.rs`.
@@ -19,6 +20,7 @@ mod agent;
 mod fleet;
 mod floors;
 mod procfs;
+mod rate;
 mod single;
 
 fn main() {
@@ -33,12 +35,13 @@ fn main() {
     match mode {
         "table" => single::run(),
         "fleet" => fleet::run(),
+        "rate" => rate::run(),
         "all" => {
             single::run();
             fleet::run();
         }
         other => {
-            eprintln!("unknown mode {other:?}: expected table, fleet or all");
+            eprintln!("unknown mode {other:?}: expected table, fleet, rate or all");
             std::process::exit(2);
         }
     }

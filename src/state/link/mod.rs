@@ -1,7 +1,8 @@
 //! The connection to the hub as the core sees it: which connection is live,
 //! the identify and heartbeat deadlines, the reconnect backoff, which frames
-//! await an answer (the reply-correlation queue) and which must be resent
-//! after a `rate_limited`. A small owned type with no knowledge of tasks:
+//! await an answer (the reply-correlation queue), and, on a hub that
+//! rate-limits, which frames wait for a token of its budget (`budget.rs`,
+//! `outbox.rs`). A small owned type that knows tasks only by id:
 //! [`State`](super::State) asks it to send and tells it what the hub said.
 
 use std::collections::VecDeque;
@@ -13,6 +14,13 @@ use super::{record, Effect};
 use crate::lifecycle_log::LifecycleEvent;
 use crate::protocol;
 use crate::retry::{backoff, BackoffPolicy, Jitter};
+
+mod budget;
+mod outbox;
+
+pub use budget::{RateLimits, Tier};
+use budget::Budget;
+use outbox::{Outbox, Sent};
 
 /// The longest `retry_after_ms` of a `rate_limited` frame we honour.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
@@ -28,6 +36,8 @@ pub(crate) struct LinkTimers {
     /// before the connection is given up (and the question asked again on
     /// the next one).
     pub reply_timeout: Duration,
+    /// The budget of a hub that rate-limits.
+    pub rate_limits: RateLimits,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -62,28 +72,6 @@ pub(crate) struct Awaiting {
     pub generation: u64,
 }
 
-/// A frame sent on the live connection whose fate is not known yet.
-#[derive(Debug, Clone, PartialEq)]
-struct Sent {
-    frame_type: &'static str,
-    text: String,
-    awaiting: Option<Awaiting>,
-    sent_at: Instant,
-}
-
-impl Sent {
-    /// No answer is expected: handled silently (or dropped).
-    fn expects_no_answer(&self) -> bool {
-        self.awaiting.is_none() && self.frame_type != "ping"
-    }
-
-    /// Frames the newer hub (the only one that rate-limits) never answers
-    /// when it handles them.
-    fn silent_on_rate_limiting_hubs(&self) -> bool {
-        matches!(self.frame_type, "task_progress" | "wake_result")
-    }
-}
-
 /// At most this many frames are remembered as in flight; older ones are
 /// forgotten (a hub that answers nothing would otherwise grow the list).
 const MAX_IN_FLIGHT: usize = 256;
@@ -95,6 +83,18 @@ pub(crate) enum Timeout {
     Pong,
     /// A frame of this type got no answer within `reply_timeout`.
     Reply(&'static str),
+}
+
+/// A run of `rate_limited` answers, logged once when it starts and once
+/// with its counts when the frames it held back are out.
+#[derive(Debug)]
+struct Episode {
+    started: Instant,
+    denials: u32,
+    /// Frames taken back to be sent again.
+    taken_back: usize,
+    /// Informational frames merged into newer ones or dropped as stale.
+    dropped: usize,
 }
 
 #[derive(Debug)]
@@ -115,12 +115,19 @@ pub(crate) struct Link {
     /// answers in that order, so an answer also says that the silent frames
     /// sent before its frame were handled.
     in_flight: VecDeque<Sent>,
-    /// Frames the hub dropped with `rate_limited`, in their original order:
-    /// they go out again at `resend_at`...
-    denied: VecDeque<Sent>,
-    /// ...followed by the frames sent while they waited.
-    held_back: VecDeque<Sent>,
-    resend_at: Option<Instant>,
+    /// The hub rate-limits (it has shown to be the newer one): frames go
+    /// out only as the budget allows.
+    paced: bool,
+    /// Our model of the hub's buckets; kept across connections, as the hub
+    /// keeps its per agent.
+    budget: Budget,
+    /// Frames waiting for a token (only while paced), taken-back frames
+    /// first.
+    outbox: Outbox,
+    /// The denials since the first of a run of them (for one log line).
+    episode: Option<Episode>,
+    /// The number of the next frame (see [`Sent::seq`]).
+    next_seq: u64,
     /// Frame types the hub refused as unknown on this connection: never
     /// sent on it again.
     refused_types: Vec<&'static str>,
@@ -130,6 +137,7 @@ impl Link {
     /// A link that connects at once (its first deadline is `now`).
     pub fn new(timers: LinkTimers, jitter_seed: u64, now: Instant) -> Link {
         Link {
+            budget: Budget::new(timers.rate_limits, now),
             timers,
             jitter: Jitter::new(jitter_seed),
             conn: Conn::Backoff { retry_at: now },
@@ -138,9 +146,10 @@ impl Link {
             last_backoff: Duration::ZERO,
             now,
             in_flight: VecDeque::new(),
-            denied: VecDeque::new(),
-            held_back: VecDeque::new(),
-            resend_at: None,
+            paced: false,
+            outbox: Outbox::default(),
+            episode: None,
+            next_seq: 0,
             refused_types: Vec::new(),
         }
     }
@@ -220,9 +229,10 @@ impl Link {
     /// attempt (at least `cooldown` away). Returns the delay.
     pub fn on_lost(&mut self, cooldown: Option<Duration>, now: Instant) -> Duration {
         self.in_flight.clear();
-        self.denied.clear();
-        self.held_back.clear();
-        self.resend_at = None;
+        // What matters is sent again after the recovery handshake
+        // (docs/protocol.md 4, 6.5).
+        self.outbox.clear();
+        self.end_episode(now, "the connection was lost");
         let drawn =
             backoff(self.reconnect_attempt, self.last_backoff, &self.timers.backoff, self.jitter.next_unit());
         self.last_backoff = drawn;
@@ -241,9 +251,8 @@ impl Link {
     }
 
     /// Sends a frame of `frame_type` on the live connection (nothing without
-    /// one), noting what it awaits. While frames wait to be resent after a
-    /// `rate_limited`, it queues behind them, so the hub sees the original
-    /// order.
+    /// one), noting what it awaits. On a hub that rate-limits it waits for a
+    /// token of its tier (see [`Outbox`] for the order).
     pub fn send(
         &mut self,
         frame_type: &'static str,
@@ -251,12 +260,90 @@ impl Link {
         awaiting: Option<Awaiting>,
         fx: &mut Vec<Effect>,
     ) {
-        let frame = Sent { frame_type, text, awaiting, sent_at: self.now };
-        if self.resend_at.is_some() {
-            self.held_back.push_back(frame);
+        let about = awaiting.as_ref().map(|a| a.task_id.clone());
+        let frame = Sent { frame_type, text, awaiting, about, keepalive: false, seq: 0, sent_at: self.now };
+        self.queue(frame, fx);
+    }
+
+    /// Sends a `task_progress` about `task_id` (a keep-alive: one that only
+    /// repeats the last value). While it waits for a token, a newer one
+    /// takes its place.
+    pub fn send_progress(&mut self, task_id: &str, text: String, keepalive: bool, fx: &mut Vec<Effect>) {
+        let frame = Sent {
+            frame_type: "task_progress",
+            text,
+            awaiting: None,
+            about: Some(task_id.to_owned()),
+            keepalive,
+            seq: 0,
+            sent_at: self.now,
+        };
+        self.queue(frame, fx);
+    }
+
+    fn queue(&mut self, mut frame: Sent, fx: &mut Vec<Effect>) {
+        frame.seq = self.next_seq;
+        self.next_seq += 1;
+        if !self.paced && self.outbox.is_empty() {
+            self.transmit(frame, fx);
             return;
         }
-        self.transmit(frame, fx);
+        let merged = self.outbox.push(frame);
+        self.count_dropped(merged);
+        if self.is_ready() {
+            self.release(self.now, fx);
+        }
+    }
+
+    /// The hub has shown that it rate-limits (it is the newer one): from now
+    /// on frames go out only as its budget allows.
+    pub fn hub_rate_limits(&mut self) {
+        self.paced = true;
+    }
+
+    /// Sends what the budget allows now, in the outbox's order.
+    fn release(&mut self, now: Instant, fx: &mut Vec<Effect>) {
+        while let Some(next) = self.outbox.next() {
+            if self.paced && !self.budget.can_send(Tier::of(next.frame_type), now) {
+                return;
+            }
+            let Some(frame) = self.outbox.pop_next() else { break };
+            if let (false, Some(task_id)) = (frame.informational(), &frame.about) {
+                // It tells the hub the task is alive: a waiting keep-alive
+                // of it is needless.
+                let needless = self.outbox.remove_all(|w| w.keepalive && w.about.as_ref() == Some(task_id));
+                self.count_dropped(needless.len());
+            }
+            self.transmit(Sent { sent_at: now, ..frame }, fx);
+        }
+        if !self.budget.is_blocked(now) {
+            self.end_episode(now, "the frames it held back are out");
+        }
+    }
+
+    /// Informational frames about `task_id` still waiting are stale: it has
+    /// an outcome or was let go of.
+    pub fn forget_info(&mut self, task_id: &str) {
+        let stale = self.outbox.remove_all(|w| w.informational() && w.about.as_deref() == Some(task_id));
+        self.count_dropped(stale.len());
+    }
+
+    fn count_dropped(&mut self, count: usize) {
+        if let Some(episode) = &mut self.episode {
+            episode.dropped += count;
+        }
+    }
+
+    fn end_episode(&mut self, now: Instant, why: &str) {
+        if let Some(e) = self.episode.take() {
+            log::warn!(
+                "hub rate limit episode over after {} ms ({why}): {} denials, {} frames sent again, {} stale progress or wake_result frames merged or dropped",
+                now.saturating_duration_since(e.started).as_millis(),
+                e.denials,
+                e.taken_back,
+                e.dropped
+            );
+        }
     }
 
     fn transmit(&mut self, frame: Sent, fx: &mut Vec<Effect>) {
@@ -267,6 +354,7 @@ impl Link {
             log::debug!("not sending {}: the hub refused that type on this connection", frame.frame_type);
             return;
         }
+        self.budget.spend(Tier::of(frame.frame_type), frame.sent_at);
         fx.push(Effect::Send { conn_id, text: frame.text.clone() });
         if self.in_flight.len() == MAX_IN_FLIGHT {
             self.in_flight.pop_front();
@@ -301,28 +389,15 @@ impl Link {
         if let Some(index) = self.in_flight.iter().position(&is_of) {
             return self.answered(index);
         }
-        if let Some(index) = self.denied.iter().position(&is_of) {
-            return self.denied.remove(index);
-        }
-        let index = self.held_back.iter().position(&is_of)?;
-        self.held_back.remove(index)
+        self.outbox.take(is_of)
     }
 
-    /// Takes back the frames not yet transmitted (held back by a
-    /// `rate_limited`) whose awaited answer matches `is_of`; what they
-    /// awaited.
+    /// Takes back the frames not yet transmitted (waiting for a token, or
+    /// taken back after a `rate_limited`) whose awaited answer matches
+    /// `is_of`; what they awaited.
     pub fn withdraw_unsent(&mut self, is_of: impl Fn(&Awaiting) -> bool) -> Vec<Awaiting> {
-        let mut withdrawn = Vec::new();
-        for queue in [&mut self.denied, &mut self.held_back] {
-            queue.retain(|s| match &s.awaiting {
-                Some(awaiting) if is_of(awaiting) => {
-                    withdrawn.push(awaiting.clone());
-                    false
-                }
-                _ => true,
-            });
-        }
-        withdrawn
+        let withdrawn = self.outbox.remove_all(|s| s.awaiting.as_ref().is_some_and(&is_of));
+        withdrawn.into_iter().filter_map(|s| s.awaiting).collect()
     }
 
     /// The hub refused the oldest frame of `frame_type` we sent
@@ -373,42 +448,70 @@ impl Link {
         self.in_flight.iter().filter_map(|s| s.awaiting.as_ref()).find(|a| a.kind == kind)
     }
 
-    /// `rate_limited`: the hub dropped a frame, the oldest whose fate we do
-    /// not know. Silent frames before the first answered one are ambiguous
-    /// (handled, or the dropped one), so they are resent too: resending a
-    /// progress update is harmless, losing a frame is not. A dropped ping is
-    /// not resent; the next ping moves instead.
-    pub fn on_rate_limited(&mut self, retry_after: Duration, now: Instant) {
+    /// `rate_limit_warning`: the hub rate-limits, and `remaining` tokens of
+    /// `tier` were left after the frame it answers.
+    pub fn on_rate_limit_warning(&mut self, tier: Option<&str>, remaining: Option<u64>, capacity: Option<u64>) {
+        self.paced = true;
+        let tier = tier.and_then(Tier::parse).unwrap_or(Tier::Normal);
+        log::debug!("hub rate limit warning: {remaining:?} of {capacity:?} {} tokens left", tier.name());
+        self.budget.on_warning(tier, remaining, capacity, self.now);
+    }
+
+    /// `rate_limited`: the hub dropped a frame of `tier` (named by the hub,
+    /// never the frame's type): the oldest of that tier sent whose fate we do
+    /// not know. Informational frames before the first one the hub answers
+    /// are ambiguous (handled, or the dropped one), so they are taken back
+    /// too: a repeated progress update is harmless, a lost frame is not.
+    /// They go out again first, once the tier's wait is over; a dropped
+    /// ping is not resent, the next ping moves instead.
+    pub fn on_rate_limited(&mut self, retry_after: Duration, tier: Option<&str>, now: Instant) {
+        self.paced = true;
+        let tier = tier.and_then(Tier::parse).unwrap_or(Tier::Normal);
         // The hub's own value is about a second; a huge one (a bug, or a
         // hostile hub) must not postpone pings, and with them the detection
         // of a dead link, or a report, for ages.
-        let retry_after = retry_after.min(MAX_RETRY_AFTER);
-        let retry_after_ms = retry_after.as_millis();
-        let count = match self.in_flight.iter().position(|s| !s.silent_on_rate_limiting_hubs()) {
-            Some(index) => index + 1,
-            None => self.in_flight.len(),
-        };
-        if count == 0 {
-            log::warn!("hub rate-limited us, but we sent nothing that could be resent");
-            return;
+        let (wait, in_a_row) = self.budget.on_denied(tier, retry_after.min(MAX_RETRY_AFTER), now);
+        let of_tier: Vec<usize> =
+            (0..self.in_flight.len()).filter(|&i| Tier::of(self.in_flight[i].frame_type) == tier).collect();
+        let count = of_tier.iter().position(|&i| !self.in_flight[i].informational()).map_or(of_tier.len(), |n| n + 1);
+        let mut taken = Vec::with_capacity(count);
+        for &index in of_tier[..count].iter().rev() {
+            taken.extend(self.in_flight.remove(index));
         }
-        let dropped: Vec<Sent> = self.in_flight.drain(..count).collect();
-        for frame in dropped {
+        taken.reverse();
+        let denied = taken.last().map_or("nothing of ours in flight", |f| f.frame_type);
+        match &mut self.episode {
+            None => {
+                log::warn!(
+                    "hub rate-limited a {} frame (taken as our {denied}; denial {in_a_row} in a row); no {} frame for {} ms, then in order; further denials are counted until the frames held back are out",
+                    tier.name(),
+                    tier.name(),
+                    wait.as_millis()
+                );
+                self.episode = Some(Episode { started: now, denials: 1, taken_back: 0, dropped: 0 });
+            }
+            Some(episode) => {
+                episode.denials += 1;
+                log::debug!("hub rate-limited a {} frame (taken as our {denied}); {} ms", tier.name(), wait.as_millis());
+            }
+        }
+        let mut resend = Vec::with_capacity(taken.len());
+        for frame in taken {
             if frame.frame_type == "ping" {
                 // A dropped ping gets no pong: that is not a dead connection.
                 if let Conn::Ready { next_ping_at, pong_deadline, .. } = &mut self.conn {
-                    log::warn!("hub rate-limited our ping; pinging again in {retry_after_ms} ms");
                     *pong_deadline = None;
-                    *next_ping_at = now + retry_after;
+                    *next_ping_at = now + wait;
                 }
-                continue;
+            } else {
+                resend.push(frame);
             }
-            log::warn!("hub rate-limited our {}; resending in {retry_after_ms} ms", frame.frame_type);
-            self.denied.push_back(frame);
         }
-        if !self.denied.is_empty() {
-            let at = now + retry_after;
-            self.resend_at = Some(self.resend_at.map_or(at, |earlier| earlier.max(at)));
+        let resent = resend.len();
+        let left_out = self.outbox.take_back(resend);
+        if let Some(episode) = &mut self.episode {
+            episode.taken_back += resent - left_out;
+            episode.dropped += left_out;
         }
     }
 
@@ -428,8 +531,15 @@ impl Link {
                     pong_deadline: Some(now + self.timers.pong_timeout),
                 };
                 // Pings never wait behind resends: they only keep the link.
-                let ping =
-                    Sent { frame_type: "ping", text: protocol::out_ping(), awaiting: None, sent_at: now };
+                let ping = Sent {
+                    frame_type: "ping",
+                    text: protocol::out_ping(),
+                    awaiting: None,
+                    about: None,
+                    keepalive: false,
+                    seq: u64::MAX,
+                    sent_at: now,
+                };
                 self.transmit(ping, fx);
             }
             _ => {}
@@ -439,12 +549,8 @@ impl Link {
                 return Some(Timeout::Reply(frame_type));
             }
         }
-        if self.is_ready() && self.resend_at.is_some_and(|at| now >= at) {
-            self.resend_at = None;
-            let denied = std::mem::take(&mut self.denied);
-            for frame in denied.into_iter().chain(std::mem::take(&mut self.held_back)) {
-                self.transmit(Sent { sent_at: now, ..frame }, fx);
-            }
+        if self.is_ready() {
+            self.release(now, fx);
         }
         None
     }
@@ -457,7 +563,9 @@ impl Link {
             Conn::Ready { next_ping_at, pong_deadline, .. } => {
                 let heartbeat = pong_deadline.unwrap_or(*next_ping_at);
                 let reply = self.reply_deadline().map(|(at, _)| at);
-                [Some(heartbeat), self.resend_at, reply].into_iter().flatten().min()
+                // The next frame waiting for a token goes when it comes.
+                let release = self.outbox.next().map(|next| self.budget.ready_at(Tier::of(next.frame_type)));
+                [Some(heartbeat), release, reply].into_iter().flatten().min()
             }
             Conn::Connecting { .. } | Conn::Stopped => None,
         }
