@@ -115,7 +115,11 @@ fn parses_hub_frames() {
         ),
         (
             r#"{"type":"rate_limit_warning","tier":"normal","remaining":11,"capacity":60}"#,
-            Incoming::RateLimitWarning { tier: Some("normal".into()), remaining: Some(11), capacity: Some(60) },
+            Incoming::RateLimitWarning {
+                tier: Some("normal".into()),
+                remaining: Some(11),
+                capacity: Some(60),
+            },
         ),
         (r#"{"type":"agent_joined","agent_id":"b"}"#, Incoming::Ignored { kind: "agent_joined".into() }),
         (

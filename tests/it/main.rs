@@ -17,6 +17,9 @@ mod ops;
 // example-agent.cmd are tested in windows_scripts).
 #[cfg(unix)]
 mod pm2;
+// The quick agent is a sh command line.
+#[cfg(unix)]
+mod rate;
 mod real_hubs;
 mod secrets;
 // Reads /proc and kills process groups with libc.
@@ -29,6 +32,11 @@ mod tasks;
 mod wake;
 #[cfg(windows)]
 mod windows_scripts;
+
+#[cfg(windows)]
+#[test]
+#[ignore = "skipped on Windows: the rate-budget tests' quick agent is a sh command line"]
+fn rate_budget_tests_are_unix_only() {}
 
 #[cfg(windows)]
 #[test]

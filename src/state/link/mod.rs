@@ -18,8 +18,8 @@ use crate::retry::{backoff, BackoffPolicy, Jitter};
 mod budget;
 mod outbox;
 
-pub use budget::{RateLimits, Tier};
 use budget::Budget;
+pub use budget::{RateLimits, Tier};
 use outbox::{Outbox, Sent};
 
 /// The longest `retry_after_ms` of a `rate_limited` frame we honour.
@@ -450,7 +450,12 @@ impl Link {
 
     /// `rate_limit_warning`: the hub rate-limits, and `remaining` tokens of
     /// `tier` were left after the frame it answers.
-    pub fn on_rate_limit_warning(&mut self, tier: Option<&str>, remaining: Option<u64>, capacity: Option<u64>) {
+    pub fn on_rate_limit_warning(
+        &mut self,
+        tier: Option<&str>,
+        remaining: Option<u64>,
+        capacity: Option<u64>,
+    ) {
         self.paced = true;
         let tier = tier.and_then(Tier::parse).unwrap_or(Tier::Normal);
         log::debug!("hub rate limit warning: {remaining:?} of {capacity:?} {} tokens left", tier.name());
@@ -473,7 +478,8 @@ impl Link {
         let (wait, in_a_row) = self.budget.on_denied(tier, retry_after.min(MAX_RETRY_AFTER), now);
         let of_tier: Vec<usize> =
             (0..self.in_flight.len()).filter(|&i| Tier::of(self.in_flight[i].frame_type) == tier).collect();
-        let count = of_tier.iter().position(|&i| !self.in_flight[i].informational()).map_or(of_tier.len(), |n| n + 1);
+        let count =
+            of_tier.iter().position(|&i| !self.in_flight[i].informational()).map_or(of_tier.len(), |n| n + 1);
         let mut taken = Vec::with_capacity(count);
         for &index in of_tier[..count].iter().rev() {
             taken.extend(self.in_flight.remove(index));
@@ -492,7 +498,12 @@ impl Link {
             }
             Some(episode) => {
                 episode.denials += 1;
-                log::debug!("hub rate-limited a {} frame (taken as our {denied}); {} ms", tier.name(), wait.as_millis());
+                log::debug!(
+                    "denial {} of this episode: a {} frame (taken as our {denied}); {} ms",
+                    episode.denials,
+                    tier.name(),
+                    wait.as_millis()
+                );
             }
         }
         let mut resend = Vec::with_capacity(taken.len());

@@ -308,7 +308,12 @@ fn when_tokens_are_short_outcomes_go_first_and_stale_information_is_merged_or_dr
     progress(&mut link, "t", "t 50%", false, &mut fx);
     // A keep-alive gives way to a real update waiting for the same task.
     progress(&mut link, "t", "t keep-alive", true, &mut fx);
-    link.send("task_accepted", "accepted u".into(), Some(Awaiting { kind: ReplyKind::Accepted, task_id: "u".into(), generation: 1 }), &mut fx);
+    link.send(
+        "task_accepted",
+        "accepted u".into(),
+        Some(Awaiting { kind: ReplyKind::Accepted, task_id: "u".into(), generation: 1 }),
+        &mut fx,
+    );
     link.send("task_complete", "complete t".into(), Some(entry(ReplyKind::Complete, 1)), &mut fx);
     assert!(sent(&fx).is_empty());
     // t has an outcome: its progress and wake_result are stale.
