@@ -190,9 +190,10 @@ impl Budget {
         self.buckets[tier.index()].take(now);
     }
 
-    /// `rate_limit_warning`: after the frame it answers, `remaining` tokens
-    /// were left of `capacity`. Frames sent since then cost more, so the
-    /// model only ever comes down to it.
+    /// `rate_limit_warning`: `remaining` whole tokens of `capacity` are left
+    /// (the caller has taken off what was sent after the frame it answers).
+    /// The hub may hold up to a token more than it says, never less, so a
+    /// model above `remaining` exactly comes down to it; one below stays.
     pub fn on_warning(&mut self, tier: Tier, remaining: Option<u64>, capacity: Option<u64>, now: Instant) {
         let now = self.at(now);
         let bucket = &mut self.buckets[tier.index()];
@@ -201,7 +202,8 @@ impl Budget {
         }
         if let Some(remaining) = remaining {
             let remaining = i128::from(remaining.min(u64::from(u32::MAX)));
-            if remaining < bucket.tokens(now) {
+            let level = (now - bucket.empty_at).min(bucket.per_token * i128::from(bucket.capacity));
+            if level > remaining * bucket.per_token {
                 bucket.set_tokens(remaining, now);
             }
         }

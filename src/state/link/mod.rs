@@ -363,13 +363,14 @@ impl Link {
     }
 
     /// The frame at `index` of `in_flight` was answered: it and the silent
-    /// frames sent before it are done.
+    /// frames sent before it are done (the hub answers in order: a
+    /// `wake_result` before it would have had its answer by now, if any).
     fn answered(&mut self, index: usize) -> Option<Sent> {
         let mut kept = VecDeque::with_capacity(self.in_flight.len());
         let mut answered = None;
         for (i, frame) in std::mem::take(&mut self.in_flight).into_iter().enumerate() {
             match i.cmp(&index) {
-                std::cmp::Ordering::Less if frame.expects_no_answer() => {}
+                std::cmp::Ordering::Less if frame.expects_no_answer() || frame.informational() => {}
                 std::cmp::Ordering::Equal => answered = Some(frame),
                 _ => kept.push_back(frame),
             }
@@ -459,7 +460,18 @@ impl Link {
         self.paced = true;
         let tier = tier.and_then(Tier::parse).unwrap_or(Tier::Normal);
         log::debug!("hub rate limit warning: {remaining:?} of {capacity:?} {} tokens left", tier.name());
-        self.budget.on_warning(tier, remaining, capacity, self.now);
+        // It speaks of the oldest frame of the tier whose fate was unknown
+        // (an informational one is thereby done); the hub has not counted
+        // the ones sent after it yet.
+        let of_tier: Vec<usize> =
+            (0..self.in_flight.len()).filter(|&i| Tier::of(self.in_flight[i].frame_type) == tier).collect();
+        let after = of_tier.len().saturating_sub(1) as u64;
+        if let Some(&oldest) = of_tier.first() {
+            if self.in_flight[oldest].informational() {
+                self.in_flight.remove(oldest);
+            }
+        }
+        self.budget.on_warning(tier, remaining.map(|r| r.saturating_sub(after)), capacity, self.now);
     }
 
     /// `rate_limited`: the hub dropped a frame of `tier` (named by the hub,

@@ -74,12 +74,50 @@ fn answers_are_matched_to_the_oldest_frame_of_their_kind() {
     link.send("task_complete", "c".into(), Some(entry(ReplyKind::Complete, 2)), &mut fx);
     assert_eq!(link.find_awaiting(ReplyKind::Complete), Some(&entry(ReplyKind::Complete, 1)));
     assert_eq!(link.take_awaiting(&[ReplyKind::Complete]), Some(entry(ReplyKind::Complete, 1)));
-    assert_eq!(link.take_awaiting(&[ReplyKind::Complete]), Some(entry(ReplyKind::Complete, 2)));
-    assert_eq!(link.take_awaiting(&[ReplyKind::Complete]), None);
     assert_eq!(
         link.take_awaiting(&[ReplyKind::Failed, ReplyKind::Unhandled]),
         Some(entry(ReplyKind::Unhandled, 0))
     );
+    assert_eq!(link.take_awaiting(&[ReplyKind::Complete]), Some(entry(ReplyKind::Complete, 2)));
+    assert_eq!(link.take_awaiting(&[ReplyKind::Complete]), None);
+    // The newer hub answers no wake_result: the answer to a later frame
+    // says it was handled.
+    link.send("wake_result", "d".into(), Some(entry(ReplyKind::Unhandled, 0)), &mut fx);
+    link.send("task_complete", "e".into(), Some(entry(ReplyKind::Complete, 3)), &mut fx);
+    assert_eq!(link.take_awaiting(&[ReplyKind::Complete]), Some(entry(ReplyKind::Complete, 3)));
+    assert_eq!(link.take_awaiting(&[ReplyKind::Unhandled]), None);
+}
+
+#[test]
+fn a_warning_corrects_the_model_for_the_frames_sent_after_the_one_it_speaks_of() {
+    let t0 = Instant::now();
+    let mut link = ready(t0);
+    link.hub_rate_limits();
+    let mut fx = Vec::new();
+    // The model thinks 10 - 3 = 7 are left; the hub says 2 were left after
+    // the first of the three, so 1 is, and one more frame may go.
+    link.send("task_accepted", "a".into(), Some(entry(ReplyKind::Accepted, 1)), &mut fx);
+    link.send("wake_result", "w".into(), Some(entry(ReplyKind::Unhandled, 0)), &mut fx);
+    link.send("task_complete", "c".into(), Some(entry(ReplyKind::Complete, 1)), &mut fx);
+    link.on_rate_limit_warning(Some("normal"), Some(3), Some(10));
+    assert_eq!(link.budget.tokens(Tier::Normal, t0), 1);
+    fx.clear();
+    link.send("task_accepted", "b".into(), Some(entry(ReplyKind::Accepted, 2)), &mut fx);
+    link.send("task_accepted", "b2".into(), Some(entry(ReplyKind::Accepted, 3)), &mut fx);
+    assert_eq!(sent(&fx), ["b"]);
+    // The hub may hold a fraction more than it says, never less: a model
+    // with most of a token more comes down to the whole number.
+    let mut link = ready(t0);
+    link.hub_rate_limits();
+    for _ in 0..9 {
+        link.send("task_accepted", "x".into(), Some(entry(ReplyKind::Accepted, 1)), &mut fx);
+        link.take_awaiting(&[ReplyKind::Accepted]);
+    }
+    let later = t0 + ms(90);
+    link.set_now(later);
+    assert_eq!(link.budget.tokens(Tier::Normal, later), 1, "1.9 in the model");
+    link.on_rate_limit_warning(Some("normal"), Some(1), Some(10));
+    assert_eq!(link.budget.ready_at(Tier::Normal), later, "exactly 1 now");
 }
 
 #[test]
