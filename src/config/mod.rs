@@ -347,7 +347,12 @@ impl Config {
                 light: keys.integer_at_most("rate_limit_light", 120, 1, 1_000_000)? as u32,
                 normal: keys.integer_at_most("rate_limit_normal", 60, 1, 1_000_000)? as u32,
                 heavy: keys.integer_at_most("rate_limit_heavy", 10, 1, 1_000_000)? as u32,
-                window: keys.millis("rate_limit_window_ms", 60_000, 100)?,
+                window: Duration::from_millis(keys.integer_at_most(
+                    "rate_limit_window_ms",
+                    60_000,
+                    100,
+                    86_400_000,
+                )?),
             },
             watch_results: keys.boolean("watch_results", true)?,
             results_poll: keys.millis("results_poll_ms", 1_000, 10)?,

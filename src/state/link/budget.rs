@@ -114,7 +114,7 @@ impl Bucket {
         Bucket { capacity, per_token, empty_at: now - per_token * i128::from(capacity), blocked_until: 0 }
     }
 
-    /// Whole tokens now (negative: owed).
+    /// Whole tokens now.
     fn tokens(&self, now: i128) -> i128 {
         ((now - self.empty_at).div_euclid(self.per_token)).min(i128::from(self.capacity))
     }
@@ -123,9 +123,12 @@ impl Bucket {
         self.empty_at = now - tokens * self.per_token;
     }
 
+    /// One token spent. The hub's bucket never goes below empty (it denies
+    /// instead), so neither does the model: frames sent before the sidecar
+    /// knew the hub rate-limits leave no debt behind.
     fn take(&mut self, now: i128) {
-        let floor = now - self.per_token * i128::from(self.capacity);
-        self.empty_at = self.empty_at.max(floor) + self.per_token;
+        let full = now - self.per_token * i128::from(self.capacity);
+        self.empty_at = (self.empty_at.max(full) + self.per_token).min(now);
     }
 
     /// When a frame of this tier may go: its token is there and no denial
@@ -163,7 +166,7 @@ impl Budget {
         self.origin + Duration::from_nanos(u64::try_from(at.max(0)).unwrap_or(u64::MAX))
     }
 
-    /// Whole tokens of `tier` now (negative: more sent than the model had).
+    /// Whole tokens of `tier` now.
     #[cfg(test)]
     pub fn tokens(&self, tier: Tier, now: Instant) -> i128 {
         self.buckets[tier.index()].tokens(self.at(now))
@@ -223,7 +226,7 @@ impl Budget {
         }
         let wait = retry_after.max(self.limits.denial_backoff(self.consecutive));
         let bucket = &mut self.buckets[tier.index()];
-        bucket.set_tokens(bucket.tokens(at).min(0), at);
+        bucket.set_tokens(0, at);
         bucket.blocked_until = bucket.blocked_until.max(at + wait.as_nanos() as i128);
         (wait, self.consecutive)
     }

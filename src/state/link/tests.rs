@@ -317,16 +317,16 @@ fn a_hub_that_has_not_shown_it_rate_limits_gets_every_frame_at_once() {
         link.send("task_accepted", format!("a{i}"), Some(entry(ReplyKind::Accepted, i)), &mut fx);
     }
     assert_eq!(sent(&fx).len(), 30);
-    // The model counted them: once the hub shows it rate-limits, the debt
-    // is paid first (20 over a bucket of 10: 2 s, then a token).
+    // The model counted them, down to an empty bucket (the hub denies what
+    // it has no token for): once the hub shows it rate-limits, the next
+    // frame waits for a token.
     link.hub_rate_limits();
     fx.clear();
     link.send("task_accepted", "late".into(), Some(entry(ReplyKind::Accepted, 99)), &mut fx);
     assert!(sent(&fx).is_empty());
-    assert_eq!(link.deadline(), Some(t0 + ms(1_000)), "heartbeat first");
-    link.tick(t0 + ms(1_000), &mut fx);
-    link.on_pong();
-    assert_eq!(link.budget.ready_at(Tier::Normal), t0 + token(21));
+    assert_eq!(link.deadline(), Some(t0 + token(1)));
+    link.tick(t0 + token(1), &mut fx);
+    assert_eq!(sent(&fx), ["late"]);
 }
 
 #[test]

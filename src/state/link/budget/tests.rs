@@ -114,10 +114,11 @@ fn the_next_send_time_is_the_next_token_or_the_end_of_a_denial() {
     }
     let token = Duration::from_micros(100_500);
     assert_eq!(budget.ready_at(Tier::Normal), t0 + token);
-    // Overspent (frames sent before pacing): the debt is paid first.
+    // Sent anyway (before the sidecar knew the hub rate-limits): the hub
+    // denied it, its bucket stays empty, and so does the model.
     budget.spend(Tier::Normal, t0);
-    assert_eq!(budget.tokens(Tier::Normal, t0), -1);
-    assert_eq!(budget.ready_at(Tier::Normal), t0 + token * 2);
+    assert_eq!(budget.tokens(Tier::Normal, t0), 0);
+    assert_eq!(budget.ready_at(Tier::Normal), t0 + token);
     let (wait, count) = budget.on_denied(Tier::Normal, ms(1_000), t0 + ms(10));
     assert_eq!((wait, count), (ms(1_000), 1));
     assert_eq!(budget.ready_at(Tier::Normal), t0 + ms(1_010));
