@@ -498,7 +498,6 @@ impl State {
     }
 
     /// The task whose result files we care about.
-
     pub fn held_task_id(&self) -> Option<&str> {
         self.task.as_ref().map(|t| t.id.as_str())
     }

@@ -115,6 +115,7 @@ impl Bucket {
     }
 
     /// Whole tokens now.
+    #[cfg(test)]
     fn tokens(&self, now: i128) -> i128 {
         ((now - self.empty_at).div_euclid(self.per_token)).min(i128::from(self.capacity))
     }

@@ -64,7 +64,8 @@ impl Outbox {
     /// progress update). Returns how many frames were merged away.
     pub fn push(&mut self, frame: Sent) -> usize {
         if let Some(waiting) = self.frames.iter_mut().find(|w| frame.supersedes(w)) {
-            if !(frame.keepalive && !waiting.keepalive) {
+            // A keep-alive does not replace a real update.
+            if !frame.keepalive || waiting.keepalive {
                 waiting.text = frame.text;
                 waiting.keepalive = frame.keepalive;
             }
