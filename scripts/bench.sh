@@ -2,9 +2,9 @@
 # Runs the benchmark: `scripts/bench.sh` (the one-sidecar table),
 # `scripts/bench.sh fleet` (N sidecars through a hub restart, per jitter
 # strategy), `scripts/bench.sh rate` (within 4718a58's real rate budget) or
-# `scripts/bench.sh all`. Same as `cargo bench --bench relay --
-# <mode>`; the knobs are environment variables (README, "Footprint and
-# speed"), e.g. BENCH_IDLE_SECS=10 scripts/bench.sh
+# `scripts/bench.sh all`. Same as `cargo bench --bench relay -- <mode>`; the
+# knobs are environment variables (docs/benchmarks.md), e.g.
+# BENCH_IDLE_SECS=10 scripts/bench.sh
 set -eu
 cd "$(dirname "$0")/.."
 mode="${1:-table}"

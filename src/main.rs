@@ -18,7 +18,8 @@ USAGE:
     agentcom-sidecar status [--json] [--config PATH]
                                                show the held task, pending reports and recent events
                                                (--json: as one JSON object on one line);
-                                               exit 0 when idle with nothing pending, 1 otherwise
+                                               exit 0 when idle with nothing pending, 1 when busy,
+                                               2 when queue.json is corrupt or unreadable
     agentcom-sidecar --help | --version
 
 The config path defaults to $SIDECAR_CONFIG, then ./config.json.
@@ -98,6 +99,13 @@ fn main() -> ExitCode {
             for warning in &warnings {
                 eprintln!("warning: {warning}");
             }
+            let problems = config.directory_problems();
+            for problem in &problems {
+                eprintln!("agentcom-sidecar: {problem}");
+            }
+            if !problems.is_empty() {
+                return ExitCode::from(2);
+            }
             let text =
                 serde_json::to_string_pretty(&config.to_redacted_json()).expect("a JSON value serializes");
             println!("{text}");
@@ -112,8 +120,7 @@ fn main() -> ExitCode {
                 agentcom_sidecar::status::report(&config, now_ms, &mut stdout)
             };
             match written {
-                Ok(agentcom_sidecar::status::Verdict::Idle) => ExitCode::SUCCESS,
-                Ok(agentcom_sidecar::status::Verdict::Busy) => ExitCode::FAILURE,
+                Ok(verdict) => ExitCode::from(verdict.exit_code()),
                 Err(e) => {
                     eprintln!("agentcom-sidecar: cannot write the status: {e}");
                     ExitCode::FAILURE

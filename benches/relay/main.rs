@@ -11,8 +11,8 @@
 //! - `rate`: one sidecar within 4718a58's real rate budget; see `rate.rs`;
 //! - `all`: table and fleet.
 //!
-//! Every knob is an environment variable, listed in README.md (section
-//! "Footprint and speed") and at the top of `single.rs` / `fleet.rs`.
+//! Every knob is an environment variable, listed in docs/benchmarks.md and
+//! at the top of `single.rs` / `fleet.rs`.
 //!
 //! Linux only: it reads /proc.
 

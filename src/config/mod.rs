@@ -205,7 +205,7 @@ impl Config {
         }
         let token = Secret::new(token);
         let hub_url = keys.required_string("hub_url")?;
-        validate_hub_url(&hub_url).map_err(|why| keys.error("hub_url", &why))?;
+        let hub_url = checks::parse_hub_url(&hub_url).map_err(|why| keys.error("hub_url", &why))?;
         keys.show("hub_url", Value::from(redact_url(&hub_url)));
         let name = keys.string("name")?.unwrap_or_else(|| agent_id.clone());
         keys.show("name", Value::from(name.as_str()));
@@ -370,11 +370,27 @@ impl Config {
         // A key is known when the parser asked for it; anything else is
         // warned about, not refused, so a newer config keeps working with an
         // older binary.
-        let warnings = object
-            .keys()
-            .filter(|key| !effective.contains_key(key.as_str()))
-            .map(|key| format!("{}: unknown key `{key}` ignored", path.display()))
-            .collect();
+        // One close to a known key is a typo, though: refused, with the
+        // key it probably meant.
+        let known = || effective.keys().map(String::as_str).filter(|k| *k != "config_path");
+        let mut warnings = Vec::new();
+        for key in object.keys().filter(|key| !effective.contains_key(key.as_str())) {
+            if let Some(meant) = checks::suggestion(key, known()) {
+                return Err(Error::Config(format!(
+                    "{}: key `{key}` is unknown: did you mean {meant}?",
+                    path.display()
+                )));
+            }
+            warnings.push(format!("{}: unknown key `{key}` ignored", path.display()));
+        }
+        if config.wake_command.is_none() && config.task_timeout.is_none() {
+            warnings.push(format!(
+                "{}: no wake_command and no task_timeout_ms: tasks are accepted but no agent is woken, and a \
+                 task no agent picks up on its own stays `working` for ever (set wake_command, or \
+                 task_timeout_ms to fail such tasks)",
+                path.display()
+            ));
+        }
         Ok((Config { effective, ..config }, warnings))
     }
 
@@ -403,6 +419,22 @@ impl Config {
     /// relative to it, and the wake command runs in it.
     pub fn base_dir(&self) -> PathBuf {
         base_dir_of(&self.config_path)
+    }
+
+    /// What keeps the sidecar from creating its files: `results_dir`, and
+    /// the directories of `queue_file` and `log_file`, each missing one
+    /// creatable, each existing one a writable directory. One line per
+    /// problem, naming the key, the path and the OS error. Creates nothing.
+    pub fn directory_problems(&self) -> Vec<String> {
+        let parent = |p: &Path| p.parent().map(Path::to_path_buf).unwrap_or_default();
+        [
+            ("results_dir", self.results_dir.clone()),
+            ("queue_file", parent(&self.queue_file)),
+            ("log_file", parent(&self.log_file)),
+        ]
+        .iter()
+        .filter_map(|(key, dir)| checks::directory_problem(key, dir))
+        .collect()
     }
 
     pub fn has_hub_feature(&self, feature: HubFeature) -> bool {
@@ -459,21 +491,6 @@ fn base_dir_of(config_path: &Path) -> PathBuf {
         Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
         _ => PathBuf::from("."),
     }
-}
-
-fn validate_hub_url(url: &str) -> Result<(), String> {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return Err("expected a ws:// or wss:// URL".into());
-    };
-    if scheme != "ws" && scheme != "wss" {
-        return Err(format!("scheme {scheme:?} is not supported (expected ws or wss)"));
-    }
-    let host = rest.split(['/', '?']).next().unwrap_or("");
-    let host = host.rsplit('@').next().unwrap_or("");
-    if host.is_empty() {
-        return Err("the URL has no host".into());
-    }
-    Ok(())
 }
 
 /// Typed access to the top-level object with errors that name file and key.
@@ -595,5 +612,6 @@ fn kind(value: &Value) -> &'static str {
     }
 }
 
+mod checks;
 #[cfg(test)]
 mod tests;

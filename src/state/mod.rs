@@ -22,6 +22,7 @@ mod busy;
 mod frames;
 mod link;
 mod past;
+mod public;
 mod report;
 mod task;
 #[cfg(test)]
@@ -562,6 +563,14 @@ impl State {
 
     fn on_tick(&mut self, now: Instant, fx: &mut Vec<Effect>) {
         match self.link.tick(now, fx) {
+            Some(Timeout::Connect) => {
+                let ms = (self.link.identify_timeout() * 2).as_millis();
+                self.drop_connection(
+                    &format!("the connection attempt reported nothing within {ms} ms"),
+                    now,
+                    fx,
+                );
+            }
             Some(Timeout::Identify) => {
                 let ms = self.link.identify_timeout().as_millis();
                 self.drop_connection(&format!("the hub did not answer identify within {ms} ms"), now, fx);

@@ -179,6 +179,11 @@ impl State {
             held.send_expecting("wake_result", text, ReplyKind::Unhandled, 0, fx);
         }
         if let Phase::Waking { attempt } = held.task.phase {
+            // The one line a failed attempt gets: what failed and why.
+            let error = error.map(|error| match outcome.stderr_last_line() {
+                Some(line) => (format!("{error}; last line of stderr: {line}"), error),
+                None => (format!("{error}; no stderr"), error),
+            });
             held.after_attempt(attempt, outcome.status == WakeStatus::Success, error, now, fx);
         }
     }
@@ -296,7 +301,8 @@ impl Held<'_> {
         &mut self,
         attempt: u32,
         success: bool,
-        error: Option<String>,
+        // What the log says, and what the hub is told.
+        error: Option<(String, String)>,
         now: Instant,
         fx: &mut Vec<Effect>,
     ) {
@@ -312,15 +318,16 @@ impl Held<'_> {
             fx.push(Effect::ReadTaskFiles { task_id });
             return;
         }
-        let error = error.unwrap_or_default();
+        let (logged, error) = error.unwrap_or_default();
         if let Some(delay) = self.settings.wake_retry_delays.get(attempt as usize - 1) {
             log::warn!(
-                "wake attempt {attempt} for task {task_id} failed ({error}); retrying in {} ms",
+                "wake attempt {attempt} for task {task_id} failed ({logged}); retrying in {} ms",
                 delay.as_millis()
             );
             self.task.phase = Phase::WakeRetry { attempt: attempt + 1, at: now + *delay };
         } else {
-            log::error!("wake command failed {attempt} times for task {task_id}; giving up");
+            log::warn!("wake attempt {attempt} for task {task_id} failed ({logged}); no retry left: failing the task");
+            let error = super::public::without_local_paths(&error);
             let reason = format!("wake_failed: wake command failed after {attempt} attempts (last: {error})");
             self.set_outcome(Report::Failed { reason }, fx);
         }

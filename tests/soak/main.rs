@@ -1004,7 +1004,13 @@ impl Soak {
             let expected = if in_run {
                 matches!(
                     name.as_str(),
-                    "config.json" | "queue.json" | "stdout.txt" | "stderr.txt" | "results" | "agent"
+                    "config.json"
+                        | "queue.json"
+                        | "queue.json.lock"
+                        | "stdout.txt"
+                        | "stderr.txt"
+                        | "results"
+                        | "agent"
                 ) || name.starts_with("sidecar.log")
             } else {
                 // Our agent's own temp files, task files, the task-file folder.

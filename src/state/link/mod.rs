@@ -42,10 +42,12 @@ pub(crate) struct LinkTimers {
     pub rate_limits: RateLimits,
 }
 
+// `Connecting`'s deadline: the socket thread reports within
+// connect_timeout; one silent for twice that is hung or dead.
 #[derive(Debug, Clone, PartialEq)]
 enum Conn {
     Backoff { retry_at: Instant },
-    Connecting { conn_id: u64 },
+    Connecting { conn_id: u64, deadline: Instant },
     Identifying { conn_id: u64, deadline: Instant },
     Ready { conn_id: u64, next_ping_at: Instant, pong_deadline: Option<Instant> },
     Stopped,
@@ -81,6 +83,8 @@ const MAX_IN_FLIGHT: usize = 256;
 /// Why the link gave up on the live connection in [`Link::tick`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Timeout {
+    /// The socket thread reported neither success nor failure in time.
+    Connect,
     Identify,
     Pong,
     /// A frame of this type got no answer within `reply_timeout`.
@@ -157,7 +161,7 @@ impl Link {
     /// The connection whose events count, if any.
     pub fn live_conn_id(&self) -> Option<u64> {
         match self.conn {
-            Conn::Connecting { conn_id }
+            Conn::Connecting { conn_id, .. }
             | Conn::Identifying { conn_id, .. }
             | Conn::Ready { conn_id, .. } => Some(conn_id),
             Conn::Backoff { .. } | Conn::Stopped => None,
@@ -177,7 +181,7 @@ impl Link {
     pub fn connect(&mut self, fx: &mut Vec<Effect>) {
         self.last_conn_id += 1;
         let conn_id = self.last_conn_id;
-        self.conn = Conn::Connecting { conn_id };
+        self.conn = Conn::Connecting { conn_id, deadline: self.now + self.timers.identify_timeout * 2 };
         fx.push(Effect::Connect { conn_id });
         fx.push(record(LifecycleEvent::Connecting, json!({ "attempt": self.reconnect_attempt + 1 })));
     }
@@ -186,7 +190,7 @@ impl Link {
     /// correlated, never resent) and the link waits for the answer. False for
     /// a connection that is not the one being opened.
     pub fn on_connected(&mut self, conn_id: u64, now: Instant) -> bool {
-        if self.conn != (Conn::Connecting { conn_id }) {
+        if !matches!(self.conn, Conn::Connecting { conn_id: c, .. } if c == conn_id) {
             return false;
         }
         self.refused_types.clear();
@@ -348,6 +352,7 @@ impl Link {
     pub fn tick(&mut self, now: Instant, fx: &mut Vec<Effect>) -> Option<Timeout> {
         match self.conn.clone() {
             Conn::Backoff { retry_at } if now >= retry_at => self.connect(fx),
+            Conn::Connecting { deadline, .. } if now >= deadline => return Some(Timeout::Connect),
             Conn::Identifying { deadline, .. } if now >= deadline => return Some(Timeout::Identify),
             Conn::Ready { pong_deadline: Some(deadline), .. } if now >= deadline => {
                 return Some(Timeout::Pong)
@@ -387,7 +392,7 @@ impl Link {
     pub fn deadline(&self) -> Option<Instant> {
         match &self.conn {
             Conn::Backoff { retry_at } => Some(*retry_at),
-            Conn::Identifying { deadline, .. } => Some(*deadline),
+            Conn::Connecting { deadline, .. } | Conn::Identifying { deadline, .. } => Some(*deadline),
             Conn::Ready { next_ping_at, pong_deadline, .. } => {
                 let heartbeat = pong_deadline.unwrap_or(*next_ping_at);
                 let reply = self.reply_deadline().map(|(at, _)| at);
@@ -395,7 +400,7 @@ impl Link {
                 let release = self.outbox.next().map(|next| self.budget.ready_at(Tier::of(next.frame_type)));
                 [Some(heartbeat), release, reply].into_iter().flatten().min()
             }
-            Conn::Connecting { .. } | Conn::Stopped => None,
+            Conn::Stopped => None,
         }
     }
 

@@ -423,4 +423,18 @@ fn a_lost_connection_drops_the_waiting_frames_but_not_the_budget() {
     assert_eq!(sent(&fx), [] as [&str; 0]);
     link.tick(t0 + token(1), &mut fx);
     assert_eq!(sent(&fx), ["recovering"]);
+
+#[test]
+fn a_connection_that_never_reports_is_given_up_after_twice_the_connect_timeout() {
+    // The socket thread bounds its own attempt by connect_timeout (the
+    // identify timeout); one that reports nothing twice that long is hung
+    // or gone, and waiting for it for ever would never reconnect.
+    let t0 = Instant::now();
+    let mut link = Link::new(timers(), 1, t0);
+    let mut fx = Vec::new();
+    assert_eq!(link.tick(t0, &mut fx), None);
+    assert!(link.live_conn_id().is_some());
+    assert_eq!(link.deadline(), Some(t0 + ms(1_000)));
+    assert_eq!(link.tick(t0 + ms(999), &mut fx), None);
+    assert_eq!(link.tick(t0 + ms(1_000), &mut fx), Some(Timeout::Connect));
 }
