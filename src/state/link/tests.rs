@@ -423,6 +423,7 @@ fn a_lost_connection_drops_the_waiting_frames_but_not_the_budget() {
     assert_eq!(sent(&fx), [] as [&str; 0]);
     link.tick(t0 + token(1), &mut fx);
     assert_eq!(sent(&fx), ["recovering"]);
+}
 
 #[test]
 fn a_connection_that_never_reports_is_given_up_after_twice_the_connect_timeout() {
