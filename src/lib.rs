@@ -5,6 +5,7 @@
 //! The crate is a library so the integration tests, the development hub
 //! binary and `main.rs` share one implementation.
 
+pub mod agent_cli;
 pub mod clock;
 pub mod config;
 pub mod demo;
@@ -26,6 +27,7 @@ pub mod status;
 #[cfg(all(unix, any(test, feature = "failpoints")))]
 #[doc(hidden)]
 pub mod test_support;
+pub mod try_wake;
 pub mod update;
 pub mod wake;
 pub mod watcher;

@@ -19,6 +19,7 @@
 mod agent;
 mod fleet;
 mod floors;
+mod helpers;
 mod procfs;
 mod rate;
 mod single;

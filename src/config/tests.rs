@@ -259,6 +259,8 @@ fn unwritable_or_unusable_directories_are_reported_with_the_path_and_the_os_erro
     );
     assert!(problems[0].contains("not writable") && problems[0].contains("os error"), "{problems:?}");
 
+    let problems = config_with("results_dir", &readonly.path().join("sub/results")).directory_problems();
+    assert!(problems.len() == 1 && problems[0].contains("cannot be created in"), "{problems:?}");
     let problems = config_with("queue_file", &readonly.path().join("queue.json")).directory_problems();
     assert!(problems.len() == 1 && problems[0].contains("queue_file"), "{problems:?}");
     let problems = config_with("log_file", &file.join("sidecar.log")).directory_problems();

@@ -466,6 +466,7 @@ impl Shell {
             results_dir: self.config.results_dir.clone(),
             work_dir: self.config.base_dir(),
             timeout: self.config.wake_timeout,
+            max_result_bytes: self.config.max_result_bytes,
         });
     }
 

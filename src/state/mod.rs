@@ -24,6 +24,7 @@ mod link;
 mod past;
 mod public;
 mod report;
+pub(crate) use report::{parse_progress, report_from_result};
 mod task;
 #[cfg(test)]
 mod tests;

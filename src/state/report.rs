@@ -264,7 +264,7 @@ impl State {
 /// A result file's object as the report the hub gets (docs/protocol.md section 8.5):
 /// `status: success` is a completion carrying the whole object; anything else
 /// is a failure with its `reason` or `error`.
-pub(super) fn report_from_result(result: Value) -> Report {
+pub(crate) fn report_from_result(result: Value) -> Report {
     if result.get("status").and_then(Value::as_str) == Some("success") {
         return Report::Complete { result };
     }
@@ -277,7 +277,7 @@ pub(super) fn report_from_result(result: Value) -> Report {
 }
 
 /// `{"progress": 0..=100, "message": "..."}`; the message is cut to 1 KiB.
-pub(super) fn parse_progress(value: &Value) -> Option<(u64, Option<String>)> {
+pub(crate) fn parse_progress(value: &Value) -> Option<(u64, Option<String>)> {
     let progress = value.get("progress")?.as_f64()?;
     if !(0.0..=100.0).contains(&progress) {
         return None;

@@ -174,8 +174,12 @@ impl State {
             return;
         }
         if held.settings.send_wake_result {
-            let text =
-                protocol::out_wake_result(&outcome.task_id, status_word, outcome.attempt, error.as_deref());
+            let text = protocol::out_wake_result(
+                &outcome.task_id,
+                status_word,
+                outcome.attempt,
+                error.as_deref().map(super::public::without_local_paths).as_deref(),
+            );
             held.send_expecting("wake_result", text, ReplyKind::Unhandled, 0, fx);
         }
         if let Phase::Waking { attempt } = held.task.phase {

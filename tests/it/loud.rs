@@ -172,15 +172,32 @@ fn a_failing_wake_is_warned_once_per_attempt_and_its_reason_carries_no_local_pat
     // The hand-off directory cannot take the task file: every attempt fails
     // with an error that names the local path.
     let _tasks = ReadOnlyDir::new(&dir.path().join("results").join(".tasks"));
+    // Each attempt's error goes to the hub too (wake_result).
+    cfg["hub_features"] = serde_json::json!(["wake_result"]);
     let sidecar = Sidecar::start(dir.path(), &cfg);
     expect_identified(&hub);
     hub.push_task(crate::support::AGENT, "d", serde_json::json!({}));
-    let failed = crate::support::expect_received(&hub, "task_failed");
+    let mut sent = Vec::new();
+    while !sent.last().is_some_and(|f: &serde_json::Value| f["type"] == "task_failed") {
+        let event = crate::support::expect_event(
+            &hub,
+            "wake_result or task_failed",
+            |e| matches!(e, DevHubEvent::Received { frame, .. } if frame["type"] == "wake_result" || frame["type"] == "task_failed"),
+        );
+        if let DevHubEvent::Received { frame, .. } = event {
+            sent.push(frame);
+        }
+    }
+    let failed = sent.last().unwrap();
     let reason = failed["reason"].as_str().unwrap();
     assert!(reason.starts_with("wake_failed") && reason.contains("after 4 attempts"), "{reason}");
     assert!(reason.contains("cannot write task file"), "says what failed: {reason}");
     let root = dir.path().display().to_string();
-    assert!(!reason.contains(&root) && !reason.contains("/tmp"), "a local path went to the hub: {reason}");
+    assert_eq!(sent.len(), 5, "four wake_results and the failure: {sent:#?}");
+    for frame in &sent {
+        let text = frame.to_string();
+        assert!(!text.contains(&root) && !text.contains("/tmp"), "a local path went to the hub: {text}");
+    }
 
     let out = sidecar.output();
     let warned: Vec<&str> =

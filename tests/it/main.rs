@@ -7,6 +7,7 @@
 //! run on a platform are `#[cfg_attr(windows, ignore = "reason")]`, and fail
 //! if run anyway; there are no empty stand-in tests.
 
+mod agent_kit;
 mod connection;
 mod devhub;
 mod devhub_controls;
