@@ -1,15 +1,16 @@
 #!/bin/sh
 # Runs the benchmark: `scripts/bench.sh` (the one-sidecar table),
 # `scripts/bench.sh fleet` (N sidecars through a hub restart, per jitter
-# strategy), `scripts/bench.sh supervisors` (the memory a supervisor adds)
-# or `scripts/bench.sh all` (table and fleet). Same as `cargo bench --bench
+# strategy), `scripts/bench.sh rate` (within 4718a58's real rate budget),
+# `scripts/bench.sh supervisors` (the memory a supervisor adds) or
+# `scripts/bench.sh all` (table and fleet). Same as `cargo bench --bench
 # relay -- <mode>`; the knobs are environment variables (docs/benchmarks.md),
 # e.g. BENCH_IDLE_SECS=10 scripts/bench.sh
 set -eu
 cd "$(dirname "$0")/.."
 mode="${1:-table}"
 case "$mode" in
-    table|fleet|supervisors|all) ;;
-    *) echo "usage: $0 [table|fleet|supervisors|all]" >&2; exit 2 ;;
+    table|fleet|rate|supervisors|all) ;;
+    *) echo "usage: $0 [table|fleet|rate|supervisors|all]" >&2; exit 2 ;;
 esac
 exec cargo bench --locked --bench relay -- "$mode"

@@ -8,9 +8,10 @@
 //! - `table` (default): one sidecar; see `single.rs`;
 //! - `fleet`: N sidecars through a hub restart, per jitter strategy; see
 //!   `fleet.rs`;
+//! - `rate`: one sidecar within 4718a58's real rate budget; see `rate.rs`;
 //! - `supervisors`: the memory a supervisor adds (none, systemd, pm2, a
 //!   Windows service under Wine); see `supervisors.rs`;
-//! - `all`: `table` and `fleet`.
+//! - `all`: table and fleet.
 //!
 //! Every knob is an environment variable, listed in docs/benchmarks.md and
 //! at the top of `single.rs` / `fleet.rs`.
@@ -22,6 +23,7 @@ mod fleet;
 mod floors;
 mod helpers;
 mod procfs;
+mod rate;
 mod single;
 mod supervisors;
 
@@ -37,13 +39,14 @@ fn main() {
     match mode {
         "table" => single::run(),
         "fleet" => fleet::run(),
+        "rate" => rate::run(),
         "supervisors" => supervisors::run(),
         "all" => {
             single::run();
             fleet::run();
         }
         other => {
-            eprintln!("unknown mode {other:?}: expected table, fleet, supervisors or all");
+            eprintln!("unknown mode {other:?}: expected table, fleet, rate, supervisors or all");
             std::process::exit(2);
         }
     }

@@ -96,6 +96,8 @@ pub fn run() {
         "results_dir": results, "log_file": dir.path().join("sidecar.log"),
         "queue_file": dir.path().join("queue.json"),
         "log_level": std::env::var("BENCH_LOG_LEVEL").unwrap_or_else(|_| "warn".into()),
+        // ...and the sidecar paces itself to the hub's budget: the same room.
+        "rate_limit_normal": 1_000_000, "rate_limit_light": 1_000_000,
     });
     fs::write(dir.path().join("config.json"), config.to_string()).expect("config");
     let started = mono_ns();

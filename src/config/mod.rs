@@ -14,6 +14,7 @@ use serde_json::{Map, Value};
 
 use crate::error::Error;
 use crate::retry::JitterStrategy;
+use crate::state::RateLimits;
 
 /// The validated configuration. Durations are `Duration`s and paths are
 /// absolute or relative to the process's working directory (already resolved
@@ -71,6 +72,9 @@ pub struct Config {
     /// Send a keep-alive `task_progress` for the held task after this long
     /// without one (`keepalive_interval_ms`, 0: never).
     pub keepalive_interval: Option<Duration>,
+    /// The newer hub's rate budget (`rate_limit_*`), which frames are paced
+    /// to on that hub.
+    pub rate_limits: RateLimits,
     /// How long shutdown waits for a close handshake or a running wake.
     pub shutdown_grace: Duration,
     /// Watch `results_dir` with the platform's file notifications. Off
@@ -339,6 +343,17 @@ impl Config {
             adopted_silence: keys.millis("adopted_silence_ms", 1_800_000, 1)?,
             keepalive_interval: Some(keys.millis("keepalive_interval_ms", 60_000, 0)?)
                 .filter(|d| !d.is_zero()),
+            rate_limits: RateLimits {
+                light: keys.integer_at_most("rate_limit_light", 120, 1, 1_000_000)? as u32,
+                normal: keys.integer_at_most("rate_limit_normal", 60, 1, 1_000_000)? as u32,
+                heavy: keys.integer_at_most("rate_limit_heavy", 10, 1, 1_000_000)? as u32,
+                window: Duration::from_millis(keys.integer_at_most(
+                    "rate_limit_window_ms",
+                    60_000,
+                    100,
+                    86_400_000,
+                )?),
+            },
             watch_results: keys.boolean("watch_results", true)?,
             results_poll: keys.millis("results_poll_ms", 1_000, 10)?,
             log_max_bytes: keys.integer("log_max_bytes", 10 << 20, 1024)?,

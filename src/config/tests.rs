@@ -77,6 +77,14 @@ fn every_bad_input_names_the_file_and_the_key() {
             "`heartbeat_interval_ms`: must be at least 1",
         ),
         (
+            r#"{"agent_id":"a","token":"t","hub_url":"ws://h/ws","rate_limit_normal":0}"#,
+            "`rate_limit_normal`: must be at least 1",
+        ),
+        (
+            r#"{"agent_id":"a","token":"t","hub_url":"ws://h/ws","rate_limit_window_ms":10}"#,
+            "`rate_limit_window_ms`: must be at least 100",
+        ),
+        (
             r#"{"agent_id":"a","token":"t","hub_url":"ws://h/ws","pong_timeout_ms":-5}"#,
             "`pong_timeout_ms`: expected a non-negative integer, found a negative number",
         ),
@@ -162,7 +170,7 @@ fn check_shows_every_known_key_and_accepts_its_own_output() {
     assert_eq!(shown["heartbeat_interval_ms"], 30_000);
     assert_eq!(shown["wake_retry_delays_ms"], serde_json::json!([5_000, 15_000, 30_000]));
     assert_eq!(shown["log_level"], "info");
-    assert_eq!(shown.len(), 38, "the 37 keys and config_path: {shown:?}");
+    assert_eq!(shown.len(), 42, "the 41 keys and config_path: {shown:?}");
     // Every key `check` shows is one the parser knows: fed back in (with
     // the real token and URL), nothing is warned about.
     shown.remove("config_path");

@@ -39,6 +39,9 @@ impl State {
                 return;
             }
         };
+        if assign.fields.keys().any(|k| super::NEWER_HUB_ASSIGN_KEYS.contains(&k.as_str())) {
+            self.mark_newer_hub();
+        }
         if let Some(mut held) = self.held_as(&task_id) {
             held.on_assigned_again(generation, now, fx);
             return;
@@ -46,9 +49,6 @@ impl State {
         // A report of an earlier hold of it, or a busy hand-back, still
         // waiting to go out under an older generation is out of date now.
         super::report::withdraw_stale_reports(&mut self.link, &task_id, Some(generation));
-        if assign.fields.keys().any(|k| super::NEWER_HUB_ASSIGN_KEYS.contains(&k.as_str())) {
-            self.newer_hub = true;
-        }
         if let Some(busy_with) = self.held_task_id() {
             log::info!("not taking task {task_id} now: busy with {busy_with}; remembering it");
             self.refuse(Some(&task_id), "busy", fx);

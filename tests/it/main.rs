@@ -26,6 +26,9 @@ mod ops;
 // example-agent.cmd are tested in windows_scripts).
 #[cfg(unix)]
 mod pm2;
+// The quick agent is a sh command line.
+#[cfg(unix)]
+mod rate;
 mod real_hubs;
 mod secrets;
 // Reads /proc and kills process groups with libc.
