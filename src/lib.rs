@@ -19,6 +19,7 @@ pub(crate) mod main_loop;
 pub mod protocol;
 pub mod queue_store;
 pub mod retry;
+pub mod selfupdate;
 pub mod state;
 pub mod status;
 pub mod update;
