@@ -19,6 +19,10 @@ mod restart;
 pub mod swap;
 #[cfg(test)]
 mod tests;
+/// Test support: a loopback HTTP server with faulty replies.
+#[cfg(any(test, feature = "failpoints"))]
+#[doc(hidden)]
+pub mod testserver;
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
