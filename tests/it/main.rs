@@ -19,6 +19,7 @@ mod ops;
 mod pm2;
 mod real_hubs;
 mod secrets;
+mod selfupdate;
 // Reads /proc and kills process groups with libc.
 #[cfg(target_os = "linux")]
 mod soak_found;

@@ -1,0 +1,207 @@
+//! The binary channel end to end: a copy of the real binary updates itself
+//! from a signed release served on loopback (`update`, `update --rollback`,
+//! and the hub's `restart_sidecar` with `update_url`). The "new" release is
+//! the same program with a marker appended (an executable runs with
+//! trailing bytes), so the tests can tell which binary is on disk.
+//! Under Wine this is the swap of a running `.exe`.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Instant;
+
+use agentcom_sidecar::devhub::DevHubEvent;
+use agentcom_sidecar::selfupdate::testserver::{Reply, TestServer};
+use agentcom_sidecar::selfupdate::{swap, TARGET};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+use crate::support::*;
+
+const EXE: &str = if cfg!(windows) { "agentcom-sidecar.exe" } else { "agentcom-sidecar" };
+
+struct Release {
+    server: TestServer,
+    keys: minisign::KeyPair,
+    dir: tempfile::TempDir,
+    exe: PathBuf,
+    old: Vec<u8>,
+    new: Vec<u8>,
+}
+
+fn release(hub_url: &str) -> (Release, Value) {
+    let dir = tempfile::tempdir().unwrap();
+    let real = fs::read(env!("CARGO_BIN_EXE_agentcom-sidecar")).unwrap();
+    let marked = |marker: &str| [real.as_slice(), marker.as_bytes()].concat();
+    let (old, new) = (marked("\nold build\n"), marked("\nnew build\n"));
+    fs::create_dir_all(dir.path().join("bin")).unwrap();
+    let exe = dir.path().join("bin").join(EXE);
+    fs::write(&exe, &old).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(&exe, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let keys = minisign::KeyPair::generate_unencrypted_keypair().unwrap();
+    let server = TestServer::start();
+    let mut cfg = config(dir.path(), hub_url);
+    cfg["update_url"] = json!(server.url("/release/manifest.json"));
+    cfg["update_public_key"] = json!(keys.pk.to_base64());
+    cfg["update_timeout_ms"] = json!(10_000);
+    fs::write(dir.path().join("config.json"), serde_json::to_vec_pretty(&cfg).unwrap()).unwrap();
+    (Release { server, keys, dir, exe, old, new }, cfg)
+}
+
+impl Release {
+    fn publish(&self, version: &str) {
+        let file = format!("agentcom-sidecar-{version}");
+        let sha: String = Sha256::digest(&self.new).iter().map(|b| format!("{b:02x}")).collect();
+        let manifest = json!({
+            "version": version,
+            "git_revision": "0123456",
+            "files": { TARGET.unwrap(): { "file": file, "size": self.new.len(), "sha256": sha } },
+        });
+        let text = serde_json::to_vec_pretty(&manifest).unwrap();
+        let signature =
+            minisign::sign(Some(&self.keys.pk), &self.keys.sk, text.as_slice(), None, None).unwrap();
+        self.server.set("/release/manifest.json.minisig", Reply::Body(signature.into_string().into_bytes()));
+        self.server.set("/release/manifest.json", Reply::Body(text));
+        self.server.set(&format!("/release/{file}"), Reply::Body(self.new.clone()));
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new(&self.exe)
+            .args(args)
+            .arg("--config")
+            .arg(self.dir.path().join("config.json"))
+            .output()
+            .unwrap()
+    }
+
+    fn on_disk(&self) -> Vec<u8> {
+        fs::read(&self.exe).unwrap()
+    }
+
+    fn previous(&self) -> Vec<u8> {
+        fs::read(swap::previous_path(&self.exe)).unwrap_or_default()
+    }
+}
+
+fn text(output: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
+}
+
+#[test]
+fn update_installs_a_signed_release_and_rollback_puts_the_old_one_back() {
+    let (r, _) = release("ws://127.0.0.1:9/ws");
+    r.publish("0.0.1");
+    let out = r.run(&["update"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(text(&out).contains("is not newer than this binary"), "{}", text(&out));
+    assert!(r.on_disk() == r.old);
+
+    r.publish("99.0.0");
+    let out = r.run(&["update", "--check"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(text(&out).contains("version 99.0.0 is available"), "{}", text(&out));
+    assert!(r.on_disk() == r.old, "--check changed the binary");
+
+    let out = r.run(&["update"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(text(&out).contains("installed version 99.0.0"), "{}", text(&out));
+    assert!(r.on_disk() == r.new, "the new binary is in place");
+    assert!(r.previous() == r.old, "the old one is kept");
+
+    let out = Command::new(&r.exe).args(["update", "--rollback"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(text(&out).contains("rolled back to version"), "{}", text(&out));
+    assert!(r.on_disk() == r.old, "the old binary is back");
+    assert!(r.previous() == r.new, "the replaced one is the previous now");
+    let names: Vec<String> = fs::read_dir(r.exe.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names.len(), 2, "only the binary and the previous one: {names:?}");
+}
+
+#[test]
+fn update_refuses_a_config_without_update_url_and_a_bad_one() {
+    let (r, mut cfg) = release("ws://127.0.0.1:9/ws");
+    cfg.as_object_mut().unwrap().remove("update_url");
+    fs::write(r.dir.path().join("config.json"), cfg.to_string()).unwrap();
+    let out = r.run(&["update"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("update: no update_url in"), "{}", text(&out));
+    cfg["update_url"] = json!("http://example.com/manifest.json");
+    fs::write(r.dir.path().join("config.json"), cfg.to_string()).unwrap();
+    let out = r.run(&["update"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("key `update_url`: plain http:// is allowed only to loopback"),
+        "{}",
+        text(&out)
+    );
+    assert!(r.on_disk() == r.old);
+}
+
+/// Waits for the sidecar's connection to end at the hub, then for the
+/// next identify; returns the time between the two as the hub saw them.
+fn offline_ms(hub: &agentcom_sidecar::devhub::DevHub, restart: impl FnOnce()) -> u128 {
+    hub.wait_for(FAILSAFE, |e| matches!(e, DevHubEvent::Disconnected { .. }))
+        .expect("the sidecar disconnects");
+    let gone = Instant::now();
+    restart();
+    hub.wait_for(FAILSAFE, |e| matches!(e, DevHubEvent::Identified { .. }))
+        .expect("the new binary identifies");
+    gone.elapsed().as_millis()
+}
+
+#[test]
+fn restart_sidecar_installs_the_release_then_exits_and_the_new_binary_connects() {
+    let hub = start_hub();
+    let (r, cfg) = release(&hub.url());
+    r.publish("99.0.0");
+    let mut sidecar = Sidecar::start_binary(&r.exe, r.dir.path(), &cfg, &[]);
+    expect_identified(&hub);
+    assert!(hub.restart_sidecar(AGENT, "new release"));
+    let status = sidecar.wait_exit(FAILSAFE).expect("the sidecar exits after the swap");
+    assert!(status.success(), "{status:?}: {}", sidecar.output());
+    let output = sidecar.output();
+    assert!(output.contains("self-update: version 99.0.0 is in place"), "{output}");
+    assert!(r.on_disk() == r.new && r.previous() == r.old);
+    // The supervisor's part: start what is now on disk.
+    let mut restarted = None;
+    let offline =
+        offline_ms(&hub, || restarted = Some(Sidecar::start_binary(&r.exe, r.dir.path(), &cfg, &[])));
+    println!("hub-visible offline time during the update: {offline} ms (restart by the test itself)");
+    assert!(sidecar.lifecycle().contains("restart requested by hub (version 99.0.0 installed)"));
+}
+
+#[test]
+fn restart_sidecar_with_a_bad_release_stays_connected_on_the_old_binary() {
+    let hub = start_hub();
+    let (r, cfg) = release(&hub.url());
+    r.publish("99.0.0");
+    // The binary on the server is not the one signed for.
+    r.server.set("/release/agentcom-sidecar-99.0.0", Reply::Body(r.old.clone()));
+    let mut sidecar = Sidecar::start_binary(&r.exe, r.dir.path(), &cfg, &[]);
+    expect_identified(&hub);
+    assert!(hub.restart_sidecar(AGENT, "new release"));
+    sidecar.wait_output("self-update failed, staying on version 0.1.0, connected");
+    assert!(sidecar.output().contains("agentcom-sidecar-99.0.0's SHA-256 is"), "{}", sidecar.output());
+    // Still connected on the same connection: no disconnect seen, and a
+    // ping is answered.
+    assert!(sidecar.wait_exit(std::time::Duration::ZERO).is_none(), "the sidecar exited");
+    let events: Vec<DevHubEvent> = hub.events().try_iter().collect();
+    assert!(!events.iter().any(|e| matches!(e, DevHubEvent::Disconnected { .. })), "{events:?}");
+    assert!(r.on_disk() == r.old && !swap::previous_path(&r.exe).exists());
+    assert!(leftovers(r.exe.parent().unwrap()).is_empty());
+}
+
+fn leftovers(dir: &Path) -> Vec<String> {
+    fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".agentcom-sidecar"))
+        .collect()
+}
