@@ -205,3 +205,69 @@ fn leftovers(dir: &Path) -> Vec<String> {
         .filter(|n| n.starts_with(".agentcom-sidecar"))
         .collect()
 }
+
+/// `restart_sidecar` while a wake runs, and while a result waits to be
+/// reported (the hub rate-limited it): the update happens meanwhile, the
+/// restarted binary wakes again and reports, and the hub records one
+/// outcome. Unix: the wake waits on a gate file with sh.
+#[cfg(unix)]
+#[test]
+fn restart_sidecar_during_a_wake_and_with_a_report_pending_loses_nothing() {
+    use agentcom_sidecar::devhub::TaskStatus;
+
+    let hub = start_hub();
+    let (r, mut cfg) = release(&hub.url());
+    r.publish("99.0.0");
+    let dir = r.dir.path();
+    let gate = dir.join("gate");
+    cfg["wake_timeout_ms"] = json!(60_000);
+    cfg["wake_command"] = json!(format!(
+        "echo woken >> '{wakes}'; while [ ! -e '{gate}' ]; do sleep 0.02; done; : > \"$AGENTCOM_RESULTS_DIR/$AGENTCOM_TASK_ID.started\"",
+        wakes = dir.join("wakes.txt").display(),
+        gate = gate.display()
+    ));
+    let wakes = || fs::read_to_string(dir.join("wakes.txt")).unwrap_or_default().lines().count();
+    let mut sidecar = Sidecar::start_binary(&r.exe, dir, &cfg, &[]);
+    expect_identified(&hub);
+    let task_id = hub.push_task(AGENT, "d", json!({}));
+    wait_until("the wake to run", || (wakes() == 1).then_some(()));
+
+    // During the wake.
+    assert!(hub.restart_sidecar(AGENT, "new release"));
+    let status = sidecar.wait_exit(FAILSAFE).expect("the sidecar exits after the swap");
+    assert!(status.success(), "{status:?}");
+    assert!(r.on_disk() == r.new);
+    let mut restarted = None;
+    fs::write(&gate, "").unwrap();
+    let offline = offline_ms(&hub, || restarted = Some(Sidecar::start_binary(&r.exe, dir, &cfg, &[])));
+    println!("hub-visible offline time during the update (a wake running): {offline} ms");
+    let sidecar = restarted.unwrap();
+    let started = sidecar.results_dir().join(format!("{task_id}.started"));
+    wait_until("the agent to confirm after the restart", || started.exists().then_some(()));
+    assert_eq!(wakes(), 2, "the interrupted wake is run again once");
+
+    // With the result waiting to be reported.
+    hub.rate_limit_next("task_complete", 60_000);
+    let results = sidecar.results_dir();
+    fs::write(results.join("r.tmp"), json!({"status": "success", "output": "x"}).to_string()).unwrap();
+    fs::rename(results.join("r.tmp"), results.join(format!("{task_id}.json"))).unwrap();
+    expect_received(&hub, "task_complete");
+    hub.wait_for(
+        FAILSAFE,
+        |e| matches!(e, DevHubEvent::Sent { frame, .. } if frame["type"] == "rate_limited"),
+    )
+    .expect("the hub rate-limits the report");
+    r.publish("99.0.1");
+    let mut sidecar = sidecar;
+    assert!(hub.restart_sidecar(AGENT, "another release"));
+    let status = sidecar.wait_exit(FAILSAFE).expect("the sidecar exits after the swap");
+    assert!(status.success(), "{status:?}");
+    let mut again = None;
+    offline_ms(&hub, || again = Some(Sidecar::start_binary(&r.exe, dir, &cfg, &[])));
+    wait_until("the hub to record the result", || {
+        hub.task(&task_id).filter(|t| t.status == TaskStatus::Completed)
+    });
+    let task = hub.task(&task_id).unwrap();
+    assert_eq!(task.outcomes.len(), 1, "one outcome: {:?}", task.outcomes);
+    assert_eq!(wakes(), 2);
+}
