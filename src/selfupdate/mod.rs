@@ -90,7 +90,7 @@ impl Settings {
         let (Some(url), Some(key)) = (&config.update_url, &config.update_public_key) else {
             return Ok(None);
         };
-        let exe = std::env::current_exe().map_err(|e| format!("cannot find this binary's path: {e}"))?;
+        let exe = current_exe()?;
         let target = TARGET.ok_or("there is no release for this platform")?;
         Ok(Some(Settings {
             url: Url::parse(url).map_err(|e| format!("update_url: {e}"))?,
@@ -114,6 +114,19 @@ pub enum Outcome {
     UpToDate { version: String },
     /// The new binary is in place.
     Installed { from: String, to: String },
+}
+
+/// This binary's path: the system's answer, else (no /proc, as in an empty
+/// root) the path it was started by, when that has a directory in it.
+pub fn current_exe() -> Result<PathBuf, String> {
+    std::env::current_exe().or_else(|e| {
+        std::env::args_os()
+            .next()
+            .map(PathBuf::from)
+            .filter(|p| p.components().count() > 1)
+            .and_then(|p| std::path::absolute(p).ok())
+            .ok_or_else(|| format!("cannot find this binary's path: {e}"))
+    })
 }
 
 /// For config validation.
@@ -333,9 +346,7 @@ pub fn command(config: &Config, check_only: bool, force: bool) -> u8 {
 
 /// `update --rollback`.
 pub fn rollback_command(timeout: Duration) -> u8 {
-    let result = std::env::current_exe()
-        .map_err(|e| format!("cannot find this binary's path: {e}"))
-        .and_then(|exe| rollback(&exe, timeout).map(|version| (exe, version)));
+    let result = current_exe().and_then(|exe| rollback(&exe, timeout).map(|version| (exe, version)));
     match result {
         Ok((exe, version)) => {
             println!("rolled back to version {version} at {}; restart the sidecar to run it", exe.display());

@@ -97,8 +97,13 @@ pub fn run_once(binary: &Path, config: Option<&Path>, timeout: Duration) -> Resu
 /// Runs `binary args`, bounded by `timeout`; stdout on success, the exit
 /// status and first stderr line otherwise.
 fn run(binary: &Path, args: &[&std::ffi::OsStr], timeout: Duration) -> Result<String, String> {
-    let out_file = tempfile::tempfile().map_err(|e| format!("cannot make a temporary file: {e}"))?;
-    let err_file = tempfile::tempfile().map_err(|e| format!("cannot make a temporary file: {e}"))?;
+    // Beside the binary: there may be no /tmp (an empty root).
+    let dir = binary.parent().unwrap_or(Path::new("."));
+    let temp = || {
+        tempfile::tempfile_in(dir)
+            .map_err(|e| format!("cannot make a temporary file in {}: {e}", dir.display()))
+    };
+    let (out_file, err_file) = (temp()?, temp()?);
     let deadline = Instant::now() + timeout;
     let mut child = loop {
         let spawned = Command::new(binary)

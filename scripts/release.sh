@@ -1,0 +1,113 @@
+#!/usr/bin/env bash
+# Builds the release binaries into OUT_DIR and signs their manifest:
+#
+#   AGENTCOM_SIGNING_KEY=/path/to/minisign.key scripts/release.sh OUT_DIR
+#
+# OUT_DIR gets, per target, agentcom-sidecar-<target>[.exe], then
+# manifest.json (version, git revision, and per target the file name, size
+# and SHA-256) and manifest.json.minisig (minisign, Ed25519, with the secret
+# key at $AGENTCOM_SIGNING_KEY; minisign asks for its password if it has
+# one). Serve the directory as is and point update_url at manifest.json.
+#
+# Targets ($RELEASE_TARGETS, space-separated; default all three):
+#   x86_64-unknown-linux-musl   fully static: musl, and OpenSSL compiled in
+#                               (the `vendored-tls` feature: openssl-src)
+#   aarch64-unknown-linux-musl  the same for 64-bit ARM (Debian's aarch64
+#                               cross gcc and musl-dev:arm64)
+#   x86_64-pc-windows-gnu       the .exe, with SChannel (no OpenSSL)
+#
+# Built with Debian's Rust (rustc-web, cargo-web; std rebuilt from
+# rust-web-src with -Zbuild-std), so nothing but Debian packages and
+# crates.io is needed; .ci/release.sh installs them. Needs: rustc-web
+# cargo-web rust-web-src musl-tools minisign, plus gcc-aarch64-linux-gnu and
+# musl-dev:arm64 for ARM, gcc-mingw-w64-x86-64 for Windows.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+out=${1:?usage: scripts/release.sh OUT_DIR (with AGENTCOM_SIGNING_KEY set)}
+key=${AGENTCOM_SIGNING_KEY:?AGENTCOM_SIGNING_KEY must name the minisign secret key}
+[ -r "$key" ] || { echo "release: cannot read the signing key $key" >&2; exit 2; }
+targets=${RELEASE_TARGETS:-x86_64-unknown-linux-musl aarch64-unknown-linux-musl x86_64-pc-windows-gnu}
+mkdir -p "$out"
+out=$(cd "$out" && pwd)
+
+need() {
+  command -v "$1" >/dev/null 2>&1 || { echo "release: $1 is missing (Debian package $2)" >&2; exit 2; }
+}
+need minisign minisign
+need sha256sum coreutils
+[ -x /usr/bin/rustc ] && [ -x /usr/bin/cargo ] || { echo "release: Debian's rustc-web and cargo-web are missing" >&2; exit 2; }
+
+# Debian's toolchain, not rustup's (which may lack these targets' std).
+export PATH="/usr/bin:/bin:$PATH"
+export RUSTC=/usr/bin/rustc RUSTDOC=/usr/bin/rustdoc
+export RUSTC_BOOTSTRAP=1 # -Zbuild-std on a stable toolchain
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target/release-build}"
+scratch=$(mktemp -d)
+trap 'rm -rf "$scratch"' EXIT
+
+# Static musl: Rust's musl std links libunwind.a, which a -Zbuild-std
+# sysroot does not have; gcc's libgcc_eh.a provides the same _Unwind_* API.
+musl_setup() {
+  local arch=$1 gcc=$2 upper
+  upper=$(echo "${arch}_unknown_linux_musl" | tr 'a-z' 'A-Z')
+  local libdir="/usr/lib/${arch}-linux-musl"
+  [ -f "$libdir/libc.a" ] || { echo "release: $libdir/libc.a is missing (musl-dev for $arch)" >&2; exit 2; }
+  need "$gcc" "gcc for $arch"
+  mkdir -p "$scratch/$arch"
+  ln -sf "$("$gcc" -print-file-name=libgcc_eh.a)" "$scratch/$arch/libunwind.a"
+  # A musl-gcc for this arch: Debian's specs file with the paths swapped.
+  sed -e "s/x86_64-linux-musl/${arch}-linux-musl/g" -e "s/ld-musl-x86_64/ld-musl-${arch}/g" \
+    /usr/lib/x86_64-linux-musl/musl-gcc.specs >"$scratch/$arch/musl-gcc.specs"
+  printf '#!/bin/sh\nexec %s "$@" -specs %s\n' "$gcc" "$scratch/$arch/musl-gcc.specs" >"$scratch/$arch/cc"
+  chmod +x "$scratch/$arch/cc"
+  export "CARGO_TARGET_${upper}_LINKER=$scratch/$arch/cc"
+  export "CARGO_TARGET_${upper}_RUSTFLAGS=-C link-self-contained=no -C target-feature=+crt-static -L $scratch/$arch"
+  # openssl-src's C compiler and archiver.
+  export "CC_${arch}_unknown_linux_musl=$scratch/$arch/cc"
+  export "AR_${arch}_unknown_linux_musl=${gcc%gcc}ar"
+}
+
+build() {
+  local target=$1 features=() name="agentcom-sidecar-$1" exe=agentcom-sidecar
+  case "$target" in
+    x86_64-unknown-linux-musl) musl_setup x86_64 x86_64-linux-gnu-gcc; features=(--features vendored-tls) ;;
+    aarch64-unknown-linux-musl) musl_setup aarch64 aarch64-linux-gnu-gcc; features=(--features vendored-tls) ;;
+    x86_64-pc-windows-gnu)
+      need x86_64-w64-mingw32-gcc gcc-mingw-w64-x86-64
+      export CARGO_TARGET_X86_64_PC_WINDOWS_GNU_LINKER=x86_64-w64-mingw32-gcc
+      name="$name.exe" exe=agentcom-sidecar.exe
+      ;;
+    *) echo "release: unknown target $target" >&2; exit 2 ;;
+  esac
+  echo "== release: $target"
+  local started=$SECONDS
+  cargo build --locked --release --target "$target" -Zbuild-std=std,panic_unwind \
+    "${features[@]}" --bin agentcom-sidecar
+  cp "$CARGO_TARGET_DIR/$target/release/$exe" "$out/$name"
+  echo "release: $name $(stat -c %s "$out/$name") bytes, built in $((SECONDS - started)) s"
+}
+
+for target in $targets; do
+  build "$target"
+done
+
+version=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -n1)
+revision=$(git rev-parse HEAD 2>/dev/null || echo unknown)
+{
+  printf '{\n  "version": "%s",\n  "git_revision": "%s",\n  "files": {' "$version" "$revision"
+  sep=""
+  for target in $targets; do
+    name="agentcom-sidecar-$target"
+    [ "$target" = x86_64-pc-windows-gnu ] && name="$name.exe"
+    printf '%s\n    "%s": { "file": "%s", "size": %s, "sha256": "%s" }' "$sep" "$target" "$name" \
+      "$(stat -c %s "$out/$name")" "$(sha256sum "$out/$name" | cut -d' ' -f1)"
+    sep=","
+  done
+  printf '\n  }\n}\n'
+} >"$out/manifest.json"
+rm -f "$out/manifest.json.minisig"
+minisign -S -s "$key" -m "$out/manifest.json" -x "$out/manifest.json.minisig" \
+  -t "agentcom-sidecar $version ($revision)"
+echo "release: $out/manifest.json signed"
+cat "$out/manifest.json"
