@@ -142,4 +142,7 @@ exec 3>&-
 wait "$hub_pid" || true
 hub_pid=
 
+echo "== release: the update with the binary's directory full, then read-only (tmpfs in a mount namespace)"
+cargo test --locked --test it selfupdate:: -- --ignored
+
 echo "release: stage took $((SECONDS - started)) s (build $((built - started)) s)"

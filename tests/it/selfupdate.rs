@@ -271,3 +271,44 @@ fn restart_sidecar_during_a_wake_and_with_a_report_pending_loses_nothing() {
     assert_eq!(task.outcomes.len(), 1, "one outcome: {:?}", task.outcomes);
     assert_eq!(wakes(), 2);
 }
+
+/// The binary's directory full, then read-only, while `update` runs: it
+/// fails saying so, and the directory holds the old binary and nothing else.
+/// Each case mounts a tmpfs over the directory in a mount namespace of its
+/// own (Linux, root: run by .ci/release.sh).
+#[cfg(target_os = "linux")]
+#[test]
+#[ignore = "needs root and mount namespaces (unshare, tmpfs): run by .ci/release.sh"]
+fn a_full_or_read_only_directory_leaves_the_old_binary_alone() {
+    let (r, _) = release("ws://127.0.0.1:9/ws");
+    r.publish("99.0.0");
+    let old_copy = r.dir.path().join("old-copy");
+    fs::write(&old_copy, &r.old).unwrap();
+    // Room for the old binary only; then room, but read-only.
+    let full = format!(
+        "mount -t tmpfs -o size={}k tmpfs \"$1\" && cp \"$2\" \"$1/{EXE}\" && chmod 755 \"$1/{EXE}\"",
+        r.old.len() / 1024 + 256
+    );
+    let read_only =
+        format!("mount -t tmpfs tmpfs \"$1\" && cp \"$2\" \"$1/{EXE}\" && chmod 755 \"$1/{EXE}\" && mount -o remount,ro \"$1\"");
+    for (setup, needle) in [(full, "No space left on device"), (read_only, "Read-only file system")] {
+        let script = format!(
+            "{setup} || exit 99\n\"$1/{EXE}\" update --config \"$3\"; echo \"exit=$?\"\n\
+             cmp -s \"$1/{EXE}\" \"$2\" && echo same-binary\nls -A \"$1\""
+        );
+        let out = Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sh", "-c", &script, "sh"])
+            .arg(r.exe.parent().unwrap())
+            .arg(&old_copy)
+            .arg(r.dir.path().join("config.json"))
+            .output()
+            .expect("unshare runs");
+        let text = text(&out);
+        assert!(out.status.success(), "the mount failed: {text}");
+        assert!(text.contains("update failed, the binary is unchanged"), "{text}");
+        assert!(text.contains(needle), "{needle}: {text}");
+        assert!(text.contains("exit=1\n") && text.contains("same-binary\n"), "{text}");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(stdout.ends_with(&format!("same-binary\n{EXE}\n")), "only the binary is left: {text}");
+    }
+}
