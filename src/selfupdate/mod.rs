@@ -217,12 +217,28 @@ pub fn update(settings: &Settings, check_only: bool, force: bool) -> Result<Outc
         .join(&artifact.file)
         .map_err(|e| format!("cannot resolve {} against update_url: {e}", artifact.file))?;
     let dir = settings.exe.parent().unwrap_or(Path::new("."));
+    remove_leftovers(dir);
     let new = download(&fetcher, &file_url, &artifact, dir)?;
     swap::run_once(&new, settings.config_path.as_deref(), settings.timeout)?;
     swap::replace(&settings.exe, &new, &swap::previous_path(&settings.exe))?;
     // Renamed into place: nothing left to delete.
     let _ = new.keep();
     Ok(Outcome::Installed { from: settings.current_version.clone(), to: manifest.version })
+}
+
+/// Temporary files an update killed half-way left beside the binary. (One
+/// still in use by another update makes that one fail, harmlessly.)
+fn remove_leftovers(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with(".agentcom-sidecar-new-") || name.starts_with(".agentcom-sidecar-old-") {
+            if std::fs::remove_file(entry.path()).is_ok() {
+                log::info!("removed {}, left by an interrupted update", entry.path().display());
+            }
+        }
+    }
 }
 
 /// Downloads `url` into a temporary file in `dir`, checking its size and
@@ -236,6 +252,7 @@ fn download(
     let name = &artifact.file;
     let mut file = tempfile::Builder::new()
         .prefix(".agentcom-sidecar-new-")
+        .suffix(std::env::consts::EXE_SUFFIX)
         .tempfile_in(dir)
         .map_err(|e| format!("cannot create a temporary file beside the binary in {}: {e}", dir.display()))?;
     let mut body =
