@@ -20,7 +20,9 @@
 # rust-web-src with -Zbuild-std), so nothing but Debian packages and
 # crates.io is needed; .ci/release.sh installs them. Needs: rustc-web
 # cargo-web rust-web-src musl-tools minisign, plus gcc-aarch64-linux-gnu and
-# musl-dev:arm64 for ARM, gcc-mingw-w64-x86-64 for Windows.
+# musl-dev:arm64 for ARM (dpkg --add-architecture arm64), and
+# gcc-mingw-w64-x86-64 for Windows; libunwind-14-dev is fetched per arch
+# with `apt-get download` (see musl_setup).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -43,36 +45,53 @@ export PATH="/usr/bin:/bin:$PATH"
 export RUSTC=/usr/bin/rustc RUSTDOC=/usr/bin/rustdoc
 export RUSTC_BOOTSTRAP=1 # -Zbuild-std on a stable toolchain
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target/release-build}"
-scratch=$(mktemp -d)
-trap 'rm -rf "$scratch"' EXIT
 
-# Static musl: Rust's musl std links libunwind.a, which a -Zbuild-std
-# sysroot does not have; gcc's libgcc_eh.a provides the same _Unwind_* API.
+# Static musl with Debian's gcc: a musl-gcc for the arch (Debian's specs
+# file with the paths swapped), and the libunwind.a that Rust's musl std
+# links (a -Zbuild-std sysroot has none): LLVM's, as in Rust's own musl
+# targets, from Debian's libunwind-14-dev for that arch (fetched with
+# `apt-get download`, not installed), plus __fprintf_chk, the one glibc-only
+# symbol it uses. (gcc's libgcc_eh.a does not do: it calls glibc's
+# _dl_find_object.) Kept under the target dir at a fixed path, so the
+# flags, and with them cargo's cache, stay the same from run to run.
 musl_setup() {
-  local arch=$1 gcc=$2 upper
+  local arch=$1 gcc=$2 debarch=$3 upper
   upper=$(echo "${arch}_unknown_linux_musl" | tr 'a-z' 'A-Z')
-  local libdir="/usr/lib/${arch}-linux-musl"
-  [ -f "$libdir/libc.a" ] || { echo "release: $libdir/libc.a is missing (musl-dev for $arch)" >&2; exit 2; }
+  local libdir="/usr/lib/${arch}-linux-musl" tools="$CARGO_TARGET_DIR/musl-tools/$arch"
+  [ -f "$libdir/libc.a" ] || { echo "release: $libdir/libc.a is missing (musl-dev:$debarch)" >&2; exit 2; }
   need "$gcc" "gcc for $arch"
-  mkdir -p "$scratch/$arch"
-  ln -sf "$("$gcc" -print-file-name=libgcc_eh.a)" "$scratch/$arch/libunwind.a"
-  # A musl-gcc for this arch: Debian's specs file with the paths swapped.
+  mkdir -p "$tools"
   sed -e "s/x86_64-linux-musl/${arch}-linux-musl/g" -e "s/ld-musl-x86_64/ld-musl-${arch}/g" \
-    /usr/lib/x86_64-linux-musl/musl-gcc.specs >"$scratch/$arch/musl-gcc.specs"
-  printf '#!/bin/sh\nexec %s "$@" -specs %s\n' "$gcc" "$scratch/$arch/musl-gcc.specs" >"$scratch/$arch/cc"
-  chmod +x "$scratch/$arch/cc"
-  export "CARGO_TARGET_${upper}_LINKER=$scratch/$arch/cc"
-  export "CARGO_TARGET_${upper}_RUSTFLAGS=-C link-self-contained=no -C target-feature=+crt-static -L $scratch/$arch"
+    /usr/lib/x86_64-linux-musl/musl-gcc.specs >"$tools/musl-gcc.specs"
+  printf '#!/bin/sh\nexec %s "$@" -specs %s\n' "$gcc" "$tools/musl-gcc.specs" >"$tools/cc"
+  chmod +x "$tools/cc"
+  if [ ! -f "$tools/libunwind.a" ]; then
+    rm -rf "$tools/deb" && mkdir -p "$tools/deb"
+    (cd "$tools/deb" && apt-get download "libunwind-14-dev:$debarch" >/dev/null) ||
+      { echo "release: cannot fetch libunwind-14-dev:$debarch (apt-get download)" >&2; exit 2; }
+    dpkg -x "$tools"/deb/*.deb "$tools/deb/x"
+    printf '%s\n' '#include <stdarg.h>' '#include <stdio.h>' \
+      'int __fprintf_chk(FILE *f, int flag, const char *fmt, ...) {' \
+      '    va_list ap; va_start(ap, fmt); int n = vfprintf(f, fmt, ap); va_end(ap); (void)flag; return n;' \
+      '}' >"$tools/fortify.c"
+    "$tools/cc" -O2 -c "$tools/fortify.c" -o "$tools/fortify.o"
+    cp "$tools/deb/x/usr/lib/llvm-14/lib/libunwind.a" "$tools/libunwind.a.tmp"
+    chmod u+w "$tools/libunwind.a.tmp"
+    "${gcc%gcc}ar" rs "$tools/libunwind.a.tmp" "$tools/fortify.o"
+    mv "$tools/libunwind.a.tmp" "$tools/libunwind.a"
+  fi
+  export "CARGO_TARGET_${upper}_LINKER=$tools/cc"
+  export "CARGO_TARGET_${upper}_RUSTFLAGS=-C link-self-contained=no -C target-feature=+crt-static -L $tools"
   # openssl-src's C compiler and archiver.
-  export "CC_${arch}_unknown_linux_musl=$scratch/$arch/cc"
+  export "CC_${arch}_unknown_linux_musl=$tools/cc"
   export "AR_${arch}_unknown_linux_musl=${gcc%gcc}ar"
 }
 
 build() {
   local target=$1 features=() name="agentcom-sidecar-$1" exe=agentcom-sidecar
   case "$target" in
-    x86_64-unknown-linux-musl) musl_setup x86_64 x86_64-linux-gnu-gcc; features=(--features vendored-tls) ;;
-    aarch64-unknown-linux-musl) musl_setup aarch64 aarch64-linux-gnu-gcc; features=(--features vendored-tls) ;;
+    x86_64-unknown-linux-musl) musl_setup x86_64 x86_64-linux-gnu-gcc amd64; features=(--features vendored-tls) ;;
+    aarch64-unknown-linux-musl) musl_setup aarch64 aarch64-linux-gnu-gcc arm64; features=(--features vendored-tls) ;;
     x86_64-pc-windows-gnu)
       need x86_64-w64-mingw32-gcc gcc-mingw-w64-x86-64
       export CARGO_TARGET_X86_64_PC_WINDOWS_GNU_LINKER=x86_64-w64-mingw32-gcc
