@@ -46,6 +46,38 @@ export RUSTC=/usr/bin/rustc RUSTDOC=/usr/bin/rustdoc
 export RUSTC_BOOTSTRAP=1 # -Zbuild-std on a stable toolchain
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target/release-build}"
 
+# Debian's musl-gcc.specs for any arch, plus what rustc's static PIE needs
+# (-static-pie: rcrt1.o, no program interpreter), and without gcc's
+# libgcc_eh.a (see musl_setup).
+musl_specs() {
+  local lib="/usr/lib/$1-linux-musl" inc="/usr/include/$1-linux-musl"
+  cat <<EOF
+%rename cpp_options old_cpp_options
+
+*cpp_options:
+-nostdinc -isystem $inc -isystem include%s %(old_cpp_options)
+
+*cc1:
+%(cc1_cpu) -nostdinc -isystem $inc -isystem include%s
+
+*link_libgcc:
+-L$lib -L .%s
+
+*libgcc:
+libgcc.a%s
+
+*startfile:
+%{static-pie:$lib/rcrt1.o} %{!static-pie:%{!shared: $lib/Scrt1.o}} $lib/crti.o crtbeginS.o%s
+
+*endfile:
+crtendS.o%s $lib/crtn.o
+
+*link:
+%{!static:%{!static-pie:-dynamic-linker /lib/ld-musl-$1.so.1}} -nostdlib %{shared:-shared} %{static:-static} %{static-pie:-static -pie --no-dynamic-linker -z text}
+
+EOF
+}
+
 # Static musl with Debian's gcc: a musl-gcc for the arch (Debian's specs
 # file with the paths swapped), and the libunwind.a that Rust's musl std
 # links (a -Zbuild-std sysroot has none): LLVM's, as in Rust's own musl
@@ -61,8 +93,7 @@ musl_setup() {
   [ -f "$libdir/libc.a" ] || { echo "release: $libdir/libc.a is missing (musl-dev:$debarch)" >&2; exit 2; }
   need "$gcc" "gcc for $arch"
   mkdir -p "$tools"
-  sed -e "s/x86_64-linux-musl/${arch}-linux-musl/g" -e "s/ld-musl-x86_64/ld-musl-${arch}/g" \
-    /usr/lib/x86_64-linux-musl/musl-gcc.specs >"$tools/musl-gcc.specs"
+  musl_specs "$arch" >"$tools/musl-gcc.specs"
   printf '#!/bin/sh\nexec %s "$@" -specs %s\n' "$gcc" "$tools/musl-gcc.specs" >"$tools/cc"
   chmod +x "$tools/cc"
   if [ ! -f "$tools/libunwind.a" ]; then

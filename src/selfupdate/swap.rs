@@ -108,12 +108,16 @@ fn run(binary: &Path, args: &[&std::ffi::OsStr], timeout: Duration) -> Result<St
     let mut child = loop {
         let spawned = Command::new(binary)
             .args(args)
-            .stdin(Stdio::null())
+            // A pipe closed at once, not /dev/null: an empty root has no /dev.
+            .stdin(Stdio::piped())
             .stdout(out_file.try_clone().map_err(|e| e.to_string())?)
             .stderr(err_file.try_clone().map_err(|e| e.to_string())?)
             .spawn();
         match spawned {
-            Ok(child) => break child,
+            Ok(mut child) => {
+                drop(child.stdin.take());
+                break child;
+            }
             // "Text file busy": another thread's fork still holds the
             // file we wrote (until its exec closes it). Brief; retry.
             Err(e) if is_text_busy(&e) && Instant::now() < deadline => {
