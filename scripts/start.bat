@@ -14,10 +14,12 @@ rem We run a copy, agentcom-sidecar.last-good.exe, replaced only after a build
 rem succeeds (copy to .tmp, then move over it), so a failed build can never
 rem leave us without a complete binary. The copy also keeps cargo free to
 rem replace agentcom-sidecar.exe while the sidecar runs.
-rem With update_url in the config (the binary channel) there is nothing to
-rem pull or build: it runs the release binary at %AGENTCOM_BINARY% (default
-rem bin\agentcom-sidecar.exe), which replaces itself on the hub's
-rem restart_sidecar (see README, Install).
+rem The binary channel: when a release binary is installed at
+rem %AGENTCOM_BINARY% (default bin\agentcom-sidecar.exe; README, Install)
+rem there is nothing to pull or build: it runs that, and the binary replaces
+rem itself on the hub's restart_sidecar when the config sets update_url.
+rem (start.sh reads update_url from the config; cmd has no JSON reader, and
+rem findstr differs under Wine, where this script is tested.)
 rem cmd cannot exec, so this script waits for the sidecar and passes on its
 rem exit code. Messages go to stderr.
 rem
@@ -29,15 +31,9 @@ setlocal EnableExtensions
 cd /d "%~dp0.."
 
 if not defined SIDECAR_CONFIG set "SIDECAR_CONFIG=config.json"
-if not exist "%SIDECAR_CONFIG%" goto source_channel
-findstr /c:update_url "%SIDECAR_CONFIG%" >nul 2>&1
-if errorlevel 1 goto source_channel
 if not defined AGENTCOM_BINARY set "AGENTCOM_BINARY=bin\agentcom-sidecar.exe"
-if exist "%AGENTCOM_BINARY%" goto run_release
-echo start.bat: update_url is set but there is no release binary at %AGENTCOM_BINARY%; install one (README, Install) or set AGENTCOM_BINARY 1>&2
-exit /b 1
-:run_release
-echo start.bat: update_url is set: running the release binary %AGENTCOM_BINARY% (no pull, no build) 1>&2
+if not exist "%AGENTCOM_BINARY%" goto source_channel
+echo start.bat: running the release binary %AGENTCOM_BINARY% (no pull, no build) 1>&2
 "%AGENTCOM_BINARY%" --config "%SIDECAR_CONFIG%" %*
 exit /b %errorlevel%
 :source_channel

@@ -19,6 +19,18 @@ use sha2::{Digest, Sha256};
 use crate::support::*;
 
 const EXE: &str = if cfg!(windows) { "agentcom-sidecar.exe" } else { "agentcom-sidecar" };
+/// An update copies, hashes and runs the whole (debug, tens of MB) binary:
+/// under Wine on a busy machine that takes longer than FAILSAFE allows.
+const UPDATE_FAILSAFE: std::time::Duration = std::time::Duration::from_secs(180);
+
+/// Waits, up to UPDATE_FAILSAFE, for `needle` in the sidecar's output.
+fn wait_output_long(sidecar: &Sidecar, needle: &str) {
+    let deadline = Instant::now() + UPDATE_FAILSAFE;
+    while !sidecar.output().contains(needle) {
+        assert!(Instant::now() < deadline, "timed out waiting for {needle:?}: {}", sidecar.output());
+        std::thread::park_timeout(std::time::Duration::from_millis(20));
+    }
+}
 
 struct Release {
     server: TestServer,
@@ -164,7 +176,7 @@ fn restart_sidecar_installs_the_release_then_exits_and_the_new_binary_connects()
     let mut sidecar = Sidecar::start_binary(&r.exe, r.dir.path(), &cfg, &[]);
     expect_identified(&hub);
     assert!(hub.restart_sidecar(AGENT, "new release"));
-    let status = sidecar.wait_exit(FAILSAFE).expect("the sidecar exits after the swap");
+    let status = sidecar.wait_exit(UPDATE_FAILSAFE).expect("the sidecar exits after the swap");
     assert!(status.success(), "{status:?}: {}", sidecar.output());
     let output = sidecar.output();
     assert!(output.contains("self-update: version 99.0.0 is in place"), "{output}");
@@ -187,7 +199,7 @@ fn restart_sidecar_with_a_bad_release_stays_connected_on_the_old_binary() {
     let mut sidecar = Sidecar::start_binary(&r.exe, r.dir.path(), &cfg, &[]);
     expect_identified(&hub);
     assert!(hub.restart_sidecar(AGENT, "new release"));
-    sidecar.wait_output("self-update failed, staying on version 0.1.0, connected");
+    wait_output_long(&sidecar, "self-update failed, staying on version 0.1.0, connected");
     assert!(sidecar.output().contains("agentcom-sidecar-99.0.0's SHA-256 is"), "{}", sidecar.output());
     // Still connected on the same connection: no disconnect seen, and a
     // ping is answered.
@@ -234,7 +246,7 @@ fn restart_sidecar_during_a_wake_and_with_a_report_pending_loses_nothing() {
 
     // During the wake.
     assert!(hub.restart_sidecar(AGENT, "new release"));
-    let status = sidecar.wait_exit(FAILSAFE).expect("the sidecar exits after the swap");
+    let status = sidecar.wait_exit(UPDATE_FAILSAFE).expect("the sidecar exits after the swap");
     assert!(status.success(), "{status:?}");
     assert!(r.on_disk() == r.new);
     let mut restarted = None;
@@ -260,7 +272,7 @@ fn restart_sidecar_during_a_wake_and_with_a_report_pending_loses_nothing() {
     r.publish("99.0.1");
     let mut sidecar = sidecar;
     assert!(hub.restart_sidecar(AGENT, "another release"));
-    let status = sidecar.wait_exit(FAILSAFE).expect("the sidecar exits after the swap");
+    let status = sidecar.wait_exit(UPDATE_FAILSAFE).expect("the sidecar exits after the swap");
     assert!(status.success(), "{status:?}");
     let mut again = None;
     offline_ms(&hub, || again = Some(Sidecar::start_binary(&r.exe, dir, &cfg, &[])));
