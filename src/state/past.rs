@@ -131,6 +131,7 @@ impl State {
         // has ended; if the hub hands the task back, its result is reported
         // again from its files.
         super::report::withdraw_stale_reports(&mut self.link, &task.id, None);
+        self.link.forget_info(&task.id);
         let keep_until = (fate == PastFate::TakenBack).then(|| now + self.settings.readopt_window);
         let past = PastTask {
             task_id: task.id.clone(),

@@ -169,7 +169,6 @@ impl Executor {
             match command {
                 WakeCommand::Run(request) => {
                     let outcome = self.run_attempt(*request);
-                    warn_if_failed(&outcome);
                     (self.on_outcome)(outcome);
                 }
                 WakeCommand::Cancel(task_id) => {
@@ -195,6 +194,7 @@ impl Executor {
             attempt: request.attempt,
             identity,
         });
+        crate::failpoint::panic_at("wake_running");
         let deadline = match started.checked_add(request.timeout) {
             Some(deadline) => at(deadline),
             None => never(),
@@ -454,24 +454,6 @@ fn exit_status(request: &WakeRequest, child: &mut Child, wait_result: io::Result
             WakeStatus::Failed { exit_code: None }
         }
     }
-}
-
-/// A failed attempt's warning names the likely reason: the last line of its
-/// stderr (the full tail goes to the lifecycle log with the outcome).
-fn warn_if_failed(outcome: &WakeOutcome) {
-    if matches!(outcome.status, WakeStatus::Success | WakeStatus::Cancelled) {
-        return;
-    }
-    let stderr = match outcome.stderr_last_line() {
-        Some(line) => format!("last line of stderr: {line}"),
-        None => "no stderr".to_string(),
-    };
-    log::warn!(
-        "wake attempt {} for task {} failed ({}); {stderr}",
-        outcome.attempt,
-        outcome.task_id,
-        outcome.status
-    );
 }
 
 fn kill_tree(pid: u32, tree: &sys::ProcessTree) {

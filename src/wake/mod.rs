@@ -31,10 +31,13 @@ use self::windows as sys;
 
 pub use capture::TAIL_LIMIT_BYTES;
 pub use executor::{WakeHandle, OUTPUT_GRACE};
+#[cfg(test)]
+pub(crate) use render::task_environment;
 pub(crate) use render::TASK_FILE_TEMP_PREFIX;
 pub use render::{
-    render_command, write_task_file, ENV_GENERATION, ENV_RESULTS_DIR, ENV_TASK_DESCRIPTION, ENV_TASK_FILE,
-    ENV_TASK_ID, ENV_TASK_JSON, ENV_TASK_TRUNCATED, ENV_VALUE_LIMIT_BYTES, TRUNCATION_MARKER,
+    render_command, write_task_file, ENV_GENERATION, ENV_MAX_RESULT_BYTES, ENV_RESULTS_DIR, ENV_SIDECAR,
+    ENV_TASK_DESCRIPTION, ENV_TASK_FILE, ENV_TASK_ID, ENV_TASK_JSON, ENV_TASK_TRUNCATED,
+    ENV_VALUE_LIMIT_BYTES, TRUNCATION_MARKER,
 };
 
 /// One wake attempt, as the event loop asks for it.
@@ -60,6 +63,10 @@ pub struct WakeRequest {
     pub work_dir: PathBuf,
     /// Kill the command's process tree if it has not exited by then.
     pub timeout: Duration,
+    /// The config's `max_result_bytes`, passed down to the command as
+    /// `AGENTCOM_MAX_RESULT_BYTES` for the reporting helpers to check
+    /// against.
+    pub max_result_bytes: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -198,6 +205,7 @@ impl fmt::Debug for WakeRequest {
             .field("results_dir", &self.results_dir)
             .field("work_dir", &self.work_dir)
             .field("timeout", &self.timeout)
+            .field("max_result_bytes", &self.max_result_bytes)
             .finish()
     }
 }

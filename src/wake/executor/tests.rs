@@ -79,6 +79,7 @@ impl Fixture {
             results_dir: self.dir().to_path_buf(),
             work_dir: self.dir().to_path_buf(),
             timeout: FAILSAFE,
+            max_result_bytes: 1 << 20,
         }
     }
 

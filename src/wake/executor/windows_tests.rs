@@ -99,6 +99,7 @@ impl Fixture {
             results_dir: self.dir.clone(),
             work_dir: self.dir.clone(),
             timeout,
+            max_result_bytes: 1 << 20,
         }
     }
 
