@@ -233,10 +233,9 @@ fn remove_leftovers(dir: &Path) {
     for entry in entries.flatten() {
         let name = entry.file_name();
         let name = name.to_string_lossy();
-        if name.starts_with(".agentcom-sidecar-new-") || name.starts_with(".agentcom-sidecar-old-") {
-            if std::fs::remove_file(entry.path()).is_ok() {
-                log::info!("removed {}, left by an interrupted update", entry.path().display());
-            }
+        let ours = name.starts_with(".agentcom-sidecar-new-") || name.starts_with(".agentcom-sidecar-old-");
+        if ours && std::fs::remove_file(entry.path()).is_ok() {
+            log::info!("removed {}, left by an interrupted update", entry.path().display());
         }
     }
 }
