@@ -14,6 +14,12 @@ rem We run a copy, agentcom-sidecar.last-good.exe, replaced only after a build
 rem succeeds (copy to .tmp, then move over it), so a failed build can never
 rem leave us without a complete binary. The copy also keeps cargo free to
 rem replace agentcom-sidecar.exe while the sidecar runs.
+rem The binary channel: when a release binary is installed at
+rem %AGENTCOM_BINARY% (default bin\agentcom-sidecar.exe; README, Install)
+rem there is nothing to pull or build: it runs that, and the binary replaces
+rem itself on the hub's restart_sidecar when the config sets update_url.
+rem (start.sh reads update_url from the config; cmd has no JSON reader, and
+rem findstr differs under Wine, where this script is tested.)
 rem cmd cannot exec, so this script waits for the sidecar and passes on its
 rem exit code. Messages go to stderr.
 rem
@@ -23,6 +29,14 @@ rem the tests run this script, gets those wrong. "call" runs git and cargo so
 rem that a .cmd or .bat shim returns here instead of ending this script.
 setlocal EnableExtensions
 cd /d "%~dp0.."
+
+if not defined SIDECAR_CONFIG set "SIDECAR_CONFIG=config.json"
+if not defined AGENTCOM_BINARY set "AGENTCOM_BINARY=bin\agentcom-sidecar.exe"
+if not exist "%AGENTCOM_BINARY%" goto source_channel
+echo start.bat: running the release binary %AGENTCOM_BINARY% (no pull, no build) 1>&2
+"%AGENTCOM_BINARY%" --config "%SIDECAR_CONFIG%" %*
+exit /b %errorlevel%
+:source_channel
 
 if "%AGENTCOM_SKIP_PULL%"=="1" goto no_pull
 set GIT_TERMINAL_PROMPT=0

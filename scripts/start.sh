@@ -33,6 +33,13 @@
 # rebuilds. A running binary may be renamed over (the running process keeps
 # its file), which is what lets update.sh build while the sidecar runs.
 #
+# The binary channel: when the config sets update_url, there is nothing to
+# pull or build. This script then runs the release binary at
+# ${AGENTCOM_BINARY:-bin/agentcom-sidecar} (installed as README "Install"
+# says; the sidecar replaces it itself on the hub's restart_sidecar, and
+# update.sh with `agentcom-sidecar update`); AGENTCOM_BUILD_ONLY=1 then
+# does nothing.
+#
 # Messages go to stderr, so stdout carries only the sidecar's own log. Each
 # starts with a UTC timestamp like the sidecar's lines (pm2 adds none).
 # Environment: SIDECAR_CONFIG (config path, relative to the repository root),
@@ -79,6 +86,21 @@ pull() {
 
 repo_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$repo_root"
+
+# The binary channel (see the top): update_url set to a non-empty string.
+config="${SIDECAR_CONFIG:-config.json}"
+if [[ -f "$config" ]] && grep -Eq '"update_url"[[:space:]]*:[[:space:]]*"[^"[:space:]]' "$config"; then
+    binary="${AGENTCOM_BINARY:-bin/agentcom-sidecar}"
+    if [[ "${AGENTCOM_BUILD_ONLY:-}" == 1 ]]; then
+        exit 0
+    fi
+    if [[ ! -x "$binary" ]]; then
+        log "update_url is set but there is no release binary at $binary; install one (README, Install) or set AGENTCOM_BINARY"
+        exit 1
+    fi
+    log "update_url is set: running the release binary $binary (no pull, no build)"
+    exec "$binary" --config "$config" "$@"
+fi
 
 release_dir="${CARGO_TARGET_DIR:-target}/release"
 built_binary="$release_dir/agentcom-sidecar"

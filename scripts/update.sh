@@ -27,6 +27,11 @@
 # has "update_command": "scripts/update.sh" (detached from the sidecar, so
 # the restart does not kill it; its output goes to update_log).
 #
+# With update_url in the config (the binary channel), step 1 is
+# `agentcom-sidecar update` instead (${AGENTCOM_BINARY:-bin/agentcom-sidecar}:
+# the signed release is downloaded, verified, run once and put in place while
+# the sidecar keeps running); nothing newer: no restart.
+#
 # Only one update runs at a time (flock, where installed). Exit codes: 0
 # updated or nothing to do, 1 no binary for HEAD (sidecar left running),
 # 2 usage, 3 the restart command failed, 4 another update is running.
@@ -82,6 +87,35 @@ if command -v flock >/dev/null 2>&1; then
         log "another update is running; leaving it to finish"
         exit 4
     fi
+fi
+
+config="${SIDECAR_CONFIG:-config.json}"
+if [[ -f "$config" ]] && grep -Eq '"update_url"[[:space:]]*:[[:space:]]*"[^"[:space:]]' "$config"; then
+    binary="${AGENTCOM_BINARY:-bin/agentcom-sidecar}"
+    log "update_url is set: installing the signed release with $binary update"
+    status=0
+    "$binary" update --config "$config" >&2 || status=$?
+    case "$status" in
+    0) ;;
+    3)
+        log "nothing newer; not restarting"
+        exit 0
+        ;;
+    *)
+        log "the update failed (exit $status); not restarting: the running sidecar stays as it is"
+        exit 1
+        ;;
+    esac
+    if [[ -z "$restart_command" ]]; then
+        restart_command="pm2 restart ${pm_id:-agentcom-sidecar}"
+    fi
+    log "the new binary is in place; restarting: $restart_command"
+    if ! sh -c "$restart_command" </dev/null >&2 9>&-; then
+        log "the restart command failed; the new binary runs from the sidecar's next restart"
+        exit 3
+    fi
+    log "restarted"
+    exit 0
 fi
 
 log "pulling and building while the sidecar keeps running"

@@ -17,4 +17,7 @@ pub enum Event {
     Results(ResultsEvent),
     /// Ctrl-C, SIGTERM, or a test harness.
     Shutdown,
+    /// The hub's `restart_sidecar` with `update_url`: the new binary is in
+    /// place (src/selfupdate); exit for the supervisor to start it.
+    UpdateInstalled { version: String },
 }

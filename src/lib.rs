@@ -23,6 +23,7 @@ pub mod protocol;
 pub mod queue_lock;
 pub mod queue_store;
 pub mod retry;
+pub mod selfupdate;
 pub mod service;
 pub mod state;
 pub mod status;

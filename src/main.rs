@@ -26,6 +26,10 @@ USAGE:
                                                rehearse the wake command on a pretend task, no hub
     agentcom-sidecar service ...               install and control the Windows service
                                                (`agentcom-sidecar service --help`)
+    agentcom-sidecar update [--check] [--force] [--config PATH]
+                                               install the newer release from update_url (signed);
+                                               exit 0 installed (--check: available), 3 nothing newer
+    agentcom-sidecar update --rollback         put back the binary the last update replaced
     agentcom-sidecar --help | --version
 
 The config path defaults to $SIDECAR_CONFIG, then ./config.json.
@@ -35,6 +39,7 @@ enum Command {
     Run,
     Check,
     Status,
+    Update,
 }
 
 fn main() -> ExitCode {
@@ -51,6 +56,7 @@ fn main() -> ExitCode {
     let mut command = Command::Run;
     let mut config_path: Option<PathBuf> = None;
     let mut json = false;
+    let (mut check_only, mut rollback, mut force) = (false, false, false);
     let mut args = std::env::args_os().skip(1);
     while let Some(arg) = args.next() {
         let Some(arg_str) = arg.to_str() else {
@@ -73,6 +79,10 @@ fn main() -> ExitCode {
             "check" => command = Command::Check,
             "status" => command = Command::Status,
             "run" => command = Command::Run,
+            "update" => command = Command::Update,
+            "--check" => check_only = true,
+            "--rollback" => rollback = true,
+            "--force" => force = true,
             other => match other.strip_prefix("--config=") {
                 Some(path) => config_path = Some(PathBuf::from(path)),
                 None => return usage_error(&format!("unexpected argument {other:?}")),
@@ -81,6 +91,16 @@ fn main() -> ExitCode {
     }
     if json && !matches!(command, Command::Status) {
         return usage_error("--json goes with status");
+    }
+    if (check_only || rollback || force) && !matches!(command, Command::Update) {
+        return usage_error("--check, --rollback and --force go with update");
+    }
+    if rollback {
+        // Without the config: the binary rolled back from may be the one
+        // that cannot read it.
+        return ExitCode::from(agentcom_sidecar::selfupdate::rollback_command(
+            std::time::Duration::from_secs(30),
+        ));
     }
     let config_path = config_path
         .or_else(|| std::env::var_os("SIDECAR_CONFIG").filter(|v| !v.is_empty()).map(PathBuf::from))
@@ -99,7 +119,7 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         },
-        Command::Check | Command::Status => None,
+        Command::Check | Command::Status | Command::Update => None,
     };
 
     let (config, warnings) = match Config::load(&config_path) {
@@ -142,6 +162,12 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+        Command::Update => {
+            for warning in &warnings {
+                eprintln!("warning: {warning}");
+            }
+            ExitCode::from(agentcom_sidecar::selfupdate::command(&config, check_only, force))
         }
         Command::Run => {
             let (events, inbox) = signals.expect("installed for Run");

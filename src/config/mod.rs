@@ -35,6 +35,15 @@ pub struct Config {
     pub update_command: Option<String>,
     /// Where the update command's output is appended.
     pub update_log: PathBuf,
+    /// The signed release manifest (`update` and `restart_sidecar` install
+    /// from it; see src/selfupdate). `None`: build from source as before.
+    pub update_url: Option<String>,
+    /// The minisign public key (base64) the manifest must be signed with;
+    /// required with `update_url`.
+    pub update_public_key: Option<String>,
+    /// How long a download may receive nothing, and how long the new binary
+    /// may take to run `--version` and `check`.
+    pub update_timeout: Duration,
     pub capabilities: Vec<String>,
     pub confirmation_timeout: Duration,
     pub results_dir: PathBuf,
@@ -226,6 +235,24 @@ impl Config {
         keys.show("update_command", update_command.clone().map_or(Value::Null, Value::from));
         let update_log = resolve(keys.string("update_log")?.unwrap_or_else(|| "./update.log".into()));
         show_path("update_log", &update_log);
+        // The binary channel (src/selfupdate): one block, checked here so a
+        // bad key stops the start, not the first update.
+        let update_url = keys.string("update_url")?.filter(|u| !u.trim().is_empty());
+        if let Some(url) = &update_url {
+            crate::selfupdate::check_update_url(url).map_err(|why| keys.error("update_url", &why))?;
+        }
+        keys.show("update_url", update_url.as_deref().map_or(Value::Null, |u| Value::from(redact_url(u))));
+        let update_public_key = keys.string("update_public_key")?.map(|k| k.trim().to_owned());
+        match (&update_url, &update_public_key) {
+            (_, Some(key)) => crate::selfupdate::check_public_key(key)
+                .map_err(|why| keys.error("update_public_key", &why))?,
+            (Some(_), None) => {
+                return Err(keys.error("update_public_key", "missing (required with update_url)"))
+            }
+            (None, None) => {}
+        }
+        keys.show("update_public_key", update_public_key.clone().map_or(Value::Null, Value::from));
+        let update_timeout = keys.millis("update_timeout_ms", 30_000, 1)?;
         let results_dir = resolve(keys.string("results_dir")?.unwrap_or_else(|| "./results".into()));
         show_path("results_dir", &results_dir);
         let log_file = resolve(keys.string("log_file")?.unwrap_or_else(|| "./sidecar.log".into()));
@@ -317,6 +344,9 @@ impl Config {
             wake_command,
             update_command,
             update_log,
+            update_url,
+            update_public_key,
+            update_timeout,
             capabilities: keys.string_list("capabilities")?.unwrap_or_default(),
             confirmation_timeout: keys.millis("confirmation_timeout_ms", 30_000, 1)?,
             results_dir,

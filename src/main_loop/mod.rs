@@ -10,6 +10,8 @@
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{select, Receiver, Sender};
@@ -24,6 +26,7 @@ use crate::lifecycle_log::{LifecycleEvent, LifecycleLog};
 use crate::queue_lock::QueueLock;
 use crate::queue_store::{self, Loaded, QueueFile, WakeProcess};
 use crate::retry::Jitter;
+use crate::selfupdate;
 use crate::state::{Effect, Input, Settings, State, TaskFiles, WakeStart};
 use crate::supervisor::Supervisor;
 use crate::wake::{self, Leftover, WakeHandle, WakeRequest};
@@ -109,6 +112,8 @@ struct Shell {
     /// pings sent (see `supervise.rs`).
     supervisor_status: String,
     beats: u64,
+    /// A self-update (`restart_sidecar` with `update_url`) is running.
+    updating: Arc<AtomicBool>,
 }
 
 impl Shell {
@@ -215,6 +220,7 @@ impl Shell {
             hub: None,
             hub_conn_id: 0,
             closing: Vec::new(),
+            updating: Arc::new(AtomicBool::new(false)),
             _watcher: watcher,
             wake,
             exit: false,
@@ -399,6 +405,9 @@ impl Shell {
                     self.remove_task_files(&task_id);
                 }
                 Effect::Record { event, fields } => self.lifecycle.record(event, fields),
+                Effect::StartUpdate if self.config.update_url.is_some() => {
+                    selfupdate::start_for_restart(&self.config, &self.events, &self.updating)
+                }
                 Effect::StartUpdate => {
                     let started = match &self.config.update_command {
                         Some(command) => crate::update::start_detached(

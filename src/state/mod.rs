@@ -101,7 +101,7 @@ impl Settings {
             token: config.token.clone(),
             capabilities: config.capabilities.clone(),
             has_wake_command: config.wake_command.is_some(),
-            has_update_command: config.update_command.is_some(),
+            has_update_command: config.update_command.is_some() || config.update_url.is_some(),
             heartbeat_interval: config.heartbeat_interval,
             pong_timeout: config.pong_timeout,
             identify_timeout: config.connect_timeout,
@@ -566,6 +566,9 @@ impl State {
             }
             Event::Results(ResultsEvent::Rescan) => fx.push(Effect::ListResults),
             Event::Shutdown => self.shut_down("shutdown requested", fx),
+            Event::UpdateInstalled { version } => {
+                self.shut_down(&format!("restart requested by hub (version {version} installed)"), fx)
+            }
         }
     }
 

@@ -31,6 +31,7 @@ mod pm2;
 mod rate;
 mod real_hubs;
 mod secrets;
+mod selfupdate;
 // Reads /proc and kills process groups with libc.
 #[cfg(target_os = "linux")]
 mod soak_found;

@@ -283,6 +283,74 @@ mod unix_scripts {
         assert!(run.stdout.contains("toy version 1 "), "{run}");
     }
 
+    /// With update_url in the config, start.sh runs the release binary in
+    /// bin/ (no pull, no build) and update.sh installs the signed release
+    /// with `agentcom-sidecar update`, restarting only when it did.
+    #[test]
+    fn with_update_url_start_runs_the_release_binary_and_update_installs_the_release() {
+        use agentcom_sidecar::selfupdate::testserver::{Reply, TestServer};
+        use sha2::{Digest, Sha256};
+
+        let fleet = Fleet::new(&toy_main("1"));
+        let server = TestServer::start();
+        let keys = minisign::KeyPair::generate_unencrypted_keypair().unwrap();
+        let mut cfg = crate::support::config(&fleet.box_dir, "ws://127.0.0.1:9/ws");
+        cfg["update_url"] = json!(server.url("/manifest.json"));
+        cfg["update_public_key"] = json!(keys.pk.to_base64());
+        fs::write(fleet.box_dir.join("config.json"), cfg.to_string()).unwrap();
+
+        let run = fleet.start(&["--version"], &[]);
+        assert_eq!(run.output.status.code(), Some(1), "{run}");
+        assert!(run.stderr.contains("there is no release binary at bin/agentcom-sidecar"), "{run}");
+
+        let real = fs::read(env!("CARGO_BIN_EXE_agentcom-sidecar")).unwrap();
+        let binary = fleet.box_dir.join("bin/agentcom-sidecar");
+        fs::create_dir_all(binary.parent().unwrap()).unwrap();
+        fs::write(&binary, &real).unwrap();
+        make_executable(&binary);
+        let run = fleet.start(&["--version"], &[]);
+        run.assert_success();
+        assert!(run.stdout.starts_with("agentcom-sidecar "), "{run}");
+        assert!(
+            run.stderr.contains("update_url is set: running the release binary bin/agentcom-sidecar"),
+            "{run}"
+        );
+        assert_eq!(fleet.cargo_invocations(), 0, "nothing built");
+
+        let new = [real.as_slice(), b"\nnew build\n"].concat();
+        let publish = |version: &str| {
+            let sha: String = Sha256::digest(&new).iter().map(|b| format!("{b:02x}")).collect();
+            let target = agentcom_sidecar::selfupdate::TARGET.unwrap();
+            let manifest = json!({"version": version, "git_revision": "x",
+                "files": {target: {"file": "new", "size": new.len(), "sha256": sha}}});
+            let text = serde_json::to_vec(&manifest).unwrap();
+            let sig = minisign::sign(Some(&keys.pk), &keys.sk, text.as_slice(), None, None).unwrap();
+            server.set("/manifest.json.minisig", Reply::Body(sig.into_string().into_bytes()));
+            server.set("/manifest.json", Reply::Body(text));
+            server.set("/new", Reply::Body(new.clone()));
+        };
+        let restarted = fleet.dir.path().join("restarted");
+        let restart = format!("echo restarted >> {}", shell_quote(&restarted));
+        let env = [("AGENTCOM_RESTART_COMMAND", restart.as_str())];
+        publish("0.0.1");
+        let run = fleet.update(&[], &env);
+        run.assert_success();
+        assert!(run.stderr.contains("nothing newer; not restarting"), "{run}");
+        assert!(!restarted.exists());
+        publish("99.0.0");
+        let run = fleet.update(&[], &env);
+        run.assert_success();
+        assert!(run.stderr.contains("the new binary is in place; restarting"), "{run}");
+        assert_eq!(fs::read_to_string(&restarted).unwrap(), "restarted\n");
+        assert!(fs::read(&binary).unwrap() == new, "the release is in place");
+        server.set("/new", Reply::Status(500));
+        let run = fleet.update(&[], &env);
+        assert_eq!(run.output.status.code(), Some(1), "{run}");
+        assert!(run.stderr.contains("HTTP 500"), "{run}");
+        assert_eq!(fs::read_to_string(&restarted).unwrap(), "restarted\n", "no restart after a failure");
+        assert_eq!(fleet.cargo_invocations(), 0, "nothing built");
+    }
+
     #[test]
     fn example_agent_writes_started_progress_and_an_escaped_result() {
         let dir = TempDir::new().unwrap();

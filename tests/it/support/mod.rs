@@ -62,6 +62,11 @@ impl Sidecar {
     }
 
     pub fn start_with_env(dir: &Path, config: &Value, env: &[(&str, &str)]) -> Sidecar {
+        Sidecar::start_binary(Path::new(env!("CARGO_BIN_EXE_agentcom-sidecar")), dir, config, env)
+    }
+
+    /// As `start_with_env`, from a copy of the binary at `exe`.
+    pub fn start_binary(exe: &Path, dir: &Path, config: &Value, env: &[(&str, &str)]) -> Sidecar {
         fs::create_dir_all(dir).unwrap();
         let config_path = dir.join("config.json");
         fs::write(&config_path, serde_json::to_vec_pretty(config).unwrap()).unwrap();
@@ -69,7 +74,7 @@ impl Sidecar {
         let stdout = dir.join("stdout.txt");
         let stderr = dir.join("stderr.txt");
         let open = |p: &Path| fs::OpenOptions::new().create(true).append(true).open(p).unwrap();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_agentcom-sidecar"));
+        let mut command = Command::new(exe);
         command
             .arg("--config")
             .arg(&config_path)
