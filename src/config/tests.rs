@@ -162,7 +162,7 @@ fn check_shows_every_known_key_and_accepts_its_own_output() {
     assert_eq!(shown["heartbeat_interval_ms"], 30_000);
     assert_eq!(shown["wake_retry_delays_ms"], serde_json::json!([5_000, 15_000, 30_000]));
     assert_eq!(shown["log_level"], "info");
-    assert_eq!(shown.len(), 38, "the 37 keys and config_path: {shown:?}");
+    assert_eq!(shown.len(), 40, "the 39 keys and config_path: {shown:?}");
     // Every key `check` shows is one the parser knows: fed back in (with
     // the real token and URL), nothing is warned about.
     shown.remove("config_path");

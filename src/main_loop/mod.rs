@@ -8,6 +8,8 @@
 //! logged and turned into something the state machine understands, so the
 //! loop always gets to shut down cleanly. Only set-up errors abort `run`.
 
+mod agent;
+
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -97,10 +99,10 @@ impl Shell {
             }
             Err(e) => return Err(Error::io(format!("cannot read {}", config.queue_file.display()), e)),
         };
-        // Before any new wake (the state forgets the record at start).
-        if let Some(leftover) = &queue.wake_process {
-            end_wake_leftover(leftover, &mut lifecycle);
-        }
+        // Before any new wake (the state forgets the record at start, unless
+        // it is a run-mode agent still at work).
+        let mut queue = queue;
+        let agent_running = agent::find_leftover(&mut queue, &config, &mut lifecycle);
 
         let wake_events = events.clone();
         let started_events = events.clone();
@@ -147,7 +149,10 @@ impl Shell {
         let now = Instant::now();
         let mut settings = Settings::from_config(&config);
         settings.results_poll = watcher.is_none().then_some(config.results_poll);
-        let state = State::new(settings, queue, Jitter::seed_from_entropy(), now);
+        let mut state = State::new(settings, queue, Jitter::seed_from_entropy(), now);
+        if agent_running {
+            state.agent_still_running();
+        }
         lifecycle.record(
             LifecycleEvent::Started,
             json!({ "version": env!("CARGO_PKG_VERSION"), "hub_url": redact_url(&config.hub_url) }),
@@ -282,6 +287,15 @@ impl Shell {
                 Effect::StartWake(start) => self.start_wake(start),
                 Effect::ReleaseWake { task_id, attempt } => self.wake.release(&task_id, attempt),
                 Effect::CancelWake { task_id } => self.wake.cancel(&task_id),
+                Effect::MarkCancelled { task_id, reason } => {
+                    agent::mark_cancelled(&self.config, &task_id, &reason)
+                }
+                Effect::CheckAgent { process } => {
+                    if let Some(input) = agent::check_agent(&process, &self.config) {
+                        follow_ups.push_back(input);
+                    }
+                }
+                Effect::EndAgent { process } => agent::end_agent(process, self.config.cancel_grace),
                 Effect::ReadTaskFiles { task_id } => {
                     follow_ups.push_back(Input::Files(self.read_task_files(&task_id)))
                 }
@@ -332,6 +346,7 @@ impl Shell {
             log::warn!("cannot remove the result files of {task_id}: {e}");
         }
         let _ = std::fs::remove_file(handoff_file_path(&self.config.results_dir, task_id));
+        wake::run::remove_run_files(&self.config.results_dir, task_id);
     }
 
     fn connect(&mut self, conn_id: u64) {
@@ -397,6 +412,9 @@ impl Shell {
             results_dir: self.config.results_dir.clone(),
             work_dir: self.config.base_dir(),
             timeout: self.config.wake_timeout,
+            mode: self.config.wake_mode,
+            cancel_grace: self.config.cancel_grace,
+            max_result_bytes: self.config.max_result_bytes,
         });
     }
 
@@ -449,7 +467,7 @@ impl Shell {
 /// Blocks up to [`wake::LEFTOVER_WAIT`](crate::wake::LEFTOVER_WAIT), once, at
 /// start.
 fn end_wake_leftover(leftover: &WakeProcess, lifecycle: &mut LifecycleLog) {
-    let WakeProcess { task_id, attempt, identity } = leftover;
+    let WakeProcess { task_id, attempt, identity, .. } = leftover;
     let (found, error) = match wake::end_leftover(identity) {
         Leftover::Gone => ("gone", None),
         Leftover::Ended => ("ended", None),

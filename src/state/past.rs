@@ -123,10 +123,18 @@ impl State {
     /// its files go; `TakenBack`: its files stay for a hand-back.
     pub(super) fn let_go(&mut self, fate: PastFate, fx: &mut Vec<Effect>) {
         let now = self.now;
-        let Some(task) = self.task.take() else { return };
-        if self.wake_running.as_deref() == Some(task.id.as_str()) {
-            fx.push(Effect::CancelWake { task_id: task.id.clone() });
+        let Some(task_id) = self.task.as_ref().map(|t| t.id.clone()) else { return };
+        let confirmed = self.task.as_ref().is_some_and(|t| t.confirmed);
+        if fate == PastFate::Settled {
+            // Cancelled or settled by the hub: its agent stops.
+            self.stop_agent(&task_id, None, fx);
+        } else if !confirmed && self.wake_running.as_deref() == Some(task_id.as_str()) {
+            // Taken back before its agent confirmed: the hub may hand it to
+            // another. Confirmed work goes on: if the hub hands the task
+            // back, its result is taken from its files.
+            fx.push(Effect::CancelWake { task_id: task_id.clone() });
         }
+        let Some(task) = self.task.take() else { return };
         // A report of it still waiting to go out would speak for a hold that
         // has ended; if the hub hands the task back, its result is reported
         // again from its files.

@@ -92,6 +92,9 @@ pub(crate) struct Task {
     pub silent_until: Option<Instant>,
     pub unparsed: Option<Unparsed>,
     pub progress: Progress,
+    /// The agent's process ended with this failure after confirming: the
+    /// task fails with it unless a result file is there.
+    pub exit_failure: Option<String>,
 }
 
 impl Task {
@@ -116,6 +119,7 @@ impl Task {
             silent_until: None,
             unparsed: None,
             progress: Progress::default(),
+            exit_failure: None,
         }
     }
 
@@ -144,6 +148,7 @@ impl Task {
             silent_until: None,
             unparsed: None,
             progress: Progress::default(),
+            exit_failure: None,
         }
     }
 

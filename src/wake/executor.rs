@@ -16,7 +16,7 @@ use crossbeam_channel::{after, at, bounded, never, select, Receiver, Sender};
 
 use super::capture::{spawn_reader, Chunk, Output, Stream};
 use super::render::{absolute, render_command, task_environment, write_task_file};
-use super::{sys, WakeOutcome, WakeRequest, WakeStarted, WakeStatus};
+use super::{run, sys, WakeOutcome, WakeRequest, WakeStarted, WakeStatus};
 
 /// How long, after the child exited, the outcome waits for the output
 /// readers to reach end of file. A grandchild that inherited the pipes can
@@ -153,6 +153,10 @@ struct Executor {
 enum Stop {
     Exited(ChildExited),
     Kill(WakeStatus),
+    /// A cancel: SIGTERM first, kill after the grace.
+    Terminate,
+    /// The handle was dropped while a run-mode agent ran: leave it running.
+    Leave,
 }
 
 /// Sent by the waiter thread once the child has exited. On Unix the child is
@@ -190,28 +194,34 @@ impl Executor {
             Err(text) => return finished(&request, WakeStatus::SpawnFailed(text), started),
         };
         let Running { pid, tree, identity, exit_rx, mut output, mut gate } = running;
+        if gate.is_none() {
+            // Not gated: it runs already.
+            mark_started(&request);
+        }
         (self.on_started)(WakeStarted {
             task_id: request.task_id.clone(),
             attempt: request.attempt,
             identity,
         });
+        // Run mode: the process start is the confirmation, nothing times it
+        // out but the task's own timeout (a cancel).
         let deadline = match started.checked_add(request.timeout) {
-            Some(deadline) => at(deadline),
-            None => never(),
+            Some(deadline) if request.mode.is_launch() => at(deadline),
+            _ => never(),
         };
-        let stop = self.wait_for_stop(&request, &exit_rx, &deadline, &mut output, &mut gate);
+        let stop = self.wait_for_stop(&request, &exit_rx, deadline, &mut output, &mut gate);
         // A kill decided at the same instant as the child exited must not
         // kill the group if the wake succeeded: then it holds the agent.
         let mut stop_pending = false;
         let stop = match stop {
-            Stop::Kill(status) => match exit_rx.try_recv() {
+            Stop::Kill(_) | Stop::Terminate => match exit_rx.try_recv() {
                 Ok(exited) => {
                     stop_pending = true;
                     Stop::Exited(exited)
                 }
-                Err(_) => Stop::Kill(status),
+                Err(_) => stop,
             },
-            exited => exited,
+            other => other,
         };
         let status = match stop {
             Stop::Exited((mut child, wait_result)) => {
@@ -239,9 +249,27 @@ impl Executor {
                 kill_and_reap(&request, pid, &tree, &exit_rx, &mut output);
                 status
             }
+            Stop::Terminate => {
+                end_gracefully(&request, pid, &tree, &exit_rx, &mut output);
+                WakeStatus::Cancelled
+            }
+            Stop::Leave => {
+                log::info!(
+                    "leaving the agent of task {} (pid {pid}) running; the next start finds it",
+                    request.task_id
+                );
+                // The waiter thread keeps the child and reaps it if it ends
+                // before we exit; otherwise init does.
+                WakeStatus::LeftRunning
+            }
         };
         output.drain_until(Instant::now() + OUTPUT_GRACE);
-        let (stdout_tail, stderr_tail) = output.into_tails();
+        let (mut stdout_tail, mut stderr_tail) = output.into_tails();
+        if !request.mode.is_launch() {
+            stdout_tail = file_tail(&run::stdout_file(&request.results_dir, &request.task_id));
+            stderr_tail = file_tail(&run::stderr_file(&request.results_dir, &request.task_id));
+        }
+        conclude_run(&request, &status);
         let outcome = WakeOutcome {
             task_id: request.task_id,
             attempt: request.attempt,
@@ -266,10 +294,15 @@ impl Executor {
         &self,
         request: &WakeRequest,
         exit_rx: &Receiver<ChildExited>,
-        deadline: &Receiver<Instant>,
+        mut deadline: Receiver<Instant>,
         output: &mut Output,
         gate: &mut Option<PipeWriter>,
     ) -> Stop {
+        let started_file = crate::watcher::task_file_path(
+            &request.results_dir,
+            &request.task_id,
+            crate::watcher::FileKind::Started,
+        );
         loop {
             select! {
                 recv(exit_rx) -> exited => return match exited {
@@ -293,7 +326,7 @@ impl Executor {
                     }
                     Ok(WakeCommand::Cancel(task_id)) => {
                         if task_id == request.task_id {
-                            return Stop::Kill(WakeStatus::Cancelled);
+                            return Stop::Terminate;
                         }
                         log::debug!(
                             "cancel for task {task_id} does not stop the running task {}",
@@ -305,9 +338,21 @@ impl Executor {
                             open_gate(gate, request);
                         }
                     }
-                    Err(_) => return Stop::Kill(WakeStatus::Cancelled),
+                    Err(_) if request.mode.is_launch() => return Stop::Kill(WakeStatus::Cancelled),
+                    Err(_) => return Stop::Leave,
                 },
-                recv(deadline) -> _ => return Stop::Kill(WakeStatus::TimedOut),
+                recv(deadline) -> _ => {
+                    if !crate::watcher::is_regular_file(&started_file) {
+                        return Stop::Kill(WakeStatus::TimedOut);
+                    }
+                    // Confirmed: the command is the agent at work. It ends
+                    // by itself, at the task's timeout or by a cancel.
+                    log::info!(
+                        "the wake command of task {} is still running after confirming: the agent at work; wake_timeout_ms no longer applies",
+                        request.task_id
+                    );
+                    deadline = never();
+                }
                 recv(output.receiver()) -> chunk => output.record(chunk),
             }
         }
@@ -331,9 +376,32 @@ struct Running {
 fn start_child(request: &WakeRequest, gated: bool) -> Result<Running, String> {
     write_task_file(&request.task_file, &request.task_json)
         .map_err(|error| format!("cannot write task file {}: {error}", request.task_file.display()))?;
-    let (mut command, gate) = sys::shell_command(&render_command(&request.command_template), gated)
-        .map_err(|error| format!("cannot make the wake command's gate: {error}"))?;
-    command.stdout(Stdio::piped()).stderr(Stdio::piped()).envs(task_environment(request));
+    // A cancel marker of an earlier hold of this task id is old news.
+    let _ = std::fs::remove_file(run::cancel_marker(&request.results_dir, &request.task_id));
+    let exit_file = run::exit_file(&request.results_dir, &request.task_id);
+    if let Some(dir) = exit_file.parent() {
+        std::fs::create_dir_all(dir).map_err(|error| format!("cannot create {}: {error}", dir.display()))?;
+    }
+    match std::fs::remove_file(&exit_file) {
+        Ok(()) => {}
+        Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+        Err(error) => return Err(format!("cannot remove the old {}: {error}", exit_file.display())),
+    }
+    let (mut command, gate) =
+        sys::shell_command(&render_command(&request.command_template), gated, &absolute_path(&exit_file))
+            .map_err(|error| format!("cannot make the wake command's gate: {error}"))?;
+    if request.mode.is_launch() {
+        command.stdout(Stdio::piped()).stderr(Stdio::piped());
+    } else {
+        // Run mode: the agent's output goes to files, never into memory,
+        // and outlives the sidecar (no pipe to break).
+        let open = |path: std::path::PathBuf| {
+            std::fs::File::create(&path).map_err(|error| format!("cannot create {}: {error}", path.display()))
+        };
+        command.stdout(open(run::stdout_file(&request.results_dir, &request.task_id))?);
+        command.stderr(open(run::stderr_file(&request.results_dir, &request.task_id))?);
+    }
+    command.envs(task_environment(request));
     // An empty path means the sidecar's own working directory.
     if !request.work_dir.as_os_str().is_empty() {
         if !request.work_dir.is_dir() {
@@ -398,6 +466,7 @@ fn start_child(request: &WakeRequest, gated: bool) -> Result<Running, String> {
 /// command that has already exited (a write error) is reported by its
 /// waiter as usual.
 fn open_gate(gate: &mut Option<PipeWriter>, request: &WakeRequest) {
+    mark_started(request);
     if let Some(mut writer) = gate.take() {
         if let Err(error) = writer.write_all(b"go\n") {
             log::debug!("cannot release the wake command of task {}: {error}", request.task_id);
@@ -438,6 +507,120 @@ fn kill_and_reap(
     }
 }
 
+/// Run mode: the agent runs from here on, which confirms the task. The
+/// sidecar writes its `.started`, so that a later start or a hand-back
+/// sees confirmed work (and never starts it again) as for a launched agent.
+fn mark_started(request: &WakeRequest) {
+    if request.mode.is_launch() {
+        return;
+    }
+    let path = crate::watcher::task_file_path(
+        &request.results_dir,
+        &request.task_id,
+        crate::watcher::FileKind::Started,
+    );
+    if let Err(error) = std::fs::write(&path, b"") {
+        log::warn!("cannot write {}: {error}", path.display());
+    }
+}
+
+/// A cancel: SIGTERM to the tree, then, if anything of it is left after the
+/// request's `cancel_grace`, the kill of [`kill_and_reap`].
+fn end_gracefully(
+    request: &WakeRequest,
+    pid: u32,
+    tree: &sys::ProcessTree,
+    exit_rx: &Receiver<ChildExited>,
+    output: &mut Output,
+) {
+    if let Err(error) = tree.terminate() {
+        log::warn!("cannot signal the process tree of wake command pid {pid}: {error}");
+    }
+    let grace_end = Instant::now() + request.cancel_grace;
+    let grace = at(grace_end);
+    loop {
+        select! {
+            recv(exit_rx) -> exited => {
+                if let Ok((mut child, _)) = exited {
+                    // The command's own shell may go at once while the agent
+                    // it runs still finishes: reap it, then give the rest of
+                    // the group what is left of the grace. (With a member
+                    // alive the group id cannot be reused; once none is,
+                    // `any_left` says so and nothing more is signalled.)
+                    let _ = child.wait();
+                    while tree.any_left() && Instant::now() < grace_end {
+                        select! {
+                            recv(output.receiver()) -> chunk => output.record(chunk),
+                            recv(after(Duration::from_millis(20))) -> _ => {}
+                        }
+                    }
+                    if tree.any_left() {
+                        log::warn!(
+                            "the agent of task {} (pid {pid}) did not end within {} ms of SIGTERM; killing it",
+                            request.task_id,
+                            request.cancel_grace.as_millis()
+                        );
+                        kill_tree(pid, tree);
+                    }
+                }
+                return;
+            }
+            recv(grace) -> _ => {
+                log::warn!(
+                    "the agent of task {} (pid {pid}) did not end within {} ms of SIGTERM; killing it",
+                    request.task_id,
+                    request.cancel_grace.as_millis()
+                );
+                kill_and_reap(request, pid, tree, exit_rx, output);
+                return;
+            }
+            recv(output.receiver()) -> chunk => output.record(chunk),
+        }
+    }
+}
+
+/// Records how the command ended (the gate script does this too on Unix)
+/// and, in run mode, turns the end of the agent into its result file.
+fn conclude_run(request: &WakeRequest, status: &WakeStatus) {
+    let exit = match status {
+        WakeStatus::Success => run::RunExit::Code(0),
+        WakeStatus::Failed { exit_code: Some(code) } => run::RunExit::Code(*code),
+        WakeStatus::Failed { exit_code: None } => run::RunExit::Signal(None),
+        _ => return,
+    };
+    let exit_file = run::exit_file(&request.results_dir, &request.task_id);
+    if run::read_exit_file(&exit_file).is_none() {
+        if let Err(error) = run::write_exit_file(&exit_file, exit) {
+            log::warn!("cannot write {}: {error}", exit_file.display());
+        }
+    }
+    if request.mode.is_launch() {
+        return;
+    }
+    // The gate script's record knows the signal's number.
+    let exit = run::read_exit_file(&exit_file).unwrap_or(exit);
+    match run::conclude(&request.results_dir, &request.task_id, exit, request.max_result_bytes) {
+        Ok(run::Concluded::AgentResult) => {
+            log::info!("the agent of task {} wrote its own result file", request.task_id)
+        }
+        Ok(run::Concluded::Written) => {}
+        Err(error) => log::error!("cannot write the result file of task {}: {error}", request.task_id),
+    }
+}
+
+/// The last [`super::TAIL_LIMIT_BYTES`] of a run-mode output file, as lossy
+/// UTF-8, for the lifecycle log.
+fn file_tail(path: &std::path::Path) -> String {
+    match run::read_tail(path, super::TAIL_LIMIT_BYTES as u64) {
+        Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+        Err(_) => String::new(),
+    }
+}
+
+fn absolute_path(path: &std::path::Path) -> std::path::PathBuf {
+    std::path::PathBuf::from(absolute(path))
+}
+
 /// Reaps an exited child and turns its exit status into a [`WakeStatus`].
 fn exit_status(request: &WakeRequest, child: &mut Child, wait_result: io::Result<()>) -> WakeStatus {
     if let Err(error) = wait_result {
@@ -459,7 +642,7 @@ fn exit_status(request: &WakeRequest, child: &mut Child, wait_result: io::Result
 /// A failed attempt's warning names the likely reason: the last line of its
 /// stderr (the full tail goes to the lifecycle log with the outcome).
 fn warn_if_failed(outcome: &WakeOutcome) {
-    if matches!(outcome.status, WakeStatus::Success | WakeStatus::Cancelled) {
+    if matches!(outcome.status, WakeStatus::Success | WakeStatus::Cancelled | WakeStatus::LeftRunning) {
         return;
     }
     let stderr = match outcome.stderr_last_line() {

@@ -67,7 +67,12 @@ pub(super) const ENV_VALUE_LIMIT_BYTES: usize = 12 * 1024;
 /// `cmd.exe /C <rendered>`, with stdin from NUL. Never gated: a wake
 /// command needs no gate here, as the job object ends it when a killed
 /// sidecar's handle closes (see the module comment).
-pub(super) fn shell_command(rendered: &str, _gated: bool) -> io::Result<(Command, Option<PipeWriter>)> {
+/// The exit status is recorded by the executor (no wrapper records it here).
+pub(super) fn shell_command(
+    rendered: &str,
+    _gated: bool,
+    _exit_file: &std::path::Path,
+) -> io::Result<(Command, Option<PipeWriter>)> {
     let mut command = Command::new("cmd.exe");
     command.args(["/D", "/V:ON", "/S", "/C"]).raw_arg(format!("\"{rendered}\"")).stdin(Stdio::null());
     Ok((command, None))
@@ -134,6 +139,18 @@ impl ProcessTree {
             return Err(io::Error::last_os_error());
         }
         Ok(())
+    }
+
+    /// Nothing is left once `terminate` ended the job.
+    pub(super) fn any_left(&self) -> bool {
+        false
+    }
+
+    /// The start of a graceful end. Ctrl-Break cannot be delivered to a
+    /// process group we do not share a console with, so the job is ended at
+    /// once (the "else end the job").
+    pub(super) fn terminate(&self) -> io::Result<()> {
+        self.kill()
     }
 
     /// The command exited: clears kill-on-close, then closes the job, so
@@ -273,4 +290,15 @@ pub(super) fn end_leftover(identity: &WakeIdentity, wait: Duration) -> Leftover 
 
 fn raw(handle: &OwnedHandle) -> RawHandle {
     handle.as_raw_handle()
+}
+
+/// A run-mode agent never outlives the sidecar here: its job object ends it
+/// with the sidecar (kill-on-close), so a recorded one is never running.
+pub(super) fn leftover_running(_identity: &WakeIdentity) -> bool {
+    false
+}
+
+/// No graceful end for a leftover here: it is ended at once.
+pub(super) fn terminate_leftover(identity: &WakeIdentity, _grace: Duration) -> Leftover {
+    end_leftover(identity, super::LEFTOVER_WAIT)
 }

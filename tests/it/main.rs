@@ -1,6 +1,9 @@
 //! The single integration-test binary: the real sidecar binary and library
 //! pieces driven against real WebSocket hubs on 127.0.0.1.
 
+// sh stand-ins of agents, /proc and signals.
+#[cfg(target_os = "linux")]
+mod agent_run;
 mod connection;
 mod devhub;
 mod devhub_controls;
