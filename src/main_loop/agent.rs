@@ -50,7 +50,7 @@ pub(super) fn find_leftover(queue: &mut QueueFile, config: &Config, lifecycle: &
             "gone"
         }
         (WakeMode::Launch, None) => {
-            super::end_wake_leftover(process, lifecycle);
+            end_wake_leftover(process, lifecycle);
             return false;
         }
     };
@@ -104,4 +104,36 @@ fn conclude(config: &Config, task_id: &str, exit: RunExit) {
     if let Err(error) = run::conclude(&config.results_dir, task_id, exit, config.max_result_bytes) {
         log::error!("cannot write the result file of task {task_id}: {error}");
     }
+}
+
+/// Ends a wake command the previous run started and did not see end (it
+/// died while the command ran), so that it never runs next to a new one.
+/// Blocks up to [`wake::LEFTOVER_WAIT`](crate::wake::LEFTOVER_WAIT), once, at
+/// start.
+pub(super) fn end_wake_leftover(leftover: &WakeProcess, lifecycle: &mut LifecycleLog) {
+    let WakeProcess { task_id, attempt, identity, .. } = leftover;
+    let (found, error) = match wake::end_leftover(identity) {
+        Leftover::Gone => ("gone", None),
+        Leftover::Ended => ("ended", None),
+        Leftover::StillExiting => ("still_exiting", None),
+        Leftover::Unverifiable => ("unverifiable", None),
+        Leftover::Failed(error) => ("failed", Some(error)),
+    };
+    let what = format!("the wake command of task {task_id} (attempt {attempt}, pid {})", identity.pid);
+    match found {
+        "gone" => log::info!("{what}, left from before, is no longer running"),
+        "ended" => log::warn!("{what} was still running from before; ended it and its process group"),
+        "unverifiable" => {
+            log::warn!("{what} may still be running from before: without its start time it is left alone")
+        }
+        _ => log::error!(
+            "{what} was still running from before and could not be ended ({})",
+            error.as_deref().unwrap_or("it had not exited in time")
+        ),
+    }
+    lifecycle.record(
+        LifecycleEvent::WakeLeftover,
+        json!({ "task_id": task_id, "attempt": attempt, "pid": identity.pid,
+                "process_group": identity.process_group, "found": found, "error": error }),
+    );
 }

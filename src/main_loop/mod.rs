@@ -23,10 +23,10 @@ use crate::error::Error;
 use crate::event::Event;
 use crate::hub::{HubEvent, HubHandle, HubParams};
 use crate::lifecycle_log::{LifecycleEvent, LifecycleLog};
-use crate::queue_store::{self, Loaded, QueueFile, WakeProcess};
+use crate::queue_store::{self, Loaded, QueueFile};
 use crate::retry::Jitter;
 use crate::state::{Effect, Input, Settings, State, TaskFiles, WakeStart};
-use crate::wake::{self, Leftover, WakeHandle, WakeRequest};
+use crate::wake::{self, WakeHandle, WakeRequest};
 use crate::watcher::{self, FileKind, ReadResult, ResultsWatcher};
 
 /// Largest progress file we read.
@@ -460,38 +460,6 @@ impl Shell {
         self.lifecycle.record(LifecycleEvent::Stopped, json!({}));
         log::info!("stopped");
     }
-}
-
-/// Ends a wake command the previous run started and did not see end (it
-/// died while the command ran), so that it never runs next to a new one.
-/// Blocks up to [`wake::LEFTOVER_WAIT`](crate::wake::LEFTOVER_WAIT), once, at
-/// start.
-fn end_wake_leftover(leftover: &WakeProcess, lifecycle: &mut LifecycleLog) {
-    let WakeProcess { task_id, attempt, identity, .. } = leftover;
-    let (found, error) = match wake::end_leftover(identity) {
-        Leftover::Gone => ("gone", None),
-        Leftover::Ended => ("ended", None),
-        Leftover::StillExiting => ("still_exiting", None),
-        Leftover::Unverifiable => ("unverifiable", None),
-        Leftover::Failed(error) => ("failed", Some(error)),
-    };
-    let what = format!("the wake command of task {task_id} (attempt {attempt}, pid {})", identity.pid);
-    match found {
-        "gone" => log::info!("{what}, left from before, is no longer running"),
-        "ended" => log::warn!("{what} was still running from before; ended it and its process group"),
-        "unverifiable" => {
-            log::warn!("{what} may still be running from before: without its start time it is left alone")
-        }
-        _ => log::error!(
-            "{what} was still running from before and could not be ended ({})",
-            error.as_deref().unwrap_or("it had not exited in time")
-        ),
-    }
-    lifecycle.record(
-        LifecycleEvent::WakeLeftover,
-        json!({ "task_id": task_id, "attempt": attempt, "pid": identity.pid,
-                "process_group": identity.process_group, "found": found, "error": error }),
-    );
 }
 
 /// Where the full task is handed to the agent (`AGENTCOM_TASK_FILE`): a
