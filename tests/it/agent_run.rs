@@ -313,3 +313,23 @@ fn run_mode_the_hub_dropping_the_socket_mid_run_does_not_start_the_agent_again()
         assert_eq!(frame["result"]["output"], "after the drop", "{version:?}");
     }
 }
+
+#[test]
+fn the_run_mode_demo_relays_the_example_cli_agents_json_object() {
+    let mut out = Vec::new();
+    agentcom_sidecar::demo::run_demo_in(&mut out, true).expect("the demo succeeds");
+    let out = String::from_utf8(out).unwrap();
+    let complete = out.lines().find(|l| l.contains("\"type\":\"task_complete\"")).expect("a task_complete");
+    assert!(complete.contains("\"output\":{"), "stdout kept as a JSON object: {complete}");
+    assert!(complete.contains("\"result\":\"Done: Say hello to the fleet\""), "{complete}");
+}
+
+#[test]
+fn the_example_cli_agent_failing_fails_the_task_with_its_stderr() {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/example-cli-agent.sh");
+    let body = format!("sh '{}' --fail 3 \"$AGENTCOM_TASK_DESCRIPTION\"", script.display());
+    let frame = run_mode(NEWEST, &body, |_| {}).one_outcome_owned();
+    assert_eq!(frame["type"], "task_failed");
+    let reason = frame["reason"].as_str().unwrap();
+    assert!(reason.contains("status 3") && reason.ends_with("the model is not reachable"), "{reason}");
+}
