@@ -194,6 +194,10 @@ impl Shell {
             if let Input::Event(Event::WakeStarted(_)) = &input {
                 self.check_failpoint_at("after_wake_spawn");
             }
+            #[cfg(feature = "failpoints")]
+            if let Input::Event(Event::Wake(_)) = &input {
+                self.check_failpoint_at("before_wake_outcome");
+            }
             let started = Instant::now();
             let effects = self.state.handle(input, started, unix_ms());
             self.execute(effects, &mut follow_ups);
@@ -422,7 +426,9 @@ impl Shell {
     /// build enables it): `AGENTCOM_FAILPOINT=before_send:<frame type>` kills
     /// the process, without any clean-up, just before the first frame of that
     /// type goes to the hub; `after_wake_spawn` as soon as a wake command has
-    /// started, before anything records it. The crash-safety tests use them
+    /// started, before anything records it; `before_wake_outcome` when a wake
+    /// command's outcome arrives, before the core hears it. The crash-safety
+    /// tests use them
     /// to die at exact points.
     #[cfg(feature = "failpoints")]
     fn check_failpoint_at(&self, point: &str) {

@@ -333,3 +333,39 @@ fn the_example_cli_agent_failing_fails_the_task_with_its_stderr() {
     let reason = frame["reason"].as_str().unwrap();
     assert!(reason.contains("status 3") && reason.ends_with("the model is not reachable"), "{reason}");
 }
+
+/// Issue 17's seeded soak find: the launcher returned 0, the sidecar was
+/// killed before it handled that (the task still `waking` in queue.json),
+/// and the restarted sidecar woke the agent a second time while the first
+/// was about to confirm. The exit file the gate wrote says it succeeded: the
+/// next sidecar waits for `.started` instead.
+#[test]
+fn a_launcher_that_exited_0_just_before_a_kill_is_not_started_again() {
+    let hub = start_hub();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), &hub.url());
+    // Starts the agent in the background and returns; the agent confirms
+    // and finishes once the test creates `go`.
+    cfg["wake_command"] = json!(agent(
+        dir.path(),
+        "r=\"$AGENTCOM_RESULTS_DIR/$AGENTCOM_TASK_ID\"\n\
+         (while [ ! -e \"$D/go\" ]; do sleep 0.05; done; : > \"$r.started\"; \
+          printf '{\"status\":\"success\",\"output\":\"once\"}' > \"$r.json.tmp\"; mv \"$r.json.tmp\" \"$r.json\") \
+          </dev/null >/dev/null 2>&1 &"
+    ));
+    let mut sidecar =
+        Sidecar::start_with_env(dir.path(), &cfg, &[("AGENTCOM_FAILPOINT", "before_wake_outcome")]);
+    expect_identified(&hub);
+    let task_id = hub.push_task(AGENT, "d", json!({}));
+    sidecar.wait_exit(FAILSAFE).expect("the sidecar dies at the failpoint");
+    hub.drop_connection(AGENT);
+    assert_eq!(sidecar.queue()["active"]["status"], "waking", "killed before it handled the launcher's exit");
+    let mut run = Run { hub, dir, cfg, sidecar, task_id };
+    run.restart();
+    wait_until("the next start to wait for confirmation", || {
+        (run.sidecar.queue()["active"]["status"] == "waking_confirmation").then_some(())
+    });
+    fs::write(run.dir.path().join("go"), "").unwrap();
+    let frame = run.one_outcome();
+    assert_eq!(frame["result"]["output"], "once");
+}
