@@ -64,8 +64,13 @@ pub(super) fn find_leftover(queue: &mut QueueFile, config: &Config, lifecycle: &
 
 /// The run-mode agent left running by an earlier run: if it has ended, its
 /// result file is written and the core told.
-pub(super) fn check_agent(process: &WakeProcess, config: &Config) -> Option<Input> {
-    let exit = match run::read_exit_file(&run::exit_file(&config.results_dir, &process.task_id)) {
+pub(super) fn check_agent(
+    process: &WakeProcess,
+    config: &Config,
+    watch: Option<&wake::AgentWatch>,
+) -> Option<Input> {
+    let recorded = run::read_exit_file(&run::exit_file(&config.results_dir, &process.task_id));
+    let exit = match recorded.or_else(|| watch.and_then(|w| w.exit_code()).map(RunExit::Code)) {
         Some(exit) => exit,
         None if wake::leftover_running(&process.identity) => return None,
         // Gone without a record (its group was killed).

@@ -60,6 +60,9 @@ struct Shell {
     // stops before the executor.
     _watcher: Option<ResultsWatcher>,
     wake: WakeHandle,
+    /// The run-mode agent an earlier run left, where its exit code needs a
+    /// handle (Windows).
+    agent_watch: Option<wake::AgentWatch>,
     #[cfg(feature = "failpoints")]
     failpoint: Option<String>,
     exit: bool,
@@ -103,6 +106,13 @@ impl Shell {
         // it is a run-mode agent still at work).
         let mut queue = queue;
         let agent_running = agent::find_leftover(&mut queue, &config, &mut lifecycle);
+        // Where no gate script records its exit status (Windows), a handle
+        // on it gives the exit code when it ends.
+        let agent_watch = queue
+            .wake_process
+            .as_ref()
+            .filter(|_| agent_running)
+            .and_then(|p| wake::watch_leftover(&p.identity));
 
         let wake_events = events.clone();
         let started_events = events.clone();
@@ -169,6 +179,7 @@ impl Shell {
             closing: Vec::new(),
             _watcher: watcher,
             wake,
+            agent_watch,
             exit: false,
         })
     }
@@ -295,7 +306,8 @@ impl Shell {
                     agent::mark_cancelled(&self.config, &task_id, &reason)
                 }
                 Effect::CheckAgent { process } => {
-                    if let Some(input) = agent::check_agent(&process, &self.config) {
+                    if let Some(input) = agent::check_agent(&process, &self.config, self.agent_watch.as_ref())
+                    {
                         follow_ups.push_back(input);
                     }
                 }

@@ -213,7 +213,7 @@ impl Executor {
             Some(deadline) if request.mode.is_launch() => at(deadline),
             _ => never(),
         };
-        let stop = self.wait_for_stop(&request, &exit_rx, deadline, &mut output, &mut gate);
+        let stop = self.wait_for_stop(&request, &tree, &exit_rx, deadline, &mut output, &mut gate);
         // A kill decided at the same instant as the child exited must not
         // kill the group if the wake succeeded: then it holds the agent.
         let mut stop_pending = false;
@@ -297,6 +297,7 @@ impl Executor {
     fn wait_for_stop(
         &self,
         request: &WakeRequest,
+        tree: &sys::ProcessTree,
         exit_rx: &Receiver<ChildExited>,
         mut deadline: Receiver<Instant>,
         output: &mut Output,
@@ -340,6 +341,10 @@ impl Executor {
                     Ok(WakeCommand::Release(task_id, attempt)) => {
                         if task_id == request.task_id && attempt == request.attempt {
                             open_gate(gate, request);
+                            if !request.mode.is_launch() {
+                                // Recorded: a run-mode agent may now outlive us.
+                                tree.outlive_sidecar();
+                            }
                         }
                     }
                     Err(_) if request.mode.is_launch() => return Stop::Kill(WakeStatus::Cancelled),
@@ -418,7 +423,7 @@ fn start_child(request: &WakeRequest, gated: bool) -> Result<Running, String> {
     let pid = child.id();
     // At once, before the command can start much: on Windows this puts it
     // in its job object.
-    let tree = match sys::ProcessTree::track(&child) {
+    let tree = match sys::ProcessTree::track(&child, !request.mode.is_launch()) {
         Ok(tree) => tree,
         Err(error) => {
             let _ = child.kill();

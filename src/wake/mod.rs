@@ -207,6 +207,23 @@ pub fn leftover_running(identity: &WakeIdentity) -> bool {
     sys::leftover_running(identity)
 }
 
+/// A run-mode agent an earlier sidecar left running, watched for its exit
+/// code where no gate script records it (Windows: an open process handle).
+pub struct AgentWatch(sys::Watch);
+
+/// Opens a watch on the recorded command if it is still running (Windows);
+/// `None` on Unix, where its exit file says how it ended.
+pub fn watch_leftover(identity: &WakeIdentity) -> Option<AgentWatch> {
+    sys::watch_leftover(identity).map(AgentWatch)
+}
+
+impl AgentWatch {
+    /// `None` while it runs; its exit code once it has ended.
+    pub fn exit_code(&self) -> Option<i32> {
+        self.0.exit_code()
+    }
+}
+
 /// Ends a recorded wake command gracefully: SIGTERM to its process group,
 /// the kill after `grace`. Blocks up to `grace` plus [`LEFTOVER_WAIT`]: call
 /// it on a thread of its own.

@@ -102,9 +102,12 @@ pub(super) struct ProcessTree {
 
 impl ProcessTree {
     /// Never fails on Unix: the group exists from the spawn on (`isolate`).
-    pub(super) fn track(child: &Child) -> io::Result<ProcessTree> {
+    pub(super) fn track(child: &Child, _run_mode: bool) -> io::Result<ProcessTree> {
         Ok(ProcessTree { pgid: child.id() })
     }
+
+    /// Nothing to do on Unix: the group outlives the sidecar anyway.
+    pub(super) fn outlive_sidecar(&self) {}
 
     /// SIGKILL to the whole process group. Safe while the leader is not
     /// reaped (see `wait_until_exited`).
@@ -192,6 +195,19 @@ pub(super) fn end_leftover(identity: &WakeIdentity, wait: std::time::Duration) -
 /// Whether the recorded command still runs (same pid and start time).
 pub(super) fn leftover_running(identity: &WakeIdentity) -> bool {
     identity.start_time.is_some_and(|start| matches!(still_running(identity.pid, start), Ok(Some(_))))
+}
+
+/// No handle is needed here: the gate script records the exit status.
+pub(super) struct Watch;
+
+pub(super) fn watch_leftover(_identity: &WakeIdentity) -> Option<Watch> {
+    None
+}
+
+impl Watch {
+    pub(super) fn exit_code(&self) -> Option<i32> {
+        None
+    }
 }
 
 /// SIGTERM to the leftover's process group (only if its pid still names the
