@@ -20,6 +20,7 @@ use crate::wake::{self, Leftover, WakeMode};
 /// its result file. A run-mode agent still running is left alone (`true`:
 /// the core watches it); a launcher still running is ended, as always.
 pub(super) fn find_leftover(queue: &mut QueueFile, config: &Config, lifecycle: &mut LifecycleLog) -> bool {
+    let working = queue.wake_process.as_ref().is_some_and(|p| task_working(queue, &p.task_id));
     let Some(process) = queue.wake_process.as_mut() else {
         return false;
     };
@@ -37,6 +38,8 @@ pub(super) fn find_leftover(queue: &mut QueueFile, config: &Config, lifecycle: &
             };
             if mode == WakeMode::Run {
                 conclude(config, &process.task_id, exit);
+            } else if working {
+                conclude_launch(config, &process.task_id, exit);
             }
             "exited"
         }
@@ -48,6 +51,12 @@ pub(super) fn find_leftover(queue: &mut QueueFile, config: &Config, lifecycle: &
             log::warn!("{what}, the agent, is gone and left no exit status");
             conclude(config, &process.task_id, RunExit::Unknown);
             "gone"
+        }
+        (WakeMode::Launch, None) if working && wake::leftover_running(&process.identity) => {
+            log::info!(
+                "{what}, a synchronous agent at work on its confirmed task, is still running: watching it"
+            );
+            "running"
         }
         (WakeMode::Launch, None) => {
             end_wake_leftover(process, lifecycle);
@@ -77,7 +86,10 @@ pub(super) fn check_agent(
         None => RunExit::Unknown,
     };
     log::info!("the agent of task {} has ended: it {}", process.task_id, run::describe_exit(exit));
-    conclude(config, &process.task_id, exit);
+    match process.mode {
+        WakeMode::Run => conclude(config, &process.task_id, exit),
+        WakeMode::Launch => conclude_launch(config, &process.task_id, exit),
+    }
     Some(Input::AgentEnded { task_id: process.task_id.clone() })
 }
 
@@ -102,6 +114,18 @@ pub(super) fn mark_cancelled(config: &Config, task_id: &str, reason: &str) {
     let path = run::cancel_marker(&config.results_dir, task_id);
     if let Err(error) = crate::queue_store::write_atomic_unsynced(&path, reason.as_bytes(), ".cancel.") {
         log::warn!("cannot write {}: {error}", path.display());
+    }
+}
+
+/// Whether queue.json holds `task_id` as `working` (its agent confirmed it).
+fn task_working(queue: &QueueFile, task_id: &str) -> bool {
+    let record = queue.active.as_ref().or(queue.recovering.as_ref());
+    record.is_some_and(|t| t.task_id == task_id && t.report.is_none() && t.status.as_str() == "working")
+}
+
+fn conclude_launch(config: &Config, task_id: &str, exit: RunExit) {
+    if let Err(error) = run::conclude_launch(&config.results_dir, task_id, exit) {
+        log::error!("cannot write the result file of task {task_id}: {error}");
     }
 }
 

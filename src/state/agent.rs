@@ -24,10 +24,11 @@ use crate::queue_store::Report;
 use crate::wake::{WakeMode, WakeOutcome, WakeStatus};
 
 impl State {
-    /// The shell found the run-mode agent recorded in queue.json still
-    /// running: it is watched, not ended. Call before [`State::start`].
+    /// The shell found the agent recorded in queue.json (a run-mode agent,
+    /// or a synchronous script whose task is working) still running: it is
+    /// watched, not ended. Call before [`State::start`].
     pub fn agent_still_running(&mut self) {
-        if self.wake_process.as_ref().is_some_and(|p| p.mode == WakeMode::Run) {
+        if self.wake_process.is_some() {
             self.agent_outside = true;
         }
     }
@@ -92,7 +93,13 @@ impl State {
         self.agent_check_at = None;
         self.wake_process = None;
         fx.push(Effect::Persist(Box::new(self.queue_file())));
-        if self.held_task_id() == Some(task_id) {
+        let silence = self.now + self.settings.adopted_silence;
+        if let Some(task) = self.task.as_mut().filter(|t| t.id == task_id) {
+            // From now on it must show life like any task adopted without a
+            // wake (its result is read next).
+            if task.phase == Phase::Working {
+                task.silent_until = Some(silence);
+            }
             fx.push(Effect::ReadTaskFiles { task_id: task_id.to_owned() });
         }
     }

@@ -347,7 +347,13 @@ impl Executor {
                             }
                         }
                     }
-                    Err(_) if request.mode.is_launch() => return Stop::Kill(WakeStatus::Cancelled),
+                    // The sidecar stops: a launcher is ended; an agent at
+                    // work (run mode, or a launch-mode command whose agent
+                    // confirmed: a synchronous script) is left to finish,
+                    // for the next start to find.
+                    Err(_) if request.mode.is_launch() && !crate::watcher::is_regular_file(&started_file) => {
+                        return Stop::Kill(WakeStatus::Cancelled)
+                    }
                     Err(_) => return Stop::Leave,
                 },
                 recv(deadline) -> _ => {

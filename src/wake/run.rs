@@ -131,6 +131,21 @@ pub fn failure_reason(exit: RunExit, stderr: &Path) -> String {
     format!("agent_failed: the agent {}{stderr}", describe_exit(exit))
 }
 
+/// Writes a failure result for a launch-mode command that confirmed its task
+/// and then ended with `exit` (not 0) while no sidecar captured its output,
+/// unless a result file is there. Exit 0 writes nothing: the script wrote its
+/// result, or the task waits for one as any confirmed task does.
+pub fn conclude_launch(results_dir: &Path, task_id: &str, exit: RunExit) -> io::Result<Concluded> {
+    let result_path = crate::watcher::task_file_path(results_dir, task_id, crate::watcher::FileKind::Result);
+    if result_path.exists() || exit == RunExit::Code(0) {
+        return Ok(Concluded::AgentResult);
+    }
+    let reason = format!("agent_failed: the agent {} after confirming the task", describe_exit(exit));
+    let result = json!({ "status": "failed", "error": reason });
+    crate::queue_store::write_atomic_unsynced(&result_path, result.to_string().as_bytes(), ".result.")?;
+    Ok(Concluded::Written)
+}
+
 /// What [`conclude`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Concluded {

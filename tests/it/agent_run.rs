@@ -55,8 +55,15 @@ struct Run {
     task_id: String,
 }
 
+/// A dev hub that does not retry a failed task: it is not pushed (and woken)
+/// again before the test has counted the starts.
+fn no_retry_hub(version: HubVersion) -> DevHub {
+    let options = DevHubOptions { max_retries: 0, ..DevHubOptions::for_version(AGENT, TOKEN, version) };
+    DevHub::start(options).expect("dev hub starts")
+}
+
 fn run_mode(version: HubVersion, body: &str, tweak: impl FnOnce(&mut Value)) -> Run {
-    let hub = DevHub::start(DevHubOptions::for_version(AGENT, TOKEN, version)).expect("dev hub starts");
+    let hub = no_retry_hub(version);
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(dir.path(), &hub.url());
     cfg["wake_mode"] = json!("run");
@@ -107,7 +114,7 @@ const NEWEST: HubVersion = HubVersion::V4718a58;
 fn a_synchronous_script_that_works_past_the_wake_timeout_is_started_once() {
     // The issue's script: confirms, works longer than wake_timeout_ms, then
     // writes its result and exits.
-    let hub = start_hub();
+    let hub = no_retry_hub(NEWEST);
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(dir.path(), &hub.url());
     cfg["wake_timeout_ms"] = json!(1_000);
@@ -130,7 +137,7 @@ fn a_synchronous_script_that_works_past_the_wake_timeout_is_started_once() {
 
 #[test]
 fn a_synchronous_script_that_fails_after_confirming_fails_the_task_once() {
-    let hub = start_hub();
+    let hub = no_retry_hub(NEWEST);
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(dir.path(), &hub.url());
     cfg["wake_command"] = json!(agent(
@@ -341,7 +348,7 @@ fn the_example_cli_agent_failing_fails_the_task_with_its_stderr() {
 /// next sidecar waits for `.started` instead.
 #[test]
 fn a_launcher_that_exited_0_just_before_a_kill_is_not_started_again() {
-    let hub = start_hub();
+    let hub = no_retry_hub(NEWEST);
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(dir.path(), &hub.url());
     // Starts the agent in the background and returns; the agent confirms
@@ -368,4 +375,52 @@ fn a_launcher_that_exited_0_just_before_a_kill_is_not_started_again() {
     fs::write(run.dir.path().join("go"), "").unwrap();
     let frame = run.one_outcome();
     assert_eq!(frame["result"]["output"], "once");
+}
+
+/// A synchronous script at work on its confirmed task when the sidecar goes
+/// away: left to finish (a launcher is still ended), found by the next start,
+/// its result reported once, never started again.
+fn synchronous_script_across_a_stop(stop: Stop) {
+    let hub = no_retry_hub(NEWEST);
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), &hub.url());
+    cfg["wake_command"] = json!(agent(
+        dir.path(),
+        "r=\"$AGENTCOM_RESULTS_DIR/$AGENTCOM_TASK_ID\"\n: > \"$r.started\"\n\
+         while [ ! -e \"$D/go\" ]; do sleep 0.05; done\n\
+         printf '{\"status\":\"success\",\"output\":\"finished\"}' > \"$r.json.tmp\"; mv \"$r.json.tmp\" \"$r.json\""
+    ));
+    let sidecar = Sidecar::start(dir.path(), &cfg);
+    expect_identified(&hub);
+    let task_id = hub.push_task(AGENT, "d", json!({}));
+    let mut run = Run { hub, dir, cfg, sidecar, task_id };
+    let pid = agent_pid(run.dir.path());
+    wait_until("the task working", || (run.sidecar.queue()["active"]["status"] == "working").then_some(()));
+    match stop {
+        Stop::Term => run.sidecar.signal("TERM"),
+        Stop::Kill9 => run.sidecar.kill9(),
+        Stop::RestartSidecar => assert!(run.hub.restart_sidecar(AGENT, "update")),
+    }
+    if !matches!(stop, Stop::Kill9) {
+        run.sidecar.wait_exit(FAILSAFE).expect("the sidecar stops");
+    }
+    run.hub.drop_connection(AGENT);
+    assert!(alive(pid), "{stop:?}: the script at work outlives the sidecar\n{}", run.sidecar.output());
+    run.restart();
+    wait_until("the next sidecar to find the script", || {
+        run.sidecar.lifecycle().contains("\"found\":\"running\"").then_some(())
+    });
+    fs::write(run.dir.path().join("go"), "").unwrap();
+    let frame = run.one_outcome();
+    assert_eq!(frame["result"]["output"], "finished", "{stop:?}");
+}
+
+#[test]
+fn a_synchronous_script_outlives_a_sigterm_of_the_sidecar() {
+    synchronous_script_across_a_stop(Stop::Term);
+}
+
+#[test]
+fn a_synchronous_script_outlives_a_kill_9_of_the_sidecar() {
+    synchronous_script_across_a_stop(Stop::Kill9);
 }
