@@ -74,6 +74,7 @@ fn settings(b: &mut Bytes<'_>) -> Settings {
         has_wake_command: b.u8() % 4 != 0,
         wake_mode: *b.pick(&[WakeMode::Launch, WakeMode::Run]),
         agent_check_interval: ms(1 + u64::from(b.u8())),
+        cancel_grace: ms(u64::from(b.u8()) * 20),
         has_update_command: b.u8() % 2 == 0,
         heartbeat_interval: ms(1 + u64::from(b.u8()) * 20),
         pong_timeout: ms(1 + u64::from(b.u8()) * 10),

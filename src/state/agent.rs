@@ -110,6 +110,9 @@ impl State {
     pub(super) fn stop_agent(&mut self, task_id: &str, reason: Option<&str>, fx: &mut Vec<Effect>) {
         if let Some(reason) = reason {
             fx.push(Effect::MarkCancelled { task_id: task_id.to_owned(), reason: reason.to_owned() });
+            if let Some(task) = self.task.as_mut().filter(|t| t.id == task_id) {
+                task.cancel_marked = true;
+            }
         }
         if self.wake_running.as_deref() == Some(task_id) {
             fx.push(Effect::CancelWake { task_id: task_id.to_owned() });

@@ -133,6 +133,9 @@ impl State {
                         task_id: task_id.clone(),
                         reason: "task_cancelled".into(),
                     });
+                    if let Some(task) = self.task.as_mut() {
+                        task.cancel_marked = true;
+                    }
                     self.drop_task("cancelled by hub", PastFate::Settled, fx);
                 } else if self.forget_busy_push(&task_id) {
                     log::info!("task {task_id}, pushed while we were busy, cancelled by hub; forgetting it");

@@ -60,6 +60,9 @@ pub struct Settings {
     pub wake_mode: WakeMode,
     /// How often a run-mode agent left running by an earlier run is checked.
     pub agent_check_interval: Duration,
+    /// How long a cancelled task's files (its cancel marker) stay after it
+    /// is let go: its agent's time to notice and stop.
+    pub cancel_grace: Duration,
     /// `restart_sidecar` starts the update command instead of exiting.
     pub has_update_command: bool,
     pub heartbeat_interval: Duration,
@@ -103,6 +106,7 @@ impl Settings {
             has_wake_command: config.wake_command.is_some(),
             wake_mode: config.wake_mode,
             agent_check_interval: config.results_poll,
+            cancel_grace: config.cancel_grace,
             has_update_command: config.update_command.is_some(),
             heartbeat_interval: config.heartbeat_interval,
             pong_timeout: config.pong_timeout,

@@ -95,6 +95,9 @@ pub(crate) struct Task {
     /// The agent's process ended with this failure after confirming: the
     /// task fails with it unless a result file is there.
     pub exit_failure: Option<String>,
+    /// Its cancel marker was written (a cancel, its timeout): once let go,
+    /// its files stay for `cancel_grace` before they are removed.
+    pub cancel_marked: bool,
 }
 
 impl Task {
@@ -120,6 +123,7 @@ impl Task {
             unparsed: None,
             progress: Progress::default(),
             exit_failure: None,
+            cancel_marked: false,
         }
     }
 
@@ -149,6 +153,7 @@ impl Task {
             unparsed: None,
             progress: Progress::default(),
             exit_failure: None,
+            cancel_marked: false,
         }
     }
 

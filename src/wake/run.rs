@@ -50,14 +50,14 @@ pub fn cancel_marker(results_dir: &Path, task_id: &str) -> PathBuf {
     results_dir.join(format!("{task_id}.{CANCEL_MARKER_EXTENSION}"))
 }
 
-/// Removes the run files of `task_id` (missing ones are fine). The cancel
-/// marker stays for the agent to see; the next wake of the same task id
-/// removes it.
+/// Removes the run files and the cancel marker of `task_id` (missing ones
+/// are fine).
 pub fn remove_run_files(results_dir: &Path, task_id: &str) {
     for path in [
         exit_file(results_dir, task_id),
         stdout_file(results_dir, task_id),
         stderr_file(results_dir, task_id),
+        cancel_marker(results_dir, task_id),
     ] {
         if let Err(error) = fs::remove_file(&path) {
             if error.kind() != io::ErrorKind::NotFound {

@@ -203,17 +203,20 @@ fn run_mode_a_non_zero_exit_fails_the_task_with_the_status_and_stderr_on_both_hu
 #[test]
 fn run_mode_an_agent_that_never_exits_is_ended_at_the_task_timeout_sigterm_first() {
     let body = "trap 'echo term > \"$D/term\"; exit 143' TERM\nwhile :; do sleep 0.05; done";
-    let mut run = run_mode(NEWEST, body, |cfg| cfg["task_timeout_ms"] = json!(1_500));
+    // The marker stays cancel_grace_ms after the task is settled.
+    let mut run = run_mode(NEWEST, body, |cfg| {
+        cfg["task_timeout_ms"] = json!(1_500);
+        cfg["cancel_grace_ms"] = json!(10_000);
+    });
     let pid = agent_pid(run.dir.path());
     let dir = run.dir.path().to_path_buf();
-    let results = run.sidecar.results_dir();
-    let task_id = run.task_id.clone();
+    let marker = run.sidecar.results_dir().join(format!("{}.cancel", run.task_id));
+    let text = wait_until("the cancel marker", || fs::read_to_string(&marker).ok());
+    assert_eq!(text, "task_timeout");
     let frame = run.one_outcome();
     assert_eq!(frame["reason"], "task_timeout");
     wait_dead(pid);
     assert!(dir.join("term").exists(), "it had its SIGTERM\n{}", run.sidecar.output());
-    let marker = fs::read_to_string(results.join(format!("{task_id}.cancel"))).unwrap();
-    assert_eq!(marker, "task_timeout");
 }
 
 #[test]

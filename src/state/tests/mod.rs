@@ -20,6 +20,7 @@ fn settings() -> Settings {
         has_wake_command: true,
         wake_mode: crate::wake::WakeMode::Launch,
         agent_check_interval: ms(1_000),
+        cancel_grace: ms(2_000),
         has_update_command: false,
         // Long, so pings stay out of the tests that are not about them.
         heartbeat_interval: ms(60_000),

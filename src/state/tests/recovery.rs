@@ -71,12 +71,13 @@ fn a_cancelled_task_is_stopped_and_nothing_is_reported() {
             "record task_dropped",
             "cancel wake",
             "persist idle past=settled",
-            "remove files"
         ]
     );
     assert!(h.has(|e| matches!(e, Effect::CancelWake { .. })));
-    assert!(h.has(|e| matches!(e, Effect::RemoveTaskFiles { .. })));
     assert!(h.sent().is_empty());
+    // Its files (the cancel marker) go once its agent has had its grace.
+    h.tick(2_000);
+    assert_eq!(h.steps(), ["discard files"]);
     h.wake_done(1, WakeStatus::Cancelled);
     assert!(h.sent().is_empty());
     assert!(h.state.held_task_id().is_none());
