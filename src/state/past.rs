@@ -183,7 +183,7 @@ impl State {
         let mut settled = Vec::new();
         let mut gone = Vec::new();
         self.past.0.retain_mut(|p| {
-            if !p.keep_until.is_some_and(|at| now >= at) {
+            if p.keep_until.is_none_or(|at| now < at) {
                 return true;
             }
             p.keep_until = None;
