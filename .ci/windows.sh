@@ -76,6 +76,11 @@ awk '/^test result:/ { passed += $4; failed += $6; ignored += $8 }
      END { printf "windows: %d passed, %d failed, %d skipped\n", passed, failed, ignored }' "$log"
 echo "windows: skipped under Wine, with reasons:"
 grep -E '^test .* \.\.\. ignored, ' "$log" | sed 's/^test /  /' || true
+echo "windows: test modules not built on Windows, with reasons (tests/it/main.rs):"
+awk '/^\/\/ / { reason = reason substr($0, 4) " "; next }
+     /^#\[cfg\((unix|target_os = "linux")\)\]/ { unix_only = 1; next }
+     /^mod / { if (unix_only) { name = $2; sub(/;$/, "", name); print "  " name ": " reason } }
+     { reason = ""; unix_only = 0 }' tests/it/main.rs
 echo "== windows: agentcom-devhub.exe --demo under Wine"
 if wine "$CARGO_TARGET_DIR/$target/debug/agentcom-devhub.exe" --demo </dev/null; then
   echo "windows: the demo exited 0"

@@ -11,6 +11,7 @@ use crate::lifecycle_log::LifecycleEvent;
 
 const PROTOCOL: &str = include_str!("../docs/protocol.md");
 const README: &str = include_str!("../README.md");
+const AGENTS: &str = include_str!("../docs/agents.md");
 
 /// The names in the first cell (`` | `name` | ``) of the table rows under
 /// the heading `heading` of `doc`, up to the next heading.
@@ -57,4 +58,28 @@ fn every_config_key_is_in_the_protocol_document_and_the_readme() {
         "docs/protocol.md section 10.1, config keys",
     );
     assert_same(&first_cells(README, "## Configuration"), &known, "README.md, Configuration");
+}
+
+#[test]
+fn every_variable_of_the_wake_command_is_in_both_tables() {
+    let request = crate::wake::WakeRequest {
+        task_id: "t".into(),
+        generation: 1,
+        attempt: 1,
+        command_template: String::new(),
+        description: String::new(),
+        task_json: "{}".into(),
+        task_file: "t.json".into(),
+        results_dir: "results".into(),
+        work_dir: ".".into(),
+        timeout: std::time::Duration::from_secs(1),
+        mode: crate::wake::WakeMode::Launch,
+        cancel_grace: std::time::Duration::from_secs(1),
+        max_result_bytes: 1,
+    };
+    let known: BTreeSet<String> =
+        crate::wake::task_environment(&request).into_iter().map(|(name, _)| name.to_string()).collect();
+    assert!(known.contains(crate::wake::ENV_SIDECAR), "{known:?}");
+    assert_same(&first_cells(PROTOCOL, "### 8.2 What the command gets"), &known, "docs/protocol.md 8.2");
+    assert_same(&first_cells(AGENTS, "## 2. What the command gets"), &known, "docs/agents.md 2");
 }

@@ -10,6 +10,9 @@ pub enum Error {
     Config(String),
     /// An I/O operation failed; `context` says what we were doing.
     Io { context: String, source: io::Error },
+    /// The sidecar cannot run (a directory it needs, a worker thread that
+    /// died); the message says what and where.
+    Runtime(String),
 }
 
 impl Error {
@@ -22,7 +25,7 @@ impl Error {
     pub fn exit_code(&self) -> u8 {
         match self {
             Error::Config(_) => 2,
-            Error::Io { .. } => 1,
+            Error::Io { .. } | Error::Runtime(_) => 1,
         }
     }
 }
@@ -32,6 +35,7 @@ impl fmt::Display for Error {
         match self {
             Error::Config(message) => write!(f, "config error: {message}"),
             Error::Io { context, source } => write!(f, "{context}: {source}"),
+            Error::Runtime(message) => f.write_str(message),
         }
     }
 }
@@ -40,7 +44,7 @@ impl std::error::Error for Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             Error::Io { source, .. } => Some(source),
-            Error::Config(_) => None,
+            Error::Config(_) | Error::Runtime(_) => None,
         }
     }
 }

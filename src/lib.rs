@@ -5,6 +5,7 @@
 //! The crate is a library so the integration tests, the development hub
 //! binary and `main.rs` share one implementation.
 
+pub mod agent_cli;
 pub mod clock;
 pub mod config;
 pub mod demo;
@@ -13,14 +14,20 @@ pub mod devhub;
 mod doc_tests;
 pub mod error;
 pub mod event;
+mod failpoint;
 pub mod hub;
 pub mod lifecycle_log;
 pub(crate) mod main_loop;
 pub mod protocol;
+pub mod queue_lock;
 pub mod queue_store;
 pub mod retry;
 pub mod state;
 pub mod status;
+#[cfg(all(unix, any(test, feature = "failpoints")))]
+#[doc(hidden)]
+pub mod test_support;
+pub mod try_wake;
 pub mod update;
 pub mod wake;
 pub mod watcher;

@@ -18,7 +18,12 @@ USAGE:
     agentcom-sidecar status [--json] [--config PATH]
                                                show the held task, pending reports and recent events
                                                (--json: as one JSON object on one line);
-                                               exit 0 when idle with nothing pending, 1 otherwise
+                                               exit 0 when idle with nothing pending, 1 when busy,
+                                               2 when queue.json is corrupt or unreadable
+    agentcom-sidecar agent started|progress|done|fail ...
+                                               the agent's reporting helpers (agent --help)
+    agentcom-sidecar try-wake [--config PATH] [--description TEXT]
+                                               rehearse the wake command on a pretend task, no hub
     agentcom-sidecar --help | --version
 
 The config path defaults to $SIDECAR_CONFIG, then ./config.json.
@@ -31,6 +36,13 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // The agent's helpers and try-wake have their own arguments, and the
+    // helpers must start fast: no config, no logger.
+    match std::env::args_os().nth(1).as_ref().and_then(|arg| arg.to_str()) {
+        Some("agent") => return agentcom_sidecar::agent_cli::main(std::env::args_os().skip(2).collect()),
+        Some("try-wake") => return agentcom_sidecar::try_wake::main(std::env::args_os().skip(2).collect()),
+        _ => {}
+    }
     let mut command = Command::Run;
     let mut config_path: Option<PathBuf> = None;
     let mut json = false;
@@ -98,6 +110,13 @@ fn main() -> ExitCode {
             for warning in &warnings {
                 eprintln!("warning: {warning}");
             }
+            let problems = config.directory_problems();
+            for problem in &problems {
+                eprintln!("agentcom-sidecar: {problem}");
+            }
+            if !problems.is_empty() {
+                return ExitCode::from(2);
+            }
             let text =
                 serde_json::to_string_pretty(&config.to_redacted_json()).expect("a JSON value serializes");
             println!("{text}");
@@ -112,8 +131,7 @@ fn main() -> ExitCode {
                 agentcom_sidecar::status::report(&config, now_ms, &mut stdout)
             };
             match written {
-                Ok(agentcom_sidecar::status::Verdict::Idle) => ExitCode::SUCCESS,
-                Ok(agentcom_sidecar::status::Verdict::Busy) => ExitCode::FAILURE,
+                Ok(verdict) => ExitCode::from(verdict.exit_code()),
                 Err(e) => {
                     eprintln!("agentcom-sidecar: cannot write the status: {e}");
                     ExitCode::FAILURE

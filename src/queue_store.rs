@@ -254,11 +254,39 @@ pub(crate) fn write_atomic_unsynced(path: &Path, bytes: &[u8], prefix: &str) -> 
     replace(path, bytes, prefix, false)
 }
 
-fn replace(path: &Path, bytes: &[u8], prefix: &str, durable: bool) -> io::Result<()> {
-    let dir = match path.parent() {
+/// [`write_atomic`] for a file of the agent's (the reporting helpers):
+/// readable by everyone (0644 on Unix; a tempfile is 0600), so a sidecar
+/// running as another user can read it. With `new_only` an existing file is
+/// never replaced: if `path` exists (or another writer gets there first),
+/// nothing is changed and the error is [`io::ErrorKind::AlreadyExists`]; of
+/// two racing writers exactly one wins.
+pub(crate) fn write_atomic_shared(path: &Path, bytes: &[u8], prefix: &str, new_only: bool) -> io::Result<()> {
+    let dir = parent_dir(path);
+    let mut builder = tempfile::Builder::new();
+    builder.prefix(prefix).suffix(".tmp");
+    #[cfg(unix)]
+    builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644));
+    let mut temp = builder.tempfile_in(dir)?;
+    temp.write_all(bytes)?;
+    temp.as_file().sync_all()?;
+    if new_only {
+        temp.persist_noclobber(path).map_err(|e| e.error)?;
+    } else {
+        persist(temp, path)?;
+    }
+    sync_dir(dir);
+    Ok(())
+}
+
+fn parent_dir(path: &Path) -> &Path {
+    match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => Path::new("."),
-    };
+    }
+}
+
+fn replace(path: &Path, bytes: &[u8], prefix: &str, durable: bool) -> io::Result<()> {
+    let dir = parent_dir(path);
     let mut temp = tempfile::Builder::new().prefix(prefix).suffix(".tmp").tempfile_in(dir)?;
     temp.write_all(bytes)?;
     if durable {

@@ -28,11 +28,39 @@ const CONNECTION_EVENTS: &[LifecycleEvent] = &[
 const RECENT_RECORDS: usize = 200;
 const TASK_EVENTS_SHOWN: usize = 5;
 
-/// Whether the box is idle with nothing owed to the hub.
+/// Whether the box is idle with nothing owed to the hub. The text and the
+/// JSON report say it with the same word ([`Verdict::word`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
     Idle,
+    /// A task is held, or a report is owed to the hub.
     Busy,
+    /// `queue.json` does not parse (the sidecar would move it aside and
+    /// start empty): not busy, broken.
+    Corrupt,
+    /// `queue.json` cannot be read (permissions, I/O error).
+    Unreadable,
+}
+
+impl Verdict {
+    pub fn word(self) -> &'static str {
+        match self {
+            Verdict::Idle => "idle",
+            Verdict::Busy => "busy",
+            Verdict::Corrupt => "corrupt",
+            Verdict::Unreadable => "unreadable",
+        }
+    }
+
+    /// `status`'s exit code: 0 idle, 1 busy, 2 when queue.json must be
+    /// looked at (corrupt or unreadable).
+    pub fn exit_code(self) -> u8 {
+        match self {
+            Verdict::Idle => 0,
+            Verdict::Busy => 1,
+            Verdict::Corrupt | Verdict::Unreadable => 2,
+        }
+    }
 }
 
 /// What `queue.json` holds, as far as status can tell.
@@ -67,13 +95,15 @@ pub struct Status {
 }
 
 impl Status {
-    /// Busy when a task is held, or when `queue.json` cannot be read or
-    /// parsed (so scripts notice).
+    /// Busy when a task is held or a report is owed; corrupt or unreadable
+    /// when `queue.json` cannot be parsed or read (so scripts notice).
     pub fn verdict(&self) -> Verdict {
         match &self.queue {
             QueueState::Missing => Verdict::Idle,
             QueueState::Ok(queue) if queue.active.is_none() && queue.recovering.is_none() => Verdict::Idle,
-            _ => Verdict::Busy,
+            QueueState::Ok(_) => Verdict::Busy,
+            QueueState::Corrupt(_) => Verdict::Corrupt,
+            QueueState::Unreadable(_) => Verdict::Unreadable,
         }
     }
 }
@@ -174,8 +204,7 @@ fn write_text(status: &Status, out: &mut dyn Write) -> io::Result<()> {
             }
         }
     }
-    let verdict = if status.verdict() == Verdict::Idle { "idle" } else { "busy or pending" };
-    writeln!(out, "verdict: {verdict}")
+    writeln!(out, "verdict: {}", status.verdict().word())
 }
 
 /// The JSON form: documented in the README ("status --json").
@@ -219,7 +248,7 @@ pub fn to_json(status: &Status) -> Value {
     };
     let verdict = status.verdict();
     json!({
-        "verdict": if verdict == Verdict::Idle { "idle" } else { "busy" },
+        "verdict": verdict.word(),
         "idle": verdict == Verdict::Idle,
         "now_ms": now_ms,
         "queue_file": status.queue_file,
@@ -365,6 +394,7 @@ mod tests {
         write_connected_log(&config);
         let (verdict, text) = run(&config);
         assert_eq!(verdict, Verdict::Busy);
+        assert!(text.ends_with("verdict: busy\n"), "the word --json uses: {text}");
         assert!(text.contains("active: task-1 generation 3 status working (100 s ago"), "{text}");
         assert!(text.contains("pending report: task_complete (generation 3)"), "{text}");
         assert!(text.contains("last connection event: 10 s ago: identified"), "{text}");
@@ -377,8 +407,9 @@ mod tests {
         let config = config(dir.path());
         fs::write(&config.queue_file, "{\"active\":").unwrap();
         let (verdict, text) = run(&config);
-        assert_eq!(verdict, Verdict::Busy);
+        assert_eq!(verdict, Verdict::Corrupt);
         assert!(text.contains("CORRUPT"), "{text}");
+        assert!(text.ends_with("verdict: corrupt\n"), "{text}");
         assert_eq!(fs::read_to_string(&config.queue_file).unwrap(), "{\"active\":");
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1, "nothing else written");
     }
@@ -439,7 +470,8 @@ mod tests {
 
         fs::write(&config.queue_file, "{\"active\":").unwrap();
         let (verdict, status) = run_json(&config);
-        assert_eq!(verdict, Verdict::Busy);
+        assert_eq!(verdict, Verdict::Corrupt);
+        assert_eq!(status["verdict"], "corrupt");
         assert_eq!(status["queue_state"], "corrupt");
         assert!(status["queue_error"].as_str().is_some_and(|e| !e.is_empty()), "{status}");
     }

@@ -8,7 +8,9 @@
 //! the sidecar's process tree (pm2 kills that whole tree on restart, which
 //! would kill the update mid-way), and it runs in a process group of its own
 //! (a Ctrl-C meant for the sidecar does not reach it). Its output is
-//! appended to `update_log`.
+//! appended to `update_log`. It runs in the directory of `config.json`, like
+//! the wake command: a relative `scripts/update.sh` means the same file
+//! however the sidecar was started, as every relative path of the config.
 
 use std::io;
 use std::path::Path;
@@ -18,11 +20,12 @@ use std::path::Path;
 #[cfg(unix)]
 const COMMAND_VAR: &str = "AGENTCOM_UPDATE_COMMAND";
 
-/// Starts `command` through `sh -c`, detached, output appended to `log`.
+/// Starts `command` through `sh -c` in `work_dir`, detached, output
+/// appended to `log`.
 /// Returns once it is started; `Err` if the log cannot be opened or the
 /// shell cannot be started.
 #[cfg(unix)]
-pub fn start_detached(command: &str, log: &Path) -> io::Result<()> {
+pub fn start_detached(command: &str, work_dir: &Path, log: &Path) -> io::Result<()> {
     use std::fs::OpenOptions;
     use std::os::unix::process::CommandExt;
     use std::process::{Command, Stdio};
@@ -37,6 +40,7 @@ pub fn start_detached(command: &str, log: &Path) -> io::Result<()> {
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
+        .current_dir(work_dir)
         .process_group(0);
     let status = outer.spawn()?.wait()?;
     if status.success() {
@@ -50,7 +54,7 @@ pub fn start_detached(command: &str, log: &Path) -> io::Result<()> {
 /// `cmd /c start.bat`; an update is `pm2 restart`). The caller falls back to
 /// exiting, as without `update_command`.
 #[cfg(not(unix))]
-pub fn start_detached(_command: &str, _log: &Path) -> io::Result<()> {
+pub fn start_detached(_command: &str, _work_dir: &Path, _log: &Path) -> io::Result<()> {
     Err(io::Error::new(io::ErrorKind::Unsupported, "update_command is supported on Unix only"))
 }
 
@@ -85,7 +89,7 @@ mod tests {
              ps -o ppid= -o pgid= -p $$ > '{}.tmp' && mv '{0}.tmp' '{0}'",
             report.display()
         );
-        start_detached(&command, &log).unwrap();
+        start_detached(&command, dir.path(), &log).unwrap();
         let report = wait_for_file(&report);
         let mut fields = report.split_whitespace().map(|f| f.parse::<u32>().unwrap());
         let (ppid, pgid) = (fields.next().unwrap(), fields.next().unwrap());
@@ -99,7 +103,19 @@ mod tests {
     #[test]
     fn an_unopenable_log_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
-        let error = start_detached("true", &dir.path().join("missing/update.log")).unwrap_err();
+        let error = start_detached("true", dir.path(), &dir.path().join("missing/update.log")).unwrap_err();
         assert_eq!(error.kind(), io::ErrorKind::NotFound);
+    }
+
+    #[test]
+    fn the_command_runs_in_the_config_directory() {
+        // Relative to config.json's directory, like every other path.
+        let dir = tempfile::tempdir().unwrap();
+        let config_dir = dir.path().join("box");
+        fs::create_dir(&config_dir).unwrap();
+        fs::write(config_dir.join("update.sh"), "pwd > where.tmp && mv where.tmp where\n").unwrap();
+        start_detached("sh update.sh", &config_dir, &dir.path().join("update.log")).unwrap();
+        let shown = wait_for_file(&config_dir.join("where"));
+        assert_eq!(Path::new(shown.trim()).canonicalize().unwrap(), config_dir.canonicalize().unwrap());
     }
 }

@@ -8,17 +8,20 @@
 //! - `table` (default): one sidecar; see `single.rs`;
 //! - `fleet`: N sidecars through a hub restart, per jitter strategy; see
 //!   `fleet.rs`;
-//! - `all`: both.
+//! - `rate`: one sidecar within 4718a58's real rate budget; see `rate.rs`;
+//! - `all`: table and fleet.
 //!
-//! Every knob is an environment variable, listed in README.md (section
-//! "Footprint and speed") and at the top of `single.rs` / `fleet.rs`.
+//! Every knob is an environment variable, listed in docs/benchmarks.md and
+//! at the top of `single.rs` / `fleet.rs`.
 //!
 //! Linux only: it reads /proc.
 
 mod agent;
 mod fleet;
 mod floors;
+mod helpers;
 mod procfs;
+mod rate;
 mod single;
 
 fn main() {
@@ -33,12 +36,13 @@ fn main() {
     match mode {
         "table" => single::run(),
         "fleet" => fleet::run(),
+        "rate" => rate::run(),
         "all" => {
             single::run();
             fleet::run();
         }
         other => {
-            eprintln!("unknown mode {other:?}: expected table, fleet or all");
+            eprintln!("unknown mode {other:?}: expected table, fleet, rate or all");
             std::process::exit(2);
         }
     }

@@ -79,6 +79,7 @@ pub fn run() {
     for _ in 0..floor_samples {
         floor.sample(&mut echo, &floor_dir, &queue_json, &helper);
     }
+    let agent_helpers = crate::helpers::sample(binary, &dir.path().join("helpers"), floor_samples);
 
     let mut options = DevHubOptions::new("bench", "bench-token");
     // This measures the relay, not 4718a58's rate limit (60 frames, then one
@@ -95,6 +96,8 @@ pub fn run() {
         "results_dir": results, "log_file": dir.path().join("sidecar.log"),
         "queue_file": dir.path().join("queue.json"),
         "log_level": std::env::var("BENCH_LOG_LEVEL").unwrap_or_else(|_| "warn".into()),
+        // ...and the sidecar paces itself to the hub's budget: the same room.
+        "rate_limit_normal": 1_000_000, "rate_limit_light": 1_000_000,
     });
     fs::write(dir.path().join("config.json"), config.to_string()).expect("config");
     let started = mono_ns();
@@ -226,6 +229,19 @@ pub fn run() {
             "write+rtt/2",
         );
     }
+    let helper_floor = add(&[Summary::of(&agent_helpers.version), write_floor]);
+    row(
+        "agent helper `agent progress`, spawn -> exit",
+        Summary::of(&agent_helpers.progress),
+        helper_floor,
+        "start+write",
+    );
+    row(
+        "agent helper `agent done`, spawn -> exit",
+        Summary::of(&agent_helpers.done),
+        helper_floor,
+        "start+write",
+    );
     println!("{:<46} {:>24.0}", "tasks per second, whole loop (back to back)", per_second);
     println!("{:<46} {:>24.3}", "sidecar CPU per task, ms (back to back)", cpu_per_task_ms);
     println!("{:<46} {:>24}", "start -> identified", ms(start_to_identified));

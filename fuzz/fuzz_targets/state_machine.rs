@@ -29,7 +29,7 @@ use agentcom_sidecar::hub::HubEvent;
 use agentcom_sidecar::queue_store::WakeProcess;
 use agentcom_sidecar::queue_store::{self, QueueFile};
 use agentcom_sidecar::retry::{BackoffPolicy, JitterStrategy};
-use agentcom_sidecar::state::{Effect, Input, Settings, State, TaskFiles};
+use agentcom_sidecar::state::{Effect, Input, RateLimits, Settings, State, TaskFiles};
 use agentcom_sidecar::wake::{WakeIdentity, WakeMode, WakeOutcome, WakeStarted, WakeStatus};
 use agentcom_sidecar::watcher::{FileKind, ReadResult, ResultsEvent};
 use libfuzzer_sys::fuzz_target;
@@ -96,6 +96,14 @@ fn settings(b: &mut Bytes<'_>) -> Settings {
         send_wake_result: b.u8() % 2 == 0,
         send_state_report: b.u8() % 2 == 0,
         results_poll: (b.u8() % 3 == 0).then(|| ms(1 + u64::from(b.u8()))),
+        // A small budget, so that frames wait for tokens and denials meet
+        // frames still waiting.
+        rate_limits: RateLimits {
+            light: 1 + u32::from(b.u8() % 8),
+            normal: 1 + u32::from(b.u8() % 8),
+            heavy: 1,
+            window: ms(100 + u64::from(b.u8()) * 10),
+        },
     }
 }
 

@@ -71,6 +71,11 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // The demo runs the sidecar in this process, so its wake command gets
+    // this binary as AGENTCOM_SIDECAR: the example agent's helpers land here.
+    if std::env::args_os().nth(1).is_some_and(|arg| arg == "agent") {
+        return agentcom_sidecar::agent_cli::main(std::env::args_os().skip(2).collect());
+    }
     let args = match parse_args(std::env::args().skip(1)) {
         Ok(Command::Run(args)) => args,
         Ok(Command::Help) => {

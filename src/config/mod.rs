@@ -14,6 +14,7 @@ use serde_json::{Map, Value};
 
 use crate::error::Error;
 use crate::retry::JitterStrategy;
+use crate::state::RateLimits;
 
 /// The validated configuration. Durations are `Duration`s and paths are
 /// absolute or relative to the process's working directory (already resolved
@@ -77,6 +78,9 @@ pub struct Config {
     /// Send a keep-alive `task_progress` for the held task after this long
     /// without one (`keepalive_interval_ms`, 0: never).
     pub keepalive_interval: Option<Duration>,
+    /// The newer hub's rate budget (`rate_limit_*`), which frames are paced
+    /// to on that hub.
+    pub rate_limits: RateLimits,
     /// How long shutdown waits for a close handshake or a running wake.
     pub shutdown_grace: Duration,
     /// Watch `results_dir` with the platform's file notifications. Off
@@ -207,7 +211,7 @@ impl Config {
         }
         let token = Secret::new(token);
         let hub_url = keys.required_string("hub_url")?;
-        validate_hub_url(&hub_url).map_err(|why| keys.error("hub_url", &why))?;
+        let hub_url = checks::parse_hub_url(&hub_url).map_err(|why| keys.error("hub_url", &why))?;
         keys.show("hub_url", Value::from(redact_url(&hub_url)));
         let name = keys.string("name")?.unwrap_or_else(|| agent_id.clone());
         keys.show("name", Value::from(name.as_str()));
@@ -354,6 +358,17 @@ impl Config {
             adopted_silence: keys.millis("adopted_silence_ms", 1_800_000, 1)?,
             keepalive_interval: Some(keys.millis("keepalive_interval_ms", 60_000, 0)?)
                 .filter(|d| !d.is_zero()),
+            rate_limits: RateLimits {
+                light: keys.integer_at_most("rate_limit_light", 120, 1, 1_000_000)? as u32,
+                normal: keys.integer_at_most("rate_limit_normal", 60, 1, 1_000_000)? as u32,
+                heavy: keys.integer_at_most("rate_limit_heavy", 10, 1, 1_000_000)? as u32,
+                window: Duration::from_millis(keys.integer_at_most(
+                    "rate_limit_window_ms",
+                    60_000,
+                    100,
+                    86_400_000,
+                )?),
+            },
             watch_results: keys.boolean("watch_results", true)?,
             results_poll: keys.millis("results_poll_ms", 1_000, 10)?,
             log_max_bytes: keys.integer("log_max_bytes", 10 << 20, 1024)?,
@@ -370,11 +385,27 @@ impl Config {
         // A key is known when the parser asked for it; anything else is
         // warned about, not refused, so a newer config keeps working with an
         // older binary.
-        let warnings = object
-            .keys()
-            .filter(|key| !effective.contains_key(key.as_str()))
-            .map(|key| format!("{}: unknown key `{key}` ignored", path.display()))
-            .collect();
+        // One close to a known key is a typo, though: refused, with the
+        // key it probably meant.
+        let known = || effective.keys().map(String::as_str).filter(|k| *k != "config_path");
+        let mut warnings = Vec::new();
+        for key in object.keys().filter(|key| !effective.contains_key(key.as_str())) {
+            if let Some(meant) = checks::suggestion(key, known()) {
+                return Err(Error::Config(format!(
+                    "{}: key `{key}` is unknown: did you mean {meant}?",
+                    path.display()
+                )));
+            }
+            warnings.push(format!("{}: unknown key `{key}` ignored", path.display()));
+        }
+        if config.wake_command.is_none() && config.task_timeout.is_none() {
+            warnings.push(format!(
+                "{}: no wake_command and no task_timeout_ms: tasks are accepted but no agent is woken, and a \
+                 task no agent picks up on its own stays `working` for ever (set wake_command, or \
+                 task_timeout_ms to fail such tasks)",
+                path.display()
+            ));
+        }
         Ok((Config { effective, ..config }, warnings))
     }
 
@@ -403,6 +434,22 @@ impl Config {
     /// relative to it, and the wake command runs in it.
     pub fn base_dir(&self) -> PathBuf {
         base_dir_of(&self.config_path)
+    }
+
+    /// What keeps the sidecar from creating its files: `results_dir`, and
+    /// the directories of `queue_file` and `log_file`, each missing one
+    /// creatable, each existing one a writable directory. One line per
+    /// problem, naming the key, the path and the OS error. Creates nothing.
+    pub fn directory_problems(&self) -> Vec<String> {
+        let parent = |p: &Path| p.parent().map(Path::to_path_buf).unwrap_or_default();
+        [
+            ("results_dir", self.results_dir.clone()),
+            ("queue_file", parent(&self.queue_file)),
+            ("log_file", parent(&self.log_file)),
+        ]
+        .iter()
+        .filter_map(|(key, dir)| checks::directory_problem(key, dir))
+        .collect()
     }
 
     pub fn has_hub_feature(&self, feature: HubFeature) -> bool {
@@ -459,21 +506,6 @@ fn base_dir_of(config_path: &Path) -> PathBuf {
         Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
         _ => PathBuf::from("."),
     }
-}
-
-fn validate_hub_url(url: &str) -> Result<(), String> {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return Err("expected a ws:// or wss:// URL".into());
-    };
-    if scheme != "ws" && scheme != "wss" {
-        return Err(format!("scheme {scheme:?} is not supported (expected ws or wss)"));
-    }
-    let host = rest.split(['/', '?']).next().unwrap_or("");
-    let host = host.rsplit('@').next().unwrap_or("");
-    if host.is_empty() {
-        return Err("the URL has no host".into());
-    }
-    Ok(())
 }
 
 /// Typed access to the top-level object with errors that name file and key.
@@ -595,5 +627,6 @@ fn kind(value: &Value) -> &'static str {
     }
 }
 
+mod checks;
 #[cfg(test)]
 mod tests;

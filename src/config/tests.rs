@@ -13,7 +13,7 @@ const MINIMAL: &str = r#"{"agent_id":"a1","token":"s3cret","hub_url":"ws://127.0
 #[test]
 fn node_defaults_apply_and_paths_resolve_against_the_config_dir() {
     let (config, warnings) = parse(MINIMAL).unwrap();
-    assert!(warnings.is_empty());
+    assert!(warnings.len() == 1 && warnings[0].contains("no wake_command"), "{warnings:?}");
     assert_eq!(config.name, "a1");
     assert_eq!(config.confirmation_timeout, Duration::from_secs(30));
     assert_eq!(config.results_dir, Path::new("/etc/sidecar/results"));
@@ -77,6 +77,14 @@ fn every_bad_input_names_the_file_and_the_key() {
             "`heartbeat_interval_ms`: must be at least 1",
         ),
         (
+            r#"{"agent_id":"a","token":"t","hub_url":"ws://h/ws","rate_limit_normal":0}"#,
+            "`rate_limit_normal`: must be at least 1",
+        ),
+        (
+            r#"{"agent_id":"a","token":"t","hub_url":"ws://h/ws","rate_limit_window_ms":10}"#,
+            "`rate_limit_window_ms`: must be at least 100",
+        ),
+        (
             r#"{"agent_id":"a","token":"t","hub_url":"ws://h/ws","pong_timeout_ms":-5}"#,
             "`pong_timeout_ms`: expected a non-negative integer, found a negative number",
         ),
@@ -136,7 +144,7 @@ fn bad_json_and_non_objects_are_refused() {
 
 #[test]
 fn unknown_keys_warn_but_do_not_fail() {
-    let text = r#"{"agent_id":"a","token":"t","hub_url":"ws://h/ws","hub_api_url":"x"}"#;
+    let text = r#"{"agent_id":"a","token":"t","hub_url":"ws://h/ws","wake_command":"w","hub_api_url":"x"}"#;
     let (_, warnings) = parse(text).unwrap();
     assert_eq!(warnings.len(), 1);
     assert!(warnings[0].contains("`hub_api_url`"));
@@ -162,12 +170,13 @@ fn check_shows_every_known_key_and_accepts_its_own_output() {
     assert_eq!(shown["heartbeat_interval_ms"], 30_000);
     assert_eq!(shown["wake_retry_delays_ms"], serde_json::json!([5_000, 15_000, 30_000]));
     assert_eq!(shown["log_level"], "info");
-    assert_eq!(shown.len(), 40, "the 39 keys and config_path: {shown:?}");
+    assert_eq!(shown.len(), 44, "the 43 keys and config_path: {shown:?}");
     // Every key `check` shows is one the parser knows: fed back in (with
     // the real token and URL), nothing is warned about.
     shown.remove("config_path");
     shown.insert("token".into(), Value::from("t"));
     shown.insert("hub_url".into(), Value::from("ws://h/ws"));
+    shown.insert("wake_command".into(), Value::from("w"));
     shown.retain(|_, v| !v.is_null());
     let (_, warnings) = parse(&Value::Object(shown).to_string()).unwrap();
     assert!(warnings.is_empty(), "{warnings:?}");
@@ -178,4 +187,84 @@ fn urls_lose_credentials_and_queries() {
     assert_eq!(redact_url("wss://u:p@hub:4000/ws?token=x"), "wss://<redacted>@hub:4000/ws?<redacted>");
     assert_eq!(redact_url("ws://127.0.0.1:4000/ws"), "ws://127.0.0.1:4000/ws");
     assert_eq!(redact_url("ws://host"), "ws://host");
+}
+
+#[test]
+fn hub_urls_with_a_bad_port_host_or_fragment_are_refused_naming_the_key() {
+    for (url, expected) in [
+        ("ws://127.0.0.1:99999/ws", "invalid port"),
+        ("ws://127.0.0.1:65536/ws", "invalid port"),
+        ("ws://127.0.0.1:4400abc/ws", "invalid port"),
+        ("ws://127.0.0.1:/ws", "no port after `:`"),
+        ("ws://user@:4000/ws", "no host"),
+        ("ws://h:4000/ws#frag", "fragment"),
+        ("ws//h:4000/ws", "expected a ws:// or wss:// URL"),
+        ("ws://exa mple/ws", "invalid"),
+    ] {
+        let message = error_of(&MINIMAL.replace("ws://127.0.0.1:4000/ws", url));
+        assert!(message.contains("`hub_url`"), "{url}: {message}");
+        assert!(message.contains(expected), "{url}: {message:?} should contain {expected:?}");
+    }
+    for url in ["ws://127.0.0.1:65535/ws", "wss://hub.example/ws", "ws://[::1]:4000/ws", "ws://h"] {
+        parse(&MINIMAL.replace("ws://127.0.0.1:4000/ws", url)).unwrap_or_else(|e| panic!("{url}: {e}"));
+    }
+}
+
+#[test]
+fn an_unknown_key_close_to_a_known_one_is_an_error_with_the_suggestion() {
+    let text = r#"{"agent_id":"a","token":"t","hub_url":"ws://h/ws","wake_comand":"x"}"#;
+    let message = error_of(text);
+    assert!(message.contains("`wake_comand`") && message.contains("did you mean wake_command?"), "{message}");
+    let text = r#"{"agent_id":"a","token":"t","hub_url":"ws://h/ws","task_timout_ms":5}"#;
+    assert!(error_of(text).contains("did you mean task_timeout_ms?"));
+    let text = r#"{"agent_id":"a","token":"t","hub_url":"ws://h/ws","nmae":"x"}"#;
+    assert!(error_of(text).contains("did you mean name?"));
+    // Far from every known key: a newer config's key, warned about only.
+    let text = r#"{"agent_id":"a","token":"t","hub_url":"ws://h/ws","wake_command":"w","telemetry":true}"#;
+    let (_, warnings) = parse(text).unwrap();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+}
+
+#[test]
+fn no_wake_command_and_no_task_timeout_is_a_loud_warning_saying_what_will_happen() {
+    let (_, warnings) = parse(MINIMAL).unwrap();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(warnings[0].contains("no wake_command and no task_timeout_ms"), "{warnings:?}");
+    assert!(warnings[0].contains("for ever"), "{warnings:?}");
+    for extra in [r#","wake_command":"w""#, r#","task_timeout_ms":60000"#] {
+        let (_, warnings) = parse(&MINIMAL.replace('}', &format!("{extra}}}"))).unwrap();
+        assert!(warnings.is_empty(), "{extra}: {warnings:?}");
+    }
+}
+
+#[cfg(unix)]
+#[test]
+fn unwritable_or_unusable_directories_are_reported_with_the_path_and_the_os_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let readonly = crate::test_support::ReadOnlyDir::new(&dir.path().join("ro"));
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, "x").unwrap();
+    let config_with = |key: &str, value: &Path| {
+        let text =
+            MINIMAL.replace('}', &format!(r#","{key}":{}}}"#, Value::from(value.display().to_string())));
+        Config::from_json_str(&text, &dir.path().join("config.json")).unwrap().0
+    };
+    let fine = config_with("results_dir", &dir.path().join("new/results"));
+    assert!(fine.directory_problems().is_empty(), "{:?}", fine.directory_problems());
+
+    let problems = config_with("results_dir", readonly.path()).directory_problems();
+    assert_eq!(problems.len(), 1, "{problems:?}");
+    assert!(
+        problems[0].contains("results_dir") && problems[0].contains(&readonly.path().display().to_string())
+    );
+    assert!(problems[0].contains("not writable") && problems[0].contains("os error"), "{problems:?}");
+
+    let problems = config_with("results_dir", &readonly.path().join("sub/results")).directory_problems();
+    assert!(problems.len() == 1 && problems[0].contains("cannot be created in"), "{problems:?}");
+    let problems = config_with("queue_file", &readonly.path().join("queue.json")).directory_problems();
+    assert!(problems.len() == 1 && problems[0].contains("queue_file"), "{problems:?}");
+    let problems = config_with("log_file", &file.join("sidecar.log")).directory_problems();
+    assert!(problems.len() == 1 && problems[0].contains("log_file"), "{problems:?}");
+    let problems = config_with("results_dir", &file).directory_problems();
+    assert!(problems.len() == 1 && problems[0].contains("not a directory"), "{problems:?}");
 }

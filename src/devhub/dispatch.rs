@@ -36,13 +36,13 @@ impl HubState {
         let frame_type = object.get("type").and_then(Value::as_str).unwrap_or("");
         let agent_id = self.conns.get(&conn).and_then(|entry| entry.agent_id.clone());
         let mut replies = Vec::new();
+        // Every frame of an identified connection, identify too (heavy)
+        // ((4718a58) socket.ex:249-304).
         if let Some(agent_id) = &agent_id {
-            if frame_type != "identify" {
-                match self.admit(agent_id, frame_type, now) {
-                    Ok(None) => {}
-                    Ok(Some(warning)) => replies.push(Reply::Frame(warning)),
-                    Err(denied) => return vec![denied],
-                }
+            match self.admit(agent_id, frame_type, now) {
+                Ok(None) => {}
+                Ok(Some(warning)) => replies.push(Reply::Frame(warning)),
+                Err(denied) => return vec![denied],
             }
         }
         if frame_type == "identify" {

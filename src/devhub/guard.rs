@@ -69,14 +69,17 @@ pub(super) fn cooldown_reason(left: Duration) -> String {
 pub(super) enum Tier {
     Light,
     Normal,
+    Heavy,
 }
 
 impl Tier {
-    /// Light: ping and the read-only chat queries; anything else a
-    /// connection can send is normal (identify is heavy but never limited).
+    /// Light: ping and the read-only chat queries; heavy: identify (metered
+    /// only on an identified connection, (4718a58) socket.ex:249-252);
+    /// anything else a connection can send is normal.
     pub(super) fn of(frame_type: &str) -> Tier {
         match frame_type {
             "ping" | "list_agents" | "list_channels" | "status" | "channel_history" => Tier::Light,
+            "identify" => Tier::Heavy,
             _ => Tier::Normal,
         }
     }
@@ -85,6 +88,7 @@ impl Tier {
         match self {
             Tier::Light => "light",
             Tier::Normal => "normal",
+            Tier::Heavy => "heavy",
         }
     }
 
@@ -92,6 +96,7 @@ impl Tier {
         match self {
             Tier::Light => limits.light,
             Tier::Normal => limits.normal,
+            Tier::Heavy => limits.heavy,
         }
     }
 }
@@ -111,42 +116,56 @@ pub(super) enum Admit {
     },
 }
 
-/// One agent's bucket of one tier. Keyed by agent, not by connection, so a
-/// reconnect does not refill it ((4718a58) rate_limiter.ex:509-553).
+/// The hub's internal units: a token is 1000 ((4718a58) rate_limiter.ex:28).
+const TOKEN_COST: u64 = 1000;
+
+/// One agent's bucket of one tier, as 4718a58 keeps it: tokens in internal
+/// units (a token is 1000, so partial tokens count), refilled lazily on each
+/// check by `trunc(elapsed_ms * rate)` with the clock in whole milliseconds
+/// ((4718a58) rate_limiter.ex:509-553). Keyed by agent, not by connection,
+/// so a reconnect does not refill it.
 #[derive(Debug)]
 pub(super) struct TokenBucket {
-    tokens: u32,
-    last_refill: Instant,
+    units: u64,
+    /// The hub's `last_refill`, in whole milliseconds since `origin`.
+    last_ms: u64,
+    origin: Instant,
 }
 
 impl TokenBucket {
-    /// A fresh bucket starts full.
+    /// A fresh bucket starts full (the hub creates it at the first frame,
+    /// full minus that frame's cost).
     pub(super) fn full(bucket: &Bucket, now: Instant) -> TokenBucket {
-        TokenBucket { tokens: bucket.capacity, last_refill: now }
+        TokenBucket { units: u64::from(bucket.capacity) * TOKEN_COST, last_ms: 0, origin: now }
     }
 
-    /// Refills lazily, then takes one token. A warning goes with every frame
-    /// that leaves less than 20 % of the capacity ((4718a58) rate_limiter.ex:29,
-    /// 522-528). A denial's `retry_after_ms` is the time to refill one token,
-    /// rounded up to whole seconds ((4718a58) rate_limiter.ex:529-533).
+    /// Refills, then takes one token. A warning goes with every frame that
+    /// leaves less than 20 % of the capacity, naming the whole tokens left
+    /// ((4718a58) rate_limiter.ex:29, 518-528). A denial's `retry_after_ms`
+    /// is the time until the missing part of a token has refilled, rounded
+    /// up to whole seconds ((4718a58) rate_limiter.ex:529-536).
     pub(super) fn take(&mut self, bucket: &Bucket, now: Instant) -> Admit {
-        let refill_every = bucket.refill_every.max(Duration::from_millis(1));
-        let elapsed = now.saturating_duration_since(self.last_refill);
-        let earned = elapsed.as_nanos() / refill_every.as_nanos();
-        if earned > 0 {
-            let earned = u32::try_from(earned).unwrap_or(u32::MAX);
-            self.tokens = self.tokens.saturating_add(earned).min(bucket.capacity);
-            self.last_refill =
-                if self.tokens == bucket.capacity { now } else { self.last_refill + refill_every * earned };
+        let capacity = u64::from(bucket.capacity) * TOKEN_COST;
+        // Internal units per millisecond: (4718a58) config.ex:66-68.
+        let refill_ms = (bucket.refill_every.as_secs_f64() * 1000.0).max(1e-3);
+        let rate = TOKEN_COST as f64 / refill_ms;
+        let now_ms =
+            u64::try_from(now.saturating_duration_since(self.origin).as_millis()).unwrap_or(u64::MAX);
+        let elapsed = now_ms.saturating_sub(self.last_ms);
+        let earned = (elapsed as f64 * rate).trunc();
+        let refilled =
+            if earned >= capacity as f64 { capacity } else { (self.units + earned as u64).min(capacity) };
+        self.last_ms = now_ms;
+        if refilled < TOKEN_COST {
+            self.units = refilled;
+            let needed = (TOKEN_COST - refilled) as f64;
+            let retry_ms = (needed / rate).ceil() as u64;
+            return Admit::Deny { retry_after_ms: retry_ms.div_ceil(1000) * 1000 };
         }
-        if self.tokens == 0 {
-            let retry_after_ms =
-                u64::try_from(refill_every.as_millis().div_ceil(1000) * 1000).unwrap_or(u64::MAX);
-            return Admit::Deny { retry_after_ms };
-        }
-        self.tokens -= 1;
-        if u64::from(self.tokens) * 5 < u64::from(bucket.capacity) {
-            Admit::Warn { remaining: self.tokens, capacity: bucket.capacity }
+        self.units = refilled - TOKEN_COST;
+        if self.units < capacity / 5 {
+            let remaining = u32::try_from(self.units / TOKEN_COST).unwrap_or(u32::MAX);
+            Admit::Warn { remaining, capacity: bucket.capacity }
         } else {
             Admit::Allow
         }
@@ -217,8 +236,38 @@ mod tests {
     }
 
     #[test]
+    fn partial_tokens_count_and_a_denial_names_the_time_to_the_next_whole_one() {
+        // The hub's normal bucket: 60, one a second.
+        let bucket = Bucket { capacity: 60, refill_every: Duration::from_secs(1) };
+        let t0 = Instant::now();
+        let mut tokens = TokenBucket::full(&bucket, t0);
+        let admits: Vec<Admit> = (0..61).map(|_| tokens.take(&bucket, t0)).collect();
+        assert_eq!(admits[..48], [Admit::Allow; 48]);
+        // 11 left is under 20 % of 60 (12); 12 is not.
+        assert_eq!(admits[48], Admit::Warn { remaining: 11, capacity: 60 });
+        assert_eq!(admits[60], Admit::Deny { retry_after_ms: 1000 });
+        // Half a token after 500 ms: still denied, and the half is kept.
+        assert_eq!(tokens.take(&bucket, t0 + ms(500)), Admit::Deny { retry_after_ms: 1000 });
+        assert_eq!(tokens.take(&bucket, t0 + ms(999)), Admit::Deny { retry_after_ms: 1000 });
+        assert_eq!(tokens.take(&bucket, t0 + ms(1000)), Admit::Warn { remaining: 0, capacity: 60 });
+        // 1.5 tokens later: one taken, half of one left, which the next
+        // half second completes.
+        assert_eq!(tokens.take(&bucket, t0 + ms(2500)), Admit::Warn { remaining: 0, capacity: 60 });
+        assert_eq!(tokens.take(&bucket, t0 + ms(3000)), Admit::Warn { remaining: 0, capacity: 60 });
+        // Heavy: 10 a minute, a token every 6 s.
+        let heavy = Bucket { capacity: 10, refill_every: Duration::from_secs(6) };
+        let mut tokens = TokenBucket::full(&heavy, t0);
+        for _ in 0..10 {
+            tokens.take(&heavy, t0);
+        }
+        assert_eq!(tokens.take(&heavy, t0), Admit::Deny { retry_after_ms: 6000 });
+        assert_eq!(tokens.take(&heavy, t0 + ms(1500)), Admit::Deny { retry_after_ms: 5000 });
+    }
+
+    #[test]
     fn tiers_follow_the_hub_config() {
         assert_eq!(Tier::of("ping"), Tier::Light);
+        assert_eq!(Tier::of("identify"), Tier::Heavy);
         for frame_type in ["task_accepted", "task_complete", "wake_result", "state_report", "whatever"] {
             assert_eq!(Tier::of(frame_type), Tier::Normal, "{frame_type}");
         }

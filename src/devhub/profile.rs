@@ -120,6 +120,9 @@ pub struct HubLimits {
     /// 4718a58: `normal` tier (every task frame, and any type not listed):
     /// 60 tokens, 1 per second ((4718a58) rate_limiter/config.ex:15-31, 66-68).
     pub normal: Bucket,
+    /// 4718a58: `heavy` tier (`identify` on an identified connection): 10
+    /// tokens, one every 6 s ((4718a58) rate_limiter/config.ex:17, 66-68).
+    pub heavy: Bucket,
     /// 4718a58: after a denial the scheduler skips the agent until this long
     /// after the first denial of the window ((4718a58) rate_limiter.ex:69-129,
     /// scheduler.ex:293). 60 s.
@@ -138,6 +141,7 @@ impl Default for HubLimits {
             cooldowns: [Duration::from_secs(30), Duration::from_secs(60), Duration::from_secs(300)],
             light: Bucket { capacity: 120, refill_every: Duration::from_millis(500) },
             normal: Bucket { capacity: 60, refill_every: Duration::from_secs(1) },
+            heavy: Bucket { capacity: 10, refill_every: Duration::from_secs(6) },
             rate_limited_for: Duration::from_secs(60),
             stuck_after: None,
         }

@@ -63,6 +63,7 @@ impl Connector {
 
         let addrs = self.resolve(&host, port, deadline)?;
         let tcp = self.connect_tcp(&addrs, deadline)?;
+        crate::failpoint::panic_at("hub_connecting");
 
         let stream = match tls_connector {
             None => MaybeTlsStream::Plain(tcp),
@@ -224,13 +225,7 @@ impl Connector {
                     attempt = mid.handshake();
                 }
                 Err(native_tls::HandshakeError::Failure(err)) => {
-                    let hint = match self.params.tls_ca_file {
-                        None => "if the hub uses a private CA, set tls_ca_file",
-                        Some(_) => {
-                            "the hub's certificate must be signed by the CA in tls_ca_file and name the host in hub_url"
-                        }
-                    };
-                    return Err(Ending::error(format!("TLS handshake failed: {err} ({hint})")));
+                    return Err(Ending::error(describe_tls_failure(&err, self.params.tls_ca_file.is_some())))
                 }
             }
         }
@@ -301,6 +296,44 @@ fn describe_connect_error(addr: SocketAddr, err: &io::Error) -> String {
         io::ErrorKind::TimedOut => format!("TCP connect to {addr} timed out"),
         _ => format!("cannot connect to {addr}: {err}"),
     }
+}
+
+/// What the operator should know of a failed TLS handshake: a server
+/// that does not speak TLS at all (a `wss://` hub_url for a plain hub) is
+/// told apart from a certificate we do not trust, and only the latter gets
+/// the tls_ca_file hint. Judged by the TLS library's words (OpenSSL,
+/// SChannel, Security.framework), as native-tls gives no kinds.
+fn describe_tls_failure(err: &native_tls::Error, has_ca_file: bool) -> String {
+    const NOT_TLS: [&str; 6] = [
+        "wrong version number",
+        "packet length too long",
+        "unknown protocol",
+        "http request",
+        "record layer failure",
+        "badly formatted",
+    ];
+    let text = err.to_string();
+    let lower = text.to_lowercase();
+    if NOT_TLS.iter().any(|words| lower.contains(words)) {
+        return format!(
+            "TLS handshake failed: the server does not speak TLS ({text}); a hub served without TLS needs a ws:// hub_url"
+        );
+    }
+    if lower.contains("eof") {
+        // Could be either: say what is known, and the likely cause.
+        return format!(
+            "TLS handshake failed: the server closed the connection during the handshake ({text}); if it does not speak TLS, a hub served without TLS needs a ws:// hub_url"
+        );
+    }
+    if ["certificate", "verify", "trust"].iter().any(|words| lower.contains(words)) {
+        let hint = if has_ca_file {
+            "the hub's certificate must be signed by the CA in tls_ca_file and name the host in hub_url"
+        } else {
+            "if the hub uses a private CA, set tls_ca_file"
+        };
+        return format!("TLS handshake failed: the server's certificate is not trusted: {text} ({hint})");
+    }
+    format!("TLS handshake failed: {text}")
 }
 
 fn describe_ws_handshake_error(err: tungstenite::Error) -> String {

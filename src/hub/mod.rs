@@ -226,6 +226,7 @@ fn connection_thread(
         Ok(ws) => {
             debug!("hub connection {conn_id}: connected");
             on_event(HubEvent::Connected { conn_id });
+            crate::failpoint::panic_at("hub_connected");
             // The session owns the socket and drops it before returning, so
             // the socket is closed by the time the owner hears Disconnected.
             Session::new(connector, ws, &*on_event).run()

@@ -23,11 +23,15 @@ use crate::error::Error;
 use crate::event::Event;
 use crate::hub::{HubEvent, HubHandle, HubParams};
 use crate::lifecycle_log::{LifecycleEvent, LifecycleLog};
+use crate::queue_lock::QueueLock;
 use crate::queue_store::{self, Loaded, QueueFile};
 use crate::retry::Jitter;
 use crate::state::{Effect, Input, Settings, State, TaskFiles, WakeStart};
 use crate::wake::{self, WakeHandle, WakeRequest};
 use crate::watcher::{self, FileKind, ReadResult, ResultsWatcher};
+use deaths::Deaths;
+
+mod deaths;
 
 /// Largest progress file we read.
 const MAX_PROGRESS_BYTES: u64 = 4096;
@@ -38,8 +42,28 @@ const SLOW_TURN: Duration = Duration::from_millis(100);
 /// `restart_sidecar`). `events` is the sender side of `inbox`; worker threads
 /// get clones of it.
 pub fn run(config: Config, events: Sender<Event>, inbox: Receiver<Event>) -> Result<(), Error> {
+    let problems = config.directory_problems();
+    if !problems.is_empty() {
+        return Err(Error::Runtime(format!("cannot start: {}", problems.join("; "))));
+    }
+    // One sidecar per queue, before anything is read or sent.
+    if let Some(dir) = config.queue_file.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            Error::io(format!("cannot create the directory of {}", config.queue_file.display()), e)
+        })?;
+    }
+    let _lock = QueueLock::acquire(&config.queue_file)?;
     let mut shell = Shell::new(config, events)?;
     shell.run(&inbox);
+    if let Some(death) = shell.died.take() {
+        // Crash-only: no teardown, whose joins could wait on the broken
+        // worker; the process exits, as after a kill, and its supervisor
+        // restarts it.
+        std::mem::forget(shell);
+        return Err(Error::Runtime(format!(
+            "{death}; exiting so that the supervisor restarts the sidecar (queue.json makes that safe)"
+        )));
+    }
     shell.teardown();
     Ok(())
 }
@@ -66,6 +90,12 @@ struct Shell {
     #[cfg(feature = "failpoints")]
     failpoint: Option<String>,
     exit: bool,
+    deaths: Deaths,
+    /// A worker thread died: the loop ends and so does the process.
+    died: Option<String>,
+    /// The wake attempt the executor owes an outcome for, and when it is
+    /// overdue (a hung executor is a dead one).
+    wake_due: Option<(Instant, String)>,
 }
 
 impl Shell {
@@ -114,8 +144,10 @@ impl Shell {
             .filter(|_| agent_running)
             .and_then(|p| wake::watch_leftover(&p.identity));
 
+        let deaths = Deaths::new();
         let wake_events = events.clone();
         let started_events = events.clone();
+        let wake_watch = deaths.watch("wake-executor");
         // Gated: a command runs only once queue.json records it, so a crash
         // right after its spawn never leaves one running unseen.
         let wake = WakeHandle::spawn_gated(
@@ -123,6 +155,7 @@ impl Shell {
                 let _ = started_events.send(Event::WakeStarted(started));
             }),
             Box::new(move |outcome| {
+                wake_watch.keep();
                 // A failed send means the loop is gone: we are shutting down.
                 let _ = wake_events.send(Event::Wake(outcome));
             }),
@@ -131,9 +164,11 @@ impl Shell {
 
         let watcher = if config.watch_results {
             let watch_events = events.clone();
+            let watch = deaths.watch("results-watcher");
             match ResultsWatcher::start(
                 &config.results_dir,
                 Box::new(move |event| {
+                    watch.keep();
                     let _ = watch_events.send(Event::Results(event));
                 }),
             ) {
@@ -181,6 +216,9 @@ impl Shell {
             wake,
             agent_watch,
             exit: false,
+            deaths,
+            died: None,
+            wake_due: None,
         })
     }
 
@@ -190,7 +228,7 @@ impl Shell {
         let mut follow_ups = VecDeque::new();
         let effects = self.state.start();
         self.execute(effects, &mut follow_ups);
-        while !self.exit {
+        while !self.exit && self.died.is_none() {
             let input = match follow_ups.pop_front() {
                 Some(input) => input,
                 None => self.next_event(inbox).unwrap_or_else(|| {
@@ -198,6 +236,12 @@ impl Shell {
                     Input::Event(Event::Shutdown)
                 }),
             };
+            if self.died.is_some() {
+                break;
+            }
+            if let Input::Event(Event::Wake(_)) = &input {
+                self.wake_due = None;
+            }
             if let Input::Event(Event::Hub(HubEvent::Disconnected { conn_id, .. })) = &input {
                 self.reap_connection(*conn_id);
             }
@@ -221,14 +265,27 @@ impl Shell {
 
     /// Blocks until something happens: an event from a worker, or the state
     /// machine's next deadline. `None` when every sender is gone.
-    fn next_event(&self, inbox: &Receiver<Event>) -> Option<Input> {
+    fn next_event(&mut self, inbox: &Receiver<Event>) -> Option<Input> {
         let timer = match self.state.next_deadline() {
             Some(at) => crossbeam_channel::at(at),
+            None => crossbeam_channel::never(),
+        };
+        let overdue = match &self.wake_due {
+            Some((at, _)) => crossbeam_channel::at(*at),
             None => crossbeam_channel::never(),
         };
         let event = select! {
             recv(inbox) -> event => event.ok()?,
             recv(timer) -> _ => return Some(Input::Tick),
+            recv(self.deaths.rx) -> death => {
+                self.died = death.ok();
+                return Some(Input::Tick);
+            }
+            recv(overdue) -> _ => {
+                let what = self.wake_due.take().map(|(_, what)| what).unwrap_or_default();
+                self.died = Some(format!("worker thread wake-executor is hung: no outcome for {what}"));
+                return Some(Input::Tick);
+            }
         };
         match &event {
             // Frames can be large; their content is logged once parsed.
@@ -340,8 +397,12 @@ impl Shell {
                 Effect::Record { event, fields } => self.lifecycle.record(event, fields),
                 Effect::StartUpdate => {
                     let started = match &self.config.update_command {
-                        Some(command) => crate::update::start_detached(command, &self.config.update_log)
-                            .map_err(|e| format!("{}: {e}", self.config.update_log.display())),
+                        Some(command) => crate::update::start_detached(
+                            command,
+                            &self.config.base_dir(),
+                            &self.config.update_log,
+                        )
+                        .map_err(|e| format!("{}: {e}", self.config.update_log.display())),
                         None => Err("no update_command is configured".to_owned()),
                     };
                     match started {
@@ -380,9 +441,13 @@ impl Shell {
             close_timeout: self.config.shutdown_grace,
         };
         let events = self.events.clone();
+        let watch = self.deaths.watch(format!("hub-conn-{conn_id}"));
         match HubHandle::spawn(
             params,
             Box::new(move |event| {
+                if let HubEvent::Disconnected { .. } = event {
+                    watch.done();
+                }
                 let _ = events.send(Event::Hub(event));
             }),
         ) {
@@ -417,6 +482,10 @@ impl Shell {
                 log::warn!("cannot create {}: {e}", dir.display());
             }
         }
+        let overdue = deaths::wake_overdue_after(self.config.wake_timeout);
+        let what =
+            format!("attempt {} of task {} within {} ms", start.attempt, start.task_id, overdue.as_millis());
+        self.wake_due = Some((Instant::now() + overdue, what));
         self.wake.run(WakeRequest {
             task_id: start.task_id,
             generation: start.generation,
@@ -465,6 +534,7 @@ impl Shell {
     }
 
     fn teardown(mut self) {
+        self.deaths.stopping();
         // Close every connection first so their close handshakes run in
         // parallel, then join them (each bounded by shutdown_grace).
         if let Some(hub) = self.hub.take() {

@@ -52,10 +52,18 @@ pub enum Incoming {
     RestartSidecar {
         reason: String,
     },
+    /// The hub dropped a frame of `tier` (it never names the frame's type).
     RateLimited {
         retry_after_ms: u64,
+        tier: Option<String>,
     },
-    RateLimitWarning,
+    /// A frame of `tier` was handled with `remaining` of `capacity` tokens
+    /// left.
+    RateLimitWarning {
+        tier: Option<String>,
+        remaining: Option<u64>,
+        capacity: Option<u64>,
+    },
     /// A frame we do not act on (chat, presence, newer types).
     Ignored {
         kind: String,
@@ -232,8 +240,13 @@ pub fn parse(text: &str) -> Result<Incoming, ParseError> {
         "restart_sidecar" => Incoming::RestartSidecar { reason: string("reason").unwrap_or_default() },
         "rate_limited" => Incoming::RateLimited {
             retry_after_ms: object.get("retry_after_ms").and_then(Value::as_u64).unwrap_or(1_000),
+            tier: string("tier"),
         },
-        "rate_limit_warning" => Incoming::RateLimitWarning,
+        "rate_limit_warning" => Incoming::RateLimitWarning {
+            tier: string("tier"),
+            remaining: object.get("remaining").and_then(Value::as_u64),
+            capacity: object.get("capacity").and_then(Value::as_u64),
+        },
         other => Incoming::Ignored { kind: other.to_owned() },
     })
 }

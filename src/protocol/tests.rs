@@ -111,7 +111,15 @@ fn parses_hub_frames() {
         ),
         (
             r#"{"type":"rate_limited","retry_after_ms":250,"tier":"x"}"#,
-            Incoming::RateLimited { retry_after_ms: 250 },
+            Incoming::RateLimited { retry_after_ms: 250, tier: Some("x".into()) },
+        ),
+        (
+            r#"{"type":"rate_limit_warning","tier":"normal","remaining":11,"capacity":60}"#,
+            Incoming::RateLimitWarning {
+                tier: Some("normal".into()),
+                remaining: Some(11),
+                capacity: Some(60),
+            },
         ),
         (r#"{"type":"agent_joined","agent_id":"b"}"#, Incoming::Ignored { kind: "agent_joined".into() }),
         (

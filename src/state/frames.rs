@@ -70,7 +70,7 @@ impl State {
             Incoming::Identified => self.on_identified(now, fx),
             Incoming::Error(error) => self.on_error(&error, now, fx),
             Incoming::ValidationFailed { message_type, unknown_type, errors } => {
-                self.newer_hub = true;
+                self.mark_newer_hub();
                 log::warn!("the hub refused our {message_type} (validation_failed): {errors}");
                 let answered = self.link.refused(&message_type, unknown_type);
                 if let Some(entry) =
@@ -99,7 +99,7 @@ impl State {
                 self.on_reassign(&task_id, fx);
             }
             Incoming::StateReportAck { task_id, action } => {
-                self.newer_hub = true;
+                self.mark_newer_hub();
                 // The ack names no generation: it answers the oldest report
                 // in flight, and applies only if that report was of the
                 // generation we hold now.
@@ -153,16 +153,20 @@ impl State {
                 log::info!("hub asked us to restart: {reason}");
                 self.shut_down("restart requested by hub", fx);
             }
-            Incoming::RateLimited { retry_after_ms } => {
-                self.newer_hub = true;
-                self.link.on_rate_limited(Duration::from_millis(retry_after_ms), now);
+            Incoming::RateLimited { retry_after_ms, tier } => {
+                self.mark_newer_hub();
+                self.link.on_rate_limited(Duration::from_millis(retry_after_ms), tier.as_deref(), now);
                 // The frames taken back may hold a report sent before its task
                 // was let go of, or before the hub gave the held task a newer
-                // generation.
+                // generation, or progress about a task that has an outcome.
                 for task_id in self.past.ids().map(str::to_owned).collect::<Vec<_>>() {
                     super::report::withdraw_stale_reports(&mut self.link, &task_id, None);
+                    self.link.forget_info(&task_id);
                 }
                 if let Some(mut held) = self.held() {
+                    if held.task.report().is_some() {
+                        held.link.forget_info(&held.task.id);
+                    }
                     let below = Some(held.task.generation);
                     if super::report::withdraw_stale_reports(held.link, &held.task.id, below) {
                         held.task.report_withdrawn();
@@ -170,9 +174,9 @@ impl State {
                     }
                 }
             }
-            Incoming::RateLimitWarning => {
-                self.newer_hub = true;
-                log::info!("hub warns that we approach its rate limit");
+            Incoming::RateLimitWarning { tier, remaining, capacity } => {
+                self.mark_newer_hub();
+                self.link.on_rate_limit_warning(tier.as_deref(), remaining, capacity);
             }
             Incoming::Ignored { kind } => log::debug!("ignoring hub frame of type {kind}"),
         }

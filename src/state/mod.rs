@@ -23,7 +23,9 @@ mod busy;
 mod frames;
 mod link;
 mod past;
+mod public;
 mod report;
+pub(crate) use report::{parse_progress, report_from_result};
 mod task;
 #[cfg(test)]
 mod tests;
@@ -44,6 +46,7 @@ use crate::retry::BackoffPolicy;
 use crate::wake::WakeMode;
 use crate::watcher::{FileKind, ReadResult, ResultsEvent};
 
+pub use link::RateLimits;
 use link::{Link, LinkTimers, Timeout};
 use past::PastTasks;
 use task::{HubSync, Phase, Task};
@@ -89,6 +92,9 @@ pub struct Settings {
     pub keepalive_interval: Option<Duration>,
     pub send_wake_result: bool,
     pub send_state_report: bool,
+    /// The newer hub's rate budget, which frames are paced to once the hub
+    /// has shown it is that hub (or `hub_features` say so).
+    pub rate_limits: RateLimits,
     /// Rescan the results directory this often while a task is held: set
     /// when nothing watches it (by choice, or the watcher failed to start).
     pub results_poll: Option<Duration>,
@@ -127,6 +133,7 @@ impl Settings {
             keepalive_interval: config.keepalive_interval,
             send_wake_result: config.has_hub_feature(HubFeature::WakeResult),
             send_state_report: config.has_hub_feature(HubFeature::StateReport),
+            rate_limits: config.rate_limits,
             results_poll: None,
         }
     }
@@ -380,9 +387,15 @@ impl State {
             identify_timeout: settings.identify_timeout,
             backoff: settings.backoff,
             reply_timeout: settings.reply_timeout,
+            rate_limits: settings.rate_limits,
         };
+        let mut link = Link::new(timers, jitter_seed, now);
+        // Only the newer hub has these features, and it rate-limits.
+        if settings.send_wake_result || settings.send_state_report {
+            link.hub_rate_limits();
+        }
         State {
-            link: Link::new(timers, jitter_seed, now),
+            link,
             settings,
             task: active.or(recovering).map(Task::recovered),
             past: PastTasks::from_queue(past, past_earlier),
@@ -526,6 +539,13 @@ impl State {
         self.link.live_conn_id()
     }
 
+    /// The hub has shown it is the newer one (see [`BUSY_REASON`]), which
+    /// also rate-limits.
+    fn mark_newer_hub(&mut self) {
+        self.newer_hub = true;
+        self.link.hub_rate_limits();
+    }
+
     /// The task whose result files we care about.
     pub fn held_task_id(&self) -> Option<&str> {
         self.task.as_ref().map(|t| t.id.as_str())
@@ -596,6 +616,14 @@ impl State {
 
     fn on_tick(&mut self, now: Instant, fx: &mut Vec<Effect>) {
         match self.link.tick(now, fx) {
+            Some(Timeout::Connect) => {
+                let ms = (self.link.identify_timeout() * 2).as_millis();
+                self.drop_connection(
+                    &format!("the connection attempt reported nothing within {ms} ms"),
+                    now,
+                    fx,
+                );
+            }
             Some(Timeout::Identify) => {
                 let ms = self.link.identify_timeout().as_millis();
                 self.drop_connection(&format!("the hub did not answer identify within {ms} ms"), now, fx);

@@ -102,8 +102,10 @@ impl Held<'_> {
         t.timeout_at = None;
         t.silent_until = None;
         t.unparsed = None;
-        // Progress after the outcome means nothing to the hub.
+        // Progress after the outcome means nothing to the hub, nor does any
+        // progress or wake_result still waiting for a token.
         t.progress.pending = None;
+        self.link.forget_info(&t.id);
         self.persist(fx);
         self.try_send_report(fx);
     }
@@ -148,18 +150,16 @@ impl Held<'_> {
             _ => false,
         };
         // A keep-alive repeats the last value sent (0 before any).
-        let Some((value, message)) = progress
-            .pending
-            .take()
-            .or_else(|| keepalive_due.then(|| progress.last_value.clone().unwrap_or((0, None))))
-        else {
-            return;
+        let (keepalive, (value, message)) = match progress.pending.take() {
+            Some(update) => (false, update),
+            None if keepalive_due => (true, progress.last_value.clone().unwrap_or((0, None))),
+            None => return,
         };
         progress.last_sent_at = Some(now);
         progress.touched_at = Some(now);
         progress.last_value = Some((value, message.clone()));
         let text = protocol::out_task_progress(&self.task.id, value, message.as_deref());
-        self.link.send("task_progress", text, None, fx);
+        self.link.send_progress(&self.task.id, text, keepalive, fx);
     }
 }
 
@@ -264,7 +264,7 @@ impl State {
 /// A result file's object as the report the hub gets (docs/protocol.md section 8.5):
 /// `status: success` is a completion carrying the whole object; anything else
 /// is a failure with its `reason` or `error`.
-pub(super) fn report_from_result(result: Value) -> Report {
+pub(crate) fn report_from_result(result: Value) -> Report {
     if result.get("status").and_then(Value::as_str) == Some("success") {
         return Report::Complete { result };
     }
@@ -277,7 +277,7 @@ pub(super) fn report_from_result(result: Value) -> Report {
 }
 
 /// `{"progress": 0..=100, "message": "..."}`; the message is cut to 1 KiB.
-pub(super) fn parse_progress(value: &Value) -> Option<(u64, Option<String>)> {
+pub(crate) fn parse_progress(value: &Value) -> Option<(u64, Option<String>)> {
     let progress = value.get("progress")?.as_f64()?;
     if !(0.0..=100.0).contains(&progress) {
         return None;

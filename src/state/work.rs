@@ -39,6 +39,9 @@ impl State {
                 return;
             }
         };
+        if assign.fields.keys().any(|k| super::NEWER_HUB_ASSIGN_KEYS.contains(&k.as_str())) {
+            self.mark_newer_hub();
+        }
         if let Some(mut held) = self.held_as(&task_id) {
             held.on_assigned_again(generation, now, fx);
             return;
@@ -46,9 +49,6 @@ impl State {
         // A report of an earlier hold of it, or a busy hand-back, still
         // waiting to go out under an older generation is out of date now.
         super::report::withdraw_stale_reports(&mut self.link, &task_id, Some(generation));
-        if assign.fields.keys().any(|k| super::NEWER_HUB_ASSIGN_KEYS.contains(&k.as_str())) {
-            self.newer_hub = true;
-        }
         if let Some(busy_with) = self.held_task_id() {
             log::info!("not taking task {task_id} now: busy with {busy_with}; remembering it");
             self.refuse(Some(&task_id), "busy", fx);
@@ -181,12 +181,21 @@ impl State {
             return;
         }
         if held.settings.send_wake_result {
-            let text =
-                protocol::out_wake_result(&outcome.task_id, status_word, outcome.attempt, error.as_deref());
+            let text = protocol::out_wake_result(
+                &outcome.task_id,
+                status_word,
+                outcome.attempt,
+                error.as_deref().map(super::public::without_local_paths).as_deref(),
+            );
             held.send_expecting("wake_result", text, ReplyKind::Unhandled, 0, fx);
         }
         match held.task.phase {
             Phase::Waking { attempt } if !held.task.confirmed => {
+                // The one line a failed attempt gets: what failed and why.
+                let error = error.map(|error| match outcome.stderr_last_line() {
+                    Some(line) => (format!("{error}; last line of stderr: {line}"), error),
+                    None => (format!("{error}; no stderr"), error),
+                });
                 held.after_attempt(attempt, outcome.status == WakeStatus::Success, error, now, fx)
             }
             Phase::Waking { .. } | Phase::Working => {
@@ -310,7 +319,8 @@ impl Held<'_> {
         &mut self,
         attempt: u32,
         success: bool,
-        error: Option<String>,
+        // What the log says, and what the hub is told.
+        error: Option<(String, String)>,
         now: Instant,
         fx: &mut Vec<Effect>,
     ) {
@@ -326,15 +336,16 @@ impl Held<'_> {
             fx.push(Effect::ReadTaskFiles { task_id });
             return;
         }
-        let error = error.unwrap_or_default();
+        let (logged, error) = error.unwrap_or_default();
         if let Some(delay) = self.settings.wake_retry_delays.get(attempt as usize - 1) {
             log::warn!(
-                "wake attempt {attempt} for task {task_id} failed ({error}); retrying in {} ms",
+                "wake attempt {attempt} for task {task_id} failed ({logged}); retrying in {} ms",
                 delay.as_millis()
             );
             self.task.phase = Phase::WakeRetry { attempt: attempt + 1, at: now + *delay };
         } else {
-            log::error!("wake command failed {attempt} times for task {task_id}; giving up");
+            log::warn!("wake attempt {attempt} for task {task_id} failed ({logged}); no retry left: failing the task");
+            let error = super::public::without_local_paths(&error);
             let reason = format!("wake_failed: wake command failed after {attempt} attempts (last: {error})");
             self.set_outcome(Report::Failed { reason }, fx);
         }

@@ -16,7 +16,6 @@ use crossbeam_channel::{at, bounded, never, select, Receiver, Sender};
 
 use self::ending::{
     absolute_path, conclude_run, end_gracefully, exit_status, file_tail, kill_and_reap, mark_started,
-    warn_if_failed,
 };
 use super::capture::{spawn_reader, Chunk, Output, Stream};
 use super::render::{absolute, render_command, task_environment, write_task_file};
@@ -177,7 +176,6 @@ impl Executor {
             match command {
                 WakeCommand::Run(request) => {
                     let outcome = self.run_attempt(*request);
-                    warn_if_failed(&outcome);
                     (self.on_outcome)(outcome);
                 }
                 WakeCommand::Cancel(task_id) => {
@@ -209,6 +207,7 @@ impl Executor {
         });
         // Run mode: the process start is the confirmation, nothing times it
         // out but the task's own timeout (a cancel).
+        crate::failpoint::panic_at("wake_running");
         let deadline = match started.checked_add(request.timeout) {
             Some(deadline) if request.mode.is_launch() => at(deadline),
             _ => never(),

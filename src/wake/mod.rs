@@ -32,10 +32,13 @@ use self::windows as sys;
 
 pub use capture::TAIL_LIMIT_BYTES;
 pub use executor::{WakeHandle, OUTPUT_GRACE};
+#[cfg(test)]
+pub(crate) use render::task_environment;
 pub(crate) use render::TASK_FILE_TEMP_PREFIX;
 pub use render::{
-    render_command, write_task_file, ENV_GENERATION, ENV_RESULTS_DIR, ENV_TASK_DESCRIPTION, ENV_TASK_FILE,
-    ENV_TASK_ID, ENV_TASK_JSON, ENV_TASK_TRUNCATED, ENV_VALUE_LIMIT_BYTES, TRUNCATION_MARKER,
+    render_command, write_task_file, ENV_GENERATION, ENV_MAX_RESULT_BYTES, ENV_RESULTS_DIR, ENV_SIDECAR,
+    ENV_TASK_DESCRIPTION, ENV_TASK_FILE, ENV_TASK_ID, ENV_TASK_JSON, ENV_TASK_TRUNCATED,
+    ENV_VALUE_LIMIT_BYTES, TRUNCATION_MARKER,
 };
 
 /// One wake attempt, as the event loop asks for it.
@@ -68,7 +71,9 @@ pub struct WakeRequest {
     /// A cancel sends SIGTERM (Windows: ends the job) and kills what is left
     /// after this long.
     pub cancel_grace: Duration,
-    /// Run mode: stdout over this fails the task with `result_too_large`.
+    /// The config's `max_result_bytes`: run mode fails the task with
+    /// `result_too_large` when stdout is larger, and the command gets it as
+    /// `AGENTCOM_MAX_RESULT_BYTES` for the reporting helpers to check against.
     pub max_result_bytes: u64,
 }
 

@@ -53,6 +53,13 @@ pub const ENV_TASK_JSON: &str = "AGENTCOM_TASK_JSON";
 pub const ENV_TASK_FILE: &str = "AGENTCOM_TASK_FILE";
 /// `1` when a value above was cut to fit, `0` otherwise.
 pub const ENV_TASK_TRUNCATED: &str = "AGENTCOM_TASK_TRUNCATED";
+/// The config's `max_result_bytes`: a larger result file fails the task
+/// (the reporting helpers, `agentcom-sidecar agent done`, check it).
+pub const ENV_MAX_RESULT_BYTES: &str = "AGENTCOM_MAX_RESULT_BYTES";
+/// The absolute path of the running sidecar's executable, so that an agent
+/// can call its reporting helpers (`"$AGENTCOM_SIDECAR" agent done`)
+/// without it being on `PATH`. Left out if the platform cannot say.
+pub const ENV_SIDECAR: &str = "AGENTCOM_SIDECAR";
 
 /// The most bytes a task value takes in the environment (and so in a
 /// command line a placeholder expands into). Unix: half of Linux's 128 KiB
@@ -119,7 +126,7 @@ pub(crate) const TASK_FILE_TEMP_PREFIX: &str = ".task.";
 /// The variables the wake command gets, with their values: the task's text
 /// as data, never as code (see the module documentation).
 /// Paths are made absolute, since the command runs in `work_dir`.
-pub(super) fn task_environment(request: &WakeRequest) -> Vec<(&'static str, OsString)> {
+pub(crate) fn task_environment(request: &WakeRequest) -> Vec<(&'static str, OsString)> {
     let limit = ENV_VALUE_LIMIT_BYTES;
     let (task_id, id_cut) = bounded_text(&request.task_id, limit);
     let (description, description_cut) = bounded_text(&request.description, limit);
@@ -133,7 +140,17 @@ pub(super) fn task_environment(request: &WakeRequest) -> Vec<(&'static str, OsSt
         (ENV_TASK_JSON, task_json.into()),
         (ENV_TASK_FILE, absolute(&request.task_file)),
         (ENV_TASK_TRUNCATED, truncated.into()),
+        (ENV_MAX_RESULT_BYTES, request.max_result_bytes.to_string().into()),
     ]
+    .into_iter()
+    .chain(sidecar_executable().map(|path| (ENV_SIDECAR, path)))
+    .collect()
+}
+
+/// The running executable's absolute path, looked up once.
+fn sidecar_executable() -> Option<OsString> {
+    static EXE: std::sync::OnceLock<Option<OsString>> = std::sync::OnceLock::new();
+    EXE.get_or_init(|| std::env::current_exe().ok().map(|path| absolute(&path))).clone()
 }
 
 /// `path` made absolute against the sidecar's working directory (as it is

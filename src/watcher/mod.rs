@@ -80,6 +80,7 @@ impl ResultsWatcher {
             .map_err(|error| format!("cannot create results directory {}: {error}", dir.display()))?;
         let mut watcher = notify::recommended_watcher(move |result: notify::Result<notify::Event>| {
             if let Some(event) = results_event(result) {
+                crate::failpoint::panic_at("watcher_event");
                 on_event(event);
             }
         })

@@ -101,7 +101,6 @@ fn a_wrong_token_is_retried_with_backoff_not_in_a_hot_loop() {
     assert!(!out.contains("wrong-token-value"), "the token leaked into the log");
 }
 
-#[cfg(unix)]
 fn assert_quick_clean_exit(sidecar: &mut Sidecar, signal: &str) {
     let sent = Instant::now();
     sidecar.signal(signal);
@@ -111,8 +110,8 @@ fn assert_quick_clean_exit(sidecar: &mut Sidecar, signal: &str) {
     assert!(took < Duration::from_secs(1), "shutdown took {took:?}");
 }
 
-#[cfg(unix)]
 #[test]
+#[cfg_attr(windows, ignore = "skipped on Windows: these send Unix signals with kill(1)")]
 fn sigterm_while_connected_exits_zero_within_a_second() {
     let hub = start_hub();
     let dir = tempfile::tempdir().unwrap();
@@ -122,8 +121,8 @@ fn sigterm_while_connected_exits_zero_within_a_second() {
     assert!(sidecar.lifecycle().contains("\"event\":\"stopped\""));
 }
 
-#[cfg(unix)]
 #[test]
+#[cfg_attr(windows, ignore = "skipped on Windows: these send Unix signals with kill(1)")]
 fn sigint_while_backing_off_exits_zero_within_a_second() {
     // A port with nothing listening: the sidecar fails and backs off.
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
@@ -138,8 +137,8 @@ fn sigint_while_backing_off_exits_zero_within_a_second() {
     assert_quick_clean_exit(&mut sidecar, "INT");
 }
 
-#[cfg(unix)]
 #[test]
+#[cfg_attr(windows, ignore = "skipped on Windows: these send Unix signals with kill(1)")]
 fn sigterm_while_connecting_exits_zero_within_a_second() {
     // A listener that never accepts: the TCP handshake completes in the
     // kernel backlog but the WebSocket handshake is never answered.
@@ -152,8 +151,11 @@ fn sigterm_while_connecting_exits_zero_within_a_second() {
     assert_quick_clean_exit(&mut sidecar, "TERM");
 }
 
-#[cfg(unix)]
 #[test]
+#[cfg_attr(
+    windows,
+    ignore = "skipped on Windows: the TLS tests mint their CA with OpenSSL, a Unix-only dev-dependency"
+)]
 fn wss_with_the_private_ca_connects_and_without_it_is_refused_clearly() {
     let pki_dir = tempfile::tempdir().unwrap();
     let pki = crate::support::tls::TestCa::new(pki_dir.path());
@@ -177,16 +179,6 @@ fn wss_with_the_private_ca_connects_and_without_it_is_refused_clearly() {
         .wait_for(Duration::from_millis(300), |e| matches!(e, DevHubEvent::Identified { .. }))
         .is_none());
 }
-
-#[cfg(windows)]
-#[test]
-#[ignore = "skipped on Windows: these send Unix signals with kill(1)"]
-fn signal_tests_are_unix_only() {}
-
-#[cfg(windows)]
-#[test]
-#[ignore = "skipped on Windows: the TLS tests mint their CA with OpenSSL, a Unix-only dev-dependency"]
-fn wss_test_is_unix_only() {}
 
 fn run_binary(args: &[&str], config_text: Option<&str>) -> (i32, String, String) {
     let dir = tempfile::tempdir().unwrap();

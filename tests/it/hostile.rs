@@ -97,7 +97,7 @@ fn assert_only_own_files(dir: &Path) {
         let name = entry.file_name().to_string_lossy().into_owned();
         let ours = matches!(
             name.as_str(),
-            "config.json" | "queue.json" | "sidecar.log" | "stdout.txt" | "stderr.txt" | "results"
+            "config.json" | "queue.json" | "queue.json.lock" | "sidecar.log" | "stdout.txt" | "stderr.txt" | "results"
         ) || name.starts_with("sidecar.log.")
             // A queue.json save in progress.
             || (name.starts_with(".queue.json.") && name.ends_with(".tmp"));

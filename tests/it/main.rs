@@ -1,6 +1,13 @@
 //! The single integration-test binary: the real sidecar binary and library
 //! pieces driven against real WebSocket hubs on 127.0.0.1.
+//!
+//! A module that cannot run on a platform is not built there, and the
+//! comment above its `cfg` says why: `.ci/windows.sh` lists these modules
+//! with their reasons next to the ignored tests. Single tests that cannot
+//! run on a platform are `#[cfg_attr(windows, ignore = "reason")]`, and fail
+//! if run anyway; there are no empty stand-in tests.
 
+mod agent_kit;
 // sh stand-ins of agents, /proc and signals.
 #[cfg(target_os = "linux")]
 mod agent_run;
@@ -16,6 +23,8 @@ mod devhub_profiles;
 #[cfg(unix)]
 mod hostile;
 mod hub_conn;
+mod loud;
+// Needs root, network namespaces and iptables (run by .ci/netfault.sh).
 #[cfg(target_os = "linux")]
 mod netfault;
 mod ops;
@@ -23,11 +32,15 @@ mod ops;
 // example-agent.cmd are tested in windows_scripts).
 #[cfg(unix)]
 mod pm2;
+// The quick agent is a sh command line.
+#[cfg(unix)]
+mod rate;
 mod real_hubs;
 mod secrets;
 // Reads /proc and kills process groups with libc.
 #[cfg(target_os = "linux")]
 mod soak_found;
+// start.sh, example-agent.sh and the pm2 file need bash, git and node.
 #[cfg(unix)]
 mod start_script;
 mod support;
@@ -35,13 +48,3 @@ mod tasks;
 mod wake;
 #[cfg(windows)]
 mod windows_scripts;
-
-#[cfg(windows)]
-#[test]
-#[ignore = "skipped on Windows: the hostile-input tests read peak memory from /proc and make FIFOs and symlinks with sh"]
-fn hostile_tests_are_unix_only() {}
-
-#[cfg(windows)]
-#[test]
-#[ignore = "skipped on Windows: start.sh, pm2, example-agent.sh and the pm2 file need bash, sh and node"]
-fn start_script_and_pm2_tests_are_unix_only() {}

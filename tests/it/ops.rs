@@ -64,9 +64,16 @@ fn status_json_idle_busy_and_corrupt() {
 
     fs::write(dir.path().join("queue.json"), "{corrupt").unwrap();
     let (code, status) = status_json(dir.path());
-    assert_eq!(code, 1, "{status}");
-    assert_eq!(status["verdict"], "busy");
+    assert_eq!(code, 2, "{status}");
+    assert_eq!(status["verdict"], "corrupt");
     assert_eq!(status["queue_state"], "corrupt");
+    let text = Command::new(env!("CARGO_BIN_EXE_agentcom-sidecar"))
+        .args(["status", "--config"])
+        .arg(dir.path().join("config.json"))
+        .output()
+        .unwrap();
+    assert_eq!(text.status.code(), Some(2), "{text:?}");
+    assert!(String::from_utf8_lossy(&text.stdout).contains("verdict: corrupt"), "{text:?}");
     assert!(status["queue_error"].as_str().is_some_and(|e| !e.is_empty()), "{status}");
     assert_eq!(fs::read_to_string(dir.path().join("queue.json")).unwrap(), "{corrupt", "left alone");
 }

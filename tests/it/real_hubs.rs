@@ -195,21 +195,30 @@ fn the_old_hub_closes_with_1011_on_task_failed_and_pushes_the_task_again() {
 }
 
 #[test]
-fn the_newest_hub_rate_limits_a_report_and_the_sidecar_resends_it() {
+fn the_newest_hubs_warning_makes_the_report_wait_for_a_token_instead_of_being_denied() {
     let (hub, dir, cfg) = setup(
         HubVersion::V4718a58,
-        // One normal token: task_accepted takes it (with a warning), the
-        // report is denied and must be resent a second later.
+        // One normal token: task_accepted takes it, with a warning that
+        // none is left of 1; the report waits the second the next one takes.
         |options| options.limits.normal = Bucket { capacity: 1, refill_every: Duration::from_secs(1) },
         |dir| agent(dir, Some(&success())),
     );
     let _sidecar = Sidecar::start(dir.path(), &cfg);
     expect_identified(&hub);
     let task_id = hub.push_task(AGENT, "limited", json!({}));
-    expect_sent(&hub, "rate_limit_warning");
-    let denied = expect_sent(&hub, "rate_limited");
-    assert_eq!(denied["retry_after_ms"], 1000);
-    assert_eq!(expect_received(&hub, "task_complete")["task_id"], task_id.as_str());
+    let warning = expect_sent(&hub, "rate_limit_warning");
+    assert_eq!((warning["remaining"].as_u64(), warning["capacity"].as_u64()), (Some(0), Some(1)));
+    let mut denied = 0;
+    hub.wait_for(FAILSAFE, |event| match event {
+        DevHubEvent::Sent { frame, .. } if frame["type"] == "rate_limited" => {
+            denied += 1;
+            false
+        }
+        DevHubEvent::Received { frame, .. } => frame["type"] == "task_complete",
+        _ => false,
+    })
+    .expect("the report reaches the hub");
+    assert_eq!(denied, 0, "the hub had to deny a frame");
     wait_all_completed(&hub, &[task_id]);
     assert_eq!(hub.violations(AGENT), 0);
 }

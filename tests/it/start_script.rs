@@ -287,6 +287,7 @@ mod unix_scripts {
     fn example_agent_writes_started_progress_and_an_escaped_result() {
         let dir = TempDir::new().unwrap();
         let results_dir = dir.path().join("results");
+        fs::create_dir(&results_dir).unwrap();
         let marker = dir.path().join("pwned");
         let description = format!(
             "quote \" backslash \\ tab \t cr \r bell \u{7} unicode \u{e9}\u{2713}\n\
@@ -298,6 +299,7 @@ mod unix_scripts {
             .env("AGENTCOM_TASK_ID", "task-42")
             .env("AGENTCOM_RESULTS_DIR", &results_dir)
             .env("AGENTCOM_TASK_DESCRIPTION", &description)
+            .env("AGENTCOM_SIDECAR", env!("CARGO_BIN_EXE_agentcom-sidecar"))
             .output()
             .expect("sh is required to run scripts/example-agent.sh");
         assert!(output.status.success(), "{output:?}");
@@ -309,13 +311,14 @@ mod unix_scripts {
         let result: Value =
             serde_json::from_str(&fs::read_to_string(results_dir.join("task-42.json")).unwrap()).unwrap();
         assert_eq!(result, serde_json::json!({"status": "success", "output": description}));
-        assert!(!results_dir.join("task-42.json.tmp").exists());
+        assert_eq!(fs::read_dir(&results_dir).unwrap().count(), 3, "no temporary file left");
         assert!(!marker.exists(), "the description was executed");
 
         let refused = Command::new("sh")
             .arg(Path::new(REPO_ROOT).join("scripts/example-agent.sh"))
             .env("AGENTCOM_TASK_ID", "../escaped")
             .env("AGENTCOM_RESULTS_DIR", &results_dir)
+            .env("AGENTCOM_SIDECAR", env!("CARGO_BIN_EXE_agentcom-sidecar"))
             .output()
             .unwrap();
         assert!(!refused.status.success());

@@ -353,7 +353,16 @@ fn busy_invalid_and_duplicate_assigns_leave_the_first_task_unharmed() {
     names.sort();
     assert_eq!(
         names,
-        ["config.json", "queue.json", "results", "sidecar.log", "stderr.txt", "stdout.txt", "wakes.txt"]
+        [
+            "config.json",
+            "queue.json",
+            "queue.json.lock",
+            "results",
+            "sidecar.log",
+            "stderr.txt",
+            "stdout.txt",
+            "wakes.txt"
+        ]
     );
     assert_eq!(sidecar.queue()["active"]["task_id"], first.as_str());
     write_result(&sidecar, &first, &json!({"status":"success","output":1}));
@@ -837,8 +846,8 @@ fn status_reads_the_tree_without_a_hub_and_changes_nothing() {
 
     fs::write(dir.path().join("queue.json"), "{corrupt").unwrap();
     let (code, out) = status_of(dir.path());
-    assert_eq!(code, 1);
-    assert!(out.contains("CORRUPT"), "{out}");
+    assert_eq!(code, 2);
+    assert!(out.contains("CORRUPT") && out.contains("verdict: corrupt"), "{out}");
     assert_eq!(fs::read_to_string(dir.path().join("queue.json")).unwrap(), "{corrupt");
     let names: Vec<_> = fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(names.len(), 2, "status wrote nothing: {names:?}");

@@ -59,7 +59,9 @@ fn a_failed_wakes_warning_on_stdout_names_the_last_line_of_stderr() {
     // stdout only: pm2 shows it as the sidecar's output log.
     let warning = wait_until("a line on stdout with the stderr line", || {
         let stdout = fs::read_to_string(&sidecar.stdout).unwrap_or_default();
-        stdout.lines().find(|line| line.contains("agent: cannot reach the model server")).map(str::to_string)
+        let warning =
+            |line: &&str| line.contains("agent: cannot reach the model server") && line.contains("WARN");
+        stdout.lines().find(warning).map(str::to_string)
     });
     assert!(warning.contains("WARN") && warning.contains("exit code 3"), "{warning}");
 }

@@ -247,6 +247,7 @@ fn start_bat_without_a_good_binary_does_not_retry_a_failed_build_either() {
 fn example_agent_cmd_writes_started_progress_and_a_result_and_runs_no_task_text() {
     let dir = TempDir::new().unwrap();
     let results_dir = dir.path().join("results");
+    fs::create_dir(&results_dir).unwrap();
     let marker = dir.path().join("pwned");
     let description = format!(
         "\" & type nul > \"{m}\" & echo \" %PATH% ^& type nul>{m} | type nul>{m} (x)",
@@ -264,6 +265,7 @@ fn example_agent_cmd_writes_started_progress_and_a_result_and_runs_no_task_text(
         .env("AGENTCOM_RESULTS_DIR", &results_dir)
         .env("AGENTCOM_TASK_FILE", &task_file)
         .env("AGENTCOM_TASK_DESCRIPTION", &description)
+        .env("AGENTCOM_SIDECAR", env!("CARGO_BIN_EXE_agentcom-sidecar"))
         .output()
         .expect("cmd.exe runs");
     assert!(output.status.success(), "{output:?}");
@@ -274,7 +276,7 @@ fn example_agent_cmd_writes_started_progress_and_a_result_and_runs_no_task_text(
     assert_eq!(progress, serde_json::json!({"progress": 50, "message": "halfway"}));
     let result: Value =
         serde_json::from_str(&fs::read_to_string(results_dir.join("task-42.json")).unwrap()).unwrap();
-    assert_eq!(result, serde_json::json!({"status": "success", "output": task}));
-    assert!(!results_dir.join("task-42.json.tmp").exists());
+    assert_eq!(result, serde_json::json!({"status": "success", "output": task.to_string()}));
+    assert_eq!(fs::read_dir(&results_dir).unwrap().count(), 3, "no temporary file left");
     assert!(!marker.exists(), "the description was executed");
 }

@@ -41,7 +41,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use agentcom_sidecar::devhub::{
-    Bucket, DevHub, DevHubEvent, DevHubOptions, HubVersion, Outcome, OutcomeKind, TaskStatus,
+    DevHub, DevHubEvent, DevHubOptions, HubVersion, Outcome, OutcomeKind, TaskStatus,
 };
 use agentcom_sidecar::queue_store;
 use crossbeam_channel::{Receiver, Sender};
@@ -187,6 +187,9 @@ struct Counts {
     closes: BTreeMap<u16, u64>,
     silences: u64,
     rate_limits: u64,
+    /// `rate_limited` frames the hub sent: the injected ones and any its
+    /// buckets denied.
+    denials: u64,
     connections: u64,
     disconnects: u64,
     taken_back: u64,
@@ -486,6 +489,9 @@ impl Soak {
             }
             DevHubEvent::Received { conn, frame } => describe(frame).map(|d| format!("conn {conn} <- {d}")),
             DevHubEvent::Sent { conn, frame } => {
+                if frame["type"] == "rate_limited" {
+                    self.counts.denials += 1;
+                }
                 if frame["task_id"] == task.as_str() {
                     match (frame["type"].as_str(), frame["status"].as_str()) {
                         (Some("task_ack"), Some("complete" | "retried" | "dead_letter")) => {
@@ -776,11 +782,12 @@ fn start_hub(bind: SocketAddr, version: HubVersion) -> Result<DevHub, String> {
         options.bind = bind;
         options.accept_timeout = Duration::from_secs(4);
         options.idle_timeout = None;
-        // The soak's heartbeat and lifecycles are ~30 times faster than real
-        // life: scale the rate limits and cooldowns so they bite as rarely as
-        // they would (rate limiting is injected by the schedule instead).
-        options.limits.normal = Bucket { capacity: 600, refill_every: Duration::from_millis(50) };
-        options.limits.light = Bucket { capacity: 600, refill_every: Duration::from_millis(50) };
+        // The hub's real buckets (normal: 60, one a second), which quick
+        // agents and a fast schedule run dry: the sidecar paces itself to
+        // them (its own rate_limit_* are the hub's defaults). The scheduler's
+        // skip after a denial (60 s) and the cooldowns are scaled to the
+        // soak's faster lifecycles: a sidecar SIGKILLed with the bucket
+        // empty starts with a full model and may be denied once.
         options.limits.rate_limited_for = Duration::from_secs(1);
         options.limits.cooldowns = [Duration::from_secs(1); 3];
         match DevHub::start(options) {
@@ -1015,7 +1022,13 @@ impl Soak {
             let expected = if in_run {
                 matches!(
                     name.as_str(),
-                    "config.json" | "queue.json" | "stdout.txt" | "stderr.txt" | "results" | "agent"
+                    "config.json"
+                        | "queue.json"
+                        | "queue.json.lock"
+                        | "stdout.txt"
+                        | "stderr.txt"
+                        | "results"
+                        | "agent"
                 ) || name.starts_with("sidecar.log")
             } else {
                 // Our agent's own temp files, task files, the task-file folder.
@@ -1198,8 +1211,8 @@ impl Soak {
             c.kills, c.queue_checks, c.hub_restarts, c.closes, c.silences, c.rate_limits
         );
         println!(
-            "hub: {} connections, {} disconnects, {} take-backs",
-            c.connections, c.disconnects, c.taken_back
+            "hub: {} connections, {} disconnects, {} take-backs, {} rate_limited sent ({} injected)",
+            c.connections, c.disconnects, c.taken_back, c.denials, c.rate_limits
         );
         println!("outcomes: {:?}", c.outcomes);
         println!("agent: {} wake commands, {} workers", c.wakes, c.workers);

@@ -1,7 +1,8 @@
 //! The connection to the hub as the core sees it: which connection is live,
 //! the identify and heartbeat deadlines, the reconnect backoff, which frames
-//! await an answer (the reply-correlation queue) and which must be resent
-//! after a `rate_limited`. A small owned type with no knowledge of tasks:
+//! await an answer (the reply-correlation queue), and, on a hub that
+//! rate-limits, which frames wait for a token of its budget (`budget.rs`,
+//! `outbox.rs`). A small owned type that knows tasks only by id:
 //! [`State`](super::State) asks it to send and tells it what the hub said.
 
 use std::collections::VecDeque;
@@ -13,6 +14,15 @@ use super::{record, Effect};
 use crate::lifecycle_log::LifecycleEvent;
 use crate::protocol;
 use crate::retry::{backoff, BackoffPolicy, Jitter};
+
+mod budget;
+mod outbox;
+mod pacing;
+
+use budget::Budget;
+pub use budget::{RateLimits, Tier};
+use outbox::{Outbox, Sent};
+use pacing::Episode;
 
 /// The longest `retry_after_ms` of a `rate_limited` frame we honour.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
@@ -28,12 +38,16 @@ pub(crate) struct LinkTimers {
     /// before the connection is given up (and the question asked again on
     /// the next one).
     pub reply_timeout: Duration,
+    /// The budget of a hub that rate-limits.
+    pub rate_limits: RateLimits,
 }
 
+// `Connecting`'s deadline: the socket thread reports within
+// connect_timeout; one silent for twice that is hung or dead.
 #[derive(Debug, Clone, PartialEq)]
 enum Conn {
     Backoff { retry_at: Instant },
-    Connecting { conn_id: u64 },
+    Connecting { conn_id: u64, deadline: Instant },
     Identifying { conn_id: u64, deadline: Instant },
     Ready { conn_id: u64, next_ping_at: Instant, pong_deadline: Option<Instant> },
     Stopped,
@@ -62,28 +76,6 @@ pub(crate) struct Awaiting {
     pub generation: u64,
 }
 
-/// A frame sent on the live connection whose fate is not known yet.
-#[derive(Debug, Clone, PartialEq)]
-struct Sent {
-    frame_type: &'static str,
-    text: String,
-    awaiting: Option<Awaiting>,
-    sent_at: Instant,
-}
-
-impl Sent {
-    /// No answer is expected: handled silently (or dropped).
-    fn expects_no_answer(&self) -> bool {
-        self.awaiting.is_none() && self.frame_type != "ping"
-    }
-
-    /// Frames the newer hub (the only one that rate-limits) never answers
-    /// when it handles them.
-    fn silent_on_rate_limiting_hubs(&self) -> bool {
-        matches!(self.frame_type, "task_progress" | "wake_result")
-    }
-}
-
 /// At most this many frames are remembered as in flight; older ones are
 /// forgotten (a hub that answers nothing would otherwise grow the list).
 const MAX_IN_FLIGHT: usize = 256;
@@ -91,6 +83,8 @@ const MAX_IN_FLIGHT: usize = 256;
 /// Why the link gave up on the live connection in [`Link::tick`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Timeout {
+    /// The socket thread reported neither success nor failure in time.
+    Connect,
     Identify,
     Pong,
     /// A frame of this type got no answer within `reply_timeout`.
@@ -115,12 +109,19 @@ pub(crate) struct Link {
     /// answers in that order, so an answer also says that the silent frames
     /// sent before its frame were handled.
     in_flight: VecDeque<Sent>,
-    /// Frames the hub dropped with `rate_limited`, in their original order:
-    /// they go out again at `resend_at`...
-    denied: VecDeque<Sent>,
-    /// ...followed by the frames sent while they waited.
-    held_back: VecDeque<Sent>,
-    resend_at: Option<Instant>,
+    /// The hub rate-limits (it has shown to be the newer one): frames go
+    /// out only as the budget allows.
+    paced: bool,
+    /// Our model of the hub's buckets; kept across connections, as the hub
+    /// keeps its per agent.
+    budget: Budget,
+    /// Frames waiting for a token (only while paced), taken-back frames
+    /// first.
+    outbox: Outbox,
+    /// The denials since the first of a run of them (for one log line).
+    episode: Option<Episode>,
+    /// The number of the next frame (see [`Sent::seq`]).
+    next_seq: u64,
     /// Frame types the hub refused as unknown on this connection: never
     /// sent on it again.
     refused_types: Vec<&'static str>,
@@ -130,6 +131,7 @@ impl Link {
     /// A link that connects at once (its first deadline is `now`).
     pub fn new(timers: LinkTimers, jitter_seed: u64, now: Instant) -> Link {
         Link {
+            budget: Budget::new(timers.rate_limits, now),
             timers,
             jitter: Jitter::new(jitter_seed),
             conn: Conn::Backoff { retry_at: now },
@@ -138,9 +140,10 @@ impl Link {
             last_backoff: Duration::ZERO,
             now,
             in_flight: VecDeque::new(),
-            denied: VecDeque::new(),
-            held_back: VecDeque::new(),
-            resend_at: None,
+            paced: false,
+            outbox: Outbox::default(),
+            episode: None,
+            next_seq: 0,
             refused_types: Vec::new(),
         }
     }
@@ -158,7 +161,7 @@ impl Link {
     /// The connection whose events count, if any.
     pub fn live_conn_id(&self) -> Option<u64> {
         match self.conn {
-            Conn::Connecting { conn_id }
+            Conn::Connecting { conn_id, .. }
             | Conn::Identifying { conn_id, .. }
             | Conn::Ready { conn_id, .. } => Some(conn_id),
             Conn::Backoff { .. } | Conn::Stopped => None,
@@ -178,7 +181,7 @@ impl Link {
     pub fn connect(&mut self, fx: &mut Vec<Effect>) {
         self.last_conn_id += 1;
         let conn_id = self.last_conn_id;
-        self.conn = Conn::Connecting { conn_id };
+        self.conn = Conn::Connecting { conn_id, deadline: self.now + self.timers.identify_timeout * 2 };
         fx.push(Effect::Connect { conn_id });
         fx.push(record(LifecycleEvent::Connecting, json!({ "attempt": self.reconnect_attempt + 1 })));
     }
@@ -187,7 +190,7 @@ impl Link {
     /// correlated, never resent) and the link waits for the answer. False for
     /// a connection that is not the one being opened.
     pub fn on_connected(&mut self, conn_id: u64, now: Instant) -> bool {
-        if self.conn != (Conn::Connecting { conn_id }) {
+        if !matches!(self.conn, Conn::Connecting { conn_id: c, .. } if c == conn_id) {
             return false;
         }
         self.refused_types.clear();
@@ -220,9 +223,10 @@ impl Link {
     /// attempt (at least `cooldown` away). Returns the delay.
     pub fn on_lost(&mut self, cooldown: Option<Duration>, now: Instant) -> Duration {
         self.in_flight.clear();
-        self.denied.clear();
-        self.held_back.clear();
-        self.resend_at = None;
+        // What matters is sent again after the recovery handshake
+        // (docs/protocol.md 4, 6.5).
+        self.outbox.clear();
+        self.end_episode(now, "the connection was lost");
         let drawn =
             backoff(self.reconnect_attempt, self.last_backoff, &self.timers.backoff, self.jitter.next_unit());
         self.last_backoff = drawn;
@@ -240,25 +244,6 @@ impl Link {
         self.conn = Conn::Stopped;
     }
 
-    /// Sends a frame of `frame_type` on the live connection (nothing without
-    /// one), noting what it awaits. While frames wait to be resent after a
-    /// `rate_limited`, it queues behind them, so the hub sees the original
-    /// order.
-    pub fn send(
-        &mut self,
-        frame_type: &'static str,
-        text: String,
-        awaiting: Option<Awaiting>,
-        fx: &mut Vec<Effect>,
-    ) {
-        let frame = Sent { frame_type, text, awaiting, sent_at: self.now };
-        if self.resend_at.is_some() {
-            self.held_back.push_back(frame);
-            return;
-        }
-        self.transmit(frame, fx);
-    }
-
     fn transmit(&mut self, frame: Sent, fx: &mut Vec<Effect>) {
         let Some(conn_id) = self.live_conn_id() else {
             return;
@@ -267,6 +252,7 @@ impl Link {
             log::debug!("not sending {}: the hub refused that type on this connection", frame.frame_type);
             return;
         }
+        self.budget.spend(Tier::of(frame.frame_type), frame.sent_at);
         fx.push(Effect::Send { conn_id, text: frame.text.clone() });
         if self.in_flight.len() == MAX_IN_FLIGHT {
             self.in_flight.pop_front();
@@ -275,13 +261,14 @@ impl Link {
     }
 
     /// The frame at `index` of `in_flight` was answered: it and the silent
-    /// frames sent before it are done.
+    /// frames sent before it are done (the hub answers in order: a
+    /// `wake_result` before it would have had its answer by now, if any).
     fn answered(&mut self, index: usize) -> Option<Sent> {
         let mut kept = VecDeque::with_capacity(self.in_flight.len());
         let mut answered = None;
         for (i, frame) in std::mem::take(&mut self.in_flight).into_iter().enumerate() {
             match i.cmp(&index) {
-                std::cmp::Ordering::Less if frame.expects_no_answer() => {}
+                std::cmp::Ordering::Less if frame.expects_no_answer() || frame.informational() => {}
                 std::cmp::Ordering::Equal => answered = Some(frame),
                 _ => kept.push_back(frame),
             }
@@ -301,28 +288,15 @@ impl Link {
         if let Some(index) = self.in_flight.iter().position(&is_of) {
             return self.answered(index);
         }
-        if let Some(index) = self.denied.iter().position(&is_of) {
-            return self.denied.remove(index);
-        }
-        let index = self.held_back.iter().position(&is_of)?;
-        self.held_back.remove(index)
+        self.outbox.take(is_of)
     }
 
-    /// Takes back the frames not yet transmitted (held back by a
-    /// `rate_limited`) whose awaited answer matches `is_of`; what they
-    /// awaited.
+    /// Takes back the frames not yet transmitted (waiting for a token, or
+    /// taken back after a `rate_limited`) whose awaited answer matches
+    /// `is_of`; what they awaited.
     pub fn withdraw_unsent(&mut self, is_of: impl Fn(&Awaiting) -> bool) -> Vec<Awaiting> {
-        let mut withdrawn = Vec::new();
-        for queue in [&mut self.denied, &mut self.held_back] {
-            queue.retain(|s| match &s.awaiting {
-                Some(awaiting) if is_of(awaiting) => {
-                    withdrawn.push(awaiting.clone());
-                    false
-                }
-                _ => true,
-            });
-        }
-        withdrawn
+        let withdrawn = self.outbox.remove_all(|s| s.awaiting.as_ref().is_some_and(&is_of));
+        withdrawn.into_iter().filter_map(|s| s.awaiting).collect()
     }
 
     /// The hub refused the oldest frame of `frame_type` we sent
@@ -373,50 +347,12 @@ impl Link {
         self.in_flight.iter().filter_map(|s| s.awaiting.as_ref()).find(|a| a.kind == kind)
     }
 
-    /// `rate_limited`: the hub dropped a frame, the oldest whose fate we do
-    /// not know. Silent frames before the first answered one are ambiguous
-    /// (handled, or the dropped one), so they are resent too: resending a
-    /// progress update is harmless, losing a frame is not. A dropped ping is
-    /// not resent; the next ping moves instead.
-    pub fn on_rate_limited(&mut self, retry_after: Duration, now: Instant) {
-        // The hub's own value is about a second; a huge one (a bug, or a
-        // hostile hub) must not postpone pings, and with them the detection
-        // of a dead link, or a report, for ages.
-        let retry_after = retry_after.min(MAX_RETRY_AFTER);
-        let retry_after_ms = retry_after.as_millis();
-        let count = match self.in_flight.iter().position(|s| !s.silent_on_rate_limiting_hubs()) {
-            Some(index) => index + 1,
-            None => self.in_flight.len(),
-        };
-        if count == 0 {
-            log::warn!("hub rate-limited us, but we sent nothing that could be resent");
-            return;
-        }
-        let dropped: Vec<Sent> = self.in_flight.drain(..count).collect();
-        for frame in dropped {
-            if frame.frame_type == "ping" {
-                // A dropped ping gets no pong: that is not a dead connection.
-                if let Conn::Ready { next_ping_at, pong_deadline, .. } = &mut self.conn {
-                    log::warn!("hub rate-limited our ping; pinging again in {retry_after_ms} ms");
-                    *pong_deadline = None;
-                    *next_ping_at = now + retry_after;
-                }
-                continue;
-            }
-            log::warn!("hub rate-limited our {}; resending in {retry_after_ms} ms", frame.frame_type);
-            self.denied.push_back(frame);
-        }
-        if !self.denied.is_empty() {
-            let at = now + retry_after;
-            self.resend_at = Some(self.resend_at.map_or(at, |earlier| earlier.max(at)));
-        }
-    }
-
     /// Reconnects, pings and resends when due. Returns the timeout that ends
     /// the live connection, if one passed (the caller drops it).
     pub fn tick(&mut self, now: Instant, fx: &mut Vec<Effect>) -> Option<Timeout> {
         match self.conn.clone() {
             Conn::Backoff { retry_at } if now >= retry_at => self.connect(fx),
+            Conn::Connecting { deadline, .. } if now >= deadline => return Some(Timeout::Connect),
             Conn::Identifying { deadline, .. } if now >= deadline => return Some(Timeout::Identify),
             Conn::Ready { pong_deadline: Some(deadline), .. } if now >= deadline => {
                 return Some(Timeout::Pong)
@@ -428,8 +364,15 @@ impl Link {
                     pong_deadline: Some(now + self.timers.pong_timeout),
                 };
                 // Pings never wait behind resends: they only keep the link.
-                let ping =
-                    Sent { frame_type: "ping", text: protocol::out_ping(), awaiting: None, sent_at: now };
+                let ping = Sent {
+                    frame_type: "ping",
+                    text: protocol::out_ping(),
+                    awaiting: None,
+                    about: None,
+                    keepalive: false,
+                    seq: u64::MAX,
+                    sent_at: now,
+                };
                 self.transmit(ping, fx);
             }
             _ => {}
@@ -439,12 +382,8 @@ impl Link {
                 return Some(Timeout::Reply(frame_type));
             }
         }
-        if self.is_ready() && self.resend_at.is_some_and(|at| now >= at) {
-            self.resend_at = None;
-            let denied = std::mem::take(&mut self.denied);
-            for frame in denied.into_iter().chain(std::mem::take(&mut self.held_back)) {
-                self.transmit(Sent { sent_at: now, ..frame }, fx);
-            }
+        if self.is_ready() {
+            self.release(now, fx);
         }
         None
     }
@@ -453,13 +392,15 @@ impl Link {
     pub fn deadline(&self) -> Option<Instant> {
         match &self.conn {
             Conn::Backoff { retry_at } => Some(*retry_at),
-            Conn::Identifying { deadline, .. } => Some(*deadline),
+            Conn::Connecting { deadline, .. } | Conn::Identifying { deadline, .. } => Some(*deadline),
             Conn::Ready { next_ping_at, pong_deadline, .. } => {
                 let heartbeat = pong_deadline.unwrap_or(*next_ping_at);
                 let reply = self.reply_deadline().map(|(at, _)| at);
-                [Some(heartbeat), self.resend_at, reply].into_iter().flatten().min()
+                // The next frame waiting for a token goes when it comes.
+                let release = self.outbox.next().map(|next| self.budget.ready_at(Tier::of(next.frame_type)));
+                [Some(heartbeat), release, reply].into_iter().flatten().min()
             }
-            Conn::Connecting { .. } | Conn::Stopped => None,
+            Conn::Stopped => None,
         }
     }
 

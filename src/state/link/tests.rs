@@ -12,6 +12,8 @@ fn timers() -> LinkTimers {
         identify_timeout: ms(500),
         backoff: BackoffPolicy { initial: ms(100), max: ms(400), jitter: JitterStrategy::Equal },
         reply_timeout: ms(5_000),
+        // 10 normal tokens, one every 100 ms; 20 light ones.
+        rate_limits: RateLimits { light: 20, normal: 10, heavy: 2, window: ms(1_000) },
     }
 }
 
@@ -24,6 +26,12 @@ fn ready(t0: Instant) -> Link {
     assert!(link.on_connected(conn_id, t0));
     assert!(link.on_identified(t0));
     link
+}
+
+/// The model's time for `n` normal tokens (0.5 % slower than the hub's
+/// 100 ms each).
+fn token(n: u32) -> Duration {
+    Duration::from_micros(100_500) * n
 }
 
 fn entry(kind: ReplyKind, generation: u64) -> Awaiting {
@@ -66,12 +74,50 @@ fn answers_are_matched_to_the_oldest_frame_of_their_kind() {
     link.send("task_complete", "c".into(), Some(entry(ReplyKind::Complete, 2)), &mut fx);
     assert_eq!(link.find_awaiting(ReplyKind::Complete), Some(&entry(ReplyKind::Complete, 1)));
     assert_eq!(link.take_awaiting(&[ReplyKind::Complete]), Some(entry(ReplyKind::Complete, 1)));
-    assert_eq!(link.take_awaiting(&[ReplyKind::Complete]), Some(entry(ReplyKind::Complete, 2)));
-    assert_eq!(link.take_awaiting(&[ReplyKind::Complete]), None);
     assert_eq!(
         link.take_awaiting(&[ReplyKind::Failed, ReplyKind::Unhandled]),
         Some(entry(ReplyKind::Unhandled, 0))
     );
+    assert_eq!(link.take_awaiting(&[ReplyKind::Complete]), Some(entry(ReplyKind::Complete, 2)));
+    assert_eq!(link.take_awaiting(&[ReplyKind::Complete]), None);
+    // The newer hub answers no wake_result: the answer to a later frame
+    // says it was handled.
+    link.send("wake_result", "d".into(), Some(entry(ReplyKind::Unhandled, 0)), &mut fx);
+    link.send("task_complete", "e".into(), Some(entry(ReplyKind::Complete, 3)), &mut fx);
+    assert_eq!(link.take_awaiting(&[ReplyKind::Complete]), Some(entry(ReplyKind::Complete, 3)));
+    assert_eq!(link.take_awaiting(&[ReplyKind::Unhandled]), None);
+}
+
+#[test]
+fn a_warning_corrects_the_model_for_the_frames_sent_after_the_one_it_speaks_of() {
+    let t0 = Instant::now();
+    let mut link = ready(t0);
+    link.hub_rate_limits();
+    let mut fx = Vec::new();
+    // The model thinks 10 - 3 = 7 are left; the hub says 2 were left after
+    // the first of the three, so 1 is, and one more frame may go.
+    link.send("task_accepted", "a".into(), Some(entry(ReplyKind::Accepted, 1)), &mut fx);
+    link.send("wake_result", "w".into(), Some(entry(ReplyKind::Unhandled, 0)), &mut fx);
+    link.send("task_complete", "c".into(), Some(entry(ReplyKind::Complete, 1)), &mut fx);
+    link.on_rate_limit_warning(Some("normal"), Some(3), Some(10));
+    assert_eq!(link.budget.tokens(Tier::Normal, t0), 1);
+    fx.clear();
+    link.send("task_accepted", "b".into(), Some(entry(ReplyKind::Accepted, 2)), &mut fx);
+    link.send("task_accepted", "b2".into(), Some(entry(ReplyKind::Accepted, 3)), &mut fx);
+    assert_eq!(sent(&fx), ["b"]);
+    // The hub may hold a fraction more than it says, never less: a model
+    // with most of a token more comes down to the whole number.
+    let mut link = ready(t0);
+    link.hub_rate_limits();
+    for _ in 0..9 {
+        link.send("task_accepted", "x".into(), Some(entry(ReplyKind::Accepted, 1)), &mut fx);
+        link.take_awaiting(&[ReplyKind::Accepted]);
+    }
+    let later = t0 + ms(90);
+    link.set_now(later);
+    assert_eq!(link.budget.tokens(Tier::Normal, later), 1, "1.9 in the model");
+    link.on_rate_limit_warning(Some("normal"), Some(1), Some(10));
+    assert_eq!(link.budget.ready_at(Tier::Normal), later, "exactly 1 now");
 }
 
 #[test]
@@ -95,7 +141,7 @@ fn a_rate_limited_frame_is_resent_after_the_delay_with_its_correlation() {
     let mut link = ready(t0);
     let mut fx = Vec::new();
     link.send("task_complete", "report".into(), Some(entry(ReplyKind::Complete, 3)), &mut fx);
-    link.on_rate_limited(ms(250), t0);
+    link.on_rate_limited(ms(250), Some("normal"), t0);
     assert_eq!(link.find_awaiting(ReplyKind::Complete), None, "a dropped frame awaits nothing");
     assert_eq!(link.deadline(), Some(t0 + ms(250)));
     fx.clear();
@@ -114,7 +160,7 @@ fn a_rate_limited_ping_moves_the_next_ping_instead_of_failing_the_link() {
     link.tick(t0 + ms(1_000), &mut fx);
     assert_eq!(sent(&fx).len(), 1, "ping");
     assert_eq!(link.deadline(), Some(t0 + ms(1_300)), "pong due");
-    link.on_rate_limited(ms(2_000), t0 + ms(1_010));
+    link.on_rate_limited(ms(2_000), Some("light"), t0 + ms(1_010));
     assert_eq!(link.deadline(), Some(t0 + ms(3_010)));
     assert_eq!(link.tick(t0 + ms(1_300), &mut fx), None, "no pong is due");
 }
@@ -129,7 +175,7 @@ fn frames_denied_in_a_row_are_all_resent_in_their_order_after_the_delay() {
     link.send("task_complete", "complete".into(), Some(entry(ReplyKind::Complete, 3)), &mut fx);
     assert_eq!(sent(&fx), ["accepted", "woken", "complete"]);
     for _ in 0..3 {
-        link.on_rate_limited(ms(1_000), t0 + ms(10));
+        link.on_rate_limited(ms(1_000), Some("normal"), t0 + ms(10));
     }
     // Sent meanwhile: waits behind them.
     fx.clear();
@@ -141,7 +187,8 @@ fn frames_denied_in_a_row_are_all_resent_in_their_order_after_the_delay() {
     link.tick(t0 + ms(1_009), &mut fx);
     assert!(sent(&fx).is_empty());
     link.tick(t0 + ms(1_010), &mut fx);
-    assert_eq!(sent(&fx), ["accepted", "woken", "complete", "progress"]);
+    // What the hub answers first; the informational frames after.
+    assert_eq!(sent(&fx), ["accepted", "complete", "woken", "progress"]);
     assert_eq!(link.take_awaiting(&[ReplyKind::Accepted]), Some(entry(ReplyKind::Accepted, 3)));
     assert_eq!(link.take_awaiting(&[ReplyKind::Complete]), Some(entry(ReplyKind::Complete, 3)));
 }
@@ -156,7 +203,7 @@ fn a_silent_frame_before_a_denied_one_is_resent_too_and_a_late_answer_cancels_a_
     link.send("task_accepted", "accepted".into(), Some(entry(ReplyKind::Accepted, 3)), &mut fx);
     // Which of progress and complete was dropped cannot be told: both go
     // again; accepted is still in flight.
-    link.on_rate_limited(ms(500), t0);
+    link.on_rate_limited(ms(500), Some("normal"), t0);
     // The complete had been handled after all (the progress was the one
     // dropped): its answer takes it out of the resend queue.
     assert_eq!(link.take_awaiting(&[ReplyKind::Complete]), Some(entry(ReplyKind::Complete, 3)));
@@ -176,9 +223,9 @@ fn an_answer_retires_the_silent_frames_sent_before_it() {
     link.send("task_progress", "p2".into(), None, &mut fx);
     assert!(link.take_awaiting(&[ReplyKind::Accepted]).is_some());
     // Only p2 can be the frame a rate_limited now refers to.
-    link.on_rate_limited(ms(100), t0);
+    link.on_rate_limited(ms(200), Some("normal"), t0);
     fx.clear();
-    link.tick(t0 + ms(100), &mut fx);
+    link.tick(t0 + ms(200), &mut fx);
     assert_eq!(sent(&fx), ["p2"]);
 }
 
@@ -189,7 +236,9 @@ fn a_rate_limited_ping_is_dropped_while_the_frames_before_it_are_resent() {
     let mut fx = Vec::new();
     link.send("task_progress", "p1".into(), None, &mut fx);
     link.tick(t0 + ms(1_000), &mut fx);
-    link.on_rate_limited(ms(200), t0 + ms(1_000));
+    // The hub names the tier: one denial for each.
+    link.on_rate_limited(ms(200), Some("normal"), t0 + ms(1_000));
+    link.on_rate_limited(ms(200), Some("light"), t0 + ms(1_000));
     assert_eq!(link.deadline(), Some(t0 + ms(1_200)), "no pong due; resend and ping at 1200");
     fx.clear();
     link.tick(t0 + ms(1_200), &mut fx);
@@ -205,7 +254,7 @@ fn a_huge_retry_after_is_capped_so_pings_and_resends_go_on() {
     let mut link = ready(t0);
     let mut fx = Vec::new();
     link.send("task_complete", "report".into(), Some(entry(ReplyKind::Complete, 3)), &mut fx);
-    link.on_rate_limited(Duration::from_millis(u64::MAX), t0);
+    link.on_rate_limited(Duration::from_millis(u64::MAX), None, t0);
     let resend_at = t0 + MAX_RETRY_AFTER;
     // Pings continue meanwhile; the resend is due at the cap, not in 584 million years.
     let mut at = t0;
@@ -221,4 +270,172 @@ fn a_huge_retry_after_is_capped_so_pings_and_resends_go_on() {
         at = link.deadline().expect("a deadline").max(at + ms(1));
     }
     assert!(resent, "the denied frame was resent by the cap");
+}
+
+fn progress(link: &mut Link, task_id: &str, text: &str, keepalive: bool, fx: &mut Vec<Effect>) {
+    link.send_progress(task_id, text.into(), keepalive, fx);
+}
+
+#[test]
+fn on_a_hub_that_rate_limits_frames_wait_for_a_token_in_order() {
+    let t0 = Instant::now();
+    let mut link = ready(t0);
+    link.hub_rate_limits();
+    let mut fx = Vec::new();
+    for i in 0..12 {
+        link.send("task_accepted", format!("a{i}"), Some(entry(ReplyKind::Accepted, i)), &mut fx);
+    }
+    assert_eq!(sent(&fx).len(), 10, "the bucket holds 10");
+    // The next token comes 100 ms after the bucket ran dry (and a guard).
+    assert_eq!(link.deadline(), Some(t0 + token(1)));
+    fx.clear();
+    assert_eq!(link.tick(t0 + ms(100), &mut fx), None);
+    assert!(sent(&fx).is_empty());
+    link.tick(t0 + token(1), &mut fx);
+    assert_eq!(sent(&fx), ["a10"]);
+    assert_eq!(link.deadline(), Some(t0 + token(2)));
+    fx.clear();
+    link.tick(t0 + token(2), &mut fx);
+    assert_eq!(sent(&fx), ["a11"]);
+    // Nothing waits: the heartbeat is the next deadline.
+    assert_eq!(link.deadline(), Some(t0 + ms(1_000)));
+    // Pings have a bucket of their own and never wait behind task frames.
+    for i in 0..10 {
+        link.send("task_accepted", format!("b{i}"), Some(entry(ReplyKind::Accepted, i)), &mut fx);
+    }
+    fx.clear();
+    link.tick(t0 + ms(1_000), &mut fx);
+    assert!(sent(&fx)[0].contains("ping"), "{fx:?}");
+}
+
+#[test]
+fn a_hub_that_has_not_shown_it_rate_limits_gets_every_frame_at_once() {
+    let t0 = Instant::now();
+    let mut link = ready(t0);
+    let mut fx = Vec::new();
+    for i in 0..30 {
+        link.send("task_accepted", format!("a{i}"), Some(entry(ReplyKind::Accepted, i)), &mut fx);
+    }
+    assert_eq!(sent(&fx).len(), 30);
+    // The model counted them, down to an empty bucket (the hub denies what
+    // it has no token for): once the hub shows it rate-limits, the next
+    // frame waits for a token.
+    link.hub_rate_limits();
+    fx.clear();
+    link.send("task_accepted", "late".into(), Some(entry(ReplyKind::Accepted, 99)), &mut fx);
+    assert!(sent(&fx).is_empty());
+    assert_eq!(link.deadline(), Some(t0 + token(1)));
+    link.tick(t0 + token(1), &mut fx);
+    assert_eq!(sent(&fx), ["late"]);
+}
+
+#[test]
+fn when_tokens_are_short_outcomes_go_first_and_stale_information_is_merged_or_dropped() {
+    let t0 = Instant::now();
+    let mut link = ready(t0);
+    link.hub_rate_limits();
+    let mut fx = Vec::new();
+    for i in 0..10 {
+        link.send("task_accepted", format!("spent{i}"), Some(entry(ReplyKind::Accepted, i)), &mut fx);
+    }
+    fx.clear();
+    let wake = |task: &str| Awaiting { kind: ReplyKind::Unhandled, task_id: task.into(), generation: 0 };
+    link.send("wake_result", "woken t".into(), Some(wake("t")), &mut fx);
+    progress(&mut link, "t", "t 10%", false, &mut fx);
+    progress(&mut link, "u", "u keep-alive", true, &mut fx);
+    progress(&mut link, "t", "t 50%", false, &mut fx);
+    // A keep-alive gives way to a real update waiting for the same task.
+    progress(&mut link, "t", "t keep-alive", true, &mut fx);
+    link.send(
+        "task_accepted",
+        "accepted u".into(),
+        Some(Awaiting { kind: ReplyKind::Accepted, task_id: "u".into(), generation: 1 }),
+        &mut fx,
+    );
+    link.send("task_complete", "complete t".into(), Some(entry(ReplyKind::Complete, 1)), &mut fx);
+    assert!(sent(&fx).is_empty());
+    // t has an outcome: its progress and wake_result are stale.
+    link.forget_info("t");
+    let mut at = t0;
+    while let Some(next) = link.deadline().filter(|d| *d < t0 + ms(1_000)) {
+        at = next;
+        link.tick(at, &mut fx);
+    }
+    // accepted u went out, so u's keep-alive was needless.
+    assert_eq!(sent(&fx), ["accepted u", "complete t"]);
+    assert_eq!(at, t0 + token(2), "one token each");
+    // With tokens to spare, information goes at once, the latest only.
+    fx.clear();
+    let later = t0 + ms(5_000);
+    link.set_now(later);
+    link.tick(later, &mut fx);
+    link.on_pong();
+    fx.clear();
+    progress(&mut link, "t", "t 60%", false, &mut fx);
+    assert_eq!(sent(&fx), ["t 60%"]);
+}
+
+#[test]
+fn a_denial_holds_its_tier_for_the_hubs_wait_and_longer_when_repeated() {
+    let t0 = Instant::now();
+    let mut link = ready(t0);
+    let mut fx = Vec::new();
+    link.send("task_complete", "c1".into(), Some(entry(ReplyKind::Complete, 1)), &mut fx);
+    // A hub that denies anyway: the first denial waits its retry_after.
+    link.on_rate_limited(ms(10), Some("normal"), t0);
+    assert_eq!(link.deadline(), Some(t0 + token(1)), "and the model's next token");
+    fx.clear();
+    link.tick(t0 + token(1), &mut fx);
+    assert_eq!(sent(&fx), ["c1"]);
+    // Denied again, and again: the hub's backoff (2 and 5 s of 60, scaled
+    // to this 1 s window) outlasts the model's token and the hub's 10 ms.
+    link.on_rate_limited(ms(10), Some("normal"), t0 + ms(110));
+    link.tick(t0 + ms(215), &mut fx);
+    assert_eq!(sent(&fx), ["c1", "c1"]);
+    link.on_rate_limited(ms(10), Some("normal"), t0 + ms(220));
+    let third = t0 + ms(220) + RateLimits { window: ms(1_000), ..RateLimits::default() }.denial_backoff(3);
+    assert_eq!(link.deadline(), Some(third.max(t0 + ms(220) + token(1))));
+    // The answer comes after all: nothing is left to resend.
+    assert_eq!(link.take_awaiting(&[ReplyKind::Complete]), Some(entry(ReplyKind::Complete, 1)));
+    assert_eq!(link.deadline(), Some(t0 + ms(1_000)));
+}
+
+#[test]
+fn a_lost_connection_drops_the_waiting_frames_but_not_the_budget() {
+    let t0 = Instant::now();
+    let mut link = ready(t0);
+    link.hub_rate_limits();
+    let mut fx = Vec::new();
+    for i in 0..11 {
+        link.send("task_accepted", format!("a{i}"), Some(entry(ReplyKind::Accepted, i)), &mut fx);
+    }
+    assert_eq!(sent(&fx).len(), 10);
+    link.on_lost(None, t0 + ms(1));
+    // The next connection: its first frame still waits for the hub's
+    // bucket, which a reconnect does not refill; the dropped a10 is gone.
+    let reconnect_at = link.deadline().unwrap();
+    fx.clear();
+    link.tick(reconnect_at, &mut fx);
+    let conn_id = link.live_conn_id().unwrap();
+    assert!(link.on_connected(conn_id, reconnect_at));
+    assert!(link.on_identified(reconnect_at));
+    link.send("task_recovering", "recovering".into(), Some(entry(ReplyKind::Recovering, 1)), &mut fx);
+    assert_eq!(sent(&fx), [] as [&str; 0]);
+    link.tick(t0 + token(1), &mut fx);
+    assert_eq!(sent(&fx), ["recovering"]);
+}
+
+#[test]
+fn a_connection_that_never_reports_is_given_up_after_twice_the_connect_timeout() {
+    // The socket thread bounds its own attempt by connect_timeout (the
+    // identify timeout); one that reports nothing twice that long is hung
+    // or gone, and waiting for it for ever would never reconnect.
+    let t0 = Instant::now();
+    let mut link = Link::new(timers(), 1, t0);
+    let mut fx = Vec::new();
+    assert_eq!(link.tick(t0, &mut fx), None);
+    assert!(link.live_conn_id().is_some());
+    assert_eq!(link.deadline(), Some(t0 + ms(1_000)));
+    assert_eq!(link.tick(t0 + ms(999), &mut fx), None);
+    assert_eq!(link.tick(t0 + ms(1_000), &mut fx), Some(Timeout::Connect));
 }

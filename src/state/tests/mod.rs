@@ -38,6 +38,10 @@ fn settings() -> Settings {
         keepalive_interval: None,
         send_wake_result: false,
         send_state_report: false,
+        // The hub's buckets and backoff at a tenth of its window: a token
+        // every 100 ms (100.5 in the model), denials back off 100 ms, 200 ms,
+        // 500 ms...
+        rate_limits: RateLimits { window: ms(6_000), ..RateLimits::default() },
         results_poll: None,
     }
 }

@@ -10,7 +10,7 @@ use super::super::render::absolute;
 use std::io;
 use std::process::Child;
 
-use super::super::{run, sys, WakeOutcome, WakeRequest, WakeStatus};
+use super::super::{run, sys, WakeRequest, WakeStatus};
 use super::{kill_tree, ChildExited, KILL_FAILSAFE};
 
 /// Kills the child's whole tree, then reaps the child once the waiter sees
@@ -180,22 +180,4 @@ pub(super) fn exit_status(
             WakeStatus::Failed { exit_code: None }
         }
     }
-}
-
-/// A failed attempt's warning names the likely reason: the last line of its
-/// stderr (the full tail goes to the lifecycle log with the outcome).
-pub(super) fn warn_if_failed(outcome: &WakeOutcome) {
-    if matches!(outcome.status, WakeStatus::Success | WakeStatus::Cancelled | WakeStatus::LeftRunning) {
-        return;
-    }
-    let stderr = match outcome.stderr_last_line() {
-        Some(line) => format!("last line of stderr: {line}"),
-        None => "no stderr".to_string(),
-    };
-    log::warn!(
-        "wake attempt {} for task {} failed ({}); {stderr}",
-        outcome.attempt,
-        outcome.task_id,
-        outcome.status
-    );
 }
