@@ -7,4 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # A fixed default seed keeps CI repeatable; SOAK_SEED=$RANDOM explores.
 seed=${SOAK_SEED:-180733}
-exec cargo test --locked --test soak -- --seed "$seed" --lifecycles "${SOAK_LIFECYCLES:-60}"
+cargo test --locked --test soak -- --seed "$seed" --lifecycles "${SOAK_LIFECYCLES:-60}"
+# The same schedule with the sidecar in run mode: the agent is a CLI that
+# prints its result (docs/protocol.md 8.7).
+exec cargo test --locked --test soak -- --seed "$seed" --lifecycles "${SOAK_RUN_LIFECYCLES:-30}" --wake-mode run

@@ -38,12 +38,15 @@ function appFor(platform) {
     restart_delay: 5000,
     exp_backoff_restart_delay: 5000,
     max_memory_restart: '100M',
-    // Stop: pm2 sends SIGINT, then SIGKILL after kill_timeout, to the whole
-    // process tree (pm2's default treekill), so a running wake command goes
-    // too. start.sh execs the sidecar, so the sidecar itself gets the SIGINT
-    // and shuts down cleanly in about a second; 5 s leaves room for a busy
-    // disk. (On Windows pm2 ends the tree with taskkill /F: no clean stop.)
+    // Stop: pm2 sends SIGINT, then SIGKILL after kill_timeout. start.sh
+    // execs the sidecar, so the sidecar itself gets the SIGINT and shuts down
+    // cleanly in about a second (ending a running launch-mode wake command
+    // itself); 5 s leaves room for a busy disk. Not the whole process tree
+    // (treekill off): a run-mode agent (wake_mode "run") works on through a
+    // pm2 restart and the next sidecar reports it (docs/protocol.md 8.7).
+    // (On Windows pm2 ends the tree with taskkill /F: no clean stop.)
     kill_timeout: 5000,
+    treekill: false,
     // No `time` prefix from pm2: every line the sidecar and the scripts print
     // already starts with its own UTC timestamp (milliseconds, fixed width),
     // and a second one only made the lines longer.

@@ -2,7 +2,9 @@
 //! and back, on loopback, with nothing else installed. The development hub and
 //! the sidecar's loop run in this process; the agent is
 //! `scripts/example-agent.sh` (`scripts/example-agent.cmd` on Windows),
-//! compiled in and written to a temp directory.
+//! compiled in and written to a temp directory. `--demo-run` does the same in
+//! run mode with `scripts/example-cli-agent.sh` (`.cmd`), the stand-in for a
+//! headless agent CLI.
 
 use std::io::Write;
 use std::time::Duration;
@@ -17,26 +19,42 @@ use crate::event::Event;
 const AGENT_SCRIPT: (&str, &str) = ("example-agent.sh", include_str!("../scripts/example-agent.sh"));
 #[cfg(windows)]
 const AGENT_SCRIPT: (&str, &str) = ("example-agent.cmd", include_str!("../scripts/example-agent.cmd"));
+#[cfg(not(windows))]
+const CLI_AGENT_SCRIPT: (&str, &str) =
+    ("example-cli-agent.sh", include_str!("../scripts/example-cli-agent.sh"));
+#[cfg(windows)]
+const CLI_AGENT_SCRIPT: (&str, &str) =
+    ("example-cli-agent.cmd", include_str!("../scripts/example-cli-agent.cmd"));
 const AGENT_ID: &str = "demo-agent";
 const TOKEN: &str = "demo-token";
 /// The whole demo normally takes well under a second; this bounds a broken one.
 const DEMO_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub fn run_demo(out: &mut dyn Write) -> Result<(), String> {
+    run_demo_in(out, false)
+}
+
+/// The demo, in run mode (`wake_mode: "run"`, the CLI stand-in) or not.
+pub fn run_demo_in(out: &mut dyn Write, run_mode: bool) -> Result<(), String> {
     let hub = DevHub::start(DevHubOptions::new(AGENT_ID, TOKEN))
         .map_err(|e| format!("cannot start the hub: {e}"))?;
     let dir = tempfile::tempdir().map_err(|e| format!("cannot create a temp dir: {e}"))?;
-    let (agent_name, agent_text) = AGENT_SCRIPT;
+    let (agent_name, agent_text) = if run_mode { CLI_AGENT_SCRIPT } else { AGENT_SCRIPT };
     let agent = dir.path().join(agent_name);
     std::fs::write(&agent, agent_text).map_err(|e| format!("cannot write the example agent: {e}"))?;
     // sh on Unix; on Windows the sidecar runs the command through cmd.
-    let wake_command =
-        if cfg!(windows) { format!("\"{}\"", agent.display()) } else { format!("sh '{}'", agent.display()) };
+    let wake_command = match (cfg!(windows), run_mode) {
+        (true, _) => format!("\"{}\"", agent.display()),
+        // The prompt as the CLI's argument, as data.
+        (false, true) => format!("sh '{}' \"$AGENTCOM_TASK_DESCRIPTION\"", agent.display()),
+        (false, false) => format!("sh '{}'", agent.display()),
+    };
     let config_text = json!({
         "agent_id": AGENT_ID,
         "token": TOKEN,
         "hub_url": hub.url(),
         "wake_command": wake_command,
+        "wake_mode": if run_mode { "run" } else { "launch" },
         "capabilities": ["demo"],
         "heartbeat_interval_ms": 5_000,
         "reconnect_initial_ms": 200,

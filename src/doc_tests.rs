@@ -73,6 +73,8 @@ fn every_variable_of_the_wake_command_is_in_both_tables() {
         results_dir: "results".into(),
         work_dir: ".".into(),
         timeout: std::time::Duration::from_secs(1),
+        mode: crate::wake::WakeMode::Launch,
+        cancel_grace: std::time::Duration::from_secs(1),
         max_result_bytes: 1,
     };
     let known: BTreeSet<String> =

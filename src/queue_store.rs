@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::wake::WakeIdentity;
+use crate::wake::{WakeIdentity, WakeMode};
 
 /// The whole file.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -48,6 +48,15 @@ pub struct WakeProcess {
     pub attempt: u32,
     #[serde(flatten)]
     pub identity: WakeIdentity,
+    /// `run`: the command is the agent, left running when the sidecar stops
+    /// and found again by the next start.
+    #[serde(default, skip_serializing_if = "WakeMode::is_launch")]
+    pub mode: WakeMode,
+    /// How the command ended, as the next start found it recorded (its exit
+    /// file, see `wake::run`): a launcher that exited 0 just before the
+    /// sidecar died is waited for (`.started`), never woken again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
 }
 
 /// A task we no longer hold, remembered for what its files mean.
@@ -399,6 +408,8 @@ mod tests {
             task_id: "task-1f2e3d4c5b6a7980".into(),
             attempt: 2,
             identity: WakeIdentity { pid: 77, process_group: Some(77), start_time: None },
+            mode: WakeMode::Launch,
+            exit_code: None,
         });
         let written = serde_json::to_value(&queue).unwrap();
         assert_eq!(

@@ -13,7 +13,10 @@
 //!   the previous attempt has not reported (never two wake commands at once);
 //! - queue.json never records two tasks;
 //! - a wake command is released only after a write of queue.json that
-//!   records it.
+//!   records it;
+//! - confirmed work is never started again: once the held task is working
+//!   (its agent confirmed; in run mode, its command was released), no wake
+//!   starts for it while it is held.
 #![no_main]
 
 use std::collections::HashMap;
@@ -23,10 +26,11 @@ use std::time::{Duration, Instant};
 use agentcom_sidecar::config::Secret;
 use agentcom_sidecar::event::Event;
 use agentcom_sidecar::hub::HubEvent;
+use agentcom_sidecar::queue_store::WakeProcess;
 use agentcom_sidecar::queue_store::{self, QueueFile};
 use agentcom_sidecar::retry::{BackoffPolicy, JitterStrategy};
 use agentcom_sidecar::state::{Effect, Input, RateLimits, Settings, State, TaskFiles};
-use agentcom_sidecar::wake::{WakeIdentity, WakeOutcome, WakeStarted, WakeStatus};
+use agentcom_sidecar::wake::{WakeIdentity, WakeMode, WakeOutcome, WakeStarted, WakeStatus};
 use agentcom_sidecar::watcher::{FileKind, ReadResult, ResultsEvent};
 use libfuzzer_sys::fuzz_target;
 use serde_json::{json, Value};
@@ -68,6 +72,9 @@ fn settings(b: &mut Bytes<'_>) -> Settings {
         token: Secret::new("fuzz-token"),
         capabilities: vec![],
         has_wake_command: b.u8() % 4 != 0,
+        wake_mode: *b.pick(&[WakeMode::Launch, WakeMode::Run]),
+        agent_check_interval: ms(1 + u64::from(b.u8())),
+        cancel_grace: ms(u64::from(b.u8()) * 20),
         has_update_command: b.u8() % 2 == 0,
         heartbeat_interval: ms(1 + u64::from(b.u8()) * 20),
         pong_timeout: ms(1 + u64::from(b.u8()) * 10),
@@ -122,7 +129,18 @@ fn queue(b: &mut Bytes<'_>) -> QueueFile {
     }
     let key = if b.u8() % 2 == 0 { "active" } else { "recovering" };
     let text = json!({ key: record }).to_string();
-    queue_store::parse(text.as_bytes()).unwrap_or_default()
+    let mut queue: QueueFile = queue_store::parse(text.as_bytes()).unwrap_or_default();
+    // The wake command the last run recorded, as the shell found it.
+    if b.u8() % 2 == 0 {
+        queue.wake_process = Some(WakeProcess {
+            task_id: b.pick(&TASKS).to_string(),
+            attempt: u32::from(b.u8() % 4),
+            identity: WakeIdentity { pid: 77, process_group: Some(77), start_time: Some(1) },
+            mode: *b.pick(&[WakeMode::Launch, WakeMode::Run]),
+            exit_code: *b.pick(&[None, Some(0), Some(1)]),
+        });
+    }
+    queue
 }
 
 /// A frame from the hub: mostly well-formed, sometimes odd, sometimes junk.
@@ -198,6 +216,9 @@ struct Model {
     conn: u64,
     /// A generation the frame being handled gives; a fence once handled.
     fence_pending: Option<(String, u64)>,
+    /// The held task once it is working (confirmed): never woken again
+    /// while held.
+    confirmed: Option<String>,
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -206,8 +227,13 @@ fuzz_target!(|data: &[u8]| {
     let mut now = t0;
     let mut wall = 1_700_000_000_000u64;
     let mut state = State::new(settings(&mut b), queue(&mut b), u64::from(b.u8()), t0);
+    if b.u8() % 2 == 0 {
+        // The shell found the recorded run-mode agent still running.
+        state.agent_still_running();
+    }
     let mut model = Model::default();
     let fx = state.start();
+    note_confirmed(&state, &mut model);
     check(&state, &mut model, &fx, "start");
     no_spin(&mut state, &mut model, now, wall, "start");
     // STATE_FUZZ_TRACE=1 prints every input and its effects (to replay a
@@ -277,11 +303,12 @@ fuzz_target!(|data: &[u8]| {
                     (Some((task, attempt)), 0..=2) => (task.clone(), *attempt),
                     _ => ("task-stray".to_string(), 1),
                 };
-                let status = match b.u8() % 6 {
+                let status = match b.u8() % 7 {
                     0 | 1 => WakeStatus::Success,
                     2 => WakeStatus::Failed { exit_code: Some(1) },
                     3 => WakeStatus::TimedOut,
                     4 => WakeStatus::SpawnFailed("no".into()),
+                    5 => WakeStatus::LeftRunning,
                     _ => WakeStatus::Cancelled,
                 };
                 if model.running.as_ref().is_some_and(|(t, _)| *t == task_id) {
@@ -318,6 +345,7 @@ fuzz_target!(|data: &[u8]| {
                 }
             }
             10 if b.u8() % 4 == 0 => Input::UpdateFailed { error: "no such command".into() },
+            10 if b.u8() % 3 == 0 => Input::AgentEnded { task_id: some_task(&mut b) },
             10 => Input::PersistFailed { error: "disk full".into(), withheld: Vec::new() },
             _ => {
                 if b.u8() % 8 == 0 {
@@ -343,8 +371,25 @@ fuzz_target!(|data: &[u8]| {
         // id is new work to it).
         let held = state.held_task_id().map(str::to_owned);
         model.fence.retain(|id, _| held.as_deref() == Some(id.as_str()));
+        note_confirmed(&state, &mut model);
     }
 });
+
+/// The held task is confirmed once queue.json says it is working; a new
+/// hold starts unconfirmed.
+fn note_confirmed(state: &State, model: &mut Model) {
+    let held = state.held_task_id().map(str::to_owned);
+    if model.confirmed != held {
+        model.confirmed = None;
+    }
+    let queue = state.queue_file();
+    let record = queue.active.as_ref().or(queue.recovering.as_ref());
+    if record.is_some_and(|r| {
+        Some(&r.task_id) == held.as_ref() && r.status.as_str() == "working" && r.report.is_none()
+    }) {
+        model.confirmed = held;
+    }
+}
 
 fn check(state: &State, model: &mut Model, fx: &[Effect], input: &str) {
     // The wake command the last queue.json write of this batch records.
@@ -374,6 +419,11 @@ fn check(state: &State, model: &mut Model, fx: &[Effect], input: &str) {
                 }
             }
             Effect::StartWake(start) => {
+                assert_ne!(
+                    model.confirmed.as_deref(),
+                    Some(start.task_id.as_str()),
+                    "confirmed work started again, after {input}"
+                );
                 assert!(
                     model.running.is_none(),
                     "wake for {} started while attempt {:?} runs, after {input}",

@@ -21,11 +21,14 @@ its wake command without the real hub.
 
 Usage: agentcom-devhub [--port N] [--agent-id A] [--token T] [--accept-timeout-ms N]
                        [--hub-version cbf9c20|4718a58] [--second-push-races N]
-       agentcom-devhub --demo
+       agentcom-devhub --demo | --demo-run
 
   --demo                 run a complete loop in this process and exit: the hub on a
                          free loopback port, a sidecar, and scripts/example-agent.sh
                          as the agent; one task goes out and its result comes back
+  --demo-run             the same with wake_mode run and
+                         scripts/example-cli-agent.sh, a stand-in for a headless
+                         agent CLI that prints one JSON object on stdout
 
 Options:
   --port N               port on 127.0.0.1 (default 4400, clear of the real hub's 4000;
@@ -63,7 +66,7 @@ struct Args {
 #[derive(Debug, PartialEq)]
 enum Command {
     Run(Args),
-    Demo,
+    Demo { run_mode: bool },
     Help,
 }
 
@@ -79,7 +82,7 @@ fn main() -> ExitCode {
             print!("{USAGE}");
             return ExitCode::SUCCESS;
         }
-        Ok(Command::Demo) => return demo(),
+        Ok(Command::Demo { run_mode }) => return demo(run_mode),
         Err(message) => {
             eprintln!("agentcom-devhub: {message}\n\n{USAGE}");
             return ExitCode::from(2);
@@ -160,14 +163,14 @@ fn main() -> ExitCode {
 
 /// `--demo`: the sidecar's own log lines (info) go to stderr, the frames to
 /// stdout.
-fn demo() -> ExitCode {
+fn demo(run_mode: bool) -> ExitCode {
     let config = simplelog::ConfigBuilder::new()
         .add_filter_allow_str("agentcom_sidecar")
         .set_target_level(log::LevelFilter::Off)
         .set_thread_level(log::LevelFilter::Off)
         .build();
     let _ = simplelog::WriteLogger::init(log::LevelFilter::Info, config, std::io::stderr());
-    match agentcom_sidecar::demo::run_demo(&mut std::io::stdout()) {
+    match agentcom_sidecar::demo::run_demo_in(&mut std::io::stdout(), run_mode) {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
             eprintln!("agentcom-devhub --demo: {message}");
@@ -220,8 +223,8 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, String>
         if flag == "-h" || flag == "--help" {
             return Ok(Command::Help);
         }
-        if flag == "--demo" {
-            return Ok(Command::Demo);
+        if flag == "--demo" || flag == "--demo-run" {
+            return Ok(Command::Demo { run_mode: flag == "--demo-run" });
         }
         if !matches!(
             flag.as_str(),
@@ -378,7 +381,8 @@ mod tests {
 
     #[test]
     fn demo_is_a_command() {
-        assert_eq!(parse(&["--demo"]), Ok(Command::Demo));
+        assert_eq!(parse(&["--demo"]), Ok(Command::Demo { run_mode: false }));
+        assert_eq!(parse(&["--demo-run"]), Ok(Command::Demo { run_mode: true }));
     }
 
     #[test]

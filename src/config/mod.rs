@@ -60,6 +60,12 @@ pub struct Config {
     pub max_message_bytes: usize,
     pub wake_timeout: Duration,
     pub wake_retry_delays: Vec<Duration>,
+    /// `launch` (the command starts or pokes the agent, which confirms with
+    /// `.started`) or `run` (the command is the agent; see `wake::WakeMode`).
+    pub wake_mode: crate::wake::WakeMode,
+    /// How long a cancelled or timed-out agent has between SIGTERM (Windows:
+    /// Ctrl-Break) and being killed.
+    pub cancel_grace: Duration,
     /// Optional protocol extensions the hub understands.
     pub hub_features: Vec<HubFeature>,
     pub max_result_bytes: u64,
@@ -285,6 +291,13 @@ impl Config {
         };
         keys.show("reconnect_jitter", Value::from(reconnect_jitter.name()));
 
+        let wake_mode = match keys.string("wake_mode")? {
+            None => crate::wake::WakeMode::default(),
+            Some(name) => crate::wake::WakeMode::parse(&name)
+                .ok_or_else(|| keys.error("wake_mode", "expected \"launch\" or \"run\""))?,
+        };
+        keys.show("wake_mode", Value::from(wake_mode.name()));
+
         let hub_features = keys
             .string_list("hub_features")?
             .unwrap_or_default()
@@ -362,6 +375,8 @@ impl Config {
             max_message_bytes: keys.integer("max_message_bytes", 4 << 20, 1024)? as usize,
             wake_timeout: keys.millis("wake_timeout_ms", 60_000, 1)?,
             wake_retry_delays,
+            wake_mode,
+            cancel_grace: keys.millis("cancel_grace_ms", 10_000, 0)?,
             hub_features,
             max_result_bytes: keys.integer("max_result_bytes", 1 << 20, 1)?,
             task_timeout: keys.optional_millis("task_timeout_ms")?,

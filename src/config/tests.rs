@@ -170,7 +170,7 @@ fn check_shows_every_known_key_and_accepts_its_own_output() {
     assert_eq!(shown["heartbeat_interval_ms"], 30_000);
     assert_eq!(shown["wake_retry_delays_ms"], serde_json::json!([5_000, 15_000, 30_000]));
     assert_eq!(shown["log_level"], "info");
-    assert_eq!(shown.len(), 45, "the 44 keys and config_path: {shown:?}");
+    assert_eq!(shown.len(), 47, "the 46 keys and config_path: {shown:?}");
     // Every key `check` shows is one the parser knows: fed back in (with
     // the real token and URL), nothing is warned about.
     shown.remove("config_path");

@@ -8,6 +8,8 @@
 //! logged and turned into something the state machine understands, so the
 //! loop always gets to shut down cleanly. Only set-up errors abort `run`.
 
+mod agent;
+
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
@@ -24,12 +26,12 @@ use crate::event::Event;
 use crate::hub::{HubEvent, HubHandle, HubParams};
 use crate::lifecycle_log::{LifecycleEvent, LifecycleLog};
 use crate::queue_lock::QueueLock;
-use crate::queue_store::{self, Loaded, QueueFile, WakeProcess};
+use crate::queue_store::{self, Loaded, QueueFile};
 use crate::retry::Jitter;
 use crate::selfupdate;
 use crate::state::{Effect, Input, Settings, State, TaskFiles, WakeStart};
 use crate::supervisor::Supervisor;
-use crate::wake::{self, Leftover, WakeHandle, WakeRequest};
+use crate::wake::{self, WakeHandle, WakeRequest};
 use crate::watcher::{self, FileKind, ReadResult, ResultsWatcher};
 use deaths::Deaths;
 
@@ -98,6 +100,9 @@ struct Shell {
     // stops before the executor.
     _watcher: Option<ResultsWatcher>,
     wake: WakeHandle,
+    /// The run-mode agent an earlier run left, where its exit code needs a
+    /// handle (Windows).
+    agent_watch: Option<wake::AgentWatch>,
     #[cfg(feature = "failpoints")]
     failpoint: Option<String>,
     exit: bool,
@@ -150,10 +155,17 @@ impl Shell {
             }
             Err(e) => return Err(Error::io(format!("cannot read {}", config.queue_file.display()), e)),
         };
-        // Before any new wake (the state forgets the record at start).
-        if let Some(leftover) = &queue.wake_process {
-            end_wake_leftover(leftover, &mut lifecycle);
-        }
+        // Before any new wake (the state forgets the record at start, unless
+        // it is a run-mode agent still at work).
+        let mut queue = queue;
+        let agent_running = agent::find_leftover(&mut queue, &config, &mut lifecycle);
+        // Where no gate script records its exit status (Windows), a handle
+        // on it gives the exit code when it ends.
+        let agent_watch = queue
+            .wake_process
+            .as_ref()
+            .filter(|_| agent_running)
+            .and_then(|p| wake::watch_leftover(&p.identity));
 
         let deaths = Deaths::new();
         let wake_events = events.clone();
@@ -205,7 +217,10 @@ impl Shell {
         let now = Instant::now();
         let mut settings = Settings::from_config(&config);
         settings.results_poll = watcher.is_none().then_some(config.results_poll);
-        let state = State::new(settings, queue, Jitter::seed_from_entropy(), now);
+        let mut state = State::new(settings, queue, Jitter::seed_from_entropy(), now);
+        if agent_running {
+            state.agent_still_running();
+        }
         lifecycle.record(
             LifecycleEvent::Started,
             json!({ "version": env!("CARGO_PKG_VERSION"), "hub_url": redact_url(&config.hub_url) }),
@@ -223,6 +238,7 @@ impl Shell {
             updating: Arc::new(AtomicBool::new(false)),
             _watcher: watcher,
             wake,
+            agent_watch,
             exit: false,
             deaths,
             died: None,
@@ -264,6 +280,10 @@ impl Shell {
             #[cfg(feature = "failpoints")]
             if let Input::Event(Event::WakeStarted(_)) = &input {
                 self.check_failpoint_at("after_wake_spawn");
+            }
+            #[cfg(feature = "failpoints")]
+            if let Input::Event(Event::Wake(_)) = &input {
+                self.check_failpoint_at("before_wake_outcome");
             }
             let started = Instant::now();
             let effects = self.state.handle(input, started, unix_ms());
@@ -379,6 +399,16 @@ impl Shell {
                 Effect::StartWake(start) => self.start_wake(start),
                 Effect::ReleaseWake { task_id, attempt } => self.wake.release(&task_id, attempt),
                 Effect::CancelWake { task_id } => self.wake.cancel(&task_id),
+                Effect::MarkCancelled { task_id, reason } => {
+                    agent::mark_cancelled(&self.config, &task_id, &reason)
+                }
+                Effect::CheckAgent { process } => {
+                    if let Some(input) = agent::check_agent(&process, &self.config, self.agent_watch.as_ref())
+                    {
+                        follow_ups.push_back(input);
+                    }
+                }
+                Effect::EndAgent { process } => agent::end_agent(process, self.config.cancel_grace),
                 Effect::ReadTaskFiles { task_id } => {
                     follow_ups.push_back(Input::Files(self.read_task_files(&task_id)))
                 }
@@ -436,6 +466,7 @@ impl Shell {
             log::warn!("cannot remove the result files of {task_id}: {e}");
         }
         let _ = std::fs::remove_file(handoff_file_path(&self.config.results_dir, task_id));
+        wake::run::remove_run_files(&self.config.results_dir, task_id);
     }
 
     fn connect(&mut self, conn_id: u64) {
@@ -509,6 +540,8 @@ impl Shell {
             results_dir: self.config.results_dir.clone(),
             work_dir: self.config.base_dir(),
             timeout: self.config.wake_timeout,
+            mode: self.config.wake_mode,
+            cancel_grace: self.config.cancel_grace,
             max_result_bytes: self.config.max_result_bytes,
         });
     }
@@ -517,7 +550,9 @@ impl Shell {
     /// build enables it): `AGENTCOM_FAILPOINT=before_send:<frame type>` kills
     /// the process, without any clean-up, just before the first frame of that
     /// type goes to the hub; `after_wake_spawn` as soon as a wake command has
-    /// started, before anything records it. The crash-safety tests use them
+    /// started, before anything records it; `before_wake_outcome` when a wake
+    /// command's outcome arrives, before the core hears it. The crash-safety
+    /// tests use them
     /// to die at exact points.
     #[cfg(feature = "failpoints")]
     fn check_failpoint_at(&self, point: &str) {
@@ -557,38 +592,6 @@ impl Shell {
         self.lifecycle.record(LifecycleEvent::Stopped, json!({}));
         log::info!("stopped");
     }
-}
-
-/// Ends a wake command the previous run started and did not see end (it
-/// died while the command ran), so that it never runs next to a new one.
-/// Blocks up to [`wake::LEFTOVER_WAIT`](crate::wake::LEFTOVER_WAIT), once, at
-/// start.
-fn end_wake_leftover(leftover: &WakeProcess, lifecycle: &mut LifecycleLog) {
-    let WakeProcess { task_id, attempt, identity } = leftover;
-    let (found, error) = match wake::end_leftover(identity) {
-        Leftover::Gone => ("gone", None),
-        Leftover::Ended => ("ended", None),
-        Leftover::StillExiting => ("still_exiting", None),
-        Leftover::Unverifiable => ("unverifiable", None),
-        Leftover::Failed(error) => ("failed", Some(error)),
-    };
-    let what = format!("the wake command of task {task_id} (attempt {attempt}, pid {})", identity.pid);
-    match found {
-        "gone" => log::info!("{what}, left from before, is no longer running"),
-        "ended" => log::warn!("{what} was still running from before; ended it and its process group"),
-        "unverifiable" => {
-            log::warn!("{what} may still be running from before: without its start time it is left alone")
-        }
-        _ => log::error!(
-            "{what} was still running from before and could not be ended ({})",
-            error.as_deref().unwrap_or("it had not exited in time")
-        ),
-    }
-    lifecycle.record(
-        LifecycleEvent::WakeLeftover,
-        json!({ "task_id": task_id, "attempt": attempt, "pid": identity.pid,
-                "process_group": identity.process_group, "found": found, "error": error }),
-    );
 }
 
 /// Where the full task is handed to the agent (`AGENTCOM_TASK_FILE`): a

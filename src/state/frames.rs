@@ -127,6 +127,15 @@ impl State {
             Incoming::TaskCancelled { task_id } => {
                 if self.held_task_id() == Some(task_id.as_str()) {
                     log::info!("task {task_id} cancelled by hub; stopping it");
+                    // Its agent learns it from the marker; `let_go` ends
+                    // its process.
+                    fx.push(Effect::MarkCancelled {
+                        task_id: task_id.clone(),
+                        reason: "task_cancelled".into(),
+                    });
+                    if let Some(task) = self.task.as_mut() {
+                        task.cancel_marked = true;
+                    }
                     self.drop_task("cancelled by hub", PastFate::Settled, fx);
                 } else if self.forget_busy_push(&task_id) {
                     log::info!("task {task_id}, pushed while we were busy, cancelled by hub; forgetting it");

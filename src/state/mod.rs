@@ -18,6 +18,7 @@
 //! reported before the hub has said, in answer to `task_recovering`, whether
 //! the task is still ours.
 
+mod agent;
 mod busy;
 mod frames;
 mod link;
@@ -42,6 +43,7 @@ use crate::lifecycle_log::LifecycleEvent;
 use crate::protocol;
 use crate::queue_store::{QueueFile, WakeProcess};
 use crate::retry::BackoffPolicy;
+use crate::wake::WakeMode;
 use crate::watcher::{FileKind, ReadResult, ResultsEvent};
 
 pub use link::RateLimits;
@@ -57,6 +59,13 @@ pub struct Settings {
     pub token: Secret,
     pub capabilities: Vec<String>,
     pub has_wake_command: bool,
+    /// What the wake command is: a launcher, or the agent itself (`run`).
+    pub wake_mode: WakeMode,
+    /// How often a run-mode agent left running by an earlier run is checked.
+    pub agent_check_interval: Duration,
+    /// How long a cancelled task's files (its cancel marker) stay after it
+    /// is let go: its agent's time to notice and stop.
+    pub cancel_grace: Duration,
     /// `restart_sidecar` starts the update command instead of exiting.
     pub has_update_command: bool,
     pub heartbeat_interval: Duration,
@@ -101,6 +110,9 @@ impl Settings {
             token: config.token.clone(),
             capabilities: config.capabilities.clone(),
             has_wake_command: config.wake_command.is_some(),
+            wake_mode: config.wake_mode,
+            agent_check_interval: config.results_poll,
+            cancel_grace: config.cancel_grace,
             has_update_command: config.update_command.is_some() || config.update_url.is_some(),
             heartbeat_interval: config.heartbeat_interval,
             pong_timeout: config.pong_timeout,
@@ -146,6 +158,11 @@ pub enum Input {
     UpdateFailed {
         error: String,
     },
+    /// What [`Effect::CheckAgent`] found: the run-mode agent left from an
+    /// earlier run has ended (its result file is written).
+    AgentEnded {
+        task_id: String,
+    },
     /// A deadline may be due.
     Tick,
 }
@@ -186,6 +203,23 @@ pub enum Effect {
     },
     CancelWake {
         task_id: String,
+    },
+    /// Tell the agent of `task_id` that its task is cancelled: the marker
+    /// file `<task_id>.cancel` in the results directory, holding `reason`.
+    MarkCancelled {
+        task_id: String,
+        reason: String,
+    },
+    /// The run-mode agent left running by an earlier run (not the
+    /// executor's): if it has ended, write its result file and answer
+    /// [`Input::AgentEnded`]; if it still runs, nothing.
+    CheckAgent {
+        process: WakeProcess,
+    },
+    /// End that agent: SIGTERM to its process group, the kill after
+    /// `cancel_grace_ms`, without blocking the loop.
+    EndAgent {
+        process: WakeProcess,
     },
     /// Read the results-directory files of this task: `Input::Files`.
     ReadTaskFiles {
@@ -238,8 +272,13 @@ pub struct State {
     /// runs one attempt at a time, whichever task it belongs to.
     wake_running: Option<String>,
     /// The started wake command not yet reported ended, as persisted (so
-    /// that after a crash the next start can end it first).
+    /// that after a crash the next start can end it first, or, a run-mode
+    /// agent, find it again).
     wake_process: Option<WakeProcess>,
+    /// `wake_process` is a run-mode agent an earlier run left running: no
+    /// executor watches it; it is checked at `agent_check_at`.
+    agent_outside: bool,
+    agent_check_at: Option<Instant>,
     /// Top-level queue.json fields we do not know, kept on every save.
     queue_extra: Map<String, Value>,
     shutting_down: bool,
@@ -292,6 +331,9 @@ struct Held<'a> {
     queue_extra: &'a Map<String, Value>,
     wake_running: &'a mut Option<String>,
     wake_process: &'a Option<WakeProcess>,
+    /// The held task's agent process is known to be running (the
+    /// executor's, or one an earlier run left): it is at work, not silent.
+    agent_alive: bool,
 }
 
 impl Held<'_> {
@@ -360,6 +402,8 @@ impl State {
             now,
             wake_running: None,
             wake_process,
+            agent_outside: false,
+            agent_check_at: None,
             queue_extra: extra,
             shutting_down: false,
             next_poll_at: None,
@@ -373,8 +417,9 @@ impl State {
     /// the results directory, and connect.
     pub fn start(&mut self) -> Vec<Effect> {
         let mut fx = Vec::new();
-        // Ended by the shell before the state was built (see `new`).
-        let leftover_forgotten = self.wake_process.take().is_some();
+        // Ended by the shell before the state was built (see `new`), or a
+        // run-mode agent still at work (`agent_still_running`).
+        let leftover_forgotten = self.take_leftover();
         if leftover_forgotten && self.task.is_none() {
             fx.push(Effect::Persist(Box::new(self.queue_file())));
         }
@@ -459,6 +504,7 @@ impl State {
                 );
                 self.shut_down("restart requested by hub (update_command failed to start)", &mut fx);
             }
+            Input::AgentEnded { task_id } => self.on_agent_ended(&task_id, &mut fx),
             Input::Tick => {}
         }
         if !self.shutting_down {
@@ -483,7 +529,8 @@ impl State {
             )
         });
         let past = self.past.next_due();
-        [self.link.deadline(), task, self.next_poll_at, past].into_iter().flatten().min()
+        let agent = self.agent_check_at.filter(|_| self.agent_outside);
+        [self.link.deadline(), task, self.next_poll_at, past, agent].into_iter().flatten().min()
     }
 
     /// The connection whose frames the core acts on, if any (frames of any
@@ -519,7 +566,12 @@ impl State {
     }
 
     fn held(&mut self) -> Option<Held<'_>> {
+        let agent_alive = self.task.as_ref().is_some_and(|t| {
+            self.wake_running.as_deref() == Some(t.id.as_str())
+                || (self.agent_outside && self.wake_process.as_ref().is_some_and(|p| p.task_id == t.id))
+        });
         Some(Held {
+            agent_alive,
             task: self.task.as_mut()?,
             link: &mut self.link,
             settings: &self.settings,
@@ -602,11 +654,17 @@ impl State {
             }
             None => {}
         }
+        let timed_out =
+            self.task.as_ref().filter(|t| t.report().is_none() && t.timeout_at.is_some_and(|at| now >= at));
+        if let Some(task_id) = timed_out.map(|t| t.id.clone()) {
+            self.stop_agent(&task_id, Some("task_timeout"), fx);
+        }
         if let Some(mut held) = self.held() {
             held.on_tick(now, fx);
         }
         self.on_past_tick(now, fx);
         self.take_up_busy_pushes(now, fx);
+        self.check_agent_outside(now, fx);
         match (self.settings.results_poll, &self.task) {
             (Some(poll), Some(_)) => {
                 if self.next_poll_at.is_some_and(|at| now >= at) {
@@ -626,9 +684,9 @@ impl State {
         self.shutting_down = true;
         log::info!("shutting down: {why}");
         fx.push(record(LifecycleEvent::Shutdown, json!({ "why": why })));
-        if let Some(task_id) = self.wake_running.take() {
-            fx.push(Effect::CancelWake { task_id });
-        }
+        // A running wake command: a launcher is killed when the executor
+        // stops; a run-mode agent is left running for the next start.
+        self.wake_running = None;
         if let Some(task) = &mut self.task {
             // An attempt cut short by shutdown is not a failed attempt; the
             // next run wakes again once the hub confirms the task.

@@ -38,6 +38,7 @@ use crate::watcher;
 pub(crate) struct Past {
     pub task: PastTask,
     /// Taken back: when its files stop being kept for a hand-back.
+    /// Cancelled (settled with its cancel marker written): when its files go.
     pub keep_until: Option<Instant>,
 }
 
@@ -123,16 +124,31 @@ impl State {
     /// its files go; `TakenBack`: its files stay for a hand-back.
     pub(super) fn let_go(&mut self, fate: PastFate, fx: &mut Vec<Effect>) {
         let now = self.now;
-        let Some(task) = self.task.take() else { return };
-        if self.wake_running.as_deref() == Some(task.id.as_str()) {
-            fx.push(Effect::CancelWake { task_id: task.id.clone() });
+        let Some(task_id) = self.task.as_ref().map(|t| t.id.clone()) else { return };
+        let confirmed = self.task.as_ref().is_some_and(|t| t.confirmed);
+        if fate == PastFate::Settled {
+            // Cancelled or settled by the hub: its agent stops.
+            self.stop_agent(&task_id, None, fx);
+        } else if !confirmed && self.wake_running.as_deref() == Some(task_id.as_str()) {
+            // Taken back before its agent confirmed: the hub may hand it to
+            // another. Confirmed work goes on: if the hub hands the task
+            // back, its result is taken from its files.
+            fx.push(Effect::CancelWake { task_id: task_id.clone() });
         }
+        let Some(task) = self.task.take() else { return };
         // A report of it still waiting to go out would speak for a hold that
         // has ended; if the hub hands the task back, its result is reported
         // again from its files.
         super::report::withdraw_stale_reports(&mut self.link, &task.id, None);
         self.link.forget_info(&task.id);
-        let keep_until = (fate == PastFate::TakenBack).then(|| now + self.settings.readopt_window);
+        // A cancelled task's files (its cancel marker) stay for its agent to
+        // notice, `cancel_grace` long; then they go as a taken-back task's do.
+        let marked = fate == PastFate::Settled && task.cancel_marked;
+        let keep_until = match fate {
+            PastFate::TakenBack => Some(now + self.settings.readopt_window),
+            PastFate::Settled if marked => Some(now + self.settings.cancel_grace),
+            PastFate::Settled => None,
+        };
         let past = PastTask {
             task_id: task.id.clone(),
             generation: task.generation,
@@ -145,10 +161,12 @@ impl State {
         // Recorded before the files go, so a kill in between cannot leave
         // them to be taken for a later push's result.
         fx.push(Effect::Persist(Box::new(self.queue_file())));
-        if let Some(evicted) = evicted.filter(|e| e.task.fate == PastFate::TakenBack) {
+        if let Some(evicted) =
+            evicted.filter(|e| e.task.fate == PastFate::TakenBack || e.keep_until.is_some())
+        {
             fx.push(Effect::DiscardTaskFiles { task_id: evicted.task.task_id });
         }
-        if fate == PastFate::Settled {
+        if fate == PastFate::Settled && !marked {
             fx.push(Effect::RemoveTaskFiles { task_id: task.id });
         }
     }
@@ -160,18 +178,33 @@ impl State {
     }
 
     /// Taken-back tasks not handed back in time: their results go to the
-    /// lifecycle log, their files away.
+    /// lifecycle log, their files away. A cancelled task's files go once its
+    /// grace is over (it stays remembered, as settled tasks are).
     pub(super) fn on_past_tick(&mut self, now: Instant, fx: &mut Vec<Effect>) {
-        let (due, kept): (Vec<Past>, Vec<Past>) = std::mem::take(&mut self.past.0)
-            .into_iter()
-            .partition(|p| p.keep_until.is_some_and(|at| now >= at));
-        self.past.0 = kept;
-        if due.is_empty() {
+        let mut settled = Vec::new();
+        let mut gone = Vec::new();
+        self.past.0.retain_mut(|p| {
+            if p.keep_until.is_none_or(|at| now < at) {
+                return true;
+            }
+            p.keep_until = None;
+            let task_id = p.task.task_id.clone();
+            if p.task.fate == PastFate::Settled {
+                settled.push(task_id);
+                true
+            } else {
+                gone.push(task_id);
+                false
+            }
+        });
+        for task_id in settled {
+            fx.push(Effect::DiscardTaskFiles { task_id });
+        }
+        if gone.is_empty() {
             return;
         }
         fx.push(Effect::Persist(Box::new(self.queue_file())));
-        for past in due {
-            let task_id = past.task.task_id;
+        for task_id in gone {
             log::info!("task {task_id} was not handed back; discarding its files");
             fx.push(Effect::DiscardTaskFiles { task_id });
         }

@@ -92,6 +92,12 @@ pub(crate) struct Task {
     pub silent_until: Option<Instant>,
     pub unparsed: Option<Unparsed>,
     pub progress: Progress,
+    /// The agent's process ended with this failure after confirming: the
+    /// task fails with it unless a result file is there.
+    pub exit_failure: Option<String>,
+    /// Its cancel marker was written (a cancel, its timeout): once let go,
+    /// its files stay for `cancel_grace` before they are removed.
+    pub cancel_marked: bool,
 }
 
 impl Task {
@@ -116,6 +122,8 @@ impl Task {
             silent_until: None,
             unparsed: None,
             progress: Progress::default(),
+            exit_failure: None,
+            cancel_marked: false,
         }
     }
 
@@ -144,6 +152,8 @@ impl Task {
             silent_until: None,
             unparsed: None,
             progress: Progress::default(),
+            exit_failure: None,
+            cancel_marked: false,
         }
     }
 

@@ -110,7 +110,11 @@ impl State {
     pub(super) fn on_wake_started(&mut self, started: WakeStarted, fx: &mut Vec<Effect>) {
         let WakeStarted { task_id, attempt, identity } = started;
         log::debug!("wake attempt {attempt} for task {task_id} runs as {identity:?}");
-        self.wake_process = Some(WakeProcess { task_id: task_id.clone(), attempt, identity });
+        let mode = self.settings.wake_mode;
+        self.wake_process =
+            Some(WakeProcess { task_id: task_id.clone(), attempt, identity, mode, exit_code: None });
+        // Recorded before it runs: in run mode, as confirmed.
+        self.confirm_run(&task_id, attempt, fx);
         fx.push(Effect::Persist(Box::new(self.queue_file())));
         fx.push(Effect::ReleaseWake { task_id, attempt });
     }
@@ -144,6 +148,7 @@ impl State {
             WakeStatus::TimedOut => ("timeout", Some("timed out".to_string())),
             WakeStatus::SpawnFailed(e) => ("failed", Some(format!("could not start: {e}"))),
             WakeStatus::Cancelled => ("cancelled", None),
+            WakeStatus::LeftRunning => ("left_running", None),
         };
         fx.push(record(
             LifecycleEvent::WakeFinished,
@@ -157,7 +162,7 @@ impl State {
                 "stderr": outcome.stderr_tail,
             }),
         ));
-        if outcome.status == WakeStatus::Cancelled {
+        if matches!(outcome.status, WakeStatus::Cancelled | WakeStatus::LeftRunning) {
             return;
         }
         let Some(mut held) = self.held_as(&outcome.task_id) else {
@@ -167,7 +172,9 @@ impl State {
         // the task's outcome came while the command ran.
         let current = match held.task.phase {
             Phase::Waking { attempt } => attempt == outcome.attempt,
-            Phase::Reporting { .. } => was_running && held.task.wake_attempts == outcome.attempt,
+            // Confirmed while it ran (or adopted while it still ran): the
+            // executor runs one command at a time, so it is this task's.
+            Phase::Working | Phase::Reporting { .. } => was_running,
             _ => false,
         };
         if !current {
@@ -182,13 +189,20 @@ impl State {
             );
             held.send_expecting("wake_result", text, ReplyKind::Unhandled, 0, fx);
         }
-        if let Phase::Waking { attempt } = held.task.phase {
-            // The one line a failed attempt gets: what failed and why.
-            let error = error.map(|error| match outcome.stderr_last_line() {
-                Some(line) => (format!("{error}; last line of stderr: {line}"), error),
-                None => (format!("{error}; no stderr"), error),
-            });
-            held.after_attempt(attempt, outcome.status == WakeStatus::Success, error, now, fx);
+        match held.task.phase {
+            Phase::Waking { attempt } if !held.task.confirmed => {
+                // The one line a failed attempt gets: what failed and why.
+                let error = error.map(|error| match outcome.stderr_last_line() {
+                    Some(line) => (format!("{error}; last line of stderr: {line}"), error),
+                    None => (format!("{error}; no stderr"), error),
+                });
+                held.after_attempt(attempt, outcome.status == WakeStatus::Success, error, now, fx)
+            }
+            Phase::Waking { .. } | Phase::Working => {
+                held.task.phase = Phase::Working;
+                held.after_confirmed(&outcome, fx);
+            }
+            _ => {}
         }
     }
 }
@@ -348,7 +362,9 @@ impl Held<'_> {
             self.task.confirmed = true;
             log::info!("agent confirmed task {task_id}");
             fx.push(record(LifecycleEvent::Confirmed, json!({ "task_id": task_id })));
-            if let Phase::Confirming { .. } = self.task.phase {
+            // Still waking: the wake command is the agent at work (a
+            // synchronous script); it is never started again.
+            if let Phase::Confirming { .. } | Phase::Waking { .. } = self.task.phase {
                 self.task.phase = Phase::Working;
                 self.persist(fx);
             }
@@ -370,7 +386,10 @@ impl Held<'_> {
             }
         }
         match files.result {
-            ReadResult::Missing => self.task.unparsed = None,
+            ReadResult::Missing => {
+                self.task.unparsed = None;
+                self.fail_if_exited(fx);
+            }
             ReadResult::Parsed(result) => self.set_outcome(report_from_result(result), fx),
             ReadResult::TooLarge { len } => {
                 log::warn!("result file of task {task_id} is too large ({len} bytes)");
@@ -419,6 +438,10 @@ impl Held<'_> {
                 self.set_outcome(Report::Failed { reason: "confirmation_timeout".into() }, fx);
             }
         }
+        if self.agent_alive {
+            // Its process runs: at work, not silent.
+            self.task.silent_until = None;
+        }
         if self.task.phase == Phase::Working && self.task.silent_until.is_some_and(|at| now >= at) {
             let ms = self.settings.adopted_silence.as_millis();
             log::warn!(
@@ -431,9 +454,7 @@ impl Held<'_> {
         }
         if self.task.timeout_at.is_some_and(|at| now >= at) {
             log::warn!("task {} produced no result in time", self.task.id);
-            if self.wake_running.as_deref() == Some(self.task.id.as_str()) {
-                fx.push(Effect::CancelWake { task_id: self.task.id.clone() });
-            }
+            // Its agent was told to stop (`State::stop_agent`) just before.
             self.set_outcome(Report::Failed { reason: "task_timeout".into() }, fx);
         }
         self.flush_progress(now, fx);

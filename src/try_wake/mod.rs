@@ -226,6 +226,9 @@ pub fn rehearse(
         results_dir: results_dir.clone(),
         work_dir: config.base_dir(),
         timeout: config.wake_timeout,
+        // The rehearsal judges the launch shapes (verdict::Mode).
+        mode: crate::wake::WakeMode::Launch,
+        cancel_grace: config.cancel_grace,
         max_result_bytes: config.max_result_bytes,
     };
     let wait = wait.or(config.task_timeout).unwrap_or(DEFAULT_RESULT_WAIT);

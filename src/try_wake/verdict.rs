@@ -214,9 +214,9 @@ fn no_result(config: &Config, seen: &Observed, verdict: &mut Verdict) {
             format!("still running at wake_timeout_ms ({wake_timeout} ms) and never wrote .started: the sidecar kills it"),
             format!("write .started first and return once the agent is running (a launcher), or {RUN_MODE}"),
         ),
-        WakeStatus::Cancelled => {}
+        WakeStatus::Cancelled | WakeStatus::LeftRunning => {}
     }
-    if !matches!(outcome.status, WakeStatus::Success | WakeStatus::Cancelled) {
+    if !matches!(outcome.status, WakeStatus::Success | WakeStatus::Cancelled | WakeStatus::LeftRunning) {
         // What the state machine does with a failed attempt: retry after
         // each delay, then fail the task.
         let attempts = config.wake_retry_delays.len() + 1;
@@ -231,7 +231,7 @@ fn no_result(config: &Config, seen: &Observed, verdict: &mut Verdict) {
             WakeStatus::Failed { exit_code: None } => "killed by a signal".to_string(),
             WakeStatus::TimedOut => "timed out".to_string(),
             WakeStatus::SpawnFailed(e) => format!("could not start: {e}"),
-            WakeStatus::Success | WakeStatus::Cancelled => String::new(),
+            WakeStatus::Success | WakeStatus::Cancelled | WakeStatus::LeftRunning => String::new(),
         };
         let reason = format!("wake_failed: wake command failed after {attempts} attempts (last: {last})");
         verdict.report = Some(Report::Failed { reason });

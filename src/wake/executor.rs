@@ -12,11 +12,14 @@ use std::process::{Child, Stdio};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{after, at, bounded, never, select, Receiver, Sender};
+use crossbeam_channel::{at, bounded, never, select, Receiver, Sender};
 
+use self::ending::{
+    absolute_path, conclude_run, end_gracefully, exit_status, file_tail, kill_and_reap, mark_started,
+};
 use super::capture::{spawn_reader, Chunk, Output, Stream};
 use super::render::{absolute, render_command, task_environment, write_task_file};
-use super::{sys, WakeOutcome, WakeRequest, WakeStarted, WakeStatus};
+use super::{run, sys, WakeOutcome, WakeRequest, WakeStarted, WakeStatus};
 
 /// How long, after the child exited, the outcome waits for the output
 /// readers to reach end of file. A grandchild that inherited the pipes can
@@ -153,6 +156,10 @@ struct Executor {
 enum Stop {
     Exited(ChildExited),
     Kill(WakeStatus),
+    /// A cancel: SIGTERM first, kill after the grace.
+    Terminate,
+    /// The handle was dropped while a run-mode agent ran: leave it running.
+    Leave,
 }
 
 /// Sent by the waiter thread once the child has exited. On Unix the child is
@@ -189,29 +196,35 @@ impl Executor {
             Err(text) => return finished(&request, WakeStatus::SpawnFailed(text), started),
         };
         let Running { pid, tree, identity, exit_rx, mut output, mut gate } = running;
+        if gate.is_none() {
+            // Not gated: it runs already.
+            mark_started(&request);
+        }
         (self.on_started)(WakeStarted {
             task_id: request.task_id.clone(),
             attempt: request.attempt,
             identity,
         });
+        // Run mode: the process start is the confirmation, nothing times it
+        // out but the task's own timeout (a cancel).
         crate::failpoint::panic_at("wake_running");
         let deadline = match started.checked_add(request.timeout) {
-            Some(deadline) => at(deadline),
-            None => never(),
+            Some(deadline) if request.mode.is_launch() => at(deadline),
+            _ => never(),
         };
-        let stop = self.wait_for_stop(&request, &exit_rx, &deadline, &mut output, &mut gate);
+        let stop = self.wait_for_stop(&request, &tree, &exit_rx, deadline, &mut output, &mut gate);
         // A kill decided at the same instant as the child exited must not
         // kill the group if the wake succeeded: then it holds the agent.
         let mut stop_pending = false;
         let stop = match stop {
-            Stop::Kill(status) => match exit_rx.try_recv() {
+            Stop::Kill(_) | Stop::Terminate => match exit_rx.try_recv() {
                 Ok(exited) => {
                     stop_pending = true;
                     Stop::Exited(exited)
                 }
-                Err(_) => Stop::Kill(status),
+                Err(_) => stop,
             },
-            exited => exited,
+            other => other,
         };
         let status = match stop {
             Stop::Exited((mut child, wait_result)) => {
@@ -239,9 +252,27 @@ impl Executor {
                 kill_and_reap(&request, pid, &tree, &exit_rx, &mut output);
                 status
             }
+            Stop::Terminate => {
+                end_gracefully(&request, pid, &tree, &exit_rx, &mut output);
+                WakeStatus::Cancelled
+            }
+            Stop::Leave => {
+                log::info!(
+                    "leaving the agent of task {} (pid {pid}) running; the next start finds it",
+                    request.task_id
+                );
+                // The waiter thread keeps the child and reaps it if it ends
+                // before we exit; otherwise init does.
+                WakeStatus::LeftRunning
+            }
         };
         output.drain_until(Instant::now() + OUTPUT_GRACE);
-        let (stdout_tail, stderr_tail) = output.into_tails();
+        let (mut stdout_tail, mut stderr_tail) = output.into_tails();
+        if !request.mode.is_launch() {
+            stdout_tail = file_tail(&run::stdout_file(&request.results_dir, &request.task_id));
+            stderr_tail = file_tail(&run::stderr_file(&request.results_dir, &request.task_id));
+        }
+        conclude_run(&request, &status);
         let outcome = WakeOutcome {
             task_id: request.task_id,
             attempt: request.attempt,
@@ -265,11 +296,17 @@ impl Executor {
     fn wait_for_stop(
         &self,
         request: &WakeRequest,
+        tree: &sys::ProcessTree,
         exit_rx: &Receiver<ChildExited>,
-        deadline: &Receiver<Instant>,
+        mut deadline: Receiver<Instant>,
         output: &mut Output,
         gate: &mut Option<PipeWriter>,
     ) -> Stop {
+        let started_file = crate::watcher::task_file_path(
+            &request.results_dir,
+            &request.task_id,
+            crate::watcher::FileKind::Started,
+        );
         loop {
             select! {
                 recv(exit_rx) -> exited => return match exited {
@@ -293,7 +330,7 @@ impl Executor {
                     }
                     Ok(WakeCommand::Cancel(task_id)) => {
                         if task_id == request.task_id {
-                            return Stop::Kill(WakeStatus::Cancelled);
+                            return Stop::Terminate;
                         }
                         log::debug!(
                             "cancel for task {task_id} does not stop the running task {}",
@@ -303,11 +340,33 @@ impl Executor {
                     Ok(WakeCommand::Release(task_id, attempt)) => {
                         if task_id == request.task_id && attempt == request.attempt {
                             open_gate(gate, request);
+                            if !request.mode.is_launch() {
+                                // Recorded: a run-mode agent may now outlive us.
+                                tree.outlive_sidecar();
+                            }
                         }
                     }
-                    Err(_) => return Stop::Kill(WakeStatus::Cancelled),
+                    // The sidecar stops: a launcher is ended; an agent at
+                    // work (run mode, or a launch-mode command whose agent
+                    // confirmed: a synchronous script) is left to finish,
+                    // for the next start to find.
+                    Err(_) if request.mode.is_launch() && !crate::watcher::is_regular_file(&started_file) => {
+                        return Stop::Kill(WakeStatus::Cancelled)
+                    }
+                    Err(_) => return Stop::Leave,
                 },
-                recv(deadline) -> _ => return Stop::Kill(WakeStatus::TimedOut),
+                recv(deadline) -> _ => {
+                    if !crate::watcher::is_regular_file(&started_file) {
+                        return Stop::Kill(WakeStatus::TimedOut);
+                    }
+                    // Confirmed: the command is the agent at work. It ends
+                    // by itself, at the task's timeout or by a cancel.
+                    log::info!(
+                        "the wake command of task {} is still running after confirming: the agent at work; wake_timeout_ms no longer applies",
+                        request.task_id
+                    );
+                    deadline = never();
+                }
                 recv(output.receiver()) -> chunk => output.record(chunk),
             }
         }
@@ -331,9 +390,32 @@ struct Running {
 fn start_child(request: &WakeRequest, gated: bool) -> Result<Running, String> {
     write_task_file(&request.task_file, &request.task_json)
         .map_err(|error| format!("cannot write task file {}: {error}", request.task_file.display()))?;
-    let (mut command, gate) = sys::shell_command(&render_command(&request.command_template), gated)
-        .map_err(|error| format!("cannot make the wake command's gate: {error}"))?;
-    command.stdout(Stdio::piped()).stderr(Stdio::piped()).envs(task_environment(request));
+    // A cancel marker of an earlier hold of this task id is old news.
+    let _ = std::fs::remove_file(run::cancel_marker(&request.results_dir, &request.task_id));
+    let exit_file = run::exit_file(&request.results_dir, &request.task_id);
+    if let Some(dir) = exit_file.parent() {
+        std::fs::create_dir_all(dir).map_err(|error| format!("cannot create {}: {error}", dir.display()))?;
+    }
+    match std::fs::remove_file(&exit_file) {
+        Ok(()) => {}
+        Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+        Err(error) => return Err(format!("cannot remove the old {}: {error}", exit_file.display())),
+    }
+    let (mut command, gate) =
+        sys::shell_command(&render_command(&request.command_template), gated, &absolute_path(&exit_file))
+            .map_err(|error| format!("cannot make the wake command's gate: {error}"))?;
+    if request.mode.is_launch() {
+        command.stdout(Stdio::piped()).stderr(Stdio::piped());
+    } else {
+        // Run mode: the agent's output goes to files, never into memory,
+        // and outlives the sidecar (no pipe to break).
+        let open = |path: std::path::PathBuf| {
+            std::fs::File::create(&path).map_err(|error| format!("cannot create {}: {error}", path.display()))
+        };
+        command.stdout(open(run::stdout_file(&request.results_dir, &request.task_id))?);
+        command.stderr(open(run::stderr_file(&request.results_dir, &request.task_id))?);
+    }
+    command.envs(task_environment(request));
     // An empty path means the sidecar's own working directory.
     if !request.work_dir.as_os_str().is_empty() {
         if !request.work_dir.is_dir() {
@@ -346,7 +428,7 @@ fn start_child(request: &WakeRequest, gated: bool) -> Result<Running, String> {
     let pid = child.id();
     // At once, before the command can start much: on Windows this puts it
     // in its job object.
-    let tree = match sys::ProcessTree::track(&child) {
+    let tree = match sys::ProcessTree::track(&child, !request.mode.is_launch()) {
         Ok(tree) => tree,
         Err(error) => {
             let _ = child.kill();
@@ -398,6 +480,7 @@ fn start_child(request: &WakeRequest, gated: bool) -> Result<Running, String> {
 /// command that has already exited (a write error) is reported by its
 /// waiter as usual.
 fn open_gate(gate: &mut Option<PipeWriter>, request: &WakeRequest) {
+    mark_started(request);
     if let Some(mut writer) = gate.take() {
         if let Err(error) = writer.write_all(b"go\n") {
             log::debug!("cannot release the wake command of task {}: {error}", request.task_id);
@@ -405,58 +488,7 @@ fn open_gate(gate: &mut Option<PipeWriter>, request: &WakeRequest) {
     }
 }
 
-/// Kills the child's whole tree, then reaps the child once the waiter sees
-/// it exit. Gives up after [`KILL_FAILSAFE`] so the outcome is never held
-/// hostage by a process stuck in the kernel.
-fn kill_and_reap(
-    request: &WakeRequest,
-    pid: u32,
-    tree: &sys::ProcessTree,
-    exit_rx: &Receiver<ChildExited>,
-    output: &mut Output,
-) {
-    kill_tree(pid, tree);
-    let failsafe = after(KILL_FAILSAFE);
-    loop {
-        select! {
-            recv(exit_rx) -> exited => {
-                if let Ok((mut child, _)) = exited {
-                    // Reap it; its exit status is our kill, nothing to report.
-                    let _ = child.wait();
-                }
-                return;
-            }
-            recv(failsafe) -> _ => {
-                log::error!(
-                    "wake command for task {} (pid {pid}) did not exit within {KILL_FAILSAFE:?} of being ended; reporting anyway",
-                    request.task_id
-                );
-                return;
-            }
-            recv(output.receiver()) -> chunk => output.record(chunk),
-        }
-    }
-}
-
-/// Reaps an exited child and turns its exit status into a [`WakeStatus`].
-fn exit_status(request: &WakeRequest, child: &mut Child, wait_result: io::Result<()>) -> WakeStatus {
-    if let Err(error) = wait_result {
-        log::warn!("waiting for the wake command of task {} failed: {error}", request.task_id);
-    }
-    match child.wait() {
-        Ok(status) if status.success() => WakeStatus::Success,
-        Ok(status) => WakeStatus::Failed { exit_code: status.code() },
-        Err(error) => {
-            log::warn!(
-                "cannot read the exit status of the wake command of task {}: {error}",
-                request.task_id
-            );
-            WakeStatus::Failed { exit_code: None }
-        }
-    }
-}
-
-fn kill_tree(pid: u32, tree: &sys::ProcessTree) {
+pub(super) fn kill_tree(pid: u32, tree: &sys::ProcessTree) {
     if let Err(error) = tree.kill() {
         log::warn!("cannot end the process tree of wake command pid {pid}: {error}");
     }
@@ -477,6 +509,8 @@ fn finished(request: &WakeRequest, status: WakeStatus, started: Instant) -> Wake
         elapsed: started.elapsed(),
     }
 }
+
+mod ending;
 
 #[cfg(all(test, unix))]
 mod tests;

@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 mod capture;
 mod executor;
 mod render;
+pub mod run;
 #[cfg(unix)]
 mod unix;
 #[cfg(windows)]
@@ -61,12 +62,54 @@ pub struct WakeRequest {
     /// paths here and in `task_file`/`results_dir` are relative to the
     /// sidecar's working directory; the command gets them absolute.
     pub work_dir: PathBuf,
-    /// Kill the command's process tree if it has not exited by then.
+    /// Launch mode: kill the command's process tree if it has not exited by
+    /// then, unless the agent has confirmed (`.started`) by then: a command
+    /// still running after confirmation is the agent at work. Run mode: not
+    /// used (the process start is the confirmation).
     pub timeout: Duration,
-    /// The config's `max_result_bytes`, passed down to the command as
-    /// `AGENTCOM_MAX_RESULT_BYTES` for the reporting helpers to check
-    /// against.
+    pub mode: WakeMode,
+    /// A cancel sends SIGTERM (Windows: ends the job) and kills what is left
+    /// after this long.
+    pub cancel_grace: Duration,
+    /// The config's `max_result_bytes`: run mode fails the task with
+    /// `result_too_large` when stdout is larger, and the command gets it as
+    /// `AGENTCOM_MAX_RESULT_BYTES` for the reporting helpers to check against.
     pub max_result_bytes: u64,
+}
+
+/// What the wake command is (config key `wake_mode`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WakeMode {
+    /// The command starts or pokes the agent and returns; the agent confirms
+    /// with `.started` and writes its result file (the Node sidecar's
+    /// behaviour).
+    #[default]
+    Launch,
+    /// The command is the agent (a headless agent CLI): its start is the
+    /// confirmation, its end the outcome (see [`run::conclude`]).
+    Run,
+}
+
+impl WakeMode {
+    pub fn parse(name: &str) -> Option<WakeMode> {
+        match name {
+            "launch" => Some(WakeMode::Launch),
+            "run" => Some(WakeMode::Run),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            WakeMode::Launch => "launch",
+            WakeMode::Run => "run",
+        }
+    }
+
+    pub fn is_launch(&self) -> bool {
+        *self == WakeMode::Launch
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,9 +124,12 @@ pub enum WakeStatus {
     /// The command could not be started (or its task file not written); the
     /// text says why.
     SpawnFailed(String),
-    /// [`WakeHandle::cancel`] (or dropping the handle) killed the running
+    /// [`WakeHandle::cancel`] (or dropping the handle) ended the running
     /// attempt.
     Cancelled,
+    /// The handle was dropped (the sidecar stops) while a run-mode agent
+    /// ran: it was left running, to be found by the next start.
+    LeftRunning,
 }
 
 #[derive(Debug, Clone)]
@@ -160,6 +206,36 @@ pub fn end_leftover(identity: &WakeIdentity) -> Leftover {
     sys::end_leftover(identity, LEFTOVER_WAIT)
 }
 
+/// Whether the recorded wake command still runs (Linux: same pid and start
+/// time; Windows: never, see `windows.rs`).
+pub fn leftover_running(identity: &WakeIdentity) -> bool {
+    sys::leftover_running(identity)
+}
+
+/// A run-mode agent an earlier sidecar left running, watched for its exit
+/// code where no gate script records it (Windows: an open process handle).
+pub struct AgentWatch(sys::Watch);
+
+/// Opens a watch on the recorded command if it is still running (Windows);
+/// `None` on Unix, where its exit file says how it ended.
+pub fn watch_leftover(identity: &WakeIdentity) -> Option<AgentWatch> {
+    sys::watch_leftover(identity).map(AgentWatch)
+}
+
+impl AgentWatch {
+    /// `None` while it runs; its exit code once it has ended.
+    pub fn exit_code(&self) -> Option<i32> {
+        self.0.exit_code()
+    }
+}
+
+/// Ends a recorded wake command gracefully: SIGTERM to its process group,
+/// the kill after `grace`. Blocks up to `grace` plus [`LEFTOVER_WAIT`]: call
+/// it on a thread of its own.
+pub fn terminate_leftover(identity: &WakeIdentity, grace: Duration) -> Leftover {
+    sys::terminate_leftover(identity, grace)
+}
+
 /// How many characters of a failed attempt's stderr line the warning shows.
 pub const STDERR_LINE_LIMIT_CHARS: usize = 300;
 
@@ -186,6 +262,7 @@ impl fmt::Display for WakeStatus {
             WakeStatus::TimedOut => f.write_str("timed out"),
             WakeStatus::SpawnFailed(text) => write!(f, "could not start: {text}"),
             WakeStatus::Cancelled => f.write_str("cancelled"),
+            WakeStatus::LeftRunning => f.write_str("left running"),
         }
     }
 }
@@ -205,6 +282,8 @@ impl fmt::Debug for WakeRequest {
             .field("results_dir", &self.results_dir)
             .field("work_dir", &self.work_dir)
             .field("timeout", &self.timeout)
+            .field("mode", &self.mode)
+            .field("cancel_grace", &self.cancel_grace)
             .field("max_result_bytes", &self.max_result_bytes)
             .finish()
     }

@@ -13,22 +13,40 @@ use super::{Leftover, WakeIdentity};
 /// (`ARG_MAX`, a quarter of the stack limit: 2 MiB by default).
 pub(super) const ENV_VALUE_LIMIT_BYTES: usize = 64 * 1024;
 
-/// What a gated wake command's shell runs before the operator's command. It
+/// What a gated wake command's shell runs around the operator's command. It
 /// waits for one line on its stdin, a pipe only the sidecar writes to, and
 /// the sidecar writes it only once queue.json records the command's identity
 /// ([`WakeHandle::release`](super::WakeHandle::release)). A sidecar killed
 /// before that closes the pipe with its death: `read` meets end of file and
 /// the shell exits without running anything, so no wake command ever runs
-/// that a restarted sidecar could not find and end. Released, the shell
-/// becomes exactly what an ungated command is: `exec` keeps the pid, the
-/// process group and the start time that were recorded, stdin is /dev/null
-/// again and `$0` is `sh`. The operator's command is an argument (`$1`),
-/// never part of this script.
-const GATE_SCRIPT: &str = "read -r gate || exit 75; exec sh -c \"$1\" sh </dev/null";
+/// that a restarted sidecar could not find. Released, it runs the operator's
+/// command (`$1`, never part of this script) with stdin from /dev/null,
+/// waits for it and records its exit status in the exit file (`$2`,
+/// atomically): whoever starts next finds it there even if no sidecar was
+/// running when the command ended. This shell stays the process group's
+/// leader, with the pid and start time that were recorded.
+///
+/// A signal to the group (a cancel's SIGTERM) reaches the command; this
+/// shell only notes it (`trap :`, so that the command does not inherit an
+/// ignored signal), records the status, then ends itself with the same
+/// signal, so that the sidecar sees what ended the command.
+const GATE_SCRIPT: &str = "read -r gate || exit 75
+trap : TERM INT HUP
+sh -c \"$1\" sh </dev/null
+s=$?
+printf 'exit %s\\n' \"$s\" >\"$2.tmp\" && mv -f \"$2.tmp\" \"$2\"
+trap - TERM INT HUP
+if [ \"$s\" -gt 128 ] && [ \"$s\" -lt 160 ]; then kill -$((s - 128)) $$; fi
+exit $s";
 
 /// `sh -c <rendered>`, with stdin from /dev/null. Gated, the command waits
-/// for a line on the returned pipe first (see [`GATE_SCRIPT`]).
-pub(super) fn shell_command(rendered: &str, gated: bool) -> io::Result<(Command, Option<PipeWriter>)> {
+/// for a line on the returned pipe first and records its exit status in
+/// `exit_file` (see [`GATE_SCRIPT`]).
+pub(super) fn shell_command(
+    rendered: &str,
+    gated: bool,
+    exit_file: &std::path::Path,
+) -> io::Result<(Command, Option<PipeWriter>)> {
     let mut command = Command::new("sh");
     if !gated {
         command.arg("-c").arg(rendered).stdin(Stdio::null());
@@ -36,7 +54,7 @@ pub(super) fn shell_command(rendered: &str, gated: bool) -> io::Result<(Command,
     }
     // Both ends close on exec: the write end stays with the sidecar alone.
     let (reader, writer) = std::io::pipe()?;
-    command.arg("-c").arg(GATE_SCRIPT).arg("agentcom-wake-gate").arg(rendered).stdin(reader);
+    command.arg("-c").arg(GATE_SCRIPT).arg("agentcom-wake-gate").arg(rendered).arg(exit_file).stdin(reader);
     Ok((command, Some(writer)))
 }
 
@@ -84,14 +102,31 @@ pub(super) struct ProcessTree {
 
 impl ProcessTree {
     /// Never fails on Unix: the group exists from the spawn on (`isolate`).
-    pub(super) fn track(child: &Child) -> io::Result<ProcessTree> {
+    pub(super) fn track(child: &Child, _run_mode: bool) -> io::Result<ProcessTree> {
         Ok(ProcessTree { pgid: child.id() })
     }
+
+    /// Nothing to do on Unix: the group outlives the sidecar anyway.
+    pub(super) fn outlive_sidecar(&self) {}
 
     /// SIGKILL to the whole process group. Safe while the leader is not
     /// reaped (see `wait_until_exited`).
     pub(super) fn kill(&self) -> io::Result<()> {
-        kill_group(self.pgid)
+        signal_group(self.pgid, libc::SIGKILL)
+    }
+
+    /// Whether any process of the group is left. Only meaningful once the
+    /// leader is reaped (an unreaped leader counts); while a member lives,
+    /// the group id cannot be reused.
+    pub(super) fn any_left(&self) -> bool {
+        let Ok(pgid) = libc::pid_t::try_from(self.pgid) else { return false };
+        // SAFETY: killpg has no memory-safety preconditions; signal 0 only checks.
+        unsafe { libc::killpg(pgid, 0) == 0 }
+    }
+
+    /// SIGTERM to the whole process group: the start of a graceful end.
+    pub(super) fn terminate(&self) -> io::Result<()> {
+        signal_group(self.pgid, libc::SIGTERM)
     }
 
     /// The command exited: whatever it left running goes on. Nothing to do
@@ -100,9 +135,13 @@ impl ProcessTree {
 }
 
 fn kill_group(pgid: u32) -> io::Result<()> {
+    signal_group(pgid, libc::SIGKILL)
+}
+
+fn signal_group(pgid: u32, signal: libc::c_int) -> io::Result<()> {
     let pgid = libc::pid_t::try_from(pgid).map_err(io::Error::other)?;
     // SAFETY: killpg has no memory-safety preconditions.
-    if unsafe { libc::killpg(pgid, libc::SIGKILL) } == 0 {
+    if unsafe { libc::killpg(pgid, signal) } == 0 {
         return Ok(());
     }
     let error = io::Error::last_os_error();
@@ -153,6 +192,51 @@ pub(super) fn end_leftover(identity: &WakeIdentity, wait: std::time::Duration) -
     }
 }
 
+/// Whether the recorded command still runs (same pid and start time).
+pub(super) fn leftover_running(identity: &WakeIdentity) -> bool {
+    identity.start_time.is_some_and(|start| matches!(still_running(identity.pid, start), Ok(Some(_))))
+}
+
+/// No handle is needed here: the gate script records the exit status.
+pub(super) struct Watch;
+
+pub(super) fn watch_leftover(_identity: &WakeIdentity) -> Option<Watch> {
+    None
+}
+
+impl Watch {
+    pub(super) fn exit_code(&self) -> Option<i32> {
+        None
+    }
+}
+
+/// SIGTERM to the leftover's process group (only if its pid still names the
+/// recorded process), then, if it has not gone within `grace`, the kill of
+/// [`end_leftover`].
+pub(super) fn terminate_leftover(identity: &WakeIdentity, grace: std::time::Duration) -> Leftover {
+    let Some(expected) = identity.start_time else {
+        return Leftover::Unverifiable;
+    };
+    let signalled = match still_running(identity.pid, expected) {
+        Ok(Some(group)) if Some(group) == identity.process_group => signal_group(group, libc::SIGTERM),
+        Ok(Some(_)) => signal_process(identity.pid, libc::SIGTERM),
+        Ok(None) => return Leftover::Gone,
+        Err(error) => return Leftover::Failed(format!("cannot read /proc/{}/stat: {error}", identity.pid)),
+    };
+    if let Err(error) = signalled {
+        return Leftover::Failed(error.to_string());
+    }
+    let deadline = std::time::Instant::now() + grace;
+    while std::time::Instant::now() < deadline {
+        if !matches!(still_running(identity.pid, expected), Ok(Some(_))) {
+            return Leftover::Ended;
+        }
+        // Not ours to wait on (its parent is init now): a short bounded poll.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    end_leftover(identity, super::LEFTOVER_WAIT)
+}
+
 /// The process group of `pid` if it is still the process started at
 /// `start_time` and has not exited (a zombie has: only its reaping is
 /// missing).
@@ -163,9 +247,13 @@ fn still_running(pid: u32, start_time: u64) -> io::Result<Option<u32>> {
 }
 
 fn kill_process(pid: u32) -> io::Result<()> {
+    signal_process(pid, libc::SIGKILL)
+}
+
+fn signal_process(pid: u32, signal: libc::c_int) -> io::Result<()> {
     let pid = libc::pid_t::try_from(pid).map_err(io::Error::other)?;
     // SAFETY: kill has no memory-safety preconditions.
-    if unsafe { libc::kill(pid, libc::SIGKILL) } == 0 {
+    if unsafe { libc::kill(pid, signal) } == 0 {
         return Ok(());
     }
     let error = io::Error::last_os_error();

@@ -17,6 +17,13 @@
 //! cleared, the handle is deliberately leaked so closing it cannot end the
 //! agent.
 //!
+//! A run-mode agent (`wake_mode: "run"`) is the exception: its job is named
+//! after its pid and creation time, and once queue.json records it
+//! ([`ProcessTree::outlive_sidecar`]) kill-on-close is cleared, so it works
+//! on when the sidecar stops or dies. A later sidecar finds it by its
+//! identity, reads its exit code through a handle while it runs, and ends its
+//! whole tree by the job's name on a cancel or timeout.
+//!
 //! If the job cannot be created or the command cannot be put in it (for
 //! instance inside a job that forbids nesting), the command runs without
 //! one and a timeout or cancel ends only the command itself; the log says
@@ -33,15 +40,20 @@ use std::time::Duration;
 
 use windows_sys::Win32::Foundation::{ERROR_INVALID_PARAMETER, FILETIME, WAIT_OBJECT_0};
 use windows_sys::Win32::System::JobObjects::{
-    AssignProcessToJobObject, CreateJobObjectW, JobObjectExtendedLimitInformation, SetInformationJobObject,
-    TerminateJobObject, JOBOBJECT_EXTENDED_LIMIT_INFORMATION, JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE,
+    AssignProcessToJobObject, CreateJobObjectW, JobObjectExtendedLimitInformation, OpenJobObjectW,
+    SetInformationJobObject, TerminateJobObject, JOBOBJECT_EXTENDED_LIMIT_INFORMATION,
+    JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE,
 };
 use windows_sys::Win32::System::Threading::{
-    GetProcessTimes, OpenProcess, TerminateProcess, WaitForSingleObject, PROCESS_QUERY_LIMITED_INFORMATION,
-    PROCESS_SYNCHRONIZE, PROCESS_TERMINATE,
+    GetExitCodeProcess, GetProcessTimes, OpenProcess, TerminateProcess, WaitForSingleObject,
+    PROCESS_QUERY_LIMITED_INFORMATION, PROCESS_SYNCHRONIZE, PROCESS_TERMINATE,
 };
 
 use super::{Leftover, WakeIdentity};
+
+/// The job access right to end its processes (winnt.h; in windows-sys it is
+/// behind a feature this crate does not otherwise need).
+const JOB_OBJECT_TERMINATE: u32 = 0x0008;
 
 /// The exit code a process ended by the sidecar gets.
 const ENDED_EXIT_CODE: u32 = 1;
@@ -67,7 +79,12 @@ pub(super) const ENV_VALUE_LIMIT_BYTES: usize = 12 * 1024;
 /// `cmd.exe /C <rendered>`, with stdin from NUL. Never gated: a wake
 /// command needs no gate here, as the job object ends it when a killed
 /// sidecar's handle closes (see the module comment).
-pub(super) fn shell_command(rendered: &str, _gated: bool) -> io::Result<(Command, Option<PipeWriter>)> {
+/// The exit status is recorded by the executor (no wrapper records it here).
+pub(super) fn shell_command(
+    rendered: &str,
+    _gated: bool,
+    _exit_file: &std::path::Path,
+) -> io::Result<(Command, Option<PipeWriter>)> {
     let mut command = Command::new("cmd.exe");
     command.args(["/D", "/V:ON", "/S", "/C"]).raw_arg(format!("\"{rendered}\"")).stdin(Stdio::null());
     Ok((command, None))
@@ -101,9 +118,13 @@ pub(super) struct ProcessTree {
 impl ProcessTree {
     /// Puts the command in a new job object; on failure, logs it and goes on
     /// without one (never an error: the command still runs).
-    pub(super) fn track(child: &Child) -> io::Result<ProcessTree> {
+    /// A run-mode agent's job is named after its identity (`job_name`), so
+    /// that a later sidecar can end its whole tree.
+    pub(super) fn track(child: &Child, run_mode: bool) -> io::Result<ProcessTree> {
         let pid = child.id();
-        let job = new_job().and_then(|job| {
+        let name =
+            run_mode.then(|| creation_time(child.as_raw_handle()).ok()).flatten().map(|t| job_name(pid, t));
+        let job = new_job(name.as_deref()).and_then(|job| {
             // SAFETY: both handles are valid and open for the call.
             let assigned = unsafe { AssignProcessToJobObject(raw(&job), child.as_raw_handle()) };
             if assigned == 0 {
@@ -136,6 +157,30 @@ impl ProcessTree {
         Ok(())
     }
 
+    /// Recorded in queue.json, a run-mode agent may outlive the sidecar: its
+    /// job no longer ends it when the sidecar's handle closes (a later
+    /// sidecar ends it by the job's name). Until then, a sidecar that dies
+    /// takes the unrecorded command with it.
+    pub(super) fn outlive_sidecar(&self) {
+        if let Some(job) = &self.job {
+            if let Err(error) = set_kill_on_close(job, false) {
+                log::warn!("cannot let the agent (pid {}) outlive the sidecar: {error}", self.pid);
+            }
+        }
+    }
+
+    /// Nothing is left once `terminate` ended the job.
+    pub(super) fn any_left(&self) -> bool {
+        false
+    }
+
+    /// The start of a graceful end. Ctrl-Break cannot be delivered to a
+    /// process group we do not share a console with, so the job is ended at
+    /// once (the "else end the job").
+    pub(super) fn terminate(&self) -> io::Result<()> {
+        self.kill()
+    }
+
     /// The command exited: clears kill-on-close, then closes the job, so
     /// whatever the command started keeps running.
     pub(super) fn release(mut self) {
@@ -150,11 +195,19 @@ impl ProcessTree {
     }
 }
 
-/// A new job object that ends its processes when its last handle closes.
-fn new_job() -> io::Result<OwnedHandle> {
-    // SAFETY: null attributes and name are allowed (an unnamed job, default
-    // security, a handle children do not inherit).
-    let handle = unsafe { CreateJobObjectW(std::ptr::null(), std::ptr::null()) };
+/// The name of a run-mode agent's job: its pid and creation time, so that a
+/// reused pid never names it.
+fn job_name(pid: u32, created: u64) -> Vec<u16> {
+    format!("Local\\agentcom-sidecar-wake-{pid}-{created}").encode_utf16().chain([0]).collect()
+}
+
+/// A new job object that ends its processes when its last handle closes;
+/// named if `name` is given (NUL-terminated UTF-16).
+fn new_job(name: Option<&[u16]>) -> io::Result<OwnedHandle> {
+    let name_ptr = name.map_or(std::ptr::null(), <[u16]>::as_ptr);
+    // SAFETY: null attributes are allowed (default security, a handle
+    // children do not inherit); the name is null or NUL-terminated.
+    let handle = unsafe { CreateJobObjectW(std::ptr::null(), name_ptr) };
     if handle.is_null() {
         return Err(io::Error::last_os_error());
     }
@@ -273,4 +326,72 @@ pub(super) fn end_leftover(identity: &WakeIdentity, wait: Duration) -> Leftover 
 
 fn raw(handle: &OwnedHandle) -> RawHandle {
     handle.as_raw_handle()
+}
+
+/// The recorded process, opened if it is still the one started (same
+/// creation time) and has not exited.
+fn open_leftover(identity: &WakeIdentity) -> Option<OwnedHandle> {
+    let expected = identity.start_time?;
+    // SAFETY: OpenProcess has no memory-safety preconditions.
+    let handle =
+        unsafe { OpenProcess(PROCESS_QUERY_LIMITED_INFORMATION | PROCESS_SYNCHRONIZE, 0, identity.pid) };
+    if handle.is_null() {
+        return None;
+    }
+    // SAFETY: a fresh handle that nothing else owns.
+    let process = unsafe { OwnedHandle::from_raw_handle(handle as RawHandle) };
+    if creation_time(raw(&process)).ok()? != expected {
+        return None;
+    }
+    Some(process)
+}
+
+/// Whether the recorded command (a run-mode agent, which outlives the
+/// sidecar) still runs.
+pub(super) fn leftover_running(identity: &WakeIdentity) -> bool {
+    // SAFETY: the handle is open with PROCESS_SYNCHRONIZE.
+    open_leftover(identity).is_some_and(|p| unsafe { WaitForSingleObject(raw(&p), 0) } != WAIT_OBJECT_0)
+}
+
+/// A handle on the recorded command while it runs, to read its exit code
+/// when it ends (no gate script records it here).
+pub(super) struct Watch(OwnedHandle);
+
+pub(super) fn watch_leftover(identity: &WakeIdentity) -> Option<Watch> {
+    open_leftover(identity).map(Watch)
+}
+
+impl Watch {
+    /// `None` while it runs; its exit code once it has ended.
+    pub(super) fn exit_code(&self) -> Option<i32> {
+        // SAFETY: the handle is open with PROCESS_SYNCHRONIZE.
+        if unsafe { WaitForSingleObject(raw(&self.0), 0) } != WAIT_OBJECT_0 {
+            return None;
+        }
+        let mut code = 0u32;
+        // SAFETY: the handle is open with PROCESS_QUERY_LIMITED_INFORMATION.
+        if unsafe { GetExitCodeProcess(raw(&self.0), &mut code) } == 0 {
+            return Some(-1);
+        }
+        Some(code as i32)
+    }
+}
+
+/// Ends a run-mode agent a earlier sidecar left: its whole job, found by
+/// name (no Ctrl-Break here); without one, only the process.
+pub(super) fn terminate_leftover(identity: &WakeIdentity, _grace: Duration) -> Leftover {
+    if let Some(created) = identity.start_time {
+        let name = job_name(identity.pid, created);
+        // SAFETY: the name is NUL-terminated.
+        let handle = unsafe { OpenJobObjectW(JOB_OBJECT_TERMINATE, 0, name.as_ptr()) };
+        if !handle.is_null() {
+            // SAFETY: a fresh handle that nothing else owns.
+            let job = unsafe { OwnedHandle::from_raw_handle(handle as RawHandle) };
+            // SAFETY: the handle is open with JOB_OBJECT_TERMINATE.
+            if unsafe { TerminateJobObject(raw(&job), ENDED_EXIT_CODE) } != 0 {
+                return Leftover::Ended;
+            }
+        }
+    }
+    end_leftover(identity, super::LEFTOVER_WAIT)
 }

@@ -352,24 +352,17 @@ mod unix {
         );
     }
 
-    /// A CLI that is the agent (confirms, then works for longer than a
-    /// wake may take): the fix names the run mode.
+    /// A synchronous script that confirms, then works for longer than a wake
+    /// may take: the agent at work, not killed at wake_timeout_ms (issue
+    /// 17); only the task's own timeout ends it.
     #[test]
-    fn a_command_that_needs_the_run_mode() {
+    fn a_command_that_confirms_and_works_past_the_wake_timeout_is_the_agent_at_work() {
         let (_dir, out, stdout) = try_wake(
             "\"$AGENTCOM_SIDECAR\" agent started; echo thinking >&2; sleep 60",
-            json!({"wake_timeout_ms": 500}),
+            json!({"wake_timeout_ms": 500, "task_timeout_ms": 1_500}),
         );
-        assert_verdict(
-            &out,
-            &stdout,
-            false,
-            &[
-                "still running at wake_timeout_ms (500 ms) after writing .started",
-                "set wake_mode to \"run\"",
-                "| thinking",
-            ],
-        );
+        assert_verdict(&out, &stdout, false, &["no result within 1500 ms", "task_timeout", "| thinking"]);
+        assert!(!stdout.contains("still running at wake_timeout_ms"), "{stdout}");
     }
 
     #[test]

@@ -8,6 +8,12 @@
 //! if run anyway; there are no empty stand-in tests.
 
 mod agent_kit;
+// sh stand-ins of agents, /proc and signals.
+#[cfg(target_os = "linux")]
+mod agent_run;
+// .cmd run-mode agents and taskkill, under Wine in CI.
+#[cfg(windows)]
+mod agent_run_windows;
 mod connection;
 mod devhub;
 mod devhub_controls;

@@ -3,7 +3,11 @@
 //! says (fail, hang, exit quickly or slowly) and, when it "wakes the agent",
 //! starts a detached worker (`--soak-worker`) that writes `.started`,
 //! `.progress` and the result in the way the plan says (in order, result
-//! first, twice, late, half-written, never).
+//! first, twice, late, half-written, never). Two more shapes of agent
+//! (docs/protocol.md 8.7): a synchronous script (`Sync`: the wake command does
+//! the worker's part itself, then exits), and, with `--soak-agent AGENT_DIR
+//! run` (the soak's `--wake-mode run`), a CLI that is the agent: confirmed by
+//! its start, it prints its result on stdout, or fails with a non-zero exit.
 //!
 //! Every step is one line of JSON appended to `AGENT_DIR/agent.log` with a
 //! wall-clock time, which the checker reads. A wake command holds an exclusive
@@ -37,6 +41,9 @@ pub enum WakeMode {
     Fail,
     /// Sleeps `hang_ms` (past `wake_timeout_ms`) without starting anything.
     Hang,
+    /// A synchronous script: does the worker's part itself (`.started`,
+    /// work, result), then exits 0, often after `wake_timeout_ms`.
+    Sync,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -115,10 +122,11 @@ impl WakePlan {
 
     fn random(rng: &mut Rng) -> WakePlan {
         let wake = rng.weighted(&[
-            (60, WakeMode::Ok),
+            (45, WakeMode::Ok),
             (15, WakeMode::Slow),
             (15, WakeMode::Fail),
             (10, WakeMode::Hang),
+            (15, WakeMode::Sync),
         ]);
         let worker = rng.weighted(&[
             (46, WorkerMode::Normal),
@@ -222,7 +230,19 @@ pub fn wake_main(args: &[String]) -> ExitCode {
     let end = |status: &str| {
         log(&agent_dir, json!({"kind": "wake_end", "task": task_id, "nonce": nonce, "status": status}));
     };
+    if args.get(1).map(String::as_str) == Some("run") {
+        let code = run_agent(&agent_dir, &task_id, &generation, &nonce, &step);
+        end(if code == 0 { "ok" } else { "fail" });
+        return ExitCode::from(code);
+    }
     match step.wake {
+        WakeMode::Sync => {
+            let results = PathBuf::from(&results_dir);
+            work(&agent_dir, &task_id, &generation, &results, &nonce, &step);
+            end("ok");
+            drop(lock);
+            ExitCode::SUCCESS
+        }
         WakeMode::Fail => {
             end("fail");
             ExitCode::from(3)
@@ -275,8 +295,41 @@ pub fn worker_main(args: &[String]) -> ExitCode {
     let Ok(step) = serde_json::from_str::<WakePlan>(plan) else {
         return ExitCode::from(2);
     };
-    let agent_dir = Path::new(agent_dir);
-    let results = Path::new(results_dir);
+    work(Path::new(agent_dir), task_id, generation, Path::new(results_dir), nonce, &step);
+    ExitCode::SUCCESS
+}
+
+/// Run mode: the wake command is the agent. Its start is the confirmation
+/// (logged as `started_written`: the sidecar wrote `.started` before it ran);
+/// it works, then prints its result on stdout (exit 0) or its failure on
+/// stderr (exit 1); a `Fail` plan exits 3 at once, a `Hang` plan works
+/// `hang_ms` and prints nothing. The exit status.
+fn run_agent(agent_dir: &Path, task_id: &str, generation: &str, nonce: &str, step: &WakePlan) -> u8 {
+    log(agent_dir, json!({"kind": "started_written", "task": task_id, "nonce": nonce}));
+    match step.wake {
+        WakeMode::Fail => {
+            eprintln!("soak cli agent: cannot reach the model");
+            return 3;
+        }
+        WakeMode::Hang => {
+            sleep_ms(step.hang_ms);
+            return 0;
+        }
+        WakeMode::Ok | WakeMode::Slow | WakeMode::Sync => sleep_ms(step.d1 + step.d2),
+    }
+    let variant = "a";
+    log(agent_dir, json!({"kind": "result_written", "task": task_id, "nonce": nonce, "variant": variant}));
+    if step.failure {
+        eprintln!("thinking...\nsoak agent failure nonce={nonce} variant={variant}");
+        return 1;
+    }
+    let soak = json!({"soak": {"task": task_id, "gen": generation, "nonce": nonce, "variant": variant}});
+    println!("{soak}");
+    0
+}
+
+/// The agent's work after a wake, as the plan's worker mode says.
+fn work(agent_dir: &Path, task_id: &str, generation: &str, results: &Path, nonce: &str, step: &WakePlan) {
     log(agent_dir, json!({"kind": "worker_start", "task": task_id, "nonce": nonce}));
     let result_of = |variant: &str| -> Vec<u8> {
         let value = if step.failure {
@@ -355,5 +408,4 @@ pub fn worker_main(args: &[String]) -> ExitCode {
         WorkerMode::Silent => {}
     }
     log(agent_dir, json!({"kind": "worker_end", "task": task_id, "nonce": nonce}));
-    ExitCode::SUCCESS
 }

@@ -84,9 +84,10 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     let hub = if options.hub == HubVersion::Cbf9c20 { "cbf9c20" } else { "4718a58" };
-    println!("soak: seed {} lifecycles {} hub {hub}", options.seed, options.lifecycles);
+    let mode = if options.run_mode { "run" } else { "launch" };
+    println!("soak: seed {} lifecycles {} hub {hub} wake-mode {mode}", options.seed, options.lifecycles);
     println!(
-        "soak: replay with: cargo test --release --test soak -- --seed {} --lifecycles {} --hub {hub}",
+        "soak: replay with: cargo test --release --test soak -- --seed {} --lifecycles {} --hub {hub} --wake-mode {mode}",
         options.seed, options.lifecycles
     );
     let interrupted = Arc::new(AtomicBool::new(false));
@@ -109,6 +110,8 @@ struct Options {
     lifecycles: u64,
     keep: bool,
     hub: HubVersion,
+    /// `--wake-mode run`: the sidecar in run mode, the agent a CLI.
+    run_mode: bool,
 }
 
 impl Options {
@@ -118,6 +121,7 @@ impl Options {
             lifecycles: 60,
             keep: false,
             hub: HubVersion::V4718a58,
+            run_mode: false,
         };
         let mut args = args.iter();
         while let Some(arg) = args.next() {
@@ -134,6 +138,13 @@ impl Options {
                         Some("cbf9c20") => HubVersion::Cbf9c20,
                         Some("4718a58") => HubVersion::V4718a58,
                         other => return Err(format!("--hub: cbf9c20 or 4718a58, not {other:?}")),
+                    }
+                }
+                "--wake-mode" => {
+                    options.run_mode = match args.next().map(String::as_str) {
+                        Some("run") => true,
+                        Some("launch") => false,
+                        other => return Err(format!("--wake-mode: launch or run, not {other:?}")),
                     }
                 }
                 other => return Err(format!("unknown argument {other}")),
@@ -256,7 +267,14 @@ impl Soak {
             "agent_id": AGENT,
             "token": TOKEN,
             "hub_url": hub.url(),
-            "wake_command": format!("exec '{}' --soak-agent '{}'", exe.display(), agent_dir.display()),
+            "wake_command": format!(
+                "exec '{}' --soak-agent '{}'{}",
+                exe.display(),
+                agent_dir.display(),
+                if options.run_mode { " run" } else { "" }
+            ),
+            "wake_mode": if options.run_mode { "run" } else { "launch" },
+            "cancel_grace_ms": 500,
             "results_dir": results,
             "log_file": dir.path().join("sidecar.log"),
             "queue_file": dir.path().join("queue.json"),

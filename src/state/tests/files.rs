@@ -62,6 +62,10 @@ fn without_a_watcher_the_directory_is_polled_only_while_a_task_is_held() {
     assert_eq!(h.steps(), ["list results"]);
     assert_eq!(h.deadline_ms(), Some(410), "and again");
     h.frame(json!({"type":"task_cancelled","task_id":TASK}));
+    // Only the cancelled task's files are due to go (cancel_grace, 2 s).
+    assert_eq!(h.deadline_ms(), Some(2_210), "nothing held: no polling");
+    h.tick(2_210);
+    assert_eq!(h.steps(), ["discard files"]);
     assert_eq!(h.deadline_ms(), Some(60_000), "nothing held: no polling");
 }
 

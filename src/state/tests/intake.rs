@@ -139,8 +139,11 @@ fn a_started_file_seen_before_the_wake_exits_counts() {
     h.identify();
     h.assign(TASK, 3);
     h.files(true, ReadResult::Missing);
-    h.wake_done(1, WakeStatus::Success);
+    // The command still running is the agent at work.
     assert_eq!(h.persisted().unwrap().active.unwrap().status.as_str(), "working");
+    h.wake_done(1, WakeStatus::Success);
+    assert_eq!(h.state.queue_file().active.unwrap().status.as_str(), "working");
+    assert!(h.wake_starts().is_empty());
 }
 
 #[test]

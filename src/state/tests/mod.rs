@@ -18,6 +18,9 @@ fn settings() -> Settings {
         token: Secret::new("s3cret-token"),
         capabilities: vec!["code".into()],
         has_wake_command: true,
+        wake_mode: crate::wake::WakeMode::Launch,
+        agent_check_interval: ms(1_000),
+        cancel_grace: ms(2_000),
         has_update_command: false,
         // Long, so pings stay out of the tests that are not about them.
         heartbeat_interval: ms(60_000),
@@ -59,8 +62,21 @@ impl Harness {
     }
 
     fn with(settings: Settings, queue: QueueFile) -> Harness {
+        Harness::starting(settings, queue, false)
+    }
+
+    /// As the shell starts it when it found the recorded run-mode agent
+    /// still running.
+    fn with_running_agent(settings: Settings, queue: QueueFile) -> Harness {
+        Harness::starting(settings, queue, true)
+    }
+
+    fn starting(settings: Settings, queue: QueueFile, agent_running: bool) -> Harness {
         let t0 = Instant::now();
         let mut state = State::new(settings, queue, 7, t0);
+        if agent_running {
+            state.agent_still_running();
+        }
         let fx = state.start();
         let conn = connect_id(&fx).expect("start connects");
         Harness { state, t0, now: t0, fx, conn }
@@ -224,6 +240,9 @@ fn describe(effect: &Effect) -> String {
         Effect::StartWake(w) => format!("start wake {}", w.attempt),
         Effect::ReleaseWake { attempt, .. } => format!("release wake {attempt}"),
         Effect::CancelWake { .. } => "cancel wake".into(),
+        Effect::MarkCancelled { reason, .. } => format!("mark cancelled ({reason})"),
+        Effect::CheckAgent { .. } => "check agent".into(),
+        Effect::EndAgent { .. } => "end agent".into(),
         Effect::ReadTaskFiles { .. } => "read files".into(),
         Effect::ListResults => "list results".into(),
         Effect::RemoveTaskFiles { .. } => "remove files".into(),
@@ -255,6 +274,7 @@ fn success() -> ReadResult {
     ReadResult::Parsed(json!({"status":"success","output":"done"}))
 }
 
+mod agent_run;
 mod busy;
 mod connection;
 mod files;

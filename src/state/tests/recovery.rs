@@ -66,11 +66,18 @@ fn a_cancelled_task_is_stopped_and_nothing_is_reported() {
     h.frame(json!({"type":"task_cancelled","task_id":TASK,"timestamp":1}));
     assert_eq!(
         h.steps(),
-        ["record task_dropped", "cancel wake", "persist idle past=settled", "remove files"]
+        [
+            "mark cancelled (task_cancelled)",
+            "record task_dropped",
+            "cancel wake",
+            "persist idle past=settled",
+        ]
     );
     assert!(h.has(|e| matches!(e, Effect::CancelWake { .. })));
-    assert!(h.has(|e| matches!(e, Effect::RemoveTaskFiles { .. })));
     assert!(h.sent().is_empty());
+    // Its files (the cancel marker) go once its agent has had its grace.
+    h.tick(2_000);
+    assert_eq!(h.steps(), ["discard files"]);
     h.wake_done(1, WakeStatus::Cancelled);
     assert!(h.sent().is_empty());
     assert!(h.state.held_task_id().is_none());
@@ -188,12 +195,14 @@ fn restart_sidecar_with_an_update_command_starts_it_and_stays() {
 }
 
 #[test]
-fn shutdown_cancels_a_running_wake_and_persists_it_for_the_next_start() {
+fn shutdown_leaves_a_running_wake_to_the_executor_and_persists_it_for_the_next_start() {
     let mut h = Harness::new();
     h.identify();
     h.assign(TASK, 3);
     h.input(Input::Event(Event::Shutdown));
-    assert!(h.has(|e| matches!(e, Effect::CancelWake { .. })));
+    // The executor stops with the shell: a launcher is killed then, a
+    // run-mode agent left running (wake::executor).
+    assert!(!h.has(|e| matches!(e, Effect::CancelWake { .. })));
     assert_eq!(h.persisted().unwrap().active.unwrap().status.as_str(), "waking");
     assert!(matches!(h.fx.last(), Some(Effect::Exit)));
 }

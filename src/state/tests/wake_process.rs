@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::queue_store::{TaskStatus, WakeProcess};
-use crate::wake::{WakeIdentity, WakeStarted};
+use crate::wake::{WakeIdentity, WakeMode, WakeStarted};
 
 fn identity() -> WakeIdentity {
     WakeIdentity { pid: 4242, process_group: Some(4242), start_time: Some(987_654) }
@@ -31,7 +31,13 @@ fn a_started_wake_is_persisted_at_once_and_cleared_by_its_outcome() {
 
     started(&mut h, 1);
     assert_eq!(h.steps(), ["persist active waking gen=1", "release wake 1"], "recorded before it runs");
-    let expected = WakeProcess { task_id: TASK.into(), attempt: 1, identity: identity() };
+    let expected = WakeProcess {
+        task_id: TASK.into(),
+        attempt: 1,
+        identity: identity(),
+        mode: WakeMode::Launch,
+        exit_code: None,
+    };
     assert_eq!(h.persisted().unwrap().wake_process, Some(expected.clone()));
     assert_eq!(h.state.queue_file().wake_process, Some(expected));
 
@@ -65,7 +71,13 @@ fn an_outcome_of_another_attempt_does_not_clear_the_running_one() {
 
 #[test]
 fn start_forgets_a_leftover_the_shell_has_ended() {
-    let leftover = WakeProcess { task_id: TASK.into(), attempt: 1, identity: identity() };
+    let leftover = WakeProcess {
+        task_id: TASK.into(),
+        attempt: 1,
+        identity: identity(),
+        mode: WakeMode::Launch,
+        exit_code: None,
+    };
     // No task held: persisted on its own.
     let queue = QueueFile { wake_process: Some(leftover.clone()), ..QueueFile::default() };
     let h = Harness::with(settings(), queue);

@@ -79,6 +79,8 @@ impl Fixture {
             results_dir: self.dir().to_path_buf(),
             work_dir: self.dir().to_path_buf(),
             timeout: FAILSAFE,
+            mode: crate::wake::WakeMode::Launch,
+            cancel_grace: FAILSAFE,
             max_result_bytes: 1 << 20,
         }
     }

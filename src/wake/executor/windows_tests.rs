@@ -99,6 +99,8 @@ impl Fixture {
             results_dir: self.dir.clone(),
             work_dir: self.dir.clone(),
             timeout,
+            mode: crate::wake::WakeMode::Launch,
+            cancel_grace: Duration::from_secs(10),
             max_result_bytes: 1 << 20,
         }
     }

@@ -1,0 +1,190 @@
+//! The agent as it really runs (`state/agent.rs`): confirmed work is never
+//! started again, run mode, and a run-mode agent an earlier run left.
+
+use super::*;
+use crate::queue_store::WakeProcess;
+use crate::wake::{WakeIdentity, WakeMode, WakeStarted};
+
+fn run_settings() -> Settings {
+    Settings { wake_mode: WakeMode::Run, ..settings() }
+}
+
+fn started(h: &mut Harness, attempt: u32) -> &[Effect] {
+    h.input(Input::Event(Event::WakeStarted(WakeStarted {
+        task_id: TASK.into(),
+        attempt,
+        identity: WakeIdentity { pid: 4242, process_group: Some(4242), start_time: Some(7) },
+    })))
+}
+
+fn process(mode: WakeMode, exit_code: Option<i32>) -> WakeProcess {
+    WakeProcess {
+        task_id: TASK.into(),
+        attempt: 1,
+        identity: WakeIdentity { pid: 4242, process_group: Some(4242), start_time: Some(7) },
+        mode,
+        exit_code,
+    }
+}
+
+#[test]
+fn a_wake_command_that_confirmed_then_fails_fails_the_task_once_without_a_retry() {
+    let mut h = Harness::new();
+    h.identify();
+    h.assign(TASK, 3);
+    started(&mut h, 1);
+    h.files(true, ReadResult::Missing);
+    // The executor's wake timeout no longer applies; it ends on its own.
+    h.at(100).wake_done(1, WakeStatus::Failed { exit_code: Some(4) });
+    assert!(h.wake_starts().is_empty(), "never started again: {:?}", h.steps());
+    assert!(h.has(|e| matches!(e, Effect::ReadTaskFiles { .. })), "its result file decides first");
+    assert!(h.sent_types().is_empty());
+    h.files(true, ReadResult::Missing);
+    let sent = h.sent();
+    assert_eq!(sent.len(), 1, "{:?}", h.steps());
+    assert_eq!(sent[0]["type"], "task_failed");
+    let reason = sent[0]["reason"].as_str().unwrap();
+    assert!(reason.starts_with("agent_failed: the agent exited with status 4"), "{reason}");
+    assert!(reason.ends_with("last line of stderr: boom"), "{reason}");
+    // Any later tick or retry deadline starts nothing.
+    h.tick(60_000);
+    assert!(h.wake_starts().is_empty());
+}
+
+#[test]
+fn a_confirmed_wake_command_killed_at_the_timeout_is_not_retried_and_its_result_wins() {
+    let mut h = Harness::new();
+    h.identify();
+    h.assign(TASK, 3);
+    h.files(true, ReadResult::Missing);
+    h.wake_done(1, WakeStatus::TimedOut);
+    assert!(h.wake_starts().is_empty(), "{:?}", h.steps());
+    h.files(true, success());
+    assert_eq!(h.sent_types(), ["task_complete"]);
+}
+
+#[test]
+fn a_wake_command_that_confirmed_and_exits_0_leaves_the_task_working() {
+    let mut h = Harness::new();
+    h.identify();
+    h.assign(TASK, 3);
+    h.files(true, ReadResult::Missing);
+    h.wake_done(1, WakeStatus::Success);
+    h.files(true, ReadResult::Missing);
+    assert!(h.sent_types().is_empty());
+    assert!(h.wake_starts().is_empty());
+    assert_eq!(h.state.queue_file().active.unwrap().status.as_str(), "working");
+}
+
+#[test]
+fn run_mode_the_start_is_the_confirmation_and_the_end_reads_the_result() {
+    let mut h = Harness::with(run_settings(), QueueFile::default());
+    h.identify();
+    h.assign(TASK, 3);
+    started(&mut h, 1);
+    // Recorded as working before it runs.
+    assert_eq!(h.persisted().unwrap().active.unwrap().status.as_str(), "working");
+    assert!(h.has(|e| matches!(e, Effect::Record { event: LifecycleEvent::Confirmed, .. })));
+    // No confirmation timeout: it works for as long as it needs.
+    h.tick(600_000);
+    assert!(!h.sent_types().contains(&"task_failed".to_string()), "{:?}", h.steps());
+    h.wake_done(1, WakeStatus::Failed { exit_code: Some(2) });
+    assert!(h.wake_starts().is_empty(), "{:?}", h.steps());
+    // The executor wrote the result file from the run.
+    h.files(true, ReadResult::Parsed(json!({"status":"failed","error":"agent_failed: exit status 2"})));
+    assert_eq!(h.sent_types(), ["task_failed"]);
+    assert_eq!(h.sent()[0]["reason"], "agent_failed: exit status 2");
+}
+
+#[test]
+fn run_mode_a_task_timeout_stops_the_agent_and_marks_the_cancel() {
+    let settings = Settings { task_timeout: Some(ms(5_000)), ..run_settings() };
+    let mut h = Harness::with(settings, QueueFile::default());
+    h.identify();
+    h.assign(TASK, 3);
+    started(&mut h, 1);
+    h.tick(5_000);
+    let steps = h.steps();
+    let mark = steps.iter().position(|s| s == "mark cancelled (task_timeout)").expect("marked");
+    let cancel = steps.iter().position(|s| s == "cancel wake").expect("cancelled");
+    assert!(mark < cancel, "{steps:?}");
+    assert_eq!(h.sent()[0]["reason"], "task_timeout");
+    // The ended agent's outcome changes nothing.
+    h.wake_done(1, WakeStatus::Cancelled);
+    assert_eq!(h.sent_types(), Vec::<String>::new());
+}
+
+#[test]
+fn run_mode_a_task_taken_back_keeps_its_agent_running() {
+    let mut h = Harness::with(run_settings(), QueueFile::default());
+    h.identify();
+    h.assign(TASK, 3);
+    started(&mut h, 1);
+    h.frame(json!({"type":"task_reassign","task_id":TASK}));
+    assert!(!h.has(|e| matches!(e, Effect::CancelWake { .. })), "{:?}", h.steps());
+}
+
+#[test]
+fn a_launcher_recorded_as_exited_0_is_waited_for_not_woken_again() {
+    let mut queue = node_queue("waking");
+    queue.wake_process = Some(process(WakeMode::Launch, Some(0)));
+    let mut h = Harness::with(settings(), queue);
+    h.input(Input::Listing(Ok(vec![])));
+    h.identify();
+    h.frame(json!({"type":"task_continue","task_id":TASK,"generation":3}));
+    assert!(h.wake_starts().is_empty(), "{:?}", h.steps());
+    assert_eq!(h.state.queue_file().active.unwrap().status.as_str(), "waking_confirmation");
+    // Its agent confirms: working. Had it not, confirmation_timeout fails it.
+    h.files(true, ReadResult::Missing);
+    assert_eq!(h.state.queue_file().active.unwrap().status.as_str(), "working");
+}
+
+#[test]
+fn a_launcher_recorded_as_failed_is_woken_again() {
+    let mut queue = node_queue("waking");
+    queue.wake_process = Some(process(WakeMode::Launch, Some(1)));
+    let mut h = Harness::with(settings(), queue);
+    h.input(Input::Listing(Ok(vec![])));
+    h.identify();
+    h.frame(json!({"type":"task_continue","task_id":TASK,"generation":3}));
+    assert_eq!(h.wake_starts(), [1], "{:?}", h.steps());
+}
+
+#[test]
+fn a_run_mode_agent_left_running_is_watched_then_its_result_reported() {
+    let mut queue = node_queue("working");
+    queue.wake_process = Some(process(WakeMode::Run, None));
+    let mut h = Harness::with_running_agent(run_settings(), queue);
+    // Still recorded: a crash now finds it again.
+    assert!(h.persisted().unwrap().wake_process.is_some());
+    h.input(Input::Listing(Ok(vec![])));
+    h.identify();
+    h.frame(json!({"type":"task_continue","task_id":TASK,"generation":3}));
+    assert!(h.wake_starts().is_empty(), "{:?}", h.steps());
+    // Checked every agent_check_interval; no silence timer while it runs.
+    h.tick(1_000);
+    h.tick(2_000);
+    assert!(h.has(|e| matches!(e, Effect::CheckAgent { .. })), "{:?}", h.steps());
+    h.tick(30_000);
+    assert!(h.sent_types().iter().all(|t| t != "task_failed"), "{:?}", h.steps());
+    h.input(Input::AgentEnded { task_id: TASK.into() });
+    assert!(h.has(|e| matches!(e, Effect::ReadTaskFiles { .. })));
+    assert_eq!(h.persisted().unwrap().wake_process, None);
+    h.files(true, success());
+    assert_eq!(h.sent_types(), ["task_complete"]);
+}
+
+#[test]
+fn a_run_mode_agent_left_running_is_ended_when_the_hub_cancels() {
+    let mut queue = node_queue("working");
+    queue.wake_process = Some(process(WakeMode::Run, None));
+    let mut h = Harness::with_running_agent(run_settings(), queue);
+    h.input(Input::Listing(Ok(vec![])));
+    h.identify();
+    h.frame(json!({"type":"task_continue","task_id":TASK,"generation":3}));
+    h.frame(json!({"type":"task_cancelled","task_id":TASK}));
+    let steps = h.steps();
+    assert!(steps.contains(&"mark cancelled (task_cancelled)".to_string()), "{steps:?}");
+    assert!(steps.contains(&"end agent".to_string()), "{steps:?}");
+    assert_eq!(h.state.queue_file().wake_process, None);
+}

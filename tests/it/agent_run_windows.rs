@@ -1,0 +1,148 @@
+//! Run mode on Windows (under Wine in CI): a `.cmd` agent that is the CLI,
+//! and a `taskkill /F` of the sidecar mid-run: the agent works on (its job
+//! object no longer ends it with the sidecar), and the next sidecar reports
+//! its outcome once, never starting it again.
+
+use std::fs;
+use std::path::Path;
+
+use agentcom_sidecar::devhub::DevHubEvent;
+use serde_json::{json, Value};
+
+use crate::support::*;
+
+const HELPER: &str = "--ignored --exact tasks::wake_helper_holds_its_file --quiet";
+
+fn example_cli_agent(dir: &Path) -> String {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts").join("example-cli-agent.cmd");
+    let copy = dir.join("example-cli-agent.cmd");
+    fs::copy(script, &copy).unwrap();
+    format!("\"{}\"", copy.display())
+}
+
+fn run_config(dir: &Path, hub_url: &str, wake_command: &str) -> Value {
+    let mut cfg = config(dir, hub_url);
+    cfg["wake_mode"] = json!("run");
+    cfg["wake_command"] = json!(wake_command);
+    cfg["cancel_grace_ms"] = json!(500);
+    cfg
+}
+
+#[test]
+fn run_mode_a_cmd_agents_json_object_is_the_output() {
+    let hub = start_hub();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = run_config(dir.path(), &hub.url(), &example_cli_agent(dir.path()));
+    let sidecar = Sidecar::start(dir.path(), &cfg);
+    expect_identified(&hub);
+    let task_id = hub.push_task(AGENT, "d", json!({}));
+    let complete = expect_received(&hub, "task_complete");
+    assert_eq!(complete["result"]["output"]["type"], "result", "{}", sidecar.output());
+    assert_eq!(complete["result"]["output"]["result"], format!("Done: task {task_id}"));
+}
+
+#[test]
+fn run_mode_a_cmd_agent_that_fails_fails_the_task_with_its_stderr() {
+    let hub = start_hub();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = run_config(dir.path(), &hub.url(), &example_cli_agent(dir.path()));
+    let sidecar = Sidecar::start_with_env(dir.path(), &cfg, &[("AGENTCOM_EXAMPLE_FAIL", "3")]);
+    expect_identified(&hub);
+    hub.push_task(AGENT, "d", json!({}));
+    let failed = expect_received(&hub, "task_failed");
+    let reason = failed["reason"].as_str().unwrap();
+    assert!(reason.contains("status 3"), "{reason}\n{}", sidecar.output());
+    assert!(reason.ends_with("the model is not reachable"), "{reason}");
+}
+
+/// Whether the helper still holds its file.
+fn helper_alive(dir: &Path) -> bool {
+    use std::os::windows::fs::OpenOptionsExt;
+    fs::OpenOptions::new().write(true).share_mode(0).open(dir.join("grandchild.pid")).is_err()
+}
+
+#[test]
+fn run_mode_the_agent_outlives_a_taskkill_of_the_sidecar_and_is_reported_once() {
+    let hub = start_hub();
+    let dir = tempfile::tempdir().unwrap();
+    // The agent logs its start, then works (the helper holds its file for a
+    // ten seconds) and ends with exit 0; its stdout is the helper's.
+    let agent = dir.path().join("agent.cmd");
+    let starts = dir.path().join("starts");
+    let helper = format!("\"{}\" {HELPER}", std::env::current_exe().unwrap().display());
+    fs::write(&agent, format!("@echo off\r\necho start>>\"{}\"\r\n{helper}\r\n", starts.display())).unwrap();
+    let cfg = run_config(dir.path(), &hub.url(), &format!("\"{}\"", agent.display()));
+    let hold = dir.path().join("grandchild.pid").display().to_string();
+    let env = [("AGENTCOM_TEST_HOLD_FILE", hold.as_str()), ("AGENTCOM_TEST_HOLD_SECS", "10")];
+    let mut sidecar = Sidecar::start_with_env(dir.path(), &cfg, &env);
+    expect_identified(&hub);
+    let task_id = hub.push_task(AGENT, "d", json!({}));
+    expect_received(&hub, "task_accepted");
+    wait_until("the agent at work", || dir.path().join("grandchild.pid").exists().then_some(()));
+    let queue = dir.path().join("queue.json");
+    wait_until("the agent recorded", || {
+        fs::read_to_string(&queue).ok().filter(|q| q.contains("\"wake_process\"")).map(|_| ())
+    });
+    let status = std::process::Command::new("taskkill")
+        .args(["/F", "/PID", &sidecar.pid().to_string()])
+        .status()
+        .expect("taskkill runs");
+    assert!(status.success(), "taskkill /F: {status:?}");
+    sidecar.wait_exit(FAILSAFE).expect("the sidecar is gone");
+    hub.drop_connection(AGENT);
+    assert!(helper_alive(dir.path()), "the agent outlives the sidecar");
+    let mut sidecar = Sidecar::start_with_env(dir.path(), &cfg, &env);
+    let outcome = expect_event(&hub, "the task's outcome", |e| {
+        matches!(e, DevHubEvent::Received { frame, .. }
+            if (frame["type"] == "task_complete" || frame["type"] == "task_failed") && frame["task_id"] == task_id.as_str())
+    });
+    let DevHubEvent::Received { frame, .. } = outcome else { unreachable!() };
+    assert_eq!(frame["type"], "task_complete", "{frame}\n{}", sidecar.output());
+    let status = std::process::Command::new("taskkill")
+        .args(["/F", "/PID", &sidecar.pid().to_string()])
+        .status()
+        .expect("taskkill runs");
+    assert!(status.success());
+    sidecar.wait_exit(FAILSAFE).expect("the sidecar is gone");
+    let more = hub.events().try_iter().filter(|e| matches!(e, DevHubEvent::Received { frame, .. }
+        if (frame["type"] == "task_complete" || frame["type"] == "task_failed") && frame["task_id"] == task_id.as_str())).count();
+    assert_eq!(more, 0, "one outcome");
+    let started = fs::read_to_string(&starts).unwrap();
+    assert_eq!(started.lines().count(), 1, "started once: {started:?}");
+}
+
+#[test]
+fn run_mode_a_cancel_after_a_taskkill_ends_the_agent_the_last_sidecar_left() {
+    let hub = start_hub();
+    let dir = tempfile::tempdir().unwrap();
+    let agent = dir.path().join("agent.cmd");
+    let helper = format!("\"{}\" {HELPER}", std::env::current_exe().unwrap().display());
+    fs::write(&agent, format!("@echo off\r\n{helper}\r\n")).unwrap();
+    let cfg = run_config(dir.path(), &hub.url(), &format!("\"{}\"", agent.display()));
+    let hold = dir.path().join("grandchild.pid").display().to_string();
+    let env = [("AGENTCOM_TEST_HOLD_FILE", hold.as_str()), ("AGENTCOM_TEST_HOLD_SECS", "60")];
+    let mut sidecar = Sidecar::start_with_env(dir.path(), &cfg, &env);
+    expect_identified(&hub);
+    let task_id = hub.push_task(AGENT, "d", json!({}));
+    expect_received(&hub, "task_accepted");
+    wait_until("the agent at work", || dir.path().join("grandchild.pid").exists().then_some(()));
+    let queue = dir.path().join("queue.json");
+    wait_until("the agent recorded", || {
+        fs::read_to_string(&queue).ok().filter(|q| q.contains("\"wake_process\"")).map(|_| ())
+    });
+    let status = std::process::Command::new("taskkill")
+        .args(["/F", "/PID", &sidecar.pid().to_string()])
+        .status()
+        .expect("taskkill runs");
+    assert!(status.success(), "taskkill /F: {status:?}");
+    sidecar.wait_exit(FAILSAFE).expect("the sidecar is gone");
+    hub.drop_connection(AGENT);
+    assert!(helper_alive(dir.path()), "the agent outlives the sidecar");
+    let sidecar = Sidecar::start_with_env(dir.path(), &cfg, &env);
+    expect_received(&hub, "task_recovering");
+    wait_until("the next sidecar to hold the task", || {
+        (sidecar.queue()["active"]["task_id"] == task_id.as_str()).then_some(())
+    });
+    assert!(hub.cancel_task(&task_id));
+    wait_until("the agent ended by its job", || (!helper_alive(dir.path())).then_some(()));
+}
