@@ -3,8 +3,12 @@
 //! completed and, for every problem, what to change.
 //!
 //! The command runs exactly as the sidecar runs it: the same executor
-//! ([`WakeHandle`]), environment and placeholders, directory and
-//! `wake_timeout_ms`, with a scratch results directory. The results
+//! ([`WakeHandle`]), environment and placeholders, directory, `wake_mode`,
+//! `wake_timeout_ms`, `cancel_grace_ms` and `max_result_bytes`, with a
+//! scratch results directory. In run mode the executor writes `.started`
+//! when the command starts and the result file from its stdout and exit
+//! status when it ends, as for the sidecar; the rehearsal waits for that end
+//! (up to `--wait-ms` or `task_timeout_ms`) and judges the file. The results
 //! directory is polled (it is a one-off tool; the sidecar's watcher is not
 //! needed) and read with the sidecar's own readers; `verdict` applies the
 //! sidecar's rules to what was seen.
@@ -22,7 +26,10 @@ use crate::config::Config;
 use crate::wake::{WakeHandle, WakeOutcome, WakeRequest};
 use crate::watcher::{read_json_file, task_file_path, FileKind, ReadResult};
 
+mod print;
 mod verdict;
+
+use print::{print, shorten};
 
 pub use verdict::{judge, Mode, Verdict};
 
@@ -36,7 +43,9 @@ Runs wake_command as the sidecar would (same environment, directory and
 timeouts) for a rehearsal task in a scratch results directory, prints what
 happened and when, the frames the hub would have received, and a verdict
 with a fix for every problem. --wait-ms bounds the wait for the result once
-the agent has confirmed (default: task_timeout_ms, else 600000).
+the agent has confirmed (default: task_timeout_ms, else 600000). Both
+wake modes are rehearsed: in run mode the command's start confirms the
+task and its stdout and exit status, when it ends, become the result.
 
 Exit codes: 0 the task would have completed, 1 it would not, 2 bad config or usage.";
 
@@ -68,6 +77,9 @@ pub struct Observed {
     pub result: Option<ReadResult>,
     pub command: Option<WakeOutcome>,
     pub command_ended_at: Option<Duration>,
+    /// Run mode: the size of the command's stdout, which the executor made
+    /// the result.
+    pub stdout_bytes: Option<u64>,
     /// Why the rehearsal stopped waiting, if it did not end on its own.
     pub gave_up: Option<GaveUp>,
 }
@@ -202,14 +214,22 @@ pub fn rehearse(
     };
     say(out, format!("try-wake: rehearsal task {task_id}; no hub is connected"));
     say(out, format!("  command      {template}"));
+    let wait = wait.or(config.task_timeout).unwrap_or(DEFAULT_RESULT_WAIT);
+    let timing = match mode {
+        Mode::Launch => format!("wake_timeout_ms {}", config.wake_timeout.as_millis()),
+        Mode::Run => format!(
+            "its start confirms, its end (waited for up to {} ms) is the outcome; max_result_bytes {}",
+            wait.as_millis(),
+            config.max_result_bytes
+        ),
+    };
     say(
         out,
         format!(
-            "  runs in      {} ({}), wake_mode {}, wake_timeout_ms {}",
+            "  runs in      {} ({}), wake_mode {}, {timing}",
             std::path::absolute(config.base_dir()).unwrap_or_else(|_| config.base_dir()).display(),
-            if cfg!(windows) { "cmd /V:ON /C" } else { "sh -c" },
+            if cfg!(windows) { "cmd /D /V:ON /S /C" } else { "sh -c" },
             mode.name(),
-            config.wake_timeout.as_millis()
         ),
     );
     say(out, format!("  results_dir  {} (scratch, removed at the end)", results_dir.display()));
@@ -226,13 +246,11 @@ pub fn rehearse(
         results_dir: results_dir.clone(),
         work_dir: config.base_dir(),
         timeout: config.wake_timeout,
-        // The rehearsal judges the launch shapes (verdict::Mode).
-        mode: crate::wake::WakeMode::Launch,
+        mode: mode.wake_mode(),
         cancel_grace: config.cancel_grace,
         max_result_bytes: config.max_result_bytes,
     };
-    let wait = wait.or(config.task_timeout).unwrap_or(DEFAULT_RESULT_WAIT);
-    let observed = watch(config, request, &results_dir, wait)?;
+    let observed = watch(config, mode, request, &results_dir, wait)?;
     let verdict = judge(config, mode, &observed);
     print(out, &observed, &verdict);
     Ok(verdict)
@@ -240,7 +258,13 @@ pub fn rehearse(
 
 /// Runs the command and watches the results directory until the sidecar
 /// would know the task's fate (or would have waited longer than `wait`).
-fn watch(config: &Config, request: WakeRequest, dir: &Path, wait: Duration) -> Result<Observed, String> {
+fn watch(
+    config: &Config,
+    mode: Mode,
+    request: WakeRequest,
+    dir: &Path,
+    wait: Duration,
+) -> Result<Observed, String> {
     let (outcome_tx, outcomes) = crossbeam_channel::bounded(1);
     let handle = WakeHandle::spawn(Box::new(move |outcome| {
         let _ = outcome_tx.send(outcome);
@@ -264,6 +288,15 @@ fn watch(config: &Config, request: WakeRequest, dir: &Path, wait: Duration) -> R
     let mut unparsed_since: Option<Instant> = None;
     let mut result_final = false;
     let mut ended: Option<(Duration, WakeOutcome)> = None;
+    let mut noted_at_work = false;
+    let mut result_final_at: Option<Duration> = None;
+    // Launch mode: the executor ends an unconfirmed command at
+    // wake_timeout_ms; the rehearsal ends what runs too long only later,
+    // so that the two do not race. Run mode: only the wait bounds it.
+    let give_up_at = match mode {
+        Mode::Launch => wait.max(config.wake_timeout + KILL_MARGIN),
+        Mode::Run => wait,
+    };
     loop {
         let now = Instant::now();
         let at = now - start;
@@ -271,17 +304,45 @@ fn watch(config: &Config, request: WakeRequest, dir: &Path, wait: Duration) -> R
         // Listed after the files, which the command wrote before it ended.
         if let Some((at, outcome)) = ended.take() {
             seen.timeline.push((at, format!("command ended: {}", outcome.status)));
+            if mode == Mode::Run {
+                let stdout = crate::wake::run::stdout_file(dir, &task_id);
+                seen.stdout_bytes = std::fs::metadata(stdout).ok().map(|meta| meta.len());
+            }
             seen.command_ended_at = Some(at);
             seen.command = Some(outcome);
         }
         // A command still running when the sidecar would have given up on
         // the result is ended (after the executor's own end at
         // wake_timeout_ms, with a margin so that the two do not race).
+        if mode == Mode::Launch
+            && !noted_at_work
+            && seen.command.is_none()
+            && seen.started_at.is_some()
+            && at >= config.wake_timeout
+        {
+            noted_at_work = true;
+            seen.timeline.push((
+                at,
+                format!(
+                    "wake_timeout_ms ({} ms) passed; the command confirmed, so it runs on: the agent at work",
+                    config.wake_timeout.as_millis()
+                ),
+            ));
+        }
+        if result_final {
+            result_final_at.get_or_insert(at);
+        }
+        // A command still running well after its result is ended: the
+        // sidecar would have reported the result by then.
         if seen.command.is_none()
             && !cancelled
-            && !result_final
-            && at >= wait.max(config.wake_timeout + KILL_MARGIN)
+            && result_final_at.is_some_and(|then| at >= then + KILL_MARGIN)
         {
+            seen.timeline.push((at, "the result is in but the command still runs; ending it".to_string()));
+            handle.cancel(&task_id);
+            cancelled = true;
+        }
+        if seen.command.is_none() && !cancelled && !result_final && at >= give_up_at {
             seen.gave_up = Some(GaveUp::Result(wait));
             seen.timeline.push((at, format!("no result after {} ms; ending the command", wait.as_millis())));
             handle.cancel(&task_id);
@@ -397,51 +458,5 @@ fn look_at_files(
                 *result_final = true;
             }
         }
-    }
-}
-
-fn print(out: &mut dyn Write, seen: &Observed, verdict: &Verdict) {
-    let mut text = String::from("timeline (ms after the command started):\n");
-    for (at, what) in &seen.timeline {
-        text.push_str(&format!("  {:>8}  {what}\n", at.as_millis()));
-    }
-    text.push_str("frames the hub would have received:\n");
-    if verdict.frames.is_empty() {
-        text.push_str("  (none)\n");
-    }
-    for frame in &verdict.frames {
-        text.push_str(&format!("  {}\n", shorten(frame, 2000)));
-    }
-    if let Some(outcome) = &seen.command {
-        for (name, tail) in [("stdout", &outcome.stdout_tail), ("stderr", &outcome.stderr_tail)] {
-            text.push_str(&format!("{name} (last 4 KiB):\n"));
-            if tail.trim().is_empty() {
-                text.push_str("  (empty)\n");
-            }
-            for line in tail.lines() {
-                text.push_str(&format!("  | {line}\n"));
-            }
-        }
-    }
-    for note in &verdict.notes {
-        text.push_str(&format!("note: {note}\n"));
-    }
-    if verdict.completed() {
-        text.push_str("verdict: the task would have completed\n");
-    } else {
-        text.push_str("verdict: the task would NOT have completed\n");
-    }
-    for problem in &verdict.problems {
-        text.push_str(&format!("  problem: {}\n  fix:     {}\n", problem.what, problem.fix));
-    }
-    let _ = out.write_all(text.as_bytes());
-    let _ = out.flush();
-}
-
-/// `text` cut to `max` characters, with `...` when cut.
-fn shorten(text: &str, max: usize) -> String {
-    match text.char_indices().nth(max) {
-        Some((cut, _)) => format!("{}...", &text[..cut]),
-        None => text.to_string(),
     }
 }

@@ -8,29 +8,41 @@ use crate::config::Config;
 use crate::protocol;
 use crate::queue_store::Report;
 use crate::state::{parse_progress, report_from_result};
-use crate::wake::{WakeOutcome, WakeStatus};
+use crate::wake::{WakeMode, WakeOutcome, WakeStatus};
 use crate::watcher::ReadResult;
 
 use super::{GaveUp, Observed};
 
-/// How the sidecar runs the wake command. Only `launch` exists on this
-/// branch: the command wakes the agent and returns within
-/// `wake_timeout_ms`. A `run` mode (the command is the agent and runs until
-/// the task is done) adds a variant here and its rules in [`judge`].
+/// How the sidecar runs the wake command (config key `wake_mode`), which
+/// decides the rules [`judge`] applies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
+    /// The command wakes the agent and returns within `wake_timeout_ms` (or
+    /// confirms with `.started` and works on); the agent writes the result.
     Launch,
+    /// The command is the agent: its start confirms the task, its end gives
+    /// the outcome (the executor writes the result file from stdout and the
+    /// exit status, see `wake::run::conclude`).
+    Run,
 }
 
 impl Mode {
-    pub fn of(_config: &Config) -> Mode {
-        Mode::Launch
+    pub fn of(config: &Config) -> Mode {
+        match config.wake_mode {
+            WakeMode::Launch => Mode::Launch,
+            WakeMode::Run => Mode::Run,
+        }
+    }
+
+    pub fn wake_mode(self) -> WakeMode {
+        match self {
+            Mode::Launch => WakeMode::Launch,
+            Mode::Run => WakeMode::Run,
+        }
     }
 
     pub fn name(self) -> &'static str {
-        match self {
-            Mode::Launch => "launch",
-        }
+        self.wake_mode().name()
     }
 }
 
@@ -62,11 +74,11 @@ impl Verdict {
 }
 
 const RUN_MODE: &str =
-    "set wake_mode to \"run\" if the command is the agent and works until the task is done";
+    "set wake_mode to \"run\" if the command is the agent (a CLI that works until the task is \
+     done and prints its answer): then its start is the confirmation and its stdout the result";
 
 /// Applies the sidecar's rules to what was seen.
 pub fn judge(config: &Config, mode: Mode, seen: &Observed) -> Verdict {
-    let Mode::Launch = mode;
     let id = seen.task_id.as_str();
     let mut verdict = Verdict::default();
     if let Some(progress) = &seen.progress {
@@ -81,7 +93,6 @@ pub fn judge(config: &Config, mode: Mode, seen: &Observed) -> Verdict {
             ),
         }
     }
-    let ms = |d: Duration| d.as_millis();
     match &seen.result {
         Some(read) => {
             let report = match read {
@@ -103,30 +114,13 @@ pub fn judge(config: &Config, mode: Mode, seen: &Observed) -> Verdict {
                 }
                 ReadResult::Missing => unreachable!("a result is only kept once read"),
             };
-            if let Report::Failed { reason } = &report {
-                if matches!(read, ReadResult::Parsed(_)) {
-                    verdict.problem(
-                        format!("the agent reported a failure: {reason}"),
-                        "the wiring works; if the failure was not meant, see the agent's stderr above",
-                    );
-                }
-            }
-            if let Some(outcome) = &seen.command {
-                match outcome.status {
-                    WakeStatus::TimedOut => verdict.notes.push(format!(
-                        "the command was still running at wake_timeout_ms ({} ms) after the result and was killed; the result \
-                         counts, but exit once it is written",
-                        ms(config.wake_timeout)
-                    )),
-                    WakeStatus::Success => {}
-                    ref other => verdict.notes.push(format!(
-                        "the command ended with {other} after writing the result; the result counts, but exit 0"
-                    )),
-                }
+            match mode {
+                Mode::Launch => launch_result(config, seen, read, &report, &mut verdict),
+                Mode::Run => run_result(config, seen, &report, &mut verdict),
             }
             verdict.report = Some(report);
         }
-        None => no_result(config, seen, &mut verdict),
+        None => no_result(config, mode, seen, &mut verdict),
     }
     match &verdict.report {
         Some(Report::Complete { result }) => verdict.frames.push(protocol::out_task_complete(id, 1, result)),
@@ -136,8 +130,104 @@ pub fn judge(config: &Config, mode: Mode, seen: &Observed) -> Verdict {
     verdict
 }
 
+/// Launch mode, a result is in: the agent's report; how the command ended
+/// is only worth a note.
+fn launch_result(
+    config: &Config,
+    seen: &Observed,
+    read: &ReadResult,
+    report: &Report,
+    verdict: &mut Verdict,
+) {
+    let ms = |d: Duration| d.as_millis();
+    if let Report::Failed { reason } = report {
+        if matches!(read, ReadResult::Parsed(_)) {
+            verdict.problem(
+                format!("the agent reported a failure: {reason}"),
+                "the wiring works; if the failure was not meant, see the agent's stderr above",
+            );
+        }
+    }
+    if let Some(outcome) = &seen.command {
+        match outcome.status {
+            WakeStatus::TimedOut => verdict.notes.push(format!(
+                "the command was still running at wake_timeout_ms ({} ms) after the result and was killed; the result \
+                 counts, but exit once it is written",
+                ms(config.wake_timeout)
+            )),
+            WakeStatus::Success => {}
+            WakeStatus::Cancelled => verdict.notes.push(
+                "the command still ran after its result file was in; the rehearsal ended it: exit once the result is \
+                 written"
+                    .to_string(),
+            ),
+            ref other => verdict.notes.push(format!(
+                "the command ended with {other} after writing the result; the result counts, but exit 0"
+            )),
+        }
+    }
+}
+
+/// Run mode, a result is in: written by the executor from the run (stdout
+/// and exit status) or by the agent itself, whose own file wins.
+fn run_result(config: &Config, seen: &Observed, report: &Report, verdict: &mut Verdict) {
+    let Some(outcome) = &seen.command else {
+        return;
+    };
+    let stdout_over = seen.stdout_bytes.filter(|&len| len > config.max_result_bytes);
+    match (&outcome.status, report) {
+        (WakeStatus::Success, Report::Failed { reason }) if reason == "result_too_large" && stdout_over.is_some() => {
+            verdict.problem(
+                format!(
+                    "the command exited 0 but its stdout was {} bytes, over max_result_bytes ({}): the hub gets \
+                     task_failed with reason \"result_too_large\"",
+                    stdout_over.unwrap_or_default(),
+                    config.max_result_bytes
+                ),
+                "print only the answer to stdout (progress and chatter to stderr), or raise max_result_bytes",
+            );
+        }
+        (WakeStatus::Success, Report::Failed { reason }) => verdict.problem(
+            format!("the agent reported a failure: {reason}"),
+            "the wiring works; if the failure was not meant, see the agent's stderr above",
+        ),
+        (WakeStatus::Failed { exit_code }, Report::Failed { reason }) => {
+            let what = match exit_code {
+                Some(code @ (127 | 9009)) => format!("was not found (exit status {code})"),
+                Some(code) => format!("exited with status {code}"),
+                None => "was killed by a signal".to_string(),
+            };
+            let fix = match exit_code {
+                Some(127 | 9009) => format!(
+                    "check the program's path in wake_command: it runs in {}, with the sidecar's PATH",
+                    config.base_dir().display()
+                ),
+                _ => "run wake_command by hand and fix what its stderr says; exit 0 once the answer is on stdout, \
+                      non-zero only when the task failed"
+                    .to_string(),
+            };
+            verdict.problem(
+                format!(
+                    "the command {what}{}: the hub gets task_failed with reason \"{reason}\"",
+                    stderr_hint(outcome)
+                ),
+                fix,
+            );
+        }
+        (WakeStatus::Cancelled, _) => verdict.notes.push(format!(
+            "the command still ran after its result file was in; the rehearsal ended it (within cancel_grace_ms, {} ms): \
+             exit once the result is written",
+            config.cancel_grace.as_millis()
+        )),
+        (status, Report::Complete { .. }) if *status != WakeStatus::Success => verdict.notes.push(format!(
+            "the command ended with {status} but had written its own result file, which counts"
+        )),
+        _ => {}
+    }
+}
+
 /// The command ended (or the wait did) without a result.
-fn no_result(config: &Config, seen: &Observed, verdict: &mut Verdict) {
+fn no_result(config: &Config, mode: Mode, seen: &Observed, verdict: &mut Verdict) {
     let Some(outcome) = &seen.command else {
         return;
     };
@@ -159,11 +249,26 @@ fn no_result(config: &Config, seen: &Observed, verdict: &mut Verdict) {
                 }
                 None => "would wait for ever (task_timeout_ms is not set)".to_string(),
             };
-            verdict.problem(
-                format!("no result within {} ms; the sidecar {real}", ms(waited)),
-                "finish with `agentcom-sidecar agent done` or `agentcom-sidecar agent fail REASON` (or write \
-                 <task_id>.json); a slow agent: try again with a larger --wait-ms",
-            );
+            let fix = match mode {
+                Mode::Launch => {
+                    "finish with `agentcom-sidecar agent done` or `agentcom-sidecar agent fail REASON` (or write \
+                     <task_id>.json); a slow agent: try again with a larger --wait-ms"
+                }
+                Mode::Run => {
+                    "in run mode the command must end when the task is done (its stdout is the answer); a slow \
+                     agent: try again with a larger --wait-ms, and give task_timeout_ms room for it"
+                }
+            };
+            let mut fix = fix.to_string();
+            if mode == Mode::Launch
+                && outcome.status == WakeStatus::Success
+                && !outcome.stdout_tail.trim().is_empty()
+            {
+                fix.push_str(&format!(
+                    "; the command exited 0 with output on stdout, which launch mode ignores: {RUN_MODE}"
+                ));
+            }
+            verdict.problem(format!("no result within {} ms; the sidecar {real}", ms(waited)), fix);
             if config.task_timeout.is_some() {
                 verdict.report = Some(Report::Failed { reason: "task_timeout".into() });
             }
@@ -171,17 +276,57 @@ fn no_result(config: &Config, seen: &Observed, verdict: &mut Verdict) {
         }
         Some(GaveUp::Confirmation) | None => {}
     }
+    // A confirmed task (run mode: the command started) whose command ended
+    // without a result fails at once, never a retry (state::agent).
+    let confirmed = mode == Mode::Run || seen.started_at.is_some();
+    match &outcome.status {
+        WakeStatus::Failed { exit_code } if confirmed => {
+            let what = match exit_code {
+                Some(code) => format!("exited with status {code}"),
+                None => "was killed by a signal".to_string(),
+            };
+            let last = match outcome.stderr_last_line() {
+                Some(line) => format!("; last line of stderr: {line}"),
+                None => "; no stderr".to_string(),
+            };
+            let reason = format!("agent_failed: the agent {what} after confirming the task{last}");
+            verdict.problem(
+                format!("the command {what} after confirming the task, with no result file: the hub gets task_failed with reason \"{reason}\""),
+                "finish with `agentcom-sidecar agent done` or `agentcom-sidecar agent fail REASON` before exiting; \
+                 see its stderr above",
+            );
+            verdict.report = Some(Report::Failed { reason });
+            return;
+        }
+        WakeStatus::Success if mode == Mode::Run => {
+            let reason = "agent_failed: the agent exited 0 but its result could not be written".to_string();
+            verdict.problem(
+                format!("the command exited 0 but no result file was written from its stdout: the hub gets task_failed with reason \"{reason}\""),
+                "check that the results directory is writable and has room (see the sidecar's log)",
+            );
+            verdict.report = Some(Report::Failed { reason });
+            return;
+        }
+        _ => {}
+    }
     match &outcome.status {
         WakeStatus::Success => {
             if seen.gave_up == Some(GaveUp::Confirmation) {
+                let cli = if outcome.stdout_tail.trim().is_empty() {
+                    format!("; or {RUN_MODE}")
+                } else {
+                    format!("; this command printed to stdout (above) and exited, as an agent CLI does: {RUN_MODE}")
+                };
                 verdict.problem(
                     format!(
                         "the command exited 0 but .started never appeared within confirmation_timeout_ms ({} ms): \
                          the task fails with confirmation_timeout",
                         ms(config.confirmation_timeout)
                     ),
-                    "have the agent write .started as soon as it takes the task (`agentcom-sidecar agent started`); \
-                     a command that did the work itself must write the result before it exits",
+                    format!(
+                        "have the agent write .started as soon as it takes the task (`agentcom-sidecar agent started`); \
+                         a command that did the work itself must write the result before it exits{cli}"
+                    ),
                 );
                 verdict.report = Some(Report::Failed { reason: "confirmation_timeout".into() });
             }
@@ -203,16 +348,19 @@ fn no_result(config: &Config, seen: &Observed, verdict: &mut Verdict) {
         ),
         WakeStatus::TimedOut if seen.started_at.is_some() => verdict.problem(
             format!(
-                "still running at wake_timeout_ms ({wake_timeout} ms) after writing .started: the sidecar kills it \
-                 and starts the task again"
+                "wrote .started only as wake_timeout_ms ({wake_timeout} ms) ran out: the sidecar kills a command \
+                 that has not confirmed by then"
             ),
             format!(
-                "return within wake_timeout_ms and let the agent work on in the background (a launcher), or {RUN_MODE}"
+                "write .started first (`agentcom-sidecar agent started`), then work on or return (a launcher); or {RUN_MODE}"
             ),
         ),
         WakeStatus::TimedOut => verdict.problem(
             format!("still running at wake_timeout_ms ({wake_timeout} ms) and never wrote .started: the sidecar kills it"),
-            format!("write .started first and return once the agent is running (a launcher), or {RUN_MODE}"),
+            format!(
+                "write .started first (`agentcom-sidecar agent started`), then work on or return once the agent runs \
+                 (a launcher); or {RUN_MODE}"
+            ),
         ),
         WakeStatus::Cancelled | WakeStatus::LeftRunning => {}
     }

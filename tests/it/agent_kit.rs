@@ -361,8 +361,94 @@ mod unix {
             "\"$AGENTCOM_SIDECAR\" agent started; echo thinking >&2; sleep 60",
             json!({"wake_timeout_ms": 500, "task_timeout_ms": 1_500}),
         );
-        assert_verdict(&out, &stdout, false, &["no result within 1500 ms", "task_timeout", "| thinking"]);
+        assert_verdict(
+            &out,
+            &stdout,
+            false,
+            &["no result within 1500 ms", "task_timeout", "| thinking", "runs on: the agent at work"],
+        );
         assert!(!stdout.contains("still running at wake_timeout_ms"), "{stdout}");
+    }
+
+    /// Run mode: a CLI stand-in that prints a claude-like JSON object; the
+    /// executor makes it the result's output, the frame carries the object.
+    #[test]
+    fn run_mode_a_cli_printing_json_passes() {
+        let (_dir, out, stdout) = try_wake(
+            "echo working >&2; printf '{\"type\":\"result\",\"subtype\":\"success\",\"result\":\"hello\"}\\n'",
+            json!({"wake_mode": "run"}),
+        );
+        assert_verdict(
+            &out,
+            &stdout,
+            true,
+            &[
+                "wake_mode run",
+                ".started appeared",
+                "command ended: succeeded",
+                "\"type\":\"task_complete\"",
+                "\"output\":{\"result\":\"hello\",\"subtype\":\"success\",\"type\":\"result\"}",
+                "| working",
+            ],
+        );
+    }
+
+    /// Run mode: a non-zero exit is the outcome, named with the last line of
+    /// stderr and the hub's task_failed reason; never a retry.
+    #[test]
+    fn run_mode_a_failing_cli_names_its_status_and_stderr() {
+        let (_dir, out, stdout) = try_wake(
+            "echo 'loading model' >&2; echo 'fatal: no API key' >&2; exit 3",
+            json!({"wake_mode": "run"}),
+        );
+        assert_verdict(
+            &out,
+            &stdout,
+            false,
+            &[
+                "the command exited with status 3; its stderr ends with: fatal: no API key",
+                "task_failed with reason \"agent_failed: the agent exited with status 3; last line of stderr: fatal: no API key\"",
+                "\"type\":\"task_failed\"",
+            ],
+        );
+        assert!(!stdout.contains("wake_retry_delays_ms"), "{stdout}");
+    }
+
+    /// Run mode: stdout over max_result_bytes fails the task with
+    /// result_too_large.
+    #[test]
+    fn run_mode_stdout_over_the_limit() {
+        let (_dir, out, stdout) = try_wake(
+            "head -c 5000 /dev/zero | tr '\\0' x",
+            json!({"wake_mode": "run", "max_result_bytes": 1000}),
+        );
+        assert_verdict(
+            &out,
+            &stdout,
+            false,
+            &[
+                "its stdout was 5000 bytes, over max_result_bytes (1000)",
+                "result_too_large",
+                "print only the answer to stdout",
+            ],
+        );
+    }
+
+    /// Launch mode (the default) with a command that is an agent CLI: it
+    /// prints its answer and exits, never writing .started; the fix is run
+    /// mode.
+    #[test]
+    fn launch_mode_with_a_cli_that_never_writes_started_suggests_run_mode() {
+        let (_dir, out, stdout) = try_wake(
+            "printf '{\"type\":\"result\",\"result\":\"hello\"}\\n'",
+            json!({"confirmation_timeout_ms": 300}),
+        );
+        assert_verdict(
+            &out,
+            &stdout,
+            false,
+            &["wake_mode launch", "confirmation_timeout", "set wake_mode to \"run\""],
+        );
     }
 
     #[test]
