@@ -393,6 +393,37 @@ mod unix {
         );
     }
 
+    /// The CLI shape: the example CLI agent in run mode, as docs/agents.md
+    /// wires it.
+    #[test]
+    fn run_mode_passes_the_example_cli_agent() {
+        let command =
+            format!("sh {} \"$AGENTCOM_TASK_DESCRIPTION\"", scripts().join("example-cli-agent.sh").display());
+        let (_dir, out, stdout) = try_wake(&command, json!({"wake_mode": "run"}));
+        assert_verdict(
+            &out,
+            &stdout,
+            true,
+            &["\"output\":{", "\"type\":\"result\"", "\"type\":\"task_complete\""],
+        );
+    }
+
+    /// Run mode: a CLI that never ends is ended when the wait runs out (with
+    /// cancel_grace_ms), and the task times out.
+    #[test]
+    fn run_mode_a_cli_that_never_ends_times_out() {
+        let (_dir, out, stdout) = try_wake(
+            "echo thinking >&2; sleep 60",
+            json!({"wake_mode": "run", "task_timeout_ms": 800, "cancel_grace_ms": 200}),
+        );
+        assert_verdict(
+            &out,
+            &stdout,
+            false,
+            &["no result within 800 ms", "task_timeout", "must end when the task is done", "| thinking"],
+        );
+    }
+
     /// Run mode: a non-zero exit is the outcome, named with the last line of
     /// stderr and the hub's task_failed reason; never a retry.
     #[test]
