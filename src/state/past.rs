@@ -121,8 +121,12 @@ impl State {
     }
 
     /// Stops holding the task. `Settled`: the hub settled or cancelled it,
-    /// its files go; `TakenBack`: its files stay for a hand-back.
-    pub(super) fn let_go(&mut self, fate: PastFate, fx: &mut Vec<Effect>) {
+    /// its files go; `TakenBack`: its files stay for a hand-back. `witness`,
+    /// the lifecycle record of why, follows the write of queue.json that
+    /// lets go of the task: the log never claims what the disk does not
+    /// hold (the soak's checker reads `report_settled` as proof that the
+    /// hub's answer was heard).
+    pub(super) fn let_go(&mut self, fate: PastFate, witness: Effect, fx: &mut Vec<Effect>) {
         let now = self.now;
         let Some(task_id) = self.task.as_ref().map(|t| t.id.clone()) else { return };
         let confirmed = self.task.as_ref().is_some_and(|t| t.confirmed);
@@ -161,6 +165,7 @@ impl State {
         // Recorded before the files go, so a kill in between cannot leave
         // them to be taken for a later push's result.
         fx.push(Effect::Persist(Box::new(self.queue_file())));
+        fx.push(witness);
         if let Some(evicted) =
             evicted.filter(|e| e.task.fate == PastFate::TakenBack || e.keep_until.is_some())
         {
@@ -259,8 +264,8 @@ impl State {
     pub(super) fn drop_task(&mut self, why: &str, fate: PastFate, fx: &mut Vec<Effect>) {
         if let Some(task_id) = self.held_task_id() {
             log::info!("dropping task {task_id}: {why}");
-            fx.push(record(LifecycleEvent::TaskDropped, json!({ "task_id": task_id, "why": why })));
-            self.let_go(fate, fx);
+            let witness = record(LifecycleEvent::TaskDropped, json!({ "task_id": task_id, "why": why }));
+            self.let_go(fate, witness, fx);
         }
     }
 }

@@ -232,11 +232,11 @@ impl State {
             return;
         }
         log::info!("report of task {} settled: {how}", entry.task_id);
-        fx.push(record(
+        let witness = record(
             LifecycleEvent::ReportSettled,
             json!({ "task_id": entry.task_id, "generation": entry.generation, "how": how }),
-        ));
-        self.let_go(PastFate::Settled, fx);
+        );
+        self.let_go(PastFate::Settled, witness, fx);
     }
 
     pub(super) fn on_reassign(&mut self, task_id: &str, fx: &mut Vec<Effect>) {

@@ -68,8 +68,8 @@ fn settle_task(h: &mut Harness) {
 }
 
 const TAKEN_AFTER_SETTLING: [&str; 10] = [
-    "record report_settled",
     "persist idle past=settled",
+    "record report_settled",
     "remove files",
     "record task_accepted",
     "persist active accepted gen=7 past=settled",
@@ -128,8 +128,8 @@ fn a_task_pushed_during_a_reconnects_recovery_is_taken_when_the_held_task_is_let
         h.steps(),
         [
             "record result_withheld",
-            "record task_dropped",
             "persist idle past=taken_back",
+            "record task_dropped",
             "record task_accepted",
             "persist active accepted gen=3 past=taken_back",
             "send task_accepted",
@@ -161,7 +161,7 @@ fn on_the_newest_hub_a_task_pushed_while_busy_before_a_reconnect_is_failed_back_
     reconnect_and_settle(&mut h);
     assert_eq!(
         h.steps(),
-        ["record report_settled", "persist idle past=settled", "remove files", "send task_failed"]
+        ["persist idle past=settled", "record report_settled", "remove files", "send task_failed"]
     );
     assert_eq!(
         h.sent(),
@@ -181,7 +181,7 @@ fn on_the_older_hub_nothing_is_sent_for_a_task_pushed_while_busy_before_a_reconn
     reconnect_and_settle(&mut h);
     assert_eq!(
         h.steps(),
-        ["record report_settled", "persist idle past=settled", "remove files"],
+        ["persist idle past=settled", "record report_settled", "remove files"],
         "task_failed would crash cbf9c20's queue"
     );
     h.tick(2_000);
@@ -221,7 +221,7 @@ fn a_task_pushed_while_busy_then_cancelled_is_not_taken() {
     h.frame(json!({"type":"task_cancelled","task_id":OTHER,"timestamp":1}));
     assert!(h.steps().is_empty());
     settle_task(&mut h);
-    assert_eq!(h.steps(), ["record report_settled", "persist idle past=settled", "remove files"]);
+    assert_eq!(h.steps(), ["persist idle past=settled", "record report_settled", "remove files"]);
     assert!(h.state.held_task_id().is_none());
 }
 

@@ -17,7 +17,7 @@ fn taken_back_after_a_crash() -> Harness {
     h.files(true, ReadResult::Missing);
     h.identify();
     h.frame(json!({"type":"task_reassign","task_id":TASK}));
-    assert_eq!(h.steps(), ["record task_dropped", "persist idle past=taken_back"], "its files stay");
+    assert_eq!(h.steps(), ["persist idle past=taken_back", "record task_dropped"], "its files stay");
     h
 }
 
@@ -136,7 +136,7 @@ fn after_a_settled_failure_the_same_task_is_new_work_and_its_old_files_never_cou
     h.files(true, ReadResult::Parsed(json!({"status":"failure","reason":"no"})));
     h.frame(json!({"type":"task_ack","task_id":TASK,"status":"retried"}));
     // Recorded as settled before its files go.
-    assert_eq!(h.steps(), ["record report_settled", "persist idle past=settled", "remove files"]);
+    assert_eq!(h.steps(), ["persist idle past=settled", "record report_settled", "remove files"]);
     // A late file of the settled run is discarded (logged), not left.
     h.input(Input::Event(Event::Results(ResultsEvent::Changed(vec![format!("/r/{TASK}.json").into()]))));
     assert_eq!(h.steps(), ["discard files"]);

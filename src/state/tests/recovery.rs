@@ -53,7 +53,7 @@ fn a_recovered_task_the_hub_reassigned_is_dropped() {
     h.frame(json!({"type":"task_reassign","task_id":TASK}));
     assert!(h.state.held_task_id().is_none());
     // Its files stay for a hand-back; queue.json remembers it.
-    assert_eq!(h.steps(), ["record task_dropped", "persist idle past=taken_back"]);
+    assert_eq!(h.steps(), ["persist idle past=taken_back", "record task_dropped"]);
 }
 
 // ----- newer hub frames ----------------------------------------------------
@@ -68,9 +68,9 @@ fn a_cancelled_task_is_stopped_and_nothing_is_reported() {
         h.steps(),
         [
             "mark cancelled (task_cancelled)",
-            "record task_dropped",
             "cancel wake",
             "persist idle past=settled",
+            "record task_dropped",
         ]
     );
     assert!(h.has(|e| matches!(e, Effect::CancelWake { .. })));

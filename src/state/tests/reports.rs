@@ -27,7 +27,7 @@ fn a_result_is_persisted_then_reported_then_settled_by_the_ack() {
                "result":{"status":"success","output":"done"},"protocol_version":1})
     );
     h.frame(json!({"type":"task_ack","task_id":TASK,"status":"complete"}));
-    assert_eq!(h.steps(), ["record report_settled", "persist idle past=settled", "remove files"]);
+    assert_eq!(h.steps(), ["persist idle past=settled", "record report_settled", "remove files"]);
     assert!(h.has(|e| matches!(e, Effect::RemoveTaskFiles { task_id } if task_id == TASK)));
     let queue = h.persisted().unwrap();
     assert!(queue.active.is_none() && queue.recovering.is_none());
@@ -148,7 +148,7 @@ fn a_result_for_a_task_the_hub_took_back_is_withheld() {
     assert!(h.sent().is_empty());
     assert!(h.has(|e| matches!(e, Effect::Record { event: LifecycleEvent::ResultWithheld, .. })));
     assert!(h.state.held_task_id().is_none());
-    assert_eq!(h.steps(), ["record result_withheld", "record task_dropped", "persist idle past=taken_back"]);
+    assert_eq!(h.steps(), ["record result_withheld", "persist idle past=taken_back", "record task_dropped"]);
 }
 
 #[test]
@@ -233,7 +233,7 @@ fn a_report_the_hubs_schema_refuses_is_settled_not_left_waiting() {
                    "errors":[{"field":"reason","error":"too_long","detail":"exceeds maximum length"}]}));
     assert_eq!(
         h.steps(),
-        ["record report_refused", "record report_settled", "persist idle past=settled", "remove files"]
+        ["record report_refused", "persist idle past=settled", "record report_settled", "remove files"]
     );
     assert!(h.state.held_task_id().is_none());
 }
@@ -314,4 +314,42 @@ fn a_keepalive_shorter_than_the_progress_throttle_waits_for_it_instead_of_spinni
     assert_eq!(h.deadline_ms(), Some(1_200));
     h.tick(1_200);
     assert_eq!(h.sent_types(), ["task_progress"]);
+}
+
+/// The lifecycle log is the witness of what queue.json holds: a settlement
+/// (`report_settled`) or a let-go (`task_dropped`) is recorded after the
+/// write that lets go of the task, never before, so a kill between the two
+/// cannot leave a log claiming what the disk does not hold (the soak's
+/// checker takes a `report_settled` as proof that the sidecar heard the
+/// hub's answer: seed 777, `soak-777-82`).
+#[test]
+fn a_settlement_or_a_let_go_is_recorded_after_the_write_that_holds_it() {
+    fn recorded_after_the_write(steps: &[String], witness: &str) {
+        let persist = steps.iter().position(|s| s.starts_with("persist idle past="));
+        let record = steps.iter().position(|s| s == witness);
+        assert!(
+            matches!((persist, record), (Some(p), Some(r)) if p < r),
+            "{witness} is not recorded after the persist: {steps:?}"
+        );
+    }
+    // Settled: a failure answered `retried`, a result answered `complete`.
+    for (result, status) in
+        [(json!({"status":"failure","reason":"no"}), "retried"), (json!({"status":"success"}), "complete")]
+    {
+        let mut h = Harness::new();
+        h.working(3);
+        h.files(true, ReadResult::Parsed(result));
+        h.frame(json!({"type":"task_ack","task_id":TASK,"status":status}));
+        recorded_after_the_write(&h.steps(), "record report_settled");
+    }
+    // Let go of: cancelled by the hub, taken back by it.
+    for frame in [
+        json!({"type":"task_cancelled","task_id":TASK,"timestamp":1}),
+        json!({"type":"task_reassign","task_id":TASK}),
+    ] {
+        let mut h = Harness::new();
+        h.working(3);
+        h.frame(frame);
+        recorded_after_the_write(&h.steps(), "record task_dropped");
+    }
 }
