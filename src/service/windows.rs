@@ -382,12 +382,4 @@ impl Supervisor for Reporter {
             self.set(ServiceState::StopPending, ServiceControlAccept::empty(), self.checkpoint);
         }
     }
-
-    fn next_beat(&self) -> Option<Instant> {
-        None
-    }
-
-    fn beat(&mut self, _: Instant) -> bool {
-        false
-    }
 }

@@ -23,32 +23,26 @@ use std::time::Instant;
 pub mod systemd;
 
 /// The process's supervisor, as the loop sees it. Every method is cheap and
-/// never blocks.
+/// never blocks; each does nothing unless a supervisor overrides it.
 pub trait Supervisor: Send {
-    fn ready(&mut self);
-    fn status(&mut self, line: &str);
-    fn stopping(&mut self);
+    fn ready(&mut self) {}
+    fn status(&mut self, _line: &str) {}
+    fn stopping(&mut self) {}
     /// When [`beat`](Supervisor::beat) is next due, if ever.
-    fn next_beat(&self) -> Option<Instant>;
+    fn next_beat(&self) -> Option<Instant> {
+        None
+    }
     /// Tells the supervisor the loop is alive, if a beat is due at `now`.
     /// Returns whether it did.
-    fn beat(&mut self, now: Instant) -> bool;
+    fn beat(&mut self, _now: Instant) -> bool {
+        false
+    }
 }
 
 /// No supervisor to tell anything (`NOTIFY_SOCKET` unset, tests).
 pub struct Unsupervised;
 
-impl Supervisor for Unsupervised {
-    fn ready(&mut self) {}
-    fn status(&mut self, _: &str) {}
-    fn stopping(&mut self) {}
-    fn next_beat(&self) -> Option<Instant> {
-        None
-    }
-    fn beat(&mut self, _: Instant) -> bool {
-        false
-    }
-}
+impl Supervisor for Unsupervised {}
 
 /// The supervisor the environment names: systemd when `NOTIFY_SOCKET` is
 /// set (Unix), nothing otherwise.

@@ -11,8 +11,6 @@
 //! threads is not sound.
 
 use std::time::Duration;
-#[cfg(not(unix))]
-use std::time::Instant;
 
 /// The `WATCHDOG_USEC`/`WATCHDOG_PID` pair as a beat interval: half the
 /// watchdog timeout. `Ok(None)`: no watchdog for this process.
@@ -227,18 +225,9 @@ impl Notifier {
     }
 }
 
+/// Off Unix there is no notify socket: every message is the trait's no-op.
 #[cfg(not(unix))]
-impl super::Supervisor for Notifier {
-    fn ready(&mut self) {}
-    fn status(&mut self, _: &str) {}
-    fn stopping(&mut self) {}
-    fn next_beat(&self) -> Option<Instant> {
-        None
-    }
-    fn beat(&mut self, _: Instant) -> bool {
-        false
-    }
-}
+impl super::Supervisor for Notifier {}
 
 #[cfg(test)]
 mod tests {
