@@ -73,6 +73,9 @@ fn edit_distance(a: &str, b: &str) -> usize {
     rows[a.len()][b.len()]
 }
 
+/// The probe file [`directory_problem`] creates and removes at once.
+pub(super) const WRITE_PROBE: &str = ".agentcom-write-test";
+
 /// What is wrong with `dir` as a directory the sidecar creates files in
 /// (creating it, and its parents, if missing), as `{key} {path} ...`. Reads
 /// only, apart from a probe file it removes at once: `check` calls it too.
@@ -90,9 +93,18 @@ pub(super) fn directory_problem(key: &str, dir: &Path) -> Option<String> {
         }
         Ok(_) => {}
     }
-    let probe = tempfile::Builder::new().prefix(".agentcom-write-test").tempfile_in(existing);
-    match probe {
-        Ok(_) => None,
+    // One fixed name, not a random one: a sidecar killed between the create
+    // and the remove leaves a file that the next check reuses and removes,
+    // instead of one more stray file per kill (the soak found one).
+    let probe = existing.join(WRITE_PROBE);
+    let created = std::fs::OpenOptions::new().write(true).create(true).truncate(true).open(&probe);
+    match created {
+        Ok(file) => {
+            drop(file);
+            // A check running beside a starting sidecar may have removed it.
+            let _ = std::fs::remove_file(&probe);
+            None
+        }
         Err(e) if existing == dir => Some(format!("{key}: {} is not writable: {e}", dir.display())),
         Err(e) => Some(format!("{key}: {} cannot be created in {}: {e}", dir.display(), existing.display())),
     }

@@ -268,3 +268,17 @@ fn unwritable_or_unusable_directories_are_reported_with_the_path_and_the_os_erro
     let problems = config_with("results_dir", &file).directory_problems();
     assert!(problems.len() == 1 && problems[0].contains("not a directory"), "{problems:?}");
 }
+
+/// A sidecar killed between the probe's create and its remove leaves the
+/// probe behind; the next check reuses that one name and removes it, so
+/// kills never pile up stray files beside queue.json (the soak found one).
+#[test]
+fn the_writability_probe_left_by_a_killed_sidecar_is_removed_by_the_next_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let left = dir.path().join(super::checks::WRITE_PROBE);
+    std::fs::write(&left, "left by a sidecar killed mid-check").unwrap();
+    let (config, _) = Config::from_json_str(MINIMAL, &dir.path().join("config.json")).unwrap();
+    assert!(config.directory_problems().is_empty(), "{:?}", config.directory_problems());
+    let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(names.is_empty(), "the check leaves nothing behind: {names:?}");
+}
