@@ -90,80 +90,93 @@ impl Seen {
     }
 }
 
+/// A sidecar identified to a metered dev hub, and what the hub has seen.
+struct Run {
+    seen: Seen,
+    sidecar: Sidecar,
+    hub: DevHub,
+    _dir: tempfile::TempDir,
+}
+
+impl Run {
+    fn start(scale: u32, features: bool) -> Run {
+        let hub = hub(scale);
+        let dir = tempfile::tempdir().unwrap();
+        let sidecar = Sidecar::start(dir.path(), &sidecar_config(dir.path(), &hub, scale, features));
+        let mut seen = Seen::default();
+        hub.wait_for(FAILSAFE, |event| {
+            seen.note(event);
+            matches!(event, DevHubEvent::Identified { .. })
+        })
+        .expect("identified");
+        Run { seen, sidecar, hub, _dir: dir }
+    }
+
+    /// Pushes `count` tasks one after another, each once the one before it
+    /// is settled, and returns their ids.
+    fn one_after_another(&mut self, label: &str, count: usize) -> Vec<String> {
+        let before = self.seen.settled.len();
+        (0..count)
+            .map(|i| {
+                let task_id = self.hub.push_task(AGENT, &format!("{label} {i}"), json!({}));
+                self.seen.until_settled(&self.hub, before + i + 1);
+                task_id
+            })
+            .collect()
+    }
+
+    /// Pushes `count` tasks at once and returns their ids.
+    fn at_once(&mut self, label: &str, count: usize) -> Vec<String> {
+        (0..count).map(|i| self.hub.push_task(AGENT, &format!("{label} {i}"), json!({}))).collect()
+    }
+}
+
 /// 20 quick tasks one after another, then a burst of 10: all complete, in
 /// order, each once, and the hub never denies a frame.
-fn twenty_then_a_burst_of_ten(scale: u32, features: bool) -> (Seen, Sidecar, tempfile::TempDir) {
-    let hub = hub(scale);
-    let dir = tempfile::tempdir().unwrap();
-    let sidecar = Sidecar::start(dir.path(), &sidecar_config(dir.path(), &hub, scale, features));
-    let mut seen = Seen::default();
-    hub.wait_for(FAILSAFE, |event| {
-        seen.note(event);
-        matches!(event, DevHubEvent::Identified { .. })
-    })
-    .expect("identified");
-    let mut order = Vec::new();
-    for i in 0..20 {
-        order.push(hub.push_task(AGENT, &format!("quick {i}"), json!({})));
-        seen.until_settled(&hub, i + 1);
-    }
-    for i in 0..10 {
-        order.push(hub.push_task(AGENT, &format!("burst {i}"), json!({})));
-    }
-    seen.until_settled(&hub, 30);
-    assert_eq!(seen.denials, 0, "the hub denied a frame: {}", sidecar.output());
-    assert_eq!(seen.settled, order, "every task settled once, in order");
-    assert_eq!(seen.completes, order, "every outcome sent once, in order");
-    (seen, sidecar, dir)
+fn twenty_then_a_burst_of_ten(scale: u32, features: bool) -> Run {
+    let mut run = Run::start(scale, features);
+    let mut order = run.one_after_another("quick", 20);
+    order.extend(run.at_once("burst", 10));
+    run.seen.until_settled(&run.hub, 30);
+    assert_eq!(run.seen.denials, 0, "the hub denied a frame: {}", run.sidecar.output());
+    assert_eq!(run.seen.settled, order, "every task settled once, in order");
+    assert_eq!(run.seen.completes, order, "every outcome sent once, in order");
+    run
 }
 
 #[test]
 fn twenty_quick_tasks_then_a_burst_of_ten_complete_within_the_hubs_real_budget() {
-    let (seen, sidecar, _dir) = twenty_then_a_burst_of_ten(1, true);
+    let run = twenty_then_a_burst_of_ten(1, true);
     // The budget ran dry: the sidecar paced itself instead of being denied.
-    assert!(seen.frames > 60, "{} frames did not need pacing", seen.frames);
-    assert!(!sidecar.output().contains("hub rate-limited"), "{}", sidecar.output());
+    assert!(run.seen.frames > 60, "{} frames did not need pacing", run.seen.frames);
+    assert!(!run.sidecar.output().contains("hub rate-limited"), "{}", run.sidecar.output());
 }
 
 #[test]
 fn a_hub_that_shows_it_rate_limits_only_by_its_task_assign_is_paced_too() {
     // No hub_features: the first push's extra keys say it is 4718a58. The
     // hub's limits run ten times faster here, and the sidecar's with them.
-    let (seen, _sidecar, _dir) = twenty_then_a_burst_of_ten(10, false);
-    assert!(seen.frames > 60, "{} frames did not need pacing", seen.frames);
+    let run = twenty_then_a_burst_of_ten(10, false);
+    assert!(run.seen.frames > 60, "{} frames did not need pacing", run.seen.frames);
 }
 
 #[test]
 fn a_hub_that_denies_anyway_while_outcomes_wait_gets_each_once_in_order() {
     let scale = 10;
-    let hub = hub(scale);
-    let dir = tempfile::tempdir().unwrap();
-    let sidecar = Sidecar::start(dir.path(), &sidecar_config(dir.path(), &hub, scale, true));
-    let mut seen = Seen::default();
-    hub.wait_for(FAILSAFE, |event| {
-        seen.note(event);
-        matches!(event, DevHubEvent::Identified { .. })
-    })
-    .expect("identified");
+    let mut run = Run::start(scale, true);
     // Spend the budget, so that outcomes wait for tokens...
-    let mut order = Vec::new();
-    for i in 0..25 {
-        order.push(hub.push_task(AGENT, &format!("spend {i}"), json!({})));
-        seen.until_settled(&hub, i + 1);
-    }
+    let mut order = run.one_after_another("spend", 25);
     // ...then the hub denies frames the sidecar could not know about: an
     // outcome and, in the same episode, an acceptance.
-    hub.rate_limit_next("task_complete", 1_000 / u64::from(scale));
-    hub.rate_limit_next("task_accepted", 1_000 / u64::from(scale));
-    for i in 0..6 {
-        order.push(hub.push_task(AGENT, &format!("denied {i}"), json!({})));
-    }
-    seen.until_settled(&hub, order.len());
-    assert_eq!(seen.denials, 2, "only the two asked for");
-    assert_eq!(seen.settled, order, "every task settled once, in order");
+    run.hub.rate_limit_next("task_complete", 1_000 / u64::from(scale));
+    run.hub.rate_limit_next("task_accepted", 1_000 / u64::from(scale));
+    order.extend(run.at_once("denied", 6));
+    run.seen.until_settled(&run.hub, order.len());
+    assert_eq!(run.seen.denials, 2, "only the two asked for");
+    assert_eq!(run.seen.settled, order, "every task settled once, in order");
     // One warning line when an episode starts and one with its counts when
     // it is over, never one per frame: both denials are in them.
-    let output = sidecar.wait_output("hub rate limit episode over");
+    let output = run.sidecar.wait_output("hub rate limit episode over");
     let warned = |needle: &str| -> Vec<&str> {
         output.lines().filter(|l| l.contains("[WARN]") && l.contains(needle)).collect()
     };
@@ -178,30 +191,16 @@ fn a_hub_that_denies_anyway_while_outcomes_wait_gets_each_once_in_order() {
 
 #[test]
 fn a_reconnect_while_frames_wait_for_tokens_loses_nothing_and_sends_nothing_twice() {
-    let scale = 10;
-    let hub = hub(scale);
-    let dir = tempfile::tempdir().unwrap();
-    let sidecar = Sidecar::start(dir.path(), &sidecar_config(dir.path(), &hub, scale, true));
-    let mut seen = Seen::default();
-    hub.wait_for(FAILSAFE, |event| {
-        seen.note(event);
-        matches!(event, DevHubEvent::Identified { .. })
-    })
-    .expect("identified");
-    let mut order = Vec::new();
-    for i in 0..20 {
-        order.push(hub.push_task(AGENT, &format!("spend {i}"), json!({})));
-        seen.until_settled(&hub, i + 1);
-    }
-    for i in 0..10 {
-        order.push(hub.push_task(AGENT, &format!("burst {i}"), json!({})));
-    }
+    let mut run = Run::start(10, true);
+    let mut order = run.one_after_another("spend", 20);
+    order.extend(run.at_once("burst", 10));
     // A few of the burst are through: now frames wait for tokens.
-    seen.until_settled(&hub, 23);
-    hub.drop_connection(AGENT);
-    seen.until_settled(&hub, order.len());
-    assert_eq!(seen.denials, 0, "{}", sidecar.output());
-    assert_eq!(seen.settled, order, "every task settled once, in order");
+    run.seen.until_settled(&run.hub, 23);
+    run.hub.drop_connection(AGENT);
+    run.seen.until_settled(&run.hub, order.len());
+    assert_eq!(run.seen.denials, 0, "{}", run.sidecar.output());
+    assert_eq!(run.seen.settled, order, "every task settled once, in order");
+    let seen = run.seen;
     // What waited for a token when the connection dropped was not sent
     // twice: only a report in flight at that moment (sent, its answer lost
     // with the connection) may reach the hub again, asked about first.
@@ -215,19 +214,9 @@ fn a_reconnect_while_frames_wait_for_tokens_loses_nothing_and_sends_nothing_twic
 
 #[test]
 fn a_hundred_tasks_queued_at_once_complete_in_order_without_a_denial() {
-    let scale = 10;
-    let hub = hub(scale);
-    let dir = tempfile::tempdir().unwrap();
-    let sidecar = Sidecar::start(dir.path(), &sidecar_config(dir.path(), &hub, scale, true));
-    let mut seen = Seen::default();
-    hub.wait_for(FAILSAFE, |event| {
-        seen.note(event);
-        matches!(event, DevHubEvent::Identified { .. })
-    })
-    .expect("identified");
-    let order: Vec<String> =
-        (0..100).map(|i| hub.push_task(AGENT, &format!("queued {i}"), json!({}))).collect();
-    seen.until_settled(&hub, 100);
-    assert_eq!(seen.denials, 0, "{}", sidecar.output());
-    assert_eq!(seen.settled, order);
+    let mut run = Run::start(10, true);
+    let order = run.at_once("queued", 100);
+    run.seen.until_settled(&run.hub, 100);
+    assert_eq!(run.seen.denials, 0, "{}", run.sidecar.output());
+    assert_eq!(run.seen.settled, order);
 }
