@@ -77,6 +77,18 @@ fn run_mode(version: HubVersion, body: &str, tweak: impl FnOnce(&mut Value)) -> 
 }
 
 impl Run {
+    /// Stops the sidecar as `stop` says and waits until it is gone.
+    fn stop(&mut self, stop: Stop) {
+        match stop {
+            Stop::Term => self.sidecar.signal("TERM"),
+            Stop::Kill9 => self.sidecar.kill9(),
+            Stop::RestartSidecar => assert!(self.hub.restart_sidecar(AGENT, "update")),
+        }
+        if !matches!(stop, Stop::Kill9) {
+            self.sidecar.wait_exit(FAILSAFE).expect("the sidecar stops");
+        }
+    }
+
     /// The one outcome frame: waits for it, stops the sidecar, and checks
     /// the hub got no other outcome for the task and the agent started once.
     fn one_outcome(&mut self) -> Value {
@@ -259,14 +271,7 @@ fn stop_mid_run(version: HubVersion, stop: Stop, finish_while_down: bool) {
     let mut run = run_mode(version, &working_until_go("output intact"), |_| {});
     let pid = agent_pid(run.dir.path());
     expect_received(&run.hub, "task_accepted");
-    match stop {
-        Stop::Term => run.sidecar.signal("TERM"),
-        Stop::Kill9 => run.sidecar.kill9(),
-        Stop::RestartSidecar => assert!(run.hub.restart_sidecar(AGENT, "update")),
-    }
-    if !matches!(stop, Stop::Kill9) {
-        run.sidecar.wait_exit(FAILSAFE).expect("the sidecar stops");
-    }
+    run.stop(stop);
     // The hub's side is closed too (a killed process's socket close is not
     // always seen at once).
     run.hub.drop_connection(AGENT);
@@ -399,14 +404,7 @@ fn synchronous_script_across_a_stop(stop: Stop) {
     let mut run = Run { hub, dir, cfg, sidecar, task_id };
     let pid = agent_pid(run.dir.path());
     wait_until("the task working", || (run.sidecar.queue()["active"]["status"] == "working").then_some(()));
-    match stop {
-        Stop::Term => run.sidecar.signal("TERM"),
-        Stop::Kill9 => run.sidecar.kill9(),
-        Stop::RestartSidecar => assert!(run.hub.restart_sidecar(AGENT, "update")),
-    }
-    if !matches!(stop, Stop::Kill9) {
-        run.sidecar.wait_exit(FAILSAFE).expect("the sidecar stops");
-    }
+    run.stop(stop);
     run.hub.drop_connection(AGENT);
     assert!(alive(pid), "{stop:?}: the script at work outlives the sidecar\n{}", run.sidecar.output());
     run.restart();
