@@ -404,8 +404,9 @@ fn check(state: &State, model: &mut Model, fx: &[Effect], input: &str) {
                 );
             }
             Effect::Connect { conn_id } => model.conn = *conn_id,
-            Effect::Send { text, .. } => {
-                let Ok(frame) = serde_json::from_str::<Value>(text) else {
+            Effect::Send { frame, .. } => {
+                let text = frame.to_text();
+                let Ok(frame) = serde_json::from_str::<Value>(&text) else {
                     panic!("the sidecar sent invalid JSON {text:?} after {input}");
                 };
                 if matches!(frame["type"].as_str(), Some("task_complete" | "task_failed")) {

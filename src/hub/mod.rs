@@ -46,6 +46,7 @@ use mio::{Events, Poll, Token, Waker};
 use tungstenite::stream::MaybeTlsStream;
 
 use crate::config::redact_url;
+pub use crate::state::HubEvent;
 
 mod connect;
 mod session;
@@ -70,21 +71,6 @@ pub struct HubParams {
     pub connect_timeout: Duration,
     /// How long a graceful close waits for the hub's close reply.
     pub close_timeout: Duration,
-}
-
-/// What the socket thread reports. `Disconnected` is always the last event
-/// of a connection, and there is exactly one.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HubEvent {
-    /// The WebSocket handshake is done; frames can flow.
-    Connected { conn_id: u64 },
-    /// One text frame received from the hub.
-    Frame { conn_id: u64, text: String },
-    /// The connection is over and the thread is exiting. `reason` is a
-    /// one-line description for logs; `close_code` and `close_reason` are
-    /// what the hub's close frame said, if it sent one (an empty close reason
-    /// is reported as `None`).
-    Disconnected { conn_id: u64, reason: String, close_code: Option<u16>, close_reason: Option<String> },
 }
 
 /// The owner's end of one hub connection.

@@ -9,7 +9,7 @@ use serde_json::json;
 
 use crate::config::Config;
 use crate::lifecycle_log::{LifecycleEvent, LifecycleLog};
-use crate::queue_store::{QueueFile, WakeProcess};
+use crate::queue_store::{QueueFile, TaskStatus, WakeProcess};
 use crate::state::Input;
 use crate::wake::run::{self, RunExit};
 use crate::wake::{self, Leftover, WakeMode};
@@ -41,22 +41,22 @@ pub(super) fn find_leftover(queue: &mut QueueFile, config: &Config, lifecycle: &
             } else if working {
                 conclude_launch(config, &process.task_id, exit);
             }
-            "exited"
+            Found::Exited
         }
         (WakeMode::Run, None) if wake::leftover_running(&process.identity) => {
             log::info!("{what}, the agent, is still running from before: watching it, not starting it again");
-            "running"
+            Found::Running
         }
         (WakeMode::Run, None) => {
             log::warn!("{what}, the agent, is gone and left no exit status");
             conclude(config, &process.task_id, RunExit::Unknown);
-            "gone"
+            Found::Gone
         }
         (WakeMode::Launch, None) if working && wake::leftover_running(&process.identity) => {
             log::info!(
                 "{what}, a synchronous agent at work on its confirmed task, is still running: watching it"
             );
-            "running"
+            Found::Running
         }
         (WakeMode::Launch, None) => {
             end_wake_leftover(process, lifecycle);
@@ -66,9 +66,31 @@ pub(super) fn find_leftover(queue: &mut QueueFile, config: &Config, lifecycle: &
     lifecycle.record(
         LifecycleEvent::WakeLeftover,
         json!({ "task_id": process.task_id, "attempt": process.attempt, "pid": process.identity.pid,
-                "mode": process.mode.name(), "found": found, "exit_code": process.exit_code }),
+                "mode": process.mode.name(), "found": found.word(), "exit_code": process.exit_code }),
     );
-    found == "running"
+    found == Found::Running
+}
+
+/// What [`find_leftover`] found of a recorded command it does not end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Found {
+    /// Its exit file says how it ended.
+    Exited,
+    /// Still at work: watched.
+    Running,
+    /// Gone without an exit file.
+    Gone,
+}
+
+impl Found {
+    /// Its word in the lifecycle log (`found`).
+    fn word(self) -> &'static str {
+        match self {
+            Found::Exited => "exited",
+            Found::Running => "running",
+            Found::Gone => "gone",
+        }
+    }
 }
 
 /// The run-mode agent left running by an earlier run: if it has ended, its
@@ -120,7 +142,7 @@ pub(super) fn mark_cancelled(config: &Config, task_id: &str, reason: &str) {
 /// Whether queue.json holds `task_id` as `working` (its agent confirmed it).
 fn task_working(queue: &QueueFile, task_id: &str) -> bool {
     let record = queue.active.as_ref().or(queue.recovering.as_ref());
-    record.is_some_and(|t| t.task_id == task_id && t.report.is_none() && t.status.as_str() == "working")
+    record.is_some_and(|t| t.task_id == task_id && t.report.is_none() && t.status == TaskStatus::Working)
 }
 
 fn conclude_launch(config: &Config, task_id: &str, exit: RunExit) {
@@ -141,28 +163,35 @@ fn conclude(config: &Config, task_id: &str, exit: RunExit) {
 /// start.
 pub(super) fn end_wake_leftover(leftover: &WakeProcess, lifecycle: &mut LifecycleLog) {
     let WakeProcess { task_id, attempt, identity, .. } = leftover;
-    let (found, error) = match wake::end_leftover(identity) {
-        Leftover::Gone => ("gone", None),
-        Leftover::Ended => ("ended", None),
-        Leftover::StillExiting => ("still_exiting", None),
-        Leftover::Unverifiable => ("unverifiable", None),
-        Leftover::Failed(error) => ("failed", Some(error)),
-    };
+    let found = wake::end_leftover(identity);
     let what = format!("the wake command of task {task_id} (attempt {attempt}, pid {})", identity.pid);
-    match found {
-        "gone" => log::info!("{what}, left from before, is no longer running"),
-        "ended" => log::warn!("{what} was still running from before; ended it and its process group"),
-        "unverifiable" => {
-            log::warn!("{what} may still be running from before: without its start time it is left alone")
+    let error = match &found {
+        Leftover::Gone => {
+            log::info!("{what}, left from before, is no longer running");
+            None
         }
-        _ => log::error!(
-            "{what} was still running from before and could not be ended ({})",
-            error.as_deref().unwrap_or("it had not exited in time")
-        ),
-    }
+        Leftover::Ended => {
+            log::warn!("{what} was still running from before; ended it and its process group");
+            None
+        }
+        Leftover::Unverifiable => {
+            log::warn!("{what} may still be running from before: without its start time it is left alone");
+            None
+        }
+        Leftover::StillExiting => {
+            log::error!(
+                "{what} was still running from before and could not be ended (it had not exited in time)"
+            );
+            None
+        }
+        Leftover::Failed(error) => {
+            log::error!("{what} was still running from before and could not be ended ({error})");
+            Some(error)
+        }
+    };
     lifecycle.record(
         LifecycleEvent::WakeLeftover,
         json!({ "task_id": task_id, "attempt": attempt, "pid": identity.pid,
-                "process_group": identity.process_group, "found": found, "error": error }),
+                "process_group": identity.process_group, "found": found.word(), "error": error }),
     );
 }

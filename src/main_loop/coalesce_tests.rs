@@ -6,8 +6,9 @@ fn persist(tag: &str) -> Effect {
     Effect::Persist(Box::new(queue))
 }
 
-fn send(text: &str) -> Effect {
-    Effect::Send { conn_id: 1, text: text.into() }
+/// A frame told apart by `label` (its task id).
+fn send(label: &str) -> Effect {
+    Effect::Send { conn_id: 1, frame: crate::protocol::Outgoing::TaskAccepted { task_id: label.into() } }
 }
 
 fn read() -> Effect {

@@ -369,7 +369,8 @@ impl Shell {
         while let Some((effect, merged)) = effects.next() {
             match effect {
                 Effect::Connect { conn_id } => self.connect(conn_id),
-                Effect::Send { conn_id, text } => {
+                Effect::Send { conn_id, frame } => {
+                    let text = frame.to_text();
                     #[cfg(feature = "failpoints")]
                     self.check_failpoint(&text);
                     match &self.hub {

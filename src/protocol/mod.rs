@@ -8,8 +8,6 @@
 
 use serde_json::{json, Map, Value};
 
-use crate::queue_store::TaskStatus;
-
 /// Every frame we send carries this.
 pub const PROTOCOL_VERSION: u64 = 1;
 
@@ -321,112 +319,8 @@ pub(crate) fn cut_text(text: &str, max_chars: usize) -> std::borrow::Cow<'_, str
     std::borrow::Cow::Owned(cut)
 }
 
-fn frame(kind: &str, fields: Value) -> String {
-    let mut object = Map::new();
-    object.insert("type".into(), Value::from(kind));
-    if let Value::Object(fields) = fields {
-        object.extend(fields);
-    }
-    object.insert("protocol_version".into(), Value::from(PROTOCOL_VERSION));
-    Value::Object(object).to_string()
-}
-
-/// The identify frame. It carries the token: never log it.
-pub(crate) fn out_identify(agent_id: &str, token: &str, name: &str, capabilities: &[String]) -> String {
-    frame(
-        "identify",
-        json!({
-            "agent_id": agent_id,
-            "token": token,
-            "name": cut_text(name, MAX_NAME_CHARS),
-            "status": "idle",
-            "capabilities": capabilities,
-            "client_type": "sidecar",
-        }),
-    )
-}
-
-pub(crate) fn out_ping() -> String {
-    frame("ping", json!({}))
-}
-
-pub(crate) fn out_task_accepted(task_id: &str) -> String {
-    frame("task_accepted", json!({ "task_id": task_id }))
-}
-
-pub(crate) fn out_task_progress(task_id: &str, progress: u64, message: Option<&str>) -> String {
-    let mut fields = json!({ "task_id": task_id, "progress": progress });
-    if let Some(message) = message {
-        fields["message"] = Value::from(message);
-    }
-    frame("task_progress", fields)
-}
-
-pub(crate) fn out_task_complete(task_id: &str, generation: u64, result: &Value) -> String {
-    frame("task_complete", json!({ "task_id": task_id, "generation": generation, "result": result }))
-}
-
-/// `reason` and `error` carry the same text: older hubs read one, newer the
-/// other (docs/protocol.md section 6.4).
-pub(crate) fn out_task_failed(task_id: &str, generation: u64, reason: &str) -> String {
-    frame(
-        "task_failed",
-        json!({ "task_id": task_id, "generation": generation, "reason": cut_text(reason, MAX_REASON_CHARS),
-                "error": cut_text(reason, MAX_REASON_CHARS) }),
-    )
-}
-
-pub(crate) fn out_task_recovering(
-    task_id: &str,
-    description: &str,
-    metadata: &Value,
-    last_status: TaskStatus,
-) -> String {
-    frame(
-        "task_recovering",
-        json!({
-            "task_id": task_id,
-            "description": cut_text(description, MAX_DESCRIPTION_CHARS),
-            "metadata": metadata,
-            "last_status": last_status.as_str(),
-        }),
-    )
-}
-
-pub(crate) fn out_state_report(
-    task_id: &str,
-    generation: u64,
-    status: TaskStatus,
-    assigned_at: u64,
-) -> String {
-    frame(
-        "state_report",
-        json!({ "task_id": task_id, "generation": generation, "status": status.as_str(), "assigned_at": assigned_at }),
-    )
-}
-
-pub(crate) fn out_wake_result(task_id: &str, status: &str, attempt: u32, error: Option<&str>) -> String {
-    let mut fields =
-        json!({ "task_id": task_id, "status": cut_text(status, MAX_STATUS_CHARS), "attempt": attempt });
-    if let Some(error) = error {
-        fields["error"] = Value::from(cut_text(error, MAX_REASON_CHARS));
-    }
-    frame("wake_result", fields)
-}
-
-/// The frame types docs/protocol.md lets a sidecar send (6.6). Tests check every frame
-/// we send against this list.
-pub const SENDABLE_TYPES: &[&str] = &[
-    "identify",
-    "ping",
-    "task_accepted",
-    "task_progress",
-    "task_complete",
-    "task_failed",
-    "task_recovering",
-    "state_report",
-    "wake_result",
-];
+mod outgoing;
+pub use outgoing::*;
 
 #[cfg(test)]
 mod tests;

@@ -1,4 +1,5 @@
 use super::*;
+use crate::state::TaskStatus;
 
 fn object(text: &str) -> Map<String, Value> {
     match serde_json::from_str(text).unwrap() {

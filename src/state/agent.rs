@@ -18,10 +18,10 @@ use std::time::Instant;
 use serde_json::json;
 
 use super::task::Phase;
+use super::LifecycleEvent;
+use super::Report;
 use super::{record, Effect, Held, State};
-use crate::lifecycle_log::LifecycleEvent;
-use crate::queue_store::Report;
-use crate::wake::{WakeMode, WakeOutcome, WakeStatus};
+use super::{WakeMode, WakeOutcome, WakeStatus};
 
 impl State {
     /// The shell found the agent recorded in queue.json (a run-mode agent,

@@ -28,7 +28,7 @@ use std::time::Instant;
 
 use super::link::{Awaiting, ReplyKind};
 use super::{Effect, State, BUSY_REASON};
-use crate::protocol::{self, TaskAssign};
+use crate::protocol::{Outgoing, TaskAssign};
 
 /// At most this many tasks pushed while busy are remembered.
 const REMEMBERED: usize = 16;
@@ -93,9 +93,10 @@ impl State {
                 continue;
             }
             log::info!("handing task {task_id} (generation {generation}) back to the hub: it was pushed while we were busy, on an earlier connection");
-            let text = protocol::out_task_failed(&task_id, generation, BUSY_REASON);
+            let frame =
+                Outgoing::TaskFailed { task_id: task_id.clone(), generation, reason: BUSY_REASON.into() };
             let entry = Awaiting { kind: ReplyKind::Failed, task_id, generation };
-            self.link.send("task_failed", text, Some(entry), fx);
+            self.link.send(frame, Some(entry), fx);
         }
         let mut current = current.into_iter();
         if let Some(push) = current.next() {

@@ -7,10 +7,10 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use super::link::ReplyKind;
+use super::LifecycleEvent;
+use super::PastFate;
 use super::{record, Effect, State};
-use crate::lifecycle_log::LifecycleEvent;
-use crate::protocol::{self, ErrorKind, Incoming, ReportAction};
-use crate::queue_store::PastFate;
+use crate::protocol::{self, ErrorKind, Incoming, OutKind, ReportAction};
 
 impl State {
     // ----- connection -------------------------------------------------------
@@ -72,7 +72,8 @@ impl State {
             Incoming::ValidationFailed { message_type, unknown_type, errors } => {
                 self.mark_newer_hub();
                 log::warn!("the hub refused our {message_type} (validation_failed): {errors}");
-                let answered = self.link.refused(&message_type, unknown_type);
+                let answered =
+                    OutKind::parse(&message_type).and_then(|kind| self.link.refused(kind, unknown_type));
                 if let Some(entry) =
                     answered.filter(|a| matches!(a.kind, ReplyKind::Complete | ReplyKind::Failed))
                 {

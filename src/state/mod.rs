@@ -20,6 +20,10 @@
 
 mod agent;
 mod busy;
+mod events;
+pub use events::*;
+mod records;
+pub use records::*;
 mod frames;
 mod link;
 mod past;
@@ -37,14 +41,8 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Map, Value};
 
 use crate::config::{Config, HubFeature, Secret};
-use crate::event::Event;
-use crate::hub::HubEvent;
-use crate::lifecycle_log::LifecycleEvent;
-use crate::protocol;
-use crate::queue_store::{QueueFile, WakeProcess};
+use crate::protocol::{Outgoing, Token};
 use crate::retry::BackoffPolicy;
-use crate::wake::WakeMode;
-use crate::watcher::{FileKind, ReadResult, ResultsEvent};
 
 pub use link::RateLimits;
 use link::{Link, LinkTimers, Timeout};
@@ -183,9 +181,10 @@ pub enum Effect {
     Connect {
         conn_id: u64,
     },
+    /// Send `frame` on connection `conn_id`.
     Send {
         conn_id: u64,
-        text: String,
+        frame: Outgoing,
     },
     /// Close gracefully; no events from this connection matter any more.
     Close {
@@ -594,9 +593,13 @@ impl State {
                     let s = &self.settings;
                     log::info!("connected to hub; identifying as {}", s.agent_id);
                     fx.push(record(LifecycleEvent::Connected, json!({})));
-                    let text =
-                        protocol::out_identify(&s.agent_id, s.token.expose(), &s.name, &s.capabilities);
-                    fx.push(Effect::Send { conn_id, text });
+                    let frame = Outgoing::Identify {
+                        agent_id: s.agent_id.clone(),
+                        token: Token(s.token.expose().to_owned()),
+                        name: s.name.clone(),
+                        capabilities: s.capabilities.clone(),
+                    };
+                    fx.push(Effect::Send { conn_id, frame });
                 }
             }
             Event::Hub(HubEvent::Frame { conn_id, text }) => {
@@ -640,9 +643,9 @@ impl State {
                 let ms = self.link.identify_timeout().as_millis();
                 self.drop_connection(&format!("the hub did not answer identify within {ms} ms"), now, fx);
             }
-            Some(Timeout::Reply(frame_type)) => {
+            Some(Timeout::Reply(kind)) => {
                 let ms = self.settings.reply_timeout.as_millis();
-                self.drop_connection(&format!("the hub did not answer {frame_type} within {ms} ms"), now, fx);
+                self.drop_connection(&format!("the hub did not answer {kind} within {ms} ms"), now, fx);
             }
             Some(Timeout::Pong) => {
                 let ms = self.link.pong_timeout().as_millis();

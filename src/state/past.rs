@@ -28,10 +28,9 @@ use std::time::Instant;
 
 use serde_json::json;
 
+use super::LifecycleEvent;
 use super::{record, Effect, State};
-use crate::lifecycle_log::LifecycleEvent;
-use crate::queue_store::{PastFate, PastTask};
-use crate::watcher;
+use super::{PastFate, PastTask};
 
 /// A task we let go of, while its files may matter.
 #[derive(Debug, Clone, PartialEq)]
@@ -229,7 +228,7 @@ impl State {
         let mut late_settled = Vec::new();
         let mut unknown = false;
         for name in names {
-            let Some((task_id, _)) = watcher::classify(&name) else {
+            let Some((task_id, _)) = super::classify(&name) else {
                 continue;
             };
             if self.held_task_id() == Some(task_id.as_str()) {

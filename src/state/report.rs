@@ -9,24 +9,22 @@ use serde_json::{json, Value};
 
 use super::link::{Awaiting, Link, ReplyKind};
 use super::task::{HubSync, Phase};
+use super::LifecycleEvent;
 use super::{record, Effect, Held, State};
-use crate::lifecycle_log::LifecycleEvent;
-use crate::protocol::{self, AckStatus};
-use crate::queue_store::{PastFate, Report};
+use super::{PastFate, Report};
+use crate::protocol::{self, AckStatus, Outgoing};
 
 impl Held<'_> {
-    /// Sends a frame of `frame_type`, awaiting an answer of `kind` about this
-    /// task.
+    /// Sends `frame`, awaiting an answer of `kind` about this task.
     pub(super) fn send_expecting(
         &mut self,
-        frame_type: &'static str,
-        text: String,
+        frame: Outgoing,
         kind: ReplyKind,
         generation: u64,
         fx: &mut Vec<Effect>,
     ) {
         let entry = Awaiting { kind, task_id: self.task.id.clone(), generation };
-        self.link.send(frame_type, text, Some(entry), fx);
+        self.link.send(frame, Some(entry), fx);
     }
 
     /// After a (re)connect the hub may have taken the task back: ask before
@@ -38,15 +36,22 @@ impl Held<'_> {
         let t = &*self.task;
         log::info!("asking the hub about task {} (generation {})", t.id, t.generation);
         fx.push(record(LifecycleEvent::RecoveringSent, t.fields()));
-        let recovering = protocol::out_task_recovering(&t.id, &t.description, &t.metadata, t.status());
-        let state_report = self
-            .settings
-            .send_state_report
-            .then(|| protocol::out_state_report(&t.id, t.generation, t.status(), t.assigned_at));
+        let recovering = Outgoing::TaskRecovering {
+            task_id: t.id.clone(),
+            description: t.description.clone(),
+            metadata: t.metadata.clone(),
+            last_status: t.status(),
+        };
+        let state_report = self.settings.send_state_report.then(|| Outgoing::StateReport {
+            task_id: t.id.clone(),
+            generation: t.generation,
+            status: t.status(),
+            assigned_at: t.assigned_at,
+        });
         let generation = t.generation;
-        self.send_expecting("task_recovering", recovering, ReplyKind::Recovering, generation, fx);
-        if let Some(text) = state_report {
-            self.send_expecting("state_report", text, ReplyKind::StateReport, generation, fx);
+        self.send_expecting(recovering, ReplyKind::Recovering, generation, fx);
+        if let Some(frame) = state_report {
+            self.send_expecting(frame, ReplyKind::StateReport, generation, fx);
         }
     }
 
@@ -118,23 +123,23 @@ impl Held<'_> {
         let Phase::Reporting { report, sent: sent @ None, .. } = &mut self.task.phase else {
             return;
         };
-        let (text, kind, frame_type) = match report {
+        let (frame, kind) = match report {
             Report::Complete { result } => (
-                protocol::out_task_complete(&task_id, generation, result),
+                Outgoing::TaskComplete { task_id: task_id.clone(), generation, result: result.clone() },
                 ReplyKind::Complete,
-                "task_complete",
             ),
-            Report::Failed { reason } => {
-                (protocol::out_task_failed(&task_id, generation, reason), ReplyKind::Failed, "task_failed")
-            }
+            Report::Failed { reason } => (
+                Outgoing::TaskFailed { task_id: task_id.clone(), generation, reason: reason.clone() },
+                ReplyKind::Failed,
+            ),
         };
         *sent = Some(generation);
         log::info!("reporting task {task_id} (generation {generation})");
         fx.push(record(
             LifecycleEvent::ReportSent,
-            json!({ "task_id": task_id, "generation": generation, "type": frame_type }),
+            json!({ "task_id": task_id, "generation": generation, "type": frame.kind().wire_name() }),
         ));
-        self.send_expecting(frame_type, text, kind, generation, fx);
+        self.send_expecting(frame, kind, generation, fx);
     }
 
     pub(super) fn flush_progress(&mut self, now: Instant, fx: &mut Vec<Effect>) {
@@ -158,8 +163,8 @@ impl Held<'_> {
         progress.last_sent_at = Some(now);
         progress.touched_at = Some(now);
         progress.last_value = Some((value, message.clone()));
-        let text = protocol::out_task_progress(&self.task.id, value, message.as_deref());
-        self.link.send_progress(&self.task.id, text, keepalive, fx);
+        let frame = Outgoing::TaskProgress { task_id: self.task.id.clone(), progress: value, message };
+        self.link.send_progress(&self.task.id, frame, keepalive, fx);
     }
 }
 

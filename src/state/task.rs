@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Map, Value};
 
+use super::{Report, TaskRecord, TaskStatus};
 use crate::protocol::TaskAssign;
-use crate::queue_store::{Report, TaskRecord, TaskStatus};
 
 /// How far the work on a task has come.
 #[derive(Debug, Clone, PartialEq)]

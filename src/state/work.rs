@@ -8,12 +8,12 @@ use serde_json::{json, Value};
 use super::link::ReplyKind;
 use super::report::{parse_progress, report_from_result};
 use super::task::{HubSync, Phase, Task, Unparsed};
+use super::LifecycleEvent;
+use super::{is_valid_task_id, ReadResult};
 use super::{record, Effect, Held, State, TaskFiles, WakeStart};
-use crate::lifecycle_log::LifecycleEvent;
-use crate::protocol::{self, TaskAssign};
-use crate::queue_store::{Report, WakeProcess};
-use crate::wake::{WakeOutcome, WakeStarted, WakeStatus};
-use crate::watcher::{is_valid_task_id, ReadResult};
+use super::{Report, WakeProcess};
+use super::{WakeOutcome, WakeStarted, WakeStatus};
+use crate::protocol::{Outgoing, TaskAssign};
 
 impl State {
     // ----- intake -----------------------------------------------------------
@@ -141,21 +141,13 @@ impl State {
         if was_running {
             self.wake_running = None;
         }
-        let (status_word, error) = match &outcome.status {
-            WakeStatus::Success => ("success", None),
-            WakeStatus::Failed { exit_code: Some(code) } => ("failed", Some(format!("exit code {code}"))),
-            WakeStatus::Failed { exit_code: None } => ("failed", Some("killed by a signal".to_string())),
-            WakeStatus::TimedOut => ("timeout", Some("timed out".to_string())),
-            WakeStatus::SpawnFailed(e) => ("failed", Some(format!("could not start: {e}"))),
-            WakeStatus::Cancelled => ("cancelled", None),
-            WakeStatus::LeftRunning => ("left_running", None),
-        };
+        let error = outcome.status.error();
         fx.push(record(
             LifecycleEvent::WakeFinished,
             json!({
                 "task_id": outcome.task_id,
                 "attempt": outcome.attempt,
-                "status": status_word,
+                "status": outcome.status.word(),
                 "error": error,
                 "elapsed_ms": outcome.elapsed.as_millis() as u64,
                 "stdout": outcome.stdout_tail,
@@ -181,13 +173,13 @@ impl State {
             return;
         }
         if held.settings.send_wake_result {
-            let text = protocol::out_wake_result(
-                &outcome.task_id,
-                status_word,
-                outcome.attempt,
-                error.as_deref().map(super::public::without_local_paths).as_deref(),
-            );
-            held.send_expecting("wake_result", text, ReplyKind::Unhandled, 0, fx);
+            let frame = Outgoing::WakeResult {
+                task_id: outcome.task_id.clone(),
+                status: outcome.status.clone(),
+                attempt: outcome.attempt,
+                error: error.as_deref().map(super::public::without_local_paths),
+            };
+            held.send_expecting(frame, ReplyKind::Unhandled, 0, fx);
         }
         match held.task.phase {
             Phase::Waking { attempt } if !held.task.confirmed => {
@@ -215,8 +207,8 @@ impl Held<'_> {
         let task_id = self.task.id.clone();
         if generation <= self.task.generation {
             log::debug!("task {task_id} assigned again at generation {generation}: a resend");
-            let text = protocol::out_task_accepted(&task_id);
-            self.send_expecting("task_accepted", text, ReplyKind::Accepted, generation, fx);
+            let frame = Outgoing::TaskAccepted { task_id };
+            self.send_expecting(frame, ReplyKind::Accepted, generation, fx);
             return;
         }
         log::info!(
@@ -239,8 +231,8 @@ impl Held<'_> {
 
     pub(super) fn accept(&mut self, fx: &mut Vec<Effect>) {
         self.task.progress.touched_at = Some(self.link.now());
-        let text = protocol::out_task_accepted(&self.task.id);
-        self.send_expecting("task_accepted", text, ReplyKind::Accepted, self.task.generation, fx);
+        let frame = Outgoing::TaskAccepted { task_id: self.task.id.clone() };
+        self.send_expecting(frame, ReplyKind::Accepted, self.task.generation, fx);
     }
 
     /// Starts or resumes work on the task according to its phase: wake it if

@@ -14,7 +14,9 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+pub use crate::state::{
+    WakeIdentity, WakeMode, WakeOutcome, WakeStarted, WakeStatus, STDERR_LINE_LIMIT_CHARS,
+};
 
 mod capture;
 mod executor;
@@ -77,101 +79,6 @@ pub struct WakeRequest {
     pub max_result_bytes: u64,
 }
 
-/// What the wake command is (config key `wake_mode`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum WakeMode {
-    /// The command starts or pokes the agent and returns; the agent confirms
-    /// with `.started` and writes its result file (the Node sidecar's
-    /// behaviour).
-    #[default]
-    Launch,
-    /// The command is the agent (a headless agent CLI): its start is the
-    /// confirmation, its end the outcome (see [`run::conclude`]).
-    Run,
-}
-
-impl WakeMode {
-    pub fn parse(name: &str) -> Option<WakeMode> {
-        match name {
-            "launch" => Some(WakeMode::Launch),
-            "run" => Some(WakeMode::Run),
-            _ => None,
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            WakeMode::Launch => "launch",
-            WakeMode::Run => "run",
-        }
-    }
-
-    pub fn is_launch(&self) -> bool {
-        *self == WakeMode::Launch
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum WakeStatus {
-    /// The command exited with status 0.
-    Success,
-    /// The command exited non-zero; `exit_code` is `None` when a signal
-    /// ended it.
-    Failed { exit_code: Option<i32> },
-    /// The command did not exit within the timeout; its tree was killed.
-    TimedOut,
-    /// The command could not be started (or its task file not written); the
-    /// text says why.
-    SpawnFailed(String),
-    /// [`WakeHandle::cancel`] (or dropping the handle) ended the running
-    /// attempt.
-    Cancelled,
-    /// The handle was dropped (the sidecar stops) while a run-mode agent
-    /// ran: it was left running, to be found by the next start.
-    LeftRunning,
-}
-
-#[derive(Debug, Clone)]
-pub struct WakeOutcome {
-    pub task_id: String,
-    pub attempt: u32,
-    pub status: WakeStatus,
-    /// The last [`TAIL_LIMIT_BYTES`] of stdout, as lossy UTF-8.
-    pub stdout_tail: String,
-    /// The last [`TAIL_LIMIT_BYTES`] of stderr, as lossy UTF-8.
-    pub stderr_tail: String,
-    /// From the start of the attempt to the outcome.
-    pub elapsed: Duration,
-}
-
-/// Reported (see [`WakeHandle::spawn_with_started`]) as soon as an attempt's
-/// command has started, before its outcome: what the core persists so that
-/// after a crash it can find the command again ([`end_leftover`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WakeStarted {
-    pub task_id: String,
-    pub attempt: u32,
-    pub identity: WakeIdentity,
-}
-
-/// What identifies a started wake command without trusting a pid alone (pids
-/// are reused). Serializable for queue.json.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct WakeIdentity {
-    pub pid: u32,
-    /// Unix: the process group the command leads (its pid). Windows: none
-    /// (a job object holds the tree, and dies with the sidecar).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub process_group: Option<u32>,
-    /// When the process started: Linux, clock ticks after boot
-    /// (`/proc/<pid>/stat` field 22); Windows, its creation time (100 ns
-    /// units since 1601). `None` where the platform gives none: such a
-    /// leftover is never ended.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub start_time: Option<u64>,
-}
-
 /// What [`end_leftover`] found and did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Leftover {
@@ -188,6 +95,19 @@ pub enum Leftover {
     Unverifiable,
     /// Checking or ending it failed; the text says why.
     Failed(String),
+}
+
+impl Leftover {
+    /// Its word in the lifecycle log (`found` of `wake_leftover`).
+    pub fn word(&self) -> &'static str {
+        match self {
+            Leftover::Gone => "gone",
+            Leftover::Ended => "ended",
+            Leftover::StillExiting => "still_exiting",
+            Leftover::Unverifiable => "unverifiable",
+            Leftover::Failed(_) => "failed",
+        }
+    }
 }
 
 /// How long [`end_leftover`] waits for an ended leftover to go.
@@ -234,37 +154,6 @@ impl AgentWatch {
 /// it on a thread of its own.
 pub fn terminate_leftover(identity: &WakeIdentity, grace: Duration) -> Leftover {
     sys::terminate_leftover(identity, grace)
-}
-
-/// How many characters of a failed attempt's stderr line the warning shows.
-pub const STDERR_LINE_LIMIT_CHARS: usize = 300;
-
-impl WakeOutcome {
-    /// The last non-blank line of the command's stderr, trimmed and cut to
-    /// [`STDERR_LINE_LIMIT_CHARS`] (with `...` when cut): the likely reason
-    /// of a failure, short enough for a log line.
-    pub fn stderr_last_line(&self) -> Option<String> {
-        let line = self.stderr_tail.lines().map(str::trim).rfind(|line| !line.is_empty())?;
-        match line.char_indices().nth(STDERR_LINE_LIMIT_CHARS) {
-            Some((cut, _)) => Some(format!("{}...", &line[..cut])),
-            None => Some(line.to_string()),
-        }
-    }
-}
-
-impl fmt::Display for WakeStatus {
-    /// Short words for a log line: `exit code 127`, `timed out`...
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            WakeStatus::Success => f.write_str("succeeded"),
-            WakeStatus::Failed { exit_code: Some(code) } => write!(f, "exit code {code}"),
-            WakeStatus::Failed { exit_code: None } => f.write_str("ended without an exit code"),
-            WakeStatus::TimedOut => f.write_str("timed out"),
-            WakeStatus::SpawnFailed(text) => write!(f, "could not start: {text}"),
-            WakeStatus::Cancelled => f.write_str("cancelled"),
-            WakeStatus::LeftRunning => f.write_str("left running"),
-        }
-    }
 }
 
 impl fmt::Debug for WakeRequest {

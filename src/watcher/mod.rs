@@ -19,16 +19,7 @@ use std::path::{Path, PathBuf};
 use notify::event::{AccessKind, AccessMode};
 use notify::{EventKind, RecursiveMode, Watcher};
 
-/// What the watcher saw. Both variants are hints to look at the directory
-/// again; neither says what is in it now.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ResultsEvent {
-    /// These paths were created, written, renamed or removed.
-    Changed(Vec<PathBuf>),
-    /// The watcher lost track (an error or an event-queue overflow): anything
-    /// may have changed, so rescan the whole directory.
-    Rescan,
-}
+pub use crate::state::{classify, is_valid_task_id, FileKind, ReadResult, ResultsEvent, MAX_TASK_ID_LEN};
 
 /// Watches one results directory, non-recursively. The loop owns this value;
 /// dropping it stops watching (notify's watcher shuts its thread down on
@@ -36,36 +27,6 @@ pub enum ResultsEvent {
 pub struct ResultsWatcher {
     _watcher: notify::RecommendedWatcher,
 }
-
-/// The three files an agent writes for a task.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FileKind {
-    /// `<task_id>.started`: the agent confirms it woke up.
-    Started,
-    /// `<task_id>.json`: the result, sent to the hub as `result`.
-    Result,
-    /// `<task_id>.progress`: `{"progress":0..100,"message":...}`.
-    Progress,
-}
-
-/// What [`read_json_file`] found.
-#[derive(Debug, Clone, PartialEq)]
-pub enum ReadResult {
-    /// No such file (yet, or any more).
-    Missing,
-    /// The file is larger than allowed; it was not read.
-    TooLarge { len: u64 },
-    /// The file is not a JSON object: empty, cut off mid-write, garbage, some
-    /// other JSON value, or unreadable (then `error` says why).
-    Unparseable { len: u64, error: String },
-    /// The file holds a JSON object (always a `Value::Object`).
-    Parsed(serde_json::Value),
-}
-
-/// Longest task id we accept, in bytes. The id names files, so it must stay
-/// well below file-name limits (255 bytes on common file systems) with the
-/// longest suffix added.
-pub const MAX_TASK_ID_LEN: usize = 128;
 
 impl ResultsWatcher {
     /// Creates `dir` if it is missing and starts watching it. `on_event` runs
@@ -91,65 +52,6 @@ impl ResultsWatcher {
             .watch(dir, RecursiveMode::NonRecursive)
             .map_err(|error| format!("cannot watch results directory {}: {error}", dir.display()))?;
         Ok(ResultsWatcher { _watcher: watcher })
-    }
-}
-
-impl FileKind {
-    /// The file-name suffix, without the dot.
-    pub fn extension(self) -> &'static str {
-        match self {
-            FileKind::Started => "started",
-            FileKind::Result => "json",
-            FileKind::Progress => "progress",
-        }
-    }
-
-    const ALL: [FileKind; 3] = [FileKind::Started, FileKind::Result, FileKind::Progress];
-}
-
-/// Splits a file name from the results directory into its task id and kind.
-/// Returns `None` for anything else, including temporary and hidden files
-/// (leading `.`, trailing `.tmp` or `~`), which well-behaved agents write
-/// before renaming into place, and names whose id is not a valid task id.
-pub fn classify(file_name: &str) -> Option<(String, FileKind)> {
-    if file_name.starts_with('.') || file_name.ends_with(".tmp") || file_name.ends_with('~') {
-        return None;
-    }
-    FileKind::ALL.into_iter().find_map(|kind| {
-        let task_id = file_name.strip_suffix(kind.extension())?.strip_suffix('.')?;
-        is_valid_task_id(task_id).then(|| (task_id.to_string(), kind))
-    })
-}
-
-/// Whether `id` may name files in the results directory: 1 to 128 bytes of
-/// `[A-Za-z0-9._-]` (docs/protocol.md section 5.1), and not `.` or `..`.
-///
-/// This is slightly stricter than the protocol's character class: an id
-/// starting with `.` is refused too. Its files would be hidden files, which
-/// [`classify`] ignores, so such a task could never be confirmed or finish;
-/// refusing it up front fails it visibly instead. `.` and `..` are covered by
-/// the same rule. Real hub ids are `task-` plus hex digits.
-///
-/// Windows device names (`CON`, `NUL`, `COM1`, ... also with an extension,
-/// as in `nul.txt`, in any case) are refused on every platform: on Windows
-/// `CON.json` opens the console, not a file, and a task must behave the same
-/// on every machine of a fleet.
-pub fn is_valid_task_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= MAX_TASK_ID_LEN
-        && !id.starts_with('.')
-        && id.bytes().all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'.' | b'_' | b'-'))
-        && !is_windows_device_name(id)
-}
-
-/// Whether Windows would take a file named `id.<ext>` for a device: the part
-/// before the first dot is CON, PRN, AUX, NUL, COM0-9 or LPT0-9.
-fn is_windows_device_name(id: &str) -> bool {
-    let stem = id.split('.').next().unwrap_or(id).to_ascii_uppercase();
-    match stem.as_bytes() {
-        b"CON" | b"PRN" | b"AUX" | b"NUL" => true,
-        [b'C', b'O', b'M', digit] | [b'L', b'P', b'T', digit] => digit.is_ascii_digit(),
-        _ => false,
     }
 }
 

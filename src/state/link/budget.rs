@@ -10,6 +10,8 @@
 
 use std::time::{Duration, Instant};
 
+use crate::protocol::OutKind;
+
 /// A rate-limit tier of the hub ((4718a58) rate_limiter/config.ex).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tier {
@@ -25,11 +27,12 @@ pub enum Tier {
 impl Tier {
     pub const ALL: [Tier; 3] = [Tier::Light, Tier::Normal, Tier::Heavy];
 
-    /// The tier the hub puts a frame type in.
-    pub fn of(frame_type: &str) -> Tier {
-        match frame_type {
-            "ping" | "list_agents" | "list_channels" | "status" | "channel_history" => Tier::Light,
-            "identify" => Tier::Heavy,
+    /// The tier the hub puts a frame of ours in (it also puts its chat
+    /// queries, which we never send, in `Light`).
+    pub fn of(kind: OutKind) -> Tier {
+        match kind {
+            OutKind::Ping => Tier::Light,
+            OutKind::Identify => Tier::Heavy,
             _ => Tier::Normal,
         }
     }

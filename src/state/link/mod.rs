@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use super::{record, Effect};
-use crate::lifecycle_log::LifecycleEvent;
-use crate::protocol;
+use crate::protocol::{OutKind, Outgoing};
 use crate::retry::{backoff, BackoffPolicy, Jitter};
+use crate::state::LifecycleEvent;
 
 mod budget;
 mod outbox;
@@ -88,7 +88,7 @@ pub(crate) enum Timeout {
     Identify,
     Pong,
     /// A frame of this type got no answer within `reply_timeout`.
-    Reply(&'static str),
+    Reply(OutKind),
 }
 
 #[derive(Debug)]
@@ -124,7 +124,7 @@ pub(crate) struct Link {
     next_seq: u64,
     /// Frame types the hub refused as unknown on this connection: never
     /// sent on it again.
-    refused_types: Vec<&'static str>,
+    refused_types: Vec<OutKind>,
 }
 
 impl Link {
@@ -214,7 +214,7 @@ impl Link {
         if let Conn::Ready { pong_deadline, .. } = &mut self.conn {
             *pong_deadline = None;
         }
-        if let Some(index) = self.in_flight.iter().position(|s| s.frame_type == "ping") {
+        if let Some(index) = self.in_flight.iter().position(|s| s.kind() == OutKind::Ping) {
             self.answered(index);
         }
     }
@@ -248,12 +248,12 @@ impl Link {
         let Some(conn_id) = self.live_conn_id() else {
             return;
         };
-        if self.refused_types.contains(&frame.frame_type) {
-            log::debug!("not sending {}: the hub refused that type on this connection", frame.frame_type);
+        if self.refused_types.contains(&frame.kind()) {
+            log::debug!("not sending {}: the hub refused that type on this connection", frame.kind());
             return;
         }
-        self.budget.spend(Tier::of(frame.frame_type), frame.sent_at);
-        fx.push(Effect::Send { conn_id, text: frame.text.clone() });
+        self.budget.spend(Tier::of(frame.kind()), frame.sent_at);
+        fx.push(Effect::Send { conn_id, frame: frame.frame.clone() });
         if self.in_flight.len() == MAX_IN_FLIGHT {
             self.in_flight.pop_front();
         }
@@ -299,16 +299,14 @@ impl Link {
         withdrawn.into_iter().filter_map(|s| s.awaiting).collect()
     }
 
-    /// The hub refused the oldest frame of `frame_type` we sent
+    /// The hub refused the oldest frame of `kind` we sent
     /// (`validation_failed` names the type). Returns what it awaited.
     /// `unknown_type`: the hub has no such type; none is sent again on this
     /// connection.
-    pub fn refused(&mut self, frame_type: &str, unknown_type: bool) -> Option<Awaiting> {
-        let sent = self.take_sent(|s| s.frame_type == frame_type);
-        if unknown_type {
-            if let Some(sent) = &sent {
-                self.refuse_type(sent.frame_type);
-            }
+    pub fn refused(&mut self, kind: OutKind, unknown_type: bool) -> Option<Awaiting> {
+        let sent = self.take_sent(|s| s.kind() == kind);
+        if unknown_type && sent.is_some() {
+            self.refuse_type(kind);
         }
         sent.and_then(|s| s.awaiting)
     }
@@ -316,21 +314,21 @@ impl Link {
     /// `unknown_message_type` (the older hub): it answers the oldest frame
     /// awaiting one of `kinds`; that type is not sent again on this
     /// connection.
-    pub fn unknown_type(&mut self, kinds: &[ReplyKind]) -> Option<&'static str> {
+    pub fn unknown_type(&mut self, kinds: &[ReplyKind]) -> Option<OutKind> {
         let sent = self.take_sent(|s| s.awaiting.as_ref().is_some_and(|a| kinds.contains(&a.kind)))?;
-        self.refuse_type(sent.frame_type);
-        Some(sent.frame_type)
+        self.refuse_type(sent.kind());
+        Some(sent.kind())
     }
 
-    fn refuse_type(&mut self, frame_type: &'static str) {
-        if !self.refused_types.contains(&frame_type) {
-            log::info!("the hub does not know {frame_type}; not sending it again on this connection");
-            self.refused_types.push(frame_type);
+    fn refuse_type(&mut self, kind: OutKind) {
+        if !self.refused_types.contains(&kind) {
+            log::info!("the hub does not know {kind}; not sending it again on this connection");
+            self.refused_types.push(kind);
         }
     }
 
     /// When the oldest question that must be answered times out.
-    fn reply_deadline(&self) -> Option<(Instant, &'static str)> {
+    fn reply_deadline(&self) -> Option<(Instant, OutKind)> {
         self.in_flight
             .iter()
             .filter(|s| {
@@ -338,7 +336,7 @@ impl Link {
                     matches!(a.kind, ReplyKind::Complete | ReplyKind::Failed | ReplyKind::Recovering)
                 })
             })
-            .map(|s| (s.sent_at + self.timers.reply_timeout, s.frame_type))
+            .map(|s| (s.sent_at + self.timers.reply_timeout, s.kind()))
             .min_by_key(|(at, _)| *at)
     }
 
@@ -365,8 +363,7 @@ impl Link {
                 };
                 // Pings never wait behind resends: they only keep the link.
                 let ping = Sent {
-                    frame_type: "ping",
-                    text: protocol::out_ping(),
+                    frame: Outgoing::Ping,
                     awaiting: None,
                     about: None,
                     keepalive: false,
@@ -377,9 +374,9 @@ impl Link {
             }
             _ => {}
         }
-        if let Some((at, frame_type)) = self.reply_deadline().filter(|_| self.is_ready()) {
+        if let Some((at, kind)) = self.reply_deadline().filter(|_| self.is_ready()) {
             if now >= at {
-                return Some(Timeout::Reply(frame_type));
+                return Some(Timeout::Reply(kind));
             }
         }
         if self.is_ready() {
@@ -397,7 +394,7 @@ impl Link {
                 let heartbeat = pong_deadline.unwrap_or(*next_ping_at);
                 let reply = self.reply_deadline().map(|(at, _)| at);
                 // The next frame waiting for a token goes when it comes.
-                let release = self.outbox.next().map(|next| self.budget.ready_at(Tier::of(next.frame_type)));
+                let release = self.outbox.next().map(|next| self.budget.ready_at(Tier::of(next.kind())));
                 [Some(heartbeat), release, reply].into_iter().flatten().min()
             }
             Conn::Stopped => None,

@@ -10,13 +10,13 @@ use std::collections::VecDeque;
 use std::time::Instant;
 
 use super::Awaiting;
+use crate::protocol::{OutKind, Outgoing};
 
 /// A frame for the hub: waiting for a token, or sent on the live connection
 /// and its fate not known yet.
 #[derive(Debug, Clone, PartialEq)]
 pub(super) struct Sent {
-    pub frame_type: &'static str,
-    pub text: String,
+    pub frame: Outgoing,
     pub awaiting: Option<Awaiting>,
     /// The task it is about, if any.
     pub about: Option<String>,
@@ -31,17 +31,20 @@ pub(super) struct Sent {
 impl Sent {
     /// No answer is expected: handled silently (or dropped).
     pub fn expects_no_answer(&self) -> bool {
-        self.awaiting.is_none() && self.frame_type != "ping"
+        self.awaiting.is_none() && self.kind() != OutKind::Ping
     }
 
-    /// Frames the newer hub (the only one that rate-limits) never answers
-    /// when it handles them: they only inform it.
+    pub fn kind(&self) -> OutKind {
+        self.frame.kind()
+    }
+
+    /// See [`OutKind::informational`].
     pub fn informational(&self) -> bool {
-        matches!(self.frame_type, "task_progress" | "wake_result")
+        self.kind().informational()
     }
 
     fn supersedes(&self, other: &Sent) -> bool {
-        self.informational() && self.frame_type == other.frame_type && self.about == other.about
+        self.informational() && self.kind() == other.kind() && self.about == other.about
     }
 }
 
@@ -66,7 +69,7 @@ impl Outbox {
         if let Some(waiting) = self.frames.iter_mut().find(|w| frame.supersedes(w)) {
             // A keep-alive does not replace a real update.
             if !frame.keepalive || waiting.keepalive {
-                waiting.text = frame.text;
+                waiting.frame = frame.frame;
                 waiting.keepalive = frame.keepalive;
             }
             return 1;

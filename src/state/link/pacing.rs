@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use super::budget::Tier;
 use super::outbox::Sent;
 use super::{Awaiting, Conn, Link, MAX_RETRY_AFTER};
+use crate::protocol::{OutKind, Outgoing};
 use crate::state::Effect;
 
 /// A run of `rate_limited` answers, logged once when it starts and once
@@ -23,28 +24,21 @@ pub(super) struct Episode {
 }
 
 impl Link {
-    /// Sends a frame of `frame_type` on the live connection (nothing without
-    /// one), noting what it awaits. On a hub that rate-limits it waits for a
-    /// token of its tier (see `outbox.rs` for the order).
-    pub fn send(
-        &mut self,
-        frame_type: &'static str,
-        text: String,
-        awaiting: Option<Awaiting>,
-        fx: &mut Vec<Effect>,
-    ) {
+    /// Sends `frame` on the live connection (nothing without one), noting
+    /// what it awaits. On a hub that rate-limits it waits for a token of its
+    /// tier (see `outbox.rs` for the order).
+    pub fn send(&mut self, frame: Outgoing, awaiting: Option<Awaiting>, fx: &mut Vec<Effect>) {
         let about = awaiting.as_ref().map(|a| a.task_id.clone());
-        let frame = Sent { frame_type, text, awaiting, about, keepalive: false, seq: 0, sent_at: self.now };
+        let frame = Sent { frame, awaiting, about, keepalive: false, seq: 0, sent_at: self.now };
         self.queue(frame, fx);
     }
 
     /// Sends a `task_progress` about `task_id` (a keep-alive: one that only
     /// repeats the last value). While it waits for a token, a newer one
     /// takes its place.
-    pub fn send_progress(&mut self, task_id: &str, text: String, keepalive: bool, fx: &mut Vec<Effect>) {
+    pub fn send_progress(&mut self, task_id: &str, frame: Outgoing, keepalive: bool, fx: &mut Vec<Effect>) {
         let frame = Sent {
-            frame_type: "task_progress",
-            text,
+            frame,
             awaiting: None,
             about: Some(task_id.to_owned()),
             keepalive,
@@ -77,7 +71,7 @@ impl Link {
     /// Sends what the budget allows now, in the outbox's order.
     pub(super) fn release(&mut self, now: Instant, fx: &mut Vec<Effect>) {
         while let Some(next) = self.outbox.next() {
-            if self.paced && !self.budget.can_send(Tier::of(next.frame_type), now) {
+            if self.paced && !self.budget.can_send(Tier::of(next.kind()), now) {
                 return;
             }
             let Some(frame) = self.outbox.pop_next() else { break };
@@ -134,7 +128,7 @@ impl Link {
         // (an informational one is thereby done); the hub has not counted
         // the ones sent after it yet.
         let of_tier: Vec<usize> =
-            (0..self.in_flight.len()).filter(|&i| Tier::of(self.in_flight[i].frame_type) == tier).collect();
+            (0..self.in_flight.len()).filter(|&i| Tier::of(self.in_flight[i].kind()) == tier).collect();
         let after = of_tier.len().saturating_sub(1) as u64;
         if let Some(&oldest) = of_tier.first() {
             if self.in_flight[oldest].informational() {
@@ -159,7 +153,7 @@ impl Link {
         // of a dead link, or a report, for ages.
         let (wait, in_a_row) = self.budget.on_denied(tier, retry_after.min(MAX_RETRY_AFTER), now);
         let of_tier: Vec<usize> =
-            (0..self.in_flight.len()).filter(|&i| Tier::of(self.in_flight[i].frame_type) == tier).collect();
+            (0..self.in_flight.len()).filter(|&i| Tier::of(self.in_flight[i].kind()) == tier).collect();
         let count =
             of_tier.iter().position(|&i| !self.in_flight[i].informational()).map_or(of_tier.len(), |n| n + 1);
         let mut taken = Vec::with_capacity(count);
@@ -167,7 +161,7 @@ impl Link {
             taken.extend(self.in_flight.remove(index));
         }
         taken.reverse();
-        let denied = taken.last().map_or("nothing of ours in flight", |f| f.frame_type);
+        let denied = taken.last().map_or("nothing of ours in flight", |f| f.kind().wire_name());
         match &mut self.episode {
             None => {
                 log::warn!(
@@ -190,7 +184,7 @@ impl Link {
         }
         let mut resend = Vec::with_capacity(taken.len());
         for frame in taken {
-            if frame.frame_type == "ping" {
+            if frame.kind() == OutKind::Ping {
                 // A dropped ping gets no pong: that is not a dead connection.
                 if let Conn::Ready { next_ping_at, pong_deadline, .. } = &mut self.conn {
                     *pong_deadline = None;

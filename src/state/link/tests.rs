@@ -1,5 +1,7 @@
 use super::*;
 use crate::retry::JitterStrategy;
+use crate::state::{TaskStatus, WakeStatus};
+use serde_json::Value;
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
@@ -38,10 +40,43 @@ fn entry(kind: ReplyKind, generation: u64) -> Awaiting {
     Awaiting { kind, task_id: "t".into(), generation }
 }
 
+/// A frame of the kind named `kind` that [`sent`] shows as `label`.
+fn out(kind: &str, label: impl Into<String>) -> Outgoing {
+    let label = label.into();
+    match OutKind::parse(kind).expect("a kind we send") {
+        OutKind::TaskProgress => {
+            Outgoing::TaskProgress { task_id: "t".into(), progress: 0, message: Some(label) }
+        }
+        OutKind::TaskAccepted => Outgoing::TaskAccepted { task_id: label },
+        OutKind::TaskComplete => {
+            Outgoing::TaskComplete { task_id: label, generation: 0, result: Value::Null }
+        }
+        OutKind::WakeResult => {
+            Outgoing::WakeResult { task_id: label, status: WakeStatus::Success, attempt: 1, error: None }
+        }
+        OutKind::TaskRecovering => Outgoing::TaskRecovering {
+            task_id: label,
+            description: String::new(),
+            metadata: Value::Null,
+            last_status: TaskStatus::Working,
+        },
+        other => panic!("no test frame of kind {other}"),
+    }
+}
+
+/// The labels (see [`out`]) of the frames sent; a ping is `ping`.
 fn sent(fx: &[Effect]) -> Vec<&str> {
     fx.iter()
         .filter_map(|e| match e {
-            Effect::Send { text, .. } => Some(text.as_str()),
+            Effect::Send { frame, .. } => Some(match frame {
+                Outgoing::TaskProgress { message, .. } => message.as_deref().unwrap_or(""),
+                Outgoing::TaskAccepted { task_id }
+                | Outgoing::TaskComplete { task_id, .. }
+                | Outgoing::WakeResult { task_id, .. }
+                | Outgoing::TaskRecovering { task_id, .. } => task_id.as_str(),
+                Outgoing::Ping => "ping",
+                _ => "?",
+            }),
             _ => None,
         })
         .collect()
@@ -69,9 +104,9 @@ fn answers_are_matched_to_the_oldest_frame_of_their_kind() {
     let t0 = Instant::now();
     let mut link = ready(t0);
     let mut fx = Vec::new();
-    link.send("task_complete", "a".into(), Some(entry(ReplyKind::Complete, 1)), &mut fx);
-    link.send("wake_result", "b".into(), Some(entry(ReplyKind::Unhandled, 0)), &mut fx);
-    link.send("task_complete", "c".into(), Some(entry(ReplyKind::Complete, 2)), &mut fx);
+    link.send(out("task_complete", "a"), Some(entry(ReplyKind::Complete, 1)), &mut fx);
+    link.send(out("wake_result", "b"), Some(entry(ReplyKind::Unhandled, 0)), &mut fx);
+    link.send(out("task_complete", "c"), Some(entry(ReplyKind::Complete, 2)), &mut fx);
     assert_eq!(link.find_awaiting(ReplyKind::Complete), Some(&entry(ReplyKind::Complete, 1)));
     assert_eq!(link.take_awaiting(&[ReplyKind::Complete]), Some(entry(ReplyKind::Complete, 1)));
     assert_eq!(
@@ -82,8 +117,8 @@ fn answers_are_matched_to_the_oldest_frame_of_their_kind() {
     assert_eq!(link.take_awaiting(&[ReplyKind::Complete]), None);
     // The newer hub answers no wake_result: the answer to a later frame
     // says it was handled.
-    link.send("wake_result", "d".into(), Some(entry(ReplyKind::Unhandled, 0)), &mut fx);
-    link.send("task_complete", "e".into(), Some(entry(ReplyKind::Complete, 3)), &mut fx);
+    link.send(out("wake_result", "d"), Some(entry(ReplyKind::Unhandled, 0)), &mut fx);
+    link.send(out("task_complete", "e"), Some(entry(ReplyKind::Complete, 3)), &mut fx);
     assert_eq!(link.take_awaiting(&[ReplyKind::Complete]), Some(entry(ReplyKind::Complete, 3)));
     assert_eq!(link.take_awaiting(&[ReplyKind::Unhandled]), None);
 }
@@ -96,21 +131,21 @@ fn a_warning_corrects_the_model_for_the_frames_sent_after_the_one_it_speaks_of()
     let mut fx = Vec::new();
     // The model thinks 10 - 3 = 7 are left; the hub says 2 were left after
     // the first of the three, so 1 is, and one more frame may go.
-    link.send("task_accepted", "a".into(), Some(entry(ReplyKind::Accepted, 1)), &mut fx);
-    link.send("wake_result", "w".into(), Some(entry(ReplyKind::Unhandled, 0)), &mut fx);
-    link.send("task_complete", "c".into(), Some(entry(ReplyKind::Complete, 1)), &mut fx);
+    link.send(out("task_accepted", "a"), Some(entry(ReplyKind::Accepted, 1)), &mut fx);
+    link.send(out("wake_result", "w"), Some(entry(ReplyKind::Unhandled, 0)), &mut fx);
+    link.send(out("task_complete", "c"), Some(entry(ReplyKind::Complete, 1)), &mut fx);
     link.on_rate_limit_warning(Some("normal"), Some(3), Some(10));
     assert_eq!(link.budget.tokens(Tier::Normal, t0), 1);
     fx.clear();
-    link.send("task_accepted", "b".into(), Some(entry(ReplyKind::Accepted, 2)), &mut fx);
-    link.send("task_accepted", "b2".into(), Some(entry(ReplyKind::Accepted, 3)), &mut fx);
+    link.send(out("task_accepted", "b"), Some(entry(ReplyKind::Accepted, 2)), &mut fx);
+    link.send(out("task_accepted", "b2"), Some(entry(ReplyKind::Accepted, 3)), &mut fx);
     assert_eq!(sent(&fx), ["b"]);
     // The hub may hold a fraction more than it says, never less: a model
     // with most of a token more comes down to the whole number.
     let mut link = ready(t0);
     link.hub_rate_limits();
     for _ in 0..9 {
-        link.send("task_accepted", "x".into(), Some(entry(ReplyKind::Accepted, 1)), &mut fx);
+        link.send(out("task_accepted", "x"), Some(entry(ReplyKind::Accepted, 1)), &mut fx);
         link.take_awaiting(&[ReplyKind::Accepted]);
     }
     let later = t0 + ms(90);
@@ -125,7 +160,7 @@ fn a_lost_connection_forgets_what_it_awaited_and_backs_off_with_a_cooldown() {
     let t0 = Instant::now();
     let mut link = ready(t0);
     let mut fx = Vec::new();
-    link.send("task_complete", "a".into(), Some(entry(ReplyKind::Complete, 1)), &mut fx);
+    link.send(out("task_complete", "a"), Some(entry(ReplyKind::Complete, 1)), &mut fx);
     let delay = link.on_lost(Some(ms(5_000)), t0);
     assert_eq!(delay, ms(5_000));
     assert_eq!(link.live_conn_id(), None);
@@ -140,7 +175,7 @@ fn a_rate_limited_frame_is_resent_after_the_delay_with_its_correlation() {
     let t0 = Instant::now();
     let mut link = ready(t0);
     let mut fx = Vec::new();
-    link.send("task_complete", "report".into(), Some(entry(ReplyKind::Complete, 3)), &mut fx);
+    link.send(out("task_complete", "report"), Some(entry(ReplyKind::Complete, 3)), &mut fx);
     link.on_rate_limited(ms(250), Some("normal"), t0);
     assert_eq!(link.find_awaiting(ReplyKind::Complete), None, "a dropped frame awaits nothing");
     assert_eq!(link.deadline(), Some(t0 + ms(250)));
@@ -170,16 +205,16 @@ fn frames_denied_in_a_row_are_all_resent_in_their_order_after_the_delay() {
     let t0 = Instant::now();
     let mut link = ready(t0);
     let mut fx = Vec::new();
-    link.send("task_accepted", "accepted".into(), Some(entry(ReplyKind::Accepted, 3)), &mut fx);
-    link.send("wake_result", "woken".into(), None, &mut fx);
-    link.send("task_complete", "complete".into(), Some(entry(ReplyKind::Complete, 3)), &mut fx);
+    link.send(out("task_accepted", "accepted"), Some(entry(ReplyKind::Accepted, 3)), &mut fx);
+    link.send(out("wake_result", "woken"), None, &mut fx);
+    link.send(out("task_complete", "complete"), Some(entry(ReplyKind::Complete, 3)), &mut fx);
     assert_eq!(sent(&fx), ["accepted", "woken", "complete"]);
     for _ in 0..3 {
         link.on_rate_limited(ms(1_000), Some("normal"), t0 + ms(10));
     }
     // Sent meanwhile: waits behind them.
     fx.clear();
-    link.send("task_progress", "progress".into(), None, &mut fx);
+    link.send(out("task_progress", "progress"), None, &mut fx);
     assert!(sent(&fx).is_empty(), "nothing overtakes a frame waiting to be resent");
     assert_eq!(link.deadline(), Some(t0 + ms(1_000)), "the heartbeat is due first");
     link.tick(t0 + ms(1_000), &mut fx);
@@ -198,9 +233,9 @@ fn a_silent_frame_before_a_denied_one_is_resent_too_and_a_late_answer_cancels_a_
     let t0 = Instant::now();
     let mut link = ready(t0);
     let mut fx = Vec::new();
-    link.send("task_progress", "progress".into(), None, &mut fx);
-    link.send("task_complete", "complete".into(), Some(entry(ReplyKind::Complete, 3)), &mut fx);
-    link.send("task_accepted", "accepted".into(), Some(entry(ReplyKind::Accepted, 3)), &mut fx);
+    link.send(out("task_progress", "progress"), None, &mut fx);
+    link.send(out("task_complete", "complete"), Some(entry(ReplyKind::Complete, 3)), &mut fx);
+    link.send(out("task_accepted", "accepted"), Some(entry(ReplyKind::Accepted, 3)), &mut fx);
     // Which of progress and complete was dropped cannot be told: both go
     // again; accepted is still in flight.
     link.on_rate_limited(ms(500), Some("normal"), t0);
@@ -218,9 +253,9 @@ fn an_answer_retires_the_silent_frames_sent_before_it() {
     let t0 = Instant::now();
     let mut link = ready(t0);
     let mut fx = Vec::new();
-    link.send("task_progress", "p1".into(), None, &mut fx);
-    link.send("task_accepted", "accepted".into(), Some(entry(ReplyKind::Accepted, 3)), &mut fx);
-    link.send("task_progress", "p2".into(), None, &mut fx);
+    link.send(out("task_progress", "p1"), None, &mut fx);
+    link.send(out("task_accepted", "accepted"), Some(entry(ReplyKind::Accepted, 3)), &mut fx);
+    link.send(out("task_progress", "p2"), None, &mut fx);
     assert!(link.take_awaiting(&[ReplyKind::Accepted]).is_some());
     // Only p2 can be the frame a rate_limited now refers to.
     link.on_rate_limited(ms(200), Some("normal"), t0);
@@ -234,7 +269,7 @@ fn a_rate_limited_ping_is_dropped_while_the_frames_before_it_are_resent() {
     let t0 = Instant::now();
     let mut link = ready(t0);
     let mut fx = Vec::new();
-    link.send("task_progress", "p1".into(), None, &mut fx);
+    link.send(out("task_progress", "p1"), None, &mut fx);
     link.tick(t0 + ms(1_000), &mut fx);
     // The hub names the tier: one denial for each.
     link.on_rate_limited(ms(200), Some("normal"), t0 + ms(1_000));
@@ -253,7 +288,7 @@ fn a_huge_retry_after_is_capped_so_pings_and_resends_go_on() {
     let t0 = Instant::now();
     let mut link = ready(t0);
     let mut fx = Vec::new();
-    link.send("task_complete", "report".into(), Some(entry(ReplyKind::Complete, 3)), &mut fx);
+    link.send(out("task_complete", "report"), Some(entry(ReplyKind::Complete, 3)), &mut fx);
     link.on_rate_limited(Duration::from_millis(u64::MAX), None, t0);
     let resend_at = t0 + MAX_RETRY_AFTER;
     // Pings continue meanwhile; the resend is due at the cap, not in 584 million years.
@@ -273,7 +308,7 @@ fn a_huge_retry_after_is_capped_so_pings_and_resends_go_on() {
 }
 
 fn progress(link: &mut Link, task_id: &str, text: &str, keepalive: bool, fx: &mut Vec<Effect>) {
-    link.send_progress(task_id, text.into(), keepalive, fx);
+    link.send_progress(task_id, out("task_progress", text), keepalive, fx);
 }
 
 #[test]
@@ -283,7 +318,7 @@ fn on_a_hub_that_rate_limits_frames_wait_for_a_token_in_order() {
     link.hub_rate_limits();
     let mut fx = Vec::new();
     for i in 0..12 {
-        link.send("task_accepted", format!("a{i}"), Some(entry(ReplyKind::Accepted, i)), &mut fx);
+        link.send(out("task_accepted", format!("a{i}")), Some(entry(ReplyKind::Accepted, i)), &mut fx);
     }
     assert_eq!(sent(&fx).len(), 10, "the bucket holds 10");
     // The next token comes 100 ms after the bucket ran dry (and a guard).
@@ -301,7 +336,7 @@ fn on_a_hub_that_rate_limits_frames_wait_for_a_token_in_order() {
     assert_eq!(link.deadline(), Some(t0 + ms(1_000)));
     // Pings have a bucket of their own and never wait behind task frames.
     for i in 0..10 {
-        link.send("task_accepted", format!("b{i}"), Some(entry(ReplyKind::Accepted, i)), &mut fx);
+        link.send(out("task_accepted", format!("b{i}")), Some(entry(ReplyKind::Accepted, i)), &mut fx);
     }
     fx.clear();
     link.tick(t0 + ms(1_000), &mut fx);
@@ -314,7 +349,7 @@ fn a_hub_that_has_not_shown_it_rate_limits_gets_every_frame_at_once() {
     let mut link = ready(t0);
     let mut fx = Vec::new();
     for i in 0..30 {
-        link.send("task_accepted", format!("a{i}"), Some(entry(ReplyKind::Accepted, i)), &mut fx);
+        link.send(out("task_accepted", format!("a{i}")), Some(entry(ReplyKind::Accepted, i)), &mut fx);
     }
     assert_eq!(sent(&fx).len(), 30);
     // The model counted them, down to an empty bucket (the hub denies what
@@ -322,7 +357,7 @@ fn a_hub_that_has_not_shown_it_rate_limits_gets_every_frame_at_once() {
     // frame waits for a token.
     link.hub_rate_limits();
     fx.clear();
-    link.send("task_accepted", "late".into(), Some(entry(ReplyKind::Accepted, 99)), &mut fx);
+    link.send(out("task_accepted", "late"), Some(entry(ReplyKind::Accepted, 99)), &mut fx);
     assert!(sent(&fx).is_empty());
     assert_eq!(link.deadline(), Some(t0 + token(1)));
     link.tick(t0 + token(1), &mut fx);
@@ -336,23 +371,22 @@ fn when_tokens_are_short_outcomes_go_first_and_stale_information_is_merged_or_dr
     link.hub_rate_limits();
     let mut fx = Vec::new();
     for i in 0..10 {
-        link.send("task_accepted", format!("spent{i}"), Some(entry(ReplyKind::Accepted, i)), &mut fx);
+        link.send(out("task_accepted", format!("spent{i}")), Some(entry(ReplyKind::Accepted, i)), &mut fx);
     }
     fx.clear();
     let wake = |task: &str| Awaiting { kind: ReplyKind::Unhandled, task_id: task.into(), generation: 0 };
-    link.send("wake_result", "woken t".into(), Some(wake("t")), &mut fx);
+    link.send(out("wake_result", "woken t"), Some(wake("t")), &mut fx);
     progress(&mut link, "t", "t 10%", false, &mut fx);
     progress(&mut link, "u", "u keep-alive", true, &mut fx);
     progress(&mut link, "t", "t 50%", false, &mut fx);
     // A keep-alive gives way to a real update waiting for the same task.
     progress(&mut link, "t", "t keep-alive", true, &mut fx);
     link.send(
-        "task_accepted",
-        "accepted u".into(),
+        out("task_accepted", "accepted u"),
         Some(Awaiting { kind: ReplyKind::Accepted, task_id: "u".into(), generation: 1 }),
         &mut fx,
     );
-    link.send("task_complete", "complete t".into(), Some(entry(ReplyKind::Complete, 1)), &mut fx);
+    link.send(out("task_complete", "complete t"), Some(entry(ReplyKind::Complete, 1)), &mut fx);
     assert!(sent(&fx).is_empty());
     // t has an outcome: its progress and wake_result are stale.
     link.forget_info("t");
@@ -380,7 +414,7 @@ fn a_denial_holds_its_tier_for_the_hubs_wait_and_longer_when_repeated() {
     let t0 = Instant::now();
     let mut link = ready(t0);
     let mut fx = Vec::new();
-    link.send("task_complete", "c1".into(), Some(entry(ReplyKind::Complete, 1)), &mut fx);
+    link.send(out("task_complete", "c1"), Some(entry(ReplyKind::Complete, 1)), &mut fx);
     // A hub that denies anyway: the first denial waits its retry_after.
     link.on_rate_limited(ms(10), Some("normal"), t0);
     assert_eq!(link.deadline(), Some(t0 + token(1)), "and the model's next token");
@@ -407,7 +441,7 @@ fn a_lost_connection_drops_the_waiting_frames_but_not_the_budget() {
     link.hub_rate_limits();
     let mut fx = Vec::new();
     for i in 0..11 {
-        link.send("task_accepted", format!("a{i}"), Some(entry(ReplyKind::Accepted, i)), &mut fx);
+        link.send(out("task_accepted", format!("a{i}")), Some(entry(ReplyKind::Accepted, i)), &mut fx);
     }
     assert_eq!(sent(&fx).len(), 10);
     link.on_lost(None, t0 + ms(1));
@@ -419,7 +453,7 @@ fn a_lost_connection_drops_the_waiting_frames_but_not_the_budget() {
     let conn_id = link.live_conn_id().unwrap();
     assert!(link.on_connected(conn_id, reconnect_at));
     assert!(link.on_identified(reconnect_at));
-    link.send("task_recovering", "recovering".into(), Some(entry(ReplyKind::Recovering, 1)), &mut fx);
+    link.send(out("task_recovering", "recovering"), Some(entry(ReplyKind::Recovering, 1)), &mut fx);
     assert_eq!(sent(&fx), [] as [&str; 0]);
     link.tick(t0 + token(1), &mut fx);
     assert_eq!(sent(&fx), ["recovering"]);

@@ -22,7 +22,7 @@ fn an_idle_sidecar_persists_then_accepts_then_wakes() {
     let persist = h.fx.iter().position(|e| matches!(e, Effect::Persist(q) if q.active.is_some())).unwrap();
     let accept =
         h.fx.iter()
-            .position(|e| matches!(e, Effect::Send { text, .. } if text.contains("task_accepted")))
+            .position(|e| matches!(e, Effect::Send { frame, .. } if frame.kind() == crate::protocol::OutKind::TaskAccepted))
             .unwrap();
     assert!(persist < accept, "persisted before acknowledged");
     assert_eq!(h.sent()[0], json!({"type":"task_accepted","task_id":TASK,"protocol_version":1}));

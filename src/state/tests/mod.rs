@@ -130,7 +130,7 @@ impl Harness {
         self.fx
             .iter()
             .filter_map(|e| match e {
-                Effect::Send { text, .. } => Some(serde_json::from_str(text).unwrap()),
+                Effect::Send { frame, .. } => Some(serde_json::from_str(&frame.to_text()).unwrap()),
                 _ => None,
             })
             .collect()
@@ -218,10 +218,7 @@ fn describe(effect: &Effect) -> String {
     };
     match effect {
         Effect::Connect { .. } => "connect".into(),
-        Effect::Send { text, .. } => {
-            let frame: Value = serde_json::from_str(text).expect("frames are JSON");
-            format!("send {}", frame["type"].as_str().unwrap_or("?"))
-        }
+        Effect::Send { frame, .. } => format!("send {}", frame.kind()),
         Effect::Close { .. } => "close".into(),
         Effect::Persist(q) => {
             let held = match (&q.active, &q.recovering) {

@@ -12,19 +12,18 @@ fn limits() -> RateLimits {
 
 #[test]
 fn tiers_follow_the_hub_config() {
-    for (frame_type, tier) in [
-        ("ping", Tier::Light),
-        ("identify", Tier::Heavy),
-        ("task_accepted", Tier::Normal),
-        ("task_complete", Tier::Normal),
-        ("task_failed", Tier::Normal),
-        ("task_progress", Tier::Normal),
-        ("task_recovering", Tier::Normal),
-        ("wake_result", Tier::Normal),
-        ("state_report", Tier::Normal),
-        ("anything_new", Tier::Normal),
+    for (kind, tier) in [
+        (OutKind::Ping, Tier::Light),
+        (OutKind::Identify, Tier::Heavy),
+        (OutKind::TaskAccepted, Tier::Normal),
+        (OutKind::TaskComplete, Tier::Normal),
+        (OutKind::TaskFailed, Tier::Normal),
+        (OutKind::TaskProgress, Tier::Normal),
+        (OutKind::TaskRecovering, Tier::Normal),
+        (OutKind::WakeResult, Tier::Normal),
+        (OutKind::StateReport, Tier::Normal),
     ] {
-        assert_eq!(Tier::of(frame_type), tier, "{frame_type}");
+        assert_eq!(Tier::of(kind), tier, "{kind}");
     }
     for tier in Tier::ALL {
         assert_eq!(Tier::parse(tier.name()), Some(tier));
