@@ -10,7 +10,23 @@ use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
+use serde::Deserialize;
+
 pub use crate::state::{PastFate, PastTask, QueueFile, Report, TaskRecord, TaskStatus, WakeProcess};
+
+/// Lenient: a status this version does not know is read as `working` (the
+/// task is treated as being worked on, as before), with a warning.
+impl<'de> Deserialize<'de> for TaskStatus {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<TaskStatus, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        let known =
+            [TaskStatus::Accepted, TaskStatus::Waking, TaskStatus::WakingConfirmation, TaskStatus::Working];
+        Ok(known.into_iter().find(|s| s.as_str() == text).unwrap_or_else(|| {
+            log::warn!("queue.json: unknown task status {text:?}; treating it as working");
+            TaskStatus::Working
+        }))
+    }
+}
 
 /// What [`load`] found.
 #[derive(Debug)]

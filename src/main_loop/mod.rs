@@ -370,9 +370,9 @@ impl Shell {
             match effect {
                 Effect::Connect { conn_id } => self.connect(conn_id),
                 Effect::Send { conn_id, frame } => {
-                    let text = frame.to_text();
                     #[cfg(feature = "failpoints")]
-                    self.check_failpoint(&text);
+                    self.check_failpoint(frame.kind());
+                    let text = frame.to_text();
                     match &self.hub {
                         Some(hub) if self.hub_conn_id == conn_id => hub.send(text),
                         _ => log::debug!("dropping a frame for closed connection {conn_id}"),
@@ -435,6 +435,7 @@ impl Shell {
                     }
                     self.remove_task_files(&task_id);
                 }
+                Effect::Log { level, text } => log::log!(level, "{text}"),
                 Effect::Record { event, fields } => self.lifecycle.record(event, fields),
                 Effect::StartUpdate if self.config.update_url.is_some() => {
                     selfupdate::start_for_restart(&self.config, &self.events, &self.updating)
@@ -564,14 +565,14 @@ impl Shell {
     }
 
     #[cfg(feature = "failpoints")]
-    fn check_failpoint(&self, text: &str) {
+    fn check_failpoint(&self, kind: crate::protocol::OutKind) {
         let Some(failpoint) = &self.failpoint else {
             return;
         };
         let Some(frame_type) = failpoint.strip_prefix("before_send:") else {
             return;
         };
-        if text.contains(&format!("\"type\":\"{frame_type}\"")) {
+        if kind.wire_name() == frame_type {
             log::error!("failpoint {failpoint} reached: aborting");
             std::process::abort();
         }
@@ -631,7 +632,7 @@ fn coalesce_persists(effects: Vec<Effect>) -> Vec<(Effect, bool)> {
                     out.push((Effect::Persist(snapshot), false));
                 }
             },
-            Effect::Send { .. } | Effect::Record { .. } => out.push((effect, false)),
+            Effect::Send { .. } | Effect::Record { .. } | Effect::Log { .. } => out.push((effect, false)),
             other => {
                 run_start = None;
                 out.push((other, false));

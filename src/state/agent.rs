@@ -36,7 +36,7 @@ impl State {
     /// At start: forgets the recorded wake command unless it is a run-mode
     /// agent still at work; a launcher recorded as having exited 0 leaves
     /// its task waiting for confirmation. Whether a record was forgotten.
-    pub(super) fn take_leftover(&mut self) -> bool {
+    pub(super) fn take_leftover(&mut self, fx: &mut Vec<Effect>) -> bool {
         let Some(process) = self.wake_process.clone() else {
             return false;
         };
@@ -53,7 +53,8 @@ impl State {
             && same_attempt
             && task.phase == (Phase::ToWake { interrupted: true })
         {
-            log::info!(
+            say!(
+                fx, Info,
                 "the wake command of task {} exited 0 just before the last stop: waiting for its agent to confirm, not waking it again",
                 task.id
             );
@@ -88,7 +89,7 @@ impl State {
         if !self.agent_outside || self.wake_process.as_ref().is_none_or(|p| p.task_id != task_id) {
             return;
         }
-        log::info!("the agent of task {task_id}, left running by an earlier run, has ended");
+        say!(fx, Info, "the agent of task {task_id}, left running by an earlier run, has ended");
         self.agent_outside = false;
         self.agent_check_at = None;
         self.wake_process = None;
@@ -137,7 +138,7 @@ impl State {
             if task.phase == (Phase::Waking { attempt }) {
                 task.confirmed = true;
                 task.phase = Phase::Working;
-                log::info!("agent started for task {task_id} (run mode): confirmed");
+                say!(fx, Info, "agent started for task {task_id} (run mode): confirmed");
                 fx.push(record(LifecycleEvent::Confirmed, json!({ "task_id": task_id })));
             }
         }
@@ -172,7 +173,7 @@ impl Held<'_> {
             }
         };
         if failure.is_some() {
-            log::info!("the agent of task {task_id} ended ({}); its result file decides", outcome.status);
+            say!(fx, Info, "the agent of task {task_id} ended ({}); its result file decides", outcome.status);
         }
         self.task.exit_failure = failure;
         fx.push(Effect::ReadTaskFiles { task_id });
@@ -182,7 +183,7 @@ impl Held<'_> {
     /// task fails now.
     pub(super) fn fail_if_exited(&mut self, fx: &mut Vec<Effect>) {
         if let Some(reason) = self.task.exit_failure.take() {
-            log::warn!("task {} failed: {reason}", self.task.id);
+            say!(fx, Warn, "task {} failed: {reason}", self.task.id);
             self.set_outcome(Report::Failed { reason }, fx);
         }
     }

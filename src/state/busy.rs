@@ -54,10 +54,13 @@ impl State {
         generation: u64,
         assign: TaskAssign,
         wall_ms: u64,
+        fx: &mut Vec<Effect>,
     ) {
         self.pushed_while_busy.retain(|p| p.task_id != task_id);
         if self.pushed_while_busy.len() >= REMEMBERED {
-            log::warn!(
+            say!(
+                fx,
+                Warn,
                 "not remembering task {task_id}: {REMEMBERED} tasks pushed while busy are remembered already"
             );
             return;
@@ -89,10 +92,10 @@ impl State {
         for push in earlier {
             let BusyPush { task_id, generation, .. } = push;
             if !self.newer_hub {
-                log::info!("forgetting task {task_id} (generation {generation}), pushed while busy on an earlier connection: this hub takes it back by itself");
+                say!(fx, Info, "forgetting task {task_id} (generation {generation}), pushed while busy on an earlier connection: this hub takes it back by itself");
                 continue;
             }
-            log::info!("handing task {task_id} (generation {generation}) back to the hub: it was pushed while we were busy, on an earlier connection");
+            say!(fx, Info, "handing task {task_id} (generation {generation}) back to the hub: it was pushed while we were busy, on an earlier connection");
             let frame =
                 Outgoing::TaskFailed { task_id: task_id.clone(), generation, reason: BUSY_REASON.into() };
             let entry = Awaiting { kind: ReplyKind::Failed, task_id, generation };
@@ -102,7 +105,7 @@ impl State {
         if let Some(push) = current.next() {
             self.pushed_while_busy = current.collect();
             let BusyPush { task_id, generation, assign, wall_ms, .. } = push;
-            log::info!("taking task {task_id} (generation {generation}), pushed while we were busy on this connection");
+            say!(fx, Info, "taking task {task_id} (generation {generation}), pushed while we were busy on this connection");
             self.take_task(task_id, generation, assign, now, wall_ms, fx);
         }
     }

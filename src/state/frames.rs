@@ -29,18 +29,20 @@ impl State {
         // would crash them again, so the report counts as settled ("retried").
         if close_code == Some(1011) {
             if let Some(entry) = self.link.find_awaiting(ReplyKind::Failed).cloned() {
-                log::warn!(
+                say!(
+                    fx,
+                    Warn,
                     "hub closed with 1011 after task_failed for {}; treating the report as settled (retried)",
                     entry.task_id
                 );
                 self.settle(&entry, "retried (hub closed with 1011)", fx);
             }
         }
-        let delay = self.link.on_lost(close_reason.and_then(parse_retry_in), now);
+        let delay = self.link.on_lost(close_reason.and_then(parse_retry_in), now, fx);
         if let Some(task) = &mut self.task {
             task.on_link_lost();
         }
-        log::warn!("disconnected from hub: {reason}; reconnecting in {} ms", delay.as_millis());
+        say!(fx, Warn, "disconnected from hub: {reason}; reconnecting in {} ms", delay.as_millis());
         fx.push(record(
             LifecycleEvent::Disconnected,
             json!({ "reason": reason, "close_code": close_code, "reconnect_in_ms": delay.as_millis() as u64 }),
@@ -61,19 +63,19 @@ impl State {
         let incoming = match protocol::parse(text) {
             Ok(incoming) => incoming,
             Err(e) => {
-                log::warn!("ignoring a frame from the hub ({} bytes): {e}", text.len());
+                say!(fx, Warn, "ignoring a frame from the hub ({} bytes): {e}", text.len());
                 return;
             }
         };
-        log::debug!("hub frame: {incoming:?}");
+        say!(fx, Debug, "hub frame: {incoming:?}");
         match incoming {
             Incoming::Identified => self.on_identified(now, fx),
             Incoming::Error(error) => self.on_error(&error, now, fx),
             Incoming::ValidationFailed { message_type, unknown_type, errors } => {
                 self.mark_newer_hub();
-                log::warn!("the hub refused our {message_type} (validation_failed): {errors}");
+                say!(fx, Warn, "the hub refused our {message_type} (validation_failed): {errors}");
                 let answered =
-                    OutKind::parse(&message_type).and_then(|kind| self.link.refused(kind, unknown_type));
+                    OutKind::parse(&message_type).and_then(|kind| self.link.refused(kind, unknown_type, fx));
                 if let Some(entry) =
                     answered.filter(|a| matches!(a.kind, ReplyKind::Complete | ReplyKind::Failed))
                 {
@@ -92,7 +94,7 @@ impl State {
                 if let Some(mut held) = self.held_as(&task_id) {
                     held.on_continue(generation, now, fx);
                 } else {
-                    log::debug!("task_continue for {task_id}, which we do not hold");
+                    say!(fx, Debug, "task_continue for {task_id}, which we do not hold");
                 }
             }
             Incoming::TaskReassign { task_id } => {
@@ -105,7 +107,7 @@ impl State {
                 // in flight, and applies only if that report was of the
                 // generation we hold now.
                 let Some(entry) = self.link.take_awaiting(&[ReplyKind::StateReport]) else {
-                    log::debug!("state_report_ack for {task_id} answers no state_report we sent");
+                    say!(fx, Debug, "state_report_ack for {task_id} answers no state_report we sent");
                     return;
                 };
                 let current = self
@@ -116,10 +118,11 @@ impl State {
                     return;
                 }
                 if current {
-                    log::info!("hub answered state_report with abort for {task_id}; dropping it");
+                    say!(fx, Info, "hub answered state_report with abort for {task_id}; dropping it");
                     self.drop_task("aborted by hub (state_report_ack)", PastFate::TakenBack, fx);
                 } else {
-                    log::info!(
+                    say!(
+                        fx, Info,
                         "ignoring state_report_ack abort for {task_id}: it answers generation {}, we hold a newer one",
                         entry.generation
                     );
@@ -127,7 +130,7 @@ impl State {
             }
             Incoming::TaskCancelled { task_id } => {
                 if self.held_task_id() == Some(task_id.as_str()) {
-                    log::info!("task {task_id} cancelled by hub; stopping it");
+                    say!(fx, Info, "task {task_id} cancelled by hub; stopping it");
                     // Its agent learns it from the marker; `let_go` ends
                     // its process.
                     fx.push(Effect::MarkCancelled {
@@ -139,29 +142,33 @@ impl State {
                     }
                     self.drop_task("cancelled by hub", PastFate::Settled, fx);
                 } else if self.forget_busy_push(&task_id) {
-                    log::info!("task {task_id}, pushed while we were busy, cancelled by hub; forgetting it");
+                    say!(
+                        fx,
+                        Info,
+                        "task {task_id}, pushed while we were busy, cancelled by hub; forgetting it"
+                    );
                 } else {
-                    log::debug!("task_cancelled for {task_id}, which we do not hold");
+                    say!(fx, Debug, "task_cancelled for {task_id}, which we do not hold");
                 }
             }
             Incoming::RestartSidecar { reason } if self.settings.has_update_command => {
                 // Stay connected while the update builds; it restarts us.
-                log::info!("hub asked us to restart: {reason}; starting update_command, which restarts us once the new binary is ready");
+                say!(fx, Info, "hub asked us to restart: {reason}; starting update_command, which restarts us once the new binary is ready");
                 fx.push(record(LifecycleEvent::UpdateStarted, json!({ "reason": reason })));
                 fx.push(Effect::StartUpdate);
             }
             Incoming::RestartSidecar { reason } => {
-                log::info!("hub asked us to restart: {reason}");
+                say!(fx, Info, "hub asked us to restart: {reason}");
                 self.shut_down("restart requested by hub", fx);
             }
             Incoming::RateLimited { retry_after_ms, tier } => {
                 self.mark_newer_hub();
-                self.link.on_rate_limited(Duration::from_millis(retry_after_ms), tier.as_deref(), now);
+                self.link.on_rate_limited(Duration::from_millis(retry_after_ms), tier.as_deref(), now, fx);
                 // The frames taken back may hold a report sent before its task
                 // was let go of, or before the hub gave the held task a newer
                 // generation, or progress about a task that has an outcome.
                 for task_id in self.past.ids().map(str::to_owned).collect::<Vec<_>>() {
-                    super::report::withdraw_stale_reports(&mut self.link, &task_id, None);
+                    super::report::withdraw_stale_reports(&mut self.link, &task_id, None, fx);
                     self.link.forget_info(&task_id);
                 }
                 if let Some(mut held) = self.held() {
@@ -169,7 +176,7 @@ impl State {
                         held.link.forget_info(&held.task.id);
                     }
                     let below = Some(held.task.generation);
-                    if super::report::withdraw_stale_reports(held.link, &held.task.id, below) {
+                    if super::report::withdraw_stale_reports(held.link, &held.task.id, below, fx) {
                         held.task.report_withdrawn();
                         held.try_send_report(fx);
                     }
@@ -177,18 +184,18 @@ impl State {
             }
             Incoming::RateLimitWarning { tier, remaining, capacity } => {
                 self.mark_newer_hub();
-                self.link.on_rate_limit_warning(tier.as_deref(), remaining, capacity);
+                self.link.on_rate_limit_warning(tier.as_deref(), remaining, capacity, fx);
             }
-            Incoming::Ignored { kind } => log::debug!("ignoring hub frame of type {kind}"),
+            Incoming::Ignored { kind } => say!(fx, Debug, "ignoring hub frame of type {kind}"),
         }
     }
 
     fn on_identified(&mut self, now: Instant, fx: &mut Vec<Effect>) {
         if !self.link.on_identified(now) {
-            log::debug!("unexpected identified frame");
+            say!(fx, Debug, "unexpected identified frame");
             return;
         }
-        log::info!("identified with hub as {}", self.settings.agent_id);
+        say!(fx, Info, "identified with hub as {}", self.settings.agent_id);
         fx.push(record(LifecycleEvent::Identified, json!({})));
         if let Some(mut held) = self.held() {
             held.ask_hub_about_task(fx);
@@ -199,30 +206,31 @@ impl State {
         match ErrorKind::of(error) {
             ErrorKind::Auth => {
                 if self.link.is_identifying() {
-                    log::error!(
+                    say!(
+                        fx, Error,
                         "the hub refused identify for agent {}: {error} (check agent_id and token in the config)",
                         self.settings.agent_id
                     );
                     fx.push(record(LifecycleEvent::AuthFailed, json!({ "error": error })));
                     self.drop_connection(&format!("identify refused: {error}"), now, fx);
                 } else {
-                    log::warn!("hub error: {error}");
+                    say!(fx, Warn, "hub error: {error}");
                 }
             }
             ErrorKind::CompleteFailed(why) => match self.link.take_awaiting(&[ReplyKind::Complete]) {
                 Some(entry) => self.on_report_refused(&entry, &why, fx),
-                None => log::warn!("hub error {error:?} answers no task_complete we sent"),
+                None => say!(fx, Warn, "hub error {error:?} answers no task_complete we sent"),
             },
             ErrorKind::FailFailed(why) => match self.link.take_awaiting(&[ReplyKind::Failed]) {
                 Some(entry) => self.on_report_refused(&entry, &why, fx),
-                None => log::warn!("hub error {error:?} answers no task_failed we sent"),
+                None => say!(fx, Warn, "hub error {error:?} answers no task_failed we sent"),
             },
             ErrorKind::UnknownMessageType => {
-                let refused = self.link.unknown_type(&[ReplyKind::Unhandled, ReplyKind::StateReport]);
-                log::debug!("hub has no handler for a frame we sent ({refused:?})");
+                let refused = self.link.unknown_type(&[ReplyKind::Unhandled, ReplyKind::StateReport], fx);
+                say!(fx, Debug, "hub has no handler for a frame we sent ({refused:?})");
             }
-            ErrorKind::NotIdentified => log::warn!("hub says we are not identified"),
-            ErrorKind::Other => log::warn!("hub error: {error}"),
+            ErrorKind::NotIdentified => say!(fx, Warn, "hub says we are not identified"),
+            ErrorKind::Other => say!(fx, Warn, "hub error: {error}"),
         }
     }
 }

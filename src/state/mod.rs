@@ -18,6 +18,14 @@
 //! reported before the hub has said, in answer to `task_recovering`, whether
 //! the task is still ours.
 
+/// A line for the shell's log, as an [`Effect::Log`] pushed to `fx`: the
+/// core does not log itself.
+macro_rules! say {
+    ($fx:expr, $level:ident, $($arg:tt)+) => {
+        $fx.push($crate::state::Effect::Log { level: log::Level::$level, text: format!($($arg)+) })
+    };
+}
+
 mod agent;
 mod busy;
 mod events;
@@ -30,6 +38,8 @@ mod past;
 mod public;
 mod report;
 pub(crate) use report::{parse_progress, report_from_result};
+#[cfg(test)]
+mod purity_tests;
 mod task;
 #[cfg(test)]
 mod tests;
@@ -235,6 +245,11 @@ pub enum Effect {
     DiscardTaskFiles {
         task_id: String,
     },
+    /// A line for the sidecar's log (the core does not log itself).
+    Log {
+        level: log::Level,
+        text: String,
+    },
     /// A lifecycle-log record.
     Record {
         event: LifecycleEvent,
@@ -291,6 +306,8 @@ pub struct State {
     /// Tasks pushed to us while we were busy, oldest first: taken or
     /// handed back once we hold no task (see `busy.rs`).
     pushed_while_busy: Vec<busy::BusyPush>,
+    /// Log lines from [`State::new`], given out by [`State::start`].
+    said: Vec<Effect>,
 }
 
 /// A task pushed while another is held is never woken and never answered
@@ -373,8 +390,11 @@ impl State {
         // already recovering stays so. If a file somehow holds both, the
         // recovering one is older news: keep the active one, which is the
         // task the hub most recently gave us, and log the other.
+        let mut said = Vec::new();
         if let (Some(a), Some(r)) = (&active, &recovering) {
-            log::warn!(
+            say!(
+                said,
+                Warn,
                 "queue.json holds both an active ({}) and a recovering ({}) task; keeping the active one",
                 a.task_id,
                 r.task_id
@@ -409,22 +429,25 @@ impl State {
             foreign_files_logged: HashSet::new(),
             newer_hub: false,
             pushed_while_busy: Vec::new(),
+            said,
         }
     }
 
     /// The first effects: persist the recovered task as `recovering`, look at
     /// the results directory, and connect.
     pub fn start(&mut self) -> Vec<Effect> {
-        let mut fx = Vec::new();
+        let mut fx = std::mem::take(&mut self.said);
         // Ended by the shell before the state was built (see `new`), or a
         // run-mode agent still at work (`agent_still_running`).
-        let leftover_forgotten = self.take_leftover();
+        let leftover_forgotten = self.take_leftover(&mut fx);
         if leftover_forgotten && self.task.is_none() {
             fx.push(Effect::Persist(Box::new(self.queue_file())));
         }
         if let Some(held) = self.held() {
             let t = &held.task;
-            log::info!(
+            say!(
+                fx,
+                Info,
                 "recovering task {} (generation {}, status {}) from queue.json",
                 t.id,
                 t.generation,
@@ -449,7 +472,7 @@ impl State {
     pub fn handle(&mut self, input: Input, now: Instant, wall_ms: u64) -> Vec<Effect> {
         let mut fx = Vec::new();
         if self.shutting_down {
-            log::debug!("shutting down: ignoring {input:?}");
+            say!(fx, Debug, "shutting down: ignoring {input:?}");
             return fx;
         }
         self.now = now;
@@ -466,7 +489,7 @@ impl State {
                 self.on_result_names(names, true, &mut fx);
             }
             Input::Listing(Err(error)) => {
-                log::warn!("cannot list the results directory: {error}");
+                say!(fx, Warn, "cannot list the results directory: {error}");
                 // Look at the held task's files directly instead.
                 if let Some(task_id) = self.held_task_id() {
                     fx.push(Effect::ReadTaskFiles { task_id: task_id.to_owned() });
@@ -477,15 +500,15 @@ impl State {
                 // the disk does not record, and a settled task's files may
                 // only go once the disk records it settled: withhold those,
                 // do the rest (the next start removes the files).
-                log::error!("cannot write queue.json: {error}");
+                say!(fx, Error, "cannot write queue.json: {error}");
                 fx.push(record(LifecycleEvent::PersistFailed, json!({ "error": error })));
                 for effect in withheld {
                     match effect {
                         Effect::Send { .. } => {
-                            log::error!("not sending a frame: queue.json could not be written")
+                            say!(fx, Error, "not sending a frame: queue.json could not be written")
                         }
                         Effect::RemoveTaskFiles { task_id } | Effect::DiscardTaskFiles { task_id } => {
-                            log::error!("keeping the files of {task_id}: queue.json could not be written")
+                            say!(fx, Error, "keeping the files of {task_id}: queue.json could not be written")
                         }
                         // A wake command's release goes ahead, as a
                         // wake's start does: neither tells the hub anything.
@@ -498,7 +521,9 @@ impl State {
             }
             Input::UpdateFailed { error } => {
                 // The hub still wants a restart: the old way, by exiting.
-                log::error!(
+                say!(
+                    fx,
+                    Error,
                     "cannot start update_command ({error}); exiting so that the supervisor restarts us"
                 );
                 self.shut_down("restart requested by hub (update_command failed to start)", &mut fx);
@@ -591,7 +616,7 @@ impl State {
             Event::Hub(HubEvent::Connected { conn_id }) => {
                 if self.link.on_connected(conn_id, now) {
                     let s = &self.settings;
-                    log::info!("connected to hub; identifying as {}", s.agent_id);
+                    say!(fx, Info, "connected to hub; identifying as {}", s.agent_id);
                     fx.push(record(LifecycleEvent::Connected, json!({})));
                     let frame = Outgoing::Identify {
                         agent_id: s.agent_id.clone(),
@@ -685,7 +710,7 @@ impl State {
             return;
         }
         self.shutting_down = true;
-        log::info!("shutting down: {why}");
+        say!(fx, Info, "shutting down: {why}");
         fx.push(record(LifecycleEvent::Shutdown, json!({ "why": why })));
         // A running wake command: a launcher is killed when the executor
         // stops; a run-mode agent is left running for the next start.

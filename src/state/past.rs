@@ -142,7 +142,7 @@ impl State {
         // A report of it still waiting to go out would speak for a hold that
         // has ended; if the hub hands the task back, its result is reported
         // again from its files.
-        super::report::withdraw_stale_reports(&mut self.link, &task.id, None);
+        super::report::withdraw_stale_reports(&mut self.link, &task.id, None, fx);
         self.link.forget_info(&task.id);
         // A cancelled task's files (its cancel marker) stay for its agent to
         // notice, `cancel_grace` long; then they go as a taken-back task's do.
@@ -209,7 +209,7 @@ impl State {
         }
         fx.push(Effect::Persist(Box::new(self.queue_file())));
         for task_id in gone {
-            log::info!("task {task_id} was not handed back; discarding its files");
+            say!(fx, Info, "task {task_id} was not handed back; discarding its files");
             fx.push(Effect::DiscardTaskFiles { task_id });
         }
     }
@@ -244,7 +244,7 @@ impl State {
             } else if !listed {
                 unknown = true;
             } else {
-                log::info!("results_dir has {name}, which belongs to no task we hold; leaving it alone");
+                say!(fx, Info, "results_dir has {name}, which belongs to no task we hold; leaving it alone");
                 self.foreign_files_logged.insert(name);
             }
         }
@@ -262,7 +262,7 @@ impl State {
     /// The hub cancelled the held task, settled it, or took it back.
     pub(super) fn drop_task(&mut self, why: &str, fate: PastFate, fx: &mut Vec<Effect>) {
         if let Some(task_id) = self.held_task_id() {
-            log::info!("dropping task {task_id}: {why}");
+            say!(fx, Info, "dropping task {task_id}: {why}");
             let witness = record(LifecycleEvent::TaskDropped, json!({ "task_id": task_id, "why": why }));
             self.let_go(fate, witness, fx);
         }

@@ -133,20 +133,6 @@ impl std::fmt::Display for TaskStatus {
     }
 }
 
-/// Lenient: a status this version does not know is read as `working` (the
-/// task is treated as being worked on, as before), with a warning.
-impl<'de> Deserialize<'de> for TaskStatus {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<TaskStatus, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        let known =
-            [TaskStatus::Accepted, TaskStatus::Waking, TaskStatus::WakingConfirmation, TaskStatus::Working];
-        Ok(known.into_iter().find(|s| s.as_str() == text).unwrap_or_else(|| {
-            log::warn!("queue.json: unknown task status {text:?}; treating it as working");
-            TaskStatus::Working
-        }))
-    }
-}
-
 /// An outcome owed to the hub.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]

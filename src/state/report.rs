@@ -34,7 +34,7 @@ impl Held<'_> {
             self.task.sync = HubSync::Unconfirmed { readopted: false };
         }
         let t = &*self.task;
-        log::info!("asking the hub about task {} (generation {})", t.id, t.generation);
+        say!(fx, Info, "asking the hub about task {} (generation {})", t.id, t.generation);
         fx.push(record(LifecycleEvent::RecoveringSent, t.fields()));
         let recovering = Outgoing::TaskRecovering {
             task_id: t.id.clone(),
@@ -58,9 +58,9 @@ impl Held<'_> {
     /// `task_continue`: the task is still ours.
     pub(super) fn on_continue(&mut self, generation: Option<u64>, now: Instant, fx: &mut Vec<Effect>) {
         if let Some(generation) = generation {
-            self.raise_generation(generation);
+            self.raise_generation(generation, fx);
         }
-        log::info!("hub says task {} is still ours (generation {})", self.task.id, self.task.generation);
+        say!(fx, Info, "hub says task {} is still ours (generation {})", self.task.id, self.task.generation);
         fx.push(record(LifecycleEvent::TaskContinued, self.task.fields()));
         let resume = self.task.sync == HubSync::Recovered;
         self.task.sync = HubSync::Confirmed;
@@ -81,12 +81,12 @@ impl Held<'_> {
     /// to go out under the new one when the caller next tries to report. One
     /// already sent is refused as stale and sent again then
     /// (`on_report_refused`).
-    pub(super) fn raise_generation(&mut self, generation: u64) {
+    pub(super) fn raise_generation(&mut self, generation: u64, fx: &mut Vec<Effect>) {
         if generation <= self.task.generation {
             return;
         }
         self.task.generation = generation;
-        if withdraw_stale_reports(self.link, &self.task.id, Some(generation)) {
+        if withdraw_stale_reports(self.link, &self.task.id, Some(generation), fx) {
             self.task.report_withdrawn();
         }
     }
@@ -101,7 +101,7 @@ impl Held<'_> {
             Report::Failed { reason } => (LifecycleEvent::TaskFailedHere, json!(reason)),
         };
         let t = &mut *self.task;
-        log::info!("task {} finished: {}", t.id, detail);
+        say!(fx, Info, "task {} finished: {}", t.id, detail);
         fx.push(record(event, json!({ "task_id": t.id, "generation": t.generation, "outcome": detail })));
         t.phase = Phase::Reporting { report, status: t.status(), sent: None };
         t.timeout_at = None;
@@ -134,7 +134,7 @@ impl Held<'_> {
             ),
         };
         *sent = Some(generation);
-        log::info!("reporting task {task_id} (generation {generation})");
+        say!(fx, Info, "reporting task {task_id} (generation {generation})");
         fx.push(record(
             LifecycleEvent::ReportSent,
             json!({ "task_id": task_id, "generation": generation, "type": frame.kind().wire_name() }),
@@ -175,12 +175,12 @@ impl State {
             AckStatus::Complete => ReplyKind::Complete,
             AckStatus::Retried | AckStatus::DeadLetter => ReplyKind::Failed,
             AckStatus::Unknown(other) => {
-                log::warn!("task_ack for {task_id} with unknown status {other:?}");
+                say!(fx, Warn, "task_ack for {task_id} with unknown status {other:?}");
                 return;
             }
         };
         let Some(entry) = self.link.take_awaiting(&[kind]) else {
-            log::debug!("task_ack {} for {task_id} answers nothing we sent", status.as_str());
+            say!(fx, Debug, "task_ack {} for {task_id} answers nothing we sent", status.as_str());
             return;
         };
         if kind != ReplyKind::Accepted {
@@ -194,7 +194,9 @@ impl State {
                 // We adopted a newer generation while this report was in
                 // flight; the refusal is of the old one. Report again under
                 // the new one.
-                log::info!(
+                say!(
+                    fx,
+                    Info,
                     "report of {} under old generation {} refused ({why}); resending",
                     entry.task_id,
                     entry.generation
@@ -207,10 +209,12 @@ impl State {
             }
         }
         if protocol::is_final_refusal(why) {
-            log::warn!("hub refused the report of task {} ({why}); dropping it", entry.task_id);
+            say!(fx, Warn, "hub refused the report of task {} ({why}); dropping it", entry.task_id);
             self.settle(entry, &format!("refused: {why}"), fx);
         } else {
-            log::warn!(
+            say!(
+                fx,
+                Warn,
                 "hub refused the report of task {} ({why}); will resend after reconnecting",
                 entry.task_id
             );
@@ -220,7 +224,12 @@ impl State {
     /// The hub's schema refused the report in `entry`: it can never pass.
     pub(super) fn on_report_invalid(&mut self, entry: &Awaiting, errors: &str, fx: &mut Vec<Effect>) {
         if let Some(report) = self.task.as_ref().filter(|t| t.id == entry.task_id).and_then(|t| t.report()) {
-            log::error!("the hub cannot accept the report of task {}: {errors}; giving it up", entry.task_id);
+            say!(
+                fx,
+                Error,
+                "the hub cannot accept the report of task {}: {errors}; giving it up",
+                entry.task_id
+            );
             fx.push(record(
                 LifecycleEvent::ReportRefused,
                 json!({ "task_id": entry.task_id, "generation": entry.generation, "errors": errors, "report": report }),
@@ -233,10 +242,10 @@ impl State {
     pub(super) fn settle(&mut self, entry: &Awaiting, how: &str, fx: &mut Vec<Effect>) {
         let reporting = self.task.as_ref().is_some_and(|t| t.id == entry.task_id && t.report().is_some());
         if !reporting {
-            log::debug!("settlement of {} for a task we no longer hold", entry.task_id);
+            say!(fx, Debug, "settlement of {} for a task we no longer hold", entry.task_id);
             return;
         }
-        log::info!("report of task {} settled: {how}", entry.task_id);
+        say!(fx, Info, "report of task {} settled: {how}", entry.task_id);
         let witness = record(
             LifecycleEvent::ReportSettled,
             json!({ "task_id": entry.task_id, "generation": entry.generation, "how": how }),
@@ -246,17 +255,17 @@ impl State {
 
     pub(super) fn on_reassign(&mut self, task_id: &str, fx: &mut Vec<Effect>) {
         let Some(mut held) = self.held_as(task_id) else {
-            log::debug!("task_reassign for {task_id}, which we do not hold");
+            say!(fx, Debug, "task_reassign for {task_id}, which we do not hold");
             return;
         };
         if held.task.sync == (HubSync::Unconfirmed { readopted: true }) {
-            log::info!("ignoring task_reassign for {task_id}: the hub handed it back since");
+            say!(fx, Info, "ignoring task_reassign for {task_id}: the hub handed it back since");
             held.task.sync = HubSync::Confirmed;
             held.try_send_report(fx);
             return;
         }
         if let Some(report) = held.task.report() {
-            log::warn!("task {task_id} was taken back by the hub; its result is withheld (kept in the lifecycle log)");
+            say!(fx, Warn, "task {task_id} was taken back by the hub; its result is withheld (kept in the lifecycle log)");
             fx.push(record(
                 LifecycleEvent::ResultWithheld,
                 json!({ "task_id": task_id, "generation": held.task.generation, "report": report }),
@@ -302,14 +311,21 @@ pub(crate) fn parse_progress(value: &Value) -> Option<(u64, Option<String>)> {
 /// They no longer speak for the task (it was let go of, or the hub has
 /// given it a newer generation): the hub would refuse them as stale, or
 /// take a let-go hold's result for a later one. Whether any was taken.
-pub(super) fn withdraw_stale_reports(link: &mut Link, task_id: &str, below: Option<u64>) -> bool {
+pub(super) fn withdraw_stale_reports(
+    link: &mut Link,
+    task_id: &str,
+    below: Option<u64>,
+    fx: &mut Vec<Effect>,
+) -> bool {
     let withdrawn = link.withdraw_unsent(|a| {
         matches!(a.kind, ReplyKind::Complete | ReplyKind::Failed)
             && a.task_id == task_id
             && below.is_none_or(|generation| a.generation < generation)
     });
     for stale in &withdrawn {
-        log::info!(
+        say!(
+            fx,
+            Info,
             "not sending the held-back report of task {} under generation {}: it is out of date",
             stale.task_id,
             stale.generation

@@ -20,13 +20,13 @@ impl State {
 
     pub(super) fn on_assign(&mut self, assign: TaskAssign, now: Instant, wall_ms: u64, fx: &mut Vec<Effect>) {
         let Some(task_id) = assign.task_id.clone() else {
-            log::warn!("refusing a task_assign without a task_id");
+            say!(fx, Warn, "refusing a task_assign without a task_id");
             self.refuse(None, "invalid task_assign: missing task_id", fx);
             return;
         };
         if !is_valid_task_id(&task_id) {
             let shown: String = task_id.chars().take(64).collect();
-            log::warn!("refusing task_assign with an invalid task_id {shown:?}");
+            say!(fx, Warn, "refusing task_assign with an invalid task_id {shown:?}");
             self.refuse(Some(&shown), "invalid task_id", fx);
             return;
         }
@@ -34,7 +34,11 @@ impl State {
             Ok(generation) => *generation,
             Err(value) => {
                 let shown: String = value.chars().take(64).collect();
-                log::warn!("refusing task {task_id}: its generation {shown} is not an integer in 0..2^64");
+                say!(
+                    fx,
+                    Warn,
+                    "refusing task {task_id}: its generation {shown} is not an integer in 0..2^64"
+                );
                 self.refuse(Some(&task_id), &format!("invalid generation {shown}"), fx);
                 return;
             }
@@ -48,11 +52,11 @@ impl State {
         }
         // A report of an earlier hold of it, or a busy hand-back, still
         // waiting to go out under an older generation is out of date now.
-        super::report::withdraw_stale_reports(&mut self.link, &task_id, Some(generation));
+        super::report::withdraw_stale_reports(&mut self.link, &task_id, Some(generation), fx);
         if let Some(busy_with) = self.held_task_id() {
-            log::info!("not taking task {task_id} now: busy with {busy_with}; remembering it");
+            say!(fx, Info, "not taking task {task_id} now: busy with {busy_with}; remembering it");
             self.refuse(Some(&task_id), "busy", fx);
-            self.remember_busy_push(task_id, generation, assign, wall_ms);
+            self.remember_busy_push(task_id, generation, assign, wall_ms, fx);
             return;
         }
         self.forget_busy_push(&task_id);
@@ -76,14 +80,15 @@ impl State {
         let handed_back = self.take_past(&task_id);
         let mut task = Task::accepted(task_id, generation, assign, wall_ms);
         if let Some(past) = handed_back {
-            log::info!(
+            say!(
+                fx, Info,
                 "task {} handed back at generation {generation} (taken back at {}); looking at its files before waking",
                 task.id,
                 past.generation
             );
             task.phase = Phase::Adopting;
         }
-        log::info!("accepted task {} (generation {})", task.id, task.generation);
+        say!(fx, Info, "accepted task {} (generation {})", task.id, task.generation);
         fx.push(record(LifecycleEvent::TaskAccepted, task.fields()));
         self.task = Some(task);
         if let Some(mut held) = self.held() {
@@ -109,7 +114,7 @@ impl State {
     /// any new wake.
     pub(super) fn on_wake_started(&mut self, started: WakeStarted, fx: &mut Vec<Effect>) {
         let WakeStarted { task_id, attempt, identity } = started;
-        log::debug!("wake attempt {attempt} for task {task_id} runs as {identity:?}");
+        say!(fx, Debug, "wake attempt {attempt} for task {task_id} runs as {identity:?}");
         let mode = self.settings.wake_mode;
         self.wake_process =
             Some(WakeProcess { task_id: task_id.clone(), attempt, identity, mode, exit_code: None });
@@ -206,16 +211,18 @@ impl Held<'_> {
     fn on_assigned_again(&mut self, generation: u64, now: Instant, fx: &mut Vec<Effect>) {
         let task_id = self.task.id.clone();
         if generation <= self.task.generation {
-            log::debug!("task {task_id} assigned again at generation {generation}: a resend");
+            say!(fx, Debug, "task {task_id} assigned again at generation {generation}: a resend");
             let frame = Outgoing::TaskAccepted { task_id };
             self.send_expecting(frame, ReplyKind::Accepted, generation, fx);
             return;
         }
-        log::info!(
+        say!(
+            fx,
+            Info,
             "task {task_id} handed back at generation {generation} (was {}); adopting it",
             self.task.generation
         );
-        self.raise_generation(generation);
+        self.raise_generation(generation, fx);
         let resume = self.task.sync == HubSync::Recovered;
         if self.task.needs_reconcile() {
             self.task.sync = HubSync::Unconfirmed { readopted: true };
@@ -260,14 +267,19 @@ impl Held<'_> {
     /// straight to working without a wake command).
     fn begin_work(&mut self, now: Instant, fx: &mut Vec<Effect>) {
         if self.task.confirmed {
-            log::info!("task {} was confirmed by its agent before: adopting it without a wake", self.task.id);
+            say!(
+                fx,
+                Info,
+                "task {} was confirmed by its agent before: adopting it without a wake",
+                self.task.id
+            );
             self.task.phase = Phase::Working;
             self.task.silent_until = Some(now + self.settings.adopted_silence);
             self.persist(fx);
         } else if self.settings.has_wake_command {
             self.start_wake_attempt(1, now, fx);
         } else {
-            log::info!("no wake_command configured: task {} goes straight to working", self.task.id);
+            say!(fx, Info, "no wake_command configured: task {} goes straight to working", self.task.id);
             self.task.phase = Phase::Working;
             self.persist(fx);
         }
@@ -299,7 +311,7 @@ impl Held<'_> {
             description: t.description.clone(),
             task_json,
         };
-        log::info!("waking the agent for task {} (attempt {attempt})", t.id);
+        say!(fx, Info, "waking the agent for task {} (attempt {attempt})", t.id);
         fx.push(record(LifecycleEvent::WakeAttempt, json!({ "task_id": t.id, "attempt": attempt })));
         *self.wake_running = Some(t.id.clone());
         self.persist(fx);
@@ -323,20 +335,22 @@ impl Held<'_> {
             } else {
                 Phase::Confirming { deadline: Some(now + self.settings.confirmation_timeout) }
             };
-            log::info!("agent woken for task {task_id} (now {})", self.task.status());
+            say!(fx, Info, "agent woken for task {task_id} (now {})", self.task.status());
             self.persist(fx);
             fx.push(Effect::ReadTaskFiles { task_id });
             return;
         }
         let (logged, error) = error.unwrap_or_default();
         if let Some(delay) = self.settings.wake_retry_delays.get(attempt as usize - 1) {
-            log::warn!(
+            say!(
+                fx,
+                Warn,
                 "wake attempt {attempt} for task {task_id} failed ({logged}); retrying in {} ms",
                 delay.as_millis()
             );
             self.task.phase = Phase::WakeRetry { attempt: attempt + 1, at: now + *delay };
         } else {
-            log::warn!("wake attempt {attempt} for task {task_id} failed ({logged}); no retry left: failing the task");
+            say!(fx, Warn, "wake attempt {attempt} for task {task_id} failed ({logged}); no retry left: failing the task");
             let error = super::public::without_local_paths(&error);
             let reason = format!("wake_failed: wake command failed after {attempt} attempts (last: {error})");
             self.set_outcome(Report::Failed { reason }, fx);
@@ -352,7 +366,7 @@ impl Held<'_> {
         let task_id = files.task_id;
         if files.started && !self.task.confirmed {
             self.task.confirmed = true;
-            log::info!("agent confirmed task {task_id}");
+            say!(fx, Info, "agent confirmed task {task_id}");
             fx.push(record(LifecycleEvent::Confirmed, json!({ "task_id": task_id })));
             // Still waking: the wake command is the agent at work (a
             // synchronous script); it is never started again.
@@ -374,7 +388,7 @@ impl Held<'_> {
                         }
                     }
                 }
-                None => log::debug!("ignoring a progress file for {task_id} without a 0..100 `progress`"),
+                None => say!(fx, Debug, "ignoring a progress file for {task_id} without a 0..100 `progress`"),
             }
         }
         match files.result {
@@ -384,7 +398,7 @@ impl Held<'_> {
             }
             ReadResult::Parsed(result) => self.set_outcome(report_from_result(result), fx),
             ReadResult::TooLarge { len } => {
-                log::warn!("result file of task {task_id} is too large ({len} bytes)");
+                say!(fx, Warn, "result file of task {task_id} is too large ({len} bytes)");
                 self.set_outcome(Report::Failed { reason: "result_too_large".into() }, fx);
             }
             ReadResult::Unparseable { len, error } => {
@@ -394,7 +408,7 @@ impl Held<'_> {
                 let settle = self.settings.result_settle;
                 let since = self.task.unparsed.map_or(now, |u| u.since);
                 if now.duration_since(since) >= settle {
-                    log::warn!("result file of task {task_id} does not parse ({len} bytes): {error}");
+                    say!(fx, Warn, "result file of task {task_id} does not parse ({len} bytes): {error}");
                     self.set_outcome(Report::Failed { reason: "result_parse_error".into() }, fx);
                 } else {
                     let step = (settle / 8).max(Duration::from_millis(10));
@@ -426,7 +440,7 @@ impl Held<'_> {
         }
         if let Phase::Confirming { deadline: Some(at) } = self.task.phase {
             if now >= at {
-                log::warn!("the agent did not confirm task {} in time", self.task.id);
+                say!(fx, Warn, "the agent did not confirm task {} in time", self.task.id);
                 self.set_outcome(Report::Failed { reason: "confirmation_timeout".into() }, fx);
             }
         }
@@ -436,7 +450,9 @@ impl Held<'_> {
         }
         if self.task.phase == Phase::Working && self.task.silent_until.is_some_and(|at| now >= at) {
             let ms = self.settings.adopted_silence.as_millis();
-            log::warn!(
+            say!(
+                fx,
+                Warn,
                 "task {} was adopted without a wake and its agent wrote nothing for {ms} ms",
                 self.task.id
             );
@@ -445,7 +461,7 @@ impl Held<'_> {
             self.set_outcome(Report::Failed { reason }, fx);
         }
         if self.task.timeout_at.is_some_and(|at| now >= at) {
-            log::warn!("task {} produced no result in time", self.task.id);
+            say!(fx, Warn, "task {} produced no result in time", self.task.id);
             // Its agent was told to stop (`State::stop_agent`) just before.
             self.set_outcome(Report::Failed { reason: "task_timeout".into() }, fx);
         }

@@ -221,12 +221,12 @@ impl Link {
 
     /// The connection is gone: forget what it awaited and schedule the next
     /// attempt (at least `cooldown` away). Returns the delay.
-    pub fn on_lost(&mut self, cooldown: Option<Duration>, now: Instant) -> Duration {
+    pub fn on_lost(&mut self, cooldown: Option<Duration>, now: Instant, fx: &mut Vec<Effect>) -> Duration {
         self.in_flight.clear();
         // What matters is sent again after the recovery handshake
         // (docs/protocol.md 4, 6.5).
         self.outbox.clear();
-        self.end_episode(now, "the connection was lost");
+        self.end_episode(now, "the connection was lost", fx);
         let drawn =
             backoff(self.reconnect_attempt, self.last_backoff, &self.timers.backoff, self.jitter.next_unit());
         self.last_backoff = drawn;
@@ -249,7 +249,7 @@ impl Link {
             return;
         };
         if self.refused_types.contains(&frame.kind()) {
-            log::debug!("not sending {}: the hub refused that type on this connection", frame.kind());
+            say!(fx, Debug, "not sending {}: the hub refused that type on this connection", frame.kind());
             return;
         }
         self.budget.spend(Tier::of(frame.kind()), frame.sent_at);
@@ -303,10 +303,10 @@ impl Link {
     /// (`validation_failed` names the type). Returns what it awaited.
     /// `unknown_type`: the hub has no such type; none is sent again on this
     /// connection.
-    pub fn refused(&mut self, kind: OutKind, unknown_type: bool) -> Option<Awaiting> {
+    pub fn refused(&mut self, kind: OutKind, unknown_type: bool, fx: &mut Vec<Effect>) -> Option<Awaiting> {
         let sent = self.take_sent(|s| s.kind() == kind);
         if unknown_type && sent.is_some() {
-            self.refuse_type(kind);
+            self.refuse_type(kind, fx);
         }
         sent.and_then(|s| s.awaiting)
     }
@@ -314,15 +314,15 @@ impl Link {
     /// `unknown_message_type` (the older hub): it answers the oldest frame
     /// awaiting one of `kinds`; that type is not sent again on this
     /// connection.
-    pub fn unknown_type(&mut self, kinds: &[ReplyKind]) -> Option<OutKind> {
+    pub fn unknown_type(&mut self, kinds: &[ReplyKind], fx: &mut Vec<Effect>) -> Option<OutKind> {
         let sent = self.take_sent(|s| s.awaiting.as_ref().is_some_and(|a| kinds.contains(&a.kind)))?;
-        self.refuse_type(sent.kind());
+        self.refuse_type(sent.kind(), fx);
         Some(sent.kind())
     }
 
-    fn refuse_type(&mut self, kind: OutKind) {
+    fn refuse_type(&mut self, kind: OutKind, fx: &mut Vec<Effect>) {
         if !self.refused_types.contains(&kind) {
-            log::info!("the hub does not know {kind}; not sending it again on this connection");
+            say!(fx, Info, "the hub does not know {kind}; not sending it again on this connection");
             self.refused_types.push(kind);
         }
     }

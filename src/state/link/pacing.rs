@@ -84,7 +84,7 @@ impl Link {
             self.transmit(Sent { sent_at: now, ..frame }, fx);
         }
         if !self.budget.is_blocked(now) {
-            self.end_episode(now, "the frames it held back are out");
+            self.end_episode(now, "the frames it held back are out", fx);
         }
     }
 
@@ -101,9 +101,10 @@ impl Link {
         }
     }
 
-    pub(super) fn end_episode(&mut self, now: Instant, why: &str) {
+    pub(super) fn end_episode(&mut self, now: Instant, why: &str, fx: &mut Vec<Effect>) {
         if let Some(e) = self.episode.take() {
-            log::warn!(
+            say!(
+                fx, Warn,
                 "hub rate limit episode over after {} ms ({why}): {} denials, {} frames sent again, {} stale progress or wake_result frames merged or dropped",
                 now.saturating_duration_since(e.started).as_millis(),
                 e.denials,
@@ -120,10 +121,11 @@ impl Link {
         tier: Option<&str>,
         remaining: Option<u64>,
         capacity: Option<u64>,
+        fx: &mut Vec<Effect>,
     ) {
         self.paced = true;
         let tier = tier.and_then(Tier::parse).unwrap_or(Tier::Normal);
-        log::debug!("hub rate limit warning: {remaining:?} of {capacity:?} {} tokens left", tier.name());
+        say!(fx, Debug, "hub rate limit warning: {remaining:?} of {capacity:?} {} tokens left", tier.name());
         // It speaks of the oldest frame of the tier whose fate was unknown
         // (an informational one is thereby done); the hub has not counted
         // the ones sent after it yet.
@@ -145,7 +147,13 @@ impl Link {
     /// too: a repeated progress update is harmless, a lost frame is not.
     /// They go out again first, once the tier's wait is over; a dropped
     /// ping is not resent, the next ping moves instead.
-    pub fn on_rate_limited(&mut self, retry_after: Duration, tier: Option<&str>, now: Instant) {
+    pub fn on_rate_limited(
+        &mut self,
+        retry_after: Duration,
+        tier: Option<&str>,
+        now: Instant,
+        fx: &mut Vec<Effect>,
+    ) {
         self.paced = true;
         let tier = tier.and_then(Tier::parse).unwrap_or(Tier::Normal);
         // The hub's own value is about a second; a huge one (a bug, or a
@@ -164,7 +172,8 @@ impl Link {
         let denied = taken.last().map_or("nothing of ours in flight", |f| f.kind().wire_name());
         match &mut self.episode {
             None => {
-                log::warn!(
+                say!(
+                    fx, Warn,
                     "hub rate-limited a {} frame (taken as our {denied}; denial {in_a_row} in a row); no {} frame for {} ms, then in order; further denials are counted until the frames held back are out",
                     tier.name(),
                     tier.name(),
@@ -174,7 +183,9 @@ impl Link {
             }
             Some(episode) => {
                 episode.denials += 1;
-                log::debug!(
+                say!(
+                    fx,
+                    Debug,
                     "denial {} of this episode: a {} frame (taken as our {denied}); {} ms",
                     episode.denials,
                     tier.name(),

@@ -134,7 +134,7 @@ fn a_warning_corrects_the_model_for_the_frames_sent_after_the_one_it_speaks_of()
     link.send(out("task_accepted", "a"), Some(entry(ReplyKind::Accepted, 1)), &mut fx);
     link.send(out("wake_result", "w"), Some(entry(ReplyKind::Unhandled, 0)), &mut fx);
     link.send(out("task_complete", "c"), Some(entry(ReplyKind::Complete, 1)), &mut fx);
-    link.on_rate_limit_warning(Some("normal"), Some(3), Some(10));
+    link.on_rate_limit_warning(Some("normal"), Some(3), Some(10), &mut fx);
     assert_eq!(link.budget.tokens(Tier::Normal, t0), 1);
     fx.clear();
     link.send(out("task_accepted", "b"), Some(entry(ReplyKind::Accepted, 2)), &mut fx);
@@ -151,7 +151,7 @@ fn a_warning_corrects_the_model_for_the_frames_sent_after_the_one_it_speaks_of()
     let later = t0 + ms(90);
     link.set_now(later);
     assert_eq!(link.budget.tokens(Tier::Normal, later), 1, "1.9 in the model");
-    link.on_rate_limit_warning(Some("normal"), Some(1), Some(10));
+    link.on_rate_limit_warning(Some("normal"), Some(1), Some(10), &mut fx);
     assert_eq!(link.budget.ready_at(Tier::Normal), later, "exactly 1 now");
 }
 
@@ -161,12 +161,12 @@ fn a_lost_connection_forgets_what_it_awaited_and_backs_off_with_a_cooldown() {
     let mut link = ready(t0);
     let mut fx = Vec::new();
     link.send(out("task_complete", "a"), Some(entry(ReplyKind::Complete, 1)), &mut fx);
-    let delay = link.on_lost(Some(ms(5_000)), t0);
+    let delay = link.on_lost(Some(ms(5_000)), t0, &mut fx);
     assert_eq!(delay, ms(5_000));
     assert_eq!(link.live_conn_id(), None);
     assert_eq!(link.take_awaiting(&[ReplyKind::Complete]), None);
     assert_eq!(link.deadline(), Some(t0 + ms(5_000)));
-    let delay = link.on_lost(None, t0);
+    let delay = link.on_lost(None, t0, &mut fx);
     assert!(delay >= ms(100) && delay <= ms(200), "second step of the backoff: {delay:?}");
 }
 
@@ -176,7 +176,7 @@ fn a_rate_limited_frame_is_resent_after_the_delay_with_its_correlation() {
     let mut link = ready(t0);
     let mut fx = Vec::new();
     link.send(out("task_complete", "report"), Some(entry(ReplyKind::Complete, 3)), &mut fx);
-    link.on_rate_limited(ms(250), Some("normal"), t0);
+    link.on_rate_limited(ms(250), Some("normal"), t0, &mut fx);
     assert_eq!(link.find_awaiting(ReplyKind::Complete), None, "a dropped frame awaits nothing");
     assert_eq!(link.deadline(), Some(t0 + ms(250)));
     fx.clear();
@@ -195,7 +195,7 @@ fn a_rate_limited_ping_moves_the_next_ping_instead_of_failing_the_link() {
     link.tick(t0 + ms(1_000), &mut fx);
     assert_eq!(sent(&fx).len(), 1, "ping");
     assert_eq!(link.deadline(), Some(t0 + ms(1_300)), "pong due");
-    link.on_rate_limited(ms(2_000), Some("light"), t0 + ms(1_010));
+    link.on_rate_limited(ms(2_000), Some("light"), t0 + ms(1_010), &mut fx);
     assert_eq!(link.deadline(), Some(t0 + ms(3_010)));
     assert_eq!(link.tick(t0 + ms(1_300), &mut fx), None, "no pong is due");
 }
@@ -210,7 +210,7 @@ fn frames_denied_in_a_row_are_all_resent_in_their_order_after_the_delay() {
     link.send(out("task_complete", "complete"), Some(entry(ReplyKind::Complete, 3)), &mut fx);
     assert_eq!(sent(&fx), ["accepted", "woken", "complete"]);
     for _ in 0..3 {
-        link.on_rate_limited(ms(1_000), Some("normal"), t0 + ms(10));
+        link.on_rate_limited(ms(1_000), Some("normal"), t0 + ms(10), &mut fx);
     }
     // Sent meanwhile: waits behind them.
     fx.clear();
@@ -238,7 +238,7 @@ fn a_silent_frame_before_a_denied_one_is_resent_too_and_a_late_answer_cancels_a_
     link.send(out("task_accepted", "accepted"), Some(entry(ReplyKind::Accepted, 3)), &mut fx);
     // Which of progress and complete was dropped cannot be told: both go
     // again; accepted is still in flight.
-    link.on_rate_limited(ms(500), Some("normal"), t0);
+    link.on_rate_limited(ms(500), Some("normal"), t0, &mut fx);
     // The complete had been handled after all (the progress was the one
     // dropped): its answer takes it out of the resend queue.
     assert_eq!(link.take_awaiting(&[ReplyKind::Complete]), Some(entry(ReplyKind::Complete, 3)));
@@ -258,7 +258,7 @@ fn an_answer_retires_the_silent_frames_sent_before_it() {
     link.send(out("task_progress", "p2"), None, &mut fx);
     assert!(link.take_awaiting(&[ReplyKind::Accepted]).is_some());
     // Only p2 can be the frame a rate_limited now refers to.
-    link.on_rate_limited(ms(200), Some("normal"), t0);
+    link.on_rate_limited(ms(200), Some("normal"), t0, &mut fx);
     fx.clear();
     link.tick(t0 + ms(200), &mut fx);
     assert_eq!(sent(&fx), ["p2"]);
@@ -272,8 +272,8 @@ fn a_rate_limited_ping_is_dropped_while_the_frames_before_it_are_resent() {
     link.send(out("task_progress", "p1"), None, &mut fx);
     link.tick(t0 + ms(1_000), &mut fx);
     // The hub names the tier: one denial for each.
-    link.on_rate_limited(ms(200), Some("normal"), t0 + ms(1_000));
-    link.on_rate_limited(ms(200), Some("light"), t0 + ms(1_000));
+    link.on_rate_limited(ms(200), Some("normal"), t0 + ms(1_000), &mut fx);
+    link.on_rate_limited(ms(200), Some("light"), t0 + ms(1_000), &mut fx);
     assert_eq!(link.deadline(), Some(t0 + ms(1_200)), "no pong due; resend and ping at 1200");
     fx.clear();
     link.tick(t0 + ms(1_200), &mut fx);
@@ -289,7 +289,7 @@ fn a_huge_retry_after_is_capped_so_pings_and_resends_go_on() {
     let mut link = ready(t0);
     let mut fx = Vec::new();
     link.send(out("task_complete", "report"), Some(entry(ReplyKind::Complete, 3)), &mut fx);
-    link.on_rate_limited(Duration::from_millis(u64::MAX), None, t0);
+    link.on_rate_limited(Duration::from_millis(u64::MAX), None, t0, &mut fx);
     let resend_at = t0 + MAX_RETRY_AFTER;
     // Pings continue meanwhile; the resend is due at the cap, not in 584 million years.
     let mut at = t0;
@@ -416,17 +416,17 @@ fn a_denial_holds_its_tier_for_the_hubs_wait_and_longer_when_repeated() {
     let mut fx = Vec::new();
     link.send(out("task_complete", "c1"), Some(entry(ReplyKind::Complete, 1)), &mut fx);
     // A hub that denies anyway: the first denial waits its retry_after.
-    link.on_rate_limited(ms(10), Some("normal"), t0);
+    link.on_rate_limited(ms(10), Some("normal"), t0, &mut fx);
     assert_eq!(link.deadline(), Some(t0 + token(1)), "and the model's next token");
     fx.clear();
     link.tick(t0 + token(1), &mut fx);
     assert_eq!(sent(&fx), ["c1"]);
     // Denied again, and again: the hub's backoff (2 and 5 s of 60, scaled
     // to this 1 s window) outlasts the model's token and the hub's 10 ms.
-    link.on_rate_limited(ms(10), Some("normal"), t0 + ms(110));
+    link.on_rate_limited(ms(10), Some("normal"), t0 + ms(110), &mut fx);
     link.tick(t0 + ms(215), &mut fx);
     assert_eq!(sent(&fx), ["c1", "c1"]);
-    link.on_rate_limited(ms(10), Some("normal"), t0 + ms(220));
+    link.on_rate_limited(ms(10), Some("normal"), t0 + ms(220), &mut fx);
     let third = t0 + ms(220) + RateLimits { window: ms(1_000), ..RateLimits::default() }.denial_backoff(3);
     assert_eq!(link.deadline(), Some(third.max(t0 + ms(220) + token(1))));
     // The answer comes after all: nothing is left to resend.
@@ -444,7 +444,7 @@ fn a_lost_connection_drops_the_waiting_frames_but_not_the_budget() {
         link.send(out("task_accepted", format!("a{i}")), Some(entry(ReplyKind::Accepted, i)), &mut fx);
     }
     assert_eq!(sent(&fx).len(), 10);
-    link.on_lost(None, t0 + ms(1));
+    link.on_lost(None, t0 + ms(1), &mut fx);
     // The next connection: its first frame still waits for the hub's
     // bucket, which a reconnect does not refill; the dropped a10 is gone.
     let reconnect_at = link.deadline().unwrap();

@@ -2,8 +2,8 @@
 //! started again, run mode, and a run-mode agent an earlier run left.
 
 use super::*;
-use crate::queue_store::WakeProcess;
-use crate::wake::{WakeIdentity, WakeMode, WakeStarted};
+use crate::state::WakeProcess;
+use crate::state::{WakeIdentity, WakeMode, WakeStarted};
 
 fn run_settings() -> Settings {
     Settings { wake_mode: WakeMode::Run, ..settings() }

@@ -3,7 +3,7 @@
 use super::frames::parse_retry_in;
 use super::*;
 use crate::retry::JitterStrategy;
-use crate::wake::{WakeOutcome, WakeStatus};
+use crate::state::{WakeOutcome, WakeStatus};
 
 const TASK: &str = "task-0123456789abcdef";
 
@@ -18,7 +18,7 @@ fn settings() -> Settings {
         token: Secret::new("s3cret-token"),
         capabilities: vec!["code".into()],
         has_wake_command: true,
-        wake_mode: crate::wake::WakeMode::Launch,
+        wake_mode: WakeMode::Launch,
         agent_check_interval: ms(1_000),
         cancel_grace: ms(2_000),
         has_update_command: false,
@@ -53,7 +53,25 @@ struct Harness {
     t0: Instant,
     now: Instant,
     fx: Vec<Effect>,
+    /// The log lines of the last batch (kept out of `fx`).
+    logs: Vec<String>,
     conn: u64,
+}
+
+/// The batch without its log lines, and the lines.
+fn split_logs(batch: Vec<Effect>) -> (Vec<Effect>, Vec<String>) {
+    let mut logs = Vec::new();
+    let fx = batch
+        .into_iter()
+        .filter(|effect| match effect {
+            Effect::Log { text, .. } => {
+                logs.push(text.clone());
+                false
+            }
+            _ => true,
+        })
+        .collect();
+    (fx, logs)
 }
 
 impl Harness {
@@ -77,9 +95,9 @@ impl Harness {
         if agent_running {
             state.agent_still_running();
         }
-        let fx = state.start();
+        let (fx, logs) = split_logs(state.start());
         let conn = connect_id(&fx).expect("start connects");
-        Harness { state, t0, now: t0, fx, conn }
+        Harness { state, t0, now: t0, fx, logs, conn }
     }
 
     fn at(&mut self, ms_since_start: u64) -> &mut Harness {
@@ -88,7 +106,7 @@ impl Harness {
     }
 
     fn input(&mut self, input: Input) -> &[Effect] {
-        self.fx = self.state.handle(input, self.now, 1_700_000_000_000);
+        (self.fx, self.logs) = split_logs(self.state.handle(input, self.now, 1_700_000_000_000));
         if let Some(conn) = connect_id(&self.fx) {
             self.conn = conn;
         }
@@ -208,11 +226,11 @@ impl Harness {
 /// One effect as short text, so a test can assert a whole batch and an
 /// unexpected extra effect fails it.
 fn describe(effect: &Effect) -> String {
-    let task = |kind: &str, t: &crate::queue_store::TaskRecord| {
+    let task = |kind: &str, t: &TaskRecord| {
         let report = match &t.report {
             None => String::new(),
-            Some(crate::queue_store::Report::Complete { .. }) => " report=complete".into(),
-            Some(crate::queue_store::Report::Failed { reason }) => format!(" report=failed({reason})"),
+            Some(Report::Complete { .. }) => " report=complete".into(),
+            Some(Report::Failed { reason }) => format!(" report=failed({reason})"),
         };
         format!("persist {kind} {} gen={}{report}", t.status, t.generation)
     };
@@ -245,6 +263,7 @@ fn describe(effect: &Effect) -> String {
         Effect::RemoveTaskFiles { .. } => "remove files".into(),
         Effect::DiscardTaskFiles { .. } => "discard files".into(),
         Effect::Record { event, .. } => format!("record {event}"),
+        Effect::Log { level, text } => format!("log {level}: {text}"),
         Effect::StartUpdate => "start update".into(),
         Effect::Exit => "exit".into(),
     }

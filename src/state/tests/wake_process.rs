@@ -2,8 +2,8 @@
 //! known, cleared with its outcome, forgotten at start (the shell ended it).
 
 use super::*;
-use crate::queue_store::{TaskStatus, WakeProcess};
-use crate::wake::{WakeIdentity, WakeMode, WakeStarted};
+use crate::state::{TaskStatus, WakeProcess};
+use crate::state::{WakeIdentity, WakeMode, WakeStarted};
 
 fn identity() -> WakeIdentity {
     WakeIdentity { pid: 4242, process_group: Some(4242), start_time: Some(987_654) }
