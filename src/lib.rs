@@ -25,6 +25,8 @@ pub mod queue_store;
 pub mod retry;
 pub mod selfupdate;
 pub mod service;
+#[cfg(test)]
+mod size_tests;
 pub mod state;
 pub mod status;
 pub mod supervisor;
