@@ -19,6 +19,7 @@ pub mod hub;
 pub mod lifecycle_log;
 pub mod logging;
 pub(crate) mod main_loop;
+pub mod output;
 pub mod protocol;
 pub mod queue_lock;
 pub mod queue_store;

@@ -106,7 +106,7 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
     let options = match parse(args) {
         Ok(Some(options)) => options,
         Ok(None) => {
-            println!("{USAGE}");
+            crate::outln!("{USAGE}");
             return ExitCode::SUCCESS;
         }
         Err(text) => {
@@ -124,7 +124,7 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
     for warning in &warnings {
         eprintln!("warning: {warning}");
     }
-    let mut out = std::io::stdout().lock();
+    let mut out = crate::output::Stdout;
     match rehearse(&config, options.description.as_deref(), options.wait, &mut out) {
         Ok(verdict) if verdict.completed() => ExitCode::SUCCESS,
         Ok(_) => ExitCode::FAILURE,
