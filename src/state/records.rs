@@ -6,6 +6,8 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use super::WakeMode;
+
 /// The whole file.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct QueueFile {
@@ -143,41 +145,6 @@ pub enum Report {
 
 fn empty_object() -> Value {
     Value::Object(Map::new())
-}
-
-/// What the wake command is (config key `wake_mode`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum WakeMode {
-    /// The command starts or pokes the agent and returns; the agent confirms
-    /// with `.started` and writes its result file (the Node sidecar's
-    /// behaviour).
-    #[default]
-    Launch,
-    /// The command is the agent (a headless agent CLI): its start is the
-    /// confirmation, its end the outcome (see [`run::conclude`]).
-    Run,
-}
-
-impl WakeMode {
-    pub fn parse(name: &str) -> Option<WakeMode> {
-        match name {
-            "launch" => Some(WakeMode::Launch),
-            "run" => Some(WakeMode::Run),
-            _ => None,
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            WakeMode::Launch => "launch",
-            WakeMode::Run => "run",
-        }
-    }
-
-    pub fn is_launch(&self) -> bool {
-        *self == WakeMode::Launch
-    }
 }
 
 /// What identifies a started wake command without trusting a pid alone (pids
