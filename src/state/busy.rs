@@ -81,7 +81,7 @@ impl State {
     pub(super) fn take_up_busy_pushes(&mut self, now: Instant, fx: &mut Vec<Effect>) {
         if self.task.is_some()
             || !self.link.is_ready()
-            || self.shutting_down
+            || self.link.is_stopped()
             || self.pushed_while_busy.is_empty()
         {
             return;

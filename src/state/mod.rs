@@ -207,7 +207,6 @@ pub struct State {
     agent_check_at: Option<Instant>,
     /// Top-level queue.json fields we do not know, kept on every save.
     queue_extra: Map<String, Value>,
-    shutting_down: bool,
     /// When to rescan the results directory (only with `rescan_results`).
     next_poll_at: Option<Instant>,
     /// Result-file names of tasks we do not hold, already logged once.
@@ -328,7 +327,6 @@ impl State {
             agent_outside: false,
             agent_check_at: None,
             queue_extra: extra,
-            shutting_down: false,
             next_poll_at: None,
             foreign_files_logged: HashSet::new(),
             newer_hub: false,
@@ -375,7 +373,7 @@ impl State {
     /// files of a read, a wake's outcome) must not start new work.
     pub fn handle(&mut self, input: Input, now: Instant, wall_ms: u64) -> Vec<Effect> {
         let mut fx = Vec::new();
-        if self.shutting_down {
+        if self.link.is_stopped() {
             say!(fx, Debug, "shutting down: ignoring {input:?}");
             return fx;
         }
@@ -435,7 +433,7 @@ impl State {
             Input::AgentEnded { task_id } => self.on_agent_ended(&task_id, &mut fx),
             Input::Tick => {}
         }
-        if !self.shutting_down {
+        if !self.link.is_stopped() {
             self.on_tick(now, &mut fx);
         }
         fx
@@ -443,7 +441,7 @@ impl State {
 
     /// When the core next needs a `Tick`, if ever.
     pub fn next_deadline(&self) -> Option<Instant> {
-        if self.shutting_down {
+        if self.link.is_stopped() {
             return None;
         }
         let task = self.task.as_ref().and_then(|t| {
@@ -473,7 +471,7 @@ impl State {
     }
 
     pub fn is_shutting_down(&self) -> bool {
-        self.shutting_down
+        self.link.is_stopped()
     }
 
     /// The hub has shown it is the newer one (see [`BUSY_REASON`]), which
@@ -610,10 +608,9 @@ impl State {
     }
 
     fn shut_down(&mut self, why: &str, fx: &mut Vec<Effect>) {
-        if self.shutting_down {
+        if self.link.is_stopped() {
             return;
         }
-        self.shutting_down = true;
         say!(fx, Info, "shutting down: {why}");
         fx.push(record(LifecycleEvent::Shutdown, json!({ "why": why })));
         // A running wake command: a launcher is killed when the executor

@@ -60,7 +60,7 @@ impl State {
             return;
         }
         self.forget_busy_push(&task_id);
-        if self.shutting_down {
+        if self.link.is_stopped() {
             self.refuse(Some(&task_id), "shutting down", fx);
             return;
         }

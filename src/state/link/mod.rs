@@ -229,6 +229,11 @@ impl Link {
         self.conn = Conn::Stopped;
     }
 
+    /// Stopped: the sidecar is shutting down.
+    pub fn is_stopped(&self) -> bool {
+        self.conn == Conn::Stopped
+    }
+
     fn transmit(&mut self, frame: Sent, fx: &mut Vec<Effect>) {
         let Some(conn_id) = self.live_conn_id() else {
             return;
