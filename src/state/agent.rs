@@ -18,15 +18,104 @@ use std::time::Instant;
 use serde_json::json;
 
 use super::task::Phase;
-use super::{record, Effect, Held, LifecycleEvent, Report, State, WakeMode, WakeOutcome, WakeStatus};
+use super::{
+    record, Effect, Held, LifecycleEvent, Report, State, WakeMode, WakeOutcome, WakeProcess, WakeStatus,
+};
+
+/// What runs an agent, as the core knows it: one slot, so that the
+/// executor's attempt and a process left by an earlier run cannot be
+/// confused.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Executor {
+    /// Nothing runs that the core knows of.
+    Idle,
+    /// Recorded in queue.json by an earlier run (or left running at
+    /// shutdown): [`State::start`] forgets it, unless the shell found it
+    /// still at work (`Outside`).
+    Leftover(WakeProcess),
+    /// The executor runs an attempt for `task_id` (it may be a task we
+    /// dropped, whose attempt is being cancelled); `process` once it has
+    /// started, as persisted so that after a crash the next start can end
+    /// it first, or, a run-mode agent, find it again. One attempt at a
+    /// time, whichever task it belongs to.
+    Running { task_id: String, process: Option<WakeProcess> },
+    /// A run-mode agent an earlier run left running: no executor watches
+    /// it; it is checked at `check_at` (every `results_poll`).
+    Outside { process: WakeProcess, check_at: Option<Instant> },
+}
+
+impl Executor {
+    /// The process queue.json records.
+    pub fn process(&self) -> Option<&WakeProcess> {
+        match self {
+            Executor::Idle | Executor::Running { process: None, .. } => None,
+            Executor::Leftover(process)
+            | Executor::Running { process: Some(process), .. }
+            | Executor::Outside { process, .. } => Some(process),
+        }
+    }
+
+    /// The executor is busy with an attempt.
+    pub fn is_running(&self) -> bool {
+        matches!(self, Executor::Running { .. })
+    }
+
+    pub fn is_running_for(&self, task: &str) -> bool {
+        matches!(self, Executor::Running { task_id, .. } if task_id == task)
+    }
+
+    /// A process of `task`'s agent is known to run (the executor's, or one
+    /// an earlier run left).
+    pub fn runs_agent_of(&self, task: &str) -> bool {
+        match self {
+            Executor::Running { task_id, .. } => task_id == task,
+            Executor::Outside { process, .. } => process.task_id == task,
+            Executor::Idle | Executor::Leftover(_) => false,
+        }
+    }
+
+    /// When the agent left running is next checked.
+    pub fn check_at(&self) -> Option<Instant> {
+        match self {
+            Executor::Outside { check_at, .. } => *check_at,
+            _ => None,
+        }
+    }
+
+    /// The executor reported attempt `attempt` of `task` ended: whether it
+    /// was the one running (the executor is idle now), and whether it was
+    /// recorded (queue.json must forget it).
+    pub fn finished(&mut self, task: &str, attempt: u32) -> (bool, bool) {
+        let Executor::Running { task_id, process } = self else {
+            return (false, false);
+        };
+        if task_id != task {
+            return (false, false);
+        }
+        let recorded = process.as_ref().is_some_and(|p| p.attempt == attempt);
+        // An outcome of another attempt leaves the recorded one recorded.
+        let left = if recorded { None } else { process.take() };
+        *self = left.map_or(Executor::Idle, Executor::Leftover);
+        (true, recorded)
+    }
+
+    /// Shutdown: the executor's attempt is no longer ours to watch (a
+    /// launcher is killed when the executor stops; a run-mode agent is left
+    /// running, recorded for the next start).
+    pub fn stop(&mut self) {
+        if let Executor::Running { process, .. } = self {
+            *self = process.take().map_or(Executor::Idle, Executor::Leftover);
+        }
+    }
+}
 
 impl State {
     /// The shell found the agent recorded in queue.json (a run-mode agent,
     /// or a synchronous script whose task is working) still running: it is
     /// watched, not ended. Call before [`State::start`].
     pub fn agent_still_running(&mut self) {
-        if self.wake_process.is_some() {
-            self.agent_outside = true;
+        if let Executor::Leftover(process) = &self.executor {
+            self.executor = Executor::Outside { process: process.clone(), check_at: None };
         }
     }
 
@@ -34,13 +123,11 @@ impl State {
     /// agent still at work; a launcher recorded as having exited 0 leaves
     /// its task waiting for confirmation. Whether a record was forgotten.
     pub(super) fn take_leftover(&mut self, fx: &mut Vec<Effect>) -> bool {
-        let Some(process) = self.wake_process.clone() else {
+        let Executor::Leftover(process) = &self.executor else {
             return false;
         };
-        if self.agent_outside {
-            return false;
-        }
-        self.wake_process = None;
+        let process = process.clone();
+        self.executor = Executor::Idle;
         let Some(task) = self.task.as_mut() else {
             return true;
         };
@@ -62,34 +149,27 @@ impl State {
 
     /// Asks the shell about the agent left running, when due.
     pub(super) fn check_agent_outside(&mut self, now: Instant, fx: &mut Vec<Effect>) {
-        if !self.agent_outside {
-            self.agent_check_at = None;
-            return;
-        }
-        let Some(process) = &self.wake_process else {
-            self.agent_outside = false;
+        let Executor::Outside { process, check_at } = &mut self.executor else {
             return;
         };
-        match self.agent_check_at {
+        match *check_at {
             Some(at) if now < at => {}
             _ => {
-                if self.agent_check_at.is_some() {
+                if check_at.is_some() {
                     fx.push(Effect::CheckAgent { process: process.clone() });
                 }
-                self.agent_check_at = Some(now + self.settings.results_poll);
+                *check_at = Some(now + self.settings.results_poll);
             }
         }
     }
 
     /// The agent left running has ended: its result file is written.
     pub(super) fn on_agent_ended(&mut self, task_id: &str, fx: &mut Vec<Effect>) {
-        if !self.agent_outside || self.wake_process.as_ref().is_none_or(|p| p.task_id != task_id) {
+        if !matches!(&self.executor, Executor::Outside { process, .. } if process.task_id == task_id) {
             return;
         }
         say!(fx, Info, "the agent of task {task_id}, left running by an earlier run, has ended");
-        self.agent_outside = false;
-        self.agent_check_at = None;
-        self.wake_process = None;
+        self.executor = Executor::Idle;
         fx.push(Effect::Persist(Box::new(self.queue_file())));
         let silence = self.now + self.settings.adopted_silence;
         if let Some(task) = self.task.as_mut().filter(|t| t.id == task_id) {
@@ -112,16 +192,13 @@ impl State {
                 task.cancel_marked = true;
             }
         }
-        if self.wake_running.as_deref() == Some(task_id) {
+        if self.executor.is_running_for(task_id) {
             fx.push(Effect::CancelWake { task_id: task_id.to_owned() });
         }
-        if let Some(process) =
-            self.wake_process.as_ref().filter(|p| self.agent_outside && p.task_id == task_id)
-        {
-            fx.push(Effect::EndAgent { process: process.clone() });
-            self.agent_outside = false;
-            self.agent_check_at = None;
-            self.wake_process = None;
+        if matches!(&self.executor, Executor::Outside { process, .. } if process.task_id == task_id) {
+            if let Executor::Outside { process, .. } = std::mem::replace(&mut self.executor, Executor::Idle) {
+                fx.push(Effect::EndAgent { process });
+            }
         }
     }
 

@@ -54,6 +54,7 @@ use serde_json::{json, Map, Value};
 
 use crate::protocol::{Outgoing, Token};
 
+use agent::Executor;
 pub use link::RateLimits;
 use link::{Link, Timeout};
 use past::PastTasks;
@@ -193,18 +194,9 @@ pub struct State {
     past: PastTasks,
     /// The time of the input being handled.
     now: Instant,
-    /// The task whose wake attempt the executor is running, if any (it may
-    /// be a task we dropped, whose attempt is being cancelled). The executor
-    /// runs one attempt at a time, whichever task it belongs to.
-    wake_running: Option<String>,
-    /// The started wake command not yet reported ended, as persisted (so
-    /// that after a crash the next start can end it first, or, a run-mode
-    /// agent, find it again).
-    wake_process: Option<WakeProcess>,
-    /// `wake_process` is a run-mode agent an earlier run left running: no
-    /// executor watches it; it is checked at `agent_check_at`.
-    agent_outside: bool,
-    agent_check_at: Option<Instant>,
+    /// What runs an agent: the executor's attempt, or a process an earlier
+    /// run left (see `agent.rs`).
+    executor: Executor,
     /// Top-level queue.json fields we do not know, kept on every save.
     queue_extra: Map<String, Value>,
     /// When to rescan the results directory (only with `rescan_results`).
@@ -256,8 +248,7 @@ struct Held<'a> {
     settings: &'a Settings,
     past: &'a PastTasks,
     queue_extra: &'a Map<String, Value>,
-    wake_running: &'a mut Option<String>,
-    wake_process: &'a Option<WakeProcess>,
+    executor: &'a mut Executor,
     /// The held task's agent process is known to be running (the
     /// executor's, or one an earlier run left): it is at work, not silent.
     agent_alive: bool,
@@ -266,7 +257,7 @@ struct Held<'a> {
 impl Held<'_> {
     /// Persists queue.json as it is now.
     fn persist(&self, fx: &mut Vec<Effect>) {
-        let queue = queue_file(Some(self.task), self.past, self.wake_process, self.queue_extra);
+        let queue = queue_file(Some(self.task), self.past, self.executor.process(), self.queue_extra);
         fx.push(Effect::Persist(Box::new(queue)));
     }
 }
@@ -274,11 +265,11 @@ impl Held<'_> {
 fn queue_file(
     task: Option<&Task>,
     past: &PastTasks,
-    wake_process: &Option<WakeProcess>,
+    wake_process: Option<&WakeProcess>,
     extra: &Map<String, Value>,
 ) -> QueueFile {
     let (past, past_earlier) = past.to_queue();
-    let wake_process = wake_process.clone();
+    let wake_process = wake_process.cloned();
     let mut queue =
         QueueFile { active: None, recovering: None, past, past_earlier, wake_process, extra: extra.clone() };
     if let Some(task) = task {
@@ -322,10 +313,7 @@ impl State {
             task: active.or(recovering).map(Task::recovered),
             past: PastTasks::from_queue(past, past_earlier),
             now,
-            wake_running: None,
-            wake_process,
-            agent_outside: false,
-            agent_check_at: None,
+            executor: wake_process.map_or(Executor::Idle, Executor::Leftover),
             queue_extra: extra,
             next_poll_at: None,
             foreign_files_logged: HashSet::new(),
@@ -448,14 +436,14 @@ impl State {
             let may_send_progress = self.link.is_ready() && t.sync == HubSync::Confirmed;
             let s = &self.settings;
             t.deadline(
-                self.wake_running.is_none(),
+                !self.executor.is_running(),
                 may_send_progress,
                 s.progress_interval,
                 s.keepalive_interval,
             )
         });
         let past = self.past.next_due();
-        let agent = self.agent_check_at.filter(|_| self.agent_outside);
+        let agent = self.executor.check_at();
         [self.link.deadline(), task, self.next_poll_at, past, agent].into_iter().flatten().min()
     }
 
@@ -488,14 +476,11 @@ impl State {
 
     /// queue.json as it should be on disk now.
     pub fn queue_file(&self) -> QueueFile {
-        queue_file(self.task.as_ref(), &self.past, &self.wake_process, &self.queue_extra)
+        queue_file(self.task.as_ref(), &self.past, self.executor.process(), &self.queue_extra)
     }
 
     fn held(&mut self) -> Option<Held<'_>> {
-        let agent_alive = self.task.as_ref().is_some_and(|t| {
-            self.wake_running.as_deref() == Some(t.id.as_str())
-                || (self.agent_outside && self.wake_process.as_ref().is_some_and(|p| p.task_id == t.id))
-        });
+        let agent_alive = self.task.as_ref().is_some_and(|t| self.executor.runs_agent_of(&t.id));
         Some(Held {
             agent_alive,
             task: self.task.as_mut()?,
@@ -503,8 +488,7 @@ impl State {
             settings: &self.settings,
             past: &self.past,
             queue_extra: &self.queue_extra,
-            wake_running: &mut self.wake_running,
-            wake_process: &self.wake_process,
+            executor: &mut self.executor,
         })
     }
 
@@ -615,7 +599,7 @@ impl State {
         fx.push(record(LifecycleEvent::Shutdown, json!({ "why": why })));
         // A running wake command: a launcher is killed when the executor
         // stops; a run-mode agent is left running for the next start.
-        self.wake_running = None;
+        self.executor.stop();
         if let Some(task) = &mut self.task {
             // An attempt cut short by shutdown is not a failed attempt; the
             // next run wakes again once the hub confirms the task.

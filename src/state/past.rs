@@ -132,7 +132,7 @@ impl State {
         if fate == PastFate::Settled {
             // Cancelled or settled by the hub: its agent stops.
             self.stop_agent(&task_id, None, fx);
-        } else if !confirmed && self.wake_running.as_deref() == Some(task_id.as_str()) {
+        } else if !confirmed && self.executor.is_running_for(&task_id) {
             // Taken back before its agent confirmed: the hub may hand it to
             // another. Confirmed work goes on: if the hub hands the task
             // back, its result is taken from its files.

@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use super::agent::Executor;
 use super::link::ReplyKind;
 use super::report::{parse_progress, report_from_result};
 use super::task::{HubSync, Phase, Task, Unparsed};
@@ -116,8 +117,8 @@ impl State {
         let WakeStarted { task_id, attempt, identity } = started;
         say!(fx, Debug, "wake attempt {attempt} for task {task_id} runs as {identity:?}");
         let mode = self.settings.wake_mode;
-        self.wake_process =
-            Some(WakeProcess { task_id: task_id.clone(), attempt, identity, mode, exit_code: None });
+        let process = WakeProcess { task_id: task_id.clone(), attempt, identity, mode, exit_code: None };
+        self.executor = Executor::Running { task_id: task_id.clone(), process: Some(process) };
         // Recorded before it runs: in run mode, as confirmed.
         self.confirm_run(&task_id, attempt, fx);
         fx.push(Effect::Persist(Box::new(self.queue_file())));
@@ -127,25 +128,22 @@ impl State {
     /// An attempt ended: it is no longer recorded as running (persisted with
     /// whatever the outcome changes, or on its own).
     pub(super) fn on_wake_finished(&mut self, outcome: WakeOutcome, now: Instant, fx: &mut Vec<Effect>) {
-        let ended = self
-            .wake_process
-            .as_ref()
-            .is_some_and(|p| p.task_id == outcome.task_id && p.attempt == outcome.attempt);
-        if ended {
-            self.wake_process = None;
-        }
+        let (was_running, ended) = self.executor.finished(&outcome.task_id, outcome.attempt);
         let first = fx.len();
-        self.on_wake_outcome(outcome, now, fx);
+        self.on_wake_outcome(outcome, was_running, now, fx);
         if ended && !fx[first..].iter().any(|effect| matches!(effect, Effect::Persist(_))) {
             fx.push(Effect::Persist(Box::new(self.queue_file())));
         }
     }
 
-    fn on_wake_outcome(&mut self, outcome: WakeOutcome, now: Instant, fx: &mut Vec<Effect>) {
-        let was_running = self.wake_running.as_deref() == Some(outcome.task_id.as_str());
-        if was_running {
-            self.wake_running = None;
-        }
+    /// `was_running`: the executor ran this attempt (it is idle now).
+    fn on_wake_outcome(
+        &mut self,
+        outcome: WakeOutcome,
+        was_running: bool,
+        now: Instant,
+        fx: &mut Vec<Effect>,
+    ) {
         let error = outcome.status.error();
         fx.push(record(
             LifecycleEvent::WakeFinished,
@@ -286,7 +284,7 @@ impl Held<'_> {
     }
 
     fn start_wake_attempt(&mut self, attempt: u32, now: Instant, fx: &mut Vec<Effect>) {
-        if self.wake_running.is_some() {
+        if self.executor.is_running() {
             // The executor is still finishing another attempt (one being
             // cancelled); start as soon as it reports.
             self.task.phase = Phase::WakeRetry { attempt, at: now };
@@ -313,7 +311,7 @@ impl Held<'_> {
         };
         say!(fx, Info, "waking the agent for task {} (attempt {attempt})", t.id);
         fx.push(record(LifecycleEvent::WakeAttempt, json!({ "task_id": t.id, "attempt": attempt })));
-        *self.wake_running = Some(t.id.clone());
+        *self.executor = Executor::Running { task_id: t.id.clone(), process: None };
         self.persist(fx);
         fx.push(Effect::StartWake(start));
     }
@@ -428,7 +426,7 @@ impl Held<'_> {
 
     pub(super) fn on_tick(&mut self, now: Instant, fx: &mut Vec<Effect>) {
         if let Phase::WakeRetry { attempt, at } = self.task.phase {
-            if now >= at && self.wake_running.is_none() {
+            if now >= at && !self.executor.is_running() {
                 self.start_wake_attempt(attempt, now, fx);
             }
         }
