@@ -175,8 +175,8 @@ impl State {
         if let Some(task) = self.task.as_mut().filter(|t| t.id == task_id) {
             // From now on it must show life like any task adopted without a
             // wake (its result is read next).
-            if task.phase == Phase::Working {
-                task.silent_until = Some(silence);
+            if let Phase::Working { silent_until, .. } = &mut task.phase {
+                *silent_until = Some(silence);
             }
             fx.push(Effect::ReadTaskFiles { task_id: task_id.to_owned() });
         }
@@ -211,7 +211,7 @@ impl State {
         if let Some(task) = self.task.as_mut().filter(|t| t.id == task_id) {
             if task.phase == (Phase::Waking { attempt }) {
                 task.confirmed = true;
-                task.phase = Phase::Working;
+                task.phase = Phase::WORKING;
                 say!(fx, Info, "agent started for task {task_id} (run mode): confirmed");
                 fx.push(record(LifecycleEvent::Confirmed, json!({ "task_id": task_id })));
             }
@@ -249,14 +249,20 @@ impl Held<'_> {
         if failure.is_some() {
             say!(fx, Info, "the agent of task {task_id} ended ({}); its result file decides", outcome.status);
         }
-        self.task.exit_failure = failure;
+        if let Phase::Working { exit_failure, .. } = &mut self.task.phase {
+            *exit_failure = failure;
+        }
         fx.push(Effect::ReadTaskFiles { task_id });
     }
 
     /// No result file after the agent's process ended with a failure: the
     /// task fails now.
     pub(super) fn fail_if_exited(&mut self, fx: &mut Vec<Effect>) {
-        if let Some(reason) = self.task.exit_failure.take() {
+        let exited = match &mut self.task.phase {
+            Phase::Working { exit_failure, .. } => exit_failure.take(),
+            _ => None,
+        };
+        if let Some(reason) = exited {
             say!(fx, Warn, "task {} failed: {reason}", self.task.id);
             self.set_outcome(Report::Failed { reason }, fx);
         }

@@ -105,7 +105,6 @@ impl Held<'_> {
         fx.push(record(event, json!({ "task_id": t.id, "generation": t.generation, "outcome": detail })));
         t.phase = Phase::Reporting { report, status: t.status(), sent: None };
         t.timeout_at = None;
-        t.silent_until = None;
         t.unparsed = None;
         // Progress after the outcome means nothing to the hub, nor does any
         // progress or wake_result still waiting for a token.

@@ -31,11 +31,21 @@ pub(crate) enum Phase {
     /// task recovered at start until the hub says it is still ours.
     Confirming { deadline: Option<Instant> },
     /// The agent works on it (or no wake command is configured).
-    Working,
+    /// `silent_until`: taken over without a wake, unless its agent shows
+    /// life (a new progress value, its result) by then, it fails (see
+    /// `past.rs`). `exit_failure`: the agent's process ended with this
+    /// failure after confirming: the task fails with it unless a result file
+    /// is there.
+    Working { silent_until: Option<Instant>, exit_failure: Option<String> },
     /// The outcome is known and persisted: it is owed to the hub. `status` is
     /// where the task stood when it ended (kept in queue.json); `sent` is the
     /// generation of the report in flight on the live connection.
     Reporting { report: Report, status: TaskStatus, sent: Option<u64> },
+}
+
+impl Phase {
+    /// Working, with nothing to watch for.
+    pub const WORKING: Phase = Phase::Working { silent_until: None, exit_failure: None };
 }
 
 /// What the hub is known to think of the task.
@@ -87,14 +97,8 @@ pub(crate) struct Task {
     pub confirmed: bool,
     /// `task_timeout_ms` ends the task here (until it has an outcome).
     pub timeout_at: Option<Instant>,
-    /// Taken over without a wake: unless its agent shows life (a new
-    /// progress value, its result) by then, it fails (see `past.rs`).
-    pub silent_until: Option<Instant>,
     pub unparsed: Option<Unparsed>,
     pub progress: Progress,
-    /// The agent's process ended with this failure after confirming: the
-    /// task fails with it unless a result file is there.
-    pub exit_failure: Option<String>,
     /// Its cancel marker was written (a cancel, its timeout): once let go,
     /// its files stay for `cancel_grace` before they are removed.
     pub cancel_marked: bool,
@@ -119,10 +123,8 @@ impl Task {
             sync: HubSync::Confirmed,
             confirmed: false,
             timeout_at: None,
-            silent_until: None,
             unparsed: None,
             progress: Progress::default(),
-            exit_failure: None,
             cancel_marked: false,
         }
     }
@@ -134,7 +136,7 @@ impl Task {
             (None, TaskStatus::Accepted) => Phase::ToWake { interrupted: false },
             (None, TaskStatus::Waking) => Phase::ToWake { interrupted: true },
             (None, TaskStatus::WakingConfirmation) => Phase::Confirming { deadline: None },
-            (None, TaskStatus::Working) => Phase::Working,
+            (None, TaskStatus::Working) => Phase::WORKING,
         };
         Task {
             id: record.task_id,
@@ -149,10 +151,8 @@ impl Task {
             sync: HubSync::Recovered,
             confirmed: false,
             timeout_at: None,
-            silent_until: None,
             unparsed: None,
             progress: Progress::default(),
-            exit_failure: None,
             cancel_marked: false,
         }
     }
@@ -165,7 +165,7 @@ impl Task {
                 TaskStatus::Waking
             }
             Phase::Confirming { .. } => TaskStatus::WakingConfirmation,
-            Phase::Working => TaskStatus::Working,
+            Phase::Working { .. } => TaskStatus::Working,
             Phase::Reporting { status, .. } => *status,
         }
     }
@@ -237,7 +237,7 @@ impl Task {
         let phase = match self.phase {
             Phase::WakeRetry { at, .. } if executor_idle => Some(at),
             Phase::Confirming { deadline } => deadline,
-            Phase::Working => self.silent_until,
+            Phase::Working { silent_until, .. } => silent_until,
             _ => None,
         };
         let progress = match (&self.progress.pending, self.progress.last_sent_at) {

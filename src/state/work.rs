@@ -169,7 +169,7 @@ impl State {
             Phase::Waking { attempt } => attempt == outcome.attempt,
             // Confirmed while it ran (or adopted while it still ran): the
             // executor runs one command at a time, so it is this task's.
-            Phase::Working | Phase::Reporting { .. } => was_running,
+            Phase::Working { .. } | Phase::Reporting { .. } => was_running,
             _ => false,
         };
         if !current {
@@ -193,8 +193,10 @@ impl State {
                 });
                 held.after_attempt(attempt, outcome.status == WakeStatus::Success, error, now, fx)
             }
-            Phase::Waking { .. } | Phase::Working => {
-                held.task.phase = Phase::Working;
+            Phase::Waking { .. } | Phase::Working { .. } => {
+                if !matches!(held.task.phase, Phase::Working { .. }) {
+                    held.task.phase = Phase::WORKING;
+                }
                 held.after_confirmed(&outcome, fx);
             }
             _ => {}
@@ -250,10 +252,9 @@ impl Held<'_> {
             Phase::Reporting { .. } => return,
             Phase::ToWake { .. } => self.begin_work(now, fx),
             Phase::Confirming { deadline } => *deadline = Some(now + self.settings.confirmation_timeout),
-            Phase::Working => {
+            Phase::Working { silent_until, .. } => {
                 // Taken over after our crash without a wake.
-                let silence = self.settings.adopted_silence;
-                self.task.silent_until.get_or_insert(now + silence);
+                silent_until.get_or_insert(now + self.settings.adopted_silence);
             }
             Phase::Adopting | Phase::Waking { .. } | Phase::WakeRetry { .. } => {}
         }
@@ -271,14 +272,14 @@ impl Held<'_> {
                 "task {} was confirmed by its agent before: adopting it without a wake",
                 self.task.id
             );
-            self.task.phase = Phase::Working;
-            self.task.silent_until = Some(now + self.settings.adopted_silence);
+            let silent_until = Some(now + self.settings.adopted_silence);
+            self.task.phase = Phase::Working { silent_until, exit_failure: None };
             self.persist(fx);
         } else if self.settings.has_wake_command {
             self.start_wake_attempt(1, now, fx);
         } else {
             say!(fx, Info, "no wake_command configured: task {} goes straight to working", self.task.id);
-            self.task.phase = Phase::Working;
+            self.task.phase = Phase::WORKING;
             self.persist(fx);
         }
     }
@@ -329,7 +330,7 @@ impl Held<'_> {
         let task_id = self.task.id.clone();
         if success {
             self.task.phase = if self.task.confirmed {
-                Phase::Working
+                Phase::WORKING
             } else {
                 Phase::Confirming { deadline: Some(now + self.settings.confirmation_timeout) }
             };
@@ -369,7 +370,7 @@ impl Held<'_> {
             // Still waking: the wake command is the agent at work (a
             // synchronous script); it is never started again.
             if let Phase::Confirming { .. } | Phase::Waking { .. } = self.task.phase {
-                self.task.phase = Phase::Working;
+                self.task.phase = Phase::WORKING;
                 self.persist(fx);
             }
         }
@@ -380,7 +381,7 @@ impl Held<'_> {
                         && self.task.progress.pending.as_ref() != Some(&progress);
                     if new {
                         self.task.progress.pending = Some(progress);
-                        if let Some(until) = &mut self.task.silent_until {
+                        if let Phase::Working { silent_until: Some(until), .. } = &mut self.task.phase {
                             // Life: the silence starts over.
                             *until = now + self.settings.adopted_silence;
                         }
@@ -442,11 +443,13 @@ impl Held<'_> {
                 self.set_outcome(Report::Failed { reason: "confirmation_timeout".into() }, fx);
             }
         }
-        if self.agent_alive {
-            // Its process runs: at work, not silent.
-            self.task.silent_until = None;
+        if let Phase::Working { silent_until, .. } = &mut self.task.phase {
+            if self.agent_alive {
+                // Its process runs: at work, not silent.
+                *silent_until = None;
+            }
         }
-        if self.task.phase == Phase::Working && self.task.silent_until.is_some_and(|at| now >= at) {
+        if matches!(self.task.phase, Phase::Working { silent_until: Some(at), .. } if now >= at) {
             let ms = self.settings.adopted_silence.as_millis();
             say!(
                 fx,
