@@ -209,7 +209,7 @@ impl State {
             return;
         }
         if let Some(task) = self.task.as_mut().filter(|t| t.id == task_id) {
-            if task.phase == (Phase::Waking { attempt }) {
+            if task.phase == Phase::Waking && task.wake_attempts == attempt {
                 task.confirmed = true;
                 task.phase = Phase::WORKING;
                 say!(fx, Info, "agent started for task {task_id} (run mode): confirmed");

@@ -603,7 +603,7 @@ impl State {
         if let Some(task) = &mut self.task {
             // An attempt cut short by shutdown is not a failed attempt; the
             // next run wakes again once the hub confirms the task.
-            if let Phase::Waking { .. } = task.phase {
+            if let Phase::Waking = task.phase {
                 task.phase = Phase::ToWake { interrupted: true };
             }
         }

@@ -22,11 +22,12 @@ pub(crate) enum Phase {
     /// (by an earlier run, or cut short by shutdown), so queue.json says
     /// `waking`.
     ToWake { interrupted: bool },
-    /// Wake attempt `attempt` is running.
-    Waking { attempt: u32 },
-    /// An attempt failed; attempt `attempt` starts at `at` (or as soon as
-    /// the executor is free).
-    WakeRetry { attempt: u32, at: Instant },
+    /// Wake attempt `Task::wake_attempts` is running.
+    Waking,
+    /// An attempt failed (or the executor was busy); the next one,
+    /// `Task::wake_attempts + 1`, starts at `at` (or as soon as the executor
+    /// is free).
+    WakeRetry { at: Instant },
     /// Woken; the agent must confirm (`.started`) by `deadline`. `None` for a
     /// task recovered at start until the hub says it is still ours.
     Confirming { deadline: Option<Instant> },
@@ -86,6 +87,8 @@ pub(crate) struct Task {
     pub metadata: Value,
     pub assigned_at: u64,
     pub generation: u64,
+    /// Wake attempts started (queue.json's `wake_attempts`): the running
+    /// one while [`Phase::Waking`], the last one after.
     pub wake_attempts: u32,
     /// The other fields of the hub's `task_assign`, for the agent.
     pub assignment: Map<String, Value>,
@@ -161,7 +164,7 @@ impl Task {
     pub fn status(&self) -> TaskStatus {
         match &self.phase {
             Phase::ToWake { interrupted: false } | Phase::Adopting => TaskStatus::Accepted,
-            Phase::ToWake { interrupted: true } | Phase::Waking { .. } | Phase::WakeRetry { .. } => {
+            Phase::ToWake { interrupted: true } | Phase::Waking | Phase::WakeRetry { .. } => {
                 TaskStatus::Waking
             }
             Phase::Confirming { .. } => TaskStatus::WakingConfirmation,

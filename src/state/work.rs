@@ -166,7 +166,7 @@ impl State {
         // The attempt of the held task that was running: still waking, or
         // the task's outcome came while the command ran.
         let current = match held.task.phase {
-            Phase::Waking { attempt } => attempt == outcome.attempt,
+            Phase::Waking => held.task.wake_attempts == outcome.attempt,
             // Confirmed while it ran (or adopted while it still ran): the
             // executor runs one command at a time, so it is this task's.
             Phase::Working { .. } | Phase::Reporting { .. } => was_running,
@@ -185,7 +185,8 @@ impl State {
             held.send_expecting(frame, ReplyKind::Unhandled, 0, fx);
         }
         match held.task.phase {
-            Phase::Waking { attempt } if !held.task.confirmed => {
+            Phase::Waking if !held.task.confirmed => {
+                let attempt = held.task.wake_attempts;
                 // The one line a failed attempt gets: what failed and why.
                 let error = error.map(|error| match outcome.stderr_last_line() {
                     Some(line) => (format!("{error}; last line of stderr: {line}"), error),
@@ -193,7 +194,7 @@ impl State {
                 });
                 held.after_attempt(attempt, outcome.status == WakeStatus::Success, error, now, fx)
             }
-            Phase::Waking { .. } | Phase::Working { .. } => {
+            Phase::Waking | Phase::Working { .. } => {
                 if !matches!(held.task.phase, Phase::Working { .. }) {
                     held.task.phase = Phase::WORKING;
                 }
@@ -256,7 +257,7 @@ impl Held<'_> {
                 // Taken over after our crash without a wake.
                 silent_until.get_or_insert(now + self.settings.adopted_silence);
             }
-            Phase::Adopting | Phase::Waking { .. } | Phase::WakeRetry { .. } => {}
+            Phase::Adopting | Phase::Waking | Phase::WakeRetry { .. } => {}
         }
         fx.push(Effect::ReadTaskFiles { task_id: self.task.id.clone() });
     }
@@ -288,11 +289,12 @@ impl Held<'_> {
         if self.executor.is_running() {
             // The executor is still finishing another attempt (one being
             // cancelled); start as soon as it reports.
-            self.task.phase = Phase::WakeRetry { attempt, at: now };
+            self.task.wake_attempts = attempt - 1;
+            self.task.phase = Phase::WakeRetry { at: now };
             return;
         }
         let t = &mut *self.task;
-        t.phase = Phase::Waking { attempt };
+        t.phase = Phase::Waking;
         t.wake_attempts = attempt;
         // Everything the hub sent, with our view of the five core fields
         // (the generation may have moved on since the push).
@@ -347,7 +349,7 @@ impl Held<'_> {
                 "wake attempt {attempt} for task {task_id} failed ({logged}); retrying in {} ms",
                 delay.as_millis()
             );
-            self.task.phase = Phase::WakeRetry { attempt: attempt + 1, at: now + *delay };
+            self.task.phase = Phase::WakeRetry { at: now + *delay };
         } else {
             say!(fx, Warn, "wake attempt {attempt} for task {task_id} failed ({logged}); no retry left: failing the task");
             let error = super::public::without_local_paths(&error);
@@ -369,7 +371,7 @@ impl Held<'_> {
             fx.push(record(LifecycleEvent::Confirmed, json!({ "task_id": task_id })));
             // Still waking: the wake command is the agent at work (a
             // synchronous script); it is never started again.
-            if let Phase::Confirming { .. } | Phase::Waking { .. } = self.task.phase {
+            if let Phase::Confirming { .. } | Phase::Waking = self.task.phase {
                 self.task.phase = Phase::WORKING;
                 self.persist(fx);
             }
@@ -426,9 +428,9 @@ impl Held<'_> {
     // ----- time -------------------------------------------------------------
 
     pub(super) fn on_tick(&mut self, now: Instant, fx: &mut Vec<Effect>) {
-        if let Phase::WakeRetry { attempt, at } = self.task.phase {
+        if let Phase::WakeRetry { at } = self.task.phase {
             if now >= at && !self.executor.is_running() {
-                self.start_wake_attempt(attempt, now, fx);
+                self.start_wake_attempt(self.task.wake_attempts + 1, now, fx);
             }
         }
         if let Some(unparsed) = &mut self.task.unparsed {
