@@ -15,12 +15,8 @@
 
 use std::time::Instant;
 
-use serde_json::json;
-
 use super::task::Phase;
-use super::{
-    record, Effect, Held, LifecycleEvent, Report, State, WakeMode, WakeOutcome, WakeProcess, WakeStatus,
-};
+use super::{Effect, State, WakeMode, WakeProcess};
 
 /// What runs an agent, as the core knows it: one slot, so that the
 /// executor's attempt and a process left by an earlier run cannot be
@@ -199,72 +195,6 @@ impl State {
             if let Executor::Outside { process, .. } = std::mem::replace(&mut self.executor, Executor::Idle) {
                 fx.push(Effect::EndAgent { process });
             }
-        }
-    }
-
-    /// A wake command was released to run: in run mode, that is the agent
-    /// confirming its task.
-    pub(super) fn confirm_run(&mut self, task_id: &str, attempt: u32, fx: &mut Vec<Effect>) {
-        if self.settings.wake_mode != WakeMode::Run {
-            return;
-        }
-        if let Some(task) = self.task.as_mut().filter(|t| t.id == task_id) {
-            if task.phase == Phase::Waking && task.wake_attempts == attempt {
-                task.confirmed = true;
-                task.phase = Phase::WORKING;
-                say!(fx, Info, "agent started for task {task_id} (run mode): confirmed");
-                fx.push(record(LifecycleEvent::Confirmed, json!({ "task_id": task_id })));
-            }
-        }
-    }
-}
-
-impl Held<'_> {
-    /// The held task's wake command ended after its agent had confirmed:
-    /// never a retry. Its result file decides; with none, a failed command
-    /// fails the task at once (see `exit_failure`).
-    pub(super) fn after_confirmed(&mut self, outcome: &WakeOutcome, fx: &mut Vec<Effect>) {
-        let task_id = self.task.id.clone();
-        let failure = match &outcome.status {
-            WakeStatus::Success if self.settings.wake_mode == WakeMode::Launch => None,
-            // The executor has written the result file from the run; this
-            // only speaks if that failed.
-            WakeStatus::Success => {
-                Some("agent_failed: the agent exited 0 but its result could not be written".into())
-            }
-            status => {
-                let stderr = match outcome.stderr_last_line() {
-                    Some(line) => format!("; last line of stderr: {line}"),
-                    None => "; no stderr".to_string(),
-                };
-                let what = match status {
-                    WakeStatus::Failed { exit_code: Some(code) } => format!("exited with status {code}"),
-                    WakeStatus::Failed { exit_code: None } => "was killed by a signal".to_string(),
-                    WakeStatus::TimedOut => "was killed at wake_timeout_ms".to_string(),
-                    other => format!("ended ({other})"),
-                };
-                Some(format!("agent_failed: the agent {what} after confirming the task{stderr}"))
-            }
-        };
-        if failure.is_some() {
-            say!(fx, Info, "the agent of task {task_id} ended ({}); its result file decides", outcome.status);
-        }
-        if let Phase::Working { exit_failure, .. } = &mut self.task.phase {
-            *exit_failure = failure;
-        }
-        fx.push(Effect::ReadTaskFiles { task_id });
-    }
-
-    /// No result file after the agent's process ended with a failure: the
-    /// task fails now.
-    pub(super) fn fail_if_exited(&mut self, fx: &mut Vec<Effect>) {
-        let exited = match &mut self.task.phase {
-            Phase::Working { exit_failure, .. } => exit_failure.take(),
-            _ => None,
-        };
-        if let Some(reason) = exited {
-            say!(fx, Warn, "task {} failed: {reason}", self.task.id);
-            self.set_outcome(Report::Failed { reason }, fx);
         }
     }
 }

@@ -168,7 +168,7 @@ impl State {
                 // was let go of, or before the hub gave the held task a newer
                 // generation, or progress about a task that has an outcome.
                 for task_id in self.past.ids().map(str::to_owned).collect::<Vec<_>>() {
-                    super::report::withdraw_stale_reports(&mut self.link, &task_id, None, fx);
+                    super::reporting::withdraw_stale_reports(&mut self.link, &task_id, None, fx);
                     self.link.forget_info(&task_id);
                 }
                 if let Some(mut held) = self.held() {
@@ -176,7 +176,7 @@ impl State {
                         held.link.forget_info(&held.task.id);
                     }
                     let below = Some(held.task.generation);
-                    if super::report::withdraw_stale_reports(held.link, &held.task.id, below, fx) {
+                    if super::reporting::withdraw_stale_reports(held.link, &held.task.id, below, fx) {
                         held.task.report_withdrawn();
                         held.try_send_report(fx);
                     }

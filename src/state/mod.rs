@@ -36,16 +36,18 @@ mod frames;
 mod link;
 mod past;
 mod public;
-mod report;
+mod reporting;
 mod settings;
-pub(crate) use report::{parse_progress, report_from_result};
+pub(crate) use reporting::{parse_progress, report_from_result};
 #[cfg(test)]
 mod purity_tests;
 pub use settings::{LinkSettings, Secret, Settings, WakeMode};
+mod intake;
 mod task;
 #[cfg(test)]
 mod tests;
-mod work;
+mod waking;
+mod working;
 
 use std::collections::HashSet;
 use std::time::Instant;

@@ -142,7 +142,7 @@ impl State {
         // A report of it still waiting to go out would speak for a hold that
         // has ended; if the hub hands the task back, its result is reported
         // again from its files.
-        super::report::withdraw_stale_reports(&mut self.link, &task.id, None, fx);
+        super::reporting::withdraw_stale_reports(&mut self.link, &task.id, None, fx);
         self.link.forget_info(&task.id);
         // A cancelled task's files (its cancel marker) stay for its agent to
         // notice, `cancel_grace` long; then they go as a taken-back task's do.

@@ -1,0 +1,174 @@
+//! Working: what the agent's files say (`.started`, progress, the result
+//! that becomes the outcome), the held task's deadlines (confirmation,
+//! silence, `task_timeout_ms`, result rescans), and how its process ending
+//! after it confirmed decides the task.
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use super::reporting::{parse_progress, report_from_result};
+use super::task::{Phase, Unparsed};
+use super::ReadResult;
+use super::{record, Effect, Held, TaskFiles};
+use super::{LifecycleEvent, Report, WakeMode};
+use super::{WakeOutcome, WakeStatus};
+
+impl Held<'_> {
+    pub(super) fn on_files(&mut self, files: TaskFiles, now: Instant, fx: &mut Vec<Effect>) {
+        if self.task.report().is_some() {
+            return;
+        }
+        let task_id = files.task_id;
+        if files.started && !self.task.confirmed {
+            self.task.confirmed = true;
+            say!(fx, Info, "agent confirmed task {task_id}");
+            fx.push(record(LifecycleEvent::Confirmed, json!({ "task_id": task_id })));
+            // Still waking: the wake command is the agent at work (a
+            // synchronous script); it is never started again.
+            if let Phase::Confirming { .. } | Phase::Waking = self.task.phase {
+                self.task.phase = Phase::WORKING;
+                self.persist(fx);
+            }
+        }
+        if let ReadResult::Parsed(value) = &files.progress {
+            match parse_progress(value) {
+                Some(progress) => {
+                    let new = self.task.progress.last_value.as_ref() != Some(&progress)
+                        && self.task.progress.pending.as_ref() != Some(&progress);
+                    if new {
+                        self.task.progress.pending = Some(progress);
+                        if let Phase::Working { silent_until: Some(until), .. } = &mut self.task.phase {
+                            // Life: the silence starts over.
+                            *until = now + self.settings.adopted_silence;
+                        }
+                    }
+                }
+                None => say!(fx, Debug, "ignoring a progress file for {task_id} without a 0..100 `progress`"),
+            }
+        }
+        match files.result {
+            ReadResult::Missing => {
+                self.task.unparsed = None;
+                self.fail_if_exited(fx);
+            }
+            ReadResult::Parsed(result) => self.set_outcome(report_from_result(result), fx),
+            ReadResult::TooLarge { len } => {
+                say!(fx, Warn, "result file of task {task_id} is too large ({len} bytes)");
+                self.set_outcome(Report::Failed { reason: "result_too_large".into() }, fx);
+            }
+            ReadResult::Unparseable { len, error } => {
+                // It may be caught mid-write. Look again shortly (a watcher
+                // event usually comes first); give up once it has not
+                // parsed for `result_settle`.
+                let settle = self.settings.result_settle;
+                let since = self.task.unparsed.map_or(now, |u| u.since);
+                if now.duration_since(since) >= settle {
+                    say!(fx, Warn, "result file of task {task_id} does not parse ({len} bytes): {error}");
+                    self.set_outcome(Report::Failed { reason: "result_parse_error".into() }, fx);
+                } else {
+                    let step = (settle / 8).max(Duration::from_millis(10));
+                    let rescan_at = Some((now + step).min(since + settle));
+                    self.task.unparsed = Some(Unparsed { since, rescan_at });
+                }
+            }
+        }
+        // A handed-back task whose files were just read, with no outcome in
+        // them (and none being written): go on from where its agent was.
+        if self.task.phase == Phase::Adopting && self.task.unparsed.is_none() {
+            self.begin_work(now, fx);
+        }
+    }
+
+    pub(super) fn on_tick(&mut self, now: Instant, fx: &mut Vec<Effect>) {
+        if let Phase::WakeRetry { at } = self.task.phase {
+            if now >= at && !self.executor.is_running() {
+                self.start_wake_attempt(self.task.wake_attempts + 1, now, fx);
+            }
+        }
+        if let Some(unparsed) = &mut self.task.unparsed {
+            if unparsed.rescan_at.is_some_and(|at| now >= at) {
+                unparsed.rescan_at = None;
+                fx.push(Effect::ReadTaskFiles { task_id: self.task.id.clone() });
+            }
+        }
+        if let Phase::Confirming { deadline: Some(at) } = self.task.phase {
+            if now >= at {
+                say!(fx, Warn, "the agent did not confirm task {} in time", self.task.id);
+                self.set_outcome(Report::Failed { reason: "confirmation_timeout".into() }, fx);
+            }
+        }
+        if let Phase::Working { silent_until, .. } = &mut self.task.phase {
+            if self.agent_alive {
+                // Its process runs: at work, not silent.
+                *silent_until = None;
+            }
+        }
+        if matches!(self.task.phase, Phase::Working { silent_until: Some(at), .. } if now >= at) {
+            let ms = self.settings.adopted_silence.as_millis();
+            say!(
+                fx,
+                Warn,
+                "task {} was adopted without a wake and its agent wrote nothing for {ms} ms",
+                self.task.id
+            );
+            let reason =
+                format!("adopted_task_silent: taken over without a wake, no progress or result for {ms} ms");
+            self.set_outcome(Report::Failed { reason }, fx);
+        }
+        if self.task.timeout_at.is_some_and(|at| now >= at) {
+            say!(fx, Warn, "task {} produced no result in time", self.task.id);
+            // Its agent was told to stop (`State::stop_agent`) just before.
+            self.set_outcome(Report::Failed { reason: "task_timeout".into() }, fx);
+        }
+        self.flush_progress(now, fx);
+    }
+
+    /// The held task's wake command ended after its agent had confirmed:
+    /// never a retry. Its result file decides; with none, a failed command
+    /// fails the task at once (see `exit_failure`).
+    pub(super) fn after_confirmed(&mut self, outcome: &WakeOutcome, fx: &mut Vec<Effect>) {
+        let task_id = self.task.id.clone();
+        let failure = match &outcome.status {
+            WakeStatus::Success if self.settings.wake_mode == WakeMode::Launch => None,
+            // The executor has written the result file from the run; this
+            // only speaks if that failed.
+            WakeStatus::Success => {
+                Some("agent_failed: the agent exited 0 but its result could not be written".into())
+            }
+            status => {
+                let stderr = match outcome.stderr_last_line() {
+                    Some(line) => format!("; last line of stderr: {line}"),
+                    None => "; no stderr".to_string(),
+                };
+                let what = match status {
+                    WakeStatus::Failed { exit_code: Some(code) } => format!("exited with status {code}"),
+                    WakeStatus::Failed { exit_code: None } => "was killed by a signal".to_string(),
+                    WakeStatus::TimedOut => "was killed at wake_timeout_ms".to_string(),
+                    other => format!("ended ({other})"),
+                };
+                Some(format!("agent_failed: the agent {what} after confirming the task{stderr}"))
+            }
+        };
+        if failure.is_some() {
+            say!(fx, Info, "the agent of task {task_id} ended ({}); its result file decides", outcome.status);
+        }
+        if let Phase::Working { exit_failure, .. } = &mut self.task.phase {
+            *exit_failure = failure;
+        }
+        fx.push(Effect::ReadTaskFiles { task_id });
+    }
+
+    /// No result file after the agent's process ended with a failure: the
+    /// task fails now.
+    pub(super) fn fail_if_exited(&mut self, fx: &mut Vec<Effect>) {
+        let exited = match &mut self.task.phase {
+            Phase::Working { exit_failure, .. } => exit_failure.take(),
+            _ => None,
+        };
+        if let Some(reason) = exited {
+            say!(fx, Warn, "task {} failed: {reason}", self.task.id);
+            self.set_outcome(Report::Failed { reason }, fx);
+        }
+    }
+}
