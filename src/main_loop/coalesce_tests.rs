@@ -1,4 +1,9 @@
-use super::*;
+use serde_json::json;
+
+use super::coalesce_persists;
+use crate::lifecycle_log::LifecycleEvent;
+use crate::queue_store::QueueFile;
+use crate::state::Effect;
 
 fn persist(tag: &str) -> Effect {
     let mut queue = QueueFile::default();

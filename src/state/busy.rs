@@ -27,8 +27,20 @@
 use std::time::Instant;
 
 use super::link::{Awaiting, ReplyKind};
-use super::{Effect, State, BUSY_REASON};
+use super::{Effect, State};
 use crate::protocol::{Outgoing, TaskAssign};
+
+/// A task pushed while another is held is never woken and never answered
+/// with `task_rejected` (unknown to both hubs; a schema violation on the
+/// newer one, ten of which lock the sidecar out). It is remembered, and once
+/// the sidecar holds no task of its own it is taken if it came on the live
+/// connection (see `busy.rs`). If the connection dropped since, the hub may
+/// have taken it back: on the older hub nothing is sent for it (its
+/// `task_failed` crashes that hub's queue; the hub's own sweep returns the
+/// task); on the newer hub it is answered with `task_failed` and this reason
+/// (never while busy: it would move the hub's agent state to idle while we
+/// work, drawing more pushes). The hub then queues the task again at once.
+pub const BUSY_REASON: &str = "busy: the sidecar was working on another task";
 
 /// At most this many tasks pushed while busy are remembered.
 const REMEMBERED: usize = 16;

@@ -14,6 +14,20 @@ use super::LifecycleEvent;
 use super::{record, Effect, Held, State};
 use crate::protocol::{Outgoing, TaskAssign};
 
+/// Keys only the newer hub's `task_assign` carries.
+const NEWER_HUB_ASSIGN_KEYS: &[&str] = &[
+    "repo",
+    "branch",
+    "file_hints",
+    "success_criteria",
+    "verification_steps",
+    "complexity",
+    "routing_decision",
+    "skip_verification",
+    "verification_timeout_ms",
+    "max_verification_retries",
+];
+
 impl State {
     pub(super) fn on_assign(&mut self, assign: TaskAssign, now: Instant, wall_ms: u64, fx: &mut Vec<Effect>) {
         let Some(task_id) = assign.task_id.clone() else {
@@ -40,7 +54,7 @@ impl State {
                 return;
             }
         };
-        if assign.fields.keys().any(|k| super::NEWER_HUB_ASSIGN_KEYS.contains(&k.as_str())) {
+        if assign.fields.keys().any(|k| NEWER_HUB_ASSIGN_KEYS.contains(&k.as_str())) {
             self.mark_newer_hub();
         }
         if let Some(mut held) = self.held_as(&task_id) {

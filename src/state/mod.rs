@@ -2,14 +2,28 @@
 //!
 //! [`State::handle`] takes one [`Input`] and the current time and returns the
 //! [`Effect`]s to carry out; [`State::next_deadline`] says when it next wants
-//! a [`Input::Tick`]. There are no channels, files, sockets or clocks in here,
-//! so every transition is unit-tested with injected times (`tests.rs`).
-//! `main_loop.rs` is the shell that carries the effects out.
+//! a [`Input::Tick`]. There are no channels, files, sockets or clocks in here
+//! (a test fails if a file here uses a module that does I/O, or logs), so
+//! every transition is unit-tested with injected times. `src/main_loop` is
+//! the shell that carries the effects out.
 //!
-//! The parts: `link.rs` (the connection, its deadlines and the reply
-//! correlation), `frames.rs` (what each hub frame and connection event
-//! means), `task.rs` (the held task, its one state enum, intake, waking
-//! and its files), `report.rs` (outcomes, reports, acks, settling).
+//! This file holds [`State`], its start and the one dispatch: `handle` hands
+//! each input to the stage that owns it. The stages, in a task's order:
+//!
+//! - `intake.rs`: a `task_assign` taken, refused, resent or handed back
+//!   (`busy.rs`: pushes that come while we hold another task);
+//! - `waking.rs`: wake attempts, their retries and outcomes;
+//! - `working.rs`: the agent's files and the held task's deadlines;
+//! - `reporting.rs`: the outcome persisted, reported, answered and settled;
+//! - `recovery.rs`: the executor slot and processes left by an earlier run;
+//!   `past.rs`: tasks let go of, their files, and re-adoption;
+//! - `frames.rs`: what each hub frame and a lost connection mean, and
+//!   `link/`: the connection, its deadlines, reply correlation and pacing.
+//!
+//! Shared: `task.rs` (the held task and its [`Phase`](task::Phase)),
+//! `effects.rs` (inputs and effects), `events.rs` and `records.rs` (the
+//! types the I/O modules hand in and queue.json holds), `settings.rs`,
+//! `public.rs` (what of an error may go to the hub).
 //!
 //! The task slot holds at most one task (docs/protocol.md section 9). A task the
 //! hub gave us is never lost and never reported twice under one generation:
@@ -26,23 +40,27 @@ macro_rules! say {
     };
 }
 
-mod agent;
 mod busy;
+pub use busy::BUSY_REASON;
+mod effects;
+pub use effects::*;
 mod events;
 pub use events::*;
-mod records;
-pub use records::*;
 mod frames;
+mod intake;
 mod link;
+pub use link::RateLimits;
 mod past;
 mod public;
+mod records;
+pub use records::*;
+mod recovery;
 mod reporting;
-mod settings;
 pub(crate) use reporting::{parse_progress, report_from_result};
+mod settings;
+pub use settings::{LinkSettings, Secret, Settings, WakeMode};
 #[cfg(test)]
 mod purity_tests;
-pub use settings::{LinkSettings, Secret, Settings, WakeMode};
-mod intake;
 mod task;
 #[cfg(test)]
 mod tests;
@@ -56,136 +74,10 @@ use serde_json::{json, Map, Value};
 
 use crate::protocol::{Outgoing, Token};
 
-use agent::Executor;
-pub use link::RateLimits;
 use link::{Link, Timeout};
 use past::PastTasks;
+use recovery::Executor;
 use task::{HubSync, Phase, Task};
-
-/// Something that happened, as the core sees it: an [`Event`] from a worker
-/// thread, or the outcome of an effect the shell carried out.
-#[derive(Debug)]
-pub enum Input {
-    Event(Event),
-    /// What the results directory holds for one task (after `ReadTaskFiles`).
-    Files(TaskFiles),
-    /// The task files in the results directory (after `ListResults`).
-    Listing(Result<Vec<(String, FileKind)>, String>),
-    /// A `Persist` failed. `withheld` are the effects that followed it in its
-    /// batch, not carried out: the core decides which still may be.
-    PersistFailed {
-        error: String,
-        withheld: Vec<Effect>,
-    },
-    /// `StartUpdate` failed: the update command could not be started.
-    UpdateFailed {
-        error: String,
-    },
-    /// What [`Effect::CheckAgent`] found: the run-mode agent left from an
-    /// earlier run has ended (its result file is written).
-    AgentEnded {
-        task_id: String,
-    },
-    /// A deadline may be due.
-    Tick,
-}
-
-/// The results-directory files of one task.
-#[derive(Debug, Clone, PartialEq)]
-pub struct TaskFiles {
-    pub task_id: String,
-    pub started: bool,
-    pub result: ReadResult,
-    pub progress: ReadResult,
-}
-
-/// What the shell must do, in order.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Effect {
-    /// Open connection `conn_id` (identify follows on `Connected`).
-    Connect {
-        conn_id: u64,
-    },
-    /// Send `frame` on connection `conn_id`.
-    Send {
-        conn_id: u64,
-        frame: Outgoing,
-    },
-    /// Close gracefully; no events from this connection matter any more.
-    Close {
-        conn_id: u64,
-    },
-    /// Write queue.json. On failure the shell stops the batch here and
-    /// returns the rest as [`Input::PersistFailed`].
-    Persist(Box<QueueFile>),
-    StartWake(WakeStart),
-    /// Let a started wake command run, now that queue.json records it (the
-    /// `Persist` before this one): see `WakeHandle::spawn_gated`.
-    ReleaseWake {
-        task_id: String,
-        attempt: u32,
-    },
-    CancelWake {
-        task_id: String,
-    },
-    /// Tell the agent of `task_id` that its task is cancelled: the marker
-    /// file `<task_id>.cancel` in the results directory, holding `reason`.
-    MarkCancelled {
-        task_id: String,
-        reason: String,
-    },
-    /// The run-mode agent left running by an earlier run (not the
-    /// executor's): if it has ended, write its result file and answer
-    /// [`Input::AgentEnded`]; if it still runs, nothing.
-    CheckAgent {
-        process: WakeProcess,
-    },
-    /// End that agent: SIGTERM to its process group, the kill after
-    /// `cancel_grace_ms`, without blocking the loop.
-    EndAgent {
-        process: WakeProcess,
-    },
-    /// Read the results-directory files of this task: `Input::Files`.
-    ReadTaskFiles {
-        task_id: String,
-    },
-    /// List the task files of the results directory: `Input::Listing`.
-    ListResults,
-    /// Delete the task's result files and the task file handed to the agent.
-    RemoveTaskFiles {
-        task_id: String,
-    },
-    /// The task will not be held again: record its result file's content
-    /// (if there is one) in the lifecycle log, then remove its files.
-    DiscardTaskFiles {
-        task_id: String,
-    },
-    /// A line for the sidecar's log (the core does not log itself).
-    Log {
-        level: log::Level,
-        text: String,
-    },
-    /// A lifecycle-log record.
-    Record {
-        event: LifecycleEvent,
-        fields: Value,
-    },
-    /// Start the update command, detached (`restart_sidecar` with
-    /// `update_command`); it restarts us through the supervisor once a new
-    /// binary is ready. On failure: [`Input::UpdateFailed`].
-    StartUpdate,
-    /// Leave the loop (shutdown or `restart_sidecar`).
-    Exit,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct WakeStart {
-    pub task_id: String,
-    pub generation: u64,
-    pub attempt: u32,
-    pub description: String,
-    pub task_json: String,
-}
 
 #[derive(Debug)]
 pub struct State {
@@ -214,32 +106,6 @@ pub struct State {
     /// Log lines from [`State::new`], given out by [`State::start`].
     said: Vec<Effect>,
 }
-
-/// A task pushed while another is held is never woken and never answered
-/// with `task_rejected` (unknown to both hubs; a schema violation on the
-/// newer one, ten of which lock the sidecar out). It is remembered, and once
-/// the sidecar holds no task of its own it is taken if it came on the live
-/// connection (see `busy.rs`). If the connection dropped since, the hub may
-/// have taken it back: on the older hub nothing is sent for it (its
-/// `task_failed` crashes that hub's queue; the hub's own sweep returns the
-/// task); on the newer hub it is answered with `task_failed` and this reason
-/// (never while busy: it would move the hub's agent state to idle while we
-/// work, drawing more pushes). The hub then queues the task again at once.
-pub const BUSY_REASON: &str = "busy: the sidecar was working on another task";
-
-/// Keys only the newer hub's `task_assign` carries.
-const NEWER_HUB_ASSIGN_KEYS: &[&str] = &[
-    "repo",
-    "branch",
-    "file_hints",
-    "success_criteria",
-    "verification_steps",
-    "complexity",
-    "routing_decision",
-    "skip_verification",
-    "verification_timeout_ms",
-    "max_verification_retries",
-];
 
 /// The held task with the parts of [`State`] its transitions use, borrowed
 /// side by side, so a transition can change the task, send and persist

@@ -8,8 +8,8 @@ use std::time::Instant;
 
 use serde_json::{json, Value};
 
-use super::agent::Executor;
 use super::link::ReplyKind;
+use super::recovery::Executor;
 use super::task::Phase;
 use super::{record, Effect, Held, State, WakeStart};
 use super::{LifecycleEvent, Report, WakeMode, WakeProcess};

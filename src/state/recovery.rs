@@ -1,17 +1,18 @@
-//! The agent as it really runs: work its agent has confirmed is never
-//! started again, and a run-mode agent that outlived an earlier run of the
-//! sidecar is found, watched and ended like the executor's.
+//! Recovery: what runs an agent ([`Executor`], one slot), and what an
+//! earlier run of the sidecar left behind: the wake command queue.json
+//! records, ended or forgotten at start, and a run-mode agent that outlived
+//! it, found, watched and ended like the executor's.
 //!
-//! - Confirmed work: once `.started` appeared (run mode: once the command
-//!   was released to run), no wake retry, timeout, reconnect, re-adoption
-//!   or restart starts the agent again. A wake command still running then
-//!   is the agent at work; how it ends decides the task (`after_confirmed`).
 //! - A launcher that exited 0 just before the sidecar died (its exit file
 //!   says so) is not woken again at the next start: its agent gets
-//!   `confirmation_timeout_ms` to confirm (`start_leftover`).
-//! - A run-mode agent left running by an earlier run (`agent_outside`) is
-//!   checked every `results_poll` (its exit file), ended on a
-//!   cancel or the task's timeout, and left running on shutdown.
+//!   `confirmation_timeout_ms` to confirm (`take_leftover`).
+//! - A run-mode agent left running by an earlier run (`Executor::Outside`)
+//!   is checked every `results_poll` (its exit file), ended on a cancel or
+//!   the task's timeout, and left running on shutdown.
+//! - Confirmed work is never started again: once `.started` appeared (run
+//!   mode: once the command was released to run), no wake retry, timeout,
+//!   reconnect, re-adoption or restart starts the agent again (`waking.rs`,
+//!   `working.rs`).
 
 use std::time::Instant;
 
