@@ -7,8 +7,10 @@
 //! every transition is unit-tested with injected times. `src/main_loop` is
 //! the shell that carries the effects out.
 //!
-//! This file holds [`State`], its start and the one dispatch: `handle` hands
-//! each input to the stage that owns it. The stages, in a task's order:
+//! This file holds [`State`] and its start; `dispatch.rs` the one dispatch,
+//! [`State::handle`], which hands each input to the stage that owns it (and
+//! what a lost connection or a hub error means). The stages, in a task's
+//! order:
 //!
 //! - `intake.rs`: a `task_assign` taken, refused, resent or handed back
 //!   (`busy.rs`: pushes that come while we hold another task);
@@ -17,8 +19,7 @@
 //! - `reporting.rs`: the outcome persisted, reported, answered and settled;
 //! - `recovery.rs`: the executor slot and processes left by an earlier run;
 //!   `past.rs`: tasks let go of, their files, and re-adoption;
-//! - `frames.rs`: what each hub frame and a lost connection mean, and
-//!   `link/`: the connection, its deadlines, reply correlation and pacing.
+//! - `link/`: the connection, its deadlines, reply correlation and pacing.
 //!
 //! Shared: `task.rs` (the held task and its [`Phase`](task::Phase)),
 //! `effects.rs` (inputs and effects), `events.rs` and `records.rs` (the
@@ -46,7 +47,7 @@ mod effects;
 pub use effects::*;
 mod events;
 pub use events::*;
-mod frames;
+mod dispatch;
 mod intake;
 mod link;
 pub use link::RateLimits;
@@ -72,9 +73,7 @@ use std::time::Instant;
 
 use serde_json::{json, Map, Value};
 
-use crate::protocol::{Outgoing, Token};
-
-use link::{Link, Timeout};
+use link::Link;
 use past::PastTasks;
 use recovery::Executor;
 use task::{HubSync, Phase, Task};
@@ -89,7 +88,7 @@ pub struct State {
     /// The time of the input being handled.
     now: Instant,
     /// What runs an agent: the executor's attempt, or a process an earlier
-    /// run left (see `agent.rs`).
+    /// run left (see `recovery.rs`).
     executor: Executor,
     /// Top-level queue.json fields we do not know, kept on every save.
     queue_extra: Map<String, Value>,
@@ -224,77 +223,6 @@ impl State {
         fx
     }
 
-    /// What to do about `input`. Once the core has said `Exit`, nothing: the
-    /// shell leaves the loop then, and an input it still hands over (the
-    /// files of a read, a wake's outcome) must not start new work.
-    pub fn handle(&mut self, input: Input, now: Instant, wall_ms: u64) -> Vec<Effect> {
-        let mut fx = Vec::new();
-        if self.link.is_stopped() {
-            say!(fx, Debug, "shutting down: ignoring {input:?}");
-            return fx;
-        }
-        self.now = now;
-        self.link.set_now(now);
-        match input {
-            Input::Event(event) => self.on_event(event, now, wall_ms, &mut fx),
-            Input::Files(files) => {
-                if let Some(mut held) = self.held_as(&files.task_id) {
-                    held.on_files(files, now, &mut fx);
-                }
-            }
-            Input::Listing(Ok(entries)) => {
-                let names = entries.into_iter().map(|(id, kind)| format!("{id}.{}", kind.extension()));
-                self.on_result_names(names, true, &mut fx);
-            }
-            Input::Listing(Err(error)) => {
-                say!(fx, Warn, "cannot list the results directory: {error}");
-                // Look at the held task's files directly instead.
-                if let Some(task_id) = self.held_task_id() {
-                    fx.push(Effect::ReadTaskFiles { task_id: task_id.to_owned() });
-                }
-            }
-            Input::PersistFailed { error, withheld } => {
-                // The sends after a failed persist would acknowledge something
-                // the disk does not record, and a settled task's files may
-                // only go once the disk records it settled: withhold those,
-                // do the rest (the next start removes the files).
-                say!(fx, Error, "cannot write queue.json: {error}");
-                fx.push(record(LifecycleEvent::PersistFailed, json!({ "error": error })));
-                for effect in withheld {
-                    match effect {
-                        Effect::Send { .. } => {
-                            say!(fx, Error, "not sending a frame: queue.json could not be written")
-                        }
-                        Effect::RemoveTaskFiles { task_id } | Effect::DiscardTaskFiles { task_id } => {
-                            say!(fx, Error, "keeping the files of {task_id}: queue.json could not be written")
-                        }
-                        // A wake command's release goes ahead, as a
-                        // wake's start does: neither tells the hub anything.
-                        // (Unrecorded, a crash now could leave it running
-                        // unseen; a disk that refuses queue.json has already
-                        // voided that promise for everything else.)
-                        other => fx.push(other),
-                    }
-                }
-            }
-            Input::UpdateFailed { error } => {
-                // The hub still wants a restart: the old way, by exiting.
-                say!(
-                    fx,
-                    Error,
-                    "cannot start update_command ({error}); exiting so that the supervisor restarts us"
-                );
-                self.shut_down("restart requested by hub (update_command failed to start)", &mut fx);
-            }
-            Input::AgentEnded { task_id } => self.on_agent_ended(&task_id, &mut fx),
-            Input::Tick => {}
-        }
-        if !self.link.is_stopped() {
-            self.on_tick(now, &mut fx);
-        }
-        fx
-    }
-
     /// When the core next needs a `Tick`, if ever.
     pub fn next_deadline(&self) -> Option<Instant> {
         if self.link.is_stopped() {
@@ -363,100 +291,6 @@ impl State {
     /// The held task, if it is `task_id`.
     fn held_as(&mut self, task_id: &str) -> Option<Held<'_>> {
         self.held().filter(|held| held.task.id == task_id)
-    }
-
-    fn on_event(&mut self, event: Event, now: Instant, wall_ms: u64, fx: &mut Vec<Effect>) {
-        match event {
-            Event::Hub(HubEvent::Connected { conn_id }) => {
-                if self.link.on_connected(conn_id, now) {
-                    let s = &self.settings;
-                    say!(fx, Info, "connected to hub; identifying as {}", s.agent_id);
-                    fx.push(record(LifecycleEvent::Connected, json!({})));
-                    let frame = Outgoing::Identify {
-                        agent_id: s.agent_id.clone(),
-                        token: Token(s.token.expose().to_owned()),
-                        name: s.name.clone(),
-                        capabilities: s.capabilities.clone(),
-                    };
-                    fx.push(Effect::Send { conn_id, frame });
-                }
-            }
-            Event::Hub(HubEvent::Frame { conn_id, text }) => {
-                if self.link.live_conn_id() == Some(conn_id) {
-                    self.on_frame(&text, now, wall_ms, fx);
-                }
-            }
-            Event::Hub(HubEvent::Disconnected { conn_id, reason, close_code, close_reason }) => {
-                if self.link.live_conn_id() == Some(conn_id) {
-                    self.on_connection_lost(&reason, close_code, close_reason.as_deref(), now, fx);
-                }
-            }
-            Event::WakeStarted(started) => self.on_wake_started(started, fx),
-            Event::Wake(outcome) => self.on_wake_finished(outcome, now, fx),
-            Event::Results(ResultsEvent::Changed(paths)) => {
-                let names =
-                    paths.iter().filter_map(|p| p.file_name().and_then(|n| n.to_str()).map(str::to_owned));
-                self.on_result_names(names.collect::<Vec<_>>(), false, fx);
-            }
-            Event::Results(ResultsEvent::Rescan) => fx.push(Effect::ListResults),
-            Event::Shutdown => self.shut_down("shutdown requested", fx),
-            Event::UpdateInstalled { version } => {
-                self.shut_down(&format!("restart requested by hub (version {version} installed)"), fx)
-            }
-        }
-    }
-
-    // ----- time -------------------------------------------------------------
-
-    fn on_tick(&mut self, now: Instant, fx: &mut Vec<Effect>) {
-        match self.link.tick(now, fx) {
-            Some(Timeout::Connect) => {
-                let ms = (self.link.identify_timeout() * 2).as_millis();
-                self.drop_connection(
-                    &format!("the connection attempt reported nothing within {ms} ms"),
-                    now,
-                    fx,
-                );
-            }
-            Some(Timeout::Identify) => {
-                let ms = self.link.identify_timeout().as_millis();
-                self.drop_connection(&format!("the hub did not answer identify within {ms} ms"), now, fx);
-            }
-            Some(Timeout::Reply(kind)) => {
-                let ms = self.settings.link.reply_timeout.as_millis();
-                self.drop_connection(&format!("the hub did not answer {kind} within {ms} ms"), now, fx);
-            }
-            Some(Timeout::Pong) => {
-                let ms = self.link.pong_timeout().as_millis();
-                self.drop_connection(
-                    &format!("no pong within {ms} ms; the connection is presumed dead"),
-                    now,
-                    fx,
-                );
-            }
-            None => {}
-        }
-        let timed_out =
-            self.task.as_ref().filter(|t| t.report().is_none() && t.timeout_at.is_some_and(|at| now >= at));
-        if let Some(task_id) = timed_out.map(|t| t.id.clone()) {
-            self.stop_agent(&task_id, Some("task_timeout"), fx);
-        }
-        if let Some(mut held) = self.held() {
-            held.on_tick(now, fx);
-        }
-        self.on_past_tick(now, fx);
-        self.take_up_busy_pushes(now, fx);
-        self.check_agent_outside(now, fx);
-        match (self.settings.rescan_results.then_some(self.settings.results_poll), &self.task) {
-            (Some(poll), Some(_)) => {
-                if self.next_poll_at.is_some_and(|at| now >= at) {
-                    self.next_poll_at = None;
-                    fx.push(Effect::ListResults);
-                }
-                self.next_poll_at.get_or_insert(now + poll);
-            }
-            _ => self.next_poll_at = None,
-        }
     }
 
     fn shut_down(&mut self, why: &str, fx: &mut Vec<Effect>) {

@@ -1,8 +1,8 @@
 //! The held task as a type: one [`Phase`] enum says how far its work has
 //! come (it is what `status` in queue.json is derived from, so the two cannot
 //! disagree), [`HubSync`] what the hub is known to think of it, and
-//! [`Task::deadline`] when it next needs a tick. Its transitions are in
-//! `work.rs` (intake, waking, files) and `report.rs` (outcome and report).
+//! [`Task::deadline`] when it next needs a tick. Its transitions are in the
+//! stages: `intake.rs`, `waking.rs`, `working.rs`, `reporting.rs`.
 
 use std::time::{Duration, Instant};
 

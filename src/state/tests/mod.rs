@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use super::frames::parse_retry_in;
+use super::dispatch::parse_retry_in;
 use super::*;
 use crate::retry::{BackoffPolicy, JitterStrategy};
 use crate::state::{WakeOutcome, WakeStatus};
