@@ -319,6 +319,8 @@ pub(crate) fn cut_text(text: &str, max_chars: usize) -> std::borrow::Cow<'_, str
     std::borrow::Cow::Owned(cut)
 }
 
+mod agent_files;
+pub(crate) use agent_files::{parse_progress, report_from_result};
 mod outgoing;
 pub use outgoing::*;
 

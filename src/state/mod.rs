@@ -57,7 +57,6 @@ mod records;
 pub use records::*;
 mod recovery;
 mod reporting;
-pub(crate) use reporting::{parse_progress, report_from_result};
 mod settings;
 pub use settings::{LinkSettings, Secret, Settings, WakeMode};
 #[cfg(test)]

@@ -5,7 +5,7 @@
 
 use std::time::Instant;
 
-use serde_json::{json, Value};
+use serde_json::json;
 
 use super::link::{Awaiting, Link, ReplyKind};
 use super::task::{HubSync, Phase};
@@ -272,37 +272,6 @@ impl State {
         }
         self.drop_task("taken back by hub (task_reassign)", PastFate::TakenBack, fx);
     }
-}
-
-/// A result file's object as the report the hub gets (docs/protocol.md section 8.5):
-/// `status: success` is a completion carrying the whole object; anything else
-/// is a failure with its `reason` or `error`.
-pub(crate) fn report_from_result(result: Value) -> Report {
-    if result.get("status").and_then(Value::as_str) == Some("success") {
-        return Report::Complete { result };
-    }
-    let text = |key: &str| result.get(key).and_then(Value::as_str).map(str::to_owned);
-    let reason = text("reason").or_else(|| text("error")).unwrap_or_else(|| match result.get("status") {
-        Some(status) => format!("agent reported status {status}"),
-        None => "agent result has no status".into(),
-    });
-    Report::Failed { reason }
-}
-
-/// `{"progress": 0..=100, "message": "..."}`; the message is cut to 1 KiB.
-pub(crate) fn parse_progress(value: &Value) -> Option<(u64, Option<String>)> {
-    let progress = value.get("progress")?.as_f64()?;
-    if !(0.0..=100.0).contains(&progress) {
-        return None;
-    }
-    let message = value.get("message").and_then(Value::as_str).map(|m| {
-        let mut end = m.len().min(1024);
-        while !m.is_char_boundary(end) {
-            end -= 1;
-        }
-        m[..end].to_owned()
-    });
-    Some((progress.round() as u64, message))
 }
 
 /// Takes back the reports of `task_id` waiting to go out (held back by

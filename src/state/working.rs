@@ -7,12 +7,12 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use super::reporting::{parse_progress, report_from_result};
 use super::task::{Phase, Unparsed};
 use super::ReadResult;
 use super::{record, Effect, Held, TaskFiles};
 use super::{LifecycleEvent, Report, WakeMode};
 use super::{WakeOutcome, WakeStatus};
+use crate::protocol::{parse_progress, report_from_result};
 
 impl Held<'_> {
     pub(super) fn on_files(&mut self, files: TaskFiles, now: Instant, fx: &mut Vec<Effect>) {

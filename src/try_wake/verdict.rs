@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use crate::config::Config;
 use crate::protocol;
+use crate::protocol::{parse_progress, report_from_result};
 use crate::queue_store::Report;
-use crate::state::{parse_progress, report_from_result};
 use crate::wake::{WakeMode, WakeOutcome, WakeStatus};
 use crate::watcher::ReadResult;
 
