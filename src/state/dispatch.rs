@@ -152,8 +152,10 @@ impl State {
             }
             None => {}
         }
-        let timed_out =
-            self.task.as_ref().filter(|t| t.report().is_none() && t.timeout_at.is_some_and(|at| now >= at));
+        let timed_out = self
+            .task
+            .as_ref()
+            .filter(|t| t.live().is_some_and(|live| live.timeout_at.is_some_and(|at| now >= at)));
         if let Some(task_id) = timed_out.map(|t| t.id.clone()) {
             self.stop_agent(&task_id, Some("task_timeout"), fx);
         }

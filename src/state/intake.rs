@@ -97,7 +97,7 @@ impl State {
                 task.id,
                 past.generation
             );
-            task.phase = Phase::Adopting;
+            task.set_phase(Phase::Adopting);
         }
         say!(fx, Info, "accepted task {} (generation {})", task.id, task.generation);
         fx.push(record(LifecycleEvent::TaskAccepted, task.fields()));

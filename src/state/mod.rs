@@ -304,8 +304,8 @@ impl State {
         if let Some(task) = &mut self.task {
             // An attempt cut short by shutdown is not a failed attempt; the
             // next run wakes again once the hub confirms the task.
-            if let Phase::Waking = task.phase {
-                task.phase = Phase::ToWake { interrupted: true };
+            if task.phase() == Some(&Phase::Waking) {
+                task.set_phase(Phase::ToWake { interrupted: true });
             }
         }
         fx.push(Effect::Persist(Box::new(self.queue_file())));

@@ -132,14 +132,14 @@ impl State {
         if process.mode == WakeMode::Launch
             && process.exit_code == Some(0)
             && same_attempt
-            && task.phase == (Phase::ToWake { interrupted: true })
+            && task.phase() == Some(&Phase::ToWake { interrupted: true })
         {
             say!(
                 fx, Info,
                 "the wake command of task {} exited 0 just before the last stop: waiting for its agent to confirm, not waking it again",
                 task.id
             );
-            task.phase = Phase::Confirming { deadline: None };
+            task.set_phase(Phase::Confirming { deadline: None });
         }
         true
     }
@@ -172,7 +172,7 @@ impl State {
         if let Some(task) = self.task.as_mut().filter(|t| t.id == task_id) {
             // From now on it must show life like any task adopted without a
             // wake (its result is read next).
-            if let Phase::Working { silent_until, .. } = &mut task.phase {
+            if let Some(Phase::Working { silent_until, .. }) = task.phase_mut() {
                 *silent_until = Some(silence);
             }
             fx.push(Effect::ReadTaskFiles { task_id: task_id.to_owned() });

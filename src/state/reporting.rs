@@ -8,7 +8,7 @@ use std::time::Instant;
 use serde_json::json;
 
 use super::link::{Awaiting, Link, ReplyKind};
-use super::task::{HubSync, Phase};
+use super::task::{HubSync, Stage};
 use super::LifecycleEvent;
 use super::{record, Effect, Held, State};
 use super::{PastFate, Report};
@@ -103,9 +103,7 @@ impl Held<'_> {
         let t = &mut *self.task;
         say!(fx, Info, "task {} finished: {}", t.id, detail);
         fx.push(record(event, json!({ "task_id": t.id, "generation": t.generation, "outcome": detail })));
-        t.phase = Phase::Reporting { report, status: t.status(), sent: None };
-        t.timeout_at = None;
-        t.unparsed = None;
+        t.conclude(report);
         // Progress after the outcome means nothing to the hub, nor does any
         // progress or wake_result still waiting for a token.
         t.progress.pending = None;
@@ -119,7 +117,7 @@ impl Held<'_> {
             return;
         }
         let (task_id, generation) = (self.task.id.clone(), self.task.generation);
-        let Phase::Reporting { report, sent: sent @ None, .. } = &mut self.task.phase else {
+        let Stage::Reporting { report, sent: sent @ None, .. } = &mut self.task.stage else {
             return;
         };
         let (frame, kind) = match report {
@@ -200,7 +198,7 @@ impl State {
                     entry.task_id,
                     entry.generation
                 );
-                if let Phase::Reporting { sent, .. } = &mut held.task.phase {
+                if let Stage::Reporting { sent, .. } = &mut held.task.stage {
                     *sent = None;
                 }
                 held.try_send_report(fx);

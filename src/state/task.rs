@@ -1,6 +1,7 @@
-//! The held task as a type: one [`Phase`] enum says how far its work has
-//! come (it is what `status` in queue.json is derived from, so the two cannot
-//! disagree), [`HubSync`] what the hub is known to think of it, and
+//! The held task as a type: its [`Stage`] says whether it is at work (its
+//! [`Phase`], and the deadlines that can end it) or has an outcome owed to
+//! the hub (it is what `status` in queue.json is derived from, so the two
+//! cannot disagree, and per-phase data lives in its phase), [`HubSync`] what the hub is known to think of it, and
 //! [`Task::deadline`] when it next needs a tick. Its transitions are in the
 //! stages: `intake.rs`, `waking.rs`, `working.rs`, `reporting.rs`.
 
@@ -10,6 +11,38 @@ use serde_json::{json, Map, Value};
 
 use super::{Report, TaskRecord, TaskStatus};
 use crate::protocol::TaskAssign;
+
+/// Where the task is: at work (its [`Phase`] and the deadlines that can
+/// end it), or ended with its outcome owed to the hub.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Stage {
+    Live(Live),
+    /// The outcome is known and persisted: it is owed to the hub. `status` is
+    /// where the task stood when it ended (kept in queue.json); `sent` is the
+    /// generation of the report in flight on the live connection.
+    Reporting {
+        report: Report,
+        status: TaskStatus,
+        sent: Option<u64>,
+    },
+}
+
+/// A task at work, before its outcome.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Live {
+    pub phase: Phase,
+    /// `task_timeout_ms` ends the task here.
+    pub timeout_at: Option<Instant>,
+    /// Its result file did not parse when last read (it may be mid-write).
+    pub unparsed: Option<Unparsed>,
+}
+
+impl Stage {
+    /// At work in `phase`, no deadline set yet.
+    fn live(phase: Phase) -> Stage {
+        Stage::Live(Live { phase, timeout_at: None, unparsed: None })
+    }
+}
 
 /// How far the work on a task has come.
 #[derive(Debug, Clone, PartialEq)]
@@ -38,10 +71,6 @@ pub(crate) enum Phase {
     /// failure after confirming: the task fails with it unless a result file
     /// is there.
     Working { silent_until: Option<Instant>, exit_failure: Option<String> },
-    /// The outcome is known and persisted: it is owed to the hub. `status` is
-    /// where the task stood when it ended (kept in queue.json); `sent` is the
-    /// generation of the report in flight on the live connection.
-    Reporting { report: Report, status: TaskStatus, sent: Option<u64> },
 }
 
 impl Phase {
@@ -94,13 +123,10 @@ pub(crate) struct Task {
     pub assignment: Map<String, Value>,
     /// Fields of the queue.json record we do not know, kept.
     pub extra: Map<String, Value>,
-    pub phase: Phase,
+    pub stage: Stage,
     pub sync: HubSync,
     /// The agent's `.started` was seen in this run.
     pub confirmed: bool,
-    /// `task_timeout_ms` ends the task here (until it has an outcome).
-    pub timeout_at: Option<Instant>,
-    pub unparsed: Option<Unparsed>,
     pub progress: Progress,
     /// Its cancel marker was written (a cancel, its timeout): once let go,
     /// its files stay for `cancel_grace` before they are removed.
@@ -122,11 +148,9 @@ impl Task {
             generation,
             wake_attempts: 0,
             extra: Map::new(),
-            phase: Phase::ToWake { interrupted: false },
+            stage: Stage::live(Phase::ToWake { interrupted: false }),
             sync: HubSync::Confirmed,
             confirmed: false,
-            timeout_at: None,
-            unparsed: None,
             progress: Progress::default(),
             cancel_marked: false,
         }
@@ -134,12 +158,12 @@ impl Task {
 
     /// A task found in queue.json at start.
     pub fn recovered(record: TaskRecord) -> Task {
-        let phase = match (record.report, record.status) {
-            (Some(report), status) => Phase::Reporting { report, status, sent: None },
-            (None, TaskStatus::Accepted) => Phase::ToWake { interrupted: false },
-            (None, TaskStatus::Waking) => Phase::ToWake { interrupted: true },
-            (None, TaskStatus::WakingConfirmation) => Phase::Confirming { deadline: None },
-            (None, TaskStatus::Working) => Phase::WORKING,
+        let stage = match (record.report, record.status) {
+            (Some(report), status) => Stage::Reporting { report, status, sent: None },
+            (None, TaskStatus::Accepted) => Stage::live(Phase::ToWake { interrupted: false }),
+            (None, TaskStatus::Waking) => Stage::live(Phase::ToWake { interrupted: true }),
+            (None, TaskStatus::WakingConfirmation) => Stage::live(Phase::Confirming { deadline: None }),
+            (None, TaskStatus::Working) => Stage::live(Phase::WORKING),
         };
         Task {
             id: record.task_id,
@@ -150,11 +174,9 @@ impl Task {
             wake_attempts: record.wake_attempts,
             assignment: record.assignment,
             extra: record.extra,
-            phase,
+            stage,
             sync: HubSync::Recovered,
             confirmed: false,
-            timeout_at: None,
-            unparsed: None,
             progress: Progress::default(),
             cancel_marked: false,
         }
@@ -162,22 +184,62 @@ impl Task {
 
     /// The `status` queue.json and the hub get.
     pub fn status(&self) -> TaskStatus {
-        match &self.phase {
+        let phase = match &self.stage {
+            Stage::Live(live) => &live.phase,
+            Stage::Reporting { status, .. } => return *status,
+        };
+        match phase {
             Phase::ToWake { interrupted: false } | Phase::Adopting => TaskStatus::Accepted,
             Phase::ToWake { interrupted: true } | Phase::Waking | Phase::WakeRetry { .. } => {
                 TaskStatus::Waking
             }
             Phase::Confirming { .. } => TaskStatus::WakingConfirmation,
             Phase::Working { .. } => TaskStatus::Working,
-            Phase::Reporting { status, .. } => *status,
         }
     }
 
     pub fn report(&self) -> Option<&Report> {
-        match &self.phase {
-            Phase::Reporting { report, .. } => Some(report),
-            _ => None,
+        match &self.stage {
+            Stage::Reporting { report, .. } => Some(report),
+            Stage::Live(_) => None,
         }
+    }
+
+    /// At work: its phase and deadlines (`None` once it has an outcome).
+    pub fn live(&self) -> Option<&Live> {
+        match &self.stage {
+            Stage::Live(live) => Some(live),
+            Stage::Reporting { .. } => None,
+        }
+    }
+
+    pub fn live_mut(&mut self) -> Option<&mut Live> {
+        match &mut self.stage {
+            Stage::Live(live) => Some(live),
+            Stage::Reporting { .. } => None,
+        }
+    }
+
+    /// Its phase while at work.
+    pub fn phase(&self) -> Option<&Phase> {
+        self.live().map(|live| &live.phase)
+    }
+
+    pub fn phase_mut(&mut self) -> Option<&mut Phase> {
+        self.live_mut().map(|live| &mut live.phase)
+    }
+
+    /// Moves work on to `phase` (nothing once the task has an outcome).
+    pub fn set_phase(&mut self, phase: Phase) {
+        if let Some(live) = self.live_mut() {
+            live.phase = phase;
+        }
+    }
+
+    /// The outcome is known: the task's work and its deadlines end.
+    pub fn conclude(&mut self, report: Report) {
+        let status = self.status();
+        self.stage = Stage::Reporting { report, status, sent: None };
     }
 
     pub fn to_record(&self) -> TaskRecord {
@@ -208,7 +270,7 @@ impl Task {
     /// Its report, if one was on its way, was taken back before it went out:
     /// it is to be sent again.
     pub fn report_withdrawn(&mut self) {
-        if let Phase::Reporting { sent, .. } = &mut self.phase {
+        if let Stage::Reporting { sent, .. } = &mut self.stage {
             *sent = None;
         }
     }
@@ -220,7 +282,7 @@ impl Task {
             HubSync::Unconfirmed { readopted } => HubSync::Unconfirmed { readopted },
             HubSync::Confirmed => HubSync::Unconfirmed { readopted: false },
         };
-        if let Phase::Reporting { sent, .. } = &mut self.phase {
+        if let Stage::Reporting { sent, .. } = &mut self.stage {
             *sent = None;
         }
     }
@@ -234,10 +296,10 @@ impl Task {
         progress_interval: Duration,
         keepalive: Option<Duration>,
     ) -> Option<Instant> {
-        if let Phase::Reporting { .. } = self.phase {
+        let Stage::Live(live) = &self.stage else {
             return None;
-        }
-        let phase = match self.phase {
+        };
+        let phase = match live.phase {
             Phase::WakeRetry { at, .. } if executor_idle => Some(at),
             Phase::Confirming { deadline } => deadline,
             Phase::Working { silent_until, .. } => silent_until,
@@ -247,7 +309,7 @@ impl Task {
             (Some(_), Some(last)) if may_send_progress => Some(last + progress_interval),
             _ => None,
         };
-        let rescan = self.unparsed.and_then(|u| u.rescan_at);
+        let rescan = live.unparsed.and_then(|u| u.rescan_at);
         // Never before the progress throttle lets a frame out: a keep-alive
         // due earlier could not be sent, and the deadline would stay due.
         let keepalive = match (keepalive, self.progress.touched_at) {
@@ -257,6 +319,6 @@ impl Task {
             }
             _ => None,
         };
-        [phase, self.timeout_at, rescan, progress, keepalive].into_iter().flatten().min()
+        [phase, live.timeout_at, rescan, progress, keepalive].into_iter().flatten().min()
     }
 }

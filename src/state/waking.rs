@@ -73,11 +73,11 @@ impl State {
         };
         // The attempt of the held task that was running: still waking, or
         // the task's outcome came while the command ran.
-        let current = match held.task.phase {
-            Phase::Waking => held.task.wake_attempts == outcome.attempt,
+        let current = match held.task.phase() {
+            Some(Phase::Waking) => held.task.wake_attempts == outcome.attempt,
             // Confirmed while it ran (or adopted while it still ran): the
             // executor runs one command at a time, so it is this task's.
-            Phase::Working { .. } | Phase::Reporting { .. } => was_running,
+            Some(Phase::Working { .. }) | None => was_running,
             _ => false,
         };
         if !current {
@@ -92,8 +92,8 @@ impl State {
             };
             held.send_expecting(frame, ReplyKind::Unhandled, 0, fx);
         }
-        match held.task.phase {
-            Phase::Waking if !held.task.confirmed => {
+        match held.task.phase() {
+            Some(Phase::Waking) if !held.task.confirmed => {
                 let attempt = held.task.wake_attempts;
                 // The one line a failed attempt gets: what failed and why.
                 let error = error.map(|error| match outcome.stderr_last_line() {
@@ -102,9 +102,9 @@ impl State {
                 });
                 held.after_attempt(attempt, outcome.status == WakeStatus::Success, error, now, fx)
             }
-            Phase::Waking | Phase::Working { .. } => {
-                if !matches!(held.task.phase, Phase::Working { .. }) {
-                    held.task.phase = Phase::WORKING;
+            Some(Phase::Waking | Phase::Working { .. }) => {
+                if !matches!(held.task.phase(), Some(Phase::Working { .. })) {
+                    held.task.set_phase(Phase::WORKING);
                 }
                 held.after_confirmed(&outcome, fx);
             }
@@ -119,9 +119,9 @@ impl State {
             return;
         }
         if let Some(task) = self.task.as_mut().filter(|t| t.id == task_id) {
-            if task.phase == Phase::Waking && task.wake_attempts == attempt {
+            if task.phase() == Some(&Phase::Waking) && task.wake_attempts == attempt {
                 task.confirmed = true;
-                task.phase = Phase::WORKING;
+                task.set_phase(Phase::WORKING);
                 say!(fx, Info, "agent started for task {task_id} (run mode): confirmed");
                 fx.push(record(LifecycleEvent::Confirmed, json!({ "task_id": task_id })));
             }
@@ -133,16 +133,19 @@ impl Held<'_> {
     /// Starts or resumes work on the task according to its phase: wake it if
     /// it was never woken, otherwise wait for its files.
     pub(super) fn resume_work(&mut self, now: Instant, fx: &mut Vec<Effect>) {
-        if self.task.timeout_at.is_none() {
-            self.task.timeout_at = self.settings.task_timeout.map(|t| now + t);
-        }
-        match &mut self.task.phase {
-            Phase::Reporting { .. } => return,
+        let timeout_at = self.settings.task_timeout.map(|t| now + t);
+        let confirm_by = now + self.settings.confirmation_timeout;
+        let silent_until = now + self.settings.adopted_silence;
+        let Some(live) = self.task.live_mut() else {
+            return;
+        };
+        live.timeout_at = live.timeout_at.or(timeout_at);
+        match &mut live.phase {
             Phase::ToWake { .. } => self.begin_work(now, fx),
-            Phase::Confirming { deadline } => *deadline = Some(now + self.settings.confirmation_timeout),
-            Phase::Working { silent_until, .. } => {
+            Phase::Confirming { deadline } => *deadline = Some(confirm_by),
+            Phase::Working { silent_until: until, .. } => {
                 // Taken over after our crash without a wake.
-                silent_until.get_or_insert(now + self.settings.adopted_silence);
+                until.get_or_insert(silent_until);
             }
             Phase::Adopting | Phase::Waking | Phase::WakeRetry { .. } => {}
         }
@@ -161,13 +164,13 @@ impl Held<'_> {
                 self.task.id
             );
             let silent_until = Some(now + self.settings.adopted_silence);
-            self.task.phase = Phase::Working { silent_until, exit_failure: None };
+            self.task.set_phase(Phase::Working { silent_until, exit_failure: None });
             self.persist(fx);
         } else if self.settings.has_wake_command {
             self.start_wake_attempt(1, now, fx);
         } else {
             say!(fx, Info, "no wake_command configured: task {} goes straight to working", self.task.id);
-            self.task.phase = Phase::WORKING;
+            self.task.set_phase(Phase::WORKING);
             self.persist(fx);
         }
     }
@@ -177,11 +180,11 @@ impl Held<'_> {
             // The executor is still finishing another attempt (one being
             // cancelled); start as soon as it reports.
             self.task.wake_attempts = attempt - 1;
-            self.task.phase = Phase::WakeRetry { at: now };
+            self.task.set_phase(Phase::WakeRetry { at: now });
             return;
         }
         let t = &mut *self.task;
-        t.phase = Phase::Waking;
+        t.set_phase(Phase::Waking);
         t.wake_attempts = attempt;
         // Everything the hub sent, with our view of the five core fields
         // (the generation may have moved on since the push).
@@ -218,11 +221,12 @@ impl Held<'_> {
     ) {
         let task_id = self.task.id.clone();
         if success {
-            self.task.phase = if self.task.confirmed {
+            let next = if self.task.confirmed {
                 Phase::WORKING
             } else {
                 Phase::Confirming { deadline: Some(now + self.settings.confirmation_timeout) }
             };
+            self.task.set_phase(next);
             say!(fx, Info, "agent woken for task {task_id} (now {})", self.task.status());
             self.persist(fx);
             fx.push(Effect::ReadTaskFiles { task_id });
@@ -236,7 +240,7 @@ impl Held<'_> {
                 "wake attempt {attempt} for task {task_id} failed ({logged}); retrying in {} ms",
                 delay.as_millis()
             );
-            self.task.phase = Phase::WakeRetry { at: now + *delay };
+            self.task.set_phase(Phase::WakeRetry { at: now + *delay });
         } else {
             say!(fx, Warn, "wake attempt {attempt} for task {task_id} failed ({logged}); no retry left: failing the task");
             let error = super::public::without_local_paths(&error);

@@ -26,8 +26,8 @@ impl Held<'_> {
             fx.push(record(LifecycleEvent::Confirmed, json!({ "task_id": task_id })));
             // Still waking: the wake command is the agent at work (a
             // synchronous script); it is never started again.
-            if let Phase::Confirming { .. } | Phase::Waking = self.task.phase {
-                self.task.phase = Phase::WORKING;
+            if let Some(Phase::Confirming { .. } | Phase::Waking) = self.task.phase() {
+                self.task.set_phase(Phase::WORKING);
                 self.persist(fx);
             }
         }
@@ -38,7 +38,8 @@ impl Held<'_> {
                         && self.task.progress.pending.as_ref() != Some(&progress);
                     if new {
                         self.task.progress.pending = Some(progress);
-                        if let Phase::Working { silent_until: Some(until), .. } = &mut self.task.phase {
+                        if let Some(Phase::Working { silent_until: Some(until), .. }) = self.task.phase_mut()
+                        {
                             // Life: the silence starts over.
                             *until = now + self.settings.adopted_silence;
                         }
@@ -49,7 +50,9 @@ impl Held<'_> {
         }
         match files.result {
             ReadResult::Missing => {
-                self.task.unparsed = None;
+                if let Some(live) = self.task.live_mut() {
+                    live.unparsed = None;
+                }
                 self.fail_if_exited(fx);
             }
             ReadResult::Parsed(result) => self.set_outcome(report_from_result(result), fx),
@@ -62,49 +65,51 @@ impl Held<'_> {
                 // event usually comes first); give up once it has not
                 // parsed for `result_settle`.
                 let settle = self.settings.result_settle;
-                let since = self.task.unparsed.map_or(now, |u| u.since);
+                let since = self.task.live().and_then(|live| live.unparsed).map_or(now, |u| u.since);
                 if now.duration_since(since) >= settle {
                     say!(fx, Warn, "result file of task {task_id} does not parse ({len} bytes): {error}");
                     self.set_outcome(Report::Failed { reason: "result_parse_error".into() }, fx);
                 } else {
                     let step = (settle / 8).max(Duration::from_millis(10));
                     let rescan_at = Some((now + step).min(since + settle));
-                    self.task.unparsed = Some(Unparsed { since, rescan_at });
+                    if let Some(live) = self.task.live_mut() {
+                        live.unparsed = Some(Unparsed { since, rescan_at });
+                    }
                 }
             }
         }
         // A handed-back task whose files were just read, with no outcome in
         // them (and none being written): go on from where its agent was.
-        if self.task.phase == Phase::Adopting && self.task.unparsed.is_none() {
+        if self.task.live().is_some_and(|live| live.phase == Phase::Adopting && live.unparsed.is_none()) {
             self.begin_work(now, fx);
         }
     }
 
     pub(super) fn on_tick(&mut self, now: Instant, fx: &mut Vec<Effect>) {
-        if let Phase::WakeRetry { at } = self.task.phase {
+        if let Some(&Phase::WakeRetry { at }) = self.task.phase() {
             if now >= at && !self.executor.is_running() {
                 self.start_wake_attempt(self.task.wake_attempts + 1, now, fx);
             }
         }
-        if let Some(unparsed) = &mut self.task.unparsed {
+        if let Some(unparsed) = self.task.live_mut().and_then(|live| live.unparsed.as_mut()) {
             if unparsed.rescan_at.is_some_and(|at| now >= at) {
                 unparsed.rescan_at = None;
                 fx.push(Effect::ReadTaskFiles { task_id: self.task.id.clone() });
             }
         }
-        if let Phase::Confirming { deadline: Some(at) } = self.task.phase {
+        if let Some(&Phase::Confirming { deadline: Some(at) }) = self.task.phase() {
             if now >= at {
                 say!(fx, Warn, "the agent did not confirm task {} in time", self.task.id);
                 self.set_outcome(Report::Failed { reason: "confirmation_timeout".into() }, fx);
             }
         }
-        if let Phase::Working { silent_until, .. } = &mut self.task.phase {
+        if let Some(Phase::Working { silent_until, .. }) = self.task.phase_mut() {
             if self.agent_alive {
                 // Its process runs: at work, not silent.
                 *silent_until = None;
             }
         }
-        if matches!(self.task.phase, Phase::Working { silent_until: Some(at), .. } if now >= at) {
+        if matches!(self.task.phase(), Some(Phase::Working { silent_until: Some(at), .. }) if now >= *at) {
             let ms = self.settings.adopted_silence.as_millis();
             say!(
                 fx,
@@ -116,7 +121,7 @@ impl Held<'_> {
                 format!("adopted_task_silent: taken over without a wake, no progress or result for {ms} ms");
             self.set_outcome(Report::Failed { reason }, fx);
         }
-        if self.task.timeout_at.is_some_and(|at| now >= at) {
+        if self.task.live().is_some_and(|live| live.timeout_at.is_some_and(|at| now >= at)) {
             say!(fx, Warn, "task {} produced no result in time", self.task.id);
             // Its agent was told to stop (`State::stop_agent`) just before.
             self.set_outcome(Report::Failed { reason: "task_timeout".into() }, fx);
@@ -153,7 +158,7 @@ impl Held<'_> {
         if failure.is_some() {
             say!(fx, Info, "the agent of task {task_id} ended ({}); its result file decides", outcome.status);
         }
-        if let Phase::Working { exit_failure, .. } = &mut self.task.phase {
+        if let Some(Phase::Working { exit_failure, .. }) = self.task.phase_mut() {
             *exit_failure = failure;
         }
         fx.push(Effect::ReadTaskFiles { task_id });
@@ -162,8 +167,8 @@ impl Held<'_> {
     /// No result file after the agent's process ended with a failure: the
     /// task fails now.
     pub(super) fn fail_if_exited(&mut self, fx: &mut Vec<Effect>) {
-        let exited = match &mut self.task.phase {
-            Phase::Working { exit_failure, .. } => exit_failure.take(),
+        let exited = match self.task.phase_mut() {
+            Some(Phase::Working { exit_failure, .. }) => exit_failure.take(),
             _ => None,
         };
         if let Some(reason) = exited {
