@@ -1,4 +1,7 @@
-//! Unit tests of the pure core: inputs and injected times in, effects out.
+//! The harness of the core's unit tests: inputs and injected times in,
+//! effects out. Each stage's tests sit beside it, in
+//! `src/state/<stage>_tests.rs`, as transcripts: inputs, then the whole batch
+//! of effects expected (see [`Harness::steps`] and [`transcript`]).
 
 use std::time::Duration;
 
@@ -233,6 +236,45 @@ impl Harness {
     }
 }
 
+/// An input of a transcript, in the harness's terms.
+enum Step {
+    /// A frame from the hub on the live connection.
+    Frame(Value),
+    /// The executor's report that attempt `n` started (its identity made up).
+    WakeStarted(u32),
+    /// The executor's outcome of attempt `n`.
+    WakeDone(u32, WakeStatus),
+    /// What the task's files hold: `.started` there, and the result.
+    Files(bool, ReadResult),
+    /// A tick at this many ms after the start.
+    Tick(u64),
+}
+
+/// Runs `steps` in order, each followed by the whole batch of effects it
+/// must give (see [`describe`]); fails at the first batch that differs.
+fn transcript(h: &mut Harness, steps: Vec<(Step, &[&str])>) {
+    for (number, (step, expected)) in steps.into_iter().enumerate() {
+        match step {
+            Step::Frame(frame) => h.frame(frame),
+            Step::WakeStarted(attempt) => {
+                h.input(Input::Event(Event::WakeStarted(crate::state::WakeStarted {
+                    task_id: TASK.into(),
+                    attempt,
+                    identity: crate::state::WakeIdentity {
+                        pid: 4242,
+                        process_group: Some(4242),
+                        start_time: Some(1),
+                    },
+                })))
+            }
+            Step::WakeDone(attempt, status) => h.wake_done(attempt, status),
+            Step::Files(started, result) => h.files(started, result),
+            Step::Tick(at) => h.tick(at),
+        };
+        assert_eq!(h.steps(), expected, "step {} of the transcript", number + 1);
+    }
+}
+
 /// One effect as short text, so a test can assert a whole batch and an
 /// unexpected extra effect fails it.
 fn describe(effect: &Effect) -> String {
@@ -300,12 +342,22 @@ fn success() -> ReadResult {
     ReadResult::Parsed(json!({"status":"success","output":"done"}))
 }
 
+// Each stage's tests sit beside it (`src/state/<stage>_tests.rs`).
+#[path = "../agent_run_tests.rs"]
 mod agent_run;
+#[path = "../busy_tests.rs"]
 mod busy;
+#[path = "../dispatch_tests.rs"]
 mod connection;
+#[path = "../working_tests.rs"]
 mod files;
+#[path = "../intake_tests.rs"]
 mod intake;
+#[path = "../past_tests.rs"]
 mod readoption;
+#[path = "../recovery_tests.rs"]
 mod recovery;
+#[path = "../reporting_tests.rs"]
 mod reports;
+#[path = "../waking_tests.rs"]
 mod wake_process;

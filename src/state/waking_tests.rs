@@ -93,3 +93,24 @@ fn start_forgets_a_leftover_the_shell_has_ended() {
     assert_eq!(persisted.wake_process, None);
     assert_eq!(persisted.recovering.unwrap().status, TaskStatus::Waking);
 }
+
+/// A failed attempt is retried at the first of `wake_retry_delays` (100 ms
+/// here), the same task file, the next attempt number.
+#[test]
+fn a_failed_attempt_is_retried_after_its_delay_as_a_transcript() {
+    let mut h = Harness::new();
+    h.identify();
+    h.assign(TASK, 3);
+    transcript(
+        &mut h,
+        vec![
+            (Step::WakeStarted(1), &["persist active waking gen=3", "release wake 1"]),
+            (
+                Step::WakeDone(1, WakeStatus::Failed { exit_code: Some(1) }),
+                &["record wake_finished", "persist active waking gen=3"],
+            ),
+            (Step::Tick(99), &[]),
+            (Step::Tick(100), &["record wake_attempt", "persist active waking gen=3", "start wake 2"]),
+        ],
+    );
+}

@@ -113,3 +113,55 @@ fn a_close_with_a_cooldown_is_honoured() {
     h.at(10).disconnect(Some(1008), Some("too many violations, retry in 30 s"));
     assert!(h.deadline_ms().unwrap() >= 30_010);
 }
+
+/// The walk of docs/architecture.md: one task from its push to
+/// `task_complete` and the hub's answer, each input with its whole batch.
+#[test]
+fn one_task_from_push_to_settled_report_as_a_transcript() {
+    let mut h = Harness::new();
+    h.identify();
+    let assign =
+        json!({"type":"task_assign","task_id":TASK,"description":"do it","metadata":{},"generation":3});
+    transcript(
+        &mut h,
+        vec![
+            // intake.rs: persisted before it is acknowledged, then woken.
+            (
+                Step::Frame(assign),
+                &[
+                    "record task_accepted",
+                    "persist active accepted gen=3",
+                    "send task_accepted",
+                    "record wake_attempt",
+                    "persist active waking gen=3",
+                    "start wake 1",
+                    "read files",
+                ],
+            ),
+            (Step::Frame(json!({"type":"task_ack","task_id":TASK,"status":"accepted"})), &[]),
+            // waking.rs: the started command is recorded before it runs.
+            (Step::WakeStarted(1), &["persist active waking gen=3", "release wake 1"]),
+            (
+                Step::WakeDone(1, WakeStatus::Success),
+                &["record wake_finished", "persist active waking_confirmation gen=3", "read files"],
+            ),
+            // working.rs: the agent confirms, then its result is the outcome.
+            (Step::Files(true, ReadResult::Missing), &["record confirmed", "persist active working gen=3"]),
+            // reporting.rs: persisted before it is sent.
+            (
+                Step::Files(true, success()),
+                &[
+                    "record result_received",
+                    "persist active working gen=3 report=complete",
+                    "record report_sent",
+                    "send task_complete",
+                ],
+            ),
+            // Settled: recorded as such before its files go (past.rs).
+            (
+                Step::Frame(json!({"type":"task_ack","task_id":TASK,"status":"complete"})),
+                &["persist idle past=settled", "record report_settled", "remove files"],
+            ),
+        ],
+    );
+}
