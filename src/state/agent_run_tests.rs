@@ -1,4 +1,4 @@
-//! The agent as it really runs (`state/agent.rs`): confirmed work is never
+//! The agent as it really runs (`recovery.rs`, `waking.rs`): confirmed work is never
 //! started again, run mode, and a run-mode agent an earlier run left.
 
 use super::*;

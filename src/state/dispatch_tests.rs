@@ -1,4 +1,5 @@
-//! The connection: identify, heartbeat, backoff, cooldowns.
+//! The dispatch and the connection: one task walked through every stage, identify,
+//! heartbeat, backoff, cooldowns.
 
 use super::*;
 
