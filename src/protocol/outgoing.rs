@@ -9,7 +9,7 @@ use serde_json::{json, Map, Value};
 use super::{
     cut_text, MAX_DESCRIPTION_CHARS, MAX_NAME_CHARS, MAX_REASON_CHARS, MAX_STATUS_CHARS, PROTOCOL_VERSION,
 };
-use crate::state::{TaskStatus, WakeStatus};
+use crate::state::{Secret, TaskStatus, WakeStatus};
 
 /// The type of a frame we send.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,23 +72,14 @@ impl fmt::Display for OutKind {
     }
 }
 
-/// The token of `identify`, shown as `<redacted>` by `Debug`.
-#[derive(Clone, PartialEq)]
-pub struct Token(pub String);
-
-impl fmt::Debug for Token {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("<redacted>")
-    }
-}
-
 /// A frame for the hub, one variant per type docs/protocol.md lets a sidecar
 /// send (6.6).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outgoing {
+    /// Its token is a [`Secret`]: `Debug` shows `<redacted>`.
     Identify {
         agent_id: String,
-        token: Token,
+        token: Secret,
         name: String,
         capabilities: Vec<String>,
     },
@@ -151,7 +142,7 @@ impl Outgoing {
     pub fn to_text(&self) -> String {
         match self {
             Outgoing::Identify { agent_id, token, name, capabilities } => {
-                out_identify(agent_id, &token.0, name, capabilities)
+                out_identify(agent_id, token.expose(), name, capabilities)
             }
             Outgoing::Ping => out_ping(),
             Outgoing::TaskAccepted { task_id } => out_task_accepted(task_id),

@@ -9,7 +9,7 @@ use serde_json::json;
 
 use super::link::{ReplyKind, Timeout};
 use super::{record, Effect, Event, HubEvent, Input, LifecycleEvent, PastFate, ResultsEvent, State};
-use crate::protocol::{self, ErrorKind, Incoming, OutKind, Outgoing, ReportAction, Token};
+use crate::protocol::{self, ErrorKind, Incoming, OutKind, Outgoing, ReportAction};
 
 impl State {
     /// What to do about `input`. Once the core has said `Exit`, nothing: the
@@ -92,7 +92,7 @@ impl State {
                     fx.push(record(LifecycleEvent::Connected, json!({})));
                     let frame = Outgoing::Identify {
                         agent_id: s.agent_id.clone(),
-                        token: Token(s.token.expose().to_owned()),
+                        token: s.token.clone(),
                         name: s.name.clone(),
                         capabilities: s.capabilities.clone(),
                     };
