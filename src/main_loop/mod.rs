@@ -372,7 +372,7 @@ impl Shell {
         let Some(frame_type) = failpoint.strip_prefix("before_send:") else {
             return;
         };
-        if kind.wire_name() == frame_type {
+        if crate::protocol::OutKind::parse(frame_type) == Some(kind) {
             log::error!("failpoint {failpoint} reached: aborting");
             std::process::abort();
         }
