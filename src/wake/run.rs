@@ -74,7 +74,8 @@ pub fn read_exit_file(path: &Path) -> Option<RunExit> {
     let (word, number) = text.trim().split_once(' ')?;
     let number: i32 = number.trim().parse().ok()?;
     match word {
-        "exit" if number > 128 && number < 160 => Some(RunExit::Signal(Some(number - 128))),
+        // A shell's status for a signal (Unix; on Windows any code is a code).
+        "exit" if cfg!(unix) && number > 128 && number < 160 => Some(RunExit::Signal(Some(number - 128))),
         "exit" => Some(RunExit::Code(number)),
         "signal" => Some(RunExit::Signal(Some(number))),
         _ => None,

@@ -20,9 +20,18 @@
 //! A run-mode agent (`wake_mode: "run"`) is the exception: its job is named
 //! after its pid and creation time, and once queue.json records it
 //! ([`ProcessTree::outlive_sidecar`]) kill-on-close is cleared, so it works
-//! on when the sidecar stops or dies. A later sidecar finds it by its
-//! identity, reads its exit code through a handle while it runs, and ends its
-//! whole tree by the job's name on a cancel or timeout.
+//! on when the sidecar stops or dies. The gate around it ([`GATE_SCRIPT`])
+//! records its exit status in its exit file even if no sidecar runs when it
+//! ends. A later sidecar finds it by its identity (and reads its exit code
+//! through a handle while it runs, should the gate itself be killed), and
+//! ends its whole tree by the job's name on a cancel or timeout.
+//!
+//! # Graceful ends
+//!
+//! Every wake command leads a process group of its own. A cancel or a task
+//! timeout sends it Ctrl-Break ([`send_break`]) and ends the job after
+//! `cancel_grace_ms`; where Ctrl-Break cannot be delivered (a sidecar with
+//! no console, such as a service), the job is ended at once.
 //!
 //! If the job cannot be created or the command cannot be put in it (for
 //! instance inside a job that forbids nesting), the command runs without
@@ -39,21 +48,27 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use windows_sys::Win32::Foundation::{ERROR_INVALID_PARAMETER, FILETIME, WAIT_OBJECT_0};
+use windows_sys::Win32::System::Console::{
+    GenerateConsoleCtrlEvent, GetConsoleProcessList, CTRL_BREAK_EVENT,
+};
 use windows_sys::Win32::System::JobObjects::{
-    AssignProcessToJobObject, CreateJobObjectW, JobObjectExtendedLimitInformation, OpenJobObjectW,
-    SetInformationJobObject, TerminateJobObject, JOBOBJECT_EXTENDED_LIMIT_INFORMATION,
+    AssignProcessToJobObject, CreateJobObjectW, JobObjectBasicAccountingInformation,
+    JobObjectExtendedLimitInformation, OpenJobObjectW, QueryInformationJobObject, SetInformationJobObject,
+    TerminateJobObject, JOBOBJECT_BASIC_ACCOUNTING_INFORMATION, JOBOBJECT_EXTENDED_LIMIT_INFORMATION,
     JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE,
 };
 use windows_sys::Win32::System::Threading::{
     GetExitCodeProcess, GetProcessTimes, OpenProcess, TerminateProcess, WaitForSingleObject,
-    PROCESS_QUERY_LIMITED_INFORMATION, PROCESS_SYNCHRONIZE, PROCESS_TERMINATE,
+    CREATE_NEW_PROCESS_GROUP, PROCESS_QUERY_LIMITED_INFORMATION, PROCESS_SYNCHRONIZE, PROCESS_TERMINATE,
 };
 
 use super::{Leftover, WakeIdentity};
 
-/// The job access right to end its processes (winnt.h; in windows-sys it is
-/// behind a feature this crate does not otherwise need).
+/// The job access rights to end its processes and to count them (winnt.h;
+/// in windows-sys they are behind a feature this crate does not otherwise
+/// need).
 const JOB_OBJECT_TERMINATE: u32 = 0x0008;
+const JOB_OBJECT_QUERY: u32 = 0x0004;
 
 /// The exit code a process ended by the sidecar gets.
 const ENDED_EXIT_CODE: u32 = 1;
@@ -76,23 +91,68 @@ pub(super) const ENV_VALUE_LIMIT_BYTES: usize = 12 * 1024;
 /// `/V:ON`; and the program cmd starts parses its own command line, so a
 /// `"` in a value can change how that program splits its arguments
 /// (argument splitting, not command execution).
-/// `cmd.exe /C <rendered>`, with stdin from NUL. Never gated: a wake
-/// command needs no gate here, as the job object ends it when a killed
-/// sidecar's handle closes (see the module comment).
-/// The exit status is recorded by the executor (no wrapper records it here).
+///
+/// Gated, an outer `cmd` runs [`GATE_SCRIPT`] around that command line;
+/// it finds the rendered command in [`GATE_COMMAND_VAR`] (the exit file's path in
+/// [`GATE_EXIT_FILE_VAR`]); stdin is the gate's pipe. Ungated, the command
+/// runs at once with stdin from NUL.
 pub(super) fn shell_command(
     rendered: &str,
-    _gated: bool,
-    _exit_file: &std::path::Path,
+    gated: bool,
+    exit_file: &std::path::Path,
 ) -> io::Result<(Command, Option<PipeWriter>)> {
     let mut command = Command::new("cmd.exe");
-    command.args(["/D", "/V:ON", "/S", "/C"]).raw_arg(format!("\"{rendered}\"")).stdin(Stdio::null());
-    Ok((command, None))
+    command.args(["/D", "/V:ON", "/S", "/C"]);
+    if !gated {
+        command.raw_arg(format!("\"{rendered}\"")).stdin(Stdio::null());
+        return Ok((command, None));
+    }
+    // The read end is inherited by the gate's cmd only (std duplicates it
+    // for the child); the write end stays with the sidecar alone.
+    let (reader, writer) = std::io::pipe()?;
+    command
+        .raw_arg(format!("\"{GATE_SCRIPT}\""))
+        .env(GATE_COMMAND_VAR, rendered)
+        .env(GATE_EXIT_FILE_VAR, exit_file)
+        .stdin(reader);
+    Ok((command, Some(writer)))
 }
 
-/// Nothing to do before the spawn: the job object is made right after it
-/// ([`ProcessTree::track`]).
-pub(super) fn isolate(_command: &mut Command) {}
+/// Where the gate finds the command line it runs, and the exit file.
+/// Inherited by the command (harmless, and documented).
+const GATE_COMMAND_VAR: &str = "AGENTCOM_WAKE_COMMAND";
+const GATE_EXIT_FILE_VAR: &str = "AGENTCOM_WAKE_EXIT_FILE";
+
+/// What a gated wake command's outer `cmd` runs, the Windows twin of the
+/// Unix gate script (`unix.rs`). It waits for one line on its stdin, a
+/// pipe only the sidecar writes to, which it writes only once queue.json
+/// records the command's identity. A sidecar killed before that closes the
+/// pipe with its death: `set /p` meets end of file, the line is not `go`,
+/// and the gate exits 75 without running anything. Released, it runs the
+/// operator's command in an inner `cmd /D /V:ON /S /C "..."` (the rendered
+/// text comes from the environment and is expanded after the gate's line
+/// was parsed, so it is data here and parsed only by the inner `cmd`,
+/// exactly as an ungated command) with stdin from NUL, then records its exit status in
+/// the exit file atomically (`.tmp`, then `move`): whoever starts next
+/// finds it there even if no sidecar was running when the command ended.
+/// It exits with the command's status. This `cmd` stays in the job and is
+/// the process whose pid and creation time were recorded. The cost: one
+/// more `cmd.exe`, waiting, for as long as the command runs (a few MB of
+/// private memory; not measured on Windows).
+const GATE_SCRIPT: &str = "set \"AGENTCOM_WAKE_GATE=\" & set /p AGENTCOM_WAKE_GATE= & \
+(if not \"!AGENTCOM_WAKE_GATE!\"==\"go\" exit 75) & \
+cmd /D /V:ON /S /C \"!AGENTCOM_WAKE_COMMAND!\" <NUL & set \"AGENTCOM_WAKE_STATUS=!errorlevel!\" & \
+(>\"!AGENTCOM_WAKE_EXIT_FILE!.tmp\" echo exit !AGENTCOM_WAKE_STATUS!) & \
+move /Y \"!AGENTCOM_WAKE_EXIT_FILE!.tmp\" \"!AGENTCOM_WAKE_EXIT_FILE!\" >NUL & \
+exit !AGENTCOM_WAKE_STATUS!";
+
+/// A process group of its own (`CREATE_NEW_PROCESS_GROUP`), which Ctrl-Break
+/// can be sent to ([`ProcessTree::terminate`]); it also keeps a Ctrl-C in
+/// the sidecar's console from reaching the command. The job object is made
+/// right after the spawn ([`ProcessTree::track`]).
+pub(super) fn isolate(command: &mut Command) {
+    command.creation_flags(CREATE_NEW_PROCESS_GROUP);
+}
 
 pub(super) fn env_reference(variable: &str) -> String {
     format!("!{variable}!")
@@ -169,16 +229,26 @@ impl ProcessTree {
         }
     }
 
-    /// Nothing is left once `terminate` ended the job.
+    /// Whether any process of the job still runs (without a job: none is
+    /// known to).
     pub(super) fn any_left(&self) -> bool {
-        false
+        self.job.as_ref().is_some_and(|job| active_processes(job).unwrap_or(0) > 0)
     }
 
-    /// The start of a graceful end. Ctrl-Break cannot be delivered to a
-    /// process group we do not share a console with, so the job is ended at
-    /// once (the issue's "else end the job").
+    /// The start of a graceful end: Ctrl-Break to the command's process
+    /// group, where it can be delivered (see [`send_break`]); where it
+    /// cannot, the job is ended at once.
     pub(super) fn terminate(&self) -> io::Result<()> {
-        self.kill()
+        match send_break(self.pid) {
+            Ok(()) => Ok(()),
+            Err(error) => {
+                log::info!(
+                    "cannot send Ctrl-Break to the wake command (pid {}): {error}; ending it at once",
+                    self.pid
+                );
+                self.kill()
+            }
+        }
     }
 
     /// The command exited: clears kill-on-close, then closes the job, so
@@ -193,6 +263,46 @@ impl ProcessTree {
             std::mem::forget(job);
         }
     }
+}
+
+/// Ctrl-Break to the process group `pid` leads. Windows delivers it only to
+/// processes attached to the caller's console: the command shares the
+/// sidecar's console when the sidecar has one (started from a console, or
+/// by a supervisor that gives it a hidden one), as it inherits it. A
+/// sidecar without a console (a Windows service) cannot deliver it: an
+/// error, and the caller ends the job at once.
+fn send_break(pid: u32) -> io::Result<()> {
+    let mut one = 0u32;
+    // SAFETY: the buffer holds the one entry we say it holds.
+    if unsafe { GetConsoleProcessList(&mut one, 1) } == 0 {
+        return Err(io::Error::other("the sidecar has no console to send it through"));
+    }
+    // SAFETY: no memory-safety preconditions.
+    if unsafe { GenerateConsoleCtrlEvent(CTRL_BREAK_EVENT, pid) } == 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// How many processes of the job still run.
+fn active_processes(job: &OwnedHandle) -> io::Result<u32> {
+    // SAFETY: the struct holds only integers, for which zero is valid.
+    let mut info: JOBOBJECT_BASIC_ACCOUNTING_INFORMATION = unsafe { std::mem::zeroed() };
+    // SAFETY: `info` is valid for writes of the size given; the handle is
+    // open with JOB_OBJECT_QUERY.
+    let queried = unsafe {
+        QueryInformationJobObject(
+            raw(job),
+            JobObjectBasicAccountingInformation,
+            (&mut info as *mut JOBOBJECT_BASIC_ACCOUNTING_INFORMATION).cast::<c_void>(),
+            std::mem::size_of::<JOBOBJECT_BASIC_ACCOUNTING_INFORMATION>() as u32,
+            std::ptr::null_mut(),
+        )
+    };
+    if queried == 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(info.ActiveProcesses)
 }
 
 /// The name of a run-mode agent's job: its pid and creation time, so that a
@@ -377,21 +487,53 @@ impl Watch {
     }
 }
 
-/// Ends a run-mode agent a earlier sidecar left: its whole job, found by
-/// name (no Ctrl-Break here); without one, only the process.
-pub(super) fn terminate_leftover(identity: &WakeIdentity, _grace: Duration) -> Leftover {
-    if let Some(created) = identity.start_time {
+/// Ends a run-mode agent an earlier sidecar left, gracefully: Ctrl-Break
+/// to its process group (delivered only if it shares this sidecar's
+/// console, see [`send_break`]), then, if any process of its job is left
+/// after `grace`, the whole job, found by its name. Without the job, only
+/// the process itself ([`end_leftover`]). Blocks up to `grace` (call it on a
+/// thread of its own).
+pub(super) fn terminate_leftover(identity: &WakeIdentity, grace: Duration) -> Leftover {
+    let job = identity.start_time.and_then(|created| {
         let name = job_name(identity.pid, created);
         // SAFETY: the name is NUL-terminated.
-        let handle = unsafe { OpenJobObjectW(JOB_OBJECT_TERMINATE, 0, name.as_ptr()) };
-        if !handle.is_null() {
-            // SAFETY: a fresh handle that nothing else owns.
-            let job = unsafe { OwnedHandle::from_raw_handle(handle as RawHandle) };
-            // SAFETY: the handle is open with JOB_OBJECT_TERMINATE.
-            if unsafe { TerminateJobObject(raw(&job), ENDED_EXIT_CODE) } != 0 {
-                return Leftover::Ended;
+        let handle = unsafe { OpenJobObjectW(JOB_OBJECT_TERMINATE | JOB_OBJECT_QUERY, 0, name.as_ptr()) };
+        // SAFETY: a fresh handle that nothing else owns.
+        (!handle.is_null()).then(|| unsafe { OwnedHandle::from_raw_handle(handle as RawHandle) })
+    });
+    let Some(job) = job else {
+        return end_leftover(identity, super::LEFTOVER_WAIT);
+    };
+    if !leftover_running(identity) && active_processes(&job).unwrap_or(1) == 0 {
+        return Leftover::Gone;
+    }
+    match send_break(identity.pid) {
+        Ok(()) => {
+            let deadline = std::time::Instant::now() + grace;
+            while std::time::Instant::now() < deadline {
+                if active_processes(&job).unwrap_or(1) == 0 {
+                    return Leftover::Ended;
+                }
+                // Not ours to wait on: a short bounded poll, as on Unix.
+                std::thread::sleep(Duration::from_millis(20));
             }
+            log::warn!(
+                "the agent (pid {}) did not end within {} ms of Ctrl-Break; ending its job",
+                identity.pid,
+                grace.as_millis()
+            );
+        }
+        Err(error) => {
+            log::info!("cannot send Ctrl-Break to the agent (pid {}): {error}; ending its job", identity.pid)
         }
     }
-    end_leftover(identity, super::LEFTOVER_WAIT)
+    // SAFETY: the handle is open with JOB_OBJECT_TERMINATE.
+    if unsafe { TerminateJobObject(raw(&job), ENDED_EXIT_CODE) } == 0 {
+        return Leftover::Failed(format!(
+            "cannot end the job of process {}: {}",
+            identity.pid,
+            io::Error::last_os_error()
+        ));
+    }
+    Leftover::Ended
 }
