@@ -71,7 +71,7 @@ const JOB_OBJECT_TERMINATE: u32 = 0x0008;
 const JOB_OBJECT_QUERY: u32 = 0x0004;
 
 /// The exit code a process ended by the sidecar gets.
-const ENDED_EXIT_CODE: u32 = 1;
+pub(super) const ENDED_EXIT_CODE: u32 = 1;
 
 /// Windows allows 32,767 characters per environment variable and per command
 /// line; a template that expands the description and the JSON into one
