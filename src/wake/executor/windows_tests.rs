@@ -388,11 +388,40 @@ fn a_run_mode_agent_that_ends_after_its_executor_went_leaves_its_exit_status() {
     assert_eq!(run::read_exit_file(&exit_file), Some(run::RunExit::Code(RELEASED_EXIT as i32)));
 }
 
+/// Gives this test process a console if it has none (as a sidecar started
+/// from a console, or by pm2, has one; a service has none), keeping its
+/// standard handles: the wake commands inherit it, and Ctrl-Break goes
+/// through it.
+fn ensure_console() {
+    use windows_sys::Win32::System::Console::{
+        AllocConsole, GetConsoleProcessList, GetStdHandle, SetStdHandle, STD_ERROR_HANDLE, STD_INPUT_HANDLE,
+        STD_OUTPUT_HANDLE,
+    };
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let mut one = 0u32;
+        // SAFETY: the buffer holds the one entry we say it holds.
+        if unsafe { GetConsoleProcessList(&mut one, 1) } != 0 {
+            return;
+        }
+        let streams = [STD_INPUT_HANDLE, STD_OUTPUT_HANDLE, STD_ERROR_HANDLE];
+        // SAFETY: no preconditions; the handles are put back as they were.
+        unsafe {
+            let kept = streams.map(|stream| GetStdHandle(stream));
+            assert!(AllocConsole() != 0, "cannot give the test a console");
+            for (stream, handle) in streams.into_iter().zip(kept) {
+                SetStdHandle(stream, handle);
+            }
+        }
+    });
+}
+
 /// A cancel sends Ctrl-Break to the command's process group; an agent that
 /// handles it ends by itself within the grace (its own exit code, not the
 /// job's).
 #[test]
 fn a_cancel_sends_ctrl_break_and_the_agent_ends_within_the_grace() {
+    ensure_console();
     let fixture = Fixture::new();
     fixture.handle().run(fixture.run_request("exit", FAILSAFE));
     let agent = fixture.helper_pids(1)[0];
@@ -409,6 +438,7 @@ fn a_cancel_sends_ctrl_break_and_the_agent_ends_within_the_grace() {
 /// An agent that ignores Ctrl-Break is ended with its job after the grace.
 #[test]
 fn an_agent_that_ignores_ctrl_break_is_ended_after_the_grace() {
+    ensure_console();
     let fixture = Fixture::new();
     fixture.handle().run(fixture.run_request("ignore", Duration::from_millis(300)));
     let agent = fixture.helper_pids(1)[0];
