@@ -29,9 +29,10 @@
 //! # Graceful ends
 //!
 //! Every wake command leads a process group of its own. A cancel or a task
-//! timeout sends it Ctrl-Break ([`send_break`]) and ends the job after
-//! `cancel_grace_ms`; where Ctrl-Break cannot be delivered (a sidecar with
-//! no console, such as a service), the job is ended at once.
+//! timeout sends it Ctrl-Break ([`send_break`]) where that can be delivered
+//! (not from a sidecar without a console, such as a service; not under
+//! Wine), the cancel marker tells it in any case, and whatever is left in
+//! the job after `cancel_grace_ms` is ended with it.
 //!
 //! If the job cannot be created or the command cannot be put in it (for
 //! instance inside a job that forbids nesting), the command runs without
@@ -48,9 +49,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use windows_sys::Win32::Foundation::{ERROR_INVALID_PARAMETER, FILETIME, WAIT_OBJECT_0};
-use windows_sys::Win32::System::Console::{
-    GenerateConsoleCtrlEvent, GetConsoleProcessList, CTRL_BREAK_EVENT,
-};
+use windows_sys::Win32::System::Console::{GenerateConsoleCtrlEvent, CTRL_BREAK_EVENT};
 use windows_sys::Win32::System::JobObjects::{
     AssignProcessToJobObject, CreateJobObjectW, JobObjectBasicAccountingInformation,
     JobObjectExtendedLimitInformation, OpenJobObjectW, QueryInformationJobObject, SetInformationJobObject,
@@ -272,19 +271,18 @@ impl ProcessTree {
     }
 
     /// The start of a graceful end: Ctrl-Break to the command's process
-    /// group, where it can be delivered (see [`send_break`]); where it
-    /// cannot, the job is ended at once.
+    /// group, where it can be delivered (see [`send_break`]). Where it
+    /// cannot, the agent still has the grace: the sidecar's cancel marker
+    /// (`<task_id>.cancel`) tells it too, and the caller ends the job once
+    /// the grace is over.
     pub(super) fn terminate(&self) -> io::Result<()> {
-        match send_break(self.pid) {
-            Ok(()) => Ok(()),
-            Err(error) => {
-                log::info!(
-                    "cannot send Ctrl-Break to the wake command (pid {}): {error}; ending it at once",
-                    self.pid
-                );
-                self.kill()
-            }
+        if let Err(error) = send_break(self.pid) {
+            log::info!(
+                "cannot send Ctrl-Break to the wake command (pid {}): {error}; its job is ended after the grace",
+                self.pid
+            );
         }
+        Ok(())
     }
 
     /// The command exited: clears kill-on-close, then closes the job, so
@@ -304,15 +302,10 @@ impl ProcessTree {
 /// Ctrl-Break to the process group `pid` leads. Windows delivers it only to
 /// processes attached to the caller's console: the command shares the
 /// sidecar's console when the sidecar has one (started from a console, or
-/// by a supervisor that gives it a hidden one), as it inherits it. A
-/// sidecar without a console (a Windows service) cannot deliver it: an
-/// error, and the caller ends the job at once.
+/// by pm2, whose Node starts it with a hidden console), as it inherits it.
+/// A sidecar without a console (a Windows service) cannot deliver it (an
+/// error), nor can Wine (its console server implements only Ctrl-C).
 fn send_break(pid: u32) -> io::Result<()> {
-    let mut one = 0u32;
-    // SAFETY: the buffer holds the one entry we say it holds.
-    if unsafe { GetConsoleProcessList(&mut one, 1) } == 0 {
-        return Err(io::Error::other("the sidecar has no console to send it through"));
-    }
     // SAFETY: no memory-safety preconditions.
     if unsafe { GenerateConsoleCtrlEvent(CTRL_BREAK_EVENT, pid) } == 0 {
         return Err(io::Error::last_os_error());
@@ -525,8 +518,9 @@ impl Watch {
 
 /// Ends a run-mode agent an earlier sidecar left, gracefully: Ctrl-Break
 /// to its process group (delivered only if it shares this sidecar's
-/// console, see [`send_break`]), then, if any process of its job is left
-/// after `grace`, the whole job, found by its name. Without the job, only
+/// console, see [`send_break`]; the cancel marker tells it in any case),
+/// then, if any process of its job is left after `grace`, the whole job,
+/// found by its name. Without the job, only
 /// the process itself ([`end_leftover`]). Blocks up to `grace` (call it on a
 /// thread of its own).
 pub(super) fn terminate_leftover(identity: &WakeIdentity, grace: Duration) -> Leftover {
@@ -543,26 +537,26 @@ pub(super) fn terminate_leftover(identity: &WakeIdentity, grace: Duration) -> Le
     if !leftover_running(identity) && active_processes(&job).unwrap_or(1) == 0 {
         return Leftover::Gone;
     }
-    match send_break(identity.pid) {
-        Ok(()) => {
-            let deadline = std::time::Instant::now() + grace;
-            while std::time::Instant::now() < deadline {
-                if active_processes(&job).unwrap_or(1) == 0 {
-                    return Leftover::Ended;
-                }
-                // Not ours to wait on: a short bounded poll, as on Unix.
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            log::warn!(
-                "the agent (pid {}) did not end within {} ms of Ctrl-Break; ending its job",
-                identity.pid,
-                grace.as_millis()
-            );
-        }
-        Err(error) => {
-            log::info!("cannot send Ctrl-Break to the agent (pid {}): {error}; ending its job", identity.pid)
-        }
+    if let Err(error) = send_break(identity.pid) {
+        log::info!(
+            "cannot send Ctrl-Break to the agent (pid {}): {error}; its job is ended after the grace",
+            identity.pid
+        );
     }
+    // The cancel marker tells it too: the grace holds either way.
+    let deadline = std::time::Instant::now() + grace;
+    while std::time::Instant::now() < deadline {
+        if active_processes(&job).unwrap_or(1) == 0 {
+            return Leftover::Ended;
+        }
+        // Not ours to wait on: a short bounded poll, as on Unix.
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    log::warn!(
+        "the agent (pid {}) did not end within {} ms of being asked to; ending its job",
+        identity.pid,
+        grace.as_millis()
+    );
     // SAFETY: the handle is open with JOB_OBJECT_TERMINATE.
     if unsafe { TerminateJobObject(raw(&job), ENDED_EXIT_CODE) } == 0 {
         return Leftover::Failed(format!(

@@ -21,7 +21,8 @@ const GO_FILE_ENV: &str = "AGENTCOM_TEST_GO_FILE";
 
 /// Not a test: the work of a `.cmd` agent below. Writes its waiting file,
 /// then waits (up to a minute) for its go file, which the test writes once
-/// no sidecar runs.
+/// no sidecar runs, or for its task's cancel marker (`<task_id>.cancel` in
+/// the results directory), on which it stops.
 #[test]
 #[ignore = "not a test: the work of the Windows run-mode agent"]
 fn agent_waits_for_its_go_file() {
@@ -29,10 +30,14 @@ fn agent_waits_for_its_go_file() {
     else {
         return;
     };
+    let cancel = match (std::env::var_os("AGENTCOM_RESULTS_DIR"), std::env::var("AGENTCOM_TASK_ID")) {
+        (Some(dir), Ok(task_id)) => Path::new(&dir).join(format!("{task_id}.cancel")),
+        _ => return,
+    };
     fs::write(waiting, "").unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     let ticker = crossbeam_channel::tick(std::time::Duration::from_millis(20));
-    while !Path::new(&go).exists() && std::time::Instant::now() < deadline {
+    while !Path::new(&go).exists() && !cancel.exists() && std::time::Instant::now() < deadline {
         let _ = ticker.recv();
     }
 }
@@ -233,4 +238,40 @@ fn run_mode_an_agent_that_ends_while_no_sidecar_runs_is_reported_once_with_its_e
     assert_eq!(more, 0, "one outcome");
     let started = fs::read_to_string(&starts).unwrap();
     assert_eq!(started.lines().count(), 1, "started once: {started:?}");
+}
+
+/// A cancel mid-run: the agent learns it (here from the cancel marker: Wine
+/// delivers no Ctrl-Break) and ends by itself within `cancel_grace_ms`; the
+/// job is not ended under it, and the hub hears nothing more of the task.
+#[test]
+fn run_mode_a_cancel_mid_run_lets_the_agent_end_by_itself_within_the_grace() {
+    let hub = start_hub();
+    let dir = tempfile::tempdir().unwrap();
+    // After its work the agent notes that it ended by itself: a job ended
+    // under it never gets there.
+    let agent = dir.path().join("agent.cmd");
+    let ended = dir.path().join("ended-by-itself");
+    let helper = format!("\"{}\" {WAIT_HELPER}", std::env::current_exe().unwrap().display());
+    fs::write(
+        &agent,
+        format!("@echo off\r\n{helper} >NUL\r\necho done>\"{}\"\r\nexit /b 0\r\n", ended.display()),
+    )
+    .unwrap();
+    let mut cfg = run_config(dir.path(), &hub.url(), &format!("\"{}\"", agent.display()));
+    // Long enough that only a stuck agent meets it (then the test fails).
+    cfg["cancel_grace_ms"] = json!(60_000);
+    let (waiting, go) = (dir.path().join("waiting"), dir.path().join("go"));
+    let (waiting_text, go_text) = (waiting.display().to_string(), go.display().to_string());
+    let env = [(WAITING_FILE_ENV, waiting_text.as_str()), (GO_FILE_ENV, go_text.as_str())];
+    let sidecar = Sidecar::start_with_env(dir.path(), &cfg, &env);
+    expect_identified(&hub);
+    let task_id = hub.push_task(AGENT, "d", json!({}));
+    expect_received(&hub, "task_accepted");
+    wait_until("the agent at work", || waiting.exists().then_some(()));
+    assert!(hub.cancel_task(&task_id));
+    wait_until("the agent to end by itself", || ended.exists().then_some(()));
+    wait_until("the sidecar idle again", || sidecar.queue()["active"].is_null().then_some(()));
+    let outcomes = hub.events().try_iter().filter(|e| matches!(e, DevHubEvent::Received { frame, .. }
+        if (frame["type"] == "task_complete" || frame["type"] == "task_failed") && frame["task_id"] == task_id.as_str())).count();
+    assert_eq!(outcomes, 0, "a cancelled task has no outcome\n{}", sidecar.output());
 }
