@@ -63,6 +63,9 @@ pub(super) fn mark_started(request: &WakeRequest) {
     }
 }
 
+/// How a graceful end is asked for, for the log.
+const STOP_REQUEST: &str = if cfg!(windows) { "Ctrl-Break (or the cancel marker)" } else { "SIGTERM" };
+
 /// A cancel: SIGTERM to the tree (Windows: Ctrl-Break to its process group,
 /// or the job ended at once where that cannot be delivered), then, if
 /// anything of it is left after the request's `cancel_grace`, the kill of
@@ -97,7 +100,7 @@ pub(super) fn end_gracefully(
                     }
                     if tree.any_left() {
                         log::warn!(
-                            "the agent of task {} (pid {pid}) did not end within {} ms of being asked to (SIGTERM, Ctrl-Break); killing it",
+                            "the agent of task {} (pid {pid}) did not end within {} ms of {STOP_REQUEST}; killing it",
                             request.task_id,
                             request.cancel_grace.as_millis()
                         );
@@ -108,7 +111,7 @@ pub(super) fn end_gracefully(
             }
             recv(grace) -> _ => {
                 log::warn!(
-                    "the agent of task {} (pid {pid}) did not end within {} ms of being asked to (SIGTERM, Ctrl-Break); killing it",
+                    "the agent of task {} (pid {pid}) did not end within {} ms of {STOP_REQUEST}; killing it",
                     request.task_id,
                     request.cancel_grace.as_millis()
                 );
