@@ -2,6 +2,7 @@
 //! records its exit status (see [`GATE_SCRIPT`]).
 
 use std::io::{self, PipeWriter};
+use std::os::windows::ffi::OsStringExt;
 use std::os::windows::process::CommandExt;
 use std::process::{Command, Stdio};
 
@@ -43,14 +44,17 @@ pub(in crate::wake) fn shell_command(
     command
         .args(["/D", "/V:OFF", "/S", "/C"])
         .raw_arg(format!("\"\"{}\"\"", gate.display()))
+        .env(GATE_SHELL_VAR, system_cmd())
         .env(GATE_COMMAND_VAR, escape_for_gate(rendered))
         .env(GATE_EXIT_FILE_VAR, exit_file)
         .stdin(reader);
     Ok((command, Some(writer)))
 }
 
-/// Where the gate finds the command it runs, and the exit file. Inherited
-/// by the command (harmless, and documented).
+/// Where the gate finds the `cmd.exe` to run the command with (by its path:
+/// a service's environment may have no PATH), the command, and the exit
+/// file. Inherited by the command (harmless, and documented).
+const GATE_SHELL_VAR: &str = "AGENTCOM_WAKE_SHELL";
 const GATE_COMMAND_VAR: &str = "AGENTCOM_WAKE_COMMAND";
 const GATE_EXIT_FILE_VAR: &str = "AGENTCOM_WAKE_EXIT_FILE";
 /// The gate's batch file, in the results directory's `.tasks`.
@@ -80,12 +84,30 @@ const GATE_SCRIPT: &str = "@echo off\r
 set AGENTCOM_WAKE_GATE=\r
 set /p AGENTCOM_WAKE_GATE=\r
 if not \"%AGENTCOM_WAKE_GATE%\"==\"go\" exit 75\r
-cmd /D /V:ON /S /C \"%AGENTCOM_WAKE_COMMAND%\"\r
+\"%AGENTCOM_WAKE_SHELL%\" /D /V:ON /S /C \"%AGENTCOM_WAKE_COMMAND%\"\r
 set AGENTCOM_WAKE_STATUS=%ERRORLEVEL%\r
 echo exit %AGENTCOM_WAKE_STATUS% >\"%AGENTCOM_WAKE_EXIT_FILE%.tmp\"\r
 move /Y \"%AGENTCOM_WAKE_EXIT_FILE%.tmp\" \"%AGENTCOM_WAKE_EXIT_FILE%\" >NUL\r
 exit %AGENTCOM_WAKE_STATUS%\r
 ";
+
+/// The system's `cmd.exe`, the one `Command::new("cmd.exe")` finds when
+/// PATH does not name it (plain `cmd.exe` if the system directory is
+/// unknown).
+fn system_cmd() -> std::path::PathBuf {
+    let mut buffer = [0u16; 260];
+    // SAFETY: the buffer is valid for writes of the length given.
+    let len = unsafe {
+        windows_sys::Win32::System::SystemInformation::GetSystemDirectoryW(
+            buffer.as_mut_ptr(),
+            buffer.len() as u32,
+        )
+    } as usize;
+    if len == 0 || len >= buffer.len() {
+        return "cmd.exe".into();
+    }
+    std::path::PathBuf::from(std::ffi::OsString::from_wide(&buffer[..len])).join("cmd.exe")
+}
 
 /// The rendered command as the gate's line must hold it so that the
 /// command's `cmd` gets it unchanged. The gate's `cmd` parses its line
