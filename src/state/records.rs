@@ -153,7 +153,8 @@ fn empty_object() -> Value {
 pub struct WakeIdentity {
     pub pid: u32,
     /// Unix: the process group the command leads (its pid). Windows: none
-    /// (a job object holds the tree, and dies with the sidecar).
+    /// (a job object holds the tree; a run-mode agent's job is found by a
+    /// name made of its pid and creation time).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub process_group: Option<u32>,
     /// When the process started: Linux, clock ticks after boot

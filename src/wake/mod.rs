@@ -126,14 +126,14 @@ pub fn end_leftover(identity: &WakeIdentity) -> Leftover {
     sys::end_leftover(identity, LEFTOVER_WAIT)
 }
 
-/// Whether the recorded wake command still runs (Linux: same pid and start
-/// time; Windows: never, see `windows.rs`).
+/// Whether the recorded wake command still runs (same pid and start time).
 pub fn leftover_running(identity: &WakeIdentity) -> bool {
     sys::leftover_running(identity)
 }
 
 /// A run-mode agent an earlier sidecar left running, watched for its exit
-/// code where no gate script records it (Windows: an open process handle).
+/// code should its gate not record it (Windows: an open process handle; on
+/// Unix the gate's exit file is all there is).
 pub struct AgentWatch(sys::Watch);
 
 /// Opens a watch on the recorded command if it is still running (Windows);
@@ -149,8 +149,9 @@ impl AgentWatch {
     }
 }
 
-/// Ends a recorded wake command gracefully: SIGTERM to its process group,
-/// the kill after `grace`. Blocks up to `grace` plus [`LEFTOVER_WAIT`]: call
+/// Ends a recorded wake command gracefully: SIGTERM to its process group
+/// (Windows: Ctrl-Break where it can be delivered), the kill (Windows: of
+/// its whole job) after `grace`. Blocks up to `grace` plus [`LEFTOVER_WAIT`]: call
 /// it on a thread of its own.
 pub fn terminate_leftover(identity: &WakeIdentity, grace: Duration) -> Leftover {
     sys::terminate_leftover(identity, grace)
