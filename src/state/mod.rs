@@ -115,9 +115,6 @@ struct Held<'a> {
     past: &'a PastTasks,
     queue_extra: &'a Map<String, Value>,
     executor: &'a mut Executor,
-    /// The held task's agent process is known to be running (the
-    /// executor's, or one an earlier run left): it is at work, not silent.
-    agent_alive: bool,
 }
 
 impl Held<'_> {
@@ -275,9 +272,7 @@ impl State {
     }
 
     fn held(&mut self) -> Option<Held<'_>> {
-        let agent_alive = self.task.as_ref().is_some_and(|t| self.executor.runs_agent_of(&t.id));
         Some(Held {
-            agent_alive,
             task: self.task.as_mut()?,
             link: &mut self.link,
             settings: &self.settings,

@@ -103,9 +103,11 @@ impl Held<'_> {
                 self.set_outcome(Report::Failed { reason: "confirmation_timeout".into() }, fx);
             }
         }
+        // Its agent's process runs (the executor's, or one an earlier run
+        // left): at work, not silent.
+        let agent_alive = self.executor.runs_agent_of(&self.task.id);
         if let Some(Phase::Working { silent_until, .. }) = self.task.phase_mut() {
-            if self.agent_alive {
-                // Its process runs: at work, not silent.
+            if agent_alive {
                 *silent_until = None;
             }
         }
