@@ -818,6 +818,7 @@ fn the_pm2_file_names_start_sh_on_unix_and_start_bat_on_windows() {
     assert_eq!(app["autorestart"], true);
     assert_eq!(app["restart_delay"], 5000);
     assert!(app["kill_timeout"].as_u64().unwrap() > 1000, "longer than the sidecar's own shutdown");
+    assert_eq!(app["treekill"], false, "pm2 signals the sidecar alone: a run-mode agent works on");
     assert_eq!(app["time"], false, "one timestamp per line: the sidecar's own");
     assert_eq!(app["max_memory_restart"], "100M");
     assert_eq!(
