@@ -388,15 +388,19 @@ fn a_launcher_that_exited_0_just_before_a_kill_is_not_started_again() {
 /// A synchronous script at work on its confirmed task when the sidecar goes
 /// away: left to finish (a launcher is still ended), found by the next start,
 /// its result reported once, never started again.
-fn synchronous_script_across_a_stop(stop: Stop) {
+/// `after_go` runs once the test lets the script finish, before it writes
+/// its result.
+fn synchronous_script_across_a_stop(stop: Stop, after_go: &str) {
     let hub = no_retry_hub(NEWEST);
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(dir.path(), &hub.url());
     cfg["wake_command"] = json!(agent(
         dir.path(),
-        "r=\"$AGENTCOM_RESULTS_DIR/$AGENTCOM_TASK_ID\"\n: > \"$r.started\"\n\
-         while [ ! -e \"$D/go\" ]; do sleep 0.05; done\n\
-         printf '{\"status\":\"success\",\"output\":\"finished\"}' > \"$r.json.tmp\"; mv \"$r.json.tmp\" \"$r.json\""
+        &format!(
+            "r=\"$AGENTCOM_RESULTS_DIR/$AGENTCOM_TASK_ID\"\n: > \"$r.started\"\necho 'at work'; echo 'working' >&2\n\
+             while [ ! -e \"$D/go\" ]; do sleep 0.05; done\n{after_go}\n\
+             printf '{{\"status\":\"success\",\"output\":\"finished\"}}' > \"$r.json.tmp\"; mv \"$r.json.tmp\" \"$r.json\""
+        )
     ));
     let sidecar = Sidecar::start(dir.path(), &cfg);
     expect_identified(&hub);
@@ -418,10 +422,24 @@ fn synchronous_script_across_a_stop(stop: Stop) {
 
 #[test]
 fn a_synchronous_script_outlives_a_sigterm_of_the_sidecar() {
-    synchronous_script_across_a_stop(Stop::Term);
+    synchronous_script_across_a_stop(Stop::Term, "");
 }
 
 #[test]
 fn a_synchronous_script_outlives_a_kill_9_of_the_sidecar() {
-    synchronous_script_across_a_stop(Stop::Kill9);
+    synchronous_script_across_a_stop(Stop::Kill9, "");
+}
+
+/// Its stdout and stderr are files under the results directory, not pipes
+/// to the sidecar that is gone: writing to them after a kill -9 (or a
+/// SIGTERM) and a restart neither kills it (SIGPIPE) nor fails (EPIPE, with
+/// `set -e`).
+#[test]
+fn a_synchronous_script_writes_to_stdout_and_stderr_after_a_kill_9_and_completes() {
+    for stop in [Stop::Kill9, Stop::Term] {
+        synchronous_script_across_a_stop(
+            stop,
+            "set -e\ni=0\nwhile [ $i -lt 100 ]; do echo \"out $i\"; echo \"err $i\" >&2; i=$((i + 1)); done",
+        );
+    }
 }
