@@ -234,6 +234,23 @@ pub(super) fn spawn_bounder(
     })
 }
 
+/// Bounds the output files at `paths` of a launch-mode command an earlier
+/// sidecar started and left at work (a synchronous script), as
+/// [`spawn_bounder`] did for it there, while its process group `pgid`
+/// lives. Files that are not there are left alone.
+#[cfg(unix)]
+pub(super) fn bound_leftover(paths: [std::path::PathBuf; 2], pgid: u32) {
+    let files: Vec<File> =
+        paths.iter().filter_map(|path| OpenOptions::new().read(true).append(true).open(path).ok()).collect();
+    if files.is_empty() {
+        return;
+    }
+    let alive = move || super::sys::group_alive(pgid);
+    if let Err(error) = spawn_bounder(files, LAUNCH_OUTPUT_LIMIT_BYTES, LAUNCH_OUTPUT_CHECK, alive) {
+        log::warn!("cannot start the thread that bounds a wake command's output files: {error}");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

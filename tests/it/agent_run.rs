@@ -391,6 +391,11 @@ fn a_launcher_that_exited_0_just_before_a_kill_is_not_started_again() {
 /// `after_go` runs once the test lets the script finish, before it writes
 /// its result.
 fn synchronous_script_across_a_stop(stop: Stop, after_go: &str) {
+    synchronous_script_across_a_stop_then(stop, after_go, |_| {});
+}
+
+/// `then` runs after the test has let the script finish, before the outcome.
+fn synchronous_script_across_a_stop_then(stop: Stop, after_go: &str, then: impl FnOnce(&Run)) {
     let hub = no_retry_hub(NEWEST);
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(dir.path(), &hub.url());
@@ -416,6 +421,7 @@ fn synchronous_script_across_a_stop(stop: Stop, after_go: &str) {
         run.sidecar.lifecycle().contains("\"found\":\"running\"").then_some(())
     });
     fs::write(run.dir.path().join("go"), "").unwrap();
+    then(&run);
     let frame = run.one_outcome();
     assert_eq!(frame["result"]["output"], "finished", "{stop:?}");
 }
@@ -434,6 +440,25 @@ fn a_synchronous_script_outlives_a_kill_9_of_the_sidecar() {
 /// to the sidecar that is gone: writing to them after a kill -9 (or a
 /// SIGTERM) and a restart neither kills it (SIGPIPE) nor fails (EPIPE, with
 /// `set -e`).
+/// What it writes after the restart is kept bounded by the sidecar that
+/// found it (1 MiB, cut to its last 4 KiB behind a note).
+#[test]
+fn the_output_of_a_synchronous_script_found_after_a_kill_9_is_kept_bounded() {
+    synchronous_script_across_a_stop_then(
+        Stop::Kill9,
+        "head -c 3145728 /dev/zero; echo last\nwhile [ ! -e \"$D/go2\" ]; do sleep 0.05; done",
+        |run| {
+            let stdout = run.dir.path().join("results/.tasks").join(format!("{}.stdout", run.task_id));
+            wait_until("the script's stdout cut to its tail", || {
+                let text = fs::read(&stdout).ok()?;
+                (text.starts_with(b"[agentcom-sidecar: ") && text.ends_with(b"last\n") && text.len() < 8192)
+                    .then_some(())
+            });
+            fs::write(run.dir.path().join("go2"), "").unwrap();
+        },
+    );
+}
+
 #[test]
 fn a_synchronous_script_writes_to_stdout_and_stderr_after_a_kill_9_and_completes() {
     for stop in [Stop::Kill9, Stop::Term] {
