@@ -19,12 +19,15 @@ pub mod hub;
 pub mod lifecycle_log;
 pub mod logging;
 pub(crate) mod main_loop;
+pub mod output;
 pub mod protocol;
 pub mod queue_lock;
 pub mod queue_store;
 pub mod retry;
 pub mod selfupdate;
 pub mod service;
+#[cfg(test)]
+mod size_tests;
 pub mod state;
 pub mod status;
 pub mod supervisor;

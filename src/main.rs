@@ -1,6 +1,7 @@
 //! The `agentcom-sidecar` binary: parse the command line, load the config,
 //! set up logging and signals, run the loop, map the result to an exit code.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -64,11 +65,11 @@ fn main() -> ExitCode {
         };
         match arg_str {
             "-h" | "--help" => {
-                println!("{USAGE}");
+                agentcom_sidecar::outln!("{USAGE}");
                 return ExitCode::SUCCESS;
             }
             "-V" | "--version" => {
-                println!("agentcom-sidecar {}", env!("CARGO_PKG_VERSION"));
+                agentcom_sidecar::outln!("agentcom-sidecar {}", env!("CARGO_PKG_VERSION"));
                 return ExitCode::SUCCESS;
             }
             "-c" | "--config" => match args.next() {
@@ -144,11 +145,16 @@ fn main() -> ExitCode {
             }
             let text =
                 serde_json::to_string_pretty(&config.to_redacted_json()).expect("a JSON value serializes");
-            println!("{text}");
-            ExitCode::SUCCESS
+            match writeln!(agentcom_sidecar::output::Stdout, "{text}") {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("agentcom-sidecar: cannot write to stdout: {e}");
+                    ExitCode::FAILURE
+                }
+            }
         }
         Command::Status => {
-            let mut stdout = std::io::stdout().lock();
+            let mut stdout = agentcom_sidecar::output::Stdout;
             let now_ms = agentcom_sidecar::clock::unix_ms();
             let written = if json {
                 agentcom_sidecar::status::report_json(&config, now_ms, &mut stdout)

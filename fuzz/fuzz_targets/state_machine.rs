@@ -29,7 +29,7 @@ use agentcom_sidecar::hub::HubEvent;
 use agentcom_sidecar::queue_store::WakeProcess;
 use agentcom_sidecar::queue_store::{self, QueueFile};
 use agentcom_sidecar::retry::{BackoffPolicy, JitterStrategy};
-use agentcom_sidecar::state::{Effect, Input, RateLimits, Settings, State, TaskFiles};
+use agentcom_sidecar::state::{Effect, Input, LinkSettings, RateLimits, Settings, State, TaskFiles};
 use agentcom_sidecar::wake::{WakeIdentity, WakeMode, WakeOutcome, WakeStarted, WakeStatus};
 use agentcom_sidecar::watcher::{FileKind, ReadResult, ResultsEvent};
 use libfuzzer_sys::fuzz_target;
@@ -66,44 +66,70 @@ fn ms(n: u64) -> Duration {
 }
 
 fn settings(b: &mut Bytes<'_>) -> Settings {
+    // The bytes are read in this order whatever the struct's layout, so a
+    // corpus input keeps choosing the same settings.
+    let has_wake_command = b.u8() % 4 != 0;
+    let wake_mode = *b.pick(&[WakeMode::Launch, WakeMode::Run]);
+    let agent_check_interval = ms(1 + u64::from(b.u8()));
+    let cancel_grace = ms(u64::from(b.u8()) * 20);
+    let has_update_command = b.u8() % 2 == 0;
+    let heartbeat_interval = ms(1 + u64::from(b.u8()) * 20);
+    let pong_timeout = ms(1 + u64::from(b.u8()) * 10);
+    let identify_timeout = ms(1 + u64::from(b.u8()) * 10);
+    let backoff = BackoffPolicy {
+        initial: ms(1 + u64::from(b.u8())),
+        max: ms(1 + u64::from(b.u16())),
+        jitter: *b.pick(&[JitterStrategy::Equal, JitterStrategy::Full, JitterStrategy::Decorrelated]),
+    };
+    let confirmation_timeout = ms(u64::from(b.u8()) * 10);
+    let wake_retry_delays = (0..b.u8() % 4).map(|_| ms(u64::from(b.u8()))).collect();
+    let task_timeout = (b.u8() % 2 == 0).then(|| ms(u64::from(b.u16())));
+    let result_settle = ms(u64::from(b.u8()) * 5);
+    let progress_interval = ms(u64::from(b.u8()) * 5);
+    let reply_timeout = ms(1 + u64::from(b.u8()) * 20);
+    let readopt_window = ms(u64::from(b.u16()));
+    let adopted_silence = ms(u64::from(b.u8()) * 20);
+    let keepalive_interval = (b.u8() % 2 == 0).then(|| ms(1 + u64::from(b.u8()) * 20));
+    let send_wake_result = b.u8() % 2 == 0;
+    let send_state_report = b.u8() % 2 == 0;
+    let rescan_every = (b.u8() % 3 == 0).then(|| ms(1 + u64::from(b.u8())));
+    // A small budget, so that frames wait for tokens and denials meet
+    // frames still waiting.
+    let rate_limits = RateLimits {
+        light: 1 + u32::from(b.u8() % 8),
+        normal: 1 + u32::from(b.u8() % 8),
+        heavy: 1,
+        window: ms(100 + u64::from(b.u8()) * 10),
+    };
     Settings {
         agent_id: "fuzz-agent".into(),
         name: "fuzz-agent".into(),
         token: Secret::new("fuzz-token"),
         capabilities: vec![],
-        has_wake_command: b.u8() % 4 != 0,
-        wake_mode: *b.pick(&[WakeMode::Launch, WakeMode::Run]),
-        agent_check_interval: ms(1 + u64::from(b.u8())),
-        cancel_grace: ms(u64::from(b.u8()) * 20),
-        has_update_command: b.u8() % 2 == 0,
-        heartbeat_interval: ms(1 + u64::from(b.u8()) * 20),
-        pong_timeout: ms(1 + u64::from(b.u8()) * 10),
-        identify_timeout: ms(1 + u64::from(b.u8()) * 10),
-        backoff: BackoffPolicy {
-            initial: ms(1 + u64::from(b.u8())),
-            max: ms(1 + u64::from(b.u16())),
-            jitter: *b.pick(&[JitterStrategy::Equal, JitterStrategy::Full, JitterStrategy::Decorrelated]),
+        has_wake_command,
+        wake_mode,
+        cancel_grace,
+        has_update_command,
+        link: LinkSettings {
+            heartbeat_interval,
+            pong_timeout,
+            identify_timeout,
+            backoff,
+            reply_timeout,
+            rate_limits,
         },
-        confirmation_timeout: ms(u64::from(b.u8()) * 10),
-        wake_retry_delays: (0..b.u8() % 4).map(|_| ms(u64::from(b.u8()))).collect(),
-        task_timeout: (b.u8() % 2 == 0).then(|| ms(u64::from(b.u16()))),
-        result_settle: ms(u64::from(b.u8()) * 5),
-        progress_interval: ms(u64::from(b.u8()) * 5),
-        reply_timeout: ms(1 + u64::from(b.u8()) * 20),
-        readopt_window: ms(u64::from(b.u16())),
-        adopted_silence: ms(u64::from(b.u8()) * 20),
-        keepalive_interval: (b.u8() % 2 == 0).then(|| ms(1 + u64::from(b.u8()) * 20)),
-        send_wake_result: b.u8() % 2 == 0,
-        send_state_report: b.u8() % 2 == 0,
-        results_poll: (b.u8() % 3 == 0).then(|| ms(1 + u64::from(b.u8()))),
-        // A small budget, so that frames wait for tokens and denials meet
-        // frames still waiting.
-        rate_limits: RateLimits {
-            light: 1 + u32::from(b.u8() % 8),
-            normal: 1 + u32::from(b.u8() % 8),
-            heavy: 1,
-            window: ms(100 + u64::from(b.u8()) * 10),
-        },
+        confirmation_timeout,
+        wake_retry_delays,
+        task_timeout,
+        result_settle,
+        progress_interval,
+        readopt_window,
+        adopted_silence,
+        keepalive_interval,
+        send_wake_result,
+        send_state_report,
+        results_poll: rescan_every.unwrap_or(agent_check_interval),
+        rescan_results: rescan_every.is_some(),
     }
 }
 

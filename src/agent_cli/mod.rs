@@ -90,7 +90,7 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
     match run(args, &|name| std::env::var_os(name)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Usage(text)) if text.is_empty() => {
-            println!("{USAGE}");
+            crate::outln!("{USAGE}");
             ExitCode::SUCCESS
         }
         Err(Failure::Usage(text)) => {

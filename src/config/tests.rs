@@ -1,4 +1,5 @@
 use super::*;
+use crate::retry::JitterStrategy;
 
 fn parse(text: &str) -> Result<(Config, Vec<String>), Error> {
     Config::from_json_str(text, Path::new("/etc/sidecar/config.json"))
@@ -14,20 +15,20 @@ const MINIMAL: &str = r#"{"agent_id":"a1","token":"s3cret","hub_url":"ws://127.0
 fn node_defaults_apply_and_paths_resolve_against_the_config_dir() {
     let (config, warnings) = parse(MINIMAL).unwrap();
     assert!(warnings.len() == 1 && warnings[0].contains("no wake_command"), "{warnings:?}");
-    assert_eq!(config.name, "a1");
-    assert_eq!(config.confirmation_timeout, Duration::from_secs(30));
+    assert_eq!(config.settings.name, "a1");
+    assert_eq!(config.settings.confirmation_timeout, Duration::from_secs(30));
     assert_eq!(config.results_dir, Path::new("/etc/sidecar/results"));
     assert_eq!(config.log_file, Path::new("/etc/sidecar/sidecar.log"));
     assert_eq!(config.queue_file, Path::new("/etc/sidecar/queue.json"));
-    assert_eq!(config.heartbeat_interval, Duration::from_secs(30));
-    assert_eq!(config.pong_timeout, Duration::from_secs(10));
-    assert_eq!(config.wake_retry_delays.len(), 3);
+    assert_eq!(config.settings.link.heartbeat_interval, Duration::from_secs(30));
+    assert_eq!(config.settings.link.pong_timeout, Duration::from_secs(10));
+    assert_eq!(config.settings.wake_retry_delays.len(), 3);
     assert!(config.wake_command.is_none());
-    assert_eq!(config.reconnect_jitter, JitterStrategy::Equal);
+    assert_eq!(config.settings.link.backoff.jitter, JitterStrategy::Equal);
     assert_eq!(config.to_redacted_json()["reconnect_jitter"], "equal");
     let (full, _) =
         parse(r#"{"agent_id":"a","token":"t","hub_url":"ws://h/ws","reconnect_jitter":"full"}"#).unwrap();
-    assert_eq!(full.reconnect_jitter, JitterStrategy::Full);
+    assert_eq!(full.settings.link.backoff.jitter, JitterStrategy::Full);
 }
 
 #[test]
@@ -55,7 +56,7 @@ fn node_example_config_is_accepted() {
     }"#;
     let (config, warnings) = parse(text).unwrap();
     assert!(warnings.is_empty(), "{warnings:?}");
-    assert_eq!(config.capabilities, ["code", "review"]);
+    assert_eq!(config.settings.capabilities, ["code", "review"]);
     assert_eq!(config.results_dir, Path::new("/var/results"));
 }
 
@@ -155,7 +156,7 @@ fn the_token_never_shows_in_debug_or_redacted_json() {
     let (config, _) = parse(MINIMAL).unwrap();
     assert!(!format!("{config:?}").contains("s3cret"));
     assert!(!config.to_redacted_json().to_string().contains("s3cret"));
-    assert_eq!(config.token.expose(), "s3cret");
+    assert_eq!(config.settings.token.expose(), "s3cret");
 }
 
 #[test]

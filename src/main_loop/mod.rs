@@ -131,9 +131,13 @@ impl Shell {
                 Error::io(format!("cannot create the directory of {}", config.queue_file.display()), e)
             })?;
         }
-        let mut lifecycle =
-            LifecycleLog::open(&config.log_file, &config.agent_id, config.log_max_bytes, config.log_keep)
-                .map_err(|e| Error::io(format!("cannot open log_file {}", config.log_file.display()), e))?;
+        let mut lifecycle = LifecycleLog::open(
+            &config.log_file,
+            &config.settings.agent_id,
+            config.log_max_bytes,
+            config.log_keep,
+        )
+        .map_err(|e| Error::io(format!("cannot open log_file {}", config.log_file.display()), e))?;
 
         for path in watcher::remove_leftover_temp_files(&config.queue_file, &config.results_dir) {
             log::info!("removed {}, left behind by an interrupted save", path.display());
@@ -200,7 +204,7 @@ impl Shell {
                     log::warn!(
                         "cannot watch {} ({e}); rescanning it every {} ms instead",
                         config.results_dir.display(),
-                        config.results_poll.as_millis()
+                        config.settings.results_poll.as_millis()
                     );
                     None
                 }
@@ -209,14 +213,13 @@ impl Shell {
             log::info!(
                 "watch_results is off: rescanning {} every {} ms while a task is held",
                 config.results_dir.display(),
-                config.results_poll.as_millis()
+                config.settings.results_poll.as_millis()
             );
             None
         };
 
         let now = Instant::now();
-        let mut settings = Settings::from_config(&config);
-        settings.results_poll = watcher.is_none().then_some(config.results_poll);
+        let settings = Settings { rescan_results: watcher.is_none(), ..config.settings.clone() };
         let mut state = State::new(settings, queue, Jitter::seed_from_entropy(), now);
         if agent_running {
             state.agent_still_running();
@@ -408,7 +411,7 @@ impl Shell {
                         follow_ups.push_back(input);
                     }
                 }
-                Effect::EndAgent { process } => agent::end_agent(process, self.config.cancel_grace),
+                Effect::EndAgent { process } => agent::end_agent(process, self.config.settings.cancel_grace),
                 Effect::ReadTaskFiles { task_id } => {
                     follow_ups.push_back(Input::Files(self.read_task_files(&task_id)))
                 }
@@ -540,8 +543,8 @@ impl Shell {
             results_dir: self.config.results_dir.clone(),
             work_dir: self.config.base_dir(),
             timeout: self.config.wake_timeout,
-            mode: self.config.wake_mode,
-            cancel_grace: self.config.cancel_grace,
+            mode: self.config.settings.wake_mode,
+            cancel_grace: self.config.settings.cancel_grace,
             max_result_bytes: self.config.max_result_bytes,
         });
     }

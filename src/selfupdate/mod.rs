@@ -336,18 +336,18 @@ pub fn command(config: &Config, check_only: bool, force: bool) -> u8 {
     };
     match update(&settings, check_only, force) {
         Ok(Outcome::Available { version }) => {
-            println!("version {version} is available (this is {})", settings.current_version);
+            crate::outln!("version {version} is available (this is {})", settings.current_version);
             0
         }
         Ok(Outcome::UpToDate { version }) => {
-            println!(
+            crate::outln!(
                 "the release ({version}) is not newer than this binary ({}); nothing to do (--force installs it)",
                 settings.current_version
             );
             EXIT_UP_TO_DATE
         }
         Ok(Outcome::Installed { from, to }) => {
-            println!(
+            crate::outln!(
                 "installed version {to} at {} (was {from}; `update --rollback` puts it back); restart the sidecar to run it",
                 settings.exe.display()
             );
@@ -365,7 +365,10 @@ pub fn rollback_command(timeout: Duration) -> u8 {
     let result = current_exe().and_then(|exe| rollback(&exe, timeout).map(|version| (exe, version)));
     match result {
         Ok((exe, version)) => {
-            println!("rolled back to version {version} at {}; restart the sidecar to run it", exe.display());
+            crate::outln!(
+                "rolled back to version {version} at {}; restart the sidecar to run it",
+                exe.display()
+            );
             0
         }
         Err(e) => {

@@ -168,7 +168,7 @@ pub fn exit_code(outcome: &Result<(), crate::error::Error>, stop_requested: bool
 /// `agentcom-sidecar service ...`.
 pub fn main(config: Option<PathBuf>, args: &[OsString]) -> ExitCode {
     if args.first().is_some_and(|a| a == "--help" || a == "-h") {
-        println!("{USAGE}");
+        crate::outln!("{USAGE}");
         return ExitCode::SUCCESS;
     }
     let command = match parse(config, args) {

@@ -118,7 +118,7 @@ fn install(config: &Path, name: &str, account: Option<String>) -> Result<(), Str
         let _ = service.delete();
         return Err(format!("cannot configure service {name}: {}", why(&e)));
     }
-    println!(
+    crate::outln!(
         "installed service {name}: {} on {}, starts at boot, logs to {}",
         info.executable_path.display(),
         config.display(),
@@ -142,7 +142,7 @@ fn uninstall(name: &str) -> Result<(), String> {
         )?;
     }
     service.delete().map_err(|e| format!("cannot remove service {name}: {}", why(&e)))?;
-    println!("removed service {name}");
+    crate::outln!("removed service {name}");
     Ok(())
 }
 
@@ -153,7 +153,7 @@ fn start(name: &str) -> Result<(), String> {
         manager.open_service(name, access).map_err(|e| format!("cannot open service {name}: {}", why(&e)))?;
     service.start::<&str>(&[]).map_err(|e| format!("cannot start service {name}: {}", why(&e)))?;
     wait_for(name, || Ok(service.query_status().map_err(|e| why(&e))?.current_state), ServiceState::Running)?;
-    println!("service {name} is running");
+    crate::outln!("service {name} is running");
     Ok(())
 }
 
@@ -164,7 +164,7 @@ fn stop(name: &str) -> Result<(), String> {
         manager.open_service(name, access).map_err(|e| format!("cannot open service {name}: {}", why(&e)))?;
     service.stop().map_err(|e| format!("cannot stop service {name}: {}", why(&e)))?;
     wait_for(name, || Ok(service.query_status().map_err(|e| why(&e))?.current_state), ServiceState::Stopped)?;
-    println!("service {name} is stopped");
+    crate::outln!("service {name} is stopped");
     Ok(())
 }
 
@@ -200,17 +200,17 @@ fn status(name: &str) -> ExitCode {
             .map_err(|e| format!("cannot open service {name}: {}", why(&e)))?;
         let status = service.query_status().map_err(|e| why(&e))?;
         let config = service.query_config().map_err(|e| why(&e))?;
-        println!("service: {name}");
-        println!("state: {:?}", status.current_state);
+        crate::outln!("service: {name}");
+        crate::outln!("state: {:?}", status.current_state);
         if let Some(pid) = status.process_id.filter(|p| *p != 0) {
-            println!("pid: {pid}");
+            crate::outln!("pid: {pid}");
         }
         if let ServiceExitCode::ServiceSpecific(code) = status.exit_code {
-            println!("last exit code: {code}");
+            crate::outln!("last exit code: {code}");
         }
-        println!("start: {:?}", config.start_type);
-        println!("account: {}", config.account_name.as_deref().unwrap_or_default().to_string_lossy());
-        println!("command: {}", config.executable_path.display());
+        crate::outln!("start: {:?}", config.start_type);
+        crate::outln!("account: {}", config.account_name.as_deref().unwrap_or_default().to_string_lossy());
+        crate::outln!("command: {}", config.executable_path.display());
         Ok(status.current_state == ServiceState::Running)
     })();
     match shown {

@@ -10,7 +10,7 @@
 //!   says so) is not woken again at the next start: its agent gets
 //!   `confirmation_timeout_ms` to confirm (`start_leftover`).
 //! - A run-mode agent left running by an earlier run (`agent_outside`) is
-//!   checked every `agent_check_interval` (its exit file), ended on a
+//!   checked every `results_poll` (its exit file), ended on a
 //!   cancel or the task's timeout, and left running on shutdown.
 
 use std::time::Instant;
@@ -18,10 +18,10 @@ use std::time::Instant;
 use serde_json::json;
 
 use super::task::Phase;
-use super::{record, Effect, Held, State};
+use super::{record, Effect, Held, State, WakeMode};
 use crate::lifecycle_log::LifecycleEvent;
 use crate::queue_store::Report;
-use crate::wake::{WakeMode, WakeOutcome, WakeStatus};
+use crate::wake::{WakeOutcome, WakeStatus};
 
 impl State {
     /// The shell found the agent recorded in queue.json (a run-mode agent,
@@ -78,7 +78,7 @@ impl State {
                 if self.agent_check_at.is_some() {
                     fx.push(Effect::CheckAgent { process: process.clone() });
                 }
-                self.agent_check_at = Some(now + self.settings.agent_check_interval);
+                self.agent_check_at = Some(now + self.settings.results_poll);
             }
         }
     }

@@ -25,119 +25,30 @@ mod link;
 mod past;
 mod public;
 mod report;
+mod settings;
 pub(crate) use report::{parse_progress, report_from_result};
+pub use settings::{LinkSettings, Secret, Settings, WakeMode};
 mod task;
 #[cfg(test)]
 mod tests;
 mod work;
 
 use std::collections::HashSet;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde_json::{json, Map, Value};
 
-use crate::config::{Config, HubFeature, Secret};
 use crate::event::Event;
 use crate::hub::HubEvent;
 use crate::lifecycle_log::LifecycleEvent;
 use crate::protocol;
 use crate::queue_store::{QueueFile, WakeProcess};
-use crate::retry::BackoffPolicy;
-use crate::wake::WakeMode;
 use crate::watcher::{FileKind, ReadResult, ResultsEvent};
 
 pub use link::RateLimits;
-use link::{Link, LinkTimers, Timeout};
+use link::{Link, Timeout};
 use past::PastTasks;
 use task::{HubSync, Phase, Task};
-
-/// The part of [`Config`] the core needs, as plain values.
-#[derive(Debug, Clone)]
-pub struct Settings {
-    pub agent_id: String,
-    pub name: String,
-    pub token: Secret,
-    pub capabilities: Vec<String>,
-    pub has_wake_command: bool,
-    /// What the wake command is: a launcher, or the agent itself (`run`).
-    pub wake_mode: WakeMode,
-    /// How often a run-mode agent left running by an earlier run is checked.
-    pub agent_check_interval: Duration,
-    /// How long a cancelled task's files (its cancel marker) stay after it
-    /// is let go: its agent's time to notice and stop.
-    pub cancel_grace: Duration,
-    /// `restart_sidecar` starts the update command instead of exiting.
-    pub has_update_command: bool,
-    pub heartbeat_interval: Duration,
-    pub pong_timeout: Duration,
-    pub identify_timeout: Duration,
-    pub backoff: BackoffPolicy,
-    pub confirmation_timeout: Duration,
-    pub wake_retry_delays: Vec<Duration>,
-    pub task_timeout: Option<Duration>,
-    pub result_settle: Duration,
-    pub progress_interval: Duration,
-    /// How long a report or `task_recovering` waits for the hub's answer
-    /// before the connection is dropped and the question asked again.
-    pub reply_timeout: Duration,
-    /// How long the files of a task the hub took back are kept for it to
-    /// hand the task back (see `past.rs`).
-    pub readopt_window: Duration,
-    /// How long a task adopted without a wake may show no life before it is
-    /// failed (see `past.rs`).
-    pub adopted_silence: Duration,
-    /// Send a `task_progress` for the held task when the hub has heard
-    /// nothing about it for this long (cbf9c20 takes a task back after 5 min
-    /// without one). `None`: never.
-    pub keepalive_interval: Option<Duration>,
-    pub send_wake_result: bool,
-    pub send_state_report: bool,
-    /// The newer hub's rate budget, which frames are paced to once the hub
-    /// has shown it is that hub (or `hub_features` say so).
-    pub rate_limits: RateLimits,
-    /// Rescan the results directory this often while a task is held: set
-    /// when nothing watches it (by choice, or the watcher failed to start).
-    pub results_poll: Option<Duration>,
-}
-
-impl Settings {
-    /// The settings of `config`, assuming the results directory is watched
-    /// (the shell sets `results_poll` when it is not).
-    pub fn from_config(config: &Config) -> Settings {
-        Settings {
-            agent_id: config.agent_id.clone(),
-            name: config.name.clone(),
-            token: config.token.clone(),
-            capabilities: config.capabilities.clone(),
-            has_wake_command: config.wake_command.is_some(),
-            wake_mode: config.wake_mode,
-            agent_check_interval: config.results_poll,
-            cancel_grace: config.cancel_grace,
-            has_update_command: config.update_command.is_some() || config.update_url.is_some(),
-            heartbeat_interval: config.heartbeat_interval,
-            pong_timeout: config.pong_timeout,
-            identify_timeout: config.connect_timeout,
-            backoff: BackoffPolicy {
-                initial: config.reconnect_initial,
-                max: config.reconnect_max,
-                jitter: config.reconnect_jitter,
-            },
-            confirmation_timeout: config.confirmation_timeout,
-            wake_retry_delays: config.wake_retry_delays.clone(),
-            task_timeout: config.task_timeout,
-            result_settle: config.result_settle,
-            progress_interval: config.progress_interval,
-            reply_timeout: config.reply_timeout,
-            readopt_window: config.readopt_window,
-            adopted_silence: config.adopted_silence,
-            keepalive_interval: config.keepalive_interval,
-            send_wake_result: config.has_hub_feature(HubFeature::WakeResult),
-            send_state_report: config.has_hub_feature(HubFeature::StateReport),
-            rate_limits: config.rate_limits,
-            results_poll: None,
-        }
-    }
-}
 
 /// Something that happened, as the core sees it: an [`Event`] from a worker
 /// thread, or the outcome of an effect the shell carried out.
@@ -282,7 +193,7 @@ pub struct State {
     /// Top-level queue.json fields we do not know, kept on every save.
     queue_extra: Map<String, Value>,
     shutting_down: bool,
-    /// When to rescan the results directory (only with `results_poll`).
+    /// When to rescan the results directory (only with `rescan_results`).
     next_poll_at: Option<Instant>,
     /// Result-file names of tasks we do not hold, already logged once.
     foreign_files_logged: HashSet<String>,
@@ -381,15 +292,7 @@ impl State {
                 r.task_id
             );
         }
-        let timers = LinkTimers {
-            heartbeat_interval: settings.heartbeat_interval,
-            pong_timeout: settings.pong_timeout,
-            identify_timeout: settings.identify_timeout,
-            backoff: settings.backoff,
-            reply_timeout: settings.reply_timeout,
-            rate_limits: settings.rate_limits,
-        };
-        let mut link = Link::new(timers, jitter_seed, now);
+        let mut link = Link::new(settings.link, jitter_seed, now);
         // Only the newer hub has these features, and it rate-limits.
         if settings.send_wake_result || settings.send_state_report {
             link.hub_rate_limits();
@@ -641,7 +544,7 @@ impl State {
                 self.drop_connection(&format!("the hub did not answer identify within {ms} ms"), now, fx);
             }
             Some(Timeout::Reply(frame_type)) => {
-                let ms = self.settings.reply_timeout.as_millis();
+                let ms = self.settings.link.reply_timeout.as_millis();
                 self.drop_connection(&format!("the hub did not answer {frame_type} within {ms} ms"), now, fx);
             }
             Some(Timeout::Pong) => {
@@ -665,7 +568,7 @@ impl State {
         self.on_past_tick(now, fx);
         self.take_up_busy_pushes(now, fx);
         self.check_agent_outside(now, fx);
-        match (self.settings.results_poll, &self.task) {
+        match (self.settings.rescan_results.then_some(self.settings.results_poll), &self.task) {
             (Some(poll), Some(_)) => {
                 if self.next_poll_at.is_some_and(|at| now >= at) {
                     self.next_poll_at = None;

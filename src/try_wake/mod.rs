@@ -106,7 +106,7 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
     let options = match parse(args) {
         Ok(Some(options)) => options,
         Ok(None) => {
-            println!("{USAGE}");
+            crate::outln!("{USAGE}");
             return ExitCode::SUCCESS;
         }
         Err(text) => {
@@ -124,7 +124,7 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
     for warning in &warnings {
         eprintln!("warning: {warning}");
     }
-    let mut out = std::io::stdout().lock();
+    let mut out = crate::output::Stdout;
     match rehearse(&config, options.description.as_deref(), options.wait, &mut out) {
         Ok(verdict) if verdict.completed() => ExitCode::SUCCESS,
         Ok(_) => ExitCode::FAILURE,
@@ -214,7 +214,7 @@ pub fn rehearse(
     };
     say(out, format!("try-wake: rehearsal task {task_id}; no hub is connected"));
     say(out, format!("  command      {template}"));
-    let wait = wait.or(config.task_timeout).unwrap_or(DEFAULT_RESULT_WAIT);
+    let wait = wait.or(config.settings.task_timeout).unwrap_or(DEFAULT_RESULT_WAIT);
     let timing = match mode {
         Mode::Launch => format!("wake_timeout_ms {}", config.wake_timeout.as_millis()),
         Mode::Run => format!(
@@ -247,7 +247,7 @@ pub fn rehearse(
         work_dir: config.base_dir(),
         timeout: config.wake_timeout,
         mode: mode.wake_mode(),
-        cancel_grace: config.cancel_grace,
+        cancel_grace: config.settings.cancel_grace,
         max_result_bytes: config.max_result_bytes,
     };
     let observed = watch(config, mode, request, &results_dir, wait)?;
@@ -357,13 +357,13 @@ fn watch(
             if result_final || !success {
                 break;
             }
-            if seen.started_at.is_none() && at >= ended + config.confirmation_timeout {
+            if seen.started_at.is_none() && at >= ended + config.settings.confirmation_timeout {
                 seen.gave_up = Some(GaveUp::Confirmation);
                 seen.timeline.push((
                     at,
                     format!(
                         "no .started within confirmation_timeout_ms ({} ms) of the exit",
-                        config.confirmation_timeout.as_millis()
+                        config.settings.confirmation_timeout.as_millis()
                     ),
                 ));
                 break;
@@ -434,12 +434,12 @@ fn look_at_files(
                     seen.timeline.push((at, "result file appeared; it does not parse (yet)".to_string()));
                     now
                 });
-                if now.duration_since(since) >= config.result_settle {
+                if now.duration_since(since) >= config.settings.result_settle {
                     seen.timeline.push((
                         at,
                         format!(
                             "result file still does not parse after result_settle_ms ({} ms)",
-                            config.result_settle.as_millis()
+                            config.settings.result_settle.as_millis()
                         ),
                     ));
                     seen.result = Some(read);

@@ -28,7 +28,7 @@ pub enum Mode {
 
 impl Mode {
     pub fn of(config: &Config) -> Mode {
-        match config.wake_mode {
+        match config.settings.wake_mode {
             WakeMode::Launch => Mode::Launch,
             WakeMode::Run => Mode::Run,
         }
@@ -217,7 +217,7 @@ fn run_result(config: &Config, seen: &Observed, report: &Report, verdict: &mut V
         (WakeStatus::Cancelled, _) => verdict.notes.push(format!(
             "the command still ran after its result file was in; the rehearsal ended it (within cancel_grace_ms, {} ms): \
              exit once the result is written",
-            config.cancel_grace.as_millis()
+            config.settings.cancel_grace.as_millis()
         )),
         (status, Report::Complete { .. }) if *status != WakeStatus::Success => verdict.notes.push(format!(
             "the command ended with {status} but had written its own result file, which counts"
@@ -243,7 +243,7 @@ fn no_result(config: &Config, mode: Mode, seen: &Observed, verdict: &mut Verdict
             return;
         }
         Some(GaveUp::Result(waited)) => {
-            let real = match config.task_timeout {
+            let real = match config.settings.task_timeout {
                 Some(timeout) => {
                     format!("fails it with task_timeout after task_timeout_ms ({} ms)", ms(timeout))
                 }
@@ -269,7 +269,7 @@ fn no_result(config: &Config, mode: Mode, seen: &Observed, verdict: &mut Verdict
                 ));
             }
             verdict.problem(format!("no result within {} ms; the sidecar {real}", ms(waited)), fix);
-            if config.task_timeout.is_some() {
+            if config.settings.task_timeout.is_some() {
                 verdict.report = Some(Report::Failed { reason: "task_timeout".into() });
             }
             return;
@@ -321,7 +321,7 @@ fn no_result(config: &Config, mode: Mode, seen: &Observed, verdict: &mut Verdict
                     format!(
                         "the command exited 0 but .started never appeared within confirmation_timeout_ms ({} ms): \
                          the task fails with confirmation_timeout",
-                        ms(config.confirmation_timeout)
+                        ms(config.settings.confirmation_timeout)
                     ),
                     format!(
                         "have the agent write .started as soon as it takes the task (`agentcom-sidecar agent started`); \
@@ -367,9 +367,9 @@ fn no_result(config: &Config, mode: Mode, seen: &Observed, verdict: &mut Verdict
     if !matches!(outcome.status, WakeStatus::Success | WakeStatus::Cancelled | WakeStatus::LeftRunning) {
         // What the state machine does with a failed attempt: retry after
         // each delay, then fail the task.
-        let attempts = config.wake_retry_delays.len() + 1;
+        let attempts = config.settings.wake_retry_delays.len() + 1;
         let delays: Vec<String> =
-            config.wake_retry_delays.iter().map(|d| d.as_millis().to_string()).collect();
+            config.settings.wake_retry_delays.iter().map(|d| d.as_millis().to_string()).collect();
         verdict.notes.push(format!(
             "the sidecar would run the command again after each of wake_retry_delays_ms [{}], {attempts} attempts in all",
             delays.join(", ")

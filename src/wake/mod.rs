@@ -30,6 +30,8 @@ use self::unix as sys;
 #[cfg(windows)]
 use self::windows as sys;
 
+/// What the wake command is: defined in the core, which decides by it.
+pub use crate::state::WakeMode;
 pub use capture::TAIL_LIMIT_BYTES;
 pub use executor::{WakeHandle, OUTPUT_GRACE};
 #[cfg(test)]
@@ -75,41 +77,6 @@ pub struct WakeRequest {
     /// `result_too_large` when stdout is larger, and the command gets it as
     /// `AGENTCOM_MAX_RESULT_BYTES` for the reporting helpers to check against.
     pub max_result_bytes: u64,
-}
-
-/// What the wake command is (config key `wake_mode`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum WakeMode {
-    /// The command starts or pokes the agent and returns; the agent confirms
-    /// with `.started` and writes its result file (the Node sidecar's
-    /// behaviour).
-    #[default]
-    Launch,
-    /// The command is the agent (a headless agent CLI): its start is the
-    /// confirmation, its end the outcome (see [`run::conclude`]).
-    Run,
-}
-
-impl WakeMode {
-    pub fn parse(name: &str) -> Option<WakeMode> {
-        match name {
-            "launch" => Some(WakeMode::Launch),
-            "run" => Some(WakeMode::Run),
-            _ => None,
-        }
-    }
-
-    pub fn name(self) -> &'static str {
-        match self {
-            WakeMode::Launch => "launch",
-            WakeMode::Run => "run",
-        }
-    }
-
-    pub fn is_launch(&self) -> bool {
-        *self == WakeMode::Launch
-    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -137,3 +137,36 @@ fn an_update_command_that_cannot_start_falls_back_to_exiting() {
     assert!(status.success(), "{status:?}");
     assert!(sidecar.output().contains("cannot start update_command"), "{}", sidecar.output());
 }
+
+/// `agentcom-sidecar <args>` with stdout a pipe whose reader has gone (as
+/// under `| head -1` once head has read its line): no panic, the command's
+/// own exit code.
+fn run_with_reader_gone(args: &[&str], config: &Path) -> std::process::Output {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let output = Command::new(env!("CARGO_BIN_EXE_agentcom-sidecar"))
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .stdout(writer)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!stderr.contains("panicked") && !stderr.contains("Broken pipe"), "{args:?}: {output:?}");
+    assert!(!stderr.contains("stdout"), "{args:?}: {output:?}");
+    output
+}
+
+#[test]
+fn a_reader_gone_from_stdout_ends_a_command_quietly() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.json");
+    fs::write(&path, config(dir.path(), "ws://127.0.0.1:9/ws").to_string()).unwrap();
+    for args in [&["check"][..], &["status"], &["status", "--json"], &["--version"], &["--help"]] {
+        let output = run_with_reader_gone(args, &path);
+        assert_eq!(output.status.code(), Some(0), "{args:?}: {output:?}");
+    }
+    fs::write(dir.path().join("queue.json"), "{corrupt").unwrap();
+    let output = run_with_reader_gone(&["status"], &path);
+    assert_eq!(output.status.code(), Some(2), "the verdict's exit code: {output:?}");
+}

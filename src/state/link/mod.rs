@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use super::{record, Effect};
+use super::{record, Effect, LinkSettings};
 use crate::lifecycle_log::LifecycleEvent;
 use crate::protocol;
-use crate::retry::{backoff, BackoffPolicy, Jitter};
+use crate::retry::{backoff, Jitter};
 
 mod budget;
 mod outbox;
@@ -26,21 +26,6 @@ use pacing::Episode;
 
 /// The longest `retry_after_ms` of a `rate_limited` frame we honour.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
-
-/// The link's timers, from the config.
-#[derive(Debug, Clone)]
-pub(crate) struct LinkTimers {
-    pub heartbeat_interval: Duration,
-    pub pong_timeout: Duration,
-    pub identify_timeout: Duration,
-    pub backoff: BackoffPolicy,
-    /// How long a report or `task_recovering` may wait for its answer
-    /// before the connection is given up (and the question asked again on
-    /// the next one).
-    pub reply_timeout: Duration,
-    /// The budget of a hub that rate-limits.
-    pub rate_limits: RateLimits,
-}
 
 // `Connecting`'s deadline: the socket thread reports within
 // connect_timeout; one silent for twice that is hung or dead.
@@ -93,7 +78,7 @@ pub(crate) enum Timeout {
 
 #[derive(Debug)]
 pub(crate) struct Link {
-    timers: LinkTimers,
+    timers: LinkSettings,
     jitter: Jitter,
     conn: Conn,
     last_conn_id: u64,
@@ -129,7 +114,7 @@ pub(crate) struct Link {
 
 impl Link {
     /// A link that connects at once (its first deadline is `now`).
-    pub fn new(timers: LinkTimers, jitter_seed: u64, now: Instant) -> Link {
+    pub fn new(timers: LinkSettings, jitter_seed: u64, now: Instant) -> Link {
         Link {
             budget: Budget::new(timers.rate_limits, now),
             timers,

@@ -1,12 +1,12 @@
 use super::*;
-use crate::retry::JitterStrategy;
+use crate::retry::{BackoffPolicy, JitterStrategy};
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
 
-fn timers() -> LinkTimers {
-    LinkTimers {
+fn timers() -> LinkSettings {
+    LinkSettings {
         heartbeat_interval: ms(1_000),
         pong_timeout: ms(300),
         identify_timeout: ms(500),

@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::queue_store::WakeProcess;
-use crate::wake::{WakeIdentity, WakeMode, WakeStarted};
+use crate::wake::{WakeIdentity, WakeStarted};
 
 fn run_settings() -> Settings {
     Settings { wake_mode: WakeMode::Run, ..settings() }
@@ -161,7 +161,7 @@ fn a_run_mode_agent_left_running_is_watched_then_its_result_reported() {
     h.identify();
     h.frame(json!({"type":"task_continue","task_id":TASK,"generation":3}));
     assert!(h.wake_starts().is_empty(), "{:?}", h.steps());
-    // Checked every agent_check_interval; no silence timer while it runs.
+    // Checked every results_poll; no silence timer while it runs.
     h.tick(1_000);
     h.tick(2_000);
     assert!(h.has(|e| matches!(e, Effect::CheckAgent { .. })), "{:?}", h.steps());

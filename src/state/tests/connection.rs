@@ -58,7 +58,7 @@ fn stale_connection_events_are_ignored() {
 
 #[test]
 fn heartbeat_pings_on_schedule_and_a_missing_pong_drops_the_connection() {
-    let mut h = Harness::with(Settings { heartbeat_interval: ms(1_000), ..settings() }, QueueFile::default());
+    let mut h = Harness::with(with_heartbeat(ms(1_000)), QueueFile::default());
     h.identify();
     assert_eq!(h.deadline_ms(), Some(1_000));
     h.tick(999);

@@ -51,7 +51,10 @@ fn watcher_hints_read_the_held_tasks_files_and_a_lost_track_lists_the_directory(
 
 #[test]
 fn without_a_watcher_the_directory_is_polled_only_while_a_task_is_held() {
-    let mut h = Harness::with(Settings { results_poll: Some(ms(200)), ..settings() }, QueueFile::default());
+    let mut h = Harness::with(
+        Settings { results_poll: ms(200), rescan_results: true, ..settings() },
+        QueueFile::default(),
+    );
     h.identify();
     assert_eq!(h.deadline_ms(), Some(60_000), "idle: only the heartbeat");
     h.at(10).assign(TASK, 3);

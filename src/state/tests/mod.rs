@@ -1,8 +1,10 @@
 //! Unit tests of the pure core: inputs and injected times in, effects out.
 
+use std::time::Duration;
+
 use super::frames::parse_retry_in;
 use super::*;
-use crate::retry::JitterStrategy;
+use crate::retry::{BackoffPolicy, JitterStrategy};
 use crate::wake::{WakeOutcome, WakeStatus};
 
 const TASK: &str = "task-0123456789abcdef";
@@ -18,32 +20,40 @@ fn settings() -> Settings {
         token: Secret::new("s3cret-token"),
         capabilities: vec!["code".into()],
         has_wake_command: true,
-        wake_mode: crate::wake::WakeMode::Launch,
-        agent_check_interval: ms(1_000),
+        wake_mode: WakeMode::Launch,
         cancel_grace: ms(2_000),
         has_update_command: false,
-        // Long, so pings stay out of the tests that are not about them.
-        heartbeat_interval: ms(60_000),
-        pong_timeout: ms(500),
-        identify_timeout: ms(2_000),
-        backoff: BackoffPolicy { initial: ms(100), max: ms(1_600), jitter: JitterStrategy::Equal },
+        link: LinkSettings {
+            // Long, so pings stay out of the tests that are not about them.
+            heartbeat_interval: ms(60_000),
+            pong_timeout: ms(500),
+            identify_timeout: ms(2_000),
+            backoff: BackoffPolicy { initial: ms(100), max: ms(1_600), jitter: JitterStrategy::Equal },
+            reply_timeout: ms(30_000),
+            // The hub's buckets and backoff at a tenth of its window: a token
+            // every 100 ms (100.5 in the model), denials back off 100 ms, 200 ms,
+            // 500 ms...
+            rate_limits: RateLimits { window: ms(6_000), ..RateLimits::default() },
+        },
         confirmation_timeout: ms(1_000),
         wake_retry_delays: vec![ms(100), ms(200), ms(300)],
         task_timeout: None,
         result_settle: ms(400),
         progress_interval: ms(1_000),
-        reply_timeout: ms(30_000),
         readopt_window: ms(10_000),
         adopted_silence: ms(20_000),
         keepalive_interval: None,
         send_wake_result: false,
         send_state_report: false,
-        // The hub's buckets and backoff at a tenth of its window: a token
-        // every 100 ms (100.5 in the model), denials back off 100 ms, 200 ms,
-        // 500 ms...
-        rate_limits: RateLimits { window: ms(6_000), ..RateLimits::default() },
-        results_poll: None,
+        results_poll: ms(1_000),
+        rescan_results: false,
     }
+}
+
+/// Settings with the link's `heartbeat_interval` set.
+fn with_heartbeat(heartbeat_interval: Duration) -> Settings {
+    let base = settings();
+    Settings { link: LinkSettings { heartbeat_interval, ..base.link }, ..base }
 }
 
 /// Drives a `State` with times relative to `t0`, keeping the last batch of

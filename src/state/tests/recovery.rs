@@ -314,7 +314,7 @@ fn a_task_timeout_kills_a_wake_still_running() {
 
 #[test]
 fn a_rate_limited_ping_is_sent_again_later_not_taken_for_a_dead_hub() {
-    let mut h = Harness::with(Settings { heartbeat_interval: ms(1_000), ..settings() }, QueueFile::default());
+    let mut h = Harness::with(with_heartbeat(ms(1_000)), QueueFile::default());
     h.identify();
     h.tick(1_000);
     assert_eq!(h.sent_types(), ["ping"]);

@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::queue_store::{TaskStatus, WakeProcess};
-use crate::wake::{WakeIdentity, WakeMode, WakeStarted};
+use crate::wake::{WakeIdentity, WakeStarted};
 
 fn identity() -> WakeIdentity {
     WakeIdentity { pid: 4242, process_group: Some(4242), start_time: Some(987_654) }
