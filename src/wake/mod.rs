@@ -128,7 +128,8 @@ pub struct WakeStarted {
 pub struct WakeIdentity {
     pub pid: u32,
     /// Unix: the process group the command leads (its pid). Windows: none
-    /// (a job object holds the tree, and dies with the sidecar).
+    /// (a job object holds the tree; a run-mode agent's job is found by a
+    /// name made of its pid and creation time).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub process_group: Option<u32>,
     /// When the process started: Linux, clock ticks after boot
@@ -173,14 +174,14 @@ pub fn end_leftover(identity: &WakeIdentity) -> Leftover {
     sys::end_leftover(identity, LEFTOVER_WAIT)
 }
 
-/// Whether the recorded wake command still runs (Linux: same pid and start
-/// time; Windows: never, see `windows.rs`).
+/// Whether the recorded wake command still runs (same pid and start time).
 pub fn leftover_running(identity: &WakeIdentity) -> bool {
     sys::leftover_running(identity)
 }
 
 /// A run-mode agent an earlier sidecar left running, watched for its exit
-/// code where no gate script records it (Windows: an open process handle).
+/// code should its gate not record it (Windows: an open process handle; on
+/// Unix the gate's exit file is all there is).
 pub struct AgentWatch(sys::Watch);
 
 /// Opens a watch on the recorded command if it is still running (Windows);
@@ -211,8 +212,9 @@ pub fn bound_leftover_output(results_dir: &std::path::Path, task_id: &str, ident
     let _ = (results_dir, task_id, identity);
 }
 
-/// Ends a recorded wake command gracefully: SIGTERM to its process group,
-/// the kill after `grace`. Blocks up to `grace` plus [`LEFTOVER_WAIT`]: call
+/// Ends a recorded wake command gracefully: SIGTERM to its process group
+/// (Windows: Ctrl-Break where it can be delivered), the kill (Windows: of
+/// its whole job) after `grace`. Blocks up to `grace` plus [`LEFTOVER_WAIT`]: call
 /// it on a thread of its own.
 pub fn terminate_leftover(identity: &WakeIdentity, grace: Duration) -> Leftover {
     sys::terminate_leftover(identity, grace)

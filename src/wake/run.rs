@@ -75,7 +75,8 @@ pub fn read_exit_file(path: &Path) -> Option<RunExit> {
     let (word, number) = text.trim().split_once(' ')?;
     let number: i32 = number.trim().parse().ok()?;
     match word {
-        "exit" if number > 128 && number < 160 => Some(RunExit::Signal(Some(number - 128))),
+        // A shell's status for a signal (Unix; on Windows any code is a code).
+        "exit" if cfg!(unix) && number > 128 && number < 160 => Some(RunExit::Signal(Some(number - 128))),
         "exit" => Some(RunExit::Code(number)),
         "signal" => Some(RunExit::Signal(Some(number))),
         _ => None,
@@ -238,7 +239,12 @@ mod tests {
             assert_eq!(read_exit_file(&path), Some(exit));
         }
         fs::write(&path, "exit 143\n").unwrap();
-        assert_eq!(read_exit_file(&path), Some(RunExit::Signal(Some(15))));
+        // A shell's status for SIGTERM on Unix; on Windows, a code like any.
+        let expected = if cfg!(unix) { RunExit::Signal(Some(15)) } else { RunExit::Code(143) };
+        assert_eq!(read_exit_file(&path), Some(expected));
+        // What the Windows gate writes (`echo exit N >file`).
+        fs::write(&path, "exit 5 \r\n").unwrap();
+        assert_eq!(read_exit_file(&path), Some(RunExit::Code(5)));
         for bad in ["", "exit", "exit x", "gone 1"] {
             fs::write(&path, bad).unwrap();
             assert_eq!(read_exit_file(&path), None, "{bad:?}");

@@ -20,9 +20,19 @@
 //! A run-mode agent (`wake_mode: "run"`) is the exception: its job is named
 //! after its pid and creation time, and once queue.json records it
 //! ([`ProcessTree::outlive_sidecar`]) kill-on-close is cleared, so it works
-//! on when the sidecar stops or dies. A later sidecar finds it by its
-//! identity, reads its exit code through a handle while it runs, and ends its
-//! whole tree by the job's name on a cancel or timeout.
+//! on when the sidecar stops or dies. The gate around it (`windows/gate.rs`)
+//! records its exit status in its exit file even if no sidecar runs when it
+//! ends. A later sidecar finds it by its identity (and reads its exit code
+//! through a handle while it runs, should the gate itself be killed), and
+//! ends its whole tree by the job's name on a cancel or timeout.
+//!
+//! # Graceful ends
+//!
+//! Every wake command leads a process group of its own. A cancel or a task
+//! timeout sends it Ctrl-Break ([`send_break`]) where that can be delivered
+//! (not from a sidecar without a console, such as a service; not under
+//! Wine), the cancel marker tells it in any case, and whatever is left in
+//! the job after `cancel_grace_ms` is ended with it.
 //!
 //! If the job cannot be created or the command cannot be put in it (for
 //! instance inside a job that forbids nesting), the command runs without
@@ -32,31 +42,38 @@
 //! suspended); `cmd.exe` takes far longer than that to start anything.
 
 use std::ffi::c_void;
-use std::io::{self, PipeWriter};
+use std::io;
 use std::os::windows::io::{AsRawHandle, FromRawHandle, OwnedHandle, RawHandle};
 use std::os::windows::process::CommandExt;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
 
 use windows_sys::Win32::Foundation::{ERROR_INVALID_PARAMETER, FILETIME, WAIT_OBJECT_0};
+use windows_sys::Win32::System::Console::{GenerateConsoleCtrlEvent, CTRL_BREAK_EVENT};
 use windows_sys::Win32::System::JobObjects::{
-    AssignProcessToJobObject, CreateJobObjectW, JobObjectExtendedLimitInformation, OpenJobObjectW,
-    SetInformationJobObject, TerminateJobObject, JOBOBJECT_EXTENDED_LIMIT_INFORMATION,
+    AssignProcessToJobObject, CreateJobObjectW, JobObjectBasicAccountingInformation,
+    JobObjectExtendedLimitInformation, OpenJobObjectW, QueryInformationJobObject, SetInformationJobObject,
+    TerminateJobObject, JOBOBJECT_BASIC_ACCOUNTING_INFORMATION, JOBOBJECT_EXTENDED_LIMIT_INFORMATION,
     JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE,
 };
 use windows_sys::Win32::System::Threading::{
     GetExitCodeProcess, GetProcessTimes, OpenProcess, TerminateProcess, WaitForSingleObject,
-    PROCESS_QUERY_LIMITED_INFORMATION, PROCESS_SYNCHRONIZE, PROCESS_TERMINATE,
+    CREATE_NEW_PROCESS_GROUP, PROCESS_QUERY_LIMITED_INFORMATION, PROCESS_SYNCHRONIZE, PROCESS_TERMINATE,
 };
 
 use super::{Leftover, WakeIdentity};
 
-/// The job access right to end its processes (winnt.h; in windows-sys it is
-/// behind a feature this crate does not otherwise need).
+mod gate;
+pub(super) use gate::shell_command;
+
+/// The job access rights to end its processes and to count them (winnt.h;
+/// in windows-sys they are behind a feature this crate does not otherwise
+/// need).
 const JOB_OBJECT_TERMINATE: u32 = 0x0008;
+const JOB_OBJECT_QUERY: u32 = 0x0004;
 
 /// The exit code a process ended by the sidecar gets.
-const ENDED_EXIT_CODE: u32 = 1;
+pub(super) const ENDED_EXIT_CODE: u32 = 1;
 
 /// Windows allows 32,767 characters per environment variable and per command
 /// line; a template that expands the description and the JSON into one
@@ -64,35 +81,13 @@ const ENDED_EXIT_CODE: u32 = 1;
 /// UTF-16 units, so a byte limit bounds the characters too.
 pub(super) const ENV_VALUE_LIMIT_BYTES: usize = 12 * 1024;
 
-/// `cmd /D /V:ON /S /C "<rendered>"`. `/V:ON` turns on delayed
-/// expansion: `!VAR!` is expanded after cmd has parsed `& | < > ^` and
-/// quotes, so a value is data, never syntax (`%VAR%` would be expanded
-/// before parsing and could inject commands). `/S /C "..."` makes cmd
-/// strip exactly the outer quotes, as Node's `child_process.exec` does,
-/// so templates written for the Node sidecar mean the same here. `/D`
-/// skips AutoRun commands from the registry. `raw_arg` passes the line
-/// verbatim: std's argument quoting follows MSVC rules, which cmd does
-/// not parse. Caveats: a literal `!` in the template is special under
-/// `/V:ON`; and the program cmd starts parses its own command line, so a
-/// `"` in a value can change how that program splits its arguments
-/// (argument splitting, not command execution).
-/// `cmd.exe /C <rendered>`, with stdin from NUL. Never gated: a wake
-/// command needs no gate here, as the job object ends it when a killed
-/// sidecar's handle closes (see the module comment).
-/// The exit status is recorded by the executor (no wrapper records it here).
-pub(super) fn shell_command(
-    rendered: &str,
-    _gated: bool,
-    _exit_file: &std::path::Path,
-) -> io::Result<(Command, Option<PipeWriter>)> {
-    let mut command = Command::new("cmd.exe");
-    command.args(["/D", "/V:ON", "/S", "/C"]).raw_arg(format!("\"{rendered}\"")).stdin(Stdio::null());
-    Ok((command, None))
+/// A process group of its own (`CREATE_NEW_PROCESS_GROUP`), which Ctrl-Break
+/// can be sent to ([`ProcessTree::terminate`]); it also keeps a Ctrl-C in
+/// the sidecar's console from reaching the command. The job object is made
+/// right after the spawn ([`ProcessTree::track`]).
+pub(super) fn isolate(command: &mut Command) {
+    command.creation_flags(CREATE_NEW_PROCESS_GROUP);
 }
-
-/// Nothing to do before the spawn: the job object is made right after it
-/// ([`ProcessTree::track`]).
-pub(super) fn isolate(_command: &mut Command) {}
 
 pub(super) fn env_reference(variable: &str) -> String {
     format!("!{variable}!")
@@ -169,16 +164,25 @@ impl ProcessTree {
         }
     }
 
-    /// Nothing is left once `terminate` ended the job.
+    /// Whether any process of the job still runs (without a job: none is
+    /// known to).
     pub(super) fn any_left(&self) -> bool {
-        false
+        self.job.as_ref().is_some_and(|job| active_processes(job).unwrap_or(0) > 0)
     }
 
-    /// The start of a graceful end. Ctrl-Break cannot be delivered to a
-    /// process group we do not share a console with, so the job is ended at
-    /// once (the issue's "else end the job").
+    /// The start of a graceful end: Ctrl-Break to the command's process
+    /// group, where it can be delivered (see [`send_break`]). Where it
+    /// cannot, the agent still has the grace: the sidecar's cancel marker
+    /// (`<task_id>.cancel`) tells it too, and the caller ends the job once
+    /// the grace is over.
     pub(super) fn terminate(&self) -> io::Result<()> {
-        self.kill()
+        if let Err(error) = send_break(self.pid) {
+            log::info!(
+                "cannot send Ctrl-Break to the wake command (pid {}): {error}; its job is ended after the grace",
+                self.pid
+            );
+        }
+        Ok(())
     }
 
     /// The command exited: clears kill-on-close, then closes the job, so
@@ -193,6 +197,41 @@ impl ProcessTree {
             std::mem::forget(job);
         }
     }
+}
+
+/// Ctrl-Break to the process group `pid` leads. Windows delivers it only to
+/// processes attached to the caller's console: the command shares the
+/// sidecar's console when the sidecar has one (started from a console, or
+/// by pm2, whose Node starts it with a hidden console), as it inherits it.
+/// A sidecar without a console (a Windows service) cannot deliver it (an
+/// error), nor can Wine (its console server implements only Ctrl-C).
+fn send_break(pid: u32) -> io::Result<()> {
+    // SAFETY: no memory-safety preconditions.
+    if unsafe { GenerateConsoleCtrlEvent(CTRL_BREAK_EVENT, pid) } == 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// How many processes of the job still run.
+fn active_processes(job: &OwnedHandle) -> io::Result<u32> {
+    // SAFETY: the struct holds only integers, for which zero is valid.
+    let mut info: JOBOBJECT_BASIC_ACCOUNTING_INFORMATION = unsafe { std::mem::zeroed() };
+    // SAFETY: `info` is valid for writes of the size given; the handle is
+    // open with JOB_OBJECT_QUERY.
+    let queried = unsafe {
+        QueryInformationJobObject(
+            raw(job),
+            JobObjectBasicAccountingInformation,
+            (&mut info as *mut JOBOBJECT_BASIC_ACCOUNTING_INFORMATION).cast::<c_void>(),
+            std::mem::size_of::<JOBOBJECT_BASIC_ACCOUNTING_INFORMATION>() as u32,
+            std::ptr::null_mut(),
+        )
+    };
+    if queried == 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(info.ActiveProcesses)
 }
 
 /// The name of a run-mode agent's job: its pid and creation time, so that a
@@ -377,21 +416,54 @@ impl Watch {
     }
 }
 
-/// Ends a run-mode agent a earlier sidecar left: its whole job, found by
-/// name (no Ctrl-Break here); without one, only the process.
-pub(super) fn terminate_leftover(identity: &WakeIdentity, _grace: Duration) -> Leftover {
-    if let Some(created) = identity.start_time {
+/// Ends a run-mode agent an earlier sidecar left, gracefully: Ctrl-Break
+/// to its process group (delivered only if it shares this sidecar's
+/// console, see [`send_break`]; the cancel marker tells it in any case),
+/// then, if any process of its job is left after `grace`, the whole job,
+/// found by its name. Without the job, only
+/// the process itself ([`end_leftover`]). Blocks up to `grace` (call it on a
+/// thread of its own).
+pub(super) fn terminate_leftover(identity: &WakeIdentity, grace: Duration) -> Leftover {
+    let job = identity.start_time.and_then(|created| {
         let name = job_name(identity.pid, created);
         // SAFETY: the name is NUL-terminated.
-        let handle = unsafe { OpenJobObjectW(JOB_OBJECT_TERMINATE, 0, name.as_ptr()) };
-        if !handle.is_null() {
-            // SAFETY: a fresh handle that nothing else owns.
-            let job = unsafe { OwnedHandle::from_raw_handle(handle as RawHandle) };
-            // SAFETY: the handle is open with JOB_OBJECT_TERMINATE.
-            if unsafe { TerminateJobObject(raw(&job), ENDED_EXIT_CODE) } != 0 {
-                return Leftover::Ended;
-            }
-        }
+        let handle = unsafe { OpenJobObjectW(JOB_OBJECT_TERMINATE | JOB_OBJECT_QUERY, 0, name.as_ptr()) };
+        // SAFETY: a fresh handle that nothing else owns.
+        (!handle.is_null()).then(|| unsafe { OwnedHandle::from_raw_handle(handle as RawHandle) })
+    });
+    let Some(job) = job else {
+        return end_leftover(identity, super::LEFTOVER_WAIT);
+    };
+    if !leftover_running(identity) && active_processes(&job).unwrap_or(1) == 0 {
+        return Leftover::Gone;
     }
-    end_leftover(identity, super::LEFTOVER_WAIT)
+    if let Err(error) = send_break(identity.pid) {
+        log::info!(
+            "cannot send Ctrl-Break to the agent (pid {}): {error}; its job is ended after the grace",
+            identity.pid
+        );
+    }
+    // The cancel marker tells it too: the grace holds either way.
+    let deadline = std::time::Instant::now() + grace;
+    while std::time::Instant::now() < deadline {
+        if active_processes(&job).unwrap_or(1) == 0 {
+            return Leftover::Ended;
+        }
+        // Not ours to wait on: a short bounded poll, as on Unix.
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    log::warn!(
+        "the agent (pid {}) did not end within {} ms of being asked to; ending its job",
+        identity.pid,
+        grace.as_millis()
+    );
+    // SAFETY: the handle is open with JOB_OBJECT_TERMINATE.
+    if unsafe { TerminateJobObject(raw(&job), ENDED_EXIT_CODE) } == 0 {
+        return Leftover::Failed(format!(
+            "cannot end the job of process {}: {}",
+            identity.pid,
+            io::Error::last_os_error()
+        ));
+    }
+    Leftover::Ended
 }

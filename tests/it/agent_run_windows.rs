@@ -1,7 +1,8 @@
 //! Run mode on Windows (under Wine in CI): a `.cmd` agent that is the CLI,
 //! and a `taskkill /F` of the sidecar mid-run: the agent works on (its job
 //! object no longer ends it with the sidecar), and the next sidecar reports
-//! its outcome once, never starting it again.
+//! its outcome once, never starting it again, also when the agent ended
+//! while no sidecar ran (its gate recorded its exit status).
 
 use std::fs;
 use std::path::Path;
@@ -12,6 +13,34 @@ use serde_json::{json, Value};
 use crate::support::*;
 
 const HELPER: &str = "--ignored --exact tasks::wake_helper_holds_its_file --quiet";
+const WAIT_HELPER: &str = "--ignored --exact agent_run_windows::agent_waits_for_its_go_file --quiet";
+/// Where [`agent_waits_for_its_go_file`] says it is at work, and the file it
+/// waits for.
+const WAITING_FILE_ENV: &str = "AGENTCOM_TEST_WAITING_FILE";
+const GO_FILE_ENV: &str = "AGENTCOM_TEST_GO_FILE";
+
+/// Not a test: the work of a `.cmd` agent below. Writes its waiting file,
+/// then waits (up to a minute) for its go file, which the test writes once
+/// no sidecar runs, or for its task's cancel marker (`<task_id>.cancel` in
+/// the results directory), on which it stops.
+#[test]
+#[ignore = "not a test: the work of the Windows run-mode agent"]
+fn agent_waits_for_its_go_file() {
+    let (Some(waiting), Some(go)) = (std::env::var_os(WAITING_FILE_ENV), std::env::var_os(GO_FILE_ENV))
+    else {
+        return;
+    };
+    let cancel = match (std::env::var_os("AGENTCOM_RESULTS_DIR"), std::env::var("AGENTCOM_TASK_ID")) {
+        (Some(dir), Ok(task_id)) => Path::new(&dir).join(format!("{task_id}.cancel")),
+        _ => return,
+    };
+    fs::write(waiting, "").unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let ticker = crossbeam_channel::tick(std::time::Duration::from_millis(20));
+    while !Path::new(&go).exists() && !cancel.exists() && std::time::Instant::now() < deadline {
+        let _ = ticker.recv();
+    }
+}
 
 fn example_cli_agent(dir: &Path) -> String {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts").join("example-cli-agent.cmd");
@@ -145,4 +174,104 @@ fn run_mode_a_cancel_after_a_taskkill_ends_the_agent_the_last_sidecar_left() {
     });
     assert!(hub.cancel_task(&task_id));
     wait_until("the agent ended by its job", || (!helper_alive(dir.path())).then_some(()));
+}
+
+#[test]
+fn run_mode_an_agent_that_ends_while_no_sidecar_runs_is_reported_once_with_its_exit_status() {
+    let hub = start_hub();
+    let dir = tempfile::tempdir().unwrap();
+    // The agent logs its start, waits for the go file, prints its answer
+    // and exits 0.
+    let agent = dir.path().join("agent.cmd");
+    let starts = dir.path().join("starts");
+    let helper = format!("\"{}\" {WAIT_HELPER}", std::env::current_exe().unwrap().display());
+    fs::write(
+        &agent,
+        format!(
+            "@echo off\r\necho start>>\"{}\"\r\n{helper} >NUL\r\necho finished while no sidecar ran\r\nexit /b 0\r\n",
+            starts.display()
+        ),
+    )
+    .unwrap();
+    let cfg = run_config(dir.path(), &hub.url(), &format!("\"{}\"", agent.display()));
+    let (waiting, go) = (dir.path().join("waiting"), dir.path().join("go"));
+    let (waiting_text, go_text) = (waiting.display().to_string(), go.display().to_string());
+    let env = [(WAITING_FILE_ENV, waiting_text.as_str()), (GO_FILE_ENV, go_text.as_str())];
+    let mut sidecar = Sidecar::start_with_env(dir.path(), &cfg, &env);
+    expect_identified(&hub);
+    let task_id = hub.push_task(AGENT, "d", json!({}));
+    expect_received(&hub, "task_accepted");
+    wait_until("the agent at work", || waiting.exists().then_some(()));
+    let queue = dir.path().join("queue.json");
+    wait_until("the agent recorded", || {
+        fs::read_to_string(&queue).ok().filter(|q| q.contains("\"wake_process\"")).map(|_| ())
+    });
+    let status = std::process::Command::new("taskkill")
+        .args(["/F", "/PID", &sidecar.pid().to_string()])
+        .status()
+        .expect("taskkill runs");
+    assert!(status.success(), "taskkill /F: {status:?}");
+    sidecar.wait_exit(FAILSAFE).expect("the sidecar is gone");
+    hub.drop_connection(AGENT);
+    // The agent ends now, with no sidecar running: its gate records how.
+    fs::write(&go, "").unwrap();
+    let exit_file = dir.path().join("results").join(".tasks").join(format!("{task_id}.exit"));
+    let recorded = wait_until("the exit status recorded", || fs::read_to_string(&exit_file).ok());
+    assert_eq!(recorded.trim(), "exit 0");
+    let mut sidecar = Sidecar::start_with_env(dir.path(), &cfg, &env);
+    let outcome = expect_event(&hub, "the task's outcome", |e| {
+        matches!(e, DevHubEvent::Received { frame, .. }
+            if (frame["type"] == "task_complete" || frame["type"] == "task_failed") && frame["task_id"] == task_id.as_str())
+    });
+    let DevHubEvent::Received { frame, .. } = outcome else { unreachable!() };
+    assert_eq!(frame["type"], "task_complete", "{frame}\n{}", sidecar.output());
+    let output = frame["result"]["output"].as_str().unwrap_or_default();
+    assert_eq!(output.trim(), "finished while no sidecar ran", "{frame}");
+    let status = std::process::Command::new("taskkill")
+        .args(["/F", "/PID", &sidecar.pid().to_string()])
+        .status()
+        .expect("taskkill runs");
+    assert!(status.success());
+    sidecar.wait_exit(FAILSAFE).expect("the sidecar is gone");
+    let more = hub.events().try_iter().filter(|e| matches!(e, DevHubEvent::Received { frame, .. }
+        if (frame["type"] == "task_complete" || frame["type"] == "task_failed") && frame["task_id"] == task_id.as_str())).count();
+    assert_eq!(more, 0, "one outcome");
+    let started = fs::read_to_string(&starts).unwrap();
+    assert_eq!(started.lines().count(), 1, "started once: {started:?}");
+}
+
+/// A cancel mid-run: the agent learns it (here from the cancel marker: Wine
+/// delivers no Ctrl-Break) and ends by itself within `cancel_grace_ms`; the
+/// job is not ended under it, and the hub hears nothing more of the task.
+#[test]
+fn run_mode_a_cancel_mid_run_lets_the_agent_end_by_itself_within_the_grace() {
+    let hub = start_hub();
+    let dir = tempfile::tempdir().unwrap();
+    // After its work the agent notes that it ended by itself: a job ended
+    // under it never gets there.
+    let agent = dir.path().join("agent.cmd");
+    let ended = dir.path().join("ended-by-itself");
+    let helper = format!("\"{}\" {WAIT_HELPER}", std::env::current_exe().unwrap().display());
+    fs::write(
+        &agent,
+        format!("@echo off\r\n{helper} >NUL\r\necho done>\"{}\"\r\nexit /b 0\r\n", ended.display()),
+    )
+    .unwrap();
+    let mut cfg = run_config(dir.path(), &hub.url(), &format!("\"{}\"", agent.display()));
+    // Long enough that only a stuck agent meets it (then the test fails).
+    cfg["cancel_grace_ms"] = json!(60_000);
+    let (waiting, go) = (dir.path().join("waiting"), dir.path().join("go"));
+    let (waiting_text, go_text) = (waiting.display().to_string(), go.display().to_string());
+    let env = [(WAITING_FILE_ENV, waiting_text.as_str()), (GO_FILE_ENV, go_text.as_str())];
+    let sidecar = Sidecar::start_with_env(dir.path(), &cfg, &env);
+    expect_identified(&hub);
+    let task_id = hub.push_task(AGENT, "d", json!({}));
+    expect_received(&hub, "task_accepted");
+    wait_until("the agent at work", || waiting.exists().then_some(()));
+    assert!(hub.cancel_task(&task_id));
+    wait_until("the agent to end by itself", || ended.exists().then_some(()));
+    wait_until("the sidecar idle again", || sidecar.queue()["active"].is_null().then_some(()));
+    let outcomes = hub.events().try_iter().filter(|e| matches!(e, DevHubEvent::Received { frame, .. }
+        if (frame["type"] == "task_complete" || frame["type"] == "task_failed") && frame["task_id"] == task_id.as_str())).count();
+    assert_eq!(outcomes, 0, "a cancelled task has no outcome\n{}", sidecar.output());
 }

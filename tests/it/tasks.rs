@@ -661,7 +661,7 @@ fn wake_helper_holds_its_file() {
     use std::os::windows::fs::OpenOptionsExt;
     let Some(path) = std::env::var_os(HOLD_FILE_ENV) else { return };
     if std::env::var_os(HOLD_DETACH_ENV).is_some() {
-        std::process::Command::new(std::env::current_exe().unwrap())
+        let detached = std::process::Command::new(std::env::current_exe().unwrap())
             .args(HELPER_COMMAND.split(' '))
             .env_remove(HOLD_DETACH_ENV)
             .stdin(std::process::Stdio::null())
@@ -669,6 +669,9 @@ fn wake_helper_holds_its_file() {
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
+        // Detached on purpose: it outlives this process, which never waits
+        // for it (Windows has no zombies to reap).
+        drop(detached);
         return;
     }
     let secs = std::env::var(HOLD_SECS_ENV).ok().and_then(|s| s.parse().ok()).unwrap_or(30);

@@ -63,8 +63,13 @@ pub(super) fn mark_started(request: &WakeRequest) {
     }
 }
 
-/// A cancel: SIGTERM to the tree, then, if anything of it is left after the
-/// request's `cancel_grace`, the kill of [`kill_and_reap`].
+/// How a graceful end is asked for, for the log.
+const STOP_REQUEST: &str = if cfg!(windows) { "Ctrl-Break (or the cancel marker)" } else { "SIGTERM" };
+
+/// A cancel: SIGTERM to the tree (Windows: Ctrl-Break to its process group,
+/// or the job ended at once where that cannot be delivered), then, if
+/// anything of it is left after the request's `cancel_grace`, the kill of
+/// [`kill_and_reap`].
 pub(super) fn end_gracefully(
     request: &WakeRequest,
     pid: u32,
@@ -95,7 +100,7 @@ pub(super) fn end_gracefully(
                     }
                     if tree.any_left() {
                         log::warn!(
-                            "the agent of task {} (pid {pid}) did not end within {} ms of SIGTERM; killing it",
+                            "the agent of task {} (pid {pid}) did not end within {} ms of {STOP_REQUEST}; killing it",
                             request.task_id,
                             request.cancel_grace.as_millis()
                         );
@@ -106,7 +111,7 @@ pub(super) fn end_gracefully(
             }
             recv(grace) -> _ => {
                 log::warn!(
-                    "the agent of task {} (pid {pid}) did not end within {} ms of SIGTERM; killing it",
+                    "the agent of task {} (pid {pid}) did not end within {} ms of {STOP_REQUEST}; killing it",
                     request.task_id,
                     request.cancel_grace.as_millis()
                 );

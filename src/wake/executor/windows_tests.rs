@@ -69,15 +69,21 @@ impl Fixture {
     }
 
     fn in_dir(dir: &Path) -> Fixture {
+        Fixture::in_dir_gated(dir, false)
+    }
+
+    /// `gated`: commands wait for their release (as the sidecar's do).
+    fn in_dir_gated(dir: &Path, gated: bool) -> Fixture {
         let (tx, outcomes) = unbounded();
         let (started_tx, started) = unbounded();
-        let handle = WakeHandle::spawn_with_started(
+        let handle = WakeHandle::start(
             Box::new(move |started| {
                 let _ = started_tx.send(started);
             }),
             Box::new(move |outcome| {
                 let _ = tx.send(outcome);
             }),
+            gated,
         )
         .unwrap();
         Fixture { dir: dir.to_path_buf(), _temp: None, handle: Some(handle), outcomes, started }
@@ -250,4 +256,196 @@ fn a_leftover_is_ended_only_when_its_creation_time_matches() {
     assert_eq!(ended, Leftover::Ended);
     assert_eq!(outcome.status, WakeStatus::Failed { exit_code: Some(1) });
     assert_eq!(again, Leftover::Gone);
+}
+
+/// Set for [`wait_helper`]: how it treats Ctrl-Break (`exit` or `ignore`).
+const ON_BREAK: &str = "AGENTCOM_TEST_ON_BREAK";
+/// [`wait_helper`]'s exit code once released (or, with `exit`, broken).
+const RELEASED_EXIT: u32 = 5;
+const BROKEN_EXIT: u32 = 42;
+
+/// Not a test of its own: a run-mode agent stand-in. Writes `pid-<pid>`,
+/// then waits (up to a minute) for a file `go` in the results directory and
+/// exits [`RELEASED_EXIT`]. On Ctrl-Break it writes `break-<pid>`, then
+/// exits [`BROKEN_EXIT`] (`exit`) or goes on waiting (`ignore`).
+#[test]
+#[ignore = "a helper process that the Windows wake tests start"]
+fn wait_helper() {
+    use windows_sys::Win32::System::Console::{SetConsoleCtrlHandler, CTRL_BREAK_EVENT};
+    let (Some(dir), Some(_)) =
+        (std::env::var_os("AGENTCOM_RESULTS_DIR"), std::env::var_os("AGENTCOM_TASK_ID"))
+    else {
+        return;
+    };
+    unsafe extern "system" fn on_break(event: u32) -> windows_sys::core::BOOL {
+        if event != CTRL_BREAK_EVENT {
+            return 0;
+        }
+        let dir = std::env::var_os("AGENTCOM_RESULTS_DIR").unwrap();
+        let _ = fs::write(Path::new(&dir).join(format!("break-{}", std::process::id())), "");
+        if std::env::var(ON_BREAK).as_deref() == Ok("exit") {
+            std::process::exit(BROKEN_EXIT as i32);
+        }
+        1
+    }
+    // SAFETY: a valid handler function for the process's lifetime.
+    unsafe { SetConsoleCtrlHandler(Some(on_break), 1) };
+    let pid = std::process::id();
+    fs::write(Path::new(&dir).join(format!("pid-{pid}")), pid.to_string()).unwrap();
+    let go = Path::new(&dir).join("go");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let ticker = crossbeam_channel::tick(Duration::from_millis(20));
+    while !go.exists() && Instant::now() < deadline {
+        let _ = ticker.recv();
+    }
+    std::process::exit(RELEASED_EXIT as i32);
+}
+
+/// [`wait_helper`] as the command, told how to treat Ctrl-Break.
+fn wait_command(on_break: &str) -> String {
+    let exe = std::env::current_exe().unwrap();
+    let helper = "wake::executor::windows_tests::wait_helper --exact --ignored --test-threads=1";
+    format!("set \"{ON_BREAK}={on_break}\" & \"{}\" {helper}", exe.display())
+}
+
+impl Fixture {
+    /// A run-mode request for [`wait_helper`], with `grace` to end it.
+    fn run_request(&self, on_break: &str, grace: Duration) -> WakeRequest {
+        WakeRequest {
+            mode: crate::wake::WakeMode::Run,
+            cancel_grace: grace,
+            ..self.request(&wait_command(on_break), FAILSAFE)
+        }
+    }
+
+    fn wait_for_file(&self, name: &str) -> bool {
+        let deadline = Instant::now() + FAILSAFE;
+        let ticker = crossbeam_channel::tick(Duration::from_millis(20));
+        while !self.dir.join(name).exists() {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            let _ = ticker.recv();
+        }
+        true
+    }
+}
+
+/// The exit code of a process that has ended (`None` while it runs).
+struct ProcessWatch(windows_sys::Win32::Foundation::HANDLE);
+
+impl ProcessWatch {
+    fn open(pid: u32) -> ProcessWatch {
+        use windows_sys::Win32::System::Threading::PROCESS_QUERY_LIMITED_INFORMATION;
+        // SAFETY: OpenProcess has no memory-safety preconditions.
+        let handle = unsafe { OpenProcess(PROCESS_SYNCHRONIZE | PROCESS_QUERY_LIMITED_INFORMATION, 0, pid) };
+        assert!(!handle.is_null(), "cannot open process {pid}");
+        ProcessWatch(handle)
+    }
+
+    fn exit_code_within(&self, wait: Duration) -> Option<u32> {
+        use windows_sys::Win32::System::Threading::GetExitCodeProcess;
+        // SAFETY: the handle is open with SYNCHRONIZE.
+        if unsafe { WaitForSingleObject(self.0, wait.as_millis() as u32) } != WAIT_OBJECT_0 {
+            return None;
+        }
+        let mut code = 0;
+        // SAFETY: the handle is open with QUERY_LIMITED_INFORMATION.
+        (unsafe { GetExitCodeProcess(self.0, &mut code) } != 0).then_some(code)
+    }
+}
+
+impl Drop for ProcessWatch {
+    fn drop(&mut self) {
+        // SAFETY: opened in `open`, closed once here.
+        unsafe { CloseHandle(self.0) };
+    }
+}
+
+/// A gated run-mode agent left running when its executor goes (the sidecar
+/// stops) ends later by itself: its gate records its exit status, which no
+/// sidecar saw, in its exit file.
+#[test]
+fn a_run_mode_agent_that_ends_after_its_executor_went_leaves_its_exit_status() {
+    let temp = tempfile::tempdir().unwrap();
+    let mut fixture = Fixture::in_dir_gated(temp.path(), true);
+    fixture.handle().run(fixture.run_request("exit", Duration::from_secs(10)));
+    let started = fixture.started.recv_timeout(FAILSAFE).expect("no start report");
+    fixture.handle().release(&started.task_id, started.attempt);
+    let agent = fixture.helper_pids(1)[0];
+    let exit_file = run::exit_file(&fixture.dir, &started.task_id);
+    // The sidecar stops: the agent is left running.
+    drop(fixture.handle.take());
+    let outcome = fixture.outcome();
+    let recorded_before_release = exit_file.exists();
+    fs::write(fixture.dir.join("go"), "").unwrap();
+    let recorded = fixture.wait_for_file(&format!(".tasks/{}.exit", started.task_id));
+    let ended = ends_within(agent, FAILSAFE);
+    end(agent);
+    assert_eq!(outcome.status, WakeStatus::LeftRunning);
+    assert!(!recorded_before_release, "an exit status before the agent ended");
+    assert!(ended && recorded, "no exit file after the agent ended");
+    assert_eq!(run::read_exit_file(&exit_file), Some(run::RunExit::Code(RELEASED_EXIT as i32)));
+}
+
+/// Gives this test process a console if it has none (as a sidecar started
+/// from a console, or by pm2, has one; a service has none), keeping its
+/// standard handles: the wake commands inherit it, and Ctrl-Break goes
+/// through it. (`AllocConsole` fails, access denied, where there is one.)
+fn ensure_console() {
+    use windows_sys::Win32::System::Console::{
+        AllocConsole, GetStdHandle, SetStdHandle, STD_ERROR_HANDLE, STD_INPUT_HANDLE, STD_OUTPUT_HANDLE,
+    };
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let streams = [STD_INPUT_HANDLE, STD_OUTPUT_HANDLE, STD_ERROR_HANDLE];
+        // SAFETY: no preconditions; the handles are put back as they were.
+        unsafe {
+            let kept = streams.map(|stream| GetStdHandle(stream));
+            if AllocConsole() != 0 {
+                for (stream, handle) in streams.into_iter().zip(kept) {
+                    SetStdHandle(stream, handle);
+                }
+            }
+        }
+    });
+}
+
+/// A cancel sends Ctrl-Break to the command's process group; an agent that
+/// handles it ends by itself within the grace (its own exit code, not the
+/// job's). Wine cannot deliver Ctrl-Break (`GenerateConsoleCtrlEvent`
+/// fails there: its console server implements only Ctrl-C), so this runs
+/// only on a real Windows, with `--ignored`.
+#[test]
+#[ignore = "Wine delivers no Ctrl-Break; run on a real Windows with --ignored"]
+fn a_cancel_sends_ctrl_break_and_the_agent_ends_within_the_grace() {
+    ensure_console();
+    let fixture = Fixture::new();
+    fixture.handle().run(fixture.run_request("exit", FAILSAFE));
+    let agent = fixture.helper_pids(1)[0];
+    let watch = ProcessWatch::open(agent);
+    fixture.handle().cancel("task-00000000000000ff");
+    let outcome = fixture.outcome();
+    let code = watch.exit_code_within(FAILSAFE);
+    end(agent);
+    assert_eq!(outcome.status, WakeStatus::Cancelled);
+    assert!(fixture.dir.join(format!("break-{agent}")).exists(), "the agent got no Ctrl-Break");
+    assert_eq!(code, Some(BROKEN_EXIT), "the agent did not end by itself");
+}
+
+/// An agent that ignores Ctrl-Break (or, under Wine, never gets it) is
+/// ended with its job after the grace.
+#[test]
+fn an_agent_that_ignores_ctrl_break_is_ended_after_the_grace() {
+    ensure_console();
+    let fixture = Fixture::new();
+    fixture.handle().run(fixture.run_request("ignore", Duration::from_millis(300)));
+    let agent = fixture.helper_pids(1)[0];
+    let watch = ProcessWatch::open(agent);
+    fixture.handle().cancel("task-00000000000000ff");
+    let outcome = fixture.outcome();
+    let code = watch.exit_code_within(FAILSAFE);
+    end(agent);
+    assert_eq!(outcome.status, WakeStatus::Cancelled);
+    assert_eq!(code, Some(sys::ENDED_EXIT_CODE), "the agent was not ended by its job");
 }
