@@ -38,13 +38,20 @@ function appFor(platform) {
     restart_delay: 5000,
     exp_backoff_restart_delay: 5000,
     max_memory_restart: '100M',
-    // Stop: pm2 sends SIGINT, then SIGKILL after kill_timeout. start.sh
-    // execs the sidecar, so the sidecar itself gets the SIGINT and shuts down
-    // cleanly in about a second (ending a running launch-mode wake command
-    // itself); 5 s leaves room for a busy disk. Not the whole process tree
-    // (treekill off): a run-mode agent (wake_mode "run") works on through a
-    // pm2 restart and the next sidecar reports it (docs/protocol.md 8.7).
-    // (On Windows pm2 ends the tree with taskkill /F: no clean stop.)
+    // Stop (`pm2 stop`, `pm2 restart`, an update): pm2 sends SIGINT, then
+    // SIGKILL after kill_timeout. start.sh execs the sidecar, so the sidecar
+    // itself gets the SIGINT and shuts down cleanly in well under a second
+    // (its hub close waits at most shutdown_grace_ms, 500 ms by default; it
+    // ends a running launch-mode wake command itself); 5 s leaves room for a
+    // busy disk. Keep kill_timeout above shutdown_grace_ms + 1 s: a SIGKILL
+    // ends the sidecar as a crash would (the next start recovers it).
+    // treekill off: pm2's default signals every descendant too (SIGINT, then
+    // SIGKILL after kill_timeout), which would end a run-mode agent
+    // (wake_mode "run") at every restart. Off, only the sidecar gets the
+    // signal; the agent works on and the next sidecar reports it
+    // (docs/protocol.md 8.7; tests/it/pm2.rs runs it through a real
+    // `pm2 restart` and `pm2 stop`). (On Windows pm2 ends the tree with
+    // taskkill /F: no clean stop.)
     kill_timeout: 5000,
     treekill: false,
     // No `time` prefix from pm2: every line the sidecar and the scripts print

@@ -66,6 +66,25 @@ log() {
 # Makes the binary cargo just built the last good one; the comment at the
 # top explains the order. Chained with && because `set -e` does not apply
 # inside a function called as an `if` condition.
+# cargo build in a process group of its own, so that a stop while it builds
+# ends the whole build: pm2 (treekill off) and the systemd unit
+# (KillMode=process) signal this script alone, so that an agent at work
+# survives a restart; without this, cargo and its rustc processes would go
+# on building without us.
+build_release() {
+    local pid status
+    set -m
+    cargo build --release --locked >&2 &
+    pid=$!
+    set +m
+    trap 'kill -TERM -- "-$pid" 2>/dev/null; wait "$pid" || true; exit 143' TERM
+    trap 'kill -TERM -- "-$pid" 2>/dev/null; wait "$pid" || true; exit 130' INT
+    status=0
+    wait "$pid" || status=$?
+    trap - TERM INT
+    return "$status"
+}
+
 install_build() {
     cp "$built_binary" "$good_binary.tmp.$$" &&
         mv -f "$good_binary.tmp.$$" "$good_binary" &&
@@ -148,7 +167,7 @@ elif [[ -n "$head_rev" && "$head_rev" == "$failed_rev" && "${AGENTCOM_FORCE_BUIL
     fi
 else
     log "building ${head_rev:-the checkout} (last good build: ${built_rev:-none})"
-    if cargo build --release --locked >&2 && install_build; then
+    if build_release && install_build; then
         log "built ${head_rev:-the checkout}"
     else
         if [[ -n "$head_rev" ]]; then

@@ -16,7 +16,7 @@ use crossbeam_channel::{at, bounded, never, select, Receiver, Sender};
 
 use self::ending::{conclude_run, end_gracefully, exit_status, file_tail, kill_and_reap, mark_started};
 use self::start::{open_gate, start_child, Running};
-use super::capture::Output;
+use super::capture::{output_in_files, Output};
 use super::{run, sys, WakeOutcome, WakeRequest, WakeStarted, WakeStatus};
 
 /// How long, after the child exited, the outcome waits for the output
@@ -267,7 +267,7 @@ impl Executor {
         };
         output.drain_until(Instant::now() + OUTPUT_GRACE);
         let (mut stdout_tail, mut stderr_tail) = output.into_tails();
-        if !request.mode.is_launch() {
+        if output_in_files(request.mode) {
             stdout_tail = file_tail(&run::stdout_file(&request.results_dir, &request.task_id));
             stderr_tail = file_tail(&run::stderr_file(&request.results_dir, &request.task_id));
         }

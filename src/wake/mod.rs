@@ -149,6 +149,21 @@ impl AgentWatch {
     }
 }
 
+/// Keeps the output files of a launch-mode command an earlier sidecar left
+/// at work bounded while its process group lives (Unix; elsewhere such a
+/// command does not outlive the sidecar). See `capture.rs`.
+pub fn bound_leftover_output(results_dir: &std::path::Path, task_id: &str, identity: &WakeIdentity) {
+    #[cfg(unix)]
+    if let Some(pgid) = identity.process_group {
+        capture::bound_leftover(
+            [run::stdout_file(results_dir, task_id), run::stderr_file(results_dir, task_id)],
+            pgid,
+        );
+    }
+    #[cfg(not(unix))]
+    let _ = (results_dir, task_id, identity);
+}
+
 /// Ends a recorded wake command gracefully: SIGTERM to its process group
 /// (Windows: Ctrl-Break where it can be delivered), the kill (Windows: of
 /// its whole job) after `grace`. Blocks up to `grace` plus [`LEFTOVER_WAIT`]: call

@@ -5,7 +5,8 @@
 //! results directory (on Unix the gate script writes it, see `unix.rs`, so
 //! it is there even when no sidecar was running when the command ended; the
 //! executor writes it too). In run mode the command's stdout and stderr go to
-//! `.tasks/<task_id>.stdout` and `.tasks/<task_id>.stderr`, never into memory.
+//! `.tasks/<task_id>.stdout` and `.tasks/<task_id>.stderr`, never into memory
+//! (on Unix a launch-mode command's too, kept bounded: see `capture.rs`).
 //! When a run-mode agent has ended, [`conclude`] writes its result file
 //! (`<task_id>.json`) from those, unless the agent wrote one itself: then
 //! that one wins. The result file is what the core reports, the same way for

@@ -119,9 +119,7 @@ impl ProcessTree {
     /// leader is reaped (an unreaped leader counts); while a member lives,
     /// the group id cannot be reused.
     pub(super) fn any_left(&self) -> bool {
-        let Ok(pgid) = libc::pid_t::try_from(self.pgid) else { return false };
-        // SAFETY: killpg has no memory-safety preconditions; signal 0 only checks.
-        unsafe { libc::killpg(pgid, 0) == 0 }
+        group_alive(self.pgid)
     }
 
     /// SIGTERM to the whole process group: the start of a graceful end.
@@ -132,6 +130,14 @@ impl ProcessTree {
     /// The command exited: whatever it left running goes on. Nothing to do
     /// on Unix.
     pub(super) fn release(self) {}
+}
+
+/// Whether any process is left in process group `pgid` (an unreaped or
+/// zombie leader counts).
+pub(super) fn group_alive(pgid: u32) -> bool {
+    let Ok(pgid) = libc::pid_t::try_from(pgid) else { return false };
+    // SAFETY: killpg has no memory-safety preconditions; signal 0 only checks.
+    unsafe { libc::killpg(pgid, 0) == 0 }
 }
 
 fn kill_group(pgid: u32) -> io::Result<()> {

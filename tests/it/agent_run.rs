@@ -388,15 +388,24 @@ fn a_launcher_that_exited_0_just_before_a_kill_is_not_started_again() {
 /// A synchronous script at work on its confirmed task when the sidecar goes
 /// away: left to finish (a launcher is still ended), found by the next start,
 /// its result reported once, never started again.
-fn synchronous_script_across_a_stop(stop: Stop) {
+/// `after_go` runs once the test lets the script finish, before it writes
+/// its result.
+fn synchronous_script_across_a_stop(stop: Stop, after_go: &str) {
+    synchronous_script_across_a_stop_then(stop, after_go, |_| {});
+}
+
+/// `then` runs after the test has let the script finish, before the outcome.
+fn synchronous_script_across_a_stop_then(stop: Stop, after_go: &str, then: impl FnOnce(&Run)) {
     let hub = no_retry_hub(NEWEST);
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(dir.path(), &hub.url());
     cfg["wake_command"] = json!(agent(
         dir.path(),
-        "r=\"$AGENTCOM_RESULTS_DIR/$AGENTCOM_TASK_ID\"\n: > \"$r.started\"\n\
-         while [ ! -e \"$D/go\" ]; do sleep 0.05; done\n\
-         printf '{\"status\":\"success\",\"output\":\"finished\"}' > \"$r.json.tmp\"; mv \"$r.json.tmp\" \"$r.json\""
+        &format!(
+            "r=\"$AGENTCOM_RESULTS_DIR/$AGENTCOM_TASK_ID\"\n: > \"$r.started\"\necho 'at work'; echo 'working' >&2\n\
+             while [ ! -e \"$D/go\" ]; do sleep 0.05; done\n{after_go}\n\
+             printf '{{\"status\":\"success\",\"output\":\"finished\"}}' > \"$r.json.tmp\"; mv \"$r.json.tmp\" \"$r.json\""
+        )
     ));
     let sidecar = Sidecar::start(dir.path(), &cfg);
     expect_identified(&hub);
@@ -412,16 +421,50 @@ fn synchronous_script_across_a_stop(stop: Stop) {
         run.sidecar.lifecycle().contains("\"found\":\"running\"").then_some(())
     });
     fs::write(run.dir.path().join("go"), "").unwrap();
+    then(&run);
     let frame = run.one_outcome();
     assert_eq!(frame["result"]["output"], "finished", "{stop:?}");
 }
 
 #[test]
 fn a_synchronous_script_outlives_a_sigterm_of_the_sidecar() {
-    synchronous_script_across_a_stop(Stop::Term);
+    synchronous_script_across_a_stop(Stop::Term, "");
 }
 
 #[test]
 fn a_synchronous_script_outlives_a_kill_9_of_the_sidecar() {
-    synchronous_script_across_a_stop(Stop::Kill9);
+    synchronous_script_across_a_stop(Stop::Kill9, "");
+}
+
+/// Its stdout and stderr are files under the results directory, not pipes
+/// to the sidecar that is gone: writing to them after a kill -9 (or a
+/// SIGTERM) and a restart neither kills it (SIGPIPE) nor fails (EPIPE, with
+/// `set -e`).
+/// What it writes after the restart is kept bounded by the sidecar that
+/// found it (1 MiB, cut to its last 4 KiB behind a note).
+#[test]
+fn the_output_of_a_synchronous_script_found_after_a_kill_9_is_kept_bounded() {
+    synchronous_script_across_a_stop_then(
+        Stop::Kill9,
+        "head -c 3145728 /dev/zero; echo last\nwhile [ ! -e \"$D/go2\" ]; do sleep 0.05; done",
+        |run| {
+            let stdout = run.dir.path().join("results/.tasks").join(format!("{}.stdout", run.task_id));
+            wait_until("the script's stdout cut to its tail", || {
+                let text = fs::read(&stdout).ok()?;
+                (text.starts_with(b"[agentcom-sidecar: ") && text.ends_with(b"last\n") && text.len() < 8192)
+                    .then_some(())
+            });
+            fs::write(run.dir.path().join("go2"), "").unwrap();
+        },
+    );
+}
+
+#[test]
+fn a_synchronous_script_writes_to_stdout_and_stderr_after_a_kill_9_and_completes() {
+    for stop in [Stop::Kill9, Stop::Term] {
+        synchronous_script_across_a_stop(
+            stop,
+            "set -e\ni=0\nwhile [ $i -lt 100 ]; do echo \"out $i\"; echo \"err $i\" >&2; i=$((i + 1)); done",
+        );
+    }
 }

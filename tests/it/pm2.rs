@@ -135,6 +135,126 @@ fn the_real_pm2_runs_stops_and_restarts_the_sidecar() {
     assert_eq!(fleet.cargo_calls(), "", "cargo ran although HEAD never moved");
 }
 
+/// Issue 17: a run-mode agent (the wake command is the agent) works on
+/// through `pm2 restart` and `pm2 stop` + `pm2 start` of the sidecar. pm2
+/// signals only the sidecar (`treekill: false` in the ecosystem file; with
+/// pm2's default it would SIGINT the agent too, and SIGKILL it after
+/// `kill_timeout`); the sidecar leaves the agent running, the next one finds
+/// it, and the hub gets exactly one outcome, the agent's stdout intact. The
+/// agent started once: same pid throughout, one line in `starts`.
+#[test]
+#[ignore = "needs pm2 (`npm install -g pm2@7`): run by .ci/run with --ignored"]
+fn a_run_mode_agent_outlives_pm2_restart_and_stop() {
+    pm2_on_path().expect("pm2 is not on PATH (.ci/run installs it with `npm install -g pm2@7`)");
+    let hub = start_hub();
+    let fleet = PmBox::new();
+    let pm2 = Pm2::new(&fleet);
+    let agent = RunAgent::new(&fleet.agent);
+    fleet.write_config_with(&hub, |cfg| {
+        cfg["wake_mode"] = json!("run");
+        cfg["wake_command"] = json!(agent.command());
+    });
+    pm2.run_ok(&["start", fleet.ecosystem().to_str().unwrap()]);
+    let conn = wait_identified(&hub);
+    let sidecar = pm2.wait_online(None);
+
+    let task = hub.push_task(AGENT, "works through pm2 restarts", json!({}));
+    let agent_pid = agent.wait_started();
+    wait_until("the task to be working", || {
+        let queue: Value = serde_json::from_slice(&fs::read(fleet.agent.join("queue.json")).ok()?).ok()?;
+        (queue["active"]["status"] == "working").then_some(())
+    });
+
+    // `pm2 restart`: SIGINT to the sidecar alone, the agent works on.
+    let log_before = pm2.daemon_log().len();
+    pm2.run_ok(&["restart", APP]);
+    wait_disconnected(&hub, conn);
+    let conn = wait_identified(&hub);
+    let sidecar = pm2.wait_online(Some(sidecar));
+    fleet.wait_found_running(1);
+    assert!(alive(agent_pid), "the agent outlives `pm2 restart`\n{}", pm2.logs());
+    let restart_log = pm2.daemon_log()[log_before..].to_owned();
+    assert!(restart_log.contains("exited with code [0] via signal [SIGINT]"), "{restart_log}");
+    assert!(!restart_log.contains("SIGKILL"), "{restart_log}");
+
+    // `pm2 stop`, then `pm2 start`: the agent runs on while no sidecar does.
+    let stopping = Instant::now();
+    pm2.run_ok(&["stop", APP]);
+    // Well under kill_timeout (5 s): pm2 returns once the sidecar is gone.
+    println!("pm2 stop with a run-mode agent at work: {} ms", stopping.elapsed().as_millis());
+    wait_disconnected(&hub, conn);
+    assert_eq!(pm2.app()["pm2_env"]["status"], "stopped");
+    assert!(alive(agent_pid), "the agent outlives `pm2 stop`\n{}", pm2.logs());
+    pm2.run_ok(&["start", APP]);
+    wait_identified(&hub);
+    pm2.wait_online(Some(sidecar));
+    fleet.wait_found_running(2);
+    assert!(alive(agent_pid), "the agent outlives `pm2 start`\n{}", pm2.logs());
+
+    // The agent finishes: one outcome, its JSON object intact, one start.
+    agent.finish();
+    wait_until("the task to complete at the hub", || {
+        (hub.task(&task)?.status == TaskStatus::Completed).then_some(())
+    });
+    let outcomes = hub.task(&task).unwrap().outcomes;
+    assert_eq!(outcomes.len(), 1, "{outcomes:?}");
+    assert_eq!(outcomes[0].kind, OutcomeKind::Completed);
+    assert_eq!(
+        outcomes[0].result,
+        Some(json!({"status": "success", "output": {"type": "result", "result": "survived pm2"}}))
+    );
+    assert_eq!(agent.starts(), vec![agent_pid], "the agent started once");
+}
+
+/// The run-mode stand-in: logs its pid to `starts`, works until the test
+/// creates `go`, then prints a JSON object as `claude -p --output-format
+/// json` would. Dropping it ends the agent, should the test fail before it
+/// finished (pm2 leaves it running, as it should).
+struct RunAgent {
+    dir: PathBuf,
+}
+
+impl RunAgent {
+    fn new(dir: &Path) -> RunAgent {
+        let dir = dir.join("run-agent");
+        fs::create_dir_all(&dir).unwrap();
+        let script = format!(
+            "D='{}'\necho \"$$\" >> \"$D/starts\"\nwhile [ ! -e \"$D/go\" ]; do sleep 0.05; done\n\
+             printf '%s\\n' '{{\"type\":\"result\",\"result\":\"survived pm2\"}}'\n",
+            dir.display()
+        );
+        fs::write(dir.join("agent.sh"), script).unwrap();
+        RunAgent { dir }
+    }
+
+    fn command(&self) -> String {
+        format!("sh '{}'", self.dir.join("agent.sh").display())
+    }
+
+    fn starts(&self) -> Vec<u32> {
+        let text = fs::read_to_string(self.dir.join("starts")).unwrap_or_default();
+        text.lines().filter_map(|line| line.trim().parse().ok()).collect()
+    }
+
+    fn wait_started(&self) -> u32 {
+        wait_until("the agent to start", || self.starts().first().copied())
+    }
+
+    fn finish(&self) {
+        fs::write(self.dir.join("go"), "").unwrap();
+    }
+}
+
+impl Drop for RunAgent {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+fn alive(pid: u32) -> bool {
+    !process_gone(&pid.to_string())
+}
+
 /// The box: a checkout with the scripts and HEAD already built, the agent's
 /// directory (config, queue, results, lifecycle log), and the cargo shim.
 struct PmBox {
@@ -211,14 +331,29 @@ impl PmBox {
 
     /// With `update`, the hub's restart_sidecar runs the box's update.sh.
     fn write_config(&self, hub: &DevHub, wake_command: Option<&str>, update: bool) {
+        self.write_config_with(hub, |cfg| {
+            if let Some(command) = wake_command {
+                cfg["wake_command"] = json!(command);
+            }
+            if update {
+                cfg["update_command"] = json!(self.checkout.join("scripts/update.sh"));
+            }
+        });
+    }
+
+    fn write_config_with(&self, hub: &DevHub, tweak: impl FnOnce(&mut Value)) {
         let mut cfg = config(&self.agent, &hub.url());
-        if let Some(command) = wake_command {
-            cfg["wake_command"] = json!(command);
-        }
-        if update {
-            cfg["update_command"] = json!(self.checkout.join("scripts/update.sh"));
-        }
+        tweak(&mut cfg);
         fs::write(self.config_path(), serde_json::to_vec_pretty(&cfg).unwrap()).unwrap();
+    }
+
+    /// Waits until the lifecycle log has `count` records of a sidecar that
+    /// started and found the run-mode agent still running.
+    fn wait_found_running(&self, count: usize) {
+        wait_until("the next sidecar to find the agent running", || {
+            let log = fs::read_to_string(self.agent.join("sidecar.log")).unwrap_or_default();
+            (log.matches("\"found\":\"running\"").count() >= count).then_some(())
+        });
     }
 
     fn cargo_calls(&self) -> String {

@@ -242,6 +242,41 @@ mod unix_scripts {
         assert_eq!(fleet.cargo_invocations(), 2, "the restart built again");
     }
 
+    /// pm2 (treekill off) and the systemd unit (KillMode=process) signal
+    /// start.sh alone, so that an agent at work outlives a restart: a stop
+    /// while it builds (SIGINT from pm2, SIGTERM from systemd) must end the
+    /// build too, not leave cargo building without it, and start nothing.
+    #[test]
+    fn a_stop_while_building_ends_the_build() {
+        for (signal, code) in [(libc::SIGTERM, 143), (libc::SIGINT, 130)] {
+            let fleet = Fleet::new(&toy_main("1"));
+            fleet.close_gate();
+            // Files, not pipes: a build left running would hold pipes open.
+            let out = fleet.dir.path().join("start.out");
+            let mut start = fleet
+                .script_command("start.sh")
+                .stdout(fs::File::create(&out).unwrap())
+                .stderr(fs::File::create(fleet.dir.path().join("start.err")).unwrap())
+                .spawn()
+                .unwrap();
+            let cargo: i32 = wait_deadline("start.sh to start building", || {
+                fs::read_to_string(fleet.dir.path().join("build-started")).ok()?.trim().parse().ok()
+            });
+            // SAFETY: kill has no memory-safety preconditions; the pid is our child's.
+            assert_eq!(unsafe { libc::kill(start.id() as i32, signal) }, 0);
+            let status = wait_deadline("start.sh to exit", || start.try_wait().unwrap());
+            let stat = fs::read_to_string(format!("/proc/{cargo}/stat")).unwrap_or_default();
+            let left = !(stat.is_empty() || stat.contains(") Z "));
+            if left {
+                // SAFETY: as above; the shim is ours, left waiting at its gate.
+                unsafe { libc::kill(cargo, libc::SIGKILL) };
+            }
+            assert!(!left, "the build ({cargo}) outlived start.sh: {stat}");
+            assert_eq!(status.code(), Some(code), "{status:?}");
+            assert!(!fs::read_to_string(&out).unwrap().contains("toy version"), "something started");
+        }
+    }
+
     #[test]
     fn a_diverged_checkout_logs_the_failed_pull_and_still_starts() {
         let fleet = Fleet::new(&toy_main("1"));
@@ -425,7 +460,7 @@ mod unix_scripts {
                 &shim,
                 format!(
                     "#!/bin/sh\nprintf '%s\\n' \"$*\" >>{log}\n\
-                     if [ \"$1\" = build ] && [ -p {gate} ]; then : >{started}; read -r _ <{gate}; fi\n\
+                     if [ \"$1\" = build ] && [ -p {gate} ]; then echo $$ >{started}; read -r _ <{gate}; fi\n\
                      exec {cargo} \"$@\"\n",
                     log = shell_quote(&cargo_log),
                     gate = shell_quote(&root.join("gate")),
@@ -818,6 +853,7 @@ fn the_pm2_file_names_start_sh_on_unix_and_start_bat_on_windows() {
     assert_eq!(app["autorestart"], true);
     assert_eq!(app["restart_delay"], 5000);
     assert!(app["kill_timeout"].as_u64().unwrap() > 1000, "longer than the sidecar's own shutdown");
+    assert_eq!(app["treekill"], false, "pm2 signals the sidecar alone: a run-mode agent works on");
     assert_eq!(app["time"], false, "one timestamp per line: the sidecar's own");
     assert_eq!(app["max_memory_restart"], "100M");
     assert_eq!(

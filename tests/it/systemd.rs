@@ -121,9 +121,12 @@ fn a_stalled_loop_stops_the_watchdog_pings() {
 fn the_example_unit_passes_systemd_analyze_verify() {
     let checkout = Path::new(env!("CARGO_MANIFEST_DIR"));
     let unit = std::fs::read_to_string(checkout.join("scripts/agentcom-sidecar.service")).unwrap();
-    for line in ["Type=notify", "WatchdogSec=", "Restart=always", "KillMode=mixed"] {
+    for line in ["Type=notify", "WatchdogSec=", "Restart=always"] {
         assert!(unit.lines().any(|l| l.starts_with(line)), "the unit lacks {line}");
     }
+    // A stop signals the sidecar alone: an agent at work outlives it.
+    assert_eq!(service_values(&unit, "KillMode"), ["process"], "systemd would end the agent at work");
+    assert_eq!(service_values(&unit, "KillSignal"), ["SIGTERM"]);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("agentcom-sidecar.service");
     std::fs::write(&path, unit.replace("/opt/agentcom-sidecar", checkout.to_str().unwrap())).unwrap();
@@ -134,6 +137,22 @@ fn the_example_unit_passes_systemd_analyze_verify() {
     let said =
         format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
     assert!(output.status.success() && said.trim().is_empty(), "systemd-analyze verify: {said}");
+}
+
+/// Every value of `key` in the unit's `[Service]` section, in order.
+fn service_values(unit: &str, key: &str) -> Vec<String> {
+    let mut section = "";
+    let mut values = Vec::new();
+    for line in unit.lines().map(str::trim) {
+        if line.starts_with('[') {
+            section = line;
+        } else if let Some((k, v)) = line.split_once('=') {
+            if section == "[Service]" && !line.starts_with('#') && k.trim() == key {
+                values.push(v.trim().to_owned());
+            }
+        }
+    }
+    values
 }
 
 /// Off Windows, `service` says where to look instead, and its help works.

@@ -7,7 +7,9 @@ use std::thread;
 
 use crossbeam_channel::{bounded, Receiver};
 
-use super::super::capture::{spawn_reader, Chunk, Output, Stream};
+use super::super::capture::{fresh_output_file, output_in_files, spawn_reader, Chunk, Output, Stream};
+#[cfg(unix)]
+use super::super::capture::{spawn_bounder, LAUNCH_OUTPUT_CHECK, LAUNCH_OUTPUT_LIMIT_BYTES};
 use super::super::render::{absolute, render_command, task_environment, write_task_file};
 use super::super::{run, sys, WakeRequest};
 use super::ending::{absolute_path, mark_started};
@@ -44,16 +46,33 @@ pub(super) fn start_child(request: &WakeRequest, gated: bool) -> Result<Running,
     let (mut command, gate) =
         sys::shell_command(&render_command(&request.command_template), gated, &absolute_path(&exit_file))
             .map_err(|error| format!("cannot make the wake command's gate: {error}"))?;
-    if request.mode.is_launch() {
+    // A launch command's output files, kept bounded once it runs.
+    let mut to_bound = Vec::new();
+    let (stdout, stderr) = (
+        run::stdout_file(&request.results_dir, &request.task_id),
+        run::stderr_file(&request.results_dir, &request.task_id),
+    );
+    if !output_in_files(request.mode) {
         command.stdout(Stdio::piped()).stderr(Stdio::piped());
+    } else if request.mode.is_launch() {
+        // Unix launch mode: files too, so that a command that outlives the
+        // sidecar (a synchronous script at work) can keep writing; only
+        // logged, so kept bounded.
+        let open = |path: &std::path::Path| {
+            fresh_output_file(path).map_err(|error| format!("cannot create {}: {error}", path.display()))
+        };
+        let (out, out_ours) = open(&stdout)?;
+        let (err, err_ours) = open(&stderr)?;
+        command.stdout(out).stderr(err);
+        to_bound = vec![out_ours, err_ours];
     } else {
         // Run mode: the agent's output goes to files, never into memory,
         // and outlives the sidecar (no pipe to break).
-        let open = |path: std::path::PathBuf| {
-            std::fs::File::create(&path).map_err(|error| format!("cannot create {}: {error}", path.display()))
+        let open = |path: &std::path::Path| {
+            std::fs::File::create(path).map_err(|error| format!("cannot create {}: {error}", path.display()))
         };
-        command.stdout(open(run::stdout_file(&request.results_dir, &request.task_id))?);
-        command.stderr(open(run::stderr_file(&request.results_dir, &request.task_id))?);
+        command.stdout(open(&stdout)?);
+        command.stderr(open(&stderr)?);
     }
     command.envs(task_environment(request));
     // An empty path means the sidecar's own working directory.
@@ -77,6 +96,15 @@ pub(super) fn start_child(request: &WakeRequest, gated: bool) -> Result<Running,
         }
     };
     let identity = sys::identity(&child);
+    #[cfg(unix)]
+    if !to_bound.is_empty() {
+        let alive = move || sys::group_alive(pid);
+        if let Err(error) = spawn_bounder(to_bound, LAUNCH_OUTPUT_LIMIT_BYTES, LAUNCH_OUTPUT_CHECK, alive) {
+            log::warn!("cannot start the thread that bounds the wake command's output files: {error}");
+        }
+    }
+    #[cfg(not(unix))]
+    drop(to_bound);
 
     // Output readers first: while we still hold the child, a failure here
     // can kill and reap it cleanly.

@@ -311,6 +311,45 @@ fn huge_output_does_not_deadlock_and_tail_is_bounded() {
     assert!(outcome.stderr_tail.ends_with("stderr-line\nEND2"));
 }
 
+/// Unix launch mode: the output goes to files under the results directory
+/// (no pipe that breaks with the sidecar), and what the launcher left in
+/// the background, writing on after it returned, is kept bounded.
+#[test]
+fn a_launchers_output_is_in_files_kept_bounded_after_it_returned() {
+    let fixture = Fixture::new();
+    let outcome = fixture.run(
+        r#"(while [ ! -e "$AGENTCOM_RESULTS_DIR/go" ]; do sleep 0.01; done;
+            head -c 3145728 /dev/zero; echo last) & echo launched; echo note >&2"#,
+    );
+    assert_eq!(outcome.status, WakeStatus::Success);
+    assert_eq!((outcome.stdout_tail.as_str(), outcome.stderr_tail.as_str()), ("launched\n", "note\n"));
+    let stdout = run::stdout_file(fixture.dir(), "task-00000000000000ff");
+    assert_eq!(fs::read_to_string(&stdout).unwrap(), "launched\n");
+    assert_eq!(
+        fs::read_to_string(run::stderr_file(fixture.dir(), "task-00000000000000ff")).unwrap(),
+        "note\n"
+    );
+    // Dropping the executor (the sidecar stops) leaves the bounder running.
+    let mut fixture = fixture;
+    drop(fixture.handle.take());
+    fs::write(fixture.dir().join("go"), "").unwrap();
+    let deadline = Instant::now() + FAILSAFE;
+    let ticker = tick(Duration::from_millis(10));
+    loop {
+        let text = fs::read(&stdout).unwrap();
+        if text.ends_with(b"last\n") && text.len() as u64 <= crate::wake::capture::LAUNCH_OUTPUT_LIMIT_BYTES {
+            assert!(text.starts_with(b"[agentcom-sidecar: "), "cut behind a note");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the background writer's output was never cut: {} bytes",
+            text.len()
+        );
+        let _ = ticker.recv();
+    }
+}
+
 #[test]
 fn an_overlapping_request_is_refused_not_queued() {
     let fixture = Fixture::new();
