@@ -1,5 +1,6 @@
-//! The dispatch and the connection: one task walked through every stage, identify,
-//! heartbeat, backoff, cooldowns.
+//! The dispatch and the connection: one task walked through every stage,
+//! identify, heartbeat, backoff, cooldowns, pacing of frames the hub
+//! rate-limits or does not know, shutdown and restart.
 
 use super::*;
 
@@ -165,4 +166,136 @@ fn one_task_from_push_to_settled_report_as_a_transcript() {
             ),
         ],
     );
+}
+
+// ----- shutdown, restart, pacing -------------------------------------------
+
+#[test]
+fn restart_sidecar_persists_and_exits() {
+    let mut h = Harness::new();
+    h.working(3);
+    h.frame(json!({"type":"restart_sidecar","reason":"update"}));
+    assert_eq!(h.steps(), ["record shutdown", "persist active working gen=3", "close", "exit"]);
+    assert!(h.persisted().unwrap().active.is_some());
+    assert!(h.has(|e| matches!(e, Effect::Close { .. })));
+    assert!(matches!(h.fx.last(), Some(Effect::Exit)));
+    assert_eq!(h.state.next_deadline(), None);
+}
+
+#[test]
+fn restart_sidecar_with_an_update_command_starts_it_and_stays() {
+    let mut h = Harness::with(Settings { has_update_command: true, ..settings() }, QueueFile::default());
+    h.working(3);
+    h.frame(json!({"type":"restart_sidecar","reason":"update"}));
+    assert_eq!(h.steps(), ["record update_started", "start update"]);
+    assert!(h.state.next_deadline().is_some(), "still running: the heartbeat is due");
+
+    // If the command cannot start, the hub's restart happens the old way.
+    h.input(Input::UpdateFailed { error: "sh: not found".into() });
+    assert_eq!(h.steps(), ["record shutdown", "persist active working gen=3", "close", "exit"]);
+}
+
+/// Found by the state fuzzer: after `Exit`, the files of a read still in
+/// flight started a wake next to the cancelled one (whose outcome had not
+/// come). After `Exit` the core does nothing.
+#[test]
+fn after_exit_no_input_starts_anything() {
+    let mut h = Harness::new();
+    h.identify();
+    h.frame(json!({"type":"task_reassign","task_id":TASK}));
+    h.assign(TASK, 3);
+    h.frame(json!({"type":"task_reassign","task_id":TASK}));
+    h.assign(TASK, 4);
+    assert!(h.wake_starts().is_empty(), "files first: {:?}", h.steps());
+    h.input(Input::Event(Event::Shutdown));
+    assert!(matches!(h.fx.last(), Some(Effect::Exit)));
+    for input in [
+        Input::Files(TaskFiles {
+            task_id: TASK.into(),
+            started: false,
+            result: ReadResult::Missing,
+            progress: ReadResult::Missing,
+        }),
+        Input::Event(Event::Hub(HubEvent::Connected { conn_id: 9 })),
+        Input::Tick,
+    ] {
+        let what = format!("{input:?}");
+        assert!(h.input(input).is_empty(), "{what}: {:?}", h.steps());
+    }
+    assert_eq!(h.state.next_deadline(), None);
+}
+
+#[test]
+fn retry_in_reasons_parse() {
+    assert_eq!(parse_retry_in("retry in 30 s"), Some(Duration::from_secs(30)));
+    assert_eq!(parse_retry_in("violations; retry in 2.5s"), Some(Duration::from_millis(2_500)));
+    assert_eq!(parse_retry_in("bye"), None);
+}
+
+#[test]
+fn a_rate_limited_ping_is_sent_again_later_not_taken_for_a_dead_hub() {
+    let mut h = Harness::with(with_heartbeat(ms(1_000)), QueueFile::default());
+    h.identify();
+    h.tick(1_000);
+    assert_eq!(h.sent_types(), ["ping"]);
+    h.at(1_010).frame(json!({"type":"rate_limited","retry_after_ms":2_000,"tier":"light"}));
+    h.tick(1_500);
+    assert!(!h.has(|e| matches!(e, Effect::Close { .. })), "no pong is due for a dropped ping");
+    assert_eq!(h.deadline_ms(), Some(3_010));
+    h.tick(3_010);
+    assert_eq!(h.sent_types(), ["ping"]);
+}
+
+#[test]
+fn accepted_wake_result_and_complete_denied_in_a_row_reach_the_hub_in_order_but_a_stale_wake_result() {
+    let mut h = Harness::with(Settings { send_wake_result: true, ..settings() }, QueueFile::default());
+    h.identify();
+    h.assign(TASK, 3);
+    h.files(true, ReadResult::Missing);
+    h.wake_done(1, WakeStatus::Success);
+    h.files(true, success());
+    for _ in 0..3 {
+        h.at(10).frame(json!({"type":"rate_limited","retry_after_ms":1000,"tier":"normal"}));
+        assert!(h.sent().is_empty());
+    }
+    h.tick(1_009);
+    assert!(h.sent().is_empty());
+    h.tick(1_010);
+    // The task has its outcome: its wake_result says nothing more and is
+    // dropped (docs/protocol.md 7.2).
+    assert_eq!(h.sent_types(), ["task_accepted", "task_complete"]);
+    h.frame(json!({"type":"task_ack","task_id":TASK,"status":"accepted"}));
+    h.frame(json!({"type":"task_ack","task_id":TASK,"status":"complete"}));
+    assert!(h.state.held_task_id().is_none(), "settled");
+}
+
+#[test]
+fn a_frame_type_the_hub_does_not_know_is_not_sent_again_on_that_connection() {
+    // The older hub answers wake_result with unknown_message_type.
+    let mut h = Harness::with(Settings { send_wake_result: true, ..settings() }, QueueFile::default());
+    h.identify();
+    h.assign(TASK, 3);
+    h.wake_done(1, WakeStatus::Failed { exit_code: Some(1) });
+    assert_eq!(h.sent_types(), ["wake_result"]);
+    h.frame(json!({"type":"error","error":"unknown_message_type"}));
+    h.tick(100);
+    h.wake_done(2, WakeStatus::Failed { exit_code: Some(1) });
+    assert!(h.sent().is_empty(), "not again on this connection");
+    // A new connection may be another hub: it is tried again there.
+    h.disconnect(None, None);
+    h.tick(1_000);
+    h.identify();
+    h.frame(json!({"type":"task_continue","task_id":TASK,"generation":3}));
+    h.tick(1_300);
+    h.wake_done(3, WakeStatus::Failed { exit_code: Some(1) });
+    assert_eq!(h.sent_types(), ["wake_result"]);
+
+    // The newest hub names the type it does not know.
+    let mut h = Harness::with(Settings { send_state_report: true, ..settings() }, node_queue("working"));
+    h.identify();
+    assert_eq!(h.sent_types(), ["task_recovering", "state_report"]);
+    h.frame(json!({"type":"error","error":"validation_failed","message_type":"state_report",
+                   "errors":[{"field":"type","error":"unknown_message_type"}]}));
+    h.frame(json!({"type":"task_reassign","task_id":"task-other"}));
+    assert_eq!(h.state.held_task_id(), Some(TASK), "the refusal settles nothing");
 }

@@ -24,30 +24,56 @@ fn taken_back_after_a_crash() -> Harness {
 #[test]
 fn a_task_handed_back_after_our_crash_is_adopted_without_a_second_wake() {
     let mut h = taken_back_after_a_crash();
-    h.at(100).assign(TASK, 5);
-    assert_eq!(
-        h.steps(),
-        ["record task_accepted", "persist active accepted gen=5", "send task_accepted", "read files"],
-        "its files are looked at before any wake"
+    transcript(
+        &mut h,
+        vec![
+            // Its files are looked at before any wake.
+            (
+                at(100, Step::Assign(TASK, 5)),
+                &["record task_accepted", "persist active accepted gen=5", "send task_accepted", "read files"],
+            ),
+            (Step::Files(true, ReadResult::Missing), &["record confirmed", "persist active working gen=5"]),
+            (
+                Step::Files(true, success()),
+                &[
+                    "record result_received",
+                    "persist active working gen=5 report=complete",
+                    "record report_sent",
+                    "send task_complete",
+                ],
+            ),
+        ],
     );
-    h.files(true, ReadResult::Missing);
-    assert_eq!(h.steps(), ["record confirmed", "persist active working gen=5"]);
-    h.files(true, success());
-    assert_eq!(h.sent()[0]["type"], "task_complete");
     assert_eq!(h.sent()[0]["generation"], 5);
-    assert!(h.wake_starts().is_empty());
 }
 
 #[test]
 fn a_result_written_while_the_task_was_taken_back_is_reported_at_the_new_generation() {
     let mut h = taken_back_after_a_crash();
-    h.input(Input::Event(Event::Results(ResultsEvent::Changed(vec![format!("/r/{TASK}.json").into()]))));
-    assert!(h.steps().is_empty(), "kept for a hand-back, neither read nor warned about");
-    h.assign(TASK, 5);
-    h.files(true, success());
-    assert_eq!(h.sent_types(), ["task_complete"]);
+    let changed = Input::Event(Event::Results(ResultsEvent::Changed(vec![format!("/r/{TASK}.json").into()])));
+    transcript(
+        &mut h,
+        vec![
+            // Kept for a hand-back, neither read nor warned about.
+            (Step::Input(changed), &[]),
+            (
+                Step::Assign(TASK, 5),
+                &["record task_accepted", "persist active accepted gen=5", "send task_accepted", "read files"],
+            ),
+            (
+                Step::Files(true, success()),
+                // Its `.started` is there: confirmed with the result.
+                &[
+                    "record confirmed",
+                    "record result_received",
+                    "persist active accepted gen=5 report=complete",
+                    "record report_sent",
+                    "send task_complete",
+                ],
+            ),
+        ],
+    );
     assert_eq!(h.sent()[0]["generation"], 5);
-    assert!(h.wake_starts().is_empty());
 }
 
 #[test]

@@ -1,4 +1,6 @@
-//! Results, reports, acks and refusals.
+//! What the hub hears: results persisted then reported, acks and refusals
+//! that settle them, `task_recovering` after a reconnect, cancels, rate-limited
+//! reports, progress and keep-alives, state reports.
 
 use super::*;
 
@@ -6,31 +8,26 @@ use super::*;
 fn a_result_is_persisted_then_reported_then_settled_by_the_ack() {
     let mut h = Harness::new();
     h.working(3);
-    h.files(true, success());
-    assert_eq!(
-        h.steps(),
-        [
-            "record result_received",
-            "persist active working gen=3 report=complete",
-            "record report_sent",
-            "send task_complete"
-        ]
+    transcript(
+        &mut h,
+        vec![(
+            Step::Files(true, success()),
+            &[
+                "record result_received",
+                "persist active working gen=3 report=complete",
+                "record report_sent",
+                "send task_complete",
+            ],
+        )],
     );
-    let persist =
-        h.fx.iter()
-            .position(|e| matches!(e, Effect::Persist(q) if q.active.as_ref().unwrap().report.is_some()));
-    let send = h.fx.iter().position(|e| matches!(e, Effect::Send { .. }));
-    assert!(persist.unwrap() < send.unwrap());
     assert_eq!(
         h.sent()[0],
         json!({"type":"task_complete","task_id":TASK,"generation":3,
                "result":{"status":"success","output":"done"},"protocol_version":1})
     );
-    h.frame(json!({"type":"task_ack","task_id":TASK,"status":"complete"}));
-    assert_eq!(h.steps(), ["persist idle past=settled", "record report_settled", "remove files"]);
+    transcript(&mut h, vec![(ack("complete"), &["persist idle past=settled", "record report_settled", "remove files"])]);
     assert!(h.has(|e| matches!(e, Effect::RemoveTaskFiles { task_id } if task_id == TASK)));
     let queue = h.persisted().unwrap();
-    assert!(queue.active.is_none() && queue.recovering.is_none());
     assert_eq!(queue.past.map(|p| (p.task_id, p.generation)), Some((TASK.to_string(), 3)));
     assert!(h.state.held_task_id().is_none());
 }
@@ -39,10 +36,20 @@ fn a_result_is_persisted_then_reported_then_settled_by_the_ack() {
 fn a_failure_result_is_reported_with_its_reason() {
     let mut h = Harness::new();
     h.working(3);
-    h.files(true, ReadResult::Parsed(json!({"status":"failure","reason":"tests fail"})));
-    assert_eq!(h.sent()[0]["type"], "task_failed");
+    transcript(
+        &mut h,
+        vec![(
+            Step::Files(true, ReadResult::Parsed(json!({"status":"failure","reason":"tests fail"}))),
+            &[
+                "record task_failed_here",
+                "persist active working gen=3 report=failed(tests fail)",
+                "record report_sent",
+                "send task_failed",
+            ],
+        )],
+    );
     assert_eq!(h.sent()[0]["reason"], "tests fail");
-    h.frame(json!({"type":"task_ack","task_id":TASK,"status":"dead_letter"}));
+    transcript(&mut h, vec![(ack("dead_letter"), &["persist idle past=settled", "record report_settled", "remove files"])]);
     assert!(h.state.held_task_id().is_none());
 }
 
@@ -50,26 +57,49 @@ fn a_failure_result_is_reported_with_its_reason() {
 fn a_result_caught_mid_write_is_read_again_and_reported_once() {
     let mut h = Harness::new();
     h.working(3);
-    h.at(100).files(true, ReadResult::Unparseable { len: 10, error: "EOF".into() });
-    assert!(h.sent().is_empty());
+    transcript(&mut h, vec![(at(100, Step::Files(true, ReadResult::Unparseable { len: 10, error: "EOF".into() })), &[])]);
     let rescan = h.deadline_ms().unwrap();
     assert!(rescan > 100 && rescan <= 500, "{rescan}");
-    h.tick(rescan);
-    assert!(h.has(|e| matches!(e, Effect::ReadTaskFiles { .. })));
-    h.at(rescan).files(true, success());
-    assert_eq!(h.sent_types(), ["task_complete"]);
-    h.files(true, success());
-    assert!(h.sent().is_empty(), "reported once");
+    transcript(
+        &mut h,
+        vec![
+            (Step::Tick(rescan), &["read files"]),
+            (
+                Step::Files(true, success()),
+                &[
+                    "record result_received",
+                    "persist active working gen=3 report=complete",
+                    "record report_sent",
+                    "send task_complete",
+                ],
+            ),
+            // Reported once.
+            (Step::Files(true, success()), &[]),
+        ],
+    );
 }
 
 #[test]
 fn a_result_that_never_parses_fails_the_task() {
     let mut h = Harness::new();
     h.working(3);
-    h.at(100).files(true, ReadResult::Unparseable { len: 0, error: "EOF".into() });
-    h.at(499).files(true, ReadResult::Unparseable { len: 0, error: "EOF".into() });
-    assert!(h.sent().is_empty());
-    h.at(500).files(true, ReadResult::Unparseable { len: 0, error: "EOF".into() });
+    let unparseable = || Step::Files(true, ReadResult::Unparseable { len: 0, error: "EOF".into() });
+    transcript(
+        &mut h,
+        vec![
+            (at(100, unparseable()), &[]),
+            (at(499, unparseable()), &[]),
+            (
+                at(500, unparseable()),
+                &[
+                    "record task_failed_here",
+                    "persist active working gen=3 report=failed(result_parse_error)",
+                    "record report_sent",
+                    "send task_failed",
+                ],
+            ),
+        ],
+    );
     assert_eq!(h.sent()[0]["reason"], "result_parse_error");
 }
 
@@ -120,18 +150,35 @@ fn after_a_reconnect_nothing_is_reported_before_the_hub_answers_recovering() {
     let mut h = Harness::new();
     h.working(3);
     h.disconnect(None, None);
-    h.at(50).files(true, success()); // the result arrives while disconnected
-    assert_eq!(h.steps(), ["record result_received", "persist active working gen=3 report=complete"]);
-    assert!(h.sent().is_empty());
-    assert!(h.persisted().unwrap().active.unwrap().report.is_some(), "persisted while offline");
-    h.tick(1_000);
-    h.identify();
-    assert_eq!(h.sent_types(), ["task_recovering"]);
+    transcript(
+        &mut h,
+        vec![
+            // The result arrives while disconnected: persisted, not sent.
+            (at(50, Step::Files(true, success())), &["record result_received", "persist active working gen=3 report=complete"]),
+            (Step::Tick(1_000), &["connect", "record connecting"]),
+            (Step::Connected, &["record connected", "send identify"]),
+            (
+                Step::Frame(json!({"type":"identified","agent_id":"a1"})),
+                &["record identified", "record recovering_sent", "send task_recovering"],
+            ),
+        ],
+    );
     assert_eq!(h.sent()[0]["last_status"], "working");
-    h.frame(json!({"type":"task_continue","task_id":TASK,"generation":4}));
+    transcript(
+        &mut h,
+        vec![(
+            resume(4),
+            &[
+                "record task_continued",
+                "persist active working gen=4 report=complete",
+                "send task_accepted",
+                "record report_sent",
+                "send task_complete",
+            ],
+        )],
+    );
     // task_accepted moves the hub's agent state back to working (issue 9 #7).
     assert_eq!(h.sent()[0], json!({"type":"task_accepted","task_id":TASK,"protocol_version":1}));
-    assert_eq!(h.sent()[1]["type"], "task_complete");
     assert_eq!(h.sent()[1]["generation"], 4);
 }
 
@@ -144,11 +191,14 @@ fn a_result_for_a_task_the_hub_took_back_is_withheld() {
     h.tick(1_000);
     h.identify();
     assert_eq!(h.sent_types(), ["task_recovering"]);
-    h.frame(json!({"type":"task_reassign","task_id":TASK}));
-    assert!(h.sent().is_empty());
-    assert!(h.has(|e| matches!(e, Effect::Record { event: LifecycleEvent::ResultWithheld, .. })));
+    transcript(
+        &mut h,
+        vec![(
+            Step::Frame(json!({"type":"task_reassign","task_id":TASK})),
+            &["record result_withheld", "persist idle past=taken_back", "record task_dropped"],
+        )],
+    );
     assert!(h.state.held_task_id().is_none());
-    assert_eq!(h.steps(), ["record result_withheld", "persist idle past=taken_back", "record task_dropped"]);
 }
 
 #[test]
@@ -158,26 +208,25 @@ fn the_same_task_handed_back_after_a_reconnect_is_adopted_without_a_second_wake(
     h.disconnect(None, None);
     h.tick(1_000);
     h.identify();
-    // The hub re-pushes before answering task_recovering.
-    h.assign(TASK, 5);
-    assert_eq!(h.steps(), ["record task_readopted", "persist active working gen=5", "send task_accepted"]);
-    assert_eq!(h.sent_types(), ["task_accepted"]);
-    assert!(h.wake_starts().is_empty());
-    assert_eq!(h.persisted().unwrap().active.unwrap().generation, 5);
-    h.files(true, success());
-    assert!(h.sent().is_empty(), "still waiting for the answer to task_recovering");
-    h.frame(json!({"type":"task_continue","task_id":TASK,"generation":5}));
-    assert_eq!(
-        h.steps(),
-        [
-            "record task_continued",
-            "persist active working gen=5 report=complete",
-            "send task_accepted",
-            "record report_sent",
-            "send task_complete"
-        ]
+    transcript(
+        &mut h,
+        vec![
+            // The hub re-pushes before answering task_recovering.
+            (Step::Assign(TASK, 5), &["record task_readopted", "persist active working gen=5", "send task_accepted"]),
+            // Still waiting for the answer to task_recovering.
+            (Step::Files(true, success()), &["record result_received", "persist active working gen=5 report=complete"]),
+            (
+                resume(5),
+                &[
+                    "record task_continued",
+                    "persist active working gen=5 report=complete",
+                    "send task_accepted",
+                    "record report_sent",
+                    "send task_complete",
+                ],
+            ),
+        ],
     );
-    assert_eq!(h.sent()[1]["type"], "task_complete");
     assert_eq!(h.sent()[1]["generation"], 5);
 }
 
@@ -229,11 +278,14 @@ fn a_report_the_hubs_schema_refuses_is_settled_not_left_waiting() {
     h.frame(json!({"type":"task_ack","task_id":TASK,"status":"accepted"}));
     h.files(true, ReadResult::Parsed(json!({"status":"failure","reason":"no"})));
     assert_eq!(h.sent_types(), ["task_failed"]);
-    h.frame(json!({"type":"error","error":"validation_failed","message_type":"task_failed",
-                   "errors":[{"field":"reason","error":"too_long","detail":"exceeds maximum length"}]}));
-    assert_eq!(
-        h.steps(),
-        ["record report_refused", "persist idle past=settled", "record report_settled", "remove files"]
+    let refused = json!({"type":"error","error":"validation_failed","message_type":"task_failed",
+                         "errors":[{"field":"reason","error":"too_long","detail":"exceeds maximum length"}]});
+    transcript(
+        &mut h,
+        vec![(
+            Step::Frame(refused),
+            &["record report_refused", "persist idle past=settled", "record report_settled", "remove files"],
+        )],
     );
     assert!(h.state.held_task_id().is_none());
 }
@@ -352,4 +404,193 @@ fn a_settlement_or_a_let_go_is_recorded_after_the_write_that_holds_it() {
         h.frame(frame);
         recorded_after_the_write(&h.steps(), "record task_dropped");
     }
+}
+
+// ----- cancels, rate limits, progress, state reports ---------------------
+
+#[test]
+fn a_cancelled_task_is_stopped_and_nothing_is_reported() {
+    let mut h = Harness::new();
+    h.identify();
+    h.assign(TASK, 3);
+    h.frame(json!({"type":"task_cancelled","task_id":TASK,"timestamp":1}));
+    assert_eq!(
+        h.steps(),
+        [
+            "mark cancelled (task_cancelled)",
+            "cancel wake",
+            "persist idle past=settled",
+            "record task_dropped",
+        ]
+    );
+    assert!(h.has(|e| matches!(e, Effect::CancelWake { .. })));
+    assert!(h.sent().is_empty());
+    // Its files (the cancel marker) go once its agent has had its grace.
+    h.tick(2_000);
+    assert_eq!(h.steps(), ["discard files"]);
+    h.wake_done(1, WakeStatus::Cancelled);
+    assert!(h.sent().is_empty());
+    assert!(h.state.held_task_id().is_none());
+}
+
+#[test]
+fn a_rate_limited_report_is_resent_after_the_delay() {
+    let mut h = Harness::new();
+    h.working(3);
+    h.frame(json!({"type":"task_ack","task_id":TASK,"status":"accepted"}));
+    h.at(100).files(true, success());
+    h.frame(json!({"type":"rate_limited","retry_after_ms":250,"tier":"t"}));
+    assert_eq!(h.deadline_ms(), Some(350));
+    h.tick(349);
+    assert!(h.sent().is_empty());
+    h.tick(350);
+    assert_eq!(h.sent_types(), ["task_complete"]);
+    h.frame(json!({"type":"task_ack","task_id":TASK,"status":"complete"}));
+    assert!(h.state.held_task_id().is_none(), "the resent report is settled by its ack");
+}
+
+/// Found by the state fuzzer: a report held back by `rate_limited` went out
+/// under its old generation after the hub had handed the task back under a
+/// newer one (the hub refuses such a report as stale). Held back, it is
+/// withdrawn and goes out once, under the newest generation; the same for
+/// `task_continue` with a newer generation.
+#[test]
+fn a_report_held_back_by_rate_limiting_goes_out_under_the_newest_generation() {
+    for newer in [
+        json!({"type":"task_assign","task_id":TASK,"description":"do it","metadata":{"k":1},
+               "generation":9,"assigned_at":5}),
+        json!({"type":"task_continue","task_id":TASK,"generation":9}),
+    ] {
+        let mut h = Harness::new();
+        h.working(3);
+        h.frame(json!({"type":"task_ack","task_id":TASK,"status":"accepted"}));
+        h.at(100).files(true, success());
+        h.frame(json!({"type":"rate_limited","retry_after_ms":250,"tier":"t"}));
+        h.at(200).frame(newer.clone());
+        assert!(h.sent().is_empty(), "{newer}: still held back");
+        h.tick(350);
+        let reports: Vec<Value> = h.sent().into_iter().filter(|f| f["type"] == "task_complete").collect();
+        assert_eq!(reports.len(), 1, "{newer}: {:?}", h.sent());
+        assert_eq!(reports[0]["generation"], 9, "{newer}");
+        h.frame(json!({"type":"task_ack","task_id":TASK,"status":"complete"}));
+        assert!(h.state.held_task_id().is_none(), "{newer}: settled by its ack");
+    }
+}
+
+/// Found by the state fuzzer: the hub took the task back while its report
+/// was in flight, then rate-limited that report; once the hub handed the
+/// task back under a newer generation, the held-back report went out under
+/// the old one. A let-go task's held-back report is dropped; handed back,
+/// its result is read and reported under the new generation.
+#[test]
+fn a_held_back_report_of_a_task_let_go_is_not_sent() {
+    let mut h = Harness::new();
+    h.working(3);
+    h.frame(json!({"type":"task_ack","task_id":TASK,"status":"accepted"}));
+    h.at(100).files(true, success());
+    assert_eq!(h.sent_types(), ["task_complete"]);
+    h.frame(json!({"type":"task_reassign","task_id":TASK}));
+    h.frame(json!({"type":"rate_limited","retry_after_ms":250,"tier":"t"}));
+    h.at(200).assign(TASK, 9);
+    h.files(true, success());
+    h.tick(350);
+    let reports: Vec<Value> = h.sent().into_iter().filter(|f| f["type"] == "task_complete").collect();
+    assert_eq!(reports.len(), 1, "{:?}", h.sent());
+    assert_eq!(reports[0]["generation"], 9);
+}
+
+/// A report in flight under generation 3 when the hub hands the task back
+/// under 9, then rate-limited: it goes out again once, under 9.
+#[test]
+fn a_rate_limited_report_of_an_older_generation_is_resent_under_the_newest() {
+    let mut h = Harness::new();
+    h.working(3);
+    h.frame(json!({"type":"task_ack","task_id":TASK,"status":"accepted"}));
+    h.at(100).files(true, success());
+    assert_eq!(h.sent()[0]["generation"], 3);
+    h.frame(json!({"type":"task_assign","task_id":TASK,"description":"do it","metadata":{"k":1},
+                   "generation":9,"assigned_at":5}));
+    h.frame(json!({"type":"rate_limited","retry_after_ms":250,"tier":"t"}));
+    h.tick(350);
+    let reports: Vec<Value> = h.sent().into_iter().filter(|f| f["type"] == "task_complete").collect();
+    assert_eq!(reports.len(), 1, "{:?}", h.sent());
+    assert_eq!(reports[0]["generation"], 9);
+    h.frame(json!({"type":"task_ack","task_id":TASK,"status":"complete"}));
+    assert!(h.state.held_task_id().is_none());
+}
+
+#[test]
+fn progress_is_relayed_at_most_once_per_interval() {
+    let mut h = Harness::new();
+    h.working(3);
+    let progress = |h: &mut Harness, at: u64, value: u64| {
+        h.at(at).input(Input::Files(TaskFiles {
+            task_id: TASK.into(),
+            started: true,
+            result: ReadResult::Missing,
+            progress: ReadResult::Parsed(json!({"progress": value, "message": "m"})),
+        }));
+        h.sent()
+    };
+    assert_eq!(
+        progress(&mut h, 0, 10)[0],
+        json!({"type":"task_progress","task_id":TASK,"progress":10,"message":"m","protocol_version":1})
+    );
+    assert!(progress(&mut h, 100, 20).is_empty(), "throttled");
+    assert!(progress(&mut h, 200, 30).is_empty());
+    assert_eq!(h.deadline_ms(), Some(1_000));
+    h.tick(1_000);
+    assert_eq!(h.sent()[0]["progress"], 30, "the latest value goes out");
+    assert!(progress(&mut h, 2_500, 30).is_empty(), "unchanged values are not repeated");
+}
+
+#[test]
+fn state_report_is_sent_with_the_feature_and_an_abort_drops_the_task() {
+    let mut h = Harness::with(Settings { send_state_report: true, ..settings() }, node_queue("working"));
+    h.identify();
+    assert_eq!(h.sent_types(), ["task_recovering", "state_report"]);
+    assert_eq!(h.sent()[1]["generation"], 3);
+    h.frame(json!({"type":"state_report_ack","task_id":TASK,"action":"continue"}));
+    assert_eq!(h.state.held_task_id(), Some(TASK));
+    // The next connection's report is answered abort.
+    h.disconnect(None, None);
+    h.tick(1_000);
+    h.identify();
+    assert_eq!(h.sent_types(), ["task_recovering", "state_report"]);
+    h.frame(json!({"type":"state_report_ack","task_id":TASK,"action":"abort"}));
+    assert!(h.state.held_task_id().is_none());
+    assert!(h.sent().is_empty(), "nothing is reported for an aborted task");
+}
+
+#[test]
+fn a_state_report_ack_applies_to_the_generation_it_answers() {
+    let mut h = Harness::with(Settings { send_state_report: true, ..settings() }, node_queue("working"));
+    h.identify();
+    assert_eq!(h.sent()[1]["generation"], 3);
+    // The hub hands the task back at generation 5 before it answers the
+    // report of generation 3: the abort is about generation 3.
+    h.assign(TASK, 5);
+    h.frame(json!({"type":"state_report_ack","task_id":TASK,"action":"abort"}));
+    assert_eq!(h.state.held_task_id(), Some(TASK), "a stale abort changes nothing");
+    assert!(h.steps().is_empty(), "{:?}", h.steps());
+    // An ack that answers no report we sent changes nothing either.
+    h.frame(json!({"type":"state_report_ack","task_id":TASK,"action":"abort"}));
+    assert_eq!(h.state.held_task_id(), Some(TASK));
+    // The agent's result is reported under generation 5.
+    h.frame(json!({"type":"task_continue","task_id":TASK,"generation":5}));
+    h.files(true, success());
+    assert_eq!(h.sent()[0]["type"], "task_complete");
+    assert_eq!(h.sent()[0]["generation"], 5);
+    // A report of the current generation answered abort drops it.
+    let mut h = Harness::with(Settings { send_state_report: true, ..settings() }, node_queue("working"));
+    h.identify();
+    h.frame(json!({"type":"state_report_ack","task_id":TASK,"action":"abort"}));
+    assert!(h.state.held_task_id().is_none());
+}
+
+#[test]
+fn without_the_feature_no_state_report_is_sent() {
+    let mut h = Harness::with(settings(), node_queue("working"));
+    h.identify();
+    assert_eq!(h.sent_types(), ["task_recovering"]);
 }

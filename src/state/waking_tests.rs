@@ -1,5 +1,6 @@
-//! The running wake command in queue.json: persisted as soon as it is
-//! known, cleared with its outcome, forgotten at start (the shell ended it).
+//! Waking: the running wake command in queue.json (persisted as soon as it
+//! is known, cleared with its outcome, forgotten at start), retries at the
+//! configured delays, and `wake_result`.
 
 use super::*;
 use crate::state::{TaskStatus, WakeProcess};
@@ -113,4 +114,67 @@ fn a_failed_attempt_is_retried_after_its_delay_as_a_transcript() {
             (Step::Tick(100), &["record wake_attempt", "persist active waking gen=3", "start wake 2"]),
         ],
     );
+}
+
+#[test]
+fn failed_wakes_retry_at_the_configured_delays_then_fail_the_task() {
+    let mut h = Harness::new();
+    h.identify();
+    h.assign(TASK, 3);
+    let failed = WakeStatus::Failed { exit_code: Some(1) };
+    // No process was recorded (no `WakeStarted`): nothing to clear, nothing
+    // written.
+    let attempt_failed: &[&str] = &["record wake_finished"];
+    transcript(
+        &mut h,
+        vec![
+            (Step::WakeDone(1, failed.clone()), attempt_failed),
+            (Step::Deadline(Some(100)), &[]),
+            (Step::Tick(99), &[]),
+            (Step::Tick(100), &["record wake_attempt", "persist active waking gen=3", "start wake 2"]),
+            (at(100, Step::WakeDone(2, failed.clone())), attempt_failed),
+            (Step::Deadline(Some(300)), &[]),
+            (Step::Tick(299), &[]),
+            (Step::Tick(300), &["record wake_attempt", "persist active waking gen=3", "start wake 3"]),
+            (at(300, Step::WakeDone(3, failed)), attempt_failed),
+            (Step::Deadline(Some(600)), &[]),
+            (Step::Tick(599), &[]),
+            (Step::Tick(600), &["record wake_attempt", "persist active waking gen=3", "start wake 4"]),
+            (
+                Step::WakeDone(4, WakeStatus::TimedOut),
+                &[
+                    "record wake_finished",
+                    "record task_failed_here",
+                    "persist active waking gen=3 report=failed(wake_failed: wake command failed after 4 attempts (last: timed out))",
+                    "record report_sent",
+                    "send task_failed",
+                ],
+            ),
+        ],
+    );
+    let failed = &h.sent()[0];
+    assert_eq!(failed["generation"], 3);
+    assert!(failed["reason"].as_str().unwrap().contains("after 4 attempts"), "{failed}");
+    assert_eq!(failed["reason"], failed["error"]);
+}
+
+// ----- wake_result -------------------------------------------------------
+
+#[test]
+fn wake_result_is_sent_only_when_the_hub_has_the_feature() {
+    let mut s = settings();
+    s.send_wake_result = true;
+    let mut h = Harness::with(s, QueueFile::default());
+    h.identify();
+    h.assign(TASK, 3);
+    h.wake_done(1, WakeStatus::Failed { exit_code: Some(2) });
+    assert_eq!(
+        h.sent()[0],
+        json!({"type":"wake_result","task_id":TASK,"status":"failed","attempt":1,"error":"exit code 2","protocol_version":1})
+    );
+    let mut h = Harness::new();
+    h.identify();
+    h.assign(TASK, 3);
+    h.wake_done(1, WakeStatus::Failed { exit_code: Some(2) });
+    assert!(h.sent().is_empty());
 }

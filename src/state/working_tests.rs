@@ -1,5 +1,6 @@
-//! The results directory and queue.json as the core sees them: which files
-//! are the held task's, when to rescan, what a failed write withholds.
+//! Working: the agent's confirmation and its deadline, the results
+//! directory as the core sees it (which files are the held task's, when to
+//! rescan, what a failed write withholds), and `task_timeout_ms`.
 
 use std::path::PathBuf;
 
@@ -107,4 +108,94 @@ fn a_settled_tasks_files_stay_when_its_settlement_could_not_be_written() {
     // The settlement, heard, is recorded after the failure (a reader of the
     // log sees that the disk does not hold it); the files stay.
     assert_eq!(h.steps(), ["record persist_failed", "record report_settled"]);
+}
+
+// ----- confirmation --------------------------------------------------------
+
+#[test]
+fn a_woken_agent_must_confirm_in_time() {
+    let mut h = Harness::new();
+    h.identify();
+    h.assign(TASK, 3);
+    transcript(
+        &mut h,
+        vec![
+            (
+                at(10, Step::WakeDone(1, WakeStatus::Success)),
+                &["record wake_finished", "persist active waking_confirmation gen=3", "read files"],
+            ),
+            (Step::Tick(1_009), &[]),
+            (
+                Step::Tick(1_010),
+                &[
+                    "record task_failed_here",
+                    "persist active waking_confirmation gen=3 report=failed(confirmation_timeout)",
+                    "record report_sent",
+                    "send task_failed",
+                ],
+            ),
+        ],
+    );
+    assert_eq!(h.sent()[0]["reason"], "confirmation_timeout");
+}
+
+#[test]
+fn a_confirmation_moves_the_task_to_working() {
+    let mut h = Harness::new();
+    h.identify();
+    h.assign(TASK, 3);
+    transcript(
+        &mut h,
+        vec![
+            (
+                Step::WakeDone(1, WakeStatus::Success),
+                &["record wake_finished", "persist active waking_confirmation gen=3", "read files"],
+            ),
+            (Step::Files(true, ReadResult::Missing), &["record confirmed", "persist active working gen=3"]),
+            // Past the confirmation deadline: nothing.
+            (Step::Tick(5_000), &[]),
+        ],
+    );
+}
+
+#[test]
+fn a_started_file_seen_before_the_wake_exits_counts() {
+    let mut h = Harness::new();
+    h.identify();
+    h.assign(TASK, 3);
+    transcript(
+        &mut h,
+        vec![
+            // The command still running is the agent at work.
+            (Step::Files(true, ReadResult::Missing), &["record confirmed", "persist active working gen=3"]),
+            (Step::WakeDone(1, WakeStatus::Success), &["record wake_finished", "read files"]),
+        ],
+    );
+    assert_eq!(h.state.queue_file().active.unwrap().status.as_str(), "working");
+}
+
+// ----- task_timeout -------------------------------------------------------
+
+#[test]
+fn a_task_whose_result_never_comes_fails_at_task_timeout() {
+    let mut h = Harness::with(Settings { task_timeout: Some(ms(5_000)), ..settings() }, QueueFile::default());
+    h.identify();
+    h.at(100).assign(TASK, 3);
+    h.wake_done(1, WakeStatus::Success);
+    h.files(true, ReadResult::Missing);
+    assert_eq!(h.deadline_ms(), Some(5_100));
+    h.tick(5_099);
+    assert!(h.sent().is_empty());
+    h.tick(5_100);
+    assert_eq!(h.sent()[0]["reason"], "task_timeout");
+}
+
+#[test]
+fn a_task_timeout_kills_a_wake_still_running() {
+    let mut h = Harness::with(Settings { task_timeout: Some(ms(1_000)), ..settings() }, QueueFile::default());
+    h.identify();
+    h.assign(TASK, 3);
+    h.tick(1_000);
+    assert!(h.has(|e| matches!(e, Effect::CancelWake { .. })));
+    assert_eq!(h.sent()[0]["reason"], "task_timeout");
 }

@@ -240,6 +240,12 @@ impl Harness {
 enum Step {
     /// A frame from the hub on the live connection.
     Frame(Value),
+    /// The hub's `task_assign` of this task at this generation.
+    Assign(&'static str, u64),
+    /// The live connection opened.
+    Connected,
+    /// The live connection dropped (close code and reason).
+    Disconnected(Option<u16>, Option<&'static str>),
     /// The executor's report that attempt `n` started (its identity made up).
     WakeStarted(u32),
     /// The executor's outcome of attempt `n`.
@@ -248,16 +254,57 @@ enum Step {
     Files(bool, ReadResult),
     /// A tick at this many ms after the start.
     Tick(u64),
+    /// Any other input.
+    Input(Input),
+    /// The step, at this many ms after the start.
+    At(u64, Box<Step>),
+    /// Not an input: the core's next deadline must be this (ms after the
+    /// start); its row expects no effects.
+    Deadline(Option<u64>),
 }
+
+/// `step` at `ms` after the start.
+fn at(ms: u64, step: Step) -> Step {
+    Step::At(ms, Box::new(step))
+}
+
+/// The hub's `task_ack` of the held task with this status.
+fn ack(status: &str) -> Step {
+    Step::Frame(json!({"type":"task_ack","task_id":TASK,"status":status}))
+}
+
+/// The hub's `task_continue` of the held task at this generation.
+fn resume(generation: u64) -> Step {
+    Step::Frame(json!({"type":"task_continue","task_id":TASK,"generation":generation}))
+}
+
+/// The transcript's rows: each input with the whole batch it must give.
+type Rows<'a> = Vec<(Step, &'a [&'a str])>;
 
 /// Runs `steps` in order, each followed by the whole batch of effects it
 /// must give (see [`describe`]); fails at the first batch that differs.
-fn transcript(h: &mut Harness, steps: Vec<(Step, &[&str])>) {
+/// The harness keeps the last batch, for finer asserts after.
+fn transcript(h: &mut Harness, steps: Rows<'_>) {
     for (number, (step, expected)) in steps.into_iter().enumerate() {
+        h.step(step);
+        if std::env::var_os("TRANSCRIPT_PRINT").is_some() {
+            eprintln!("TRANSCRIPT {} {:?}", number + 1, h.steps());
+            continue;
+        }
+        assert_eq!(h.steps(), expected, "step {} of the transcript", number + 1);
+    }
+}
+
+impl Harness {
+    /// Feeds one transcript step.
+    fn step(&mut self, step: Step) {
         match step {
-            Step::Frame(frame) => h.frame(frame),
+            Step::Frame(frame) => self.frame(frame),
+            Step::Assign(task_id, generation) => self.assign(task_id, generation),
+            Step::Connected => self.connected(),
+            Step::Disconnected(code, reason) => self.disconnect(code, reason),
             Step::WakeStarted(attempt) => {
-                h.input(Input::Event(Event::WakeStarted(crate::state::WakeStarted {
+                self.input(Input::Event(Event::WakeStarted(crate::state::WakeStarted {
                     task_id: TASK.into(),
                     attempt,
                     identity: crate::state::WakeIdentity {
@@ -267,11 +314,21 @@ fn transcript(h: &mut Harness, steps: Vec<(Step, &[&str])>) {
                     },
                 })))
             }
-            Step::WakeDone(attempt, status) => h.wake_done(attempt, status),
-            Step::Files(started, result) => h.files(started, result),
-            Step::Tick(at) => h.tick(at),
+            Step::WakeDone(attempt, status) => self.wake_done(attempt, status),
+            Step::Files(started, result) => self.files(started, result),
+            Step::Tick(at) => self.tick(at),
+            Step::Input(input) => self.input(input),
+            Step::Deadline(expected) => {
+                assert_eq!(self.deadline_ms(), expected, "the next deadline");
+                self.fx.clear();
+                self.logs.clear();
+                return;
+            }
+            Step::At(ms, step) => {
+                self.at(ms);
+                return self.step(*step);
+            }
         };
-        assert_eq!(h.steps(), expected, "step {} of the transcript", number + 1);
     }
 }
 
@@ -348,16 +405,16 @@ mod agent_run;
 #[path = "../busy_tests.rs"]
 mod busy;
 #[path = "../dispatch_tests.rs"]
-mod connection;
-#[path = "../working_tests.rs"]
-mod files;
+mod dispatch;
 #[path = "../intake_tests.rs"]
 mod intake;
 #[path = "../past_tests.rs"]
-mod readoption;
+mod past;
 #[path = "../recovery_tests.rs"]
 mod recovery;
 #[path = "../reporting_tests.rs"]
-mod reports;
+mod reporting;
 #[path = "../waking_tests.rs"]
-mod wake_process;
+mod waking;
+#[path = "../working_tests.rs"]
+mod working;
