@@ -32,23 +32,22 @@ fn a_wake_command_that_confirmed_then_fails_fails_the_task_once_without_a_retry(
     let mut h = Harness::new();
     h.identify();
     h.assign(TASK, 3);
-    started(&mut h, 1);
-    h.files(true, ReadResult::Missing);
-    // The executor's wake timeout no longer applies; it ends on its own.
-    h.at(100).wake_done(1, WakeStatus::Failed { exit_code: Some(4) });
-    assert!(h.wake_starts().is_empty(), "never started again: {:?}", h.steps());
-    assert!(h.has(|e| matches!(e, Effect::ReadTaskFiles { .. })), "its result file decides first");
-    assert!(h.sent_types().is_empty());
-    h.files(true, ReadResult::Missing);
-    let sent = h.sent();
-    assert_eq!(sent.len(), 1, "{:?}", h.steps());
-    assert_eq!(sent[0]["type"], "task_failed");
-    let reason = sent[0]["reason"].as_str().unwrap();
+    transcript(
+        &mut h,
+        vec![
+            (Step::WakeStarted(1), &["persist active waking gen=3", "release wake 1"]),
+            (Step::Files(true, ReadResult::Missing), &["record confirmed", "persist active working gen=3"]),
+            // The executor's wake timeout no longer applies; it ends on its
+            // own. Never started again: its result file decides first.
+            (at(100, Step::WakeDone(1, WakeStatus::Failed { exit_code: Some(4) })), &["record wake_finished", "read files", "persist active working gen=3"]),
+            (Step::Files(true, ReadResult::Missing), &["record task_failed_here", "persist active working gen=3 report=failed(agent_failed: the agent exited with status 4 after confirming the task; last line of stderr: boom)", "record report_sent", "send task_failed"]),
+        ],
+    );
+    let reason = h.sent()[0]["reason"].as_str().unwrap().to_owned();
     assert!(reason.starts_with("agent_failed: the agent exited with status 4"), "{reason}");
     assert!(reason.ends_with("last line of stderr: boom"), "{reason}");
     // Any later tick or retry deadline starts nothing.
-    h.tick(60_000);
-    assert!(h.wake_starts().is_empty());
+    transcript(&mut h, vec![(Step::Tick(60_000), &["send ping", "close", "record disconnected"])]);
 }
 
 #[test]
@@ -56,11 +55,22 @@ fn a_confirmed_wake_command_killed_at_the_timeout_is_not_retried_and_its_result_
     let mut h = Harness::new();
     h.identify();
     h.assign(TASK, 3);
-    h.files(true, ReadResult::Missing);
-    h.wake_done(1, WakeStatus::TimedOut);
-    assert!(h.wake_starts().is_empty(), "{:?}", h.steps());
-    h.files(true, success());
-    assert_eq!(h.sent_types(), ["task_complete"]);
+    transcript(
+        &mut h,
+        vec![
+            (Step::Files(true, ReadResult::Missing), &["record confirmed", "persist active working gen=3"]),
+            (Step::WakeDone(1, WakeStatus::TimedOut), &["record wake_finished", "read files"]),
+            (
+                Step::Files(true, success()),
+                &[
+                    "record result_received",
+                    "persist active working gen=3 report=complete",
+                    "record report_sent",
+                    "send task_complete",
+                ],
+            ),
+        ],
+    );
 }
 
 #[test]
@@ -68,11 +78,14 @@ fn a_wake_command_that_confirmed_and_exits_0_leaves_the_task_working() {
     let mut h = Harness::new();
     h.identify();
     h.assign(TASK, 3);
-    h.files(true, ReadResult::Missing);
-    h.wake_done(1, WakeStatus::Success);
-    h.files(true, ReadResult::Missing);
-    assert!(h.sent_types().is_empty());
-    assert!(h.wake_starts().is_empty());
+    transcript(
+        &mut h,
+        vec![
+            (Step::Files(true, ReadResult::Missing), &["record confirmed", "persist active working gen=3"]),
+            (Step::WakeDone(1, WakeStatus::Success), &["record wake_finished", "read files"]),
+            (Step::Files(true, ReadResult::Missing), &[]),
+        ],
+    );
     assert_eq!(h.state.queue_file().active.unwrap().status.as_str(), "working");
 }
 

@@ -218,10 +218,29 @@ fn a_later_push_of_the_same_task_while_busy_replaces_the_earlier_one() {
 #[test]
 fn a_task_pushed_while_busy_then_cancelled_is_not_taken() {
     let mut h = busy_with_a_push(newer_hub_assign(OTHER, 7));
-    h.frame(json!({"type":"task_cancelled","task_id":OTHER,"timestamp":1}));
-    assert!(h.steps().is_empty());
-    settle_task(&mut h);
-    assert_eq!(h.steps(), ["persist idle past=settled", "record report_settled", "remove files"]);
+    transcript(
+        &mut h,
+        vec![
+            (Step::Frame(json!({"type":"task_cancelled","task_id":OTHER,"timestamp":1})), &[]),
+            (
+                Step::WakeDone(1, WakeStatus::Success),
+                &["record wake_finished", "persist active waking_confirmation gen=3", "read files"],
+            ),
+            (
+                Step::Files(true, success()),
+                &[
+                    "record confirmed",
+                    "persist active working gen=3",
+                    "record result_received",
+                    "persist active working gen=3 report=complete",
+                    "record report_sent",
+                    "send task_complete",
+                ],
+            ),
+            // Settled, and nothing is taken after it.
+            (ack("complete"), &["persist idle past=settled", "record report_settled", "remove files"]),
+        ],
+    );
     assert!(h.state.held_task_id().is_none());
 }
 

@@ -62,30 +62,38 @@ fn stale_connection_events_are_ignored() {
 fn heartbeat_pings_on_schedule_and_a_missing_pong_drops_the_connection() {
     let mut h = Harness::with(with_heartbeat(ms(1_000)), QueueFile::default());
     h.identify();
-    assert_eq!(h.deadline_ms(), Some(1_000));
-    h.tick(999);
-    assert!(h.sent().is_empty());
-    h.tick(1_000);
-    assert_eq!(h.sent_types(), ["ping"]);
-    assert_eq!(h.deadline_ms(), Some(1_500), "pong deadline");
-    h.at(1_200).frame(json!({"type":"pong","timestamp":1}));
-    assert_eq!(h.deadline_ms(), Some(2_000), "next ping");
-    h.tick(2_000);
-    assert_eq!(h.sent_types(), ["ping"]);
-    // Half-open: no pong. Detected within interval + timeout of the last pong.
-    h.tick(2_499);
-    assert!(!h.has(|e| matches!(e, Effect::Close { .. })));
-    h.tick(2_500);
-    assert!(h.has(|e| matches!(e, Effect::Close { .. })));
+    transcript(
+        &mut h,
+        vec![
+            (Step::Deadline(Some(1_000)), &[]),
+            (Step::Tick(999), &[]),
+            (Step::Tick(1_000), &["send ping"]),
+            // The pong deadline.
+            (Step::Deadline(Some(1_500)), &[]),
+            (at(1_200, Step::Frame(json!({"type":"pong","timestamp":1}))), &[]),
+            // The next ping.
+            (Step::Deadline(Some(2_000)), &[]),
+            (Step::Tick(2_000), &["send ping"]),
+            // Half-open: no pong. Detected within interval + timeout of the
+            // last pong.
+            (Step::Tick(2_499), &[]),
+            (Step::Tick(2_500), &["close", "record disconnected"]),
+        ],
+    );
     assert!(h.deadline_ms().unwrap() <= 2_600, "reconnect is scheduled");
 }
 
 #[test]
 fn identify_that_is_never_answered_times_out() {
     let mut h = Harness::new();
-    h.connected();
-    h.tick(2_000);
-    assert!(h.has(|e| matches!(e, Effect::Close { .. })));
+    transcript(
+        &mut h,
+        vec![
+            (Step::Connected, &["record connected", "send identify"]),
+            (Step::Tick(1_999), &[]),
+            (Step::Tick(2_000), &["close", "record disconnected"]),
+        ],
+    );
 }
 
 #[test]
@@ -112,7 +120,13 @@ fn an_auth_error_closes_and_backs_off_without_spinning() {
 fn a_close_with_a_cooldown_is_honoured() {
     let mut h = Harness::new();
     h.identify();
-    h.at(10).disconnect(Some(1008), Some("too many violations, retry in 30 s"));
+    transcript(
+        &mut h,
+        vec![(
+            at(10, Step::Disconnected(Some(1008), Some("too many violations, retry in 30 s"))),
+            &["record disconnected"],
+        )],
+    );
     assert!(h.deadline_ms().unwrap() >= 30_010);
 }
 

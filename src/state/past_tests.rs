@@ -30,7 +30,12 @@ fn a_task_handed_back_after_our_crash_is_adopted_without_a_second_wake() {
             // Its files are looked at before any wake.
             (
                 at(100, Step::Assign(TASK, 5)),
-                &["record task_accepted", "persist active accepted gen=5", "send task_accepted", "read files"],
+                &[
+                    "record task_accepted",
+                    "persist active accepted gen=5",
+                    "send task_accepted",
+                    "read files",
+                ],
             ),
             (Step::Files(true, ReadResult::Missing), &["record confirmed", "persist active working gen=5"]),
             (
@@ -58,7 +63,12 @@ fn a_result_written_while_the_task_was_taken_back_is_reported_at_the_new_generat
             (Step::Input(changed), &[]),
             (
                 Step::Assign(TASK, 5),
-                &["record task_accepted", "persist active accepted gen=5", "send task_accepted", "read files"],
+                &[
+                    "record task_accepted",
+                    "persist active accepted gen=5",
+                    "send task_accepted",
+                    "read files",
+                ],
             ),
             (
                 Step::Files(true, success()),

@@ -34,7 +34,15 @@ fn a_task_found_at_start_is_recovering_until_the_hub_answers() {
         &mut h,
         vec![
             // A working agent is not woken again.
-            (resume(4), &["record task_continued", "persist active working gen=4", "send task_accepted", "read files"]),
+            (
+                resume(4),
+                &[
+                    "record task_continued",
+                    "persist active working gen=4",
+                    "send task_accepted",
+                    "read files",
+                ],
+            ),
             (
                 Step::Files(true, success()),
                 // Confirmed in this run by the `.started` beside the result.
@@ -71,7 +79,10 @@ fn a_task_never_woken_before_the_crash_is_woken_once_on_continue_and_re_push() {
                 ],
             ),
             // Woken once.
-            (Step::Assign(TASK, 5), &["record task_readopted", "persist active waking gen=5", "send task_accepted"]),
+            (
+                Step::Assign(TASK, 5),
+                &["record task_readopted", "persist active waking gen=5", "send task_accepted"],
+            ),
         ],
     );
 }

@@ -25,7 +25,10 @@ fn a_result_is_persisted_then_reported_then_settled_by_the_ack() {
         json!({"type":"task_complete","task_id":TASK,"generation":3,
                "result":{"status":"success","output":"done"},"protocol_version":1})
     );
-    transcript(&mut h, vec![(ack("complete"), &["persist idle past=settled", "record report_settled", "remove files"])]);
+    transcript(
+        &mut h,
+        vec![(ack("complete"), &["persist idle past=settled", "record report_settled", "remove files"])],
+    );
     assert!(h.has(|e| matches!(e, Effect::RemoveTaskFiles { task_id } if task_id == TASK)));
     let queue = h.persisted().unwrap();
     assert_eq!(queue.past.map(|p| (p.task_id, p.generation)), Some((TASK.to_string(), 3)));
@@ -49,7 +52,10 @@ fn a_failure_result_is_reported_with_its_reason() {
         )],
     );
     assert_eq!(h.sent()[0]["reason"], "tests fail");
-    transcript(&mut h, vec![(ack("dead_letter"), &["persist idle past=settled", "record report_settled", "remove files"])]);
+    transcript(
+        &mut h,
+        vec![(ack("dead_letter"), &["persist idle past=settled", "record report_settled", "remove files"])],
+    );
     assert!(h.state.held_task_id().is_none());
 }
 
@@ -57,7 +63,10 @@ fn a_failure_result_is_reported_with_its_reason() {
 fn a_result_caught_mid_write_is_read_again_and_reported_once() {
     let mut h = Harness::new();
     h.working(3);
-    transcript(&mut h, vec![(at(100, Step::Files(true, ReadResult::Unparseable { len: 10, error: "EOF".into() })), &[])]);
+    transcript(
+        &mut h,
+        vec![(at(100, Step::Files(true, ReadResult::Unparseable { len: 10, error: "EOF".into() })), &[])],
+    );
     let rescan = h.deadline_ms().unwrap();
     assert!(rescan > 100 && rescan <= 500, "{rescan}");
     transcript(
@@ -154,7 +163,10 @@ fn after_a_reconnect_nothing_is_reported_before_the_hub_answers_recovering() {
         &mut h,
         vec![
             // The result arrives while disconnected: persisted, not sent.
-            (at(50, Step::Files(true, success())), &["record result_received", "persist active working gen=3 report=complete"]),
+            (
+                at(50, Step::Files(true, success())),
+                &["record result_received", "persist active working gen=3 report=complete"],
+            ),
             (Step::Tick(1_000), &["connect", "record connecting"]),
             (Step::Connected, &["record connected", "send identify"]),
             (
@@ -212,9 +224,15 @@ fn the_same_task_handed_back_after_a_reconnect_is_adopted_without_a_second_wake(
         &mut h,
         vec![
             // The hub re-pushes before answering task_recovering.
-            (Step::Assign(TASK, 5), &["record task_readopted", "persist active working gen=5", "send task_accepted"]),
+            (
+                Step::Assign(TASK, 5),
+                &["record task_readopted", "persist active working gen=5", "send task_accepted"],
+            ),
             // Still waiting for the answer to task_recovering.
-            (Step::Files(true, success()), &["record result_received", "persist active working gen=5 report=complete"]),
+            (
+                Step::Files(true, success()),
+                &["record result_received", "persist active working gen=5 report=complete"],
+            ),
             (
                 resume(5),
                 &[
