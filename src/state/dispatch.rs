@@ -26,8 +26,8 @@ impl State {
         match input {
             Input::Event(event) => self.on_event(event, now, wall_ms, &mut fx),
             Input::Files(files) => {
-                if let Some(mut held) = self.held_as(&files.task_id) {
-                    held.on_files(files, now, &mut fx);
+                if self.holds(&files.task_id) {
+                    self.on_files(files, now, &mut fx);
                 }
             }
             Input::Listing(Ok(entries)) => {
@@ -159,8 +159,8 @@ impl State {
         if let Some(task_id) = timed_out.map(|t| t.id.clone()) {
             self.stop_agent(&task_id, Some("task_timeout"), fx);
         }
-        if let Some(mut held) = self.held() {
-            held.on_tick(now, fx);
+        if self.task.is_some() {
+            self.on_task_tick(now, fx);
         }
         self.on_past_tick(now, fx);
         self.take_up_busy_pushes(now, fx);
@@ -255,8 +255,8 @@ impl State {
             Incoming::TaskAck { task_id, status } => self.on_ack(&task_id, &status, fx),
             Incoming::TaskContinue { task_id, generation } => {
                 self.link.take_awaiting(&[ReplyKind::Recovering]);
-                if let Some(mut held) = self.held_as(&task_id) {
-                    held.on_continue(generation, now, fx);
+                if self.holds(&task_id) {
+                    self.on_continue(generation, now, fx);
                 } else {
                     say!(fx, Debug, "task_continue for {task_id}, which we do not hold");
                 }
@@ -331,18 +331,18 @@ impl State {
                 // The frames taken back may hold a report sent before its task
                 // was let go of, or before the hub gave the held task a newer
                 // generation, or progress about a task that has an outcome.
-                for task_id in self.past.ids().map(str::to_owned).collect::<Vec<_>>() {
+                for task_id in self.kept.past.ids().map(str::to_owned).collect::<Vec<_>>() {
                     super::reporting::withdraw_stale_reports(&mut self.link, &task_id, None, fx);
                     self.link.forget_info(&task_id);
                 }
-                if let Some(mut held) = self.held() {
-                    if held.task.report().is_some() {
-                        held.link.forget_info(&held.task.id);
+                if let Some(task) = &mut self.task {
+                    if task.report().is_some() {
+                        self.link.forget_info(&task.id);
                     }
-                    let below = Some(held.task.generation);
-                    if super::reporting::withdraw_stale_reports(held.link, &held.task.id, below, fx) {
-                        held.task.report_withdrawn();
-                        held.try_send_report(fx);
+                    let below = Some(task.generation);
+                    if super::reporting::withdraw_stale_reports(&mut self.link, &task.id, below, fx) {
+                        task.report_withdrawn();
+                        self.try_send_report(fx);
                     }
                 }
             }
@@ -361,8 +361,8 @@ impl State {
         }
         say!(fx, Info, "identified with hub as {}", self.settings.agent_id);
         fx.push(record(LifecycleEvent::Identified, json!({})));
-        if let Some(mut held) = self.held() {
-            held.ask_hub_about_task(fx);
+        if self.task.is_some() {
+            self.ask_hub_about_task(fx);
         }
     }
 

@@ -11,7 +11,7 @@ use super::is_valid_task_id;
 use super::link::ReplyKind;
 use super::task::{HubSync, Phase, Task};
 use super::LifecycleEvent;
-use super::{record, Effect, Held, State};
+use super::{record, Effect, State};
 use crate::protocol::{Outgoing, TaskAssign};
 
 /// Keys only the newer hub's `task_assign` carries.
@@ -57,8 +57,8 @@ impl State {
         if assign.fields.keys().any(|k| NEWER_HUB_ASSIGN_KEYS.contains(&k.as_str())) {
             self.mark_newer_hub();
         }
-        if let Some(mut held) = self.held_as(&task_id) {
-            held.on_assigned_again(generation, now, fx);
+        if self.holds(&task_id) {
+            self.on_assigned_again(generation, now, fx);
             return;
         }
         // A report of an earlier hold of it, or a busy hand-back, still
@@ -102,11 +102,11 @@ impl State {
         say!(fx, Info, "accepted task {} (generation {})", task.id, task.generation);
         fx.push(record(LifecycleEvent::TaskAccepted, task.fields()));
         self.task = Some(task);
-        if let Some(mut held) = self.held() {
+        if let Some(task) = &self.task {
             // Persist before acknowledging: the ack promises we hold it.
-            held.persist(fx);
-            held.accept(fx);
-            held.resume_work(now, fx);
+            self.kept.persist(Some(task), fx);
+            self.accept(fx);
+            self.resume_work(now, fx);
         }
     }
 
@@ -116,33 +116,32 @@ impl State {
     fn refuse(&mut self, task_id: Option<&str>, reason: &str, fx: &mut Vec<Effect>) {
         fx.push(record(LifecycleEvent::TaskRefused, json!({ "task_id": task_id, "reason": reason })));
     }
-}
 
-impl Held<'_> {
     /// `task_assign` for the task we hold: a resend, or the hub handing the
     /// same work back at a higher generation (docs/protocol.md section 5.3), which
     /// is adopted without waking the agent again.
     fn on_assigned_again(&mut self, generation: u64, now: Instant, fx: &mut Vec<Effect>) {
-        let task_id = self.task.id.clone();
-        if generation <= self.task.generation {
+        let task = held!(self);
+        let task_id = task.id.clone();
+        if generation <= task.generation {
             say!(fx, Debug, "task {task_id} assigned again at generation {generation}: a resend");
             let frame = Outgoing::TaskAccepted { task_id };
-            self.send_expecting(frame, ReplyKind::Accepted, generation, fx);
+            self.link.send_about(&task.id, frame, ReplyKind::Accepted, generation, fx);
             return;
         }
         say!(
             fx,
             Info,
             "task {task_id} handed back at generation {generation} (was {}); adopting it",
-            self.task.generation
+            task.generation
         );
-        self.raise_generation(generation, fx);
-        let resume = self.task.sync == HubSync::Recovered;
-        if self.task.needs_reconcile() {
-            self.task.sync = HubSync::Unconfirmed { readopted: true };
+        super::reporting::raise_generation(task, &mut self.link, generation, fx);
+        let resume = task.sync == HubSync::Recovered;
+        if task.needs_reconcile() {
+            task.sync = HubSync::Unconfirmed { readopted: true };
         }
-        fx.push(record(LifecycleEvent::TaskReadopted, self.task.fields()));
-        self.persist(fx);
+        fx.push(record(LifecycleEvent::TaskReadopted, task.fields()));
+        self.kept.persist(Some(task), fx);
         self.accept(fx);
         if resume {
             self.resume_work(now, fx);
@@ -151,8 +150,9 @@ impl Held<'_> {
     }
 
     pub(super) fn accept(&mut self, fx: &mut Vec<Effect>) {
-        self.task.progress.touched_at = Some(self.link.now());
-        let frame = Outgoing::TaskAccepted { task_id: self.task.id.clone() };
-        self.send_expecting(frame, ReplyKind::Accepted, self.task.generation, fx);
+        let task = held!(self);
+        task.progress.touched_at = Some(self.link.now());
+        let frame = Outgoing::TaskAccepted { task_id: task.id.clone() };
+        self.link.send_about(&task.id, frame, ReplyKind::Accepted, task.generation, fx);
     }
 }

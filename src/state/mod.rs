@@ -7,7 +7,8 @@
 //! every transition is unit-tested with injected times. `src/main_loop` is
 //! the shell that carries the effects out.
 //!
-//! This file holds [`State`] and its start; `dispatch.rs` the one dispatch,
+//! This file holds [`State`] (the link, the task slot, and [`Kept`]: what
+//! queue.json holds beside the task) and its start; `dispatch.rs` the one dispatch,
 //! [`State::handle`], which hands each input to the stage that owns it (and
 //! what a lost connection or a hub error means). The stages, in a task's
 //! order:
@@ -38,6 +39,18 @@
 macro_rules! say {
     ($fx:expr, $level:ident, $($arg:tt)+) => {
         $fx.push($crate::state::Effect::Log { level: log::Level::$level, text: format!($($arg)+) })
+    };
+}
+
+/// The held task (`&mut Task` from `State::task`), or return from the
+/// transition: `let task = held!(self);`. Taken again after calling another
+/// transition, which may have changed the slot.
+macro_rules! held {
+    ($state:expr) => {
+        match $state.task.as_mut() {
+            Some(task) => task,
+            None => return,
+        }
     };
 }
 
@@ -81,16 +94,12 @@ use task::{HubSync, Phase, Task};
 pub struct State {
     settings: Settings,
     link: Link,
+    /// The task slot: at most one task (docs/protocol.md section 9).
     task: Option<Task>,
-    /// The last task let go of, while its files may matter.
-    past: PastTasks,
+    /// What queue.json holds beside the task, written with it.
+    kept: Kept,
     /// The time of the input being handled.
     now: Instant,
-    /// What runs an agent: the executor's attempt, or a process an earlier
-    /// run left (see `recovery.rs`).
-    executor: Executor,
-    /// Top-level queue.json fields we do not know, kept on every save.
-    queue_extra: Map<String, Value>,
     /// When to rescan the results directory (only with `rescan_results`).
     next_poll_at: Option<Instant>,
     /// Result-file names of tasks we do not hold, already logged once.
@@ -105,44 +114,43 @@ pub struct State {
     said: Vec<Effect>,
 }
 
-/// The held task with the parts of [`State`] its transitions use, borrowed
-/// side by side, so a transition can change the task, send and persist
-/// without borrowing the slot again.
-struct Held<'a> {
-    task: &'a mut Task,
-    link: &'a mut Link,
-    settings: &'a Settings,
-    past: &'a PastTasks,
-    queue_extra: &'a Map<String, Value>,
-    executor: &'a mut Executor,
+/// What queue.json holds beside the held task, kept from one task to the
+/// next: [`Kept::persist`] writes it with the task. A field apart from
+/// `State::task`, so that a transition holding the task (`&mut Task`
+/// from `self.task`) can persist, send on `self.link` and read
+/// `self.settings` beside it: disjoint fields, no bundle of borrows.
+#[derive(Debug)]
+struct Kept {
+    /// The last task let go of, while its files may matter.
+    past: PastTasks,
+    /// What runs an agent: the executor's attempt, or a process an earlier
+    /// run left (see `recovery.rs`); its process is recorded.
+    executor: Executor,
+    /// Top-level queue.json fields we do not know, kept on every save.
+    queue_extra: Map<String, Value>,
 }
 
-impl Held<'_> {
-    /// Persists queue.json as it is now.
-    fn persist(&self, fx: &mut Vec<Effect>) {
-        let queue = queue_file(Some(self.task), self.past, self.executor.process(), self.queue_extra);
-        fx.push(Effect::Persist(Box::new(queue)));
-    }
-}
-
-fn queue_file(
-    task: Option<&Task>,
-    past: &PastTasks,
-    wake_process: Option<&WakeProcess>,
-    extra: &Map<String, Value>,
-) -> QueueFile {
-    let (past, past_earlier) = past.to_queue();
-    let wake_process = wake_process.cloned();
-    let mut queue =
-        QueueFile { active: None, recovering: None, past, past_earlier, wake_process, extra: extra.clone() };
-    if let Some(task) = task {
-        if task.sync == HubSync::Recovered {
-            queue.recovering = Some(task.to_record());
-        } else {
-            queue.active = Some(task.to_record());
+impl Kept {
+    /// queue.json as it is with `task` held.
+    fn queue_file(&self, task: Option<&Task>) -> QueueFile {
+        let (past, past_earlier) = self.past.to_queue();
+        let wake_process = self.executor.process().cloned();
+        let extra = self.queue_extra.clone();
+        let mut queue = QueueFile { active: None, recovering: None, past, past_earlier, wake_process, extra };
+        if let Some(task) = task {
+            if task.sync == HubSync::Recovered {
+                queue.recovering = Some(task.to_record());
+            } else {
+                queue.active = Some(task.to_record());
+            }
         }
+        queue
     }
-    queue
+
+    /// Persists queue.json with `task` held.
+    fn persist(&self, task: Option<&Task>, fx: &mut Vec<Effect>) {
+        fx.push(Effect::Persist(Box::new(self.queue_file(task))));
+    }
 }
 
 impl State {
@@ -174,10 +182,12 @@ impl State {
             link,
             settings,
             task: active.or(recovering).map(Task::recovered),
-            past: PastTasks::from_queue(past, past_earlier),
+            kept: Kept {
+                past: PastTasks::from_queue(past, past_earlier),
+                executor: wake_process.map_or(Executor::Idle, Executor::Leftover),
+                queue_extra: extra,
+            },
             now,
-            executor: wake_process.map_or(Executor::Idle, Executor::Leftover),
-            queue_extra: extra,
             next_poll_at: None,
             foreign_files_logged: HashSet::new(),
             newer_hub: false,
@@ -196,8 +206,7 @@ impl State {
         if leftover_forgotten && self.task.is_none() {
             fx.push(Effect::Persist(Box::new(self.queue_file())));
         }
-        if let Some(held) = self.held() {
-            let t = &held.task;
+        if let Some(t) = &self.task {
             say!(
                 fx,
                 Info,
@@ -207,7 +216,7 @@ impl State {
                 t.status()
             );
             fx.push(record(LifecycleEvent::TaskRecoveredFromDisk, t.fields()));
-            held.persist(&mut fx);
+            self.kept.persist(Some(t), &mut fx);
         }
         let now = self.now;
         self.start_past(now, &mut fx);
@@ -228,14 +237,14 @@ impl State {
             let may_send_progress = self.link.is_ready() && t.sync == HubSync::Confirmed;
             let s = &self.settings;
             t.deadline(
-                !self.executor.is_running(),
+                !self.kept.executor.is_running(),
                 may_send_progress,
                 s.progress_interval,
                 s.keepalive_interval,
             )
         });
-        let past = self.past.next_due();
-        let agent = self.executor.check_at();
+        let past = self.kept.past.next_due();
+        let agent = self.kept.executor.check_at();
         [self.link.deadline(), task, self.next_poll_at, past, agent].into_iter().flatten().min()
     }
 
@@ -268,23 +277,12 @@ impl State {
 
     /// queue.json as it should be on disk now.
     pub fn queue_file(&self) -> QueueFile {
-        queue_file(self.task.as_ref(), &self.past, self.executor.process(), &self.queue_extra)
+        self.kept.queue_file(self.task.as_ref())
     }
 
-    fn held(&mut self) -> Option<Held<'_>> {
-        Some(Held {
-            task: self.task.as_mut()?,
-            link: &mut self.link,
-            settings: &self.settings,
-            past: &self.past,
-            queue_extra: &self.queue_extra,
-            executor: &mut self.executor,
-        })
-    }
-
-    /// The held task, if it is `task_id`.
-    fn held_as(&mut self, task_id: &str) -> Option<Held<'_>> {
-        self.held().filter(|held| held.task.id == task_id)
+    /// Whether the held task is `task_id`.
+    fn holds(&self, task_id: &str) -> bool {
+        self.task.as_ref().is_some_and(|t| t.id == task_id)
     }
 
     fn shut_down(&mut self, why: &str, fx: &mut Vec<Effect>) {
@@ -295,7 +293,7 @@ impl State {
         fx.push(record(LifecycleEvent::Shutdown, json!({ "why": why })));
         // A running wake command: a launcher is killed when the executor
         // stops; a run-mode agent is left running for the next start.
-        self.executor.stop();
+        self.kept.executor.stop();
         if let Some(task) = &mut self.task {
             // An attempt cut short by shutdown is not a failed attempt; the
             // next run wakes again once the hub confirms the task.

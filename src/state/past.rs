@@ -108,9 +108,9 @@ impl State {
     pub(super) fn start_past(&mut self, now: Instant, fx: &mut Vec<Effect>) {
         if let Some(held) = self.task.as_ref().map(|t| t.id.clone()) {
             // Held again: its files are the held task's.
-            self.past.remove(&held);
+            self.kept.past.remove(&held);
         }
-        for past in &mut self.past.0 {
+        for past in &mut self.kept.past.0 {
             match past.task.fate {
                 // A settled task's files may be left by a kill mid-settle.
                 PastFate::Settled => fx.push(Effect::RemoveTaskFiles { task_id: past.task.task_id.clone() }),
@@ -132,7 +132,7 @@ impl State {
         if fate == PastFate::Settled {
             // Cancelled or settled by the hub: its agent stops.
             self.stop_agent(&task_id, None, fx);
-        } else if !confirmed && self.executor.is_running_for(&task_id) {
+        } else if !confirmed && self.kept.executor.is_running_for(&task_id) {
             // Taken back before its agent confirmed: the hub may hand it to
             // another. Confirmed work goes on: if the hub hands the task
             // back, its result is taken from its files.
@@ -160,7 +160,7 @@ impl State {
         };
         // Beyond the limit, the oldest is forgotten: a taken-back one's
         // files go with it (after the write that forgets it).
-        let evicted = self.past.push(Past { task: past, keep_until });
+        let evicted = self.kept.past.push(Past { task: past, keep_until });
         // Recorded before the files go, so a kill in between cannot leave
         // them to be taken for a later push's result.
         fx.push(Effect::Persist(Box::new(self.queue_file())));
@@ -178,7 +178,7 @@ impl State {
     /// The remembered task `task_id`, if it was taken back (so a push of it
     /// is adopted); forgotten either way once the id is pushed again.
     pub(super) fn take_past(&mut self, task_id: &str) -> Option<PastTask> {
-        self.past.remove(task_id).map(|p| p.task).filter(|t| t.fate == PastFate::TakenBack)
+        self.kept.past.remove(task_id).map(|p| p.task).filter(|t| t.fate == PastFate::TakenBack)
     }
 
     /// Taken-back tasks not handed back in time: their results go to the
@@ -187,7 +187,7 @@ impl State {
     pub(super) fn on_past_tick(&mut self, now: Instant, fx: &mut Vec<Effect>) {
         let mut settled = Vec::new();
         let mut gone = Vec::new();
-        self.past.0.retain_mut(|p| {
+        self.kept.past.0.retain_mut(|p| {
             if p.keep_until.is_none_or(|at| now < at) {
                 return true;
             }
@@ -233,7 +233,7 @@ impl State {
             };
             if self.held_task_id() == Some(task_id.as_str()) {
                 touches_held = true;
-            } else if let Some(past) = self.past.get(&task_id) {
+            } else if let Some(past) = self.kept.past.get(&task_id) {
                 if past.task.fate == PastFate::Settled && !late_settled.contains(&task_id) {
                     late_settled.push(task_id);
                 }

@@ -111,8 +111,8 @@ impl State {
     /// or a synchronous script whose task is working) still running: it is
     /// watched, not ended. Call before [`State::start`].
     pub fn agent_still_running(&mut self) {
-        if let Executor::Leftover(process) = &self.executor {
-            self.executor = Executor::Outside { process: process.clone(), check_at: None };
+        if let Executor::Leftover(process) = &self.kept.executor {
+            self.kept.executor = Executor::Outside { process: process.clone(), check_at: None };
         }
     }
 
@@ -120,11 +120,11 @@ impl State {
     /// agent still at work; a launcher recorded as having exited 0 leaves
     /// its task waiting for confirmation. Whether a record was forgotten.
     pub(super) fn take_leftover(&mut self, fx: &mut Vec<Effect>) -> bool {
-        let Executor::Leftover(process) = &self.executor else {
+        let Executor::Leftover(process) = &self.kept.executor else {
             return false;
         };
         let process = process.clone();
-        self.executor = Executor::Idle;
+        self.kept.executor = Executor::Idle;
         let Some(task) = self.task.as_mut() else {
             return true;
         };
@@ -146,7 +146,7 @@ impl State {
 
     /// Asks the shell about the agent left running, when due.
     pub(super) fn check_agent_outside(&mut self, now: Instant, fx: &mut Vec<Effect>) {
-        let Executor::Outside { process, check_at } = &mut self.executor else {
+        let Executor::Outside { process, check_at } = &mut self.kept.executor else {
             return;
         };
         match *check_at {
@@ -162,11 +162,11 @@ impl State {
 
     /// The agent left running has ended: its result file is written.
     pub(super) fn on_agent_ended(&mut self, task_id: &str, fx: &mut Vec<Effect>) {
-        if !matches!(&self.executor, Executor::Outside { process, .. } if process.task_id == task_id) {
+        if !matches!(&self.kept.executor, Executor::Outside { process, .. } if process.task_id == task_id) {
             return;
         }
         say!(fx, Info, "the agent of task {task_id}, left running by an earlier run, has ended");
-        self.executor = Executor::Idle;
+        self.kept.executor = Executor::Idle;
         fx.push(Effect::Persist(Box::new(self.queue_file())));
         let silence = self.now + self.settings.adopted_silence;
         if let Some(task) = self.task.as_mut().filter(|t| t.id == task_id) {
@@ -189,11 +189,13 @@ impl State {
                 task.cancel_marked = true;
             }
         }
-        if self.executor.is_running_for(task_id) {
+        if self.kept.executor.is_running_for(task_id) {
             fx.push(Effect::CancelWake { task_id: task_id.to_owned() });
         }
-        if matches!(&self.executor, Executor::Outside { process, .. } if process.task_id == task_id) {
-            if let Executor::Outside { process, .. } = std::mem::replace(&mut self.executor, Executor::Idle) {
+        if matches!(&self.kept.executor, Executor::Outside { process, .. } if process.task_id == task_id) {
+            if let Executor::Outside { process, .. } =
+                std::mem::replace(&mut self.kept.executor, Executor::Idle)
+            {
                 fx.push(Effect::EndAgent { process });
             }
         }

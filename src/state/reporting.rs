@@ -8,32 +8,21 @@ use std::time::Instant;
 use serde_json::json;
 
 use super::link::{Awaiting, Link, ReplyKind};
-use super::task::{HubSync, Stage};
+use super::task::{HubSync, Stage, Task};
 use super::LifecycleEvent;
-use super::{record, Effect, Held, State};
+use super::{record, Effect, State};
 use super::{PastFate, Report};
 use crate::protocol::{self, AckStatus, Outgoing};
 
-impl Held<'_> {
-    /// Sends `frame`, awaiting an answer of `kind` about this task.
-    pub(super) fn send_expecting(
-        &mut self,
-        frame: Outgoing,
-        kind: ReplyKind,
-        generation: u64,
-        fx: &mut Vec<Effect>,
-    ) {
-        let entry = Awaiting { kind, task_id: self.task.id.clone(), generation };
-        self.link.send(frame, Some(entry), fx);
-    }
-
+impl State {
     /// After a (re)connect the hub may have taken the task back: ask before
     /// reporting anything about it.
     pub(super) fn ask_hub_about_task(&mut self, fx: &mut Vec<Effect>) {
-        if self.task.sync != HubSync::Recovered {
-            self.task.sync = HubSync::Unconfirmed { readopted: false };
+        let task = held!(self);
+        if task.sync != HubSync::Recovered {
+            task.sync = HubSync::Unconfirmed { readopted: false };
         }
-        let t = &*self.task;
+        let t = &*task;
         say!(fx, Info, "asking the hub about task {} (generation {})", t.id, t.generation);
         fx.push(record(LifecycleEvent::RecoveringSent, t.fields()));
         let recovering = Outgoing::TaskRecovering {
@@ -49,22 +38,23 @@ impl Held<'_> {
             assigned_at: t.assigned_at,
         });
         let generation = t.generation;
-        self.send_expecting(recovering, ReplyKind::Recovering, generation, fx);
+        self.link.send_about(&task.id, recovering, ReplyKind::Recovering, generation, fx);
         if let Some(frame) = state_report {
-            self.send_expecting(frame, ReplyKind::StateReport, generation, fx);
+            self.link.send_about(&task.id, frame, ReplyKind::StateReport, generation, fx);
         }
     }
 
     /// `task_continue`: the task is still ours.
     pub(super) fn on_continue(&mut self, generation: Option<u64>, now: Instant, fx: &mut Vec<Effect>) {
+        let task = held!(self);
         if let Some(generation) = generation {
-            self.raise_generation(generation, fx);
+            raise_generation(task, &mut self.link, generation, fx);
         }
-        say!(fx, Info, "hub says task {} is still ours (generation {})", self.task.id, self.task.generation);
-        fx.push(record(LifecycleEvent::TaskContinued, self.task.fields()));
-        let resume = self.task.sync == HubSync::Recovered;
-        self.task.sync = HubSync::Confirmed;
-        self.persist(fx);
+        say!(fx, Info, "hub says task {} is still ours (generation {})", task.id, task.generation);
+        fx.push(record(LifecycleEvent::TaskContinued, task.fields()));
+        let resume = task.sync == HubSync::Recovered;
+        task.sync = HubSync::Confirmed;
+        self.kept.persist(Some(task), fx);
         // The hub's agent state restarts in `assigned` after a reconnect
         // (4718a58) and takes the task back 60 s later unless it hears
         // task_accepted; on both hubs it is answered task_ack and harmless.
@@ -76,31 +66,17 @@ impl Held<'_> {
         self.flush_progress(now, fx);
     }
 
-    /// The hub gave the task a newer generation. A report under an older one
-    /// that has not gone out yet (held back by `rate_limited`) is withdrawn,
-    /// to go out under the new one when the caller next tries to report. One
-    /// already sent is refused as stale and sent again then
-    /// (`on_report_refused`).
-    pub(super) fn raise_generation(&mut self, generation: u64, fx: &mut Vec<Effect>) {
-        if generation <= self.task.generation {
-            return;
-        }
-        self.task.generation = generation;
-        if withdraw_stale_reports(self.link, &self.task.id, Some(generation), fx) {
-            self.task.report_withdrawn();
-        }
-    }
-
     /// Records the outcome durably, then reports it when allowed.
     pub(super) fn set_outcome(&mut self, report: Report, fx: &mut Vec<Effect>) {
-        if self.task.report().is_some() {
+        let task = held!(self);
+        if task.report().is_some() {
             return;
         }
         let (event, detail) = match &report {
             Report::Complete { .. } => (LifecycleEvent::ResultReceived, json!("success")),
             Report::Failed { reason } => (LifecycleEvent::TaskFailedHere, json!(reason)),
         };
-        let t = &mut *self.task;
+        let t = &mut *task;
         say!(fx, Info, "task {} finished: {}", t.id, detail);
         fx.push(record(event, json!({ "task_id": t.id, "generation": t.generation, "outcome": detail })));
         t.conclude(report);
@@ -108,16 +84,17 @@ impl Held<'_> {
         // progress or wake_result still waiting for a token.
         t.progress.pending = None;
         self.link.forget_info(&t.id);
-        self.persist(fx);
+        self.kept.persist(Some(task), fx);
         self.try_send_report(fx);
     }
 
     pub(super) fn try_send_report(&mut self, fx: &mut Vec<Effect>) {
-        if !self.link.is_ready() || self.task.needs_reconcile() {
+        let task = held!(self);
+        if !self.link.is_ready() || task.needs_reconcile() {
             return;
         }
-        let (task_id, generation) = (self.task.id.clone(), self.task.generation);
-        let Stage::Reporting { report, sent: sent @ None, .. } = &mut self.task.stage else {
+        let (task_id, generation) = (task.id.clone(), task.generation);
+        let Stage::Reporting { report, sent: sent @ None, .. } = &mut task.stage else {
             return;
         };
         let (frame, kind) = match report {
@@ -136,14 +113,15 @@ impl Held<'_> {
             LifecycleEvent::ReportSent,
             json!({ "task_id": task_id, "generation": generation, "type": frame.kind().wire_name() }),
         ));
-        self.send_expecting(frame, kind, generation, fx);
+        self.link.send_about(&task_id, frame, kind, generation, fx);
     }
 
     pub(super) fn flush_progress(&mut self, now: Instant, fx: &mut Vec<Effect>) {
-        if !self.link.is_ready() || self.task.needs_reconcile() || self.task.report().is_some() {
+        let task = held!(self);
+        if !self.link.is_ready() || task.needs_reconcile() || task.report().is_some() {
             return;
         }
-        let progress = &mut self.task.progress;
+        let progress = &mut task.progress;
         if progress.last_sent_at.is_some_and(|last| now < last + self.settings.progress_interval) {
             return;
         }
@@ -160,12 +138,10 @@ impl Held<'_> {
         progress.last_sent_at = Some(now);
         progress.touched_at = Some(now);
         progress.last_value = Some((value, message.clone()));
-        let frame = Outgoing::TaskProgress { task_id: self.task.id.clone(), progress: value, message };
-        self.link.send_progress(&self.task.id, frame, keepalive, fx);
+        let frame = Outgoing::TaskProgress { task_id: task.id.clone(), progress: value, message };
+        self.link.send_progress(&task.id, frame, keepalive, fx);
     }
-}
 
-impl State {
     pub(super) fn on_ack(&mut self, task_id: &str, status: &AckStatus, fx: &mut Vec<Effect>) {
         let kind = match status {
             AckStatus::Accepted => ReplyKind::Accepted,
@@ -186,8 +162,8 @@ impl State {
     }
 
     pub(super) fn on_report_refused(&mut self, entry: &Awaiting, why: &str, fx: &mut Vec<Effect>) {
-        if let Some(mut held) = self.held_as(&entry.task_id) {
-            if entry.generation < held.task.generation {
+        if let Some(task) = self.task.as_mut().filter(|t| t.id == entry.task_id) {
+            if entry.generation < task.generation {
                 // We adopted a newer generation while this report was in
                 // flight; the refusal is of the old one. Report again under
                 // the new one.
@@ -198,10 +174,10 @@ impl State {
                     entry.task_id,
                     entry.generation
                 );
-                if let Stage::Reporting { sent, .. } = &mut held.task.stage {
+                if let Stage::Reporting { sent, .. } = &mut task.stage {
                     *sent = None;
                 }
-                held.try_send_report(fx);
+                self.try_send_report(fx);
                 return;
             }
         }
@@ -251,24 +227,39 @@ impl State {
     }
 
     pub(super) fn on_reassign(&mut self, task_id: &str, fx: &mut Vec<Effect>) {
-        let Some(mut held) = self.held_as(task_id) else {
+        let Some(task) = self.task.as_mut().filter(|t| t.id == *task_id) else {
             say!(fx, Debug, "task_reassign for {task_id}, which we do not hold");
             return;
         };
-        if held.task.sync == (HubSync::Unconfirmed { readopted: true }) {
+        if task.sync == (HubSync::Unconfirmed { readopted: true }) {
             say!(fx, Info, "ignoring task_reassign for {task_id}: the hub handed it back since");
-            held.task.sync = HubSync::Confirmed;
-            held.try_send_report(fx);
+            task.sync = HubSync::Confirmed;
+            self.try_send_report(fx);
             return;
         }
-        if let Some(report) = held.task.report() {
+        if let Some(report) = task.report() {
             say!(fx, Warn, "task {task_id} was taken back by the hub; its result is withheld (kept in the lifecycle log)");
             fx.push(record(
                 LifecycleEvent::ResultWithheld,
-                json!({ "task_id": task_id, "generation": held.task.generation, "report": report }),
+                json!({ "task_id": task_id, "generation": task.generation, "report": report }),
             ));
         }
         self.drop_task("taken back by hub (task_reassign)", PastFate::TakenBack, fx);
+    }
+}
+
+/// The hub gave `task` a newer generation. A report under an older one
+/// that has not gone out yet (held back by `rate_limited`) is withdrawn
+/// from `link`, to go out under the new one when the caller next tries to
+/// report. One already sent is refused as stale and sent again then
+/// (`on_report_refused`).
+pub(super) fn raise_generation(task: &mut Task, link: &mut Link, generation: u64, fx: &mut Vec<Effect>) {
+    if generation <= task.generation {
+        return;
+    }
+    task.generation = generation;
+    if withdraw_stale_reports(link, &task.id, Some(generation), fx) {
+        task.report_withdrawn();
     }
 }
 

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use super::link::ReplyKind;
 use super::recovery::Executor;
 use super::task::Phase;
-use super::{record, Effect, Held, State, WakeStart};
+use super::{record, Effect, State, WakeStart};
 use super::{LifecycleEvent, Report, WakeMode, WakeProcess};
 use super::{WakeOutcome, WakeStarted, WakeStatus};
 use crate::protocol::Outgoing;
@@ -26,7 +26,7 @@ impl State {
         say!(fx, Debug, "wake attempt {attempt} for task {task_id} runs as {identity:?}");
         let mode = self.settings.wake_mode;
         let process = WakeProcess { task_id: task_id.clone(), attempt, identity, mode, exit_code: None };
-        self.executor = Executor::Running { task_id: task_id.clone(), process: Some(process) };
+        self.kept.executor = Executor::Running { task_id: task_id.clone(), process: Some(process) };
         // Recorded before it runs: in run mode, as confirmed.
         self.confirm_run(&task_id, attempt, fx);
         fx.push(Effect::Persist(Box::new(self.queue_file())));
@@ -36,7 +36,7 @@ impl State {
     /// An attempt ended: it is no longer recorded as running (persisted with
     /// whatever the outcome changes, or on its own).
     pub(super) fn on_wake_finished(&mut self, outcome: WakeOutcome, now: Instant, fx: &mut Vec<Effect>) {
-        let (was_running, ended) = self.executor.finished(&outcome.task_id, outcome.attempt);
+        let (was_running, ended) = self.kept.executor.finished(&outcome.task_id, outcome.attempt);
         let first = fx.len();
         self.on_wake_outcome(outcome, was_running, now, fx);
         if ended && !fx[first..].iter().any(|effect| matches!(effect, Effect::Persist(_))) {
@@ -68,13 +68,13 @@ impl State {
         if matches!(outcome.status, WakeStatus::Cancelled | WakeStatus::LeftRunning) {
             return;
         }
-        let Some(mut held) = self.held_as(&outcome.task_id) else {
+        let Some(task) = self.task.as_mut().filter(|t| t.id == outcome.task_id) else {
             return;
         };
         // The attempt of the held task that was running: still waking, or
         // the task's outcome came while the command ran.
-        let current = match held.task.phase() {
-            Some(Phase::Waking) => held.task.wake_attempts == outcome.attempt,
+        let current = match task.phase() {
+            Some(Phase::Waking) => task.wake_attempts == outcome.attempt,
             // Confirmed while it ran (or adopted while it still ran): the
             // executor runs one command at a time, so it is this task's.
             Some(Phase::Working { .. }) | None => was_running,
@@ -83,30 +83,30 @@ impl State {
         if !current {
             return;
         }
-        if held.settings.send_wake_result {
+        if self.settings.send_wake_result {
             let frame = Outgoing::WakeResult {
                 task_id: outcome.task_id.clone(),
                 status: outcome.status.clone(),
                 attempt: outcome.attempt,
                 error: error.as_deref().map(super::public::without_local_paths),
             };
-            held.send_expecting(frame, ReplyKind::Unhandled, 0, fx);
+            self.link.send_about(&task.id, frame, ReplyKind::Unhandled, 0, fx);
         }
-        match held.task.phase() {
-            Some(Phase::Waking) if !held.task.confirmed => {
-                let attempt = held.task.wake_attempts;
+        match task.phase() {
+            Some(Phase::Waking) if !task.confirmed => {
+                let attempt = task.wake_attempts;
                 // The one line a failed attempt gets: what failed and why.
                 let error = error.map(|error| match outcome.stderr_last_line() {
                     Some(line) => (format!("{error}; last line of stderr: {line}"), error),
                     None => (format!("{error}; no stderr"), error),
                 });
-                held.after_attempt(attempt, outcome.status == WakeStatus::Success, error, now, fx)
+                self.after_attempt(attempt, outcome.status == WakeStatus::Success, error, now, fx)
             }
             Some(Phase::Waking | Phase::Working { .. }) => {
-                if !matches!(held.task.phase(), Some(Phase::Working { .. })) {
-                    held.task.set_phase(Phase::WORKING);
+                if !matches!(task.phase(), Some(Phase::Working { .. })) {
+                    task.set_phase(Phase::WORKING);
                 }
-                held.after_confirmed(&outcome, fx);
+                self.after_confirmed(&outcome, fx);
             }
             _ => {}
         }
@@ -127,16 +127,16 @@ impl State {
             }
         }
     }
-}
 
-impl Held<'_> {
     /// Starts or resumes work on the task according to its phase: wake it if
     /// it was never woken, otherwise wait for its files.
     pub(super) fn resume_work(&mut self, now: Instant, fx: &mut Vec<Effect>) {
+        let task = held!(self);
         let timeout_at = self.settings.task_timeout.map(|t| now + t);
         let confirm_by = now + self.settings.confirmation_timeout;
         let silent_until = now + self.settings.adopted_silence;
-        let Some(live) = self.task.live_mut() else {
+        let task_id = task.id.clone();
+        let Some(live) = task.live_mut() else {
             return;
         };
         live.timeout_at = live.timeout_at.or(timeout_at);
@@ -149,41 +149,38 @@ impl Held<'_> {
             }
             Phase::Adopting | Phase::Waking | Phase::WakeRetry { .. } => {}
         }
-        fx.push(Effect::ReadTaskFiles { task_id: self.task.id.clone() });
+        fx.push(Effect::ReadTaskFiles { task_id });
     }
 
     /// A task not woken in this run: a task whose `.started` is there is
     /// being worked on and is never woken again; others are woken (or go
     /// straight to working without a wake command).
     pub(super) fn begin_work(&mut self, now: Instant, fx: &mut Vec<Effect>) {
-        if self.task.confirmed {
-            say!(
-                fx,
-                Info,
-                "task {} was confirmed by its agent before: adopting it without a wake",
-                self.task.id
-            );
+        let task = held!(self);
+        if task.confirmed {
+            say!(fx, Info, "task {} was confirmed by its agent before: adopting it without a wake", task.id);
             let silent_until = Some(now + self.settings.adopted_silence);
-            self.task.set_phase(Phase::Working { silent_until, exit_failure: None });
-            self.persist(fx);
+            task.set_phase(Phase::Working { silent_until, exit_failure: None });
+            self.kept.persist(Some(task), fx);
         } else if self.settings.has_wake_command {
             self.start_wake_attempt(1, now, fx);
         } else {
-            say!(fx, Info, "no wake_command configured: task {} goes straight to working", self.task.id);
-            self.task.set_phase(Phase::WORKING);
-            self.persist(fx);
+            say!(fx, Info, "no wake_command configured: task {} goes straight to working", task.id);
+            task.set_phase(Phase::WORKING);
+            self.kept.persist(Some(task), fx);
         }
     }
 
     pub(super) fn start_wake_attempt(&mut self, attempt: u32, now: Instant, fx: &mut Vec<Effect>) {
-        if self.executor.is_running() {
+        let task = held!(self);
+        if self.kept.executor.is_running() {
             // The executor is still finishing another attempt (one being
             // cancelled); start as soon as it reports.
-            self.task.wake_attempts = attempt - 1;
-            self.task.set_phase(Phase::WakeRetry { at: now });
+            task.wake_attempts = attempt - 1;
+            task.set_phase(Phase::WakeRetry { at: now });
             return;
         }
-        let t = &mut *self.task;
+        let t = &mut *task;
         t.set_phase(Phase::Waking);
         t.wake_attempts = attempt;
         // Everything the hub sent, with our view of the five core fields
@@ -204,8 +201,8 @@ impl Held<'_> {
         };
         say!(fx, Info, "waking the agent for task {} (attempt {attempt})", t.id);
         fx.push(record(LifecycleEvent::WakeAttempt, json!({ "task_id": t.id, "attempt": attempt })));
-        *self.executor = Executor::Running { task_id: t.id.clone(), process: None };
-        self.persist(fx);
+        self.kept.executor = Executor::Running { task_id: t.id.clone(), process: None };
+        self.kept.persist(Some(task), fx);
         fx.push(Effect::StartWake(start));
     }
 
@@ -219,16 +216,17 @@ impl Held<'_> {
         now: Instant,
         fx: &mut Vec<Effect>,
     ) {
-        let task_id = self.task.id.clone();
+        let task = held!(self);
+        let task_id = task.id.clone();
         if success {
-            let next = if self.task.confirmed {
+            let next = if task.confirmed {
                 Phase::WORKING
             } else {
                 Phase::Confirming { deadline: Some(now + self.settings.confirmation_timeout) }
             };
-            self.task.set_phase(next);
-            say!(fx, Info, "agent woken for task {task_id} (now {})", self.task.status());
-            self.persist(fx);
+            task.set_phase(next);
+            say!(fx, Info, "agent woken for task {task_id} (now {})", task.status());
+            self.kept.persist(Some(task), fx);
             fx.push(Effect::ReadTaskFiles { task_id });
             return;
         }
@@ -240,7 +238,7 @@ impl Held<'_> {
                 "wake attempt {attempt} for task {task_id} failed ({logged}); retrying in {} ms",
                 delay.as_millis()
             );
-            self.task.set_phase(Phase::WakeRetry { at: now + *delay });
+            task.set_phase(Phase::WakeRetry { at: now + *delay });
         } else {
             say!(fx, Warn, "wake attempt {attempt} for task {task_id} failed ({logged}); no retry left: failing the task");
             let error = super::public::without_local_paths(&error);

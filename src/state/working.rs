@@ -9,37 +9,37 @@ use serde_json::json;
 
 use super::task::{Phase, Unparsed};
 use super::ReadResult;
-use super::{record, Effect, Held, TaskFiles};
+use super::{record, Effect, State, TaskFiles};
 use super::{LifecycleEvent, Report, WakeMode};
 use super::{WakeOutcome, WakeStatus};
 use crate::protocol::{parse_progress, report_from_result};
 
-impl Held<'_> {
+impl State {
     pub(super) fn on_files(&mut self, files: TaskFiles, now: Instant, fx: &mut Vec<Effect>) {
-        if self.task.report().is_some() {
+        let task = held!(self);
+        if task.report().is_some() {
             return;
         }
         let task_id = files.task_id;
-        if files.started && !self.task.confirmed {
-            self.task.confirmed = true;
+        if files.started && !task.confirmed {
+            task.confirmed = true;
             say!(fx, Info, "agent confirmed task {task_id}");
             fx.push(record(LifecycleEvent::Confirmed, json!({ "task_id": task_id })));
             // Still waking: the wake command is the agent at work (a
             // synchronous script); it is never started again.
-            if let Some(Phase::Confirming { .. } | Phase::Waking) = self.task.phase() {
-                self.task.set_phase(Phase::WORKING);
-                self.persist(fx);
+            if let Some(Phase::Confirming { .. } | Phase::Waking) = task.phase() {
+                task.set_phase(Phase::WORKING);
+                self.kept.persist(Some(task), fx);
             }
         }
         if let ReadResult::Parsed(value) = &files.progress {
             match parse_progress(value) {
                 Some(progress) => {
-                    let new = self.task.progress.last_value.as_ref() != Some(&progress)
-                        && self.task.progress.pending.as_ref() != Some(&progress);
+                    let new = task.progress.last_value.as_ref() != Some(&progress)
+                        && task.progress.pending.as_ref() != Some(&progress);
                     if new {
-                        self.task.progress.pending = Some(progress);
-                        if let Some(Phase::Working { silent_until: Some(until), .. }) = self.task.phase_mut()
-                        {
+                        task.progress.pending = Some(progress);
+                        if let Some(Phase::Working { silent_until: Some(until), .. }) = task.phase_mut() {
                             // Life: the silence starts over.
                             *until = now + self.settings.adopted_silence;
                         }
@@ -50,7 +50,7 @@ impl Held<'_> {
         }
         match files.result {
             ReadResult::Missing => {
-                if let Some(live) = self.task.live_mut() {
+                if let Some(live) = task.live_mut() {
                     live.unparsed = None;
                 }
                 self.fail_if_exited(fx);
@@ -65,14 +65,14 @@ impl Held<'_> {
                 // event usually comes first); give up once it has not
                 // parsed for `result_settle`.
                 let settle = self.settings.result_settle;
-                let since = self.task.live().and_then(|live| live.unparsed).map_or(now, |u| u.since);
+                let since = task.live().and_then(|live| live.unparsed).map_or(now, |u| u.since);
                 if now.duration_since(since) >= settle {
                     say!(fx, Warn, "result file of task {task_id} does not parse ({len} bytes): {error}");
                     self.set_outcome(Report::Failed { reason: "result_parse_error".into() }, fx);
                 } else {
                     let step = (settle / 8).max(Duration::from_millis(10));
                     let rescan_at = Some((now + step).min(since + settle));
-                    if let Some(live) = self.task.live_mut() {
+                    if let Some(live) = task.live_mut() {
                         live.unparsed = Some(Unparsed { since, rescan_at });
                     }
                 }
@@ -80,51 +80,57 @@ impl Held<'_> {
         }
         // A handed-back task whose files were just read, with no outcome in
         // them (and none being written): go on from where its agent was.
-        if self.task.live().is_some_and(|live| live.phase == Phase::Adopting && live.unparsed.is_none()) {
+        let task = held!(self);
+        if task.live().is_some_and(|live| live.phase == Phase::Adopting && live.unparsed.is_none()) {
             self.begin_work(now, fx);
         }
     }
 
-    pub(super) fn on_tick(&mut self, now: Instant, fx: &mut Vec<Effect>) {
-        if let Some(&Phase::WakeRetry { at }) = self.task.phase() {
-            if now >= at && !self.executor.is_running() {
-                self.start_wake_attempt(self.task.wake_attempts + 1, now, fx);
+    pub(super) fn on_task_tick(&mut self, now: Instant, fx: &mut Vec<Effect>) {
+        let task = held!(self);
+        if let Some(&Phase::WakeRetry { at }) = task.phase() {
+            if now >= at && !self.kept.executor.is_running() {
+                let attempt = task.wake_attempts + 1;
+                self.start_wake_attempt(attempt, now, fx);
             }
         }
-        if let Some(unparsed) = self.task.live_mut().and_then(|live| live.unparsed.as_mut()) {
+        let task = held!(self);
+        if let Some(unparsed) = task.live_mut().and_then(|live| live.unparsed.as_mut()) {
             if unparsed.rescan_at.is_some_and(|at| now >= at) {
                 unparsed.rescan_at = None;
-                fx.push(Effect::ReadTaskFiles { task_id: self.task.id.clone() });
+                fx.push(Effect::ReadTaskFiles { task_id: task.id.clone() });
             }
         }
-        if let Some(&Phase::Confirming { deadline: Some(at) }) = self.task.phase() {
+        if let Some(&Phase::Confirming { deadline: Some(at) }) = task.phase() {
             if now >= at {
-                say!(fx, Warn, "the agent did not confirm task {} in time", self.task.id);
+                say!(fx, Warn, "the agent did not confirm task {} in time", task.id);
                 self.set_outcome(Report::Failed { reason: "confirmation_timeout".into() }, fx);
             }
         }
         // Its agent's process runs (the executor's, or one an earlier run
         // left): at work, not silent.
-        let agent_alive = self.executor.runs_agent_of(&self.task.id);
-        if let Some(Phase::Working { silent_until, .. }) = self.task.phase_mut() {
+        let task = held!(self);
+        let agent_alive = self.kept.executor.runs_agent_of(&task.id);
+        if let Some(Phase::Working { silent_until, .. }) = task.phase_mut() {
             if agent_alive {
                 *silent_until = None;
             }
         }
-        if matches!(self.task.phase(), Some(Phase::Working { silent_until: Some(at), .. }) if now >= *at) {
+        if matches!(task.phase(), Some(Phase::Working { silent_until: Some(at), .. }) if now >= *at) {
             let ms = self.settings.adopted_silence.as_millis();
             say!(
                 fx,
                 Warn,
                 "task {} was adopted without a wake and its agent wrote nothing for {ms} ms",
-                self.task.id
+                task.id
             );
             let reason =
                 format!("adopted_task_silent: taken over without a wake, no progress or result for {ms} ms");
             self.set_outcome(Report::Failed { reason }, fx);
         }
-        if self.task.live().is_some_and(|live| live.timeout_at.is_some_and(|at| now >= at)) {
-            say!(fx, Warn, "task {} produced no result in time", self.task.id);
+        let task = held!(self);
+        if task.live().is_some_and(|live| live.timeout_at.is_some_and(|at| now >= at)) {
+            say!(fx, Warn, "task {} produced no result in time", task.id);
             // Its agent was told to stop (`State::stop_agent`) just before.
             self.set_outcome(Report::Failed { reason: "task_timeout".into() }, fx);
         }
@@ -135,7 +141,8 @@ impl Held<'_> {
     /// never a retry. Its result file decides; with none, a failed command
     /// fails the task at once (see `exit_failure`).
     pub(super) fn after_confirmed(&mut self, outcome: &WakeOutcome, fx: &mut Vec<Effect>) {
-        let task_id = self.task.id.clone();
+        let task = held!(self);
+        let task_id = task.id.clone();
         let failure = match &outcome.status {
             WakeStatus::Success if self.settings.wake_mode == WakeMode::Launch => None,
             // The executor has written the result file from the run; this
@@ -160,7 +167,7 @@ impl Held<'_> {
         if failure.is_some() {
             say!(fx, Info, "the agent of task {task_id} ended ({}); its result file decides", outcome.status);
         }
-        if let Some(Phase::Working { exit_failure, .. }) = self.task.phase_mut() {
+        if let Some(Phase::Working { exit_failure, .. }) = task.phase_mut() {
             *exit_failure = failure;
         }
         fx.push(Effect::ReadTaskFiles { task_id });
@@ -169,12 +176,13 @@ impl Held<'_> {
     /// No result file after the agent's process ended with a failure: the
     /// task fails now.
     pub(super) fn fail_if_exited(&mut self, fx: &mut Vec<Effect>) {
-        let exited = match self.task.phase_mut() {
+        let task = held!(self);
+        let exited = match task.phase_mut() {
             Some(Phase::Working { exit_failure, .. }) => exit_failure.take(),
             _ => None,
         };
         if let Some(reason) = exited {
-            say!(fx, Warn, "task {} failed: {reason}", self.task.id);
+            say!(fx, Warn, "task {} failed: {reason}", task.id);
             self.set_outcome(Report::Failed { reason }, fx);
         }
     }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use super::budget::Tier;
 use super::outbox::Sent;
-use super::{Awaiting, Conn, Link, MAX_RETRY_AFTER};
+use super::{Awaiting, Conn, Link, ReplyKind, MAX_RETRY_AFTER};
 use crate::protocol::{OutKind, Outgoing};
 use crate::state::Effect;
 
@@ -31,6 +31,20 @@ impl Link {
         let about = awaiting.as_ref().map(|a| a.task_id.clone());
         let frame = Sent { frame, awaiting, about, keepalive: false, seq: 0, sent_at: self.now };
         self.queue(frame, fx);
+    }
+
+    /// Sends `frame` about `task_id`, awaiting an answer of `kind` (about
+    /// its `generation`).
+    pub fn send_about(
+        &mut self,
+        task_id: &str,
+        frame: Outgoing,
+        kind: ReplyKind,
+        generation: u64,
+        fx: &mut Vec<Effect>,
+    ) {
+        let awaiting = Awaiting { kind, task_id: task_id.to_owned(), generation };
+        self.send(frame, Some(awaiting), fx);
     }
 
     /// Sends a `task_progress` about `task_id` (a keep-alive: one that only

@@ -283,7 +283,9 @@ type Rows<'a> = Vec<(Step, &'a [&'a str])>;
 
 /// Runs `steps` in order, each followed by the whole batch of effects it
 /// must give (see [`describe`]); fails at the first batch that differs.
-/// The harness keeps the last batch, for finer asserts after.
+/// The harness keeps the last batch, for finer asserts after. With
+/// `TRANSCRIPT_PRINT` set, it prints each batch instead and then fails (a
+/// way to write a new transcript).
 fn transcript(h: &mut Harness, steps: Rows<'_>) {
     for (number, (step, expected)) in steps.into_iter().enumerate() {
         h.step(step);
@@ -293,42 +295,57 @@ fn transcript(h: &mut Harness, steps: Rows<'_>) {
         }
         assert_eq!(h.steps(), expected, "step {} of the transcript", number + 1);
     }
+    // Never a pass that checked nothing.
+    assert!(
+        std::env::var_os("TRANSCRIPT_PRINT").is_none(),
+        "TRANSCRIPT_PRINT: the batches were printed, not checked"
+    );
 }
 
 impl Harness {
-    /// Feeds one transcript step.
+    /// Feeds one transcript step; its batch is the harness's last.
     fn step(&mut self, step: Step) {
         match step {
-            Step::Frame(frame) => self.frame(frame),
-            Step::Assign(task_id, generation) => self.assign(task_id, generation),
-            Step::Connected => self.connected(),
-            Step::Disconnected(code, reason) => self.disconnect(code, reason),
-            Step::WakeStarted(attempt) => {
-                self.input(Input::Event(Event::WakeStarted(crate::state::WakeStarted {
-                    task_id: TASK.into(),
-                    attempt,
-                    identity: crate::state::WakeIdentity {
-                        pid: 4242,
-                        process_group: Some(4242),
-                        start_time: Some(1),
-                    },
-                })))
+            Step::Frame(frame) => {
+                self.frame(frame);
             }
-            Step::WakeDone(attempt, status) => self.wake_done(attempt, status),
-            Step::Files(started, result) => self.files(started, result),
-            Step::Tick(at) => self.tick(at),
-            Step::Input(input) => self.input(input),
+            Step::Assign(task_id, generation) => {
+                self.assign(task_id, generation);
+            }
+            Step::Connected => {
+                self.connected();
+            }
+            Step::Disconnected(code, reason) => {
+                self.disconnect(code, reason);
+            }
+            Step::WakeStarted(attempt) => {
+                let identity =
+                    crate::state::WakeIdentity { pid: 4242, process_group: Some(4242), start_time: Some(1) };
+                let started = crate::state::WakeStarted { task_id: TASK.into(), attempt, identity };
+                self.input(Input::Event(Event::WakeStarted(started)));
+            }
+            Step::WakeDone(attempt, status) => {
+                self.wake_done(attempt, status);
+            }
+            Step::Files(started, result) => {
+                self.files(started, result);
+            }
+            Step::Tick(at) => {
+                self.tick(at);
+            }
+            Step::Input(input) => {
+                self.input(input);
+            }
+            Step::At(ms, step) => {
+                self.at(ms);
+                self.step(*step);
+            }
             Step::Deadline(expected) => {
                 assert_eq!(self.deadline_ms(), expected, "the next deadline");
                 self.fx.clear();
                 self.logs.clear();
-                return;
             }
-            Step::At(ms, step) => {
-                self.at(ms);
-                return self.step(*step);
-            }
-        };
+        }
     }
 }
 
