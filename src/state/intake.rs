@@ -97,7 +97,7 @@ impl State {
                 task.id,
                 past.generation
             );
-            task.set_phase(Phase::Adopting);
+            task.set_phase(Phase::Adopting { confirmed: false });
         }
         say!(fx, Info, "accepted task {} (generation {})", task.id, task.generation);
         fx.push(record(LifecycleEvent::TaskAccepted, task.fields()));
@@ -151,7 +151,9 @@ impl State {
 
     pub(super) fn accept(&mut self, fx: &mut Vec<Effect>) {
         let task = held!(self);
-        task.progress.touched_at = Some(self.link.now());
+        if let Some(live) = task.live_mut() {
+            live.progress.touched_at = Some(self.link.now());
+        }
         let frame = Outgoing::TaskAccepted { task_id: task.id.clone() };
         self.link.send_about(&task.id, frame, ReplyKind::Accepted, task.generation, fx);
     }

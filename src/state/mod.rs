@@ -298,7 +298,7 @@ impl State {
             // An attempt cut short by shutdown is not a failed attempt; the
             // next run wakes again once the hub confirms the task.
             if task.phase() == Some(&Phase::Waking) {
-                task.set_phase(Phase::ToWake { interrupted: true });
+                task.set_phase(Phase::to_wake(true));
             }
         }
         fx.push(Effect::Persist(Box::new(self.queue_file())));

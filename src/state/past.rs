@@ -128,7 +128,7 @@ impl State {
     pub(super) fn let_go(&mut self, fate: PastFate, witness: Effect, fx: &mut Vec<Effect>) {
         let now = self.now;
         let Some(task_id) = self.task.as_ref().map(|t| t.id.clone()) else { return };
-        let confirmed = self.task.as_ref().is_some_and(|t| t.confirmed);
+        let confirmed = self.task.as_ref().is_some_and(|t| t.confirmed());
         if fate == PastFate::Settled {
             // Cancelled or settled by the hub: its agent stops.
             self.stop_agent(&task_id, None, fx);
@@ -156,7 +156,7 @@ impl State {
             task_id: task.id.clone(),
             generation: task.generation,
             fate,
-            confirmed: task.confirmed,
+            confirmed: task.confirmed(),
         };
         // Beyond the limit, the oldest is forgotten: a taken-back one's
         // files go with it (after the write that forgets it).

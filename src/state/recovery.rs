@@ -132,7 +132,7 @@ impl State {
         if process.mode == WakeMode::Launch
             && process.exit_code == Some(0)
             && same_attempt
-            && task.phase() == Some(&Phase::ToWake { interrupted: true })
+            && matches!(task.phase(), Some(Phase::ToWake { interrupted: true, .. }))
         {
             say!(
                 fx, Info,

@@ -79,10 +79,10 @@ impl State {
         let t = &mut *task;
         say!(fx, Info, "task {} finished: {}", t.id, detail);
         fx.push(record(event, json!({ "task_id": t.id, "generation": t.generation, "outcome": detail })));
+        // Progress after the outcome means nothing to the hub (it ends with
+        // the task's work), nor does any progress or wake_result still
+        // waiting for a token.
         t.conclude(report);
-        // Progress after the outcome means nothing to the hub, nor does any
-        // progress or wake_result still waiting for a token.
-        t.progress.pending = None;
         self.link.forget_info(&t.id);
         self.kept.persist(Some(task), fx);
         self.try_send_report(fx);
@@ -118,10 +118,14 @@ impl State {
 
     pub(super) fn flush_progress(&mut self, now: Instant, fx: &mut Vec<Effect>) {
         let task = held!(self);
-        if !self.link.is_ready() || task.needs_reconcile() || task.report().is_some() {
+        if !self.link.is_ready() || task.needs_reconcile() {
             return;
         }
-        let progress = &mut task.progress;
+        let task_id = task.id.clone();
+        let Some(live) = task.live_mut() else {
+            return;
+        };
+        let progress = &mut live.progress;
         if progress.last_sent_at.is_some_and(|last| now < last + self.settings.progress_interval) {
             return;
         }
@@ -138,8 +142,8 @@ impl State {
         progress.last_sent_at = Some(now);
         progress.touched_at = Some(now);
         progress.last_value = Some((value, message.clone()));
-        let frame = Outgoing::TaskProgress { task_id: task.id.clone(), progress: value, message };
-        self.link.send_progress(&task.id, frame, keepalive, fx);
+        let frame = Outgoing::TaskProgress { task_id: task_id.clone(), progress: value, message };
+        self.link.send_progress(&task_id, frame, keepalive, fx);
     }
 
     pub(super) fn on_ack(&mut self, task_id: &str, status: &AckStatus, fx: &mut Vec<Effect>) {

@@ -1,9 +1,12 @@
 //! The held task as a type: its [`Stage`] says whether it is at work (its
-//! [`Phase`], and the deadlines that can end it) or has an outcome owed to
-//! the hub (it is what `status` in queue.json is derived from, so the two
-//! cannot disagree, and per-phase data lives in its phase), [`HubSync`] what the hub is known to think of it, and
-//! [`Task::deadline`] when it next needs a tick. Its transitions are in the
-//! stages: `intake.rs`, `waking.rs`, `working.rs`, `reporting.rs`.
+//! [`Phase`], the deadlines that can end it, its progress) or has an outcome
+//! owed to the hub. The stage is what `status` in queue.json is derived
+//! from, so the two cannot disagree, and per-phase data lives in its phase:
+//! whether the agent confirmed is carried by the phases where it can go
+//! either way ([`Task::confirmed`]). [`HubSync`] says what the hub is known
+//! to think of the task, and [`Task::deadline`] when it next needs a tick.
+//! Its transitions are in the stages: `intake.rs`, `waking.rs`,
+//! `working.rs`, `reporting.rs`.
 
 use std::time::{Duration, Instant};
 
@@ -19,11 +22,14 @@ pub(crate) enum Stage {
     Live(Live),
     /// The outcome is known and persisted: it is owed to the hub. `status` is
     /// where the task stood when it ended (kept in queue.json); `sent` is the
-    /// generation of the report in flight on the live connection.
+    /// generation of the report in flight on the live connection;
+    /// `confirmed`: its agent had confirmed it in this run (see
+    /// [`Task::confirmed`]).
     Reporting {
         report: Report,
         status: TaskStatus,
         sent: Option<u64>,
+        confirmed: bool,
     },
 }
 
@@ -35,12 +41,15 @@ pub(crate) struct Live {
     pub timeout_at: Option<Instant>,
     /// Its result file did not parse when last read (it may be mid-write).
     pub unparsed: Option<Unparsed>,
+    /// What the hub has heard of its progress, and the update owed to it
+    /// (with the outcome, progress means nothing to the hub).
+    pub progress: Progress,
 }
 
 impl Stage {
     /// At work in `phase`, no deadline set yet.
     fn live(phase: Phase) -> Stage {
-        Stage::Live(Live { phase, timeout_at: None, unparsed: None })
+        Stage::Live(Live { phase, timeout_at: None, unparsed: None, progress: Progress::default() })
     }
 }
 
@@ -49,33 +58,45 @@ impl Stage {
 pub(crate) enum Phase {
     /// The hub handed back a task it had taken from us: its files are read
     /// before anything else, and its agent is woken only if it never
-    /// confirmed (see `past.rs`).
-    Adopting,
+    /// confirmed (see `past.rs`). `confirmed`: its `.started` is there.
+    Adopting { confirmed: bool },
     /// Not woken in this run. `interrupted`: an attempt was started before
     /// (by an earlier run, or cut short by shutdown), so queue.json says
-    /// `waking`.
-    ToWake { interrupted: bool },
-    /// Wake attempt `Task::wake_attempts` is running.
+    /// `waking`. `confirmed`: its `.started` is there (seen while the hub
+    /// had not yet said the task is still ours): it is never woken again.
+    ToWake { interrupted: bool, confirmed: bool },
+    /// Wake attempt `Task::wake_attempts` is running. Its agent has not
+    /// confirmed: a `.started` (or, in run mode, the released command) moves
+    /// the task to `Working`.
     Waking,
     /// An attempt failed (or the executor was busy); the next one,
     /// `Task::wake_attempts + 1`, starts at `at` (or as soon as the executor
     /// is free).
     WakeRetry { at: Instant },
-    /// Woken; the agent must confirm (`.started`) by `deadline`. `None` for a
-    /// task recovered at start until the hub says it is still ours.
+    /// Woken; the agent must confirm (`.started`) by `deadline`, which moves
+    /// the task to `Working`. `None` for a task recovered at start until the
+    /// hub says it is still ours.
     Confirming { deadline: Option<Instant> },
     /// The agent works on it (or no wake command is configured).
+    /// `confirmed`: its `.started` was seen in this run (not yet, for a task
+    /// recovered as working or one without a wake command).
     /// `silent_until`: taken over without a wake, unless its agent shows
     /// life (a new progress value, its result) by then, it fails (see
     /// `past.rs`). `exit_failure`: the agent's process ended with this
     /// failure after confirming: the task fails with it unless a result file
     /// is there.
-    Working { silent_until: Option<Instant>, exit_failure: Option<String> },
+    Working { confirmed: bool, silent_until: Option<Instant>, exit_failure: Option<String> },
 }
 
 impl Phase {
-    /// Working, with nothing to watch for.
-    pub const WORKING: Phase = Phase::Working { silent_until: None, exit_failure: None };
+    /// Working, its agent not (yet) seen to confirm, nothing to watch for.
+    pub const WORKING: Phase = Phase::Working { confirmed: false, silent_until: None, exit_failure: None };
+    /// Working, confirmed by its agent.
+    pub const CONFIRMED: Phase = Phase::Working { confirmed: true, silent_until: None, exit_failure: None };
+    /// Not woken in this run, nor confirmed.
+    pub const fn to_wake(interrupted: bool) -> Phase {
+        Phase::ToWake { interrupted, confirmed: false }
+    }
 }
 
 /// What the hub is known to think of the task.
@@ -99,7 +120,7 @@ pub(crate) struct Unparsed {
     pub rescan_at: Option<Instant>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub(crate) struct Progress {
     /// When the hub last heard about the task from us (`task_accepted` or
     /// `task_progress`): the keep-alive counts from here.
@@ -109,6 +130,11 @@ pub(crate) struct Progress {
     pub pending: Option<(u64, Option<String>)>,
 }
 
+/// The held task. Beside its [`Stage`] it has only what holds whatever
+/// the stage: what the hub gave (id, generation, assignment), the wake
+/// attempts started (persisted), what the hub thinks ([`HubSync`], apart
+/// from the stage: a reconnect can put any stage in doubt), and whether its
+/// cancel marker was written.
 #[derive(Debug)]
 pub(crate) struct Task {
     pub id: String,
@@ -125,9 +151,6 @@ pub(crate) struct Task {
     pub extra: Map<String, Value>,
     pub stage: Stage,
     pub sync: HubSync,
-    /// The agent's `.started` was seen in this run.
-    pub confirmed: bool,
-    pub progress: Progress,
     /// Its cancel marker was written (a cancel, its timeout): once let go,
     /// its files stay for `cancel_grace` before they are removed.
     pub cancel_marked: bool,
@@ -148,10 +171,8 @@ impl Task {
             generation,
             wake_attempts: 0,
             extra: Map::new(),
-            stage: Stage::live(Phase::ToWake { interrupted: false }),
+            stage: Stage::live(Phase::to_wake(false)),
             sync: HubSync::Confirmed,
-            confirmed: false,
-            progress: Progress::default(),
             cancel_marked: false,
         }
     }
@@ -159,9 +180,9 @@ impl Task {
     /// A task found in queue.json at start.
     pub fn recovered(record: TaskRecord) -> Task {
         let stage = match (record.report, record.status) {
-            (Some(report), status) => Stage::Reporting { report, status, sent: None },
-            (None, TaskStatus::Accepted) => Stage::live(Phase::ToWake { interrupted: false }),
-            (None, TaskStatus::Waking) => Stage::live(Phase::ToWake { interrupted: true }),
+            (Some(report), status) => Stage::Reporting { report, status, sent: None, confirmed: false },
+            (None, TaskStatus::Accepted) => Stage::live(Phase::to_wake(false)),
+            (None, TaskStatus::Waking) => Stage::live(Phase::to_wake(true)),
             (None, TaskStatus::WakingConfirmation) => Stage::live(Phase::Confirming { deadline: None }),
             (None, TaskStatus::Working) => Stage::live(Phase::WORKING),
         };
@@ -176,8 +197,6 @@ impl Task {
             extra: record.extra,
             stage,
             sync: HubSync::Recovered,
-            confirmed: false,
-            progress: Progress::default(),
             cancel_marked: false,
         }
     }
@@ -189,8 +208,8 @@ impl Task {
             Stage::Reporting { status, .. } => return *status,
         };
         match phase {
-            Phase::ToWake { interrupted: false } | Phase::Adopting => TaskStatus::Accepted,
-            Phase::ToWake { interrupted: true } | Phase::Waking | Phase::WakeRetry { .. } => {
+            Phase::ToWake { interrupted: false, .. } | Phase::Adopting { .. } => TaskStatus::Accepted,
+            Phase::ToWake { interrupted: true, .. } | Phase::Waking | Phase::WakeRetry { .. } => {
                 TaskStatus::Waking
             }
             Phase::Confirming { .. } => TaskStatus::WakingConfirmation,
@@ -236,10 +255,50 @@ impl Task {
         }
     }
 
-    /// The outcome is known: the task's work and its deadlines end.
+    /// The outcome is known: the task's work, its deadlines and its
+    /// progress end.
     pub fn conclude(&mut self, report: Report) {
-        let status = self.status();
-        self.stage = Stage::Reporting { report, status, sent: None };
+        let (status, confirmed) = (self.status(), self.confirmed());
+        self.stage = Stage::Reporting { report, status, sent: None, confirmed };
+    }
+
+    /// Its agent confirmed it (`.started`, or in run mode its command
+    /// released) in this run. Not a field beside the phase: `Waking` and
+    /// `Confirming` cannot be confirmed (confirming moves them on to
+    /// `Working`); the phases it means something in carry it.
+    pub fn confirmed(&self) -> bool {
+        match &self.stage {
+            Stage::Reporting { confirmed, .. } => *confirmed,
+            Stage::Live(live) => match live.phase {
+                Phase::Adopting { confirmed }
+                | Phase::ToWake { confirmed, .. }
+                | Phase::Working { confirmed, .. } => confirmed,
+                Phase::Waking | Phase::WakeRetry { .. } | Phase::Confirming { .. } => false,
+            },
+        }
+    }
+
+    /// Its agent has confirmed it. A task not woken in this run stays where
+    /// it is, to be taken over without a wake (`begin_work`); a task being
+    /// woken, waiting for a retry or for its `.started` is at work now, and
+    /// never woken again. `true` if its status changed (queue.json is
+    /// due).
+    pub fn confirm(&mut self) -> bool {
+        let Some(phase) = self.phase_mut() else {
+            return false;
+        };
+        match phase {
+            Phase::Adopting { confirmed }
+            | Phase::ToWake { confirmed, .. }
+            | Phase::Working { confirmed, .. } => {
+                *confirmed = true;
+                false
+            }
+            Phase::Waking | Phase::WakeRetry { .. } | Phase::Confirming { .. } => {
+                *phase = Phase::CONFIRMED;
+                true
+            }
+        }
     }
 
     pub fn to_record(&self) -> TaskRecord {
@@ -305,16 +364,16 @@ impl Task {
             Phase::Working { silent_until, .. } => silent_until,
             _ => None,
         };
-        let progress = match (&self.progress.pending, self.progress.last_sent_at) {
+        let progress = match (&live.progress.pending, live.progress.last_sent_at) {
             (Some(_), Some(last)) if may_send_progress => Some(last + progress_interval),
             _ => None,
         };
         let rescan = live.unparsed.and_then(|u| u.rescan_at);
         // Never before the progress throttle lets a frame out: a keep-alive
         // due earlier could not be sent, and the deadline would stay due.
-        let keepalive = match (keepalive, self.progress.touched_at) {
+        let keepalive = match (keepalive, live.progress.touched_at) {
             (Some(every), Some(touched)) if may_send_progress => {
-                let throttle = self.progress.last_sent_at.map(|last| last + progress_interval);
+                let throttle = live.progress.last_sent_at.map(|last| last + progress_interval);
                 Some(throttle.map_or(touched + every, |open| open.max(touched + every)))
             }
             _ => None,

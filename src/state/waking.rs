@@ -93,7 +93,8 @@ impl State {
             self.link.send_about(&task.id, frame, ReplyKind::Unhandled, 0, fx);
         }
         match task.phase() {
-            Some(Phase::Waking) if !task.confirmed => {
+            // Not confirmed: a confirmation moves it on to `Working`.
+            Some(Phase::Waking) => {
                 let attempt = task.wake_attempts;
                 // The one line a failed attempt gets: what failed and why.
                 let error = error.map(|error| match outcome.stderr_last_line() {
@@ -102,12 +103,7 @@ impl State {
                 });
                 self.after_attempt(attempt, outcome.status == WakeStatus::Success, error, now, fx)
             }
-            Some(Phase::Waking | Phase::Working { .. }) => {
-                if !matches!(task.phase(), Some(Phase::Working { .. })) {
-                    task.set_phase(Phase::WORKING);
-                }
-                self.after_confirmed(&outcome, fx);
-            }
+            Some(Phase::Working { .. }) => self.after_confirmed(&outcome, fx),
             _ => {}
         }
     }
@@ -120,8 +116,7 @@ impl State {
         }
         if let Some(task) = self.task.as_mut().filter(|t| t.id == task_id) {
             if task.phase() == Some(&Phase::Waking) && task.wake_attempts == attempt {
-                task.confirmed = true;
-                task.set_phase(Phase::WORKING);
+                task.confirm();
                 say!(fx, Info, "agent started for task {task_id} (run mode): confirmed");
                 fx.push(record(LifecycleEvent::Confirmed, json!({ "task_id": task_id })));
             }
@@ -147,7 +142,7 @@ impl State {
                 // Taken over after our crash without a wake.
                 until.get_or_insert(silent_until);
             }
-            Phase::Adopting | Phase::Waking | Phase::WakeRetry { .. } => {}
+            Phase::Adopting { .. } | Phase::Waking | Phase::WakeRetry { .. } => {}
         }
         fx.push(Effect::ReadTaskFiles { task_id });
     }
@@ -157,10 +152,10 @@ impl State {
     /// straight to working without a wake command).
     pub(super) fn begin_work(&mut self, now: Instant, fx: &mut Vec<Effect>) {
         let task = held!(self);
-        if task.confirmed {
+        if task.confirmed() {
             say!(fx, Info, "task {} was confirmed by its agent before: adopting it without a wake", task.id);
             let silent_until = Some(now + self.settings.adopted_silence);
-            task.set_phase(Phase::Working { silent_until, exit_failure: None });
+            task.set_phase(Phase::Working { confirmed: true, silent_until, exit_failure: None });
             self.kept.persist(Some(task), fx);
         } else if self.settings.has_wake_command {
             self.start_wake_attempt(1, now, fx);
@@ -219,12 +214,8 @@ impl State {
         let task = held!(self);
         let task_id = task.id.clone();
         if success {
-            let next = if task.confirmed {
-                Phase::WORKING
-            } else {
-                Phase::Confirming { deadline: Some(now + self.settings.confirmation_timeout) }
-            };
-            task.set_phase(next);
+            // Not confirmed yet (that would have ended `Waking`): wait for it.
+            task.set_phase(Phase::Confirming { deadline: Some(now + self.settings.confirmation_timeout) });
             say!(fx, Info, "agent woken for task {task_id} (now {})", task.status());
             self.kept.persist(Some(task), fx);
             fx.push(Effect::ReadTaskFiles { task_id });

@@ -178,3 +178,21 @@ fn wake_result_is_sent_only_when_the_hub_has_the_feature() {
     h.wake_done(1, WakeStatus::Failed { exit_code: Some(2) });
     assert!(h.sent().is_empty());
 }
+
+/// An agent that confirms (`.started`) while its next attempt waits is
+/// never woken again: the task is at work.
+#[test]
+fn an_agent_confirming_while_a_retry_waits_is_not_woken_again() {
+    let mut h = Harness::new();
+    h.identify();
+    h.assign(TASK, 3);
+    transcript(
+        &mut h,
+        vec![
+            (Step::WakeDone(1, WakeStatus::Failed { exit_code: Some(1) }), &["record wake_finished"]),
+            (Step::Files(true, ReadResult::Missing), &["record confirmed", "persist active working gen=3"]),
+            (Step::Tick(100), &[]),
+            (Step::Deadline(Some(60_000)), &[]),
+        ],
+    );
+}

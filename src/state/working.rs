@@ -21,25 +21,27 @@ impl State {
             return;
         }
         let task_id = files.task_id;
-        if files.started && !task.confirmed {
-            task.confirmed = true;
+        if files.started && !task.confirmed() {
             say!(fx, Info, "agent confirmed task {task_id}");
             fx.push(record(LifecycleEvent::Confirmed, json!({ "task_id": task_id })));
-            // Still waking: the wake command is the agent at work (a
-            // synchronous script); it is never started again.
-            if let Some(Phase::Confirming { .. } | Phase::Waking) = task.phase() {
-                task.set_phase(Phase::WORKING);
+            // Still waking (or waiting to retry): the wake command is the
+            // agent at work (a synchronous script); it is never started
+            // again.
+            if task.confirm() {
                 self.kept.persist(Some(task), fx);
             }
         }
         if let ReadResult::Parsed(value) = &files.progress {
             match parse_progress(value) {
                 Some(progress) => {
-                    let new = task.progress.last_value.as_ref() != Some(&progress)
-                        && task.progress.pending.as_ref() != Some(&progress);
+                    let Some(live) = task.live_mut() else {
+                        return;
+                    };
+                    let new = live.progress.last_value.as_ref() != Some(&progress)
+                        && live.progress.pending.as_ref() != Some(&progress);
                     if new {
-                        task.progress.pending = Some(progress);
-                        if let Some(Phase::Working { silent_until: Some(until), .. }) = task.phase_mut() {
+                        live.progress.pending = Some(progress);
+                        if let Phase::Working { silent_until: Some(until), .. } = &mut live.phase {
                             // Life: the silence starts over.
                             *until = now + self.settings.adopted_silence;
                         }
@@ -81,7 +83,10 @@ impl State {
         // A handed-back task whose files were just read, with no outcome in
         // them (and none being written): go on from where its agent was.
         let task = held!(self);
-        if task.live().is_some_and(|live| live.phase == Phase::Adopting && live.unparsed.is_none()) {
+        if task
+            .live()
+            .is_some_and(|live| matches!(live.phase, Phase::Adopting { .. }) && live.unparsed.is_none())
+        {
             self.begin_work(now, fx);
         }
     }
