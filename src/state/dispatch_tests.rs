@@ -46,7 +46,8 @@ fn stale_connection_events_are_ignored() {
     h.disconnect(None, None);
     h.tick(1_000);
     assert_ne!(h.conn, old);
-    let dropped = HubEvent::Disconnected { conn_id: old, reason: "x".into(), close_code: None, close_reason: None };
+    let dropped =
+        HubEvent::Disconnected { conn_id: old, reason: "x".into(), close_code: None, close_reason: None };
     transcript(
         &mut h,
         vec![
@@ -235,8 +236,19 @@ fn after_exit_no_input_starts_anything() {
         &mut h,
         vec![
             // Files first.
-            (Step::Assign(TASK, 4), &["record task_accepted", "persist active accepted gen=4", "send task_accepted", "read files"]),
-            (Step::Input(Input::Event(Event::Shutdown)), &["record shutdown", "persist active accepted gen=4", "close", "exit"]),
+            (
+                Step::Assign(TASK, 4),
+                &[
+                    "record task_accepted",
+                    "persist active accepted gen=4",
+                    "send task_accepted",
+                    "read files",
+                ],
+            ),
+            (
+                Step::Input(Input::Event(Event::Shutdown)),
+                &["record shutdown", "persist active accepted gen=4", "close", "exit"],
+            ),
             (Step::Files(false, ReadResult::Missing), &[]),
             (Step::Input(Input::Event(Event::Hub(HubEvent::Connected { conn_id: 9 }))), &[]),
             (Step::Tick(0), &[]),
@@ -260,7 +272,10 @@ fn a_rate_limited_ping_is_sent_again_later_not_taken_for_a_dead_hub() {
         &mut h,
         vec![
             (Step::Tick(1_000), &["send ping"]),
-            (at(1_010, Step::Frame(json!({"type":"rate_limited","retry_after_ms":2_000,"tier":"light"}))), &[]),
+            (
+                at(1_010, Step::Frame(json!({"type":"rate_limited","retry_after_ms":2_000,"tier":"light"}))),
+                &[],
+            ),
             // No pong is due for a dropped ping.
             (Step::Tick(1_500), &[]),
             (Step::Deadline(Some(3_010)), &[]),

@@ -69,6 +69,8 @@ struct Harness {
     /// The log lines of the last batch (kept out of `fx`).
     logs: Vec<String>,
     conn: u64,
+    /// A transcript printed its batches (`TRANSCRIPT_PRINT`).
+    printed: bool,
 }
 
 /// The batch without its log lines, and the lines.
@@ -110,7 +112,7 @@ impl Harness {
         }
         let (fx, logs) = split_logs(state.start());
         let conn = connect_id(&fx).expect("start connects");
-        Harness { state, t0, now: t0, fx, logs, conn }
+        Harness { state, t0, now: t0, fx, logs, conn, printed: false }
     }
 
     fn at(&mut self, ms_since_start: u64) -> &mut Harness {
@@ -284,22 +286,32 @@ type Rows<'a> = Vec<(Step, &'a [&'a str])>;
 /// Runs `steps` in order, each followed by the whole batch of effects it
 /// must give (see [`describe`]); fails at the first batch that differs.
 /// The harness keeps the last batch, for finer asserts after. With
-/// `TRANSCRIPT_PRINT` set, it prints each batch instead and then fails (a
-/// way to write a new transcript).
+/// `TRANSCRIPT_PRINT` set, it prints each batch instead, and the test fails
+/// at its end (a way to write a new transcript).
 fn transcript(h: &mut Harness, steps: Rows<'_>) {
     for (number, (step, expected)) in steps.into_iter().enumerate() {
         h.step(step);
-        if std::env::var_os("TRANSCRIPT_PRINT").is_some() {
+        if printing() {
+            h.printed = true;
             eprintln!("TRANSCRIPT {} {:?}", number + 1, h.steps());
             continue;
         }
         assert_eq!(h.steps(), expected, "step {} of the transcript", number + 1);
     }
-    // Never a pass that checked nothing.
-    assert!(
-        std::env::var_os("TRANSCRIPT_PRINT").is_none(),
-        "TRANSCRIPT_PRINT: the batches were printed, not checked"
-    );
+}
+
+/// Never a pass that checked nothing: with `TRANSCRIPT_PRINT` set, a test
+/// that ran a transcript fails at its end.
+fn printing() -> bool {
+    std::env::var_os("TRANSCRIPT_PRINT").is_some()
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        if printing() && self.printed && !std::thread::panicking() {
+            panic!("TRANSCRIPT_PRINT: the batches were printed, not checked");
+        }
+    }
 }
 
 impl Harness {
