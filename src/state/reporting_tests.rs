@@ -368,7 +368,18 @@ fn a_long_failure_reason_is_cut_to_the_hubs_limit_and_kept_whole_in_the_log() {
     let mut h = Harness::new();
     h.working(3);
     let reason = "x".repeat(3_000);
-    h.files(true, ReadResult::Parsed(json!({"status":"failure","reason":reason})));
+    transcript(
+        &mut h,
+        vec![(
+            Step::Files(true, ReadResult::Parsed(json!({"status":"failure","reason":reason}))),
+            &[
+                "record task_failed_here",
+                &format!("persist active working gen=3 report=failed({reason})"),
+                "record report_sent",
+                "send task_failed",
+            ],
+        )],
+    );
     let failed = &h.sent()[0];
     assert_eq!(failed["reason"].as_str().unwrap().chars().count(), 2_000);
     assert_eq!(failed["reason"], failed["error"]);
@@ -657,23 +668,54 @@ fn a_report_held_back_by_rate_limiting_goes_out_under_the_newest_generation() {
 /// task back under a newer generation, the held-back report went out under
 /// the old one. A let-go task's held-back report is dropped; handed back,
 /// its result is read and reported under the new generation.
+/// Found by the state fuzzer: the hub took the task back while its report
+/// was in flight, then rate-limited that report; once the hub handed the
+/// task back under a newer generation, the held-back report went out under
+/// the old one. A let-go task's held-back report is dropped; handed back,
+/// its result is read and reported under the new generation.
 #[test]
 fn a_held_back_report_of_a_task_let_go_is_not_sent() {
     let mut h = Harness::new();
     h.working(3);
     h.frame(json!({"type":"task_ack","task_id":TASK,"status":"accepted"}));
-    h.at(100).files(true, success());
-    assert_eq!(h.sent_types(), ["task_complete"]);
-    h.frame(json!({"type":"task_reassign","task_id":TASK}));
-    h.frame(json!({"type":"rate_limited","retry_after_ms":250,"tier":"t"}));
-    h.at(200).assign(TASK, 9);
-    h.files(true, success());
-    h.tick(350);
-    let reports: Vec<Value> = h.sent().into_iter().filter(|f| f["type"] == "task_complete").collect();
-    assert_eq!(reports.len(), 1, "{:?}", h.sent());
-    assert_eq!(reports[0]["generation"], 9);
+    transcript(
+        &mut h,
+        vec![
+            (
+                at(100, Step::Files(true, success())),
+                &[
+                    "record result_received",
+                    "persist active working gen=3 report=complete",
+                    "record report_sent",
+                    "send task_complete",
+                ],
+            ),
+            (
+                Step::Frame(json!({"type":"task_reassign","task_id":TASK})),
+                &["record result_withheld", "persist idle past=taken_back", "record task_dropped"],
+            ),
+            (Step::Frame(json!({"type":"rate_limited","retry_after_ms":250,"tier":"t"})), &[]),
+            (
+                at(200, Step::Assign(TASK, 9)),
+                &["record task_accepted", "persist active accepted gen=9", "read files"],
+            ),
+            (
+                Step::Files(true, success()),
+                &[
+                    "record confirmed",
+                    "record result_received",
+                    "persist active accepted gen=9 report=complete",
+                    "record report_sent",
+                ],
+            ),
+            (Step::Tick(350), &["send task_accepted", "send task_complete"]),
+        ],
+    );
+    assert_eq!(h.sent()[1]["generation"], 9);
 }
 
+/// A report in flight under generation 3 when the hub hands the task back
+/// under 9, then rate-limited: it goes out again once, under 9.
 /// A report in flight under generation 3 when the hub hands the task back
 /// under 9, then rate-limited: it goes out again once, under 9.
 #[test]
@@ -681,16 +723,42 @@ fn a_rate_limited_report_of_an_older_generation_is_resent_under_the_newest() {
     let mut h = Harness::new();
     h.working(3);
     h.frame(json!({"type":"task_ack","task_id":TASK,"status":"accepted"}));
-    h.at(100).files(true, success());
+    transcript(
+        &mut h,
+        vec![(
+            at(100, Step::Files(true, success())),
+            &[
+                "record result_received",
+                "persist active working gen=3 report=complete",
+                "record report_sent",
+                "send task_complete",
+            ],
+        )],
+    );
     assert_eq!(h.sent()[0]["generation"], 3);
-    h.frame(json!({"type":"task_assign","task_id":TASK,"description":"do it","metadata":{"k":1},
-                   "generation":9,"assigned_at":5}));
-    h.frame(json!({"type":"rate_limited","retry_after_ms":250,"tier":"t"}));
-    h.tick(350);
-    let reports: Vec<Value> = h.sent().into_iter().filter(|f| f["type"] == "task_complete").collect();
-    assert_eq!(reports.len(), 1, "{:?}", h.sent());
-    assert_eq!(reports[0]["generation"], 9);
-    h.frame(json!({"type":"task_ack","task_id":TASK,"status":"complete"}));
+    transcript(
+        &mut h,
+        vec![
+            (
+                Step::Assign(TASK, 9),
+                &[
+                    "record task_readopted",
+                    "persist active working gen=9 report=complete",
+                    "send task_accepted",
+                ],
+            ),
+            (
+                Step::Frame(json!({"type":"rate_limited","retry_after_ms":250,"tier":"t"})),
+                &["record report_sent"],
+            ),
+            (Step::Tick(350), &["send task_complete"]),
+        ],
+    );
+    assert_eq!(h.sent()[0]["generation"], 9);
+    transcript(
+        &mut h,
+        vec![(ack("complete"), &["persist idle past=settled", "record report_settled", "remove files"])],
+    );
     assert!(h.state.held_task_id().is_none());
 }
 
@@ -751,30 +819,57 @@ fn a_state_report_ack_applies_to_the_generation_it_answers() {
     let mut h = Harness::with(Settings { send_state_report: true, ..settings() }, node_queue("working"));
     h.identify();
     assert_eq!(h.sent()[1]["generation"], 3);
-    // The hub hands the task back at generation 5 before it answers the
-    // report of generation 3: the abort is about generation 3.
-    h.assign(TASK, 5);
-    h.frame(json!({"type":"state_report_ack","task_id":TASK,"action":"abort"}));
-    assert_eq!(h.state.held_task_id(), Some(TASK), "a stale abort changes nothing");
-    assert!(h.steps().is_empty(), "{:?}", h.steps());
-    // An ack that answers no report we sent changes nothing either.
-    h.frame(json!({"type":"state_report_ack","task_id":TASK,"action":"abort"}));
-    assert_eq!(h.state.held_task_id(), Some(TASK));
-    // The agent's result is reported under generation 5.
-    h.frame(json!({"type":"task_continue","task_id":TASK,"generation":5}));
-    h.files(true, success());
-    assert_eq!(h.sent()[0]["type"], "task_complete");
+    let abort = || Step::Frame(json!({"type":"state_report_ack","task_id":TASK,"action":"abort"}));
+    transcript(
+        &mut h,
+        vec![
+            // The hub hands the task back at generation 5 before it answers
+            // the report of generation 3: the abort is about generation 3,
+            // and changes nothing.
+            (
+                Step::Assign(TASK, 5),
+                &[
+                    "record task_readopted",
+                    "persist active working gen=5",
+                    "send task_accepted",
+                    "read files",
+                ],
+            ),
+            (abort(), &[]),
+            // An ack that answers no report we sent changes nothing either.
+            (abort(), &[]),
+            // The agent's result is reported under generation 5.
+            (resume(5), &["record task_continued", "persist active working gen=5", "send task_accepted"]),
+            (
+                Step::Files(true, success()),
+                &[
+                    "record confirmed",
+                    "record result_received",
+                    "persist active working gen=5 report=complete",
+                    "record report_sent",
+                    "send task_complete",
+                ],
+            ),
+        ],
+    );
     assert_eq!(h.sent()[0]["generation"], 5);
     // A report of the current generation answered abort drops it.
     let mut h = Harness::with(Settings { send_state_report: true, ..settings() }, node_queue("working"));
     h.identify();
-    h.frame(json!({"type":"state_report_ack","task_id":TASK,"action":"abort"}));
-    assert!(h.state.held_task_id().is_none());
+    transcript(&mut h, vec![(abort(), &["persist idle past=taken_back", "record task_dropped"])]);
 }
 
 #[test]
 fn without_the_feature_no_state_report_is_sent() {
     let mut h = Harness::with(settings(), node_queue("working"));
-    h.identify();
-    assert_eq!(h.sent_types(), ["task_recovering"]);
+    transcript(
+        &mut h,
+        vec![
+            (Step::Connected, &["record connected", "send identify"]),
+            (
+                Step::Frame(json!({"type":"identified","agent_id":"a1"})),
+                &["record identified", "record recovering_sent", "send task_recovering"],
+            ),
+        ],
+    );
 }
