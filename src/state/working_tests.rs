@@ -15,39 +15,58 @@ fn a_listing_reads_the_held_tasks_files_only_when_it_has_some() {
     let mut h = Harness::new();
     h.identify();
     h.assign(TASK, 3);
-    h.input(listing(&[("task-other", FileKind::Result)]));
-    assert!(h.steps().is_empty(), "another task's file is only logged: {:?}", h.steps());
-    h.input(listing(&[("task-other", FileKind::Result), (TASK, FileKind::Started)]));
-    assert_eq!(h.steps(), ["read files"]);
-    // A directory that cannot be listed: read the held task's files directly.
-    h.input(Input::Listing(Err("permission denied".into())));
-    assert_eq!(h.steps(), ["read files"]);
+    transcript(
+        &mut h,
+        vec![
+            // Another task's file is only logged.
+            (Step::Input(listing(&[("task-other", FileKind::Result)])), &[]),
+            (
+                Step::Input(listing(&[("task-other", FileKind::Result), (TASK, FileKind::Started)])),
+                &["read files"],
+            ),
+            // A directory that cannot be listed: read the held task's files
+            // directly.
+            (Step::Input(Input::Listing(Err("permission denied".into()))), &["read files"]),
+        ],
+    );
 }
 
 #[test]
 fn watcher_hints_read_the_held_tasks_files_and_a_lost_track_lists_the_directory() {
     let mut h = Harness::new();
     h.identify();
-    h.input(Input::Event(Event::Results(ResultsEvent::Changed(vec![PathBuf::from(format!(
-        "/r/{TASK}.json"
-    ))]))));
-    assert_eq!(h.steps(), ["list results"], "not ours: listed (does it exist?) before any warning");
-    h.assign(TASK, 3);
     let changed = |names: &[&str]| {
-        Input::Event(Event::Results(ResultsEvent::Changed(
+        Step::Input(Input::Event(Event::Results(ResultsEvent::Changed(
             names.iter().map(|n| PathBuf::from("/r").join(n)).collect(),
-        )))
+        ))))
     };
-    h.input(changed(&[".tmp123", "notes.txt"]));
-    assert!(h.steps().is_empty(), "not task files");
-    h.input(changed(&["task-other.json", &format!("{TASK}.progress")]));
-    assert_eq!(h.steps(), ["read files", "list results"]);
-    // Once listed (it exists), it is logged once and never listed for again.
-    h.input(listing(&[("task-other", FileKind::Result)]));
-    h.input(changed(&["task-other.json"]));
-    assert!(h.steps().is_empty());
-    h.input(Input::Event(Event::Results(ResultsEvent::Rescan)));
-    assert_eq!(h.steps(), ["list results"]);
+    transcript(
+        &mut h,
+        vec![
+            // Not ours: listed (does it exist?) before any warning.
+            (changed(&[&format!("{TASK}.json")]), &["list results"]),
+            (
+                Step::Assign(TASK, 3),
+                &[
+                    "record task_accepted",
+                    "persist active accepted gen=3",
+                    "send task_accepted",
+                    "record wake_attempt",
+                    "persist active waking gen=3",
+                    "start wake 1",
+                    "read files",
+                ],
+            ),
+            // Not task files.
+            (changed(&[".tmp123", "notes.txt"]), &[]),
+            (changed(&["task-other.json", &format!("{TASK}.progress")]), &["read files", "list results"]),
+            // Once listed (it exists), it is logged once and never listed
+            // for again.
+            (Step::Input(listing(&[("task-other", FileKind::Result)])), &[]),
+            (changed(&["task-other.json"]), &[]),
+            (Step::Input(Input::Event(Event::Results(ResultsEvent::Rescan))), &["list results"]),
+        ],
+    );
 }
 
 #[test]
@@ -57,20 +76,44 @@ fn without_a_watcher_the_directory_is_polled_only_while_a_task_is_held() {
         QueueFile::default(),
     );
     h.identify();
-    assert_eq!(h.deadline_ms(), Some(60_000), "idle: only the heartbeat");
-    h.at(10).assign(TASK, 3);
-    assert_eq!(h.deadline_ms(), Some(210));
-    h.tick(209);
-    assert!(!h.steps().contains(&"list results".to_string()));
-    h.tick(210);
-    assert_eq!(h.steps(), ["list results"]);
-    assert_eq!(h.deadline_ms(), Some(410), "and again");
-    h.frame(json!({"type":"task_cancelled","task_id":TASK}));
-    // Only the cancelled task's files are due to go (cancel_grace, 2 s).
-    assert_eq!(h.deadline_ms(), Some(2_210), "nothing held: no polling");
-    h.tick(2_210);
-    assert_eq!(h.steps(), ["discard files"]);
-    assert_eq!(h.deadline_ms(), Some(60_000), "nothing held: no polling");
+    transcript(
+        &mut h,
+        vec![
+            // Idle: only the heartbeat.
+            (Step::Deadline(Some(60_000)), &[]),
+            (
+                at(10, Step::Assign(TASK, 3)),
+                &[
+                    "record task_accepted",
+                    "persist active accepted gen=3",
+                    "send task_accepted",
+                    "record wake_attempt",
+                    "persist active waking gen=3",
+                    "start wake 1",
+                    "read files",
+                ],
+            ),
+            (Step::Deadline(Some(210)), &[]),
+            (Step::Tick(209), &[]),
+            (Step::Tick(210), &["list results"]),
+            // And again.
+            (Step::Deadline(Some(410)), &[]),
+            (
+                Step::Frame(json!({"type":"task_cancelled","task_id":TASK})),
+                &[
+                    "mark cancelled (task_cancelled)",
+                    "cancel wake",
+                    "persist idle past=settled",
+                    "record task_dropped",
+                ],
+            ),
+            // Only the cancelled task's files are due to go (cancel_grace,
+            // 2 s): nothing held, no polling.
+            (Step::Deadline(Some(2_210)), &[]),
+            (Step::Tick(2_210), &["discard files"]),
+            (Step::Deadline(Some(60_000)), &[]),
+        ],
+    );
 }
 
 #[test]
@@ -183,10 +226,23 @@ fn a_task_whose_result_never_comes_fails_at_task_timeout() {
     h.at(100).assign(TASK, 3);
     h.wake_done(1, WakeStatus::Success);
     h.files(true, ReadResult::Missing);
-    assert_eq!(h.deadline_ms(), Some(5_100));
-    h.tick(5_099);
-    assert!(h.sent().is_empty());
-    h.tick(5_100);
+    transcript(
+        &mut h,
+        vec![
+            (Step::Deadline(Some(5_100)), &[]),
+            (Step::Tick(5_099), &[]),
+            (
+                Step::Tick(5_100),
+                &[
+                    "mark cancelled (task_timeout)",
+                    "record task_failed_here",
+                    "persist active working gen=3 report=failed(task_timeout)",
+                    "record report_sent",
+                    "send task_failed",
+                ],
+            ),
+        ],
+    );
     assert_eq!(h.sent()[0]["reason"], "task_timeout");
 }
 
@@ -195,7 +251,19 @@ fn a_task_timeout_kills_a_wake_still_running() {
     let mut h = Harness::with(Settings { task_timeout: Some(ms(1_000)), ..settings() }, QueueFile::default());
     h.identify();
     h.assign(TASK, 3);
-    h.tick(1_000);
-    assert!(h.has(|e| matches!(e, Effect::CancelWake { .. })));
+    transcript(
+        &mut h,
+        vec![(
+            Step::Tick(1_000),
+            &[
+                "mark cancelled (task_timeout)",
+                "cancel wake",
+                "record task_failed_here",
+                "persist active waking gen=3 report=failed(task_timeout)",
+                "record report_sent",
+                "send task_failed",
+            ],
+        )],
+    );
     assert_eq!(h.sent()[0]["reason"], "task_timeout");
 }
