@@ -42,20 +42,29 @@ fn a_started_wake_is_persisted_at_once_and_cleared_by_its_outcome() {
     assert_eq!(h.persisted().unwrap().wake_process, Some(expected.clone()));
     assert_eq!(h.state.queue_file().wake_process, Some(expected));
 
-    // A failed attempt whose retry waits: no other persist in the batch, so
-    // the clearing one is its own.
-    h.at(10).wake_done(1, WakeStatus::Failed { exit_code: Some(1) });
-    assert_eq!(persists(&h), 1, "{:?}", h.steps());
-    assert_eq!(h.persisted().unwrap().wake_process, None);
-
-    // The retry: started, then a success that persists anyway (once).
-    h.tick(110);
-    assert_eq!(h.wake_starts(), [2]);
-    started(&mut h, 2);
+    transcript(
+        &mut h,
+        vec![
+            // A failed attempt whose retry waits: the clearing persist is its
+            // own.
+            (
+                at(10, Step::WakeDone(1, WakeStatus::Failed { exit_code: Some(1) })),
+                &["record wake_finished", "persist active waking gen=1"],
+            ),
+            // The retry: started, then a success that persists anyway (once).
+            (Step::Tick(110), &["record wake_attempt", "persist active waking gen=1", "start wake 2"]),
+            (Step::WakeStarted(2), &["persist active waking gen=1", "release wake 2"]),
+        ],
+    );
     assert_eq!(h.persisted().unwrap().wake_process.map(|p| p.attempt), Some(2));
-    h.at(120).wake_done(2, WakeStatus::Success);
-    assert_eq!(persists(&h), 1, "{:?}", h.steps());
-    assert_eq!(h.persisted().unwrap().active.unwrap().status, TaskStatus::WakingConfirmation);
+    transcript(
+        &mut h,
+        vec![(
+            at(120, Step::WakeDone(2, WakeStatus::Success)),
+            &["record wake_finished", "persist active waking_confirmation gen=1", "read files"],
+        )],
+    );
+    assert_eq!(h.persisted().unwrap().wake_process, None);
     assert_eq!(h.state.queue_file().wake_process, None);
 }
 
@@ -64,9 +73,13 @@ fn an_outcome_of_another_attempt_does_not_clear_the_running_one() {
     let mut h = Harness::new();
     h.identify();
     h.assign(TASK, 1);
-    started(&mut h, 1);
-    h.wake_done(7, WakeStatus::Cancelled);
-    assert_eq!(persists(&h), 0, "{:?}", h.steps());
+    transcript(
+        &mut h,
+        vec![
+            (Step::WakeStarted(1), &["persist active waking gen=1", "release wake 1"]),
+            (Step::WakeDone(7, WakeStatus::Cancelled), &["record wake_finished"]),
+        ],
+    );
     assert_eq!(h.state.queue_file().wake_process.map(|p| p.attempt), Some(1));
 }
 
@@ -167,7 +180,13 @@ fn wake_result_is_sent_only_when_the_hub_has_the_feature() {
     let mut h = Harness::with(s, QueueFile::default());
     h.identify();
     h.assign(TASK, 3);
-    h.wake_done(1, WakeStatus::Failed { exit_code: Some(2) });
+    transcript(
+        &mut h,
+        vec![(
+            Step::WakeDone(1, WakeStatus::Failed { exit_code: Some(2) }),
+            &["record wake_finished", "send wake_result"],
+        )],
+    );
     assert_eq!(
         h.sent()[0],
         json!({"type":"wake_result","task_id":TASK,"status":"failed","attempt":1,"error":"exit code 2","protocol_version":1})
@@ -175,8 +194,10 @@ fn wake_result_is_sent_only_when_the_hub_has_the_feature() {
     let mut h = Harness::new();
     h.identify();
     h.assign(TASK, 3);
-    h.wake_done(1, WakeStatus::Failed { exit_code: Some(2) });
-    assert!(h.sent().is_empty());
+    transcript(
+        &mut h,
+        vec![(Step::WakeDone(1, WakeStatus::Failed { exit_code: Some(2) }), &["record wake_finished"])],
+    );
 }
 
 /// An agent that confirms (`.started`) while its next attempt waits is
