@@ -96,14 +96,38 @@ fn a_task_handed_back_whose_agent_never_confirmed_is_woken_once() {
     h.disconnect(None, None);
     h.tick(1_000);
     h.identify();
-    h.frame(json!({"type":"task_reassign","task_id":TASK}));
-    assert!(h.has(|e| matches!(e, Effect::CancelWake { .. })), "attempt 2 was running");
-    h.assign(TASK, 5);
-    assert!(h.wake_starts().is_empty(), "files first");
-    h.files(false, ReadResult::Missing);
-    assert!(h.wake_starts().is_empty(), "the cancelled attempt has not ended yet");
-    h.wake_done(2, WakeStatus::Cancelled);
-    assert_eq!(h.wake_starts(), [1], "one new wake");
+    transcript(
+        &mut h,
+        vec![
+            // Attempt 2 was running: cancelled.
+            (
+                Step::Frame(json!({"type":"task_reassign","task_id":TASK})),
+                &["cancel wake", "persist idle past=taken_back", "record task_dropped"],
+            ),
+            // Files first.
+            (
+                Step::Assign(TASK, 5),
+                &[
+                    "record task_accepted",
+                    "persist active accepted gen=5",
+                    "send task_accepted",
+                    "read files",
+                ],
+            ),
+            // The cancelled attempt has not ended yet.
+            (Step::Files(false, ReadResult::Missing), &[]),
+            // One new wake.
+            (
+                Step::WakeDone(2, WakeStatus::Cancelled),
+                &[
+                    "record wake_finished",
+                    "record wake_attempt",
+                    "persist active waking gen=5",
+                    "start wake 1",
+                ],
+            ),
+        ],
+    );
 }
 
 #[test]
@@ -112,39 +136,53 @@ fn a_taken_back_task_not_handed_back_in_time_has_its_result_logged_and_removed()
     // readopt_window is 10 s in these settings.
     let due = h.deadline_ms().unwrap();
     assert!(due <= 10_000, "{due}");
-    h.tick(10_000);
-    assert!(
-        h.steps().ends_with(&["persist idle".to_string(), "discard files".to_string()]),
-        "{:?}",
-        h.steps()
+    transcript(
+        &mut h,
+        vec![
+            (Step::Tick(10_000), &["persist idle", "discard files"]),
+            // A push of that id now is new work.
+            (
+                Step::Assign(TASK, 7),
+                &[
+                    "record task_accepted",
+                    "persist active accepted gen=7",
+                    "send task_accepted",
+                    "record wake_attempt",
+                    "persist active waking gen=7",
+                    "start wake 1",
+                    "read files",
+                ],
+            ),
+        ],
     );
-    // A push of that id now is new work.
-    h.assign(TASK, 7);
-    assert_eq!(h.wake_starts(), [1]);
 }
 
 #[test]
 fn a_task_adopted_without_a_wake_whose_agent_stays_silent_fails_in_bounded_time() {
     let mut h = taken_back_after_a_crash();
     h.at(1_000).assign(TASK, 5);
-    h.files(true, ReadResult::Missing);
     // adopted_silence is 20 s: progress at 15 s starts it over.
-    let progress = |h: &mut Harness, at: u64, value: u64| {
-        h.at(at).input(Input::Files(TaskFiles {
+    let progress = |at_ms: u64, value: u64| {
+        let files = TaskFiles {
             task_id: TASK.into(),
             started: true,
             result: ReadResult::Missing,
             progress: ReadResult::Parsed(json!({ "progress": value })),
-        }));
+        };
+        at(at_ms, Step::Input(Input::Files(files)))
     };
-    progress(&mut h, 15_000, 10);
-    h.tick(34_999);
-    assert!(!h.sent_types().contains(&"task_failed".to_string()));
-    progress(&mut h, 34_999, 10);
-    h.tick(35_000);
+    transcript(
+        &mut h,
+        vec![
+            (Step::Files(true, ReadResult::Missing), &["record confirmed", "persist active working gen=5"]),
+            (progress(15_000, 10), &["send task_progress"]),
+            (Step::Tick(34_999), &[]),
+            (progress(34_999, 10), &[]),
+            (Step::Tick(35_000), &["record task_failed_here", "persist active working gen=5 report=failed(adopted_task_silent: taken over without a wake, no progress or result for 20000 ms)", "record report_sent", "send task_failed"]),
+        ],
+    );
     let failed = h.sent().into_iter().find(|f| f["type"] == "task_failed").expect("failed at 35 s");
     assert!(failed["reason"].as_str().unwrap().starts_with("adopted_task_silent"), "{failed}");
-    assert!(h.wake_starts().is_empty());
 }
 
 #[test]
@@ -153,16 +191,37 @@ fn a_task_recovered_while_waking_whose_agent_had_confirmed_is_not_woken_again() 
     h.input(started_listing());
     h.files(true, ReadResult::Missing);
     h.identify();
-    h.frame(json!({"type":"task_continue","task_id":TASK,"generation":3}));
-    assert!(h.wake_starts().is_empty(), "{:?}", h.steps());
-    assert_eq!(h.persisted().unwrap().active.unwrap().status.as_str(), "working");
+    transcript(
+        &mut h,
+        vec![(
+            resume(3),
+            &[
+                "record task_continued",
+                "persist active waking gen=3",
+                "send task_accepted",
+                "persist active working gen=3",
+                "read files",
+            ],
+        )],
+    );
     // Same when the hub hands it back instead of answering continue.
     let mut h = Harness::with(settings(), node_queue("accepted"));
     h.input(started_listing());
     h.files(true, ReadResult::Missing);
     h.identify();
-    h.assign(TASK, 5);
-    assert!(h.wake_starts().is_empty(), "{:?}", h.steps());
+    transcript(
+        &mut h,
+        vec![(
+            Step::Assign(TASK, 5),
+            &[
+                "record task_readopted",
+                "persist active accepted gen=5",
+                "send task_accepted",
+                "persist active working gen=5",
+                "read files",
+            ],
+        )],
+    );
 }
 
 #[test]
@@ -170,15 +229,30 @@ fn after_a_settled_failure_the_same_task_is_new_work_and_its_old_files_never_cou
     let mut h = Harness::new();
     h.working(3);
     h.files(true, ReadResult::Parsed(json!({"status":"failure","reason":"no"})));
-    h.frame(json!({"type":"task_ack","task_id":TASK,"status":"retried"}));
-    // Recorded as settled before its files go.
-    assert_eq!(h.steps(), ["persist idle past=settled", "record report_settled", "remove files"]);
-    // A late file of the settled run is discarded (logged), not left.
-    h.input(Input::Event(Event::Results(ResultsEvent::Changed(vec![format!("/r/{TASK}.json").into()]))));
-    assert_eq!(h.steps(), ["discard files"]);
-    // The retry is new work: woken, not adopted.
-    h.assign(TASK, 4);
-    assert_eq!(h.wake_starts(), [1]);
+    let late_file =
+        Input::Event(Event::Results(ResultsEvent::Changed(vec![format!("/r/{TASK}.json").into()])));
+    transcript(
+        &mut h,
+        vec![
+            // Recorded as settled before its files go.
+            (ack("retried"), &["persist idle past=settled", "record report_settled", "remove files"]),
+            // A late file of the settled run is discarded (logged), not left.
+            (Step::Input(late_file), &["discard files"]),
+            // The retry is new work: woken, not adopted.
+            (
+                Step::Assign(TASK, 4),
+                &[
+                    "record task_accepted",
+                    "persist active accepted gen=4",
+                    "send task_accepted",
+                    "record wake_attempt",
+                    "persist active waking gen=4",
+                    "start wake 1",
+                    "read files",
+                ],
+            ),
+        ],
+    );
 }
 
 #[test]
@@ -191,10 +265,27 @@ fn a_kill_between_settling_and_removing_the_files_is_finished_at_the_next_start(
     // Killed here: the next start removes the files and reports nothing.
     let mut h = Harness::with(settings(), on_disk);
     assert_eq!(h.steps(), ["remove files", "list results", "connect", "record connecting"]);
-    h.identify();
-    assert!(h.sent().is_empty(), "nothing is reported again");
-    h.assign(TASK, 4);
-    assert_eq!(h.wake_starts(), [1], "the retry is new work");
+    transcript(
+        &mut h,
+        vec![
+            (Step::Connected, &["record connected", "send identify"]),
+            // Nothing is reported again.
+            (Step::Frame(json!({"type":"identified","agent_id":"a1"})), &["record identified"]),
+            // The retry is new work.
+            (
+                Step::Assign(TASK, 4),
+                &[
+                    "record task_accepted",
+                    "persist active accepted gen=4",
+                    "send task_accepted",
+                    "record wake_attempt",
+                    "persist active waking gen=4",
+                    "start wake 1",
+                    "read files",
+                ],
+            ),
+        ],
+    );
 }
 
 /// A task taken back, another task done meanwhile, then the first handed
