@@ -94,18 +94,30 @@ fn run_mode_the_start_is_the_confirmation_and_the_end_reads_the_result() {
     let mut h = Harness::with(run_settings(), QueueFile::default());
     h.identify();
     h.assign(TASK, 3);
-    started(&mut h, 1);
-    // Recorded as working before it runs.
-    assert_eq!(h.persisted().unwrap().active.unwrap().status.as_str(), "working");
-    assert!(h.has(|e| matches!(e, Effect::Record { event: LifecycleEvent::Confirmed, .. })));
-    // No confirmation timeout: it works for as long as it needs.
-    h.tick(600_000);
-    assert!(!h.sent_types().contains(&"task_failed".to_string()), "{:?}", h.steps());
-    h.wake_done(1, WakeStatus::Failed { exit_code: Some(2) });
-    assert!(h.wake_starts().is_empty(), "{:?}", h.steps());
-    // The executor wrote the result file from the run.
-    h.files(true, ReadResult::Parsed(json!({"status":"failed","error":"agent_failed: exit status 2"})));
-    assert_eq!(h.sent_types(), ["task_failed"]);
+    let result = ReadResult::Parsed(json!({"status":"failed","error":"agent_failed: exit status 2"}));
+    transcript(
+        &mut h,
+        vec![
+            // Recorded as working before it runs.
+            (Step::WakeStarted(1), &["record confirmed", "persist active working gen=3", "release wake 1"]),
+            // No confirmation timeout: it works for as long as it needs.
+            (Step::Tick(600_000), &["send ping"]),
+            (
+                Step::WakeDone(1, WakeStatus::Failed { exit_code: Some(2) }),
+                &["record wake_finished", "read files", "persist active working gen=3"],
+            ),
+            // The executor wrote the result file from the run.
+            (
+                Step::Files(true, result),
+                &[
+                    "record task_failed_here",
+                    "persist active working gen=3 report=failed(agent_failed: exit status 2)",
+                    "record report_sent",
+                    "send task_failed",
+                ],
+            ),
+        ],
+    );
     assert_eq!(h.sent()[0]["reason"], "agent_failed: exit status 2");
 }
 
@@ -115,16 +127,33 @@ fn run_mode_a_task_timeout_stops_the_agent_and_marks_the_cancel() {
     let mut h = Harness::with(settings, QueueFile::default());
     h.identify();
     h.assign(TASK, 3);
-    started(&mut h, 1);
-    h.tick(5_000);
-    let steps = h.steps();
-    let mark = steps.iter().position(|s| s == "mark cancelled (task_timeout)").expect("marked");
-    let cancel = steps.iter().position(|s| s == "cancel wake").expect("cancelled");
-    assert!(mark < cancel, "{steps:?}");
+    transcript(
+        &mut h,
+        vec![
+            (Step::WakeStarted(1), &["record confirmed", "persist active working gen=3", "release wake 1"]),
+            // The cancel marker before the agent is stopped.
+            (
+                Step::Tick(5_000),
+                &[
+                    "mark cancelled (task_timeout)",
+                    "cancel wake",
+                    "record task_failed_here",
+                    "persist active working gen=3 report=failed(task_timeout)",
+                    "record report_sent",
+                    "send task_failed",
+                ],
+            ),
+        ],
+    );
     assert_eq!(h.sent()[0]["reason"], "task_timeout");
     // The ended agent's outcome changes nothing.
-    h.wake_done(1, WakeStatus::Cancelled);
-    assert_eq!(h.sent_types(), Vec::<String>::new());
+    transcript(
+        &mut h,
+        vec![(
+            Step::WakeDone(1, WakeStatus::Cancelled),
+            &["record wake_finished", "persist active working gen=3 report=failed(task_timeout)"],
+        )],
+    );
 }
 
 #[test]
@@ -132,9 +161,17 @@ fn run_mode_a_task_taken_back_keeps_its_agent_running() {
     let mut h = Harness::with(run_settings(), QueueFile::default());
     h.identify();
     h.assign(TASK, 3);
-    started(&mut h, 1);
-    h.frame(json!({"type":"task_reassign","task_id":TASK}));
-    assert!(!h.has(|e| matches!(e, Effect::CancelWake { .. })), "{:?}", h.steps());
+    transcript(
+        &mut h,
+        vec![
+            (Step::WakeStarted(1), &["record confirmed", "persist active working gen=3", "release wake 1"]),
+            // No cancel.
+            (
+                Step::Frame(json!({"type":"task_reassign","task_id":TASK})),
+                &["persist idle past=taken_back", "record task_dropped"],
+            ),
+        ],
+    );
 }
 
 #[test]
@@ -144,12 +181,23 @@ fn a_launcher_recorded_as_exited_0_is_waited_for_not_woken_again() {
     let mut h = Harness::with(settings(), queue);
     h.input(Input::Listing(Ok(vec![])));
     h.identify();
-    h.frame(json!({"type":"task_continue","task_id":TASK,"generation":3}));
-    assert!(h.wake_starts().is_empty(), "{:?}", h.steps());
-    assert_eq!(h.state.queue_file().active.unwrap().status.as_str(), "waking_confirmation");
-    // Its agent confirms: working. Had it not, confirmation_timeout fails it.
-    h.files(true, ReadResult::Missing);
-    assert_eq!(h.state.queue_file().active.unwrap().status.as_str(), "working");
+    transcript(
+        &mut h,
+        vec![
+            (
+                resume(3),
+                &[
+                    "record task_continued",
+                    "persist active waking_confirmation gen=3",
+                    "send task_accepted",
+                    "read files",
+                ],
+            ),
+            // Its agent confirms: working. Had it not, confirmation_timeout
+            // fails it.
+            (Step::Files(true, ReadResult::Missing), &["record confirmed", "persist active working gen=3"]),
+        ],
+    );
 }
 
 #[test]
@@ -159,8 +207,21 @@ fn a_launcher_recorded_as_failed_is_woken_again() {
     let mut h = Harness::with(settings(), queue);
     h.input(Input::Listing(Ok(vec![])));
     h.identify();
-    h.frame(json!({"type":"task_continue","task_id":TASK,"generation":3}));
-    assert_eq!(h.wake_starts(), [1], "{:?}", h.steps());
+    transcript(
+        &mut h,
+        vec![(
+            resume(3),
+            &[
+                "record task_continued",
+                "persist active waking gen=3",
+                "send task_accepted",
+                "record wake_attempt",
+                "persist active waking gen=3",
+                "start wake 1",
+                "read files",
+            ],
+        )],
+    );
 }
 
 #[test]
@@ -172,19 +233,39 @@ fn a_run_mode_agent_left_running_is_watched_then_its_result_reported() {
     assert!(h.persisted().unwrap().wake_process.is_some());
     h.input(Input::Listing(Ok(vec![])));
     h.identify();
-    h.frame(json!({"type":"task_continue","task_id":TASK,"generation":3}));
-    assert!(h.wake_starts().is_empty(), "{:?}", h.steps());
-    // Checked every results_poll; no silence timer while it runs.
-    h.tick(1_000);
-    h.tick(2_000);
-    assert!(h.has(|e| matches!(e, Effect::CheckAgent { .. })), "{:?}", h.steps());
-    h.tick(30_000);
-    assert!(h.sent_types().iter().all(|t| t != "task_failed"), "{:?}", h.steps());
-    h.input(Input::AgentEnded { task_id: TASK.into() });
-    assert!(h.has(|e| matches!(e, Effect::ReadTaskFiles { .. })));
-    assert_eq!(h.persisted().unwrap().wake_process, None);
-    h.files(true, success());
-    assert_eq!(h.sent_types(), ["task_complete"]);
+    transcript(
+        &mut h,
+        vec![
+            (
+                resume(3),
+                &[
+                    "record task_continued",
+                    "persist active working gen=3",
+                    "send task_accepted",
+                    "read files",
+                ],
+            ),
+            // Checked every results_poll; no silence timer while it runs.
+            (Step::Tick(1_000), &["check agent"]),
+            (Step::Tick(2_000), &["check agent"]),
+            (Step::Tick(30_000), &["check agent"]),
+            (
+                Step::Input(Input::AgentEnded { task_id: TASK.into() }),
+                &["persist active working gen=3", "read files"],
+            ),
+            (
+                Step::Files(true, success()),
+                &[
+                    "record confirmed",
+                    "record result_received",
+                    "persist active working gen=3 report=complete",
+                    "record report_sent",
+                    "send task_complete",
+                ],
+            ),
+        ],
+    );
+    assert_eq!(h.state.queue_file().wake_process, None);
 }
 
 #[test]
@@ -195,9 +276,17 @@ fn a_run_mode_agent_left_running_is_ended_when_the_hub_cancels() {
     h.input(Input::Listing(Ok(vec![])));
     h.identify();
     h.frame(json!({"type":"task_continue","task_id":TASK,"generation":3}));
-    h.frame(json!({"type":"task_cancelled","task_id":TASK}));
-    let steps = h.steps();
-    assert!(steps.contains(&"mark cancelled (task_cancelled)".to_string()), "{steps:?}");
-    assert!(steps.contains(&"end agent".to_string()), "{steps:?}");
+    transcript(
+        &mut h,
+        vec![(
+            Step::Frame(json!({"type":"task_cancelled","task_id":TASK})),
+            &[
+                "mark cancelled (task_cancelled)",
+                "end agent",
+                "persist idle past=settled",
+                "record task_dropped",
+            ],
+        )],
+    );
     assert_eq!(h.state.queue_file().wake_process, None);
 }
