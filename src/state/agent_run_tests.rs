@@ -3,18 +3,10 @@
 
 use super::*;
 use crate::state::WakeProcess;
-use crate::state::{WakeIdentity, WakeMode, WakeStarted};
+use crate::state::{WakeIdentity, WakeMode};
 
 fn run_settings() -> Settings {
     Settings { wake_mode: WakeMode::Run, ..settings() }
-}
-
-fn started(h: &mut Harness, attempt: u32) -> &[Effect] {
-    h.input(Input::Event(Event::WakeStarted(WakeStarted {
-        task_id: TASK.into(),
-        attempt,
-        identity: WakeIdentity { pid: 4242, process_group: Some(4242), start_time: Some(7) },
-    })))
 }
 
 fn process(mode: WakeMode, exit_code: Option<i32>) -> WakeProcess {

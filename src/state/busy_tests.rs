@@ -121,23 +121,26 @@ fn a_task_pushed_during_a_reconnects_recovery_is_taken_when_the_held_task_is_let
     h.tick(1_000);
     h.identify();
     assert_eq!(h.sent_types(), ["task_recovering"]);
-    h.frame(newer_hub_assign(OTHER, 3));
-    assert_eq!(h.steps(), ["record task_refused"]);
-    h.frame(json!({"type":"task_reassign","task_id":TASK}));
-    assert_eq!(
-        h.steps(),
-        [
-            "record result_withheld",
-            "persist idle past=taken_back",
-            "record task_dropped",
-            "record task_accepted",
-            "persist active accepted gen=3 past=taken_back",
-            "send task_accepted",
-            "record wake_attempt",
-            "persist active waking gen=3 past=taken_back",
-            "start wake 1",
-            "read files",
-        ]
+    transcript(
+        &mut h,
+        vec![
+            (Step::Frame(newer_hub_assign(OTHER, 3)), &["record task_refused"]),
+            (
+                Step::Frame(json!({"type":"task_reassign","task_id":TASK})),
+                &[
+                    "record result_withheld",
+                    "persist idle past=taken_back",
+                    "record task_dropped",
+                    "record task_accepted",
+                    "persist active accepted gen=3 past=taken_back",
+                    "send task_accepted",
+                    "record wake_attempt",
+                    "persist active waking gen=3 past=taken_back",
+                    "start wake 1",
+                    "read files",
+                ],
+            ),
+        ],
     );
     assert_eq!(h.sent(), [json!({"type":"task_accepted","task_id":OTHER,"protocol_version":1})]);
     assert_eq!(h.state.held_task_id(), Some(OTHER));
@@ -169,9 +172,14 @@ fn on_the_newest_hub_a_task_pushed_while_busy_before_a_reconnect_is_failed_back_
                 "reason":"busy: the sidecar was working on another task",
                 "error":"busy: the sidecar was working on another task","protocol_version":1})]
     );
-    h.frame(json!({"type":"task_ack","task_id":OTHER,"status":"retried"}));
-    h.tick(2_000);
-    assert!(h.sent().is_empty(), "once");
+    transcript(
+        &mut h,
+        vec![
+            (Step::Frame(json!({"type":"task_ack","task_id":OTHER,"status":"retried"})), &[]),
+            // Once.
+            (Step::Tick(2_000), &[]),
+        ],
+    );
     assert!(h.state.held_task_id().is_none());
 }
 
@@ -184,8 +192,7 @@ fn on_the_older_hub_nothing_is_sent_for_a_task_pushed_while_busy_before_a_reconn
         ["persist idle past=settled", "record report_settled", "remove files"],
         "task_failed would crash cbf9c20's queue"
     );
-    h.tick(2_000);
-    assert!(h.steps().is_empty());
+    transcript(&mut h, vec![(Step::Tick(2_000), &[])]);
     assert!(h.state.held_task_id().is_none());
 }
 
@@ -207,12 +214,11 @@ fn tasks_pushed_while_busy_are_taken_one_at_a_time() {
 #[test]
 fn a_later_push_of_the_same_task_while_busy_replaces_the_earlier_one() {
     let mut h = busy_with_a_push(newer_hub_assign(OTHER, 5));
-    h.frame(newer_hub_assign(OTHER, 7));
-    assert_eq!(h.steps(), ["record task_refused"]);
+    transcript(&mut h, vec![(Step::Frame(newer_hub_assign(OTHER, 7)), &["record task_refused"])]);
     settle_task(&mut h);
     assert_eq!(h.steps(), TAKEN_AFTER_SETTLING);
-    h.tick(100);
-    assert!(h.sent().is_empty(), "taken once");
+    // Taken once.
+    transcript(&mut h, vec![(Step::Tick(100), &[])]);
 }
 
 #[test]
