@@ -82,6 +82,49 @@ fn sent(fx: &[Effect]) -> Vec<&str> {
         .collect()
 }
 
+/// An input of a link transcript (times in ms after `t0`).
+enum L {
+    /// Send a frame of this kind, labelled so (see [`out`]), awaiting an
+    /// answer of this kind about generation 3 (or nothing).
+    Send(&'static str, &'static str, Option<ReplyKind>),
+    /// The hub's `rate_limited` (its `retry_after_ms` and tier) at this time.
+    Denied(u64, &'static str, u64),
+    /// A tick at this time.
+    Tick(u64),
+    /// The hub answers the oldest frame of this kind.
+    Answer(ReplyKind),
+    /// Not an input: the link's next deadline must be this.
+    Deadline(u64),
+}
+
+/// Runs `rows` on `link`, each input with the labels of the frames it
+/// must send (a ping is `ping`; a tick's timeout is `timeout <why>`): the
+/// link's own transcripts, beside the whole core's (`state/tests/mod.rs`).
+fn link_transcript(link: &mut Link, t0: Instant, rows: Vec<(L, &[&str])>) {
+    for (number, (input, expected)) in rows.into_iter().enumerate() {
+        let mut fx = Vec::new();
+        let mut timeout = None;
+        match input {
+            L::Send(kind, label, awaiting) => {
+                link.send(out(kind, label), awaiting.map(|kind| entry(kind, 3)), &mut fx)
+            }
+            L::Denied(retry_after, tier, at) => {
+                link.on_rate_limited(ms(retry_after), Some(tier), t0 + ms(at), &mut fx)
+            }
+            L::Tick(at) => timeout = link.tick(t0 + ms(at), &mut fx),
+            L::Answer(kind) => {
+                assert!(link.take_awaiting(&[kind]).is_some(), "row {}: nothing awaited", number + 1)
+            }
+            L::Deadline(at) => {
+                assert_eq!(link.deadline(), Some(t0 + ms(at)), "row {}: the deadline", number + 1)
+            }
+        }
+        let mut batch: Vec<String> = sent(&fx).into_iter().map(str::to_owned).collect();
+        batch.extend(timeout.map(|why| format!("timeout {why:?}")));
+        assert_eq!(batch, expected, "row {} of the link transcript", number + 1);
+    }
+}
+
 #[test]
 fn connects_at_once_then_identifies_within_the_timeout() {
     let t0 = Instant::now();
@@ -174,16 +217,20 @@ fn a_lost_connection_forgets_what_it_awaited_and_backs_off_with_a_cooldown() {
 fn a_rate_limited_frame_is_resent_after_the_delay_with_its_correlation() {
     let t0 = Instant::now();
     let mut link = ready(t0);
-    let mut fx = Vec::new();
-    link.send(out("task_complete", "report"), Some(entry(ReplyKind::Complete, 3)), &mut fx);
-    link.on_rate_limited(ms(250), Some("normal"), t0, &mut fx);
+    link_transcript(
+        &mut link,
+        t0,
+        vec![
+            (L::Send("task_complete", "report", Some(ReplyKind::Complete)), &["report"]),
+            (L::Denied(250, "normal", 0), &[]),
+        ],
+    );
     assert_eq!(link.find_awaiting(ReplyKind::Complete), None, "a dropped frame awaits nothing");
-    assert_eq!(link.deadline(), Some(t0 + ms(250)));
-    fx.clear();
-    link.tick(t0 + ms(249), &mut fx);
-    assert!(sent(&fx).is_empty());
-    link.tick(t0 + ms(250), &mut fx);
-    assert_eq!(sent(&fx), ["report"]);
+    link_transcript(
+        &mut link,
+        t0,
+        vec![(L::Deadline(250), &[]), (L::Tick(249), &[]), (L::Tick(250), &["report"])],
+    );
     assert_eq!(link.find_awaiting(ReplyKind::Complete), Some(&entry(ReplyKind::Complete, 3)));
 }
 
@@ -191,77 +238,89 @@ fn a_rate_limited_frame_is_resent_after_the_delay_with_its_correlation() {
 fn a_rate_limited_ping_moves_the_next_ping_instead_of_failing_the_link() {
     let t0 = Instant::now();
     let mut link = ready(t0);
-    let mut fx = Vec::new();
-    link.tick(t0 + ms(1_000), &mut fx);
-    assert_eq!(sent(&fx).len(), 1, "ping");
-    assert_eq!(link.deadline(), Some(t0 + ms(1_300)), "pong due");
-    link.on_rate_limited(ms(2_000), Some("light"), t0 + ms(1_010), &mut fx);
-    assert_eq!(link.deadline(), Some(t0 + ms(3_010)));
-    assert_eq!(link.tick(t0 + ms(1_300), &mut fx), None, "no pong is due");
+    link_transcript(
+        &mut link,
+        t0,
+        vec![
+            (L::Tick(1_000), &["ping"]),
+            // The pong is due.
+            (L::Deadline(1_300), &[]),
+            (L::Denied(2_000, "light", 1_010), &[]),
+            (L::Deadline(3_010), &[]),
+            // No pong is due.
+            (L::Tick(1_300), &[]),
+        ],
+    );
 }
 
 #[test]
 fn frames_denied_in_a_row_are_all_resent_in_their_order_after_the_delay() {
     let t0 = Instant::now();
     let mut link = ready(t0);
-    let mut fx = Vec::new();
-    link.send(out("task_accepted", "accepted"), Some(entry(ReplyKind::Accepted, 3)), &mut fx);
-    link.send(out("wake_result", "woken"), None, &mut fx);
-    link.send(out("task_complete", "complete"), Some(entry(ReplyKind::Complete, 3)), &mut fx);
-    assert_eq!(sent(&fx), ["accepted", "woken", "complete"]);
-    for _ in 0..3 {
-        link.on_rate_limited(ms(1_000), Some("normal"), t0 + ms(10), &mut fx);
-    }
-    // Sent meanwhile: waits behind them.
-    fx.clear();
-    link.send(out("task_progress", "progress"), None, &mut fx);
-    assert!(sent(&fx).is_empty(), "nothing overtakes a frame waiting to be resent");
-    assert_eq!(link.deadline(), Some(t0 + ms(1_000)), "the heartbeat is due first");
-    link.tick(t0 + ms(1_000), &mut fx);
-    fx.clear();
-    link.tick(t0 + ms(1_009), &mut fx);
-    assert!(sent(&fx).is_empty());
-    link.tick(t0 + ms(1_010), &mut fx);
-    // What the hub answers first; the informational frames after.
-    assert_eq!(sent(&fx), ["accepted", "complete", "woken", "progress"]);
-    assert_eq!(link.take_awaiting(&[ReplyKind::Accepted]), Some(entry(ReplyKind::Accepted, 3)));
-    assert_eq!(link.take_awaiting(&[ReplyKind::Complete]), Some(entry(ReplyKind::Complete, 3)));
+    link_transcript(
+        &mut link,
+        t0,
+        vec![
+            (L::Send("task_accepted", "accepted", Some(ReplyKind::Accepted)), &["accepted"]),
+            (L::Send("wake_result", "woken", None), &["woken"]),
+            (L::Send("task_complete", "complete", Some(ReplyKind::Complete)), &["complete"]),
+            (L::Denied(1_000, "normal", 10), &[]),
+            (L::Denied(1_000, "normal", 10), &[]),
+            (L::Denied(1_000, "normal", 10), &[]),
+            // Sent meanwhile: nothing overtakes a frame waiting to be resent.
+            (L::Send("task_progress", "progress", None), &[]),
+            // The heartbeat is due first.
+            (L::Deadline(1_000), &[]),
+            (L::Tick(1_000), &["ping"]),
+            (L::Tick(1_009), &[]),
+            // What the hub answers first; the informational frames after.
+            (L::Tick(1_010), &["accepted", "complete", "woken", "progress"]),
+            (L::Answer(ReplyKind::Accepted), &[]),
+            (L::Answer(ReplyKind::Complete), &[]),
+        ],
+    );
 }
 
 #[test]
 fn a_silent_frame_before_a_denied_one_is_resent_too_and_a_late_answer_cancels_a_resend() {
     let t0 = Instant::now();
     let mut link = ready(t0);
-    let mut fx = Vec::new();
-    link.send(out("task_progress", "progress"), None, &mut fx);
-    link.send(out("task_complete", "complete"), Some(entry(ReplyKind::Complete, 3)), &mut fx);
-    link.send(out("task_accepted", "accepted"), Some(entry(ReplyKind::Accepted, 3)), &mut fx);
-    // Which of progress and complete was dropped cannot be told: both go
-    // again; accepted is still in flight.
-    link.on_rate_limited(ms(500), Some("normal"), t0, &mut fx);
-    // The complete had been handled after all (the progress was the one
-    // dropped): its answer takes it out of the resend queue.
-    assert_eq!(link.take_awaiting(&[ReplyKind::Complete]), Some(entry(ReplyKind::Complete, 3)));
-    fx.clear();
-    link.tick(t0 + ms(500), &mut fx);
-    assert_eq!(sent(&fx), ["progress"]);
-    assert_eq!(link.take_awaiting(&[ReplyKind::Accepted]), Some(entry(ReplyKind::Accepted, 3)));
+    link_transcript(
+        &mut link,
+        t0,
+        vec![
+            (L::Send("task_progress", "progress", None), &["progress"]),
+            (L::Send("task_complete", "complete", Some(ReplyKind::Complete)), &["complete"]),
+            (L::Send("task_accepted", "accepted", Some(ReplyKind::Accepted)), &["accepted"]),
+            // Which of progress and complete was dropped cannot be told: both
+            // go again; accepted is still in flight.
+            (L::Denied(500, "normal", 0), &[]),
+            // The complete had been handled after all (the progress was the
+            // one dropped): its answer takes it out of the resend queue.
+            (L::Answer(ReplyKind::Complete), &[]),
+            (L::Tick(500), &["progress"]),
+            (L::Answer(ReplyKind::Accepted), &[]),
+        ],
+    );
 }
 
 #[test]
 fn an_answer_retires_the_silent_frames_sent_before_it() {
     let t0 = Instant::now();
     let mut link = ready(t0);
-    let mut fx = Vec::new();
-    link.send(out("task_progress", "p1"), None, &mut fx);
-    link.send(out("task_accepted", "accepted"), Some(entry(ReplyKind::Accepted, 3)), &mut fx);
-    link.send(out("task_progress", "p2"), None, &mut fx);
-    assert!(link.take_awaiting(&[ReplyKind::Accepted]).is_some());
-    // Only p2 can be the frame a rate_limited now refers to.
-    link.on_rate_limited(ms(200), Some("normal"), t0, &mut fx);
-    fx.clear();
-    link.tick(t0 + ms(200), &mut fx);
-    assert_eq!(sent(&fx), ["p2"]);
+    link_transcript(
+        &mut link,
+        t0,
+        vec![
+            (L::Send("task_progress", "p1", None), &["p1"]),
+            (L::Send("task_accepted", "accepted", Some(ReplyKind::Accepted)), &["accepted"]),
+            (L::Send("task_progress", "p2", None), &["p2"]),
+            (L::Answer(ReplyKind::Accepted), &[]),
+            // Only p2 can be the frame a rate_limited now refers to.
+            (L::Denied(200, "normal", 0), &[]),
+            (L::Tick(200), &["p2"]),
+        ],
+    );
 }
 
 #[test]
@@ -466,10 +525,11 @@ fn a_connection_that_never_reports_is_given_up_after_twice_the_connect_timeout()
     // or gone, and waiting for it for ever would never reconnect.
     let t0 = Instant::now();
     let mut link = Link::new(timers(), 1, t0);
-    let mut fx = Vec::new();
-    assert_eq!(link.tick(t0, &mut fx), None);
+    link_transcript(&mut link, t0, vec![(L::Tick(0), &[])]);
     assert!(link.live_conn_id().is_some());
-    assert_eq!(link.deadline(), Some(t0 + ms(1_000)));
-    assert_eq!(link.tick(t0 + ms(999), &mut fx), None);
-    assert_eq!(link.tick(t0 + ms(1_000), &mut fx), Some(Timeout::Connect));
+    link_transcript(
+        &mut link,
+        t0,
+        vec![(L::Deadline(1_000), &[]), (L::Tick(999), &[]), (L::Tick(1_000), &["timeout Connect"])],
+    );
 }
