@@ -71,7 +71,8 @@ pub(crate) enum Phase {
     Waking,
     /// An attempt failed (or the executor was busy); the next one,
     /// `Task::wake_attempts + 1`, starts at `at` (or as soon as the executor
-    /// is free).
+    /// is free). Not confirmed: a `.started` now moves the task to `Working`,
+    /// and no further attempt starts.
     WakeRetry { at: Instant },
     /// Woken; the agent must confirm (`.started`) by `deadline`, which moves
     /// the task to `Working`. `None` for a task recovered at start until the
@@ -263,9 +264,9 @@ impl Task {
     }
 
     /// Its agent confirmed it (`.started`, or in run mode its command
-    /// released) in this run. Not a field beside the phase: `Waking` and
-    /// `Confirming` cannot be confirmed (confirming moves them on to
-    /// `Working`); the phases it means something in carry it.
+    /// released) in this run. Not a field beside the phase: `Waking`,
+    /// `WakeRetry` and `Confirming` cannot be confirmed (confirming moves
+    /// them on to `Working`); the phases it means something in carry it.
     pub fn confirmed(&self) -> bool {
         match &self.stage {
             Stage::Reporting { confirmed, .. } => *confirmed,
