@@ -317,27 +317,51 @@ fn a_frame_type_the_hub_does_not_know_is_not_sent_again_on_that_connection() {
     let mut h = Harness::with(Settings { send_wake_result: true, ..settings() }, QueueFile::default());
     h.identify();
     h.assign(TASK, 3);
-    h.wake_done(1, WakeStatus::Failed { exit_code: Some(1) });
-    assert_eq!(h.sent_types(), ["wake_result"]);
-    h.frame(json!({"type":"error","error":"unknown_message_type"}));
-    h.tick(100);
-    h.wake_done(2, WakeStatus::Failed { exit_code: Some(1) });
-    assert!(h.sent().is_empty(), "not again on this connection");
-    // A new connection may be another hub: it is tried again there.
-    h.disconnect(None, None);
-    h.tick(1_000);
-    h.identify();
-    h.frame(json!({"type":"task_continue","task_id":TASK,"generation":3}));
-    h.tick(1_300);
-    h.wake_done(3, WakeStatus::Failed { exit_code: Some(1) });
-    assert_eq!(h.sent_types(), ["wake_result"]);
+    let failed = WakeStatus::Failed { exit_code: Some(1) };
+    transcript(
+        &mut h,
+        vec![
+            (Step::WakeDone(1, failed.clone()), &["record wake_finished", "send wake_result"]),
+            (Step::Frame(json!({"type":"error","error":"unknown_message_type"})), &[]),
+            (Step::Tick(100), &["record wake_attempt", "persist active waking gen=3", "start wake 2"]),
+            // Not again on this connection.
+            (Step::WakeDone(2, failed.clone()), &["record wake_finished"]),
+            // A new connection may be another hub: it is tried again there.
+            (Step::Disconnected(None, None), &["record disconnected"]),
+            (
+                Step::Tick(1_000),
+                &[
+                    "connect",
+                    "record connecting",
+                    "record wake_attempt",
+                    "persist active waking gen=3",
+                    "start wake 3",
+                ],
+            ),
+            (Step::Connected, &["record connected", "send identify"]),
+            (
+                Step::Frame(json!({"type":"identified","agent_id":"a1"})),
+                &["record identified", "record recovering_sent", "send task_recovering"],
+            ),
+            (resume(3), &["record task_continued", "persist active waking gen=3", "send task_accepted"]),
+            (Step::Tick(1_300), &[]),
+            (Step::WakeDone(3, failed), &["record wake_finished", "send wake_result"]),
+        ],
+    );
 
     // The newest hub names the type it does not know.
     let mut h = Harness::with(Settings { send_state_report: true, ..settings() }, node_queue("working"));
     h.identify();
     assert_eq!(h.sent_types(), ["task_recovering", "state_report"]);
-    h.frame(json!({"type":"error","error":"validation_failed","message_type":"state_report",
-                   "errors":[{"field":"type","error":"unknown_message_type"}]}));
-    h.frame(json!({"type":"task_reassign","task_id":"task-other"}));
-    assert_eq!(h.state.held_task_id(), Some(TASK), "the refusal settles nothing");
+    let refused = json!({"type":"error","error":"validation_failed","message_type":"state_report",
+                         "errors":[{"field":"type","error":"unknown_message_type"}]});
+    transcript(
+        &mut h,
+        vec![
+            (Step::Frame(refused), &[]),
+            // The refusal settles nothing.
+            (Step::Frame(json!({"type":"task_reassign","task_id":"task-other"})), &[]),
+        ],
+    );
+    assert_eq!(h.state.held_task_id(), Some(TASK));
 }
