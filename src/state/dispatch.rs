@@ -317,7 +317,7 @@ impl State {
             }
             Incoming::RestartSidecar { reason } if self.settings.has_update_command => {
                 // Stay connected while the update builds; it restarts us.
-                say!(fx, Info, "hub asked us to restart: {reason}; starting update_command, which restarts us once the new binary is ready");
+                say!(fx, Info, "hub asked us to restart: {reason}; starting the update (update_url or update_command), which restarts us once the new binary is ready");
                 fx.push(record(LifecycleEvent::UpdateStarted, json!({ "reason": reason })));
                 fx.push(Effect::StartUpdate);
             }
