@@ -21,10 +21,16 @@ fn listen(dir: &Path) -> UnixDatagram {
 /// The next message, or `None` when nothing came within the socket's timeout.
 fn next(socket: &UnixDatagram) -> Option<String> {
     let mut buf = [0u8; 4096];
-    match socket.recv(&mut buf) {
-        Ok(n) => Some(String::from_utf8(buf[..n].to_vec()).expect("notify messages are UTF-8")),
-        Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => None,
-        Err(e) => panic!("cannot read the notify socket: {e}"),
+    loop {
+        match socket.recv(&mut buf) {
+            Ok(n) => return Some(String::from_utf8(buf[..n].to_vec()).expect("notify messages are UTF-8")),
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                return None
+            }
+            // A signal to the test process cuts the wait short: wait again.
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => panic!("cannot read the notify socket: {e} ({:?})", e.kind()),
+        }
     }
 }
 
