@@ -76,6 +76,7 @@ fn every_variable_of_the_wake_command_is_in_both_tables() {
         mode: crate::wake::WakeMode::Launch,
         cancel_grace: std::time::Duration::from_secs(1),
         max_result_bytes: 1,
+        output_check: std::time::Duration::from_millis(10),
     };
     let known: BTreeSet<String> =
         crate::wake::task_environment(&request).into_iter().map(|(name, _)| name.to_string()).collect();

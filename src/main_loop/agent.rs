@@ -56,7 +56,12 @@ pub(super) fn find_leftover(queue: &mut QueueFile, config: &Config, lifecycle: &
             log::info!(
                 "{what}, a synchronous agent at work on its confirmed task, is still running: watching it"
             );
-            wake::bound_leftover_output(&config.results_dir, &process.task_id, &process.identity);
+            wake::bound_leftover_output(
+                &config.results_dir,
+                &process.task_id,
+                &process.identity,
+                config.settings.results_poll,
+            );
             Found::Running
         }
         (WakeMode::Launch, None) => {

@@ -221,6 +221,7 @@ impl Shell {
             mode: self.config.settings.wake_mode,
             cancel_grace: self.config.settings.cancel_grace,
             max_result_bytes: self.config.max_result_bytes,
+            output_check: self.config.settings.results_poll,
         });
     }
 }

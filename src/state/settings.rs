@@ -56,8 +56,9 @@ pub struct Settings {
     /// `hub_features` has `state_report`: send one after each reconnect.
     pub send_state_report: bool,
     /// `results_poll_ms`: how often the results directory is rescanned while
-    /// a task is held and nothing watches it, and how often a run-mode agent
-    /// left running by an earlier run is checked.
+    /// a task is held and nothing watches it, how often a run-mode agent
+    /// left running by an earlier run is checked, and (in the shell) how
+    /// often a launch-mode command's output files are bounded.
     pub results_poll: Duration,
     /// Nothing watches the results directory (`watch_results` is off, or
     /// the shell's watcher failed to start): rescan it every `results_poll`.

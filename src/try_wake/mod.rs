@@ -249,6 +249,7 @@ pub fn rehearse(
         mode: mode.wake_mode(),
         cancel_grace: config.settings.cancel_grace,
         max_result_bytes: config.max_result_bytes,
+        output_check: config.settings.results_poll,
     };
     let observed = watch(config, mode, request, &results_dir, wait)?;
     let verdict = judge(config, mode, &observed);

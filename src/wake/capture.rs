@@ -166,10 +166,6 @@ pub(super) fn output_in_files(mode: super::WakeMode) -> bool {
 /// [`cut`] keeps only the last [`TAIL_LIMIT_BYTES`].
 pub(super) const LAUNCH_OUTPUT_LIMIT_BYTES: u64 = 1024 * 1024;
 
-#[cfg(unix)]
-/// How often [`spawn_bounder`] checks the files' sizes.
-pub(super) const LAUNCH_OUTPUT_CHECK: Duration = Duration::from_secs(1);
-
 /// A new, empty output file at `path` (an older one is unlinked first: what
 /// an earlier attempt left in the background keeps its own), opened twice:
 /// for the command, append-only, so that [`cut`] never leaves a hole in
@@ -236,17 +232,17 @@ pub(super) fn spawn_bounder(
 
 /// Bounds the output files at `paths` of a launch-mode command an earlier
 /// sidecar started and left at work (a synchronous script), as
-/// [`spawn_bounder`] did for it there, while its process group `pgid`
-/// lives. Files that are not there are left alone.
+/// [`spawn_bounder`] did for it there, every `every` while its process
+/// group `pgid` lives. Files that are not there are left alone.
 #[cfg(unix)]
-pub(super) fn bound_leftover(paths: [std::path::PathBuf; 2], pgid: u32) {
+pub(super) fn bound_leftover(paths: [std::path::PathBuf; 2], pgid: u32, every: Duration) {
     let files: Vec<File> =
         paths.iter().filter_map(|path| OpenOptions::new().read(true).append(true).open(path).ok()).collect();
     if files.is_empty() {
         return;
     }
     let alive = move || super::sys::group_alive(pgid);
-    if let Err(error) = spawn_bounder(files, LAUNCH_OUTPUT_LIMIT_BYTES, LAUNCH_OUTPUT_CHECK, alive) {
+    if let Err(error) = spawn_bounder(files, LAUNCH_OUTPUT_LIMIT_BYTES, every, alive) {
         log::warn!("cannot start the thread that bounds a wake command's output files: {error}");
     }
 }

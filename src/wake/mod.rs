@@ -77,6 +77,10 @@ pub struct WakeRequest {
     /// `result_too_large` when stdout is larger, and the command gets it as
     /// `AGENTCOM_MAX_RESULT_BYTES` for the reporting helpers to check against.
     pub max_result_bytes: u64,
+    /// How often a launch-mode command's output files are checked against
+    /// their bound while its process group lives (Unix; the config's
+    /// `results_poll_ms`). See `capture.rs`.
+    pub output_check: Duration,
 }
 
 /// What [`end_leftover`] found and did.
@@ -152,16 +156,22 @@ impl AgentWatch {
 /// Keeps the output files of a launch-mode command an earlier sidecar left
 /// at work bounded while its process group lives (Unix; elsewhere such a
 /// command does not outlive the sidecar). See `capture.rs`.
-pub fn bound_leftover_output(results_dir: &std::path::Path, task_id: &str, identity: &WakeIdentity) {
+pub fn bound_leftover_output(
+    results_dir: &std::path::Path,
+    task_id: &str,
+    identity: &WakeIdentity,
+    every: Duration,
+) {
     #[cfg(unix)]
     if let Some(pgid) = identity.process_group {
         capture::bound_leftover(
             [run::stdout_file(results_dir, task_id), run::stderr_file(results_dir, task_id)],
             pgid,
+            every,
         );
     }
     #[cfg(not(unix))]
-    let _ = (results_dir, task_id, identity);
+    let _ = (results_dir, task_id, identity, every);
 }
 
 /// Ends a recorded wake command gracefully: SIGTERM to its process group

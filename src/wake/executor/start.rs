@@ -9,7 +9,7 @@ use crossbeam_channel::{bounded, Receiver};
 
 use super::super::capture::{fresh_output_file, output_in_files, spawn_reader, Chunk, Output, Stream};
 #[cfg(unix)]
-use super::super::capture::{spawn_bounder, LAUNCH_OUTPUT_CHECK, LAUNCH_OUTPUT_LIMIT_BYTES};
+use super::super::capture::{spawn_bounder, LAUNCH_OUTPUT_LIMIT_BYTES};
 use super::super::render::{absolute, render_command, task_environment, write_task_file};
 use super::super::{run, sys, WakeRequest};
 use super::ending::{absolute_path, mark_started};
@@ -99,7 +99,7 @@ pub(super) fn start_child(request: &WakeRequest, gated: bool) -> Result<Running,
     #[cfg(unix)]
     if !to_bound.is_empty() {
         let alive = move || sys::group_alive(pid);
-        if let Err(error) = spawn_bounder(to_bound, LAUNCH_OUTPUT_LIMIT_BYTES, LAUNCH_OUTPUT_CHECK, alive) {
+        if let Err(error) = spawn_bounder(to_bound, LAUNCH_OUTPUT_LIMIT_BYTES, request.output_check, alive) {
             log::warn!("cannot start the thread that bounds the wake command's output files: {error}");
         }
     }

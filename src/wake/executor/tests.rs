@@ -82,6 +82,7 @@ impl Fixture {
             mode: crate::wake::WakeMode::Launch,
             cancel_grace: FAILSAFE,
             max_result_bytes: 1 << 20,
+            output_check: Duration::from_millis(20),
         }
     }
 

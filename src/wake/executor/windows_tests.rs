@@ -108,6 +108,7 @@ impl Fixture {
             mode: crate::wake::WakeMode::Launch,
             cancel_grace: Duration::from_secs(10),
             max_result_bytes: 1 << 20,
+            output_check: Duration::from_millis(20),
         }
     }
 
