@@ -45,15 +45,20 @@ function appFor(platform) {
     // ends a running launch-mode wake command itself); 5 s leaves room for a
     // busy disk. Keep kill_timeout above shutdown_grace_ms + 1 s: a SIGKILL
     // ends the sidecar as a crash would (the next start recovers it).
-    // treekill off: pm2's default signals every descendant too (SIGINT, then
-    // SIGKILL after kill_timeout), which would end a run-mode agent
-    // (wake_mode "run") at every restart. Off, only the sidecar gets the
-    // signal; the agent works on and the next sidecar reports it
+    // treekill off (Unix): pm2's default signals every descendant too
+    // (SIGINT, then SIGKILL after kill_timeout), which would end a run-mode
+    // agent (wake_mode "run") at every restart. Off, only the sidecar gets
+    // the signal; the agent works on and the next sidecar reports it
     // (docs/protocol.md 8.7; tests/it/pm2.rs runs it through a real
-    // `pm2 restart` and `pm2 stop`). (On Windows pm2 ends the tree with
-    // taskkill /F: no clean stop.)
+    // `pm2 restart` and `pm2 stop`).
+    // On (Windows): pm2 runs `cmd /c start.bat`, and without treekill it
+    // ends only that cmd (Node's process.kill is TerminateProcess there),
+    // leaving the sidecar running unsupervised, holding the queue lock that
+    // every restarted sidecar then stops on. With it, pm2 ends the whole
+    // tree with taskkill /F: no clean stop, and a run-mode agent ends too
+    // (the next sidecar fails its task once; the Windows service keeps it).
     kill_timeout: 5000,
-    treekill: false,
+    treekill: windows,
     // No `time` prefix from pm2: every line the sidecar and the scripts print
     // already starts with its own UTC timestamp (milliseconds, fixed width),
     // and a second one only made the lines longer.

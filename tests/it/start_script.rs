@@ -835,6 +835,9 @@ fn the_pm2_file_names_start_sh_on_unix_and_start_bat_on_windows() {
     }
     let windows = &exported["win32"];
     assert_eq!(file_name(&windows["script"]), "start.bat", "{windows}");
+    // pm2 would end only `cmd /c start.bat`, orphaning the sidecar.
+    assert_eq!(windows["treekill"], true, "Windows: pm2 ends the whole tree");
+    assert_eq!(exported["linux"]["treekill"], false, "Linux: pm2 signals the sidecar alone");
     assert_eq!(windows["interpreter"], "cmd");
     assert_eq!(windows["interpreter_args"], serde_json::json!(["/c"]));
 
@@ -853,7 +856,8 @@ fn the_pm2_file_names_start_sh_on_unix_and_start_bat_on_windows() {
     assert_eq!(app["autorestart"], true);
     assert_eq!(app["restart_delay"], 5000);
     assert!(app["kill_timeout"].as_u64().unwrap() > 1000, "longer than the sidecar's own shutdown");
-    assert_eq!(app["treekill"], false, "pm2 signals the sidecar alone: a run-mode agent works on");
+    let unix = cfg!(unix);
+    assert_eq!(app["treekill"], !unix, "Unix: pm2 signals the sidecar alone, a run-mode agent works on");
     assert_eq!(app["time"], false, "one timestamp per line: the sidecar's own");
     assert_eq!(app["max_memory_restart"], "100M");
     assert_eq!(
