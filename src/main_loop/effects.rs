@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use serde_json::json;
 
-use super::{agent, deaths, Shell, MAX_PROGRESS_BYTES};
+use super::{agent, Shell, MAX_PROGRESS_BYTES};
 use crate::config::redact_url;
 use crate::event::Event;
 use crate::hub::{HubEvent, HubHandle, HubParams};
@@ -75,7 +75,10 @@ impl Shell {
                 }
                 Effect::StartWake(start) => self.start_wake(start),
                 Effect::ReleaseWake { task_id, attempt } => self.wake.release(&task_id, attempt),
-                Effect::CancelWake { task_id } => self.wake.cancel(&task_id),
+                Effect::CancelWake { task_id } => {
+                    self.wake_due.cancelled(&task_id, self.config.settings.cancel_grace, Instant::now());
+                    self.wake.cancel(&task_id)
+                }
                 Effect::MarkCancelled { task_id, reason } => {
                     agent::mark_cancelled(&self.config, &task_id, &reason)
                 }
@@ -203,10 +206,13 @@ impl Shell {
                 log::warn!("cannot create {}: {e}", dir.display());
             }
         }
-        let overdue = deaths::wake_overdue_after(self.config.wake_timeout);
-        let what =
-            format!("attempt {} of task {} within {} ms", start.attempt, start.task_id, overdue.as_millis());
-        self.wake_due = Some((Instant::now() + overdue, what));
+        self.wake_due.asked(
+            &start.task_id,
+            start.attempt,
+            self.config.settings.wake_mode,
+            self.config.wake_timeout,
+            Instant::now(),
+        );
         self.wake.run(WakeRequest {
             task_id: start.task_id,
             generation: start.generation,

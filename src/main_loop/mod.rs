@@ -1,8 +1,11 @@
 //! The shell around the pure core: receives [`Event`]s, asks
 //! [`State`](crate::state::State) what to do, and does it (sockets, files,
-//! processes, logs). It decides nothing: what to read, when to rescan and
-//! what to withhold after a failed write are the core's. It blocks in exactly
-//! one place, [`Shell::next_event`].
+//! processes, logs). It decides nothing about tasks: what to read, when to
+//! rescan and what to withhold after a failed write are the core's. Two
+//! judgements are its own, about the machine rather than the task: whether a
+//! wake command an earlier run left is still running (`agent.rs`, before the
+//! core starts), and whether a worker thread is dead or hung (`deaths.rs`).
+//! It blocks in exactly one place, [`Shell::next_event`].
 //!
 //! Nothing here returns early with `?` once the loop runs: every failure is
 //! logged and turned into something the state machine understands, so the
@@ -30,8 +33,8 @@ use crate::retry::Jitter;
 use crate::state::{Input, Settings, State};
 use crate::supervisor::Supervisor;
 use crate::wake::{self, WakeHandle};
-use crate::watcher::{self, ResultsWatcher};
-use deaths::Deaths;
+use crate::watcher::{self, FileKind, ResultsWatcher};
+use deaths::{Deaths, WakeDue};
 
 mod deaths;
 mod effects;
@@ -111,7 +114,7 @@ struct Shell {
     died: Option<String>,
     /// The wake attempt the executor owes an outcome for, and when it is
     /// overdue (a hung executor is a dead one).
-    wake_due: Option<(Instant, String)>,
+    wake_due: WakeDue,
     supervisor: Box<dyn Supervisor>,
     /// The last status line the supervisor was given, and the watchdog
     /// pings sent (see `supervise.rs`).
@@ -245,7 +248,7 @@ impl Shell {
             exit: false,
             deaths,
             died: None,
-            wake_due: None,
+            wake_due: WakeDue::default(),
             supervisor,
             supervisor_status: String::new(),
             beats: 0,
@@ -271,8 +274,10 @@ impl Shell {
             if self.died.is_some() {
                 break;
             }
-            if let Input::Event(Event::Wake(_)) = &input {
-                self.wake_due = None;
+            match &input {
+                Input::Event(Event::Wake(_)) => self.wake_due.ended(),
+                Input::Event(Event::WakeStarted(_)) => self.wake_due.command_running(),
+                _ => {}
             }
             if let Input::Event(Event::Shutdown) = &input {
                 self.supervisor.stopping();
@@ -309,8 +314,8 @@ impl Shell {
                 Some(at) => crossbeam_channel::at(at),
                 None => crossbeam_channel::never(),
             };
-            let overdue = match &self.wake_due {
-                Some((at, _)) => crossbeam_channel::at(*at),
+            let overdue = match self.wake_due.at() {
+                Some(at) => crossbeam_channel::at(at),
                 None => crossbeam_channel::never(),
             };
             select! {
@@ -324,9 +329,14 @@ impl Shell {
                     return Some(Input::Tick);
                 }
                 recv(overdue) -> _ => {
-                    let what = self.wake_due.take().map(|(_, what)| what).unwrap_or_default();
-                    self.died = Some(format!("worker thread wake-executor is hung: no outcome for {what}"));
-                    return Some(Input::Tick);
+                    let results_dir = &self.config.results_dir;
+                    let confirmed = |task_id: &str| {
+                        watcher::is_regular_file(&watcher::task_file_path(results_dir, task_id, FileKind::Started))
+                    };
+                    if let Some(what) = self.wake_due.overdue(confirmed) {
+                        self.died = Some(format!("worker thread wake-executor is hung: no outcome for {what}"));
+                        return Some(Input::Tick);
+                    }
                 }
             }
         };

@@ -147,6 +147,57 @@ fn a_synchronous_script_that_works_past_the_wake_timeout_is_started_once() {
     assert_eq!(frame["result"]["output"], "done");
 }
 
+/// An agent at work longer than the shell's bound on the wake executor
+/// ((wake_timeout_ms + 5 s) x 2: 10 s with a 1 ms wake timeout, 12 s with
+/// 1 s) is not taken for a hung executor: the sidecar stays up and relays
+/// its outcome. The agent's seconds of work are the case itself, not a wait
+/// of the test's.
+fn an_agent_at_work_past_the_executors_bound(mode: &str, wake_timeout_ms: u64, body: &str) {
+    let hub = no_retry_hub(NEWEST);
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), &hub.url());
+    cfg["wake_mode"] = json!(mode);
+    cfg["wake_timeout_ms"] = json!(wake_timeout_ms);
+    cfg["wake_command"] = json!(agent(dir.path(), body));
+    let sidecar = Sidecar::start(dir.path(), &cfg);
+    expect_identified(&hub);
+    let task_id = hub.push_task(AGENT, "d", json!({}));
+    let outcome = hub.wait_for(FAILSAFE * 3, |e| is_outcome(e, &task_id));
+    let mut run = Run { hub, dir, cfg, sidecar, task_id };
+    let Some(DevHubEvent::Received { frame, .. }) = outcome else {
+        panic!(
+            "no outcome (the sidecar exited: {:?})\n{}",
+            run.sidecar.wait_exit(Duration::ZERO),
+            run.sidecar.output()
+        )
+    };
+    assert_eq!(frame["type"], "task_complete", "{frame}");
+    assert_eq!(frame["result"]["output"], "done", "{frame}");
+    assert!(!run.sidecar.output().contains("is hung"), "{}", run.sidecar.output());
+    assert!(run.sidecar.wait_exit(Duration::ZERO).is_none(), "the sidecar still runs");
+    run.sidecar.signal("TERM");
+    run.sidecar.wait_exit(FAILSAFE).expect("the sidecar stops");
+    assert_eq!(starts(run.dir.path()), 1, "started once\n{}", run.sidecar.output());
+}
+
+#[test]
+fn a_run_mode_agent_at_work_past_the_executors_bound_is_not_taken_for_a_hung_executor() {
+    an_agent_at_work_past_the_executors_bound("run", 1, "sleep 11\nprintf done");
+}
+
+#[test]
+fn a_synchronous_script_at_work_past_the_executors_bound_is_not_taken_for_a_hung_executor() {
+    // The wake timeout leaves the script time to confirm.
+    an_agent_at_work_past_the_executors_bound(
+        "launch",
+        1_000,
+        "touch \"$AGENTCOM_RESULTS_DIR/$AGENTCOM_TASK_ID.started\"\n\
+         sleep 13\n\
+         printf '{\"status\":\"success\",\"output\":\"done\"}' > \"$AGENTCOM_RESULTS_DIR/$AGENTCOM_TASK_ID.json.tmp\"\n\
+         mv \"$AGENTCOM_RESULTS_DIR/$AGENTCOM_TASK_ID.json.tmp\" \"$AGENTCOM_RESULTS_DIR/$AGENTCOM_TASK_ID.json\"",
+    );
+}
+
 #[test]
 fn a_synchronous_script_that_fails_after_confirming_fails_the_task_once() {
     let hub = no_retry_hub(NEWEST);
