@@ -1,5 +1,5 @@
 //! The crate-wide error type for set-up failures. Inside the running loop
-//! failures become events instead (see `main_loop.rs`).
+//! failures become events instead (see `src/main_loop/`).
 
 use std::fmt;
 use std::io;

@@ -1,7 +1,7 @@
 //! The checks that keep a config from being half-right: `hub_url` parsed by
-//! the `url` crate, unknown keys close to a known one refused with the
-//! suggestion, the warning for a config that wakes nobody and never times
-//! out, and the directories the sidecar writes to.
+//! the `url` crate, the known key an unknown one is close to (`parse.rs`
+//! refuses it with the suggestion, and warns of a config that wakes nobody
+//! and never times out), and the directories the sidecar writes to.
 
 use std::path::Path;
 

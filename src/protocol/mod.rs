@@ -1,5 +1,7 @@
 //! The wire format of docs/protocol.md: frames the hub sends us, parsed leniently
-//! into [`Incoming`], and the frames we send, built by the `out_*` functions.
+//! into [`Incoming`] (here); the frames we send, `Outgoing` with their wire
+//! names and the `out_*` builders (`outgoing.rs`); and the agent's result and
+//! progress files (`agent_files.rs`).
 //!
 //! Parsing is by hand rather than with a derived `Deserialize` because a
 //! malformed frame of a known type must still be answered (a `task_assign`

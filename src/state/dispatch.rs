@@ -1,7 +1,8 @@
 //! The one dispatch: [`State::handle`] hands each input to the stage that
 //! owns it (a hub frame by its type, a wake's start and end to `waking.rs`,
-//! the agent's files to `working.rs`, a tick to every deadline), and what a
-//! lost connection or a hub error means.
+//! the results directory's file names and the agent's files to
+//! `working.rs`, a tick to every deadline), and what a lost connection or a
+//! hub error means.
 
 use std::time::{Duration, Instant};
 
@@ -160,6 +161,7 @@ impl State {
             self.stop_agent(&task_id, Some("task_timeout"), fx);
         }
         if self.task.is_some() {
+            self.on_retry_tick(now, fx);
             self.on_task_tick(now, fx);
         }
         self.on_past_tick(now, fx);

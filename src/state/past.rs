@@ -1,4 +1,4 @@
-//! Letting go of a task, and which files in results_dir are ours.
+//! Letting go of a task, and what is kept of it while its files may matter.
 //!
 //! When the hub **settles** a task (its report is answered, or it cancels
 //! the task), queue.json first records it as settled, then its files are
@@ -16,7 +16,7 @@
 //! any) goes to the lifecycle log and its files are removed.
 //!
 //! The rule for an adopted task whose agent then produces nothing (see
-//! `Task::silent_until`): a task taken over without a wake (handed back, or
+//! `Phase::Working`'s `silent_until`): a task taken over without a wake (handed back, or
 //! found in queue.json after our own crash, with its agent confirmed) must
 //! show life, a new progress value or its result, within `adopted_silence`
 //! of the adoption or of its last progress; otherwise it is failed with
@@ -98,10 +98,6 @@ impl PastTasks {
         self.0.iter().filter_map(|p| p.keep_until).min()
     }
 }
-
-/// At most this many foreign result-file names are remembered (each is
-/// logged once).
-const FOREIGN_FILES_REMEMBERED: usize = 10_000;
 
 impl State {
     /// The first effects about the remembered tasks, at start.
@@ -211,51 +207,6 @@ impl State {
         for task_id in gone {
             say!(fx, Info, "task {task_id} was not handed back; discarding its files");
             fx.push(Effect::DiscardTaskFiles { task_id });
-        }
-    }
-
-    /// Names of result files that exist or changed: read the held task's
-    /// files if they are among them; discard late files of a settled task;
-    /// have the directory listed before warning about files of other tasks
-    /// (a change may be a removal, ours).
-    pub(super) fn on_result_names(
-        &mut self,
-        names: impl IntoIterator<Item = String>,
-        listed: bool,
-        fx: &mut Vec<Effect>,
-    ) {
-        let mut touches_held = false;
-        let mut late_settled = Vec::new();
-        let mut unknown = false;
-        for name in names {
-            let Some((task_id, _)) = super::classify(&name) else {
-                continue;
-            };
-            if self.held_task_id() == Some(task_id.as_str()) {
-                touches_held = true;
-            } else if let Some(past) = self.kept.past.get(&task_id) {
-                if past.task.fate == PastFate::Settled && !late_settled.contains(&task_id) {
-                    late_settled.push(task_id);
-                }
-            } else if self.foreign_files_logged.contains(&name)
-                || self.foreign_files_logged.len() >= FOREIGN_FILES_REMEMBERED
-            {
-                // Logged already, or too many to keep listing for.
-            } else if !listed {
-                unknown = true;
-            } else {
-                say!(fx, Info, "results_dir has {name}, which belongs to no task we hold; leaving it alone");
-                self.foreign_files_logged.insert(name);
-            }
-        }
-        if let Some(task_id) = self.held_task_id().filter(|_| touches_held) {
-            fx.push(Effect::ReadTaskFiles { task_id: task_id.to_owned() });
-        }
-        for task_id in late_settled {
-            fx.push(Effect::DiscardTaskFiles { task_id });
-        }
-        if unknown {
-            fx.push(Effect::ListResults);
         }
     }
 

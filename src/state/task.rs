@@ -6,7 +6,8 @@
 //! either way ([`Task::confirmed`]). [`HubSync`] says what the hub is known
 //! to think of the task, and [`Task::deadline`] when it next needs a tick.
 //! Its transitions are in the stages: `intake.rs`, `waking.rs`,
-//! `working.rs`, `reporting.rs`.
+//! `working.rs`, `reporting.rs`, and (taken over, let go of) `recovery.rs`
+//! and `past.rs`.
 
 use std::time::{Duration, Instant};
 

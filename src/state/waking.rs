@@ -17,6 +17,18 @@ use super::{WakeOutcome, WakeStarted, WakeStatus};
 use crate::protocol::Outgoing;
 
 impl State {
+    /// A failed attempt's retry is due once its delay has passed and the
+    /// executor is free.
+    pub(super) fn on_retry_tick(&mut self, now: Instant, fx: &mut Vec<Effect>) {
+        let task = held!(self);
+        if let Some(&Phase::WakeRetry { at }) = task.phase() {
+            if now >= at && !self.kept.executor.is_running() {
+                let attempt = task.wake_attempts + 1;
+                self.start_wake_attempt(attempt, now, fx);
+            }
+        }
+    }
+
     /// A wake command has started and waits at its gate: persisted, then
     /// released. A crash before the persist leaves a command that never
     /// runs; one after it, a command the next start finds and ends before

@@ -1,7 +1,8 @@
-//! Working: what the agent's files say (`.started`, progress, the result
-//! that becomes the outcome), the held task's deadlines (confirmation,
-//! silence, `task_timeout_ms`, result rescans), and how its process ending
-//! after it confirmed decides the task.
+//! Working: which files in results_dir are the held task's, what the
+//! agent's files say (`.started`, progress, the result that becomes the
+//! outcome), the held task's deadlines (confirmation, silence,
+//! `task_timeout_ms`, result rescans), and how its process ending after it
+//! confirmed decides the task.
 
 use std::time::{Duration, Instant};
 
@@ -10,11 +11,60 @@ use serde_json::json;
 use super::task::{Phase, Unparsed};
 use super::ReadResult;
 use super::{record, Effect, State, TaskFiles};
-use super::{LifecycleEvent, Report, WakeMode};
+use super::{LifecycleEvent, PastFate, Report, WakeMode};
 use super::{WakeOutcome, WakeStatus};
 use crate::protocol::{parse_progress, report_from_result};
 
+/// At most this many foreign result-file names are remembered (each is
+/// logged once).
+const FOREIGN_FILES_REMEMBERED: usize = 10_000;
+
 impl State {
+    /// Names of result files that exist or changed: read the held task's
+    /// files if they are among them; discard late files of a settled task;
+    /// have the directory listed before warning about files of other tasks
+    /// (a change may be a removal, ours).
+    pub(super) fn on_result_names(
+        &mut self,
+        names: impl IntoIterator<Item = String>,
+        listed: bool,
+        fx: &mut Vec<Effect>,
+    ) {
+        let mut touches_held = false;
+        let mut late_settled = Vec::new();
+        let mut unknown = false;
+        for name in names {
+            let Some((task_id, _)) = super::classify(&name) else {
+                continue;
+            };
+            if self.held_task_id() == Some(task_id.as_str()) {
+                touches_held = true;
+            } else if let Some(past) = self.kept.past.get(&task_id) {
+                if past.task.fate == PastFate::Settled && !late_settled.contains(&task_id) {
+                    late_settled.push(task_id);
+                }
+            } else if self.foreign_files_logged.contains(&name)
+                || self.foreign_files_logged.len() >= FOREIGN_FILES_REMEMBERED
+            {
+                // Logged already, or too many to keep listing for.
+            } else if !listed {
+                unknown = true;
+            } else {
+                say!(fx, Info, "results_dir has {name}, which belongs to no task we hold; leaving it alone");
+                self.foreign_files_logged.insert(name);
+            }
+        }
+        if let Some(task_id) = self.held_task_id().filter(|_| touches_held) {
+            fx.push(Effect::ReadTaskFiles { task_id: task_id.to_owned() });
+        }
+        for task_id in late_settled {
+            fx.push(Effect::DiscardTaskFiles { task_id });
+        }
+        if unknown {
+            fx.push(Effect::ListResults);
+        }
+    }
+
     pub(super) fn on_files(&mut self, files: TaskFiles, now: Instant, fx: &mut Vec<Effect>) {
         let task = held!(self);
         if task.report().is_some() {
@@ -92,13 +142,6 @@ impl State {
     }
 
     pub(super) fn on_task_tick(&mut self, now: Instant, fx: &mut Vec<Effect>) {
-        let task = held!(self);
-        if let Some(&Phase::WakeRetry { at }) = task.phase() {
-            if now >= at && !self.kept.executor.is_running() {
-                let attempt = task.wake_attempts + 1;
-                self.start_wake_attempt(attempt, now, fx);
-            }
-        }
         let task = held!(self);
         if let Some(unparsed) = task.live_mut().and_then(|live| live.unparsed.as_mut()) {
             if unparsed.rescan_at.is_some_and(|at| now >= at) {

@@ -216,7 +216,8 @@ pub(super) fn spawn_bounder(
     alive: impl Fn() -> bool + Send + 'static,
 ) -> io::Result<JoinHandle<()>> {
     thread::Builder::new().name("wake-output".to_string()).spawn(move || loop {
-        // A fixed, coarse period: nothing to wake on when a file grows.
+        // A coarse period (`results_poll_ms`): nothing to wake on when a
+        // file grows.
         thread::sleep(every);
         let last = !alive();
         for file in &files {

@@ -2,10 +2,14 @@
 //! one [`WakeOutcome`] per [`WakeHandle::run`]. It never retries, queues or
 //! schedules; the event loop decides all of that and never overlaps attempts.
 //!
-//! A timeout, a cancel or dropping the handle kills the attempt's whole
-//! process tree (see the platform modules). A wake command that exits 0 is
-//! never killed, nor is anything it left running: wake commands commonly
-//! start the agent in the background and exit.
+//! The wake timeout kills the attempt's whole process tree while its agent
+//! has not confirmed; a cancel ends it gracefully (SIGTERM, Windows:
+//! Ctrl-Break, then the kill after `cancel_grace_ms`); dropping the handle
+//! (the sidecar stops) ends a launcher that has not confirmed and leaves an
+//! agent at work (run mode, or a confirmed synchronous script) running (see
+//! the platform modules). A wake command that exits 0 is never killed, nor
+//! is anything it left running: wake commands commonly start the agent in
+//! the background and exit.
 
 use std::io::{self, PipeWriter};
 use std::process::Child;

@@ -7,8 +7,12 @@
 //!   never becomes shell code; the reasoning lives there.
 //! - `executor`: the executor thread, [`WakeHandle`]; one attempt, its
 //!   deadline, cancel and shutdown.
-//! - `capture`: the output readers and the bounded tails of an outcome.
-//! - `unix` / `windows`: the platform shell, process tree and kill.
+//! - `capture`: the output readers and files, and the bounded tails of an
+//!   outcome.
+//! - `run`: the files of a command's run (exit status, output) and how a
+//!   run-mode agent's end becomes its result file.
+//! - `unix` / `windows` (with `windows/gate`): the platform shell, the gate
+//!   that records the exit status, process tree and kill.
 
 use std::fmt;
 use std::path::PathBuf;

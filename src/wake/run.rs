@@ -2,9 +2,10 @@
 //! its result file.
 //!
 //! Every wake command's exit status lands in `.tasks/<task_id>.exit` under the
-//! results directory (on Unix the gate script writes it, see `unix.rs`, so
-//! it is there even when no sidecar was running when the command ended; the
-//! executor writes it too). In run mode the command's stdout and stderr go to
+//! results directory (the gate writes it, a shell script on Unix, see
+//! `unix.rs`, a batch file on Windows, see `windows/gate.rs`, so it is there
+//! even when no sidecar was running when the command ended; the executor
+//! writes it too). In run mode the command's stdout and stderr go to
 //! `.tasks/<task_id>.stdout` and `.tasks/<task_id>.stderr`, never into memory
 //! (on Unix a launch-mode command's too, kept bounded: see `capture.rs`).
 //! When a run-mode agent has ended, [`conclude`] writes its result file

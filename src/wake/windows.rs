@@ -393,7 +393,8 @@ pub(super) fn leftover_running(identity: &WakeIdentity) -> bool {
 }
 
 /// A handle on the recorded command while it runs, to read its exit code
-/// when it ends (no gate script records it here).
+/// when it ends (should its gate have been ended before it could record
+/// the status).
 pub(super) struct Watch(OwnedHandle);
 
 pub(super) fn watch_leftover(identity: &WakeIdentity) -> Option<Watch> {

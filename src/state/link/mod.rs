@@ -2,7 +2,7 @@
 //! the identify and heartbeat deadlines, the reconnect backoff, which frames
 //! await an answer (the reply-correlation queue), and, on a hub that
 //! rate-limits, which frames wait for a token of its budget (`budget.rs`,
-//! `outbox.rs`). A small owned type that knows tasks only by id:
+//! `outbox.rs`, `pacing.rs`). A small owned type that knows tasks only by id:
 //! [`State`](super::State) asks it to send and tells it what the hub said.
 
 use std::collections::VecDeque;
