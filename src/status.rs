@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 
 use crate::config::Config;
 use crate::lifecycle_log::{self, LifecycleEvent};
+use crate::protocol::OutKind;
 use crate::queue_store::{self, QueueFile, Report, TaskRecord};
 
 /// Events that describe the connection, for "last connection event".
@@ -224,7 +225,7 @@ pub fn to_json(status: &Status) -> Value {
     }
     if let Some(task) = recovering {
         pending_reports.push(json!({
-            "type": "task_recovering",
+            "type": OutKind::TaskRecovering.wire_name(),
             "task_id": task.task_id,
             "generation": task.generation,
         }));
@@ -279,10 +280,10 @@ fn task_json(task: &TaskRecord, now_ms: u64) -> Value {
 fn pending_report_json(task: &TaskRecord, report: &Report) -> Value {
     match report {
         Report::Complete { .. } => {
-            json!({"type": "task_complete", "task_id": task.task_id, "generation": task.generation})
+            json!({"type": OutKind::TaskComplete.wire_name(), "task_id": task.task_id, "generation": task.generation})
         }
         Report::Failed { reason } => json!({
-            "type": "task_failed", "task_id": task.task_id, "generation": task.generation, "reason": reason,
+            "type": OutKind::TaskFailed.wire_name(), "task_id": task.task_id, "generation": task.generation, "reason": reason,
         }),
     }
 }

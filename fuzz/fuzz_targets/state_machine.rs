@@ -113,7 +113,7 @@ fn settings(b: &mut Bytes<'_>) -> Settings {
         link: LinkSettings {
             heartbeat_interval,
             pong_timeout,
-            identify_timeout,
+            connect_timeout: identify_timeout,
             backoff,
             reply_timeout,
             rate_limits,

@@ -49,9 +49,6 @@ pub struct Config {
     pub results_dir: PathBuf,
     pub log_file: PathBuf,
     pub queue_file: PathBuf,
-    /// How long the socket thread may take to connect (and the hub to
-    /// answer `identify`: the core's `identify_timeout`).
-    pub connect_timeout: Duration,
     pub tls_ca_file: Option<PathBuf>,
     pub max_message_bytes: usize,
     pub wake_timeout: Duration,

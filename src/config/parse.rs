@@ -217,7 +217,7 @@ impl Config {
             link: LinkSettings {
                 heartbeat_interval,
                 pong_timeout,
-                identify_timeout: connect_timeout,
+                connect_timeout,
                 backoff: BackoffPolicy {
                     initial: reconnect_initial,
                     max: reconnect_max,
@@ -252,7 +252,6 @@ impl Config {
             results_dir,
             log_file,
             queue_file,
-            connect_timeout,
             tls_ca_file,
             max_message_bytes,
             wake_timeout,

@@ -161,7 +161,7 @@ impl Shell {
             url: self.config.hub_url.clone(),
             tls_ca_file: self.config.tls_ca_file.clone(),
             max_message_bytes: self.config.max_message_bytes,
-            connect_timeout: self.config.connect_timeout,
+            connect_timeout: self.config.settings.link.connect_timeout,
             close_timeout: self.config.shutdown_grace,
         };
         let events = self.events.clone();

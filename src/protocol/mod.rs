@@ -23,10 +23,12 @@ pub enum Incoming {
     Pong,
     /// `{"type":"error","error":"validation_failed","message_type":T,"errors":[...]}`
     /// (4718a58): our frame of type `message_type` was refused by the hub's
-    /// schema and dropped. `unknown_type`: the hub does not know that type
-    /// at all. `errors` is the list as text, for the log.
+    /// schema and dropped. `kind`: which of ours that is (`None`: a type we
+    /// never send). `unknown_type`: the hub does not know that type at all.
+    /// `errors` is the list as text, for the log.
     ValidationFailed {
         message_type: String,
+        kind: Option<OutKind>,
         unknown_type: bool,
         errors: String,
     },
@@ -196,8 +198,10 @@ pub fn parse(text: &str) -> Result<Incoming, ParseError> {
             let unknown_type = errors.as_array().is_some_and(|list| {
                 list.iter().any(|e| e.get("error").and_then(Value::as_str) == Some("unknown_message_type"))
             });
+            let message_type = string("message_type").unwrap_or_default();
             Incoming::ValidationFailed {
-                message_type: string("message_type").unwrap_or_default(),
+                kind: OutKind::parse(&message_type),
+                message_type,
                 unknown_type,
                 errors: errors.to_string(),
             }

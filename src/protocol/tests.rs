@@ -68,15 +68,19 @@ fn every_field_stays_within_the_newest_hubs_limits_with_a_visible_cut() {
 fn validation_failed_names_the_frame_type_it_refused() {
     let text = r#"{"type":"error","error":"validation_failed","message_type":"task_failed",
                    "errors":[{"field":"reason","error":"too_long","detail":"exceeds maximum length of 2000 characters"}]}"#;
-    let Incoming::ValidationFailed { message_type, unknown_type, errors } = parse(text).unwrap() else {
+    let Incoming::ValidationFailed { message_type, kind, unknown_type, errors } = parse(text).unwrap() else {
         panic!("not parsed as validation_failed")
     };
-    assert_eq!((message_type.as_str(), unknown_type), ("task_failed", false));
+    assert_eq!(
+        (message_type.as_str(), kind, unknown_type),
+        ("task_failed", Some(OutKind::TaskFailed), false)
+    );
     assert!(errors.contains("too_long"));
     let text = r#"{"type":"error","error":"validation_failed","message_type":"task_rejected",
                    "errors":[{"field":"type","error":"unknown_message_type","detail":"unknown message type 'task_rejected'"}]}"#;
-    let Incoming::ValidationFailed { unknown_type, .. } = parse(text).unwrap() else { panic!() };
+    let Incoming::ValidationFailed { kind, unknown_type, .. } = parse(text).unwrap() else { panic!() };
     assert!(unknown_type);
+    assert_eq!(kind, None, "a type we never send");
 }
 
 #[test]

@@ -96,7 +96,7 @@ impl Settings {
             url: Url::parse(url).map_err(|e| format!("update_url: {e}"))?,
             public_key: key.clone(),
             timeout: config.update_timeout,
-            connect_timeout: config.connect_timeout,
+            connect_timeout: config.settings.link.connect_timeout,
             tls_ca_file: config.tls_ca_file.clone(),
             config_path: Some(config.config_path.clone()),
             exe,

@@ -10,7 +10,7 @@ use serde_json::json;
 
 use super::link::{ReplyKind, Timeout};
 use super::{record, Effect, Event, HubEvent, Input, LifecycleEvent, PastFate, ResultsEvent, State};
-use crate::protocol::{self, ErrorKind, Incoming, OutKind, Outgoing, ReportAction};
+use crate::protocol::{self, ErrorKind, Incoming, Outgoing, ReportAction};
 
 impl State {
     /// What to do about `input`. Once the core has said `Exit`, nothing: the
@@ -237,11 +237,10 @@ impl State {
         match incoming {
             Incoming::Identified => self.on_identified(now, fx),
             Incoming::Error(error) => self.on_error(&error, now, fx),
-            Incoming::ValidationFailed { message_type, unknown_type, errors } => {
+            Incoming::ValidationFailed { message_type, kind, unknown_type, errors } => {
                 self.mark_newer_hub();
                 say!(fx, Warn, "the hub refused our {message_type} (validation_failed): {errors}");
-                let answered =
-                    OutKind::parse(&message_type).and_then(|kind| self.link.refused(kind, unknown_type, fx));
+                let answered = kind.and_then(|kind| self.link.refused(kind, unknown_type, fx));
                 if let Some(entry) =
                     answered.filter(|a| matches!(a.kind, ReplyKind::Complete | ReplyKind::Failed))
                 {

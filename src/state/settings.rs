@@ -70,8 +70,10 @@ pub struct Settings {
 pub struct LinkSettings {
     pub heartbeat_interval: Duration,
     pub pong_timeout: Duration,
-    /// How long the hub may take to answer `identify` (`connect_timeout_ms`).
-    pub identify_timeout: Duration,
+    /// `connect_timeout_ms`: how long the socket thread may take to connect
+    /// (the link gives up on a silent attempt after twice this), and the hub
+    /// to answer `identify`.
+    pub connect_timeout: Duration,
     /// The reconnect delays (`reconnect_*`).
     pub backoff: BackoffPolicy,
     /// How long a report or `task_recovering` may wait for its answer

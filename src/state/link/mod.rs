@@ -166,7 +166,7 @@ impl Link {
     pub fn connect(&mut self, fx: &mut Vec<Effect>) {
         self.last_conn_id += 1;
         let conn_id = self.last_conn_id;
-        self.conn = Conn::Connecting { conn_id, deadline: self.now + self.timers.identify_timeout * 2 };
+        self.conn = Conn::Connecting { conn_id, deadline: self.now + self.timers.connect_timeout * 2 };
         fx.push(Effect::Connect { conn_id });
         fx.push(record(LifecycleEvent::Connecting, json!({ "attempt": self.reconnect_attempt + 1 })));
     }
@@ -179,7 +179,7 @@ impl Link {
             return false;
         }
         self.refused_types.clear();
-        self.conn = Conn::Identifying { conn_id, deadline: now + self.timers.identify_timeout };
+        self.conn = Conn::Identifying { conn_id, deadline: now + self.timers.connect_timeout };
         true
     }
 
@@ -392,7 +392,7 @@ impl Link {
     }
 
     pub fn identify_timeout(&self) -> Duration {
-        self.timers.identify_timeout
+        self.timers.connect_timeout
     }
 
     pub fn pong_timeout(&self) -> Duration {

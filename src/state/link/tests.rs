@@ -11,7 +11,7 @@ fn timers() -> LinkSettings {
     LinkSettings {
         heartbeat_interval: ms(1_000),
         pong_timeout: ms(300),
-        identify_timeout: ms(500),
+        connect_timeout: ms(500),
         backoff: BackoffPolicy { initial: ms(100), max: ms(400), jitter: JitterStrategy::Equal },
         reply_timeout: ms(5_000),
         // 10 normal tokens, one every 100 ms; 20 light ones.

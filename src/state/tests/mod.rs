@@ -30,7 +30,7 @@ fn settings() -> Settings {
             // Long, so pings stay out of the tests that are not about them.
             heartbeat_interval: ms(60_000),
             pong_timeout: ms(500),
-            identify_timeout: ms(2_000),
+            connect_timeout: ms(2_000),
             backoff: BackoffPolicy { initial: ms(100), max: ms(1_600), jitter: JitterStrategy::Equal },
             reply_timeout: ms(30_000),
             // The hub's buckets and backoff at a tenth of its window: a token
