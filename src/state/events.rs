@@ -1,7 +1,9 @@
 //! What the core hears from the outside, as plain data: the [`Event`]s the
 //! worker threads send (the hub connection, the results directory, the wake
-//! executor) and the types they carry, and the lifecycle-log events its
-//! `Record` effects name. Defined here so that the core imports nothing that
+//! executor) and the types they carry, the lifecycle-log events its
+//! `Record` effects name, and the two pure rules about names the watcher and
+//! the core share ([`classify`] a results-directory file name,
+//! [`is_valid_task_id`]). Defined here so that the core imports nothing that
 //! does I/O; the I/O modules use these.
 
 use std::fmt;

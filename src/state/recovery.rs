@@ -6,9 +6,10 @@
 //! - A launcher that exited 0 just before the sidecar died (its exit file
 //!   says so) is not woken again at the next start: its agent gets
 //!   `confirmation_timeout_ms` to confirm (`take_leftover`).
-//! - A run-mode agent left running by an earlier run (`Executor::Outside`)
-//!   is checked every `results_poll` (its exit file), ended on a cancel or
-//!   the task's timeout, and left running on shutdown.
+//! - A run-mode agent left running by an earlier run (`Executor::Outside`),
+//!   or a synchronous launch-mode script that confirmed and is still at
+//!   work, is checked every `results_poll` (its exit file), ended on a
+//!   cancel or the task's timeout, and left running on shutdown.
 //! - Confirmed work is never started again: once `.started` appeared (run
 //!   mode: once the command was released to run), no wake retry, timeout,
 //!   reconnect, re-adoption or restart starts the agent again (`waking.rs`,
