@@ -57,6 +57,10 @@ const SIDECAR: &str = env!("CARGO_BIN_EXE_agentcom-sidecar");
 /// The cooldown the hub's 1008 close asks for.
 const COOLDOWN_S: u64 = 1;
 /// A lifecycle that has not settled this long after its last fault is lost.
+/// A `rate_limited` the hub sends counts as a fault when it is sent (an
+/// injected one is armed earlier, for the next frame of its type): after
+/// five denials within a minute the sidecar, as the newer hub's backoff
+/// asks, sends nothing of that tier for 30 s.
 const SETTLE_DEADLINE: Duration = Duration::from_secs(45);
 /// The sidecar's stdout+stderr past this size means a logging loop.
 const MAX_OUTPUT_BYTES: u64 = 20_000_000;
@@ -235,6 +239,8 @@ struct Soak {
     identified_conn: Option<(u32, u64)>,
     /// `(time of a 1008 "retry in" close)`, until the next connection.
     cooldown_from: Option<f64>,
+    /// When the hub last sent a `rate_limited` (see [`SETTLE_DEADLINE`]).
+    denied_at: Option<Instant>,
     /// The current task's status and generation at the hub that was stopped.
     carried: Option<(TaskStatus, u64)>,
     counts: Counts,
@@ -323,6 +329,7 @@ impl Soak {
             identified: false,
             identified_conn: None,
             cooldown_from: None,
+            denied_at: None,
             carried: None,
             counts: Counts::default(),
             trace: Vec::new(),
@@ -491,6 +498,7 @@ impl Soak {
             DevHubEvent::Sent { conn, frame } => {
                 if frame["type"] == "rate_limited" {
                     self.counts.denials += 1;
+                    self.denied_at = Some(Instant::now());
                 }
                 if frame["task_id"] == task.as_str() {
                     match (frame["type"].as_str(), frame["status"].as_str()) {
@@ -662,6 +670,9 @@ impl Soak {
                 .unwrap_or(Instant::now() + Duration::from_millis(100))
                 .min(Instant::now() + Duration::from_millis(100));
             self.pump(until);
+            if let Some(at) = self.denied_at {
+                settle_deadline = settle_deadline.max(at + SETTLE_DEADLINE);
+            }
             let now = Instant::now();
             let (due, later): (Vec<_>, Vec<_>) = pending.into_iter().partition(|(at, _)| *at <= now);
             pending = later;
