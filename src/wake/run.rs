@@ -53,10 +53,12 @@ pub fn cancel_marker(results_dir: &Path, task_id: &str) -> PathBuf {
 }
 
 /// Removes the run files and the cancel marker of `task_id` (missing ones
-/// are fine).
+/// are fine), and the temporary exit file a gate killed between its write
+/// and its rename leaves.
 pub fn remove_run_files(results_dir: &Path, task_id: &str) {
     for path in [
         exit_file(results_dir, task_id),
+        results_dir.join(".tasks").join(format!("{task_id}.exit.tmp")),
         stdout_file(results_dir, task_id),
         stderr_file(results_dir, task_id),
         cancel_marker(results_dir, task_id),
@@ -229,6 +231,24 @@ mod tests {
         assert_eq!(output_value(b"[1,2]"), json!("[1,2]"));
         assert_eq!(output_value(b"ok \xff\xfe end"), json!("ok \u{fffd}\u{fffd} end"));
         assert_eq!(output_value(b""), json!(""));
+    }
+
+    #[test]
+    fn removing_a_tasks_run_files_takes_a_killed_gates_temporary_exit_file_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let tasks = dir.path().join(".tasks");
+        fs::create_dir_all(&tasks).unwrap();
+        let names = ["t1.exit", "t1.exit.tmp", "t1.stdout", "t1.stderr", "t2.exit.tmp"];
+        for name in names {
+            fs::write(tasks.join(name), "x").unwrap();
+        }
+        fs::write(cancel_marker(dir.path(), "t1"), "task_cancelled").unwrap();
+        remove_run_files(dir.path(), "t1");
+        let mut left: Vec<String> =
+            fs::read_dir(&tasks).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        left.sort();
+        assert_eq!(left, ["t2.exit.tmp"], "another task's files stay");
+        assert!(!cancel_marker(dir.path(), "t1").exists());
     }
 
     #[test]
