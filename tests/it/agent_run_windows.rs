@@ -42,6 +42,18 @@ fn agent_waits_for_its_go_file() {
     }
 }
 
+/// Waits for an agent to be at work: under Wine a run-mode agent is a chain
+/// of processes (the gate's cmd, the agent's cmd, this test binary started
+/// again as the helper), each slow to start on a loaded machine, so the
+/// bound is longer than [`FAILSAFE`].
+fn wait_for_the_agent(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + FAILSAFE * 4;
+    while !check() {
+        assert!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::park_timeout(std::time::Duration::from_millis(20));
+    }
+}
+
 fn example_cli_agent(dir: &Path) -> String {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts").join("example-cli-agent.cmd");
     let copy = dir.join("example-cli-agent.cmd");
@@ -107,7 +119,7 @@ fn run_mode_the_agent_outlives_a_taskkill_of_the_sidecar_and_is_reported_once() 
     expect_identified(&hub);
     let task_id = hub.push_task(AGENT, "d", json!({}));
     expect_received(&hub, "task_accepted");
-    wait_until("the agent at work", || dir.path().join("grandchild.pid").exists().then_some(()));
+    wait_for_the_agent("the agent at work", || dir.path().join("grandchild.pid").exists());
     let queue = dir.path().join("queue.json");
     wait_until("the agent recorded", || {
         fs::read_to_string(&queue).ok().filter(|q| q.contains("\"wake_process\"")).map(|_| ())
@@ -154,7 +166,7 @@ fn run_mode_a_cancel_after_a_taskkill_ends_the_agent_the_last_sidecar_left() {
     expect_identified(&hub);
     let task_id = hub.push_task(AGENT, "d", json!({}));
     expect_received(&hub, "task_accepted");
-    wait_until("the agent at work", || dir.path().join("grandchild.pid").exists().then_some(()));
+    wait_for_the_agent("the agent at work", || dir.path().join("grandchild.pid").exists());
     let queue = dir.path().join("queue.json");
     wait_until("the agent recorded", || {
         fs::read_to_string(&queue).ok().filter(|q| q.contains("\"wake_process\"")).map(|_| ())
@@ -201,7 +213,7 @@ fn run_mode_an_agent_that_ends_while_no_sidecar_runs_is_reported_once_with_its_e
     expect_identified(&hub);
     let task_id = hub.push_task(AGENT, "d", json!({}));
     expect_received(&hub, "task_accepted");
-    wait_until("the agent at work", || waiting.exists().then_some(()));
+    wait_for_the_agent("the agent at work", || waiting.exists());
     let queue = dir.path().join("queue.json");
     wait_until("the agent recorded", || {
         fs::read_to_string(&queue).ok().filter(|q| q.contains("\"wake_process\"")).map(|_| ())
@@ -267,7 +279,7 @@ fn run_mode_a_cancel_mid_run_lets_the_agent_end_by_itself_within_the_grace() {
     expect_identified(&hub);
     let task_id = hub.push_task(AGENT, "d", json!({}));
     expect_received(&hub, "task_accepted");
-    wait_until("the agent at work", || waiting.exists().then_some(()));
+    wait_for_the_agent("the agent at work", || waiting.exists());
     assert!(hub.cancel_task(&task_id));
     wait_until("the agent to end by itself", || ended.exists().then_some(()));
     wait_until("the sidecar idle again", || sidecar.queue()["active"].is_null().then_some(()));
