@@ -20,13 +20,7 @@ use crossbeam_channel::{at, bounded, never, select, Receiver, Sender};
 
 use self::ending::{conclude_run, end_gracefully, exit_status, file_tail, kill_and_reap, mark_started};
 use self::start::{open_gate, start_child, Running};
-use super::capture::{output_in_files, Output};
 use super::{run, sys, WakeOutcome, WakeRequest, WakeStarted, WakeStatus};
-
-/// How long, after the child exited, the outcome waits for the output
-/// readers to reach end of file. A grandchild that inherited the pipes can
-/// hold them open indefinitely; we must not wait for it.
-pub const OUTPUT_GRACE: Duration = Duration::from_millis(100);
 
 /// How long to wait for a killed child to be reported as exited before giving
 /// up on it. A kill is not instant only for a process stuck in the kernel
@@ -198,7 +192,7 @@ impl Executor {
             Ok(running) => running,
             Err(text) => return finished(&request, WakeStatus::SpawnFailed(text), started),
         };
-        let Running { pid, tree, identity, exit_rx, mut output, mut gate } = running;
+        let Running { pid, tree, identity, exit_rx, mut gate } = running;
         if gate.is_none() {
             // Not gated: it runs already.
             mark_started(&request);
@@ -215,7 +209,7 @@ impl Executor {
             Some(deadline) if request.mode.is_launch() => at(deadline),
             _ => never(),
         };
-        let stop = self.wait_for_stop(&request, &tree, &exit_rx, deadline, &mut output, &mut gate);
+        let stop = self.wait_for_stop(&request, &tree, &exit_rx, deadline, &mut gate);
         // A kill decided at the same instant as the child exited must not
         // kill the group if the wake succeeded: then it holds the agent.
         let mut stop_pending = false;
@@ -252,11 +246,11 @@ impl Executor {
                 exit_status(&request, &mut child, wait_result.map(drop))
             }
             Stop::Kill(status) => {
-                kill_and_reap(&request, pid, &tree, &exit_rx, &mut output);
+                kill_and_reap(&request, pid, &tree, &exit_rx);
                 status
             }
             Stop::Terminate => {
-                end_gracefully(&request, pid, &tree, &exit_rx, &mut output);
+                end_gracefully(&request, pid, &tree, &exit_rx);
                 WakeStatus::Cancelled
             }
             Stop::Leave => {
@@ -269,12 +263,8 @@ impl Executor {
                 WakeStatus::LeftRunning
             }
         };
-        output.drain_until(Instant::now() + OUTPUT_GRACE);
-        let (mut stdout_tail, mut stderr_tail) = output.into_tails();
-        if output_in_files(request.mode) {
-            stdout_tail = file_tail(&run::stdout_file(&request.results_dir, &request.task_id));
-            stderr_tail = file_tail(&run::stderr_file(&request.results_dir, &request.task_id));
-        }
+        let stdout_tail = file_tail(&run::stdout_file(&request.results_dir, &request.task_id));
+        let stderr_tail = file_tail(&run::stderr_file(&request.results_dir, &request.task_id));
         conclude_run(&request, &status);
         let outcome = WakeOutcome {
             task_id: request.task_id,
@@ -302,7 +292,6 @@ impl Executor {
         tree: &sys::ProcessTree,
         exit_rx: &Receiver<ChildExited>,
         mut deadline: Receiver<Instant>,
-        output: &mut Output,
         gate: &mut Option<PipeWriter>,
     ) -> Stop {
         let started_file = crate::watcher::task_file_path(
@@ -343,10 +332,10 @@ impl Executor {
                     Ok(WakeCommand::Release(task_id, attempt)) => {
                         if task_id == request.task_id && attempt == request.attempt {
                             open_gate(gate, request);
-                            if !request.mode.is_launch() {
-                                // Recorded: a run-mode agent may now outlive us.
-                                tree.outlive_sidecar();
-                            }
+                            // Recorded: the command may now outlive us (a
+                            // run-mode agent, or a synchronous script at work
+                            // when we stop; the next start ends a launcher).
+                            tree.outlive_sidecar();
                         }
                     }
                     // The sidecar stops: a launcher is ended; an agent at
@@ -370,7 +359,6 @@ impl Executor {
                     );
                     deadline = never();
                 }
-                recv(output.receiver()) -> chunk => output.record(chunk),
             }
         }
     }

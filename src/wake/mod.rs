@@ -7,8 +7,8 @@
 //!   never becomes shell code; the reasoning lives there.
 //! - `executor`: the executor thread, [`WakeHandle`]; one attempt, its
 //!   deadline, cancel and shutdown.
-//! - `capture`: the output readers and files, and the bounded tails of an
-//!   outcome.
+//! - `capture`: the command's output files, kept bounded, and the tails of
+//!   an outcome.
 //! - `run`: the files of a command's run (exit status, output) and how a
 //!   run-mode agent's end becomes its result file.
 //! - `unix` / `windows` (with `windows/gate`): the platform shell, the gate
@@ -37,7 +37,7 @@ use self::unix as sys;
 use self::windows as sys;
 
 pub use capture::TAIL_LIMIT_BYTES;
-pub use executor::{WakeHandle, OUTPUT_GRACE};
+pub use executor::WakeHandle;
 #[cfg(test)]
 pub(crate) use render::task_environment;
 pub(crate) use render::TASK_FILE_TEMP_PREFIX;
@@ -127,9 +127,8 @@ pub const LEFTOVER_WAIT: Duration = Duration::from_secs(2);
 /// touched. Blocks up to [`LEFTOVER_WAIT`]: call it at start, before the
 /// first wake, with the identity persisted from [`WakeStarted`].
 ///
-/// Unix: the command's whole process group is killed. Windows: the job
-/// object already ended the tree when the sidecar died; if the command was
-/// not in one, only the command itself is ended.
+/// Its whole tree is ended: on Unix its process group, on Windows its job
+/// (found by its name; if it was in none, only the command itself).
 pub fn end_leftover(identity: &WakeIdentity) -> Leftover {
     sys::end_leftover(identity, LEFTOVER_WAIT)
 }
@@ -158,24 +157,18 @@ impl AgentWatch {
 }
 
 /// Keeps the output files of a launch-mode command an earlier sidecar left
-/// at work bounded while its process group lives (Unix; elsewhere such a
-/// command does not outlive the sidecar). See `capture.rs`.
+/// at work bounded while its process tree lives. See `capture.rs`.
 pub fn bound_leftover_output(
     results_dir: &std::path::Path,
     task_id: &str,
     identity: &WakeIdentity,
     every: Duration,
 ) {
-    #[cfg(unix)]
-    if let Some(pgid) = identity.process_group {
-        capture::bound_leftover(
-            [run::stdout_file(results_dir, task_id), run::stderr_file(results_dir, task_id)],
-            pgid,
-            every,
-        );
-    }
-    #[cfg(not(unix))]
-    let _ = (results_dir, task_id, identity, every);
+    capture::bound_leftover(
+        [run::stdout_file(results_dir, task_id), run::stderr_file(results_dir, task_id)],
+        identity.clone(),
+        every,
+    );
 }
 
 /// Ends a recorded wake command gracefully: SIGTERM to its process group

@@ -102,7 +102,7 @@ pub(super) struct ProcessTree {
 
 impl ProcessTree {
     /// Never fails on Unix: the group exists from the spawn on (`isolate`).
-    pub(super) fn track(child: &Child, _run_mode: bool) -> io::Result<ProcessTree> {
+    pub(super) fn track(child: &Child) -> io::Result<ProcessTree> {
         Ok(ProcessTree { pgid: child.id() })
     }
 
@@ -132,9 +132,14 @@ impl ProcessTree {
     pub(super) fn release(self) {}
 }
 
+/// Whether any process of the command's tree (its process group) lives.
+pub(super) fn tree_alive(identity: &WakeIdentity) -> bool {
+    identity.process_group.is_some_and(group_alive)
+}
+
 /// Whether any process is left in process group `pgid` (an unreaped or
 /// zombie leader counts).
-pub(super) fn group_alive(pgid: u32) -> bool {
+fn group_alive(pgid: u32) -> bool {
     let Ok(pgid) = libc::pid_t::try_from(pgid) else { return false };
     // SAFETY: killpg has no memory-safety preconditions; signal 0 only checks.
     unsafe { libc::killpg(pgid, 0) == 0 }

@@ -5,26 +5,30 @@
 //! # The job object
 //!
 //! Each wake command is put in a job object of its own right after it is
-//! spawned, with `JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE`. A timeout, a cancel or
-//! a shutdown ends the whole job: every process the command started,
-//! including one whose parent has already exited (which `taskkill /T`
-//! misses). Only the sidecar holds the job's handle, so a sidecar that dies
-//! closes it and the kernel ends the command's processes with it.
+//! spawned, with `JOB_OBJECT_LIMIT_KILL_ON_JOB_CLOSE`, named after the
+//! command's pid and creation time. A timeout, a cancel or a shutdown (of a
+//! command whose agent has not confirmed) ends the whole job: every process
+//! the command started, including one whose parent has already exited
+//! (which `taskkill /T` misses). Until queue.json records the command, only
+//! the sidecar holds the job's handle, so a sidecar that dies takes the
+//! command with it.
+//!
+//! Once queue.json records it ([`ProcessTree::outlive_sidecar`]),
+//! kill-on-close is cleared, so the command works on when the sidecar stops
+//! or dies, as on Unix: a run-mode agent, or a synchronous launch-mode
+//! script at work on its confirmed task. The gate around it
+//! (`windows/gate.rs`) records its exit status in its exit file even if no
+//! sidecar runs when it ends. A later sidecar finds it by its identity (and
+//! reads its exit code through a handle while it runs, should the gate
+//! itself be killed); it ends a launcher left unconfirmed at once, and an
+//! agent at work on a cancel or timeout, with its whole tree, by the job's
+//! name.
 //!
 //! When the command exits by itself (successfully or not) the limit is
 //! cleared before the handle is closed: what it started (the agent, after a
 //! successful wake) keeps running, as on Unix. If the limit cannot be
 //! cleared, the handle is deliberately leaked so closing it cannot end the
 //! agent.
-//!
-//! A run-mode agent (`wake_mode: "run"`) is the exception: its job is named
-//! after its pid and creation time, and once queue.json records it
-//! ([`ProcessTree::outlive_sidecar`]) kill-on-close is cleared, so it works
-//! on when the sidecar stops or dies. The gate around it (`windows/gate.rs`)
-//! records its exit status in its exit file even if no sidecar runs when it
-//! ends. A later sidecar finds it by its identity (and reads its exit code
-//! through a handle while it runs, should the gate itself be killed), and
-//! ends its whole tree by the job's name on a cancel or timeout.
 //!
 //! # Graceful ends
 //!
@@ -112,13 +116,12 @@ pub(super) struct ProcessTree {
 
 impl ProcessTree {
     /// Puts the command in a new job object; on failure, logs it and goes on
-    /// without one (never an error: the command still runs).
-    /// A run-mode agent's job is named after its identity (`job_name`), so
-    /// that a later sidecar can end its whole tree.
-    pub(super) fn track(child: &Child, run_mode: bool) -> io::Result<ProcessTree> {
+    /// without one (never an error: the command still runs). The job is
+    /// named after the command's identity (`job_name`), so that a later
+    /// sidecar can end its whole tree.
+    pub(super) fn track(child: &Child) -> io::Result<ProcessTree> {
         let pid = child.id();
-        let name =
-            run_mode.then(|| creation_time(child.as_raw_handle()).ok()).flatten().map(|t| job_name(pid, t));
+        let name = creation_time(child.as_raw_handle()).ok().map(|t| job_name(pid, t));
         let job = new_job(name.as_deref()).and_then(|job| {
             // SAFETY: both handles are valid and open for the call.
             let assigned = unsafe { AssignProcessToJobObject(raw(&job), child.as_raw_handle()) };
@@ -152,14 +155,15 @@ impl ProcessTree {
         Ok(())
     }
 
-    /// Recorded in queue.json, a run-mode agent may outlive the sidecar: its
-    /// job no longer ends it when the sidecar's handle closes (a later
-    /// sidecar ends it by the job's name). Until then, a sidecar that dies
-    /// takes the unrecorded command with it.
+    /// Recorded in queue.json, the command may outlive the sidecar: its job
+    /// no longer ends it when the sidecar's handle closes (a later sidecar
+    /// finds it by its identity and ends it, or its tree by the job's name,
+    /// as on Unix). Until then, a sidecar that dies takes the unrecorded
+    /// command with it.
     pub(super) fn outlive_sidecar(&self) {
         if let Some(job) = &self.job {
             if let Err(error) = set_kill_on_close(job, false) {
-                log::warn!("cannot let the agent (pid {}) outlive the sidecar: {error}", self.pid);
+                log::warn!("cannot let the wake command (pid {}) outlive the sidecar: {error}", self.pid);
             }
         }
     }
@@ -234,7 +238,7 @@ fn active_processes(job: &OwnedHandle) -> io::Result<u32> {
     Ok(info.ActiveProcesses)
 }
 
-/// The name of a run-mode agent's job: its pid and creation time, so that a
+/// The name of a wake command's job: its pid and creation time, so that a
 /// reused pid never names it.
 fn job_name(pid: u32, created: u64) -> Vec<u16> {
     format!("Local\\agentcom-sidecar-wake-{pid}-{created}").encode_utf16().chain([0]).collect()
@@ -315,9 +319,11 @@ fn creation_time(process: RawHandle) -> io::Result<u64> {
 }
 
 /// Ends the leftover only if its pid still names the process created at
-/// the recorded time; then waits up to `wait` for it to exit. Its tree
-/// normally went with the sidecar's job handle; only the process itself is
-/// ended here.
+/// the recorded time and it has not exited: its whole job, found by its
+/// name (the command, once recorded, outlives the sidecar, and with it
+/// whatever it started); without the job, the process itself. Then waits up
+/// to `wait` for the process to exit. A command that has exited is left
+/// alone, and so is what it started (a launcher's agent).
 pub(super) fn end_leftover(identity: &WakeIdentity, wait: Duration) -> Leftover {
     let Some(expected) = identity.start_time else {
         return Leftover::Unverifiable;
@@ -347,10 +353,15 @@ pub(super) fn end_leftover(identity: &WakeIdentity, wait: Duration) -> Leftover 
         // It has exited; only a handle somewhere keeps its pid.
         return Leftover::Gone;
     }
-    // SAFETY: the handle is open with PROCESS_TERMINATE.
-    if unsafe { TerminateProcess(raw(&process), ENDED_EXIT_CODE) } == 0 {
+    let (ended, what) = match open_job(identity) {
+        // SAFETY: the handle is open with JOB_OBJECT_TERMINATE.
+        Some(job) => (unsafe { TerminateJobObject(raw(&job), ENDED_EXIT_CODE) }, "the job of process"),
+        // SAFETY: the handle is open with PROCESS_TERMINATE.
+        None => (unsafe { TerminateProcess(raw(&process), ENDED_EXIT_CODE) }, "process"),
+    };
+    if ended == 0 {
         return Leftover::Failed(format!(
-            "cannot end process {}: {}",
+            "cannot end {what} {}: {}",
             identity.pid,
             io::Error::last_os_error()
         ));
@@ -361,6 +372,16 @@ pub(super) fn end_leftover(identity: &WakeIdentity, wait: Duration) -> Leftover 
         WAIT_OBJECT_0 => Leftover::Ended,
         _ => Leftover::StillExiting,
     }
+}
+
+/// The job of a recorded command, by its name (to end it and count its
+/// processes), if it still exists.
+fn open_job(identity: &WakeIdentity) -> Option<OwnedHandle> {
+    let name = job_name(identity.pid, identity.start_time?);
+    // SAFETY: the name is NUL-terminated.
+    let handle = unsafe { OpenJobObjectW(JOB_OBJECT_TERMINATE | JOB_OBJECT_QUERY, 0, name.as_ptr()) };
+    // SAFETY: a fresh handle that nothing else owns.
+    (!handle.is_null()).then(|| unsafe { OwnedHandle::from_raw_handle(handle as RawHandle) })
 }
 
 fn raw(handle: &OwnedHandle) -> RawHandle {
@@ -390,6 +411,15 @@ fn open_leftover(identity: &WakeIdentity) -> Option<OwnedHandle> {
 pub(super) fn leftover_running(identity: &WakeIdentity) -> bool {
     // SAFETY: the handle is open with PROCESS_SYNCHRONIZE.
     open_leftover(identity).is_some_and(|p| unsafe { WaitForSingleObject(raw(&p), 0) } != WAIT_OBJECT_0)
+}
+
+/// Whether any process of the command's tree lives: of its job, found by
+/// its name; without one, the command itself.
+pub(super) fn tree_alive(identity: &WakeIdentity) -> bool {
+    match open_job(identity) {
+        Some(job) => !matches!(active_processes(&job), Ok(0)),
+        None => leftover_running(identity),
+    }
 }
 
 /// A handle on the recorded command while it runs, to read its exit code
@@ -425,14 +455,7 @@ impl Watch {
 /// the process itself ([`end_leftover`]). Blocks up to `grace` (call it on a
 /// thread of its own).
 pub(super) fn terminate_leftover(identity: &WakeIdentity, grace: Duration) -> Leftover {
-    let job = identity.start_time.and_then(|created| {
-        let name = job_name(identity.pid, created);
-        // SAFETY: the name is NUL-terminated.
-        let handle = unsafe { OpenJobObjectW(JOB_OBJECT_TERMINATE | JOB_OBJECT_QUERY, 0, name.as_ptr()) };
-        // SAFETY: a fresh handle that nothing else owns.
-        (!handle.is_null()).then(|| unsafe { OwnedHandle::from_raw_handle(handle as RawHandle) })
-    });
-    let Some(job) = job else {
+    let Some(job) = open_job(identity) else {
         return end_leftover(identity, super::LEFTOVER_WAIT);
     };
     if !leftover_running(identity) && active_processes(&job).unwrap_or(1) == 0 {

@@ -2,7 +2,8 @@
 //! and a `taskkill /F` of the sidecar mid-run: the agent works on (its job
 //! object no longer ends it with the sidecar), and the next sidecar reports
 //! its outcome once, never starting it again, also when the agent ended
-//! while no sidecar ran (its gate recorded its exit status).
+//! while no sidecar ran (its gate recorded its exit status). The same for a
+//! synchronous launch-mode script at work.
 
 use std::fs;
 use std::path::Path;
@@ -286,4 +287,71 @@ fn run_mode_a_cancel_mid_run_lets_the_agent_end_by_itself_within_the_grace() {
     let outcomes = hub.events().try_iter().filter(|e| matches!(e, DevHubEvent::Received { frame, .. }
         if (frame["type"] == "task_complete" || frame["type"] == "task_failed") && frame["task_id"] == task_id.as_str())).count();
     assert_eq!(outcomes, 0, "a cancelled task has no outcome\n{}", sidecar.output());
+}
+
+/// Launch mode, a synchronous script (it confirms, works and writes its
+/// result in the wake command): once confirmed it is the agent at work, and
+/// it outlives a `taskkill /F` of the sidecar as on Unix (its job no longer
+/// ends it), writing to its output as it goes; the next sidecar reports its
+/// result once and never starts it again.
+#[test]
+fn launch_mode_a_synchronous_script_outlives_a_taskkill_of_the_sidecar_and_is_reported_once() {
+    let hub = start_hub();
+    let dir = tempfile::tempdir().unwrap();
+    let agent = dir.path().join("agent.cmd");
+    let starts = dir.path().join("starts");
+    let helper = format!("\"{}\" {WAIT_HELPER}", std::env::current_exe().unwrap().display());
+    let task = "%AGENTCOM_RESULTS_DIR%\\%AGENTCOM_TASK_ID%";
+    fs::write(
+        &agent,
+        format!(
+            "@echo off\r\necho start>>\"{starts}\"\r\ntype nul>\"{task}.started\"\r\n{helper}\r\n\
+             echo still writing to stdout after the sidecar went\r\n\
+             echo {{\"status\":\"success\",\"output\":\"done while no sidecar ran\"}}>\"{task}.json.tmp\"\r\n\
+             move /Y \"{task}.json.tmp\" \"{task}.json\" >NUL\r\nexit /b 0\r\n",
+            starts = starts.display()
+        ),
+    )
+    .unwrap();
+    let mut cfg = config(dir.path(), &hub.url());
+    cfg["wake_command"] = json!(format!("\"{}\"", agent.display()));
+    let (waiting, go) = (dir.path().join("waiting"), dir.path().join("go"));
+    let (waiting_text, go_text) = (waiting.display().to_string(), go.display().to_string());
+    let env = [(WAITING_FILE_ENV, waiting_text.as_str()), (GO_FILE_ENV, go_text.as_str())];
+    let mut sidecar = Sidecar::start_with_env(dir.path(), &cfg, &env);
+    expect_identified(&hub);
+    let task_id = hub.push_task(AGENT, "d", json!({}));
+    expect_received(&hub, "task_accepted");
+    wait_for_the_agent("the agent at work", || waiting.exists());
+    wait_until("the task confirmed", || (sidecar.queue()["active"]["status"] == "working").then_some(()));
+    let status = std::process::Command::new("taskkill")
+        .args(["/F", "/PID", &sidecar.pid().to_string()])
+        .status()
+        .expect("taskkill runs");
+    assert!(status.success(), "taskkill /F: {status:?}");
+    sidecar.wait_exit(FAILSAFE).expect("the sidecar is gone");
+    hub.drop_connection(AGENT);
+    // The script finishes now, with no sidecar running.
+    fs::write(&go, "").unwrap();
+    let result = dir.path().join("results").join(format!("{task_id}.json"));
+    wait_until("the script's result, written after the sidecar went", || result.exists().then_some(()));
+    let mut sidecar = Sidecar::start_with_env(dir.path(), &cfg, &env);
+    let outcome = expect_event(&hub, "the task's outcome", |e| {
+        matches!(e, DevHubEvent::Received { frame, .. }
+            if (frame["type"] == "task_complete" || frame["type"] == "task_failed") && frame["task_id"] == task_id.as_str())
+    });
+    let DevHubEvent::Received { frame, .. } = outcome else { unreachable!() };
+    assert_eq!(frame["type"], "task_complete", "{frame}\n{}", sidecar.output());
+    assert_eq!(frame["result"]["output"], "done while no sidecar ran", "{frame}");
+    let status = std::process::Command::new("taskkill")
+        .args(["/F", "/PID", &sidecar.pid().to_string()])
+        .status()
+        .expect("taskkill runs");
+    assert!(status.success());
+    sidecar.wait_exit(FAILSAFE).expect("the sidecar is gone");
+    let more = hub.events().try_iter().filter(|e| matches!(e, DevHubEvent::Received { frame, .. }
+        if (frame["type"] == "task_complete" || frame["type"] == "task_failed") && frame["task_id"] == task_id.as_str())).count();
+    assert_eq!(more, 0, "one outcome");
+    let started = fs::read_to_string(&starts).unwrap();
+    assert_eq!(started.lines().count(), 1, "started once: {started:?}");
 }

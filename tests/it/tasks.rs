@@ -724,22 +724,36 @@ fn wait_gone(dir: &Path) {
     wait_until("the wake command's child to be gone", || (!helper_alive(dir)).then_some(()));
 }
 
+/// A wake command recorded in queue.json outlives a crash of the sidecar
+/// (so that a synchronous agent at work would), as on Unix; the next start
+/// ends one whose agent never confirmed, with what it started (its job).
 #[cfg(windows)]
 #[test]
-fn a_sidecar_killed_during_a_wake_leaves_no_wake_process_behind() {
+fn a_sidecar_killed_during_a_wake_leaves_no_wake_process_behind_its_next_start() {
     let (hub, dir, mut cfg) = setup(None);
     cfg["wake_command"] = json!(hanging_wake(dir.path()));
     let mut sidecar = start_hanging(dir.path(), &cfg);
     expect_identified(&hub);
     hub.push_task(AGENT, "d", json!({}));
     wait_until("the wake to start", || dir.path().join("grandchild.pid").exists().then_some(()));
+    let queue = dir.path().join("queue.json");
+    wait_until("the wake command recorded", || {
+        fs::read_to_string(&queue).ok().filter(|q| q.contains("\"wake_process\"")).map(|_| ())
+    });
     let status = std::process::Command::new("taskkill")
         .args(["/F", "/PID", &sidecar.pid().to_string()])
         .status()
         .expect("taskkill runs");
     assert!(status.success(), "taskkill /F: {status:?}");
     sidecar.wait_exit(FAILSAFE).expect("the sidecar is gone");
+    hub.drop_connection(AGENT);
+    // The next sidecar's wakes run a helper that returns at once (no file
+    // to hold).
+    let sidecar = Sidecar::start(dir.path(), &cfg);
     wait_gone(dir.path());
+    wait_until("the leftover ended at start", || {
+        sidecar.output().contains("was still running from before; ended it").then_some(())
+    });
 }
 
 #[cfg(windows)]

@@ -3,9 +3,9 @@
 
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{after, at, select, Receiver};
+use crossbeam_channel::{Receiver, RecvTimeoutError};
 
-use super::super::capture::Output;
+use super::super::capture::{tail_text, TAIL_LIMIT_BYTES};
 use super::super::render::absolute;
 use std::io;
 use std::process::Child;
@@ -21,28 +21,17 @@ pub(super) fn kill_and_reap(
     pid: u32,
     tree: &sys::ProcessTree,
     exit_rx: &Receiver<ChildExited>,
-    output: &mut Output,
 ) {
     kill_tree(pid, tree);
-    let failsafe = after(KILL_FAILSAFE);
-    loop {
-        select! {
-            recv(exit_rx) -> exited => {
-                if let Ok((mut child, _)) = exited {
-                    // Reap it; its exit status is our kill, nothing to report.
-                    let _ = child.wait();
-                }
-                return;
-            }
-            recv(failsafe) -> _ => {
-                log::error!(
-                    "wake command for task {} (pid {pid}) did not exit within {KILL_FAILSAFE:?} of being ended; reporting anyway",
-                    request.task_id
-                );
-                return;
-            }
-            recv(output.receiver()) -> chunk => output.record(chunk),
-        }
+    match exit_rx.recv_timeout(KILL_FAILSAFE) {
+        // Reap it; its exit status is our kill, nothing to report.
+        Ok((mut child, _)) => drop(child.wait()),
+        // Only if the waiter thread panicked.
+        Err(RecvTimeoutError::Disconnected) => {}
+        Err(RecvTimeoutError::Timeout) => log::error!(
+            "wake command for task {} (pid {pid}) did not exit within {KILL_FAILSAFE:?} of being ended; reporting anyway",
+            request.task_id
+        ),
     }
 }
 
@@ -75,50 +64,41 @@ pub(super) fn end_gracefully(
     pid: u32,
     tree: &sys::ProcessTree,
     exit_rx: &Receiver<ChildExited>,
-    output: &mut Output,
 ) {
     if let Err(error) = tree.terminate() {
         log::warn!("cannot signal the process tree of wake command pid {pid}: {error}");
     }
     let grace_end = Instant::now() + request.cancel_grace;
-    let grace = at(grace_end);
-    loop {
-        select! {
-            recv(exit_rx) -> exited => {
-                if let Ok((mut child, _)) = exited {
-                    // The command's own shell may go at once while the agent
-                    // it runs still finishes: reap it, then give the rest of
-                    // the group what is left of the grace. (With a member
-                    // alive the group id cannot be reused; once none is,
-                    // `any_left` says so and nothing more is signalled.)
-                    let _ = child.wait();
-                    while tree.any_left() && Instant::now() < grace_end {
-                        select! {
-                            recv(output.receiver()) -> chunk => output.record(chunk),
-                            recv(after(Duration::from_millis(20))) -> _ => {}
-                        }
-                    }
-                    if tree.any_left() {
-                        log::warn!(
-                            "the agent of task {} (pid {pid}) did not end within {} ms of {STOP_REQUEST}; killing it",
-                            request.task_id,
-                            request.cancel_grace.as_millis()
-                        );
-                        kill_tree(pid, tree);
-                    }
-                }
-                return;
+    match exit_rx.recv_deadline(grace_end) {
+        Ok((mut child, _)) => {
+            // The command's own shell may go at once while the agent it runs
+            // still finishes: reap it, then give the rest of the group what
+            // is left of the grace. (With a member alive the group id cannot
+            // be reused; once none is, `any_left` says so and nothing more is
+            // signalled.)
+            let _ = child.wait();
+            while tree.any_left() && Instant::now() < grace_end {
+                // Not ours to wait on: a short bounded poll.
+                std::thread::sleep(Duration::from_millis(20));
             }
-            recv(grace) -> _ => {
+            if tree.any_left() {
                 log::warn!(
                     "the agent of task {} (pid {pid}) did not end within {} ms of {STOP_REQUEST}; killing it",
                     request.task_id,
                     request.cancel_grace.as_millis()
                 );
-                kill_and_reap(request, pid, tree, exit_rx, output);
-                return;
+                kill_tree(pid, tree);
             }
-            recv(output.receiver()) -> chunk => output.record(chunk),
+        }
+        // Only if the waiter thread panicked.
+        Err(RecvTimeoutError::Disconnected) => {}
+        Err(RecvTimeoutError::Timeout) => {
+            log::warn!(
+                "the agent of task {} (pid {pid}) did not end within {} ms of {STOP_REQUEST}; killing it",
+                request.task_id,
+                request.cancel_grace.as_millis()
+            );
+            kill_and_reap(request, pid, tree, exit_rx);
         }
     }
 }
@@ -152,11 +132,11 @@ pub(super) fn conclude_run(request: &WakeRequest, status: &WakeStatus) {
     }
 }
 
-/// The last [`TAIL_LIMIT_BYTES`](super::super::TAIL_LIMIT_BYTES) of a run-mode output file, as lossy
-/// UTF-8, for the lifecycle log.
+/// The last [`TAIL_LIMIT_BYTES`] of an output file as text, for the
+/// outcome (the log, the lifecycle record, `wake_result`).
 pub(super) fn file_tail(path: &std::path::Path) -> String {
-    match run::read_tail(path, super::super::TAIL_LIMIT_BYTES as u64) {
-        Ok(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+    match run::read_tail(path, TAIL_LIMIT_BYTES as u64) {
+        Ok(bytes) => tail_text(&bytes, bytes.len() >= TAIL_LIMIT_BYTES),
         Err(_) => String::new(),
     }
 }

@@ -1,33 +1,29 @@
 //! Starting an attempt's child: the task file, the command (gated or not),
-//! its output readers and its exit waiter.
+//! its output files and its exit waiter.
 
 use std::io::{self, PipeWriter, Write};
-use std::process::Stdio;
 use std::thread;
 
 use crossbeam_channel::{bounded, Receiver};
 
-use super::super::capture::{fresh_output_file, output_in_files, spawn_reader, Chunk, Output, Stream};
-#[cfg(unix)]
-use super::super::capture::{spawn_bounder, LAUNCH_OUTPUT_LIMIT_BYTES};
+use super::super::capture::{bound_while_alive, fresh_output_file};
 use super::super::render::{absolute, render_command, task_environment, write_task_file};
 use super::super::{run, sys, WakeRequest};
 use super::ending::{absolute_path, mark_started};
 use super::{kill_tree, ChildExited};
 
-/// A started child: its pid, process tree and identity, the waiter's
-/// channel and the output readers' channel.
+/// A started child: its pid, process tree and identity, and the waiter's
+/// channel.
 pub(super) struct Running {
     pub(super) pid: u32,
     pub(super) tree: sys::ProcessTree,
     pub(super) identity: super::super::WakeIdentity,
     pub(super) exit_rx: Receiver<ChildExited>,
-    pub(super) output: Output,
     /// The write end of a gated command's gate, until it is opened.
     pub(super) gate: Option<PipeWriter>,
 }
 
-/// Writes the task file and starts the wake command with its output readers
+/// Writes the task file and starts the wake command with its output files
 /// and exit waiter. An error is the text for [`WakeStatus::SpawnFailed`].
 pub(super) fn start_child(request: &WakeRequest, gated: bool) -> Result<Running, String> {
     write_task_file(&request.task_file, &request.task_json)
@@ -52,12 +48,9 @@ pub(super) fn start_child(request: &WakeRequest, gated: bool) -> Result<Running,
         run::stdout_file(&request.results_dir, &request.task_id),
         run::stderr_file(&request.results_dir, &request.task_id),
     );
-    if !output_in_files(request.mode) {
-        command.stdout(Stdio::piped()).stderr(Stdio::piped());
-    } else if request.mode.is_launch() {
-        // Unix launch mode: files too, so that a command that outlives the
-        // sidecar (a synchronous script at work) can keep writing; only
-        // logged, so kept bounded.
+    if request.mode.is_launch() {
+        // Files, so that a command that outlives the sidecar (a synchronous
+        // script at work) can keep writing; only logged, so kept bounded.
         let open = |path: &std::path::Path| {
             fresh_output_file(path).map_err(|error| format!("cannot create {}: {error}", path.display()))
         };
@@ -87,7 +80,7 @@ pub(super) fn start_child(request: &WakeRequest, gated: bool) -> Result<Running,
     let pid = child.id();
     // At once, before the command can start much: on Windows this puts it
     // in its job object.
-    let tree = match sys::ProcessTree::track(&child, !request.mode.is_launch()) {
+    let tree = match sys::ProcessTree::track(&child) {
         Ok(tree) => tree,
         Err(error) => {
             let _ = child.kill();
@@ -96,30 +89,8 @@ pub(super) fn start_child(request: &WakeRequest, gated: bool) -> Result<Running,
         }
     };
     let identity = sys::identity(&child);
-    #[cfg(unix)]
     if !to_bound.is_empty() {
-        let alive = move || sys::group_alive(pid);
-        if let Err(error) = spawn_bounder(to_bound, LAUNCH_OUTPUT_LIMIT_BYTES, request.output_check, alive) {
-            log::warn!("cannot start the thread that bounds the wake command's output files: {error}");
-        }
-    }
-    #[cfg(not(unix))]
-    drop(to_bound);
-
-    // Output readers first: while we still hold the child, a failure here
-    // can kill and reap it cleanly.
-    let (output_tx, output_rx) = bounded::<Chunk>(64);
-    let readers = [
-        child.stdout.take().map(|pipe| spawn_reader(Stream::Stdout, pipe, output_tx.clone())),
-        child.stderr.take().map(|pipe| spawn_reader(Stream::Stderr, pipe, output_tx.clone())),
-    ];
-    // Only the readers hold senders now, so the channel disconnects exactly
-    // when both have reached end of file.
-    drop(output_tx);
-    if let Some(Err(error)) = readers.into_iter().flatten().find(Result::is_err) {
-        kill_tree(pid, &tree);
-        let _ = child.wait();
-        return Err(format!("cannot start a wake output reader thread: {error}"));
+        bound_while_alive(to_bound, identity.clone(), request.output_check);
     }
 
     let (exit_tx, exit_rx) = bounded::<ChildExited>(1);
@@ -141,7 +112,7 @@ pub(super) fn start_child(request: &WakeRequest, gated: bool) -> Result<Running,
         })?;
     // Our copy of the gate's read end went with `command`.
     drop(command);
-    Ok(Running { pid, tree, identity, exit_rx, output: Output::new(output_rx), gate })
+    Ok(Running { pid, tree, identity, exit_rx, gate })
 }
 
 /// Lets a gated command run: one line on its gate, then the pipe closes. A

@@ -242,8 +242,8 @@ fn a_leftover_is_ended_only_when_its_creation_time_matches() {
     let fixture = Fixture::new();
     fixture.handle().run(fixture.request(&helper_command(), FAILSAFE));
     let identity = fixture.started.recv_timeout(FAILSAFE).expect("no start report").identity;
-    // The command is cmd, the helper its child: only cmd is ended here (its
-    // job goes on holding the helper, as after a sidecar without a job).
+    // The command is cmd, the helper its child: both are ended, by the
+    // command's job, found by its name.
     let helper = fixture.helper_pids(1)[0];
     assert!(identity.start_time.is_some() && identity.process_group.is_none(), "{identity:?}");
 
@@ -253,7 +253,9 @@ fn a_leftover_is_ended_only_when_its_creation_time_matches() {
     let ended = end_leftover(&identity);
     let outcome = fixture.outcome();
     let again = end_leftover(&identity);
+    let helper_gone = ends_within(helper, FAILSAFE);
     end(helper);
+    assert!(helper_gone, "the command's child outlived the end of its job");
     assert_eq!(ended, Leftover::Ended);
     assert_eq!(outcome.status, WakeStatus::Failed { exit_code: Some(1) });
     assert_eq!(again, Leftover::Gone);
