@@ -8,7 +8,7 @@
 use std::fs;
 use std::path::Path;
 
-use agentcom_sidecar::devhub::DevHubEvent;
+use agentcom_sidecar::devhub::{DevHub, DevHubEvent};
 use serde_json::{json, Value};
 
 use crate::support::*;
@@ -97,6 +97,33 @@ fn run_mode_a_cmd_agent_that_fails_fails_the_task_with_its_stderr() {
     assert!(reason.ends_with("the model is not reachable"), "{reason}");
 }
 
+/// Starts the next sidecar and waits for the task's one outcome, a
+/// `task_complete`: then `taskkill`s it and checks that the hub got no
+/// other outcome and that the agent (which logs each start to `starts`)
+/// was started once.
+fn one_outcome_after_a_restart(
+    hub: &DevHub,
+    dir: &Path,
+    cfg: &Value,
+    env: &[(&str, &str)],
+    task_id: &str,
+) -> Value {
+    let mut sidecar = Sidecar::start_with_env(dir, cfg, env);
+    let is_outcome = |e: &DevHubEvent| {
+        matches!(e, DevHubEvent::Received { frame, .. }
+            if (frame["type"] == "task_complete" || frame["type"] == "task_failed") && frame["task_id"] == task_id)
+    };
+    let DevHubEvent::Received { frame, .. } = expect_event(hub, "the task's outcome", is_outcome) else {
+        unreachable!()
+    };
+    assert_eq!(frame["type"], "task_complete", "{frame}\n{}", sidecar.output());
+    sidecar.taskkill();
+    assert_eq!(hub.events().try_iter().filter(is_outcome).count(), 0, "one outcome");
+    let started = fs::read_to_string(dir.join("starts")).unwrap();
+    assert_eq!(started.lines().count(), 1, "started once: {started:?}");
+    frame
+}
+
 /// Whether the helper still holds its file.
 fn helper_alive(dir: &Path) -> bool {
     use std::os::windows::fs::OpenOptionsExt;
@@ -121,36 +148,11 @@ fn run_mode_the_agent_outlives_a_taskkill_of_the_sidecar_and_is_reported_once() 
     let task_id = hub.push_task(AGENT, "d", json!({}));
     expect_received(&hub, "task_accepted");
     wait_for_the_agent("the agent at work", || dir.path().join("grandchild.pid").exists());
-    let queue = dir.path().join("queue.json");
-    wait_until("the agent recorded", || {
-        fs::read_to_string(&queue).ok().filter(|q| q.contains("\"wake_process\"")).map(|_| ())
-    });
-    let status = std::process::Command::new("taskkill")
-        .args(["/F", "/PID", &sidecar.pid().to_string()])
-        .status()
-        .expect("taskkill runs");
-    assert!(status.success(), "taskkill /F: {status:?}");
-    sidecar.wait_exit(FAILSAFE).expect("the sidecar is gone");
+    wait_until_recorded(dir.path());
+    sidecar.taskkill();
     hub.drop_connection(AGENT);
     assert!(helper_alive(dir.path()), "the agent outlives the sidecar");
-    let mut sidecar = Sidecar::start_with_env(dir.path(), &cfg, &env);
-    let outcome = expect_event(&hub, "the task's outcome", |e| {
-        matches!(e, DevHubEvent::Received { frame, .. }
-            if (frame["type"] == "task_complete" || frame["type"] == "task_failed") && frame["task_id"] == task_id.as_str())
-    });
-    let DevHubEvent::Received { frame, .. } = outcome else { unreachable!() };
-    assert_eq!(frame["type"], "task_complete", "{frame}\n{}", sidecar.output());
-    let status = std::process::Command::new("taskkill")
-        .args(["/F", "/PID", &sidecar.pid().to_string()])
-        .status()
-        .expect("taskkill runs");
-    assert!(status.success());
-    sidecar.wait_exit(FAILSAFE).expect("the sidecar is gone");
-    let more = hub.events().try_iter().filter(|e| matches!(e, DevHubEvent::Received { frame, .. }
-        if (frame["type"] == "task_complete" || frame["type"] == "task_failed") && frame["task_id"] == task_id.as_str())).count();
-    assert_eq!(more, 0, "one outcome");
-    let started = fs::read_to_string(&starts).unwrap();
-    assert_eq!(started.lines().count(), 1, "started once: {started:?}");
+    one_outcome_after_a_restart(&hub, dir.path(), &cfg, &env, &task_id);
 }
 
 #[test]
@@ -168,16 +170,8 @@ fn run_mode_a_cancel_after_a_taskkill_ends_the_agent_the_last_sidecar_left() {
     let task_id = hub.push_task(AGENT, "d", json!({}));
     expect_received(&hub, "task_accepted");
     wait_for_the_agent("the agent at work", || dir.path().join("grandchild.pid").exists());
-    let queue = dir.path().join("queue.json");
-    wait_until("the agent recorded", || {
-        fs::read_to_string(&queue).ok().filter(|q| q.contains("\"wake_process\"")).map(|_| ())
-    });
-    let status = std::process::Command::new("taskkill")
-        .args(["/F", "/PID", &sidecar.pid().to_string()])
-        .status()
-        .expect("taskkill runs");
-    assert!(status.success(), "taskkill /F: {status:?}");
-    sidecar.wait_exit(FAILSAFE).expect("the sidecar is gone");
+    wait_until_recorded(dir.path());
+    sidecar.taskkill();
     hub.drop_connection(AGENT);
     assert!(helper_alive(dir.path()), "the agent outlives the sidecar");
     let sidecar = Sidecar::start_with_env(dir.path(), &cfg, &env);
@@ -215,42 +209,17 @@ fn run_mode_an_agent_that_ends_while_no_sidecar_runs_is_reported_once_with_its_e
     let task_id = hub.push_task(AGENT, "d", json!({}));
     expect_received(&hub, "task_accepted");
     wait_for_the_agent("the agent at work", || waiting.exists());
-    let queue = dir.path().join("queue.json");
-    wait_until("the agent recorded", || {
-        fs::read_to_string(&queue).ok().filter(|q| q.contains("\"wake_process\"")).map(|_| ())
-    });
-    let status = std::process::Command::new("taskkill")
-        .args(["/F", "/PID", &sidecar.pid().to_string()])
-        .status()
-        .expect("taskkill runs");
-    assert!(status.success(), "taskkill /F: {status:?}");
-    sidecar.wait_exit(FAILSAFE).expect("the sidecar is gone");
+    wait_until_recorded(dir.path());
+    sidecar.taskkill();
     hub.drop_connection(AGENT);
     // The agent ends now, with no sidecar running: its gate records how.
     fs::write(&go, "").unwrap();
     let exit_file = dir.path().join("results").join(".tasks").join(format!("{task_id}.exit"));
     let recorded = wait_until("the exit status recorded", || fs::read_to_string(&exit_file).ok());
     assert_eq!(recorded.trim(), "exit 0");
-    let mut sidecar = Sidecar::start_with_env(dir.path(), &cfg, &env);
-    let outcome = expect_event(&hub, "the task's outcome", |e| {
-        matches!(e, DevHubEvent::Received { frame, .. }
-            if (frame["type"] == "task_complete" || frame["type"] == "task_failed") && frame["task_id"] == task_id.as_str())
-    });
-    let DevHubEvent::Received { frame, .. } = outcome else { unreachable!() };
-    assert_eq!(frame["type"], "task_complete", "{frame}\n{}", sidecar.output());
+    let frame = one_outcome_after_a_restart(&hub, dir.path(), &cfg, &env, &task_id);
     let output = frame["result"]["output"].as_str().unwrap_or_default();
     assert_eq!(output.trim(), "finished while no sidecar ran", "{frame}");
-    let status = std::process::Command::new("taskkill")
-        .args(["/F", "/PID", &sidecar.pid().to_string()])
-        .status()
-        .expect("taskkill runs");
-    assert!(status.success());
-    sidecar.wait_exit(FAILSAFE).expect("the sidecar is gone");
-    let more = hub.events().try_iter().filter(|e| matches!(e, DevHubEvent::Received { frame, .. }
-        if (frame["type"] == "task_complete" || frame["type"] == "task_failed") && frame["task_id"] == task_id.as_str())).count();
-    assert_eq!(more, 0, "one outcome");
-    let started = fs::read_to_string(&starts).unwrap();
-    assert_eq!(started.lines().count(), 1, "started once: {started:?}");
 }
 
 /// A cancel mid-run: the agent learns it (here from the cancel marker: Wine
@@ -324,34 +293,12 @@ fn launch_mode_a_synchronous_script_outlives_a_taskkill_of_the_sidecar_and_is_re
     expect_received(&hub, "task_accepted");
     wait_for_the_agent("the agent at work", || waiting.exists());
     wait_until("the task confirmed", || (sidecar.queue()["active"]["status"] == "working").then_some(()));
-    let status = std::process::Command::new("taskkill")
-        .args(["/F", "/PID", &sidecar.pid().to_string()])
-        .status()
-        .expect("taskkill runs");
-    assert!(status.success(), "taskkill /F: {status:?}");
-    sidecar.wait_exit(FAILSAFE).expect("the sidecar is gone");
+    sidecar.taskkill();
     hub.drop_connection(AGENT);
     // The script finishes now, with no sidecar running.
     fs::write(&go, "").unwrap();
     let result = dir.path().join("results").join(format!("{task_id}.json"));
     wait_until("the script's result, written after the sidecar went", || result.exists().then_some(()));
-    let mut sidecar = Sidecar::start_with_env(dir.path(), &cfg, &env);
-    let outcome = expect_event(&hub, "the task's outcome", |e| {
-        matches!(e, DevHubEvent::Received { frame, .. }
-            if (frame["type"] == "task_complete" || frame["type"] == "task_failed") && frame["task_id"] == task_id.as_str())
-    });
-    let DevHubEvent::Received { frame, .. } = outcome else { unreachable!() };
-    assert_eq!(frame["type"], "task_complete", "{frame}\n{}", sidecar.output());
+    let frame = one_outcome_after_a_restart(&hub, dir.path(), &cfg, &env, &task_id);
     assert_eq!(frame["result"]["output"], "done while no sidecar ran", "{frame}");
-    let status = std::process::Command::new("taskkill")
-        .args(["/F", "/PID", &sidecar.pid().to_string()])
-        .status()
-        .expect("taskkill runs");
-    assert!(status.success());
-    sidecar.wait_exit(FAILSAFE).expect("the sidecar is gone");
-    let more = hub.events().try_iter().filter(|e| matches!(e, DevHubEvent::Received { frame, .. }
-        if (frame["type"] == "task_complete" || frame["type"] == "task_failed") && frame["task_id"] == task_id.as_str())).count();
-    assert_eq!(more, 0, "one outcome");
-    let started = fs::read_to_string(&starts).unwrap();
-    assert_eq!(started.lines().count(), 1, "started once: {started:?}");
 }

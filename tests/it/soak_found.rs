@@ -50,10 +50,7 @@ fn the_wake_command_of_a_killed_sidecar_is_gone_before_the_next_wake() {
     let _cleanup = KillGroup(first);
     // The sidecar records the command in queue.json as soon as it has
     // started (a kill before that is the one gap left: docs/protocol.md 9).
-    let queue = dir.path().join("queue.json");
-    wait_until("the wake command recorded", || {
-        fs::read_to_string(&queue).ok().filter(|q| q.contains("\"wake_process\"")).map(|_| ())
-    });
+    wait_until_recorded(dir.path());
     sidecar.kill9();
     let _sidecar = Sidecar::start(dir.path(), &cfg);
     expect_identified(&hub);

@@ -736,16 +736,8 @@ fn a_sidecar_killed_during_a_wake_leaves_no_wake_process_behind_its_next_start()
     expect_identified(&hub);
     hub.push_task(AGENT, "d", json!({}));
     wait_until("the wake to start", || dir.path().join("grandchild.pid").exists().then_some(()));
-    let queue = dir.path().join("queue.json");
-    wait_until("the wake command recorded", || {
-        fs::read_to_string(&queue).ok().filter(|q| q.contains("\"wake_process\"")).map(|_| ())
-    });
-    let status = std::process::Command::new("taskkill")
-        .args(["/F", "/PID", &sidecar.pid().to_string()])
-        .status()
-        .expect("taskkill runs");
-    assert!(status.success(), "taskkill /F: {status:?}");
-    sidecar.wait_exit(FAILSAFE).expect("the sidecar is gone");
+    wait_until_recorded(dir.path());
+    sidecar.taskkill();
     hub.drop_connection(AGENT);
     // The next sidecar's wakes run a helper that returns at once (no file
     // to hold).

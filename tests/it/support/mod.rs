@@ -122,6 +122,18 @@ impl Sidecar {
         }
     }
 
+    /// `taskkill /F`, as an operator would, and waits until it is gone (no
+    /// clean-up at all, as [`kill9`](Sidecar::kill9)).
+    #[cfg(windows)]
+    pub fn taskkill(&mut self) {
+        let status = Command::new("taskkill")
+            .args(["/F", "/PID", &self.pid().to_string()])
+            .status()
+            .expect("taskkill runs");
+        assert!(status.success(), "taskkill /F: {status:?}");
+        self.wait_exit(FAILSAFE).expect("the sidecar is gone");
+    }
+
     /// SIGKILL: no clean-up at all, like a power cut for the process.
     pub fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -190,6 +202,16 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
         }
     }
     files
+}
+
+/// Waits until `queue.json` in `dir` records the running wake command
+/// (`wake_process`): from then on it is released to run, and may outlive
+/// the sidecar.
+pub fn wait_until_recorded(dir: &Path) {
+    let queue = dir.join("queue.json");
+    wait_until("the wake command recorded in queue.json", || {
+        fs::read_to_string(&queue).ok().filter(|q| q.contains("\"wake_process\"")).map(|_| ())
+    });
 }
 
 /// Polls `check` until it returns `Some`, with a deadline. For files and
