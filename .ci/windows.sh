@@ -67,6 +67,22 @@ wine cmd /c exit 0 </dev/null >/dev/null 2>&1 || true # creates the prefix
 # whose environment has no WINEPATH: they find the DLL in the scratch
 # prefix's system32.
 cp "$scratch/dll/bcryptprimitives.dll" "$WINEPREFIX/drive_c/windows/system32/"
+# Wine's service manager gives a starting service process 10 s to connect
+# (service_pipe_timeout), Windows' 30 s; with the whole suite starting Wine
+# processes beside it on two cores, a service start once took longer than
+# 10 s (error 1053). Windows' budget, set before the service manager that
+# the tests use starts (it reads the value once): the wineserver is started
+# again.
+wine reg add 'HKLM\System\CurrentControlSet\Control' /v ServicesPipeTimeout /t REG_DWORD /d 30000 /f \
+  </dev/null >/dev/null 2>&1
+wineserver -k >/dev/null 2>&1 || true
+wineserver -w >/dev/null 2>&1 || true
+wineserver -p </dev/null >/dev/null 2>&1
+set_to=$(wine reg query 'HKLM\System\CurrentControlSet\Control' /v ServicesPipeTimeout </dev/null 2>/dev/null || true)
+if [[ $set_to != *ServicesPipeTimeout*0x7530* ]]; then
+  echo "windows: cannot set Wine's ServicesPipeTimeout: $set_to"
+  exit 1
+fi
 
 echo "== windows: cargo test under Wine"
 log="$scratch/test.log"
