@@ -6,7 +6,7 @@
 //! synchronous launch-mode script at work.
 
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use agentcom_sidecar::devhub::{DevHub, DevHubEvent};
 use serde_json::{json, Value};
@@ -41,6 +41,36 @@ fn agent_waits_for_its_go_file() {
     while !Path::new(&go).exists() && !cancel.exists() && std::time::Instant::now() < deadline {
         let _ = ticker.recv();
     }
+}
+
+/// The files of [`agent_waits_for_its_go_file`] in `dir`, and the
+/// environment that names them to it.
+struct GoFiles {
+    waiting: PathBuf,
+    go: PathBuf,
+    names: [String; 2],
+}
+
+impl GoFiles {
+    fn in_dir(dir: &Path) -> GoFiles {
+        let (waiting, go) = (dir.join("waiting"), dir.join("go"));
+        let names = [waiting.display().to_string(), go.display().to_string()];
+        GoFiles { waiting, go, names }
+    }
+
+    fn env(&self) -> [(&str, &str); 2] {
+        [(WAITING_FILE_ENV, self.names[0].as_str()), (GO_FILE_ENV, self.names[1].as_str())]
+    }
+}
+
+/// Starts a sidecar with `env`, pushes it a task and waits for its
+/// `task_accepted`.
+fn start_and_take_a_task(hub: &DevHub, dir: &Path, cfg: &Value, env: &[(&str, &str)]) -> (Sidecar, String) {
+    let sidecar = Sidecar::start_with_env(dir, cfg, env);
+    expect_identified(hub);
+    let task_id = hub.push_task(AGENT, "d", json!({}));
+    expect_received(hub, "task_accepted");
+    (sidecar, task_id)
 }
 
 /// Waits for an agent to be at work: under Wine a run-mode agent is a chain
@@ -143,10 +173,7 @@ fn run_mode_the_agent_outlives_a_taskkill_of_the_sidecar_and_is_reported_once() 
     let cfg = run_config(dir.path(), &hub.url(), &format!("\"{}\"", agent.display()));
     let hold = dir.path().join("grandchild.pid").display().to_string();
     let env = [("AGENTCOM_TEST_HOLD_FILE", hold.as_str()), ("AGENTCOM_TEST_HOLD_SECS", "10")];
-    let mut sidecar = Sidecar::start_with_env(dir.path(), &cfg, &env);
-    expect_identified(&hub);
-    let task_id = hub.push_task(AGENT, "d", json!({}));
-    expect_received(&hub, "task_accepted");
+    let (mut sidecar, task_id) = start_and_take_a_task(&hub, dir.path(), &cfg, &env);
     wait_for_the_agent("the agent at work", || dir.path().join("grandchild.pid").exists());
     wait_until_recorded(dir.path());
     sidecar.taskkill();
@@ -165,10 +192,7 @@ fn run_mode_a_cancel_after_a_taskkill_ends_the_agent_the_last_sidecar_left() {
     let cfg = run_config(dir.path(), &hub.url(), &format!("\"{}\"", agent.display()));
     let hold = dir.path().join("grandchild.pid").display().to_string();
     let env = [("AGENTCOM_TEST_HOLD_FILE", hold.as_str()), ("AGENTCOM_TEST_HOLD_SECS", "60")];
-    let mut sidecar = Sidecar::start_with_env(dir.path(), &cfg, &env);
-    expect_identified(&hub);
-    let task_id = hub.push_task(AGENT, "d", json!({}));
-    expect_received(&hub, "task_accepted");
+    let (mut sidecar, task_id) = start_and_take_a_task(&hub, dir.path(), &cfg, &env);
     wait_for_the_agent("the agent at work", || dir.path().join("grandchild.pid").exists());
     wait_until_recorded(dir.path());
     sidecar.taskkill();
@@ -201,19 +225,16 @@ fn run_mode_an_agent_that_ends_while_no_sidecar_runs_is_reported_once_with_its_e
     )
     .unwrap();
     let cfg = run_config(dir.path(), &hub.url(), &format!("\"{}\"", agent.display()));
-    let (waiting, go) = (dir.path().join("waiting"), dir.path().join("go"));
-    let (waiting_text, go_text) = (waiting.display().to_string(), go.display().to_string());
-    let env = [(WAITING_FILE_ENV, waiting_text.as_str()), (GO_FILE_ENV, go_text.as_str())];
-    let mut sidecar = Sidecar::start_with_env(dir.path(), &cfg, &env);
-    expect_identified(&hub);
-    let task_id = hub.push_task(AGENT, "d", json!({}));
-    expect_received(&hub, "task_accepted");
+    let files = GoFiles::in_dir(dir.path());
+    let (waiting, go) = (&files.waiting, &files.go);
+    let env = files.env();
+    let (mut sidecar, task_id) = start_and_take_a_task(&hub, dir.path(), &cfg, &env);
     wait_for_the_agent("the agent at work", || waiting.exists());
     wait_until_recorded(dir.path());
     sidecar.taskkill();
     hub.drop_connection(AGENT);
     // The agent ends now, with no sidecar running: its gate records how.
-    fs::write(&go, "").unwrap();
+    fs::write(go, "").unwrap();
     let exit_file = dir.path().join("results").join(".tasks").join(format!("{task_id}.exit"));
     let recorded = wait_until("the exit status recorded", || fs::read_to_string(&exit_file).ok());
     assert_eq!(recorded.trim(), "exit 0");
@@ -242,13 +263,10 @@ fn run_mode_a_cancel_mid_run_lets_the_agent_end_by_itself_within_the_grace() {
     let mut cfg = run_config(dir.path(), &hub.url(), &format!("\"{}\"", agent.display()));
     // Long enough that only a stuck agent meets it (then the test fails).
     cfg["cancel_grace_ms"] = json!(60_000);
-    let (waiting, go) = (dir.path().join("waiting"), dir.path().join("go"));
-    let (waiting_text, go_text) = (waiting.display().to_string(), go.display().to_string());
-    let env = [(WAITING_FILE_ENV, waiting_text.as_str()), (GO_FILE_ENV, go_text.as_str())];
-    let sidecar = Sidecar::start_with_env(dir.path(), &cfg, &env);
-    expect_identified(&hub);
-    let task_id = hub.push_task(AGENT, "d", json!({}));
-    expect_received(&hub, "task_accepted");
+    let files = GoFiles::in_dir(dir.path());
+    let waiting = &files.waiting;
+    let env = files.env();
+    let (sidecar, task_id) = start_and_take_a_task(&hub, dir.path(), &cfg, &env);
     wait_for_the_agent("the agent at work", || waiting.exists());
     assert!(hub.cancel_task(&task_id));
     wait_until("the agent to end by itself", || ended.exists().then_some(()));
@@ -284,19 +302,16 @@ fn launch_mode_a_synchronous_script_outlives_a_taskkill_of_the_sidecar_and_is_re
     .unwrap();
     let mut cfg = config(dir.path(), &hub.url());
     cfg["wake_command"] = json!(format!("\"{}\"", agent.display()));
-    let (waiting, go) = (dir.path().join("waiting"), dir.path().join("go"));
-    let (waiting_text, go_text) = (waiting.display().to_string(), go.display().to_string());
-    let env = [(WAITING_FILE_ENV, waiting_text.as_str()), (GO_FILE_ENV, go_text.as_str())];
-    let mut sidecar = Sidecar::start_with_env(dir.path(), &cfg, &env);
-    expect_identified(&hub);
-    let task_id = hub.push_task(AGENT, "d", json!({}));
-    expect_received(&hub, "task_accepted");
+    let files = GoFiles::in_dir(dir.path());
+    let (waiting, go) = (&files.waiting, &files.go);
+    let env = files.env();
+    let (mut sidecar, task_id) = start_and_take_a_task(&hub, dir.path(), &cfg, &env);
     wait_for_the_agent("the agent at work", || waiting.exists());
     wait_until("the task confirmed", || (sidecar.queue()["active"]["status"] == "working").then_some(()));
     sidecar.taskkill();
     hub.drop_connection(AGENT);
     // The script finishes now, with no sidecar running.
-    fs::write(&go, "").unwrap();
+    fs::write(go, "").unwrap();
     let result = dir.path().join("results").join(format!("{task_id}.json"));
     wait_until("the script's result, written after the sidecar went", || result.exists().then_some(()));
     let frame = one_outcome_after_a_restart(&hub, dir.path(), &cfg, &env, &task_id);
