@@ -165,7 +165,9 @@ fn a_results_watcher_that_panics_on_an_event_ends_the_sidecar_with_1() {
 #[test]
 fn a_failing_wake_is_warned_once_per_attempt_and_its_reason_carries_no_local_path() {
     use agentcom_sidecar::test_support::ReadOnlyDir;
-    let hub = start_hub();
+    // The failed task is not pushed again: its next attempt would be a
+    // fifth warning.
+    let hub = crate::support::start_hub_that_dead_letters();
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(dir.path(), &hub.url());
     cfg["wake_command"] = "echo started".into();

@@ -139,7 +139,10 @@ fn happy_path_wake_confirm_result_complete_then_files_removed() {
 
 #[test]
 fn a_failing_wake_is_retried_at_the_delays_then_fails_the_task() {
-    let (hub, dir, mut cfg) = setup(None);
+    // The failed task is not pushed again: its next wake would be a fifth.
+    let hub = crate::support::start_hub_that_dead_letters();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), &hub.url());
     cfg["wake_command"] = json!(failing_wake(dir.path()));
     let sidecar = Sidecar::start(dir.path(), &cfg);
     expect_identified(&hub);

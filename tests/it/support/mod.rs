@@ -24,6 +24,15 @@ pub fn start_hub() -> DevHub {
     DevHub::start(DevHubOptions::new(AGENT, TOKEN)).expect("dev hub starts")
 }
 
+/// A hub that dead-letters a task on its first failure. A hub that retries
+/// pushes a failed task again at once, and the sidecar's next attempt (a
+/// wake that fails in microseconds) can add to what a test counts after
+/// the `task_failed` it waited for.
+pub fn start_hub_that_dead_letters() -> DevHub {
+    DevHub::start(DevHubOptions { max_retries: 1, ..DevHubOptions::new(AGENT, TOKEN) })
+        .expect("dev hub starts")
+}
+
 /// A config with short timers for a sidecar in `dir`, talking to `hub_url`.
 pub fn config(dir: &Path, hub_url: &str) -> Value {
     json!({
